@@ -1,0 +1,1514 @@
+//! Parses the text of `ideamill.toml` into a validated [`Config`], reporting
+//! every problem at once, each located by line and column.
+//!
+//! The approach: parse with `toml-span` (which keeps the byte span of every
+//! key and value), then walk the tree by hand. Walking by hand rather than
+//! deriving lets one pass check every key, keep going after a bad one, and
+//! word each message for the table it is in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use toml_span::Span;
+use toml_span::value::{Table, Value};
+
+use crate::config::{
+    CommandStage, Config, ConfigError, ConfigErrors, EngineConfig, StageConfig, StageKind,
+    StoreConfig,
+};
+use crate::duration::{format_duration, parse_duration};
+use crate::model::{Gate, RetryPolicy};
+
+// Key lists in the order the documentation shows them, because they are
+// printed in this order when a key is unknown.
+const TOP_KEYS: &[&str] = &["store", "engine", "stages"];
+const STORE_KEYS: &[&str] = &["url"];
+const ENGINE_KEYS: &[&str] = &[
+    "data_dir",
+    "workspace",
+    "inbox",
+    "lease",
+    "heartbeat",
+    "shutdown_grace",
+    "poll_interval",
+    "retention",
+];
+const STAGE_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "command",
+    "env",
+    "timeout",
+    "kill_grace",
+    "max_output",
+    "max_attempts",
+    "backoff",
+    "backoff_max",
+    "concurrency",
+    "gate",
+];
+const GATE_KEYS: &[&str] = &["retry_from", "max_rounds"];
+const STAGE_KINDS: &[&str] = &["command"];
+
+const NO_STAGES: &str = "no [[stages]]: a pipeline needs at least one stage";
+
+const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(2);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_CONCURRENCY: u32 = 1;
+const MAX_CONCURRENCY: i64 = 1024;
+const DEFAULT_MAX_ROUNDS: u32 = 3;
+
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let root = normalize(path.parent().unwrap_or(Path::new("")));
+    let mut problems = Problems::default();
+    let document = match toml_span::parse(text) {
+        Ok(document) => document,
+        Err(e) => {
+            // Without a tree there is nothing more to check.
+            problems.add(e.span, format!("invalid toml: {e}"));
+            return Err(problems.into_errors(text, path));
+        }
+    };
+    let empty = Table::new();
+    let top = Section {
+        table: document.as_table().unwrap_or(&empty),
+        span: document.span,
+        label: String::new(),
+        prefix: "",
+    };
+    top.check_keys(TOP_KEYS, &mut problems);
+
+    // [engine] comes first because the default store url lives in its data_dir.
+    let engine = top.sub_table("engine", "[engine]", &mut problems);
+    let engine = engine_config(
+        &engine.unwrap_or(Section::empty(&empty, "[engine]")),
+        &root,
+        &mut problems,
+    );
+    let store = top.sub_table("store", "[store]", &mut problems);
+    let store = store_config(
+        &store.unwrap_or(Section::empty(&empty, "[store]")),
+        &root,
+        &engine.data_dir,
+        &mut problems,
+    );
+    let stages = stages(&top, &mut problems);
+
+    if !problems.0.is_empty() {
+        return Err(problems.into_errors(text, path));
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        root,
+        store,
+        engine,
+        stages,
+    })
+}
+
+/// Problems found so far, by byte offset; put in file order at the end.
+#[derive(Default)]
+struct Problems(Vec<(usize, String)>);
+
+impl Problems {
+    fn add(&mut self, span: Span, message: String) {
+        self.0.push((span.start, message));
+    }
+
+    fn into_errors(mut self, text: &str, file: &Path) -> ConfigErrors {
+        // Stable, so two problems at one place keep the order they were found in.
+        self.0.sort_by_key(|(offset, _)| *offset);
+        let errors = self
+            .0
+            .into_iter()
+            .map(|(offset, message)| {
+                let (line, column) = line_column(text, opening_quote(text, offset));
+                ConfigError {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    message,
+                }
+            })
+            .collect();
+        ConfigErrors(errors)
+    }
+}
+
+/// `toml-span` starts a string's span (value or quoted key) after its opening
+/// quote; people expect an error to point at the quote itself, as compilers
+/// do. Nothing but a string's content starts right after a quote, so moving
+/// back over up to three of them (for `"""` and `'''`) is safe.
+fn opening_quote(text: &str, offset: usize) -> usize {
+    let bytes = text.as_bytes();
+    let Some(&quote) = offset.checked_sub(1).and_then(|i| bytes.get(i)) else {
+        return offset;
+    };
+    if quote != b'"' && quote != b'\'' {
+        return offset;
+    }
+    let mut start = offset - 1;
+    while start > 0 && offset - start < 3 && bytes[start - 1] == quote {
+        start -= 1;
+    }
+    start
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// What a lookup found. `Bad` means present but invalid, and already reported:
+/// the caller must not report it again, nor run cross-checks on a default
+/// that the user did not ask for.
+enum Got<T> {
+    Absent,
+    Bad,
+    Ok(T, Span),
+}
+
+impl<T> Got<T> {
+    fn or(self, default: T) -> T {
+        match self {
+            Got::Ok(value, _) => value,
+            Got::Absent | Got::Bad => default,
+        }
+    }
+
+    /// The value to cross-check, with its span when the user wrote it; None
+    /// when it was invalid.
+    fn checkable(self, default: T) -> Option<(T, Option<Span>)> {
+        match self {
+            Got::Ok(value, span) => Some((value, Some(span))),
+            Got::Absent => Some((default, None)),
+            Got::Bad => None,
+        }
+    }
+}
+
+/// A table being checked, with how messages name it.
+struct Section<'t, 'de> {
+    table: &'t Table<'de>,
+    /// Where a missing key is reported.
+    span: Span,
+    /// `[engine]`, `[[stages]] #2 ("qa")`; empty for the top level.
+    label: String,
+    /// Put before key names in messages: "gate." for a stage's gate.
+    prefix: &'static str,
+}
+
+impl<'t, 'de> Section<'t, 'de> {
+    /// An absent optional table: everything in it takes its default.
+    fn empty(table: &'t Table<'de>, label: &str) -> Self {
+        Section {
+            table,
+            span: Span::default(),
+            label: label.to_owned(),
+            prefix: "",
+        }
+    }
+
+    fn say(&self, text: impl Display) -> String {
+        if self.label.is_empty() {
+            text.to_string()
+        } else {
+            format!("{}: {text}", self.label)
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("`{}{key}`", self.prefix)
+    }
+
+    fn check_keys(&self, expected: &[&str], problems: &mut Problems) {
+        for key in self.table.keys() {
+            if expected.contains(&key.name.as_ref()) {
+                continue;
+            }
+            let place = if self.label.is_empty() {
+                "at the top level".to_owned()
+            } else {
+                format!("in {}", self.label)
+            };
+            let expected = expected
+                .iter()
+                .map(|k| format!("{}{k}", self.prefix))
+                .collect::<Vec<_>>()
+                .join(", ");
+            problems.add(
+                key.span,
+                format!(
+                    "unknown key {} {place}; expected one of: {expected}",
+                    self.key(&key.name)
+                ),
+            );
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'t Value<'de>> {
+        self.table.get(key)
+    }
+
+    fn wrong_type(&self, key: &str, wanted: &str, value: &Value<'_>, problems: &mut Problems) {
+        let found = type_of(value);
+        problems.add(
+            value.span,
+            self.say(format!("{} must be {wanted}, found {found}", self.key(key))),
+        );
+    }
+
+    fn missing(&self, key: &str, problems: &mut Problems) {
+        problems.add(
+            self.span,
+            self.say(format!("missing required key {}", self.key(key))),
+        );
+    }
+
+    fn invalid(&self, key: &str, span: Span, why: impl Display, problems: &mut Problems) {
+        problems.add(span, self.say(format!("{} {why}", self.key(key))));
+    }
+
+    /// `key` as a section of its own, if present and a table.
+    fn sub_table(&self, key: &str, label: &str, problems: &mut Problems) -> Option<Self> {
+        let value = self.get(key)?;
+        let Some(table) = value.as_table() else {
+            self.wrong_type(key, &format!("a table ({label})"), value, problems);
+            return None;
+        };
+        Some(Section {
+            table,
+            span: value.span,
+            label: label.to_owned(),
+            prefix: "",
+        })
+    }
+
+    fn string(&self, key: &str, problems: &mut Problems) -> Got<&'t str> {
+        let Some(value) = self.get(key) else {
+            return Got::Absent;
+        };
+        match value.as_str() {
+            Some(s) => Got::Ok(s, value.span),
+            None => {
+                self.wrong_type(key, "a string", value, problems);
+                Got::Bad
+            }
+        }
+    }
+
+    fn duration(&self, key: &str, problems: &mut Problems) -> Got<Duration> {
+        let Some(value) = self.get(key) else {
+            return Got::Absent;
+        };
+        let Some(text) = value.as_str() else {
+            self.wrong_type(key, "a duration string like \"15s\"", value, problems);
+            return Got::Bad;
+        };
+        match parse_duration(text) {
+            Ok(duration) => Got::Ok(duration, value.span),
+            Err(why) => {
+                problems.add(value.span, self.say(format!("{}: {why}", self.key(key))));
+                Got::Bad
+            }
+        }
+    }
+
+    /// A duration for which zero makes no sense (a timeout, a poll interval).
+    fn nonzero_duration(&self, key: &str, problems: &mut Problems) -> Got<Duration> {
+        match self.duration(key, problems) {
+            Got::Ok(duration, span) if duration.is_zero() => {
+                self.invalid(key, span, "must be greater than 0s", problems);
+                Got::Bad
+            }
+            other => other,
+        }
+    }
+
+    fn integer(&self, key: &str, min: i64, max: i64, problems: &mut Problems) -> Got<i64> {
+        let Some(value) = self.get(key) else {
+            return Got::Absent;
+        };
+        let Some(n) = value.as_integer() else {
+            self.wrong_type(key, "an integer", value, problems);
+            return Got::Bad;
+        };
+        if n < min || n > max {
+            // A limit set only by the type (u32::MAX) is noise to a reader
+            // who wrote 0; it is worth saying only to one who went past it.
+            let range = if max < i64::from(u32::MAX) {
+                format!("from {min} to {max}")
+            } else if n < min {
+                format!(">= {min}")
+            } else {
+                format!("<= {max}")
+            };
+            self.invalid(
+                key,
+                value.span,
+                format_args!("must be an integer {range}, found {n}"),
+                problems,
+            );
+            return Got::Bad;
+        }
+        Got::Ok(n, value.span)
+    }
+
+    fn count(&self, key: &str, max: i64, default: u32, problems: &mut Problems) -> u32 {
+        // The range check keeps n within 1..=u32::MAX, so the fallback never applies.
+        let n = self.integer(key, 1, max.min(i64::from(u32::MAX)), problems);
+        n.or(i64::from(default)).try_into().unwrap_or(default)
+    }
+
+    fn path(&self, key: &str, root: &Path, default: &str, problems: &mut Problems) -> PathBuf {
+        match self.string(key, problems) {
+            Got::Ok("", span) => {
+                self.invalid(key, span, "must not be empty", problems);
+                root.join(default)
+            }
+            Got::Ok(path, _) => resolve(root, Path::new(path)),
+            Got::Absent | Got::Bad => root.join(default),
+        }
+    }
+}
+
+fn type_of(value: &Value<'_>) -> &'static str {
+    value.as_ref().type_str()
+}
+
+fn engine_config(s: &Section<'_, '_>, root: &Path, problems: &mut Problems) -> EngineConfig {
+    s.check_keys(ENGINE_KEYS, problems);
+    let lease = s.nonzero_duration("lease", problems);
+    let heartbeat = s.nonzero_duration("heartbeat", problems);
+    let lease = lease.checkable(DEFAULT_LEASE);
+    let heartbeat = heartbeat.checkable(DEFAULT_HEARTBEAT);
+    if let (Some((lease, lease_span)), Some((heartbeat, heartbeat_span))) = (lease, heartbeat) {
+        // A lease renewed no more often than it lasts would expire between
+        // renewals, and live jobs would be run twice.
+        if heartbeat >= lease {
+            let span = heartbeat_span.or(lease_span).unwrap_or(s.span);
+            s.invalid(
+                "heartbeat",
+                span,
+                format_args!(
+                    "({}) must be less than `lease` ({})",
+                    shown(heartbeat, heartbeat_span),
+                    shown(lease, lease_span)
+                ),
+                problems,
+            );
+        }
+    }
+    EngineConfig {
+        data_dir: s.path("data_dir", root, ".ideamill", problems),
+        workspace: s.path("workspace", root, "workspace", problems),
+        inbox: s.path("inbox", root, "inbox", problems),
+        lease: lease.map_or(DEFAULT_LEASE, |(d, _)| d),
+        heartbeat: heartbeat.map_or(DEFAULT_HEARTBEAT, |(d, _)| d),
+        shutdown_grace: s
+            .duration("shutdown_grace", problems)
+            .or(DEFAULT_SHUTDOWN_GRACE),
+        poll_interval: s
+            .nonzero_duration("poll_interval", problems)
+            .or(DEFAULT_POLL_INTERVAL),
+        retention: match s.duration("retention", problems) {
+            Got::Ok(d, _) => Some(d),
+            Got::Absent | Got::Bad => None,
+        },
+    }
+}
+
+/// A duration for a message, saying when it is a default the user did not write.
+fn shown(duration: Duration, written_at: Option<Span>) -> String {
+    match written_at {
+        Some(_) => format_duration(duration),
+        None => format!("default {}", format_duration(duration)),
+    }
+}
+
+fn store_config(
+    s: &Section<'_, '_>,
+    root: &Path,
+    data_dir: &Path,
+    problems: &mut Problems,
+) -> StoreConfig {
+    s.check_keys(STORE_KEYS, problems);
+    let url = match s.string("url", problems) {
+        Got::Ok(url, span) => resolve_url(url, root).unwrap_or_else(|why| {
+            s.invalid("url", span, why, problems);
+            String::new()
+        }),
+        Got::Absent | Got::Bad => format!("sqlite://{}", data_dir.join("ideamill.db").display()),
+    };
+    StoreConfig { url }
+}
+
+/// Makes a sqlite url's path absolute. Messages never repeat the url itself,
+/// which may hold a password.
+fn resolve_url(url: &str, root: &Path) -> Result<String, String> {
+    let expected = "sqlite://PATH or postgres://HOST/DATABASE";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("is not a url; expected {expected}"));
+    };
+    if scheme.eq_ignore_ascii_case("sqlite") {
+        // Options such as `?mode=ro` are not part of the file's path.
+        let (file, options) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+        if file.is_empty() {
+            return Err(format!("names no database file; expected {expected}"));
+        }
+        let file = resolve(root, Path::new(file));
+        Ok(format!("sqlite://{}{options}", file.display()))
+    } else if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
+        Ok(url.to_owned())
+    } else {
+        Err(format!(
+            "has unsupported scheme \"{scheme}\"; expected {expected}"
+        ))
+    }
+}
+
+/// `path` against `root`, with `.` and `..` removed lexically: the folders
+/// need not exist yet, and following symlinks is the OS's business later.
+fn resolve(root: &Path, path: &Path) -> PathBuf {
+    normalize(&root.join(path))
+}
+
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                Some(Component::ParentDir | Component::CurDir) | None => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A gate whose `retry_from` is checked once every stage name is known.
+struct PendingGate<'t> {
+    stage: usize,
+    label: String,
+    retry_from: &'t str,
+    span: Span,
+}
+
+fn stages(top: &Section<'_, '_>, problems: &mut Problems) -> Vec<StageConfig> {
+    let Some(value) = top.get("stages") else {
+        problems.add(Span::default(), NO_STAGES.to_owned());
+        return Vec::new();
+    };
+    let Some(array) = value.as_array() else {
+        top.wrong_type("stages", "an array of tables ([[stages]])", value, problems);
+        return Vec::new();
+    };
+    if array.is_empty() {
+        problems.add(value.span, NO_STAGES.to_owned());
+    }
+
+    let mut stages = Vec::new();
+    // Each stage's name, as written, even if invalid, so that later checks
+    // do not pile spurious errors on an already reported one.
+    let mut names: Vec<Option<&str>> = Vec::new();
+    let mut first_use: HashMap<&str, usize> = HashMap::new();
+    let mut gates = Vec::new();
+    for (i, value) in array.iter().enumerate() {
+        let number = i + 1;
+        let Some(table) = value.as_table() else {
+            problems.add(
+                value.span,
+                format!(
+                    "[[stages]] #{number} must be a table, found {}",
+                    type_of(value)
+                ),
+            );
+            names.push(None);
+            continue;
+        };
+        let (stage, name, gate) = stage(number, table, value.span, problems);
+        if let Some((name, span)) = name {
+            if let Some(first) = first_use.get(name) {
+                problems.add(
+                    span,
+                    format!(
+                        "[[stages]] #{number} ({name:?}): duplicate stage name {name:?}; \
+                         [[stages]] #{first} already has it"
+                    ),
+                );
+            } else {
+                first_use.insert(name, number);
+            }
+        }
+        names.push(name.map(|(name, _)| name));
+        gates.extend(gate);
+        stages.push(stage);
+    }
+
+    for gate in gates {
+        let earlier: Vec<&str> = names[..gate.stage].iter().flatten().copied().collect();
+        if earlier.contains(&gate.retry_from) {
+            continue;
+        }
+        let why = if names[gate.stage] == Some(gate.retry_from) {
+            "is this stage itself; a gate sends work back to an earlier stage"
+        } else if names.contains(&Some(gate.retry_from)) {
+            "is not an earlier stage"
+        } else {
+            "is not a stage"
+        };
+        let earlier = if earlier.is_empty() {
+            "none, so the first stage cannot be a gate".to_owned()
+        } else {
+            earlier.join(", ")
+        };
+        problems.add(
+            gate.span,
+            format!(
+                "{}: gate.retry_from {:?} {why}; earlier stages: {earlier}",
+                gate.label, gate.retry_from
+            ),
+        );
+    }
+    stages
+}
+
+/// One `[[stages]]` entry; also returns its name and its gate's target for
+/// the checks across stages.
+fn stage<'t>(
+    number: usize,
+    table: &'t Table<'_>,
+    span: Span,
+    problems: &mut Problems,
+) -> (
+    StageConfig,
+    Option<(&'t str, Span)>,
+    Option<PendingGate<'t>>,
+) {
+    let mut s = Section {
+        table,
+        span,
+        label: format!("[[stages]] #{number}"),
+        prefix: "",
+    };
+    let name = match s.string("name", problems) {
+        Got::Ok(name, span) => {
+            s.label = format!("[[stages]] #{number} ({name:?})");
+            if !is_valid_stage_name(name) {
+                s.invalid(
+                    "name",
+                    span,
+                    format_args!(
+                        "{name:?} must be 1 to 63 lowercase letters, digits, `_` or `-`, \
+                         starting with a letter or digit"
+                    ),
+                    problems,
+                );
+            }
+            Some((name, span))
+        }
+        Got::Absent => {
+            s.missing("name", problems);
+            None
+        }
+        Got::Bad => None,
+    };
+    s.check_keys(STAGE_KEYS, problems);
+
+    let kind = match s.string("kind", problems) {
+        Got::Ok("command", _) => Some(StageKind::Command(command_stage(&s, problems))),
+        Got::Ok(other, span) => {
+            let known = STAGE_KINDS.join(", ");
+            problems.add(
+                span,
+                s.say(format_args!(
+                    "unknown stage kind {other:?}; known kinds: {known}"
+                )),
+            );
+            None
+        }
+        Got::Absent => {
+            s.missing("kind", problems);
+            None
+        }
+        Got::Bad => None,
+    };
+    // With the kind unknown, its own keys cannot be checked; the stage is
+    // already in error, and the placeholder below is never returned.
+    let kind = kind.unwrap_or_else(|| StageKind::Command(placeholder_command()));
+
+    let timeout = s.nonzero_duration("timeout", problems).or(DEFAULT_TIMEOUT);
+    let max_attempts = s.count("max_attempts", i64::MAX, DEFAULT_MAX_ATTEMPTS, problems);
+    let backoff = s.duration("backoff", problems).checkable(DEFAULT_BACKOFF);
+    let backoff_max = s
+        .duration("backoff_max", problems)
+        .checkable(DEFAULT_BACKOFF_MAX);
+    if let (Some((backoff, backoff_span)), Some((backoff_max, backoff_max_span))) =
+        (backoff, backoff_max)
+    {
+        // A cap below the first delay would silently replace it, which is
+        // surely not what was meant.
+        if backoff_max < backoff {
+            let span = backoff_max_span.or(backoff_span).unwrap_or(s.span);
+            s.invalid(
+                "backoff_max",
+                span,
+                format_args!(
+                    "({}) must be at least `backoff` ({})",
+                    shown(backoff_max, backoff_max_span),
+                    shown(backoff, backoff_span)
+                ),
+                problems,
+            );
+        }
+    }
+    let concurrency = s.count(
+        "concurrency",
+        MAX_CONCURRENCY,
+        DEFAULT_CONCURRENCY,
+        problems,
+    );
+    let (gate, pending) = match gate(&s, problems) {
+        Some((gate, Some((retry_from, span)))) => {
+            let pending = PendingGate {
+                stage: number - 1,
+                label: s.label.clone(),
+                retry_from,
+                span,
+            };
+            (Some(gate), Some(pending))
+        }
+        Some((gate, None)) => (Some(gate), None),
+        None => (None, None),
+    };
+
+    let stage = StageConfig {
+        name: name.map_or_else(String::new, |(name, _)| name.to_owned()),
+        kind,
+        timeout,
+        retry: RetryPolicy {
+            max_attempts,
+            backoff: backoff.map_or(DEFAULT_BACKOFF, |(d, _)| d),
+            backoff_max: backoff_max.map_or(DEFAULT_BACKOFF_MAX, |(d, _)| d),
+        },
+        concurrency,
+        gate,
+    };
+    (stage, name, pending)
+}
+
+/// `[a-z0-9][a-z0-9_-]{0,62}`: safe in file names, URLs and log lines alike.
+fn is_valid_stage_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-';
+    match bytes.split_first() {
+        Some((first, rest)) => {
+            (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && rest.len() <= 62
+                && rest.iter().all(allowed)
+        }
+        None => false,
+    }
+}
+
+fn placeholder_command() -> CommandStage {
+    CommandStage {
+        program: String::new(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+        kill_grace: DEFAULT_KILL_GRACE,
+        max_output: DEFAULT_MAX_OUTPUT,
+    }
+}
+
+fn command_stage(s: &Section<'_, '_>, problems: &mut Problems) -> CommandStage {
+    let mut command = Vec::new();
+    match s.get("command") {
+        None => s.missing("command", problems),
+        Some(value) => match value.as_array() {
+            None => s.wrong_type(
+                "command",
+                "an array of strings like [\"sh\", \"-c\", \"make\"]",
+                value,
+                problems,
+            ),
+            Some(items) if items.is_empty() => s.invalid(
+                "command",
+                value.span,
+                "must not be empty: its first element is the program to run",
+                problems,
+            ),
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let key = format!("command[{i}]");
+                    match item.as_str() {
+                        None => s.wrong_type(&key, "a string", item, problems),
+                        // The OS cannot pass a NUL byte; better said here than at spawn.
+                        Some(text) if text.contains('\0') => {
+                            s.invalid(&key, item.span, "contains a NUL byte", problems);
+                        }
+                        Some("") if i == 0 => {
+                            s.invalid(&key, item.span, "(the program) must not be empty", problems)
+                        }
+                        Some(text) => command.push(text.to_owned()),
+                    }
+                }
+            }
+        },
+    }
+    let mut env = BTreeMap::new();
+    if let Some(value) = s.get("env") {
+        match value.as_table() {
+            None => s.wrong_type("env", "a table like { KEY = \"value\" }", value, problems),
+            Some(table) => {
+                for (key, value) in table {
+                    let name = key.name.as_ref();
+                    if name.is_empty() || name.contains(['=', '\0']) {
+                        problems.add(
+                            key.span,
+                            s.say(format_args!(
+                                "`env` key {name:?} is not a valid environment variable name \
+                                 (empty, or contains `=` or a NUL byte)"
+                            )),
+                        );
+                    }
+                    let key = format!("env.{name}");
+                    match value.as_str() {
+                        None => s.wrong_type(&key, "a string", value, problems),
+                        Some(text) if text.contains('\0') => {
+                            s.invalid(&key, value.span, "contains a NUL byte", problems);
+                        }
+                        Some(text) => {
+                            env.insert(name.to_owned(), text.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let kill_grace = s.duration("kill_grace", problems).or(DEFAULT_KILL_GRACE);
+    let max_output = match s.integer("max_output", 1, i64::MAX, problems) {
+        // On a 32-bit target a huge limit is as good as no limit.
+        Got::Ok(n, _) => usize::try_from(n).unwrap_or(usize::MAX),
+        Got::Absent | Got::Bad => DEFAULT_MAX_OUTPUT,
+    };
+    let mut command = command.into_iter();
+    CommandStage {
+        program: command.next().unwrap_or_default(),
+        args: command.collect(),
+        env,
+        kill_grace,
+        max_output,
+    }
+}
+
+/// The stage's gate, if it has one, and where its `retry_from` was written.
+fn gate<'t>(
+    stage: &Section<'t, '_>,
+    problems: &mut Problems,
+) -> Option<(Gate, Option<(&'t str, Span)>)> {
+    let value = stage.get("gate")?;
+    let Some(table) = value.as_table() else {
+        stage.wrong_type(
+            "gate",
+            "a table like { retry_from = \"implement\", max_rounds = 3 }",
+            value,
+            problems,
+        );
+        return None;
+    };
+    let g = Section {
+        table,
+        span: value.span,
+        label: stage.label.clone(),
+        prefix: "gate.",
+    };
+    g.check_keys(GATE_KEYS, problems);
+    let retry_from = match g.string("retry_from", problems) {
+        Got::Ok(name, span) => Some((name, span)),
+        Got::Absent => {
+            g.missing("retry_from", problems);
+            None
+        }
+        Got::Bad => None,
+    };
+    let max_rounds = g.count("max_rounds", i64::MAX, DEFAULT_MAX_ROUNDS, problems);
+    let gate = Gate {
+        retry_from: retry_from.map_or_else(String::new, |(name, _)| name.to_owned()),
+        max_rounds,
+    };
+    Some((gate, retry_from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/proj/ideamill.toml";
+
+    /// Every error as "line:column: message".
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, Path::new(FILE)) {
+            Ok(config) => panic!("expected errors, got {config:#?}"),
+            Err(ConfigErrors(errors)) => errors
+                .iter()
+                .map(|e| {
+                    assert_eq!(e.file, Path::new(FILE));
+                    format!("{}:{}: {}", e.line, e.column, e.message)
+                })
+                .collect(),
+        }
+    }
+
+    fn check_errors(text: &str, expected: &[&str]) {
+        assert_eq!(errors(text), expected, "config:\n{text}");
+    }
+
+    fn config(text: &str) -> Config {
+        parse(text, Path::new(FILE))
+            .unwrap_or_else(|e| panic!("unexpected errors:\n{e}\nconfig:\n{text}"))
+    }
+
+    const STAGE: &str = "[[stages]]\nname = \"build\"\nkind = \"command\"\ncommand = [\"make\"]\n";
+
+    fn command(stage: &StageConfig) -> &CommandStage {
+        match &stage.kind {
+            StageKind::Command(command) => command,
+        }
+    }
+
+    #[test]
+    fn full_example_with_defaults() {
+        let text = r#"
+[store]
+url = "sqlite://.ideamill/ideamill.db"
+[engine]
+data_dir = ".ideamill"
+workspace = "workspace"
+inbox = "inbox"
+lease = "15s"
+heartbeat = "2s"
+shutdown_grace = "30s"
+poll_interval = "1s"
+retention = "30d"
+
+[[stages]]
+name = "implement"
+kind = "command"
+command = ["sh", "-c", "echo hi"]
+env = { KEY = "value" }
+timeout = "10m"
+kill_grace = "5s"
+max_output = 1048576
+max_attempts = 3
+backoff = "2s"
+backoff_max = "10m"
+concurrency = 1
+
+[[stages]]
+name = "review"
+kind = "command"
+command = ["./review.sh"]
+gate = { retry_from = "implement" }
+"#;
+        let root = PathBuf::from("/proj");
+        let expected = Config {
+            path: PathBuf::from(FILE),
+            root: root.clone(),
+            store: StoreConfig {
+                url: "sqlite:///proj/.ideamill/ideamill.db".to_owned(),
+            },
+            engine: EngineConfig {
+                data_dir: root.join(".ideamill"),
+                workspace: root.join("workspace"),
+                inbox: root.join("inbox"),
+                lease: Duration::from_secs(15),
+                heartbeat: Duration::from_secs(2),
+                shutdown_grace: Duration::from_secs(30),
+                poll_interval: Duration::from_secs(1),
+                retention: Some(Duration::from_secs(30 * 86_400)),
+            },
+            stages: vec![
+                StageConfig {
+                    name: "implement".to_owned(),
+                    kind: StageKind::Command(CommandStage {
+                        program: "sh".to_owned(),
+                        args: vec!["-c".to_owned(), "echo hi".to_owned()],
+                        env: BTreeMap::from([("KEY".to_owned(), "value".to_owned())]),
+                        kill_grace: Duration::from_secs(5),
+                        max_output: 1024 * 1024,
+                    }),
+                    timeout: Duration::from_secs(600),
+                    retry: RetryPolicy {
+                        max_attempts: 3,
+                        backoff: Duration::from_secs(2),
+                        backoff_max: Duration::from_secs(600),
+                    },
+                    concurrency: 1,
+                    gate: None,
+                },
+                StageConfig {
+                    name: "review".to_owned(),
+                    kind: StageKind::Command(CommandStage {
+                        program: "./review.sh".to_owned(),
+                        args: Vec::new(),
+                        env: BTreeMap::new(),
+                        kill_grace: Duration::from_secs(5),
+                        max_output: 1024 * 1024,
+                    }),
+                    timeout: Duration::from_secs(600),
+                    retry: RetryPolicy {
+                        max_attempts: 3,
+                        backoff: Duration::from_secs(2),
+                        backoff_max: Duration::from_secs(600),
+                    },
+                    concurrency: 1,
+                    gate: Some(Gate {
+                        retry_from: "implement".to_owned(),
+                        max_rounds: 3,
+                    }),
+                },
+            ],
+        };
+        assert_eq!(config(text), expected);
+
+        // The same file with every optional key left out means the same thing,
+        // except for retention, which defaults to never.
+        let minimal = r#"
+[[stages]]
+name = "implement"
+kind = "command"
+command = ["sh", "-c", "echo hi"]
+env = { KEY = "value" }
+
+[[stages]]
+name = "review"
+kind = "command"
+command = ["./review.sh"]
+gate = { retry_from = "implement" }
+"#;
+        let mut expected = expected;
+        expected.engine.retention = None;
+        assert_eq!(config(minimal), expected);
+    }
+
+    #[test]
+    fn every_error_is_reported_in_file_order() {
+        check_errors(
+            r#"[engine]
+lease = 15
+heartbeat = "2x"
+
+[[stages]]
+name = "build"
+kind = "command"
+command = []
+  max_attempts = 0
+"#,
+            &[
+                r#"2:9: [engine]: `lease` must be a duration string like "15s", found integer"#,
+                r#"3:13: [engine]: `heartbeat`: invalid duration "2x": unknown unit "x" (use ms, s, m, h or d)"#,
+                r#"8:11: [[stages]] #1 ("build"): `command` must not be empty: its first element is the program to run"#,
+                r#"9:18: [[stages]] #1 ("build"): `max_attempts` must be an integer >= 1, found 0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        check_errors(
+            &format!("{STAGE}env = {{ \"é\" = \"x\", K = 1 }}\n"),
+            &[r#"5:24: [[stages]] #1 ("build"): `env.K` must be a string, found integer"#],
+        );
+    }
+
+    #[test]
+    fn unknown_keys() {
+        check_errors(
+            &format!("colour = \"red\"\n{STAGE}"),
+            &["1:1: unknown key `colour` at the top level; expected one of: store, engine, stages"],
+        );
+        check_errors(
+            &format!("{STAGE}retries = 3\n"),
+            &[
+                "5:1: unknown key `retries` in [[stages]] #1 (\"build\"); expected one of: \
+                 name, kind, command, env, timeout, kill_grace, max_output, max_attempts, \
+                 backoff, backoff_max, concurrency, gate",
+            ],
+        );
+        check_errors(
+            &format!("[engine]\nfoo = 1\n[store]\nuri = \"x\"\n{STAGE}"),
+            &[
+                "2:1: unknown key `foo` in [engine]; expected one of: data_dir, workspace, \
+                 inbox, lease, heartbeat, shutdown_grace, poll_interval, retention",
+                "4:1: unknown key `uri` in [store]; expected one of: url",
+            ],
+        );
+        check_errors(
+            &format!("{STAGE}gate = {{ retry_from = \"build\", rounds = 2 }}\n"),
+            &[
+                "5:23: [[stages]] #1 (\"build\"): gate.retry_from \"build\" is this stage itself; \
+                 a gate sends work back to an earlier stage; earlier stages: none, so the first \
+                 stage cannot be a gate",
+                "5:32: unknown key `gate.rounds` in [[stages]] #1 (\"build\"); expected one of: \
+                 gate.retry_from, gate.max_rounds",
+            ],
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        check_errors(
+            &format!("engine = \"fast\"\nstore = 1\n{STAGE}"),
+            &[
+                "1:10: `engine` must be a table ([engine]), found string",
+                "2:9: `store` must be a table ([store]), found integer",
+            ],
+        );
+        check_errors(
+            "[stages]\nname = \"x\"\n",
+            &["1:1: `stages` must be an array of tables ([[stages]]), found table"],
+        );
+        check_errors(
+            "stages = [\"build\"]\n",
+            &["1:11: [[stages]] #1 must be a table, found string"],
+        );
+        check_errors(
+            "[[stages]]\nname = 1\nkind = \"command\"\ncommand = \"make\"\nenv = []\nconcurrency = \"2\"\ngate = \"build\"\n",
+            &[
+                "2:8: [[stages]] #1: `name` must be a string, found integer",
+                "4:11: [[stages]] #1: `command` must be an array of strings like [\"sh\", \"-c\", \"make\"], found string",
+                "5:7: [[stages]] #1: `env` must be a table like { KEY = \"value\" }, found array",
+                "6:15: [[stages]] #1: `concurrency` must be an integer, found string",
+                "7:8: [[stages]] #1: `gate` must be a table like { retry_from = \"implement\", max_rounds = 3 }, found string",
+            ],
+        );
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = \"command\"\ncommand = [\"\", 2]\nmax_output = 1.5\n",
+            &[
+                "4:12: [[stages]] #1 (\"a\"): `command[0]` (the program) must not be empty",
+                "4:16: [[stages]] #1 (\"a\"): `command[1]` must be a string, found integer",
+                "5:14: [[stages]] #1 (\"a\"): `max_output` must be an integer, found float",
+            ],
+        );
+    }
+
+    #[test]
+    fn missing_keys_and_stages() {
+        check_errors(
+            "",
+            &["1:1: no [[stages]]: a pipeline needs at least one stage"],
+        );
+        check_errors(
+            "[engine]\nlease = \"20s\"\n",
+            &["1:1: no [[stages]]: a pipeline needs at least one stage"],
+        );
+        check_errors(
+            "stages = []\n",
+            &["1:10: no [[stages]]: a pipeline needs at least one stage"],
+        );
+        check_errors(
+            &format!("{STAGE}\n[[stages]]\ntimeout = \"1m\"\n"),
+            &[
+                "6:1: [[stages]] #2: missing required key `name`",
+                "6:1: [[stages]] #2: missing required key `kind`",
+            ],
+        );
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = \"command\"\n",
+            &["1:1: [[stages]] #1 (\"a\"): missing required key `command`"],
+        );
+        check_errors(
+            &format!("{STAGE}gate = {{ max_rounds = 2 }}\n"),
+            &["5:8: [[stages]] #1 (\"build\"): missing required key `gate.retry_from`"],
+        );
+    }
+
+    #[test]
+    fn stage_kinds_and_names() {
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = \"llm\"\nmodel = \"x\"\n",
+            &[
+                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"llm\"; known kinds: command",
+                "4:1: unknown key `model` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
+                 command, env, timeout, kill_grace, max_output, max_attempts, backoff, \
+                 backoff_max, concurrency, gate",
+            ],
+        );
+        for bad in ["Build", "-x", "a b", "", &"a".repeat(64)] {
+            let text =
+                format!("[[stages]]\nname = {bad:?}\nkind = \"command\"\ncommand = [\"x\"]\n");
+            check_errors(
+                &text,
+                &[&format!(
+                    "2:8: [[stages]] #1 ({bad:?}): `name` {bad:?} must be 1 to 63 lowercase \
+                     letters, digits, `_` or `-`, starting with a letter or digit"
+                )],
+            );
+        }
+        for good in ["a", "0", "build-2_x", &"a".repeat(63)] {
+            let text =
+                format!("[[stages]]\nname = {good:?}\nkind = \"command\"\ncommand = [\"x\"]\n");
+            assert_eq!(config(&text).stages[0].name, good);
+        }
+    }
+
+    #[test]
+    fn duplicate_stage_names() {
+        check_errors(
+            &format!("{STAGE}{STAGE}{STAGE}"),
+            &[
+                "6:8: [[stages]] #2 (\"build\"): duplicate stage name \"build\"; [[stages]] #1 already has it",
+                "10:8: [[stages]] #3 (\"build\"): duplicate stage name \"build\"; [[stages]] #1 already has it",
+            ],
+        );
+    }
+
+    fn check_durations(engine: &str, stage: &str, expected: &[&str]) {
+        check_errors(&format!("[engine]\n{engine}\n{STAGE}{stage}\n"), expected);
+    }
+
+    #[test]
+    fn bad_durations() {
+        check_durations(
+            "lease = \"15\"",
+            "",
+            &[
+                r#"2:9: [engine]: `lease`: invalid duration "15": missing unit (did you mean "15s"?)"#,
+            ],
+        );
+        check_durations(
+            "poll_interval = \"0s\"",
+            "timeout = \"0ms\"",
+            &[
+                "2:17: [engine]: `poll_interval` must be greater than 0s",
+                "7:11: [[stages]] #1 (\"build\"): `timeout` must be greater than 0s",
+            ],
+        );
+        check_durations(
+            "heartbeat = \"0s\"",
+            "kill_grace = \"-1s\"",
+            &[
+                "2:13: [engine]: `heartbeat` must be greater than 0s",
+                r#"7:14: [[stages]] #1 ("build"): `kill_grace`: invalid duration "-1s": negative durations are not allowed"#,
+            ],
+        );
+        check_durations(
+            "heartbeat = \"15s\"",
+            "",
+            &["2:13: [engine]: `heartbeat` (15s) must be less than `lease` (default 15s)"],
+        );
+        // Located at heartbeat when it is written, even if lease comes later.
+        check_durations(
+            "heartbeat = \"5s\"\nlease = \"3s\"",
+            "",
+            &["2:13: [engine]: `heartbeat` (5s) must be less than `lease` (3s)"],
+        );
+        check_durations(
+            "lease = \"1s\"",
+            "",
+            &["2:9: [engine]: `heartbeat` (default 2s) must be less than `lease` (1s)"],
+        );
+        // An invalid lease is one error, not two.
+        check_durations(
+            "lease = \"1\"",
+            "",
+            &[r#"2:9: [engine]: `lease`: invalid duration "1": missing unit (did you mean "1s"?)"#],
+        );
+        check_durations(
+            "",
+            "backoff = \"1m\"\nbackoff_max = \"30s\"",
+            &[
+                "8:15: [[stages]] #1 (\"build\"): `backoff_max` (30s) must be at least `backoff` (1m)",
+            ],
+        );
+        check_durations(
+            "",
+            "backoff = \"1h\"",
+            &[
+                "7:11: [[stages]] #1 (\"build\"): `backoff_max` (default 10m) must be at least `backoff` (1h)",
+            ],
+        );
+    }
+
+    #[test]
+    fn integer_ranges() {
+        check_errors(
+            &format!(
+                "{STAGE}concurrency = 1025\nmax_output = 0\ngate = {{ retry_from = \"x\", max_rounds = 0 }}\n"
+            ),
+            &[
+                "5:15: [[stages]] #1 (\"build\"): `concurrency` must be an integer from 1 to 1024, found 1025",
+                "6:14: [[stages]] #1 (\"build\"): `max_output` must be an integer >= 1, found 0",
+                "7:23: [[stages]] #1 (\"build\"): gate.retry_from \"x\" is not a stage; earlier stages: none, so the first stage cannot be a gate",
+                "7:41: [[stages]] #1 (\"build\"): `gate.max_rounds` must be an integer >= 1, found 0",
+            ],
+        );
+        check_errors(
+            &format!("{STAGE}max_attempts = 4294967296\n"),
+            &[
+                "5:16: [[stages]] #1 (\"build\"): `max_attempts` must be an integer <= 4294967295, found 4294967296",
+            ],
+        );
+        let text = format!("{STAGE}concurrency = 1024\nmax_attempts = 1\nmax_output = 10\n");
+        let stage = &config(&text).stages[0];
+        assert_eq!(
+            (
+                stage.concurrency,
+                stage.retry.max_attempts,
+                command(stage).max_output
+            ),
+            (1024, 1, 10)
+        );
+    }
+
+    fn check_gate(retry_from: &str, expected: &[&str]) {
+        let text = format!(
+            "{}\n{}\n[[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"qa\"]\ngate = {{ retry_from = {retry_from:?} }}\n{}",
+            stage_named("outline"),
+            stage_named("implement"),
+            stage_named("deploy"),
+        );
+        if expected.is_empty() {
+            let config = config(&text);
+            let gate = config.stage("qa").and_then(|s| s.gate.clone());
+            assert_eq!(
+                gate,
+                Some(Gate {
+                    retry_from: retry_from.to_owned(),
+                    max_rounds: 3
+                })
+            );
+        } else {
+            check_errors(&text, expected);
+        }
+    }
+
+    fn stage_named(name: &str) -> String {
+        format!("[[stages]]\nname = {name:?}\nkind = \"command\"\ncommand = [\"x\"]")
+    }
+
+    #[test]
+    fn gate_retry_from() {
+        check_gate("outline", &[]);
+        check_gate("implement", &[]);
+        check_gate(
+            "deploy",
+            &[
+                "13:23: [[stages]] #3 (\"qa\"): gate.retry_from \"deploy\" is not an earlier stage; earlier stages: outline, implement",
+            ],
+        );
+        check_gate(
+            "nope",
+            &[
+                "13:23: [[stages]] #3 (\"qa\"): gate.retry_from \"nope\" is not a stage; earlier stages: outline, implement",
+            ],
+        );
+        check_gate(
+            "qa",
+            &[
+                "13:23: [[stages]] #3 (\"qa\"): gate.retry_from \"qa\" is this stage itself; a gate sends work back to an earlier stage; earlier stages: outline, implement",
+            ],
+        );
+    }
+
+    /// A gate may be written as an inline table, with dotted keys or as a
+    /// sub-table; all mean the same.
+    fn check_gate_form(gate: &str, expected: Result<Gate, &str>) {
+        let text = format!("{}\n{STAGE}{gate}\n", stage_named("draft"));
+        match expected {
+            Ok(gate) => assert_eq!(config(&text).stages[1].gate, Some(gate), "config:\n{text}"),
+            Err(message) => check_errors(&text, &[message]),
+        }
+    }
+
+    #[test]
+    fn gate_forms() {
+        let gate = |max_rounds| Gate {
+            retry_from: "draft".to_owned(),
+            max_rounds,
+        };
+        check_gate_form("gate = { retry_from = \"draft\" }", Ok(gate(3)));
+        check_gate_form(
+            "gate.retry_from = \"draft\"\ngate.max_rounds = 5",
+            Ok(gate(5)),
+        );
+        check_gate_form(
+            "[stages.gate]\nretry_from = \"draft\"\nmax_rounds = 2",
+            Ok(gate(2)),
+        );
+        check_gate_form(
+            "[stages.gate]\nmax_rounds = 2",
+            Err("9:1: [[stages]] #2 (\"build\"): missing required key `gate.retry_from`"),
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error() {
+        check_errors(
+            "[engine]\nlease = \"15s\"\nheartbeat = 2s\n",
+            &["3:13: invalid toml: invalid number"],
+        );
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = command\n",
+            &["3:8: invalid toml: invalid TOML value, did you mean to use a quoted string?"],
+        );
+        check_errors(
+            "[engine]\nlease = \"15s\"\nlease = \"16s\"\n",
+            &["3:1: invalid toml: duplicate key: `lease`"],
+        );
+        check_errors(
+            "[engine\n",
+            &["1:8: invalid toml: expected a right bracket, found a newline"],
+        );
+    }
+
+    fn check_paths(path: &str, engine: &str, expected: [&str; 3]) {
+        let text = format!("[engine]\n{engine}\n{STAGE}");
+        let config = parse(&text, Path::new(path)).unwrap_or_else(|e| panic!("{e}"));
+        let engine = &config.engine;
+        let actual =
+            [&engine.data_dir, &engine.workspace, &engine.inbox].map(|p| p.display().to_string());
+        assert_eq!(actual, expected, "config:\n{text}");
+    }
+
+    #[test]
+    fn path_resolution() {
+        check_paths(
+            "/proj/ideamill.toml",
+            "",
+            ["/proj/.ideamill", "/proj/workspace", "/proj/inbox"],
+        );
+        check_paths(
+            "/proj/ideamill.toml",
+            "data_dir = \"state\"\nworkspace = \"./work/../ws\"\ninbox = \"../shared/inbox\"",
+            ["/proj/state", "/proj/ws", "/shared/inbox"],
+        );
+        check_paths(
+            "/proj/ideamill.toml",
+            "data_dir = \"/var/lib/ideamill\"\nworkspace = \"/tmp/ws/\"\ninbox = \"/../../in\"",
+            ["/var/lib/ideamill", "/tmp/ws", "/in"],
+        );
+        check_paths(
+            "/a/./b/ideamill.toml",
+            "inbox = \"c\"",
+            ["/a/b/.ideamill", "/a/b/workspace", "/a/b/c"],
+        );
+        check_errors(
+            &format!("[engine]\ninbox = \"\"\n{STAGE}"),
+            &["2:9: [engine]: `inbox` must not be empty"],
+        );
+    }
+
+    fn check_url(store: &str, expected: Result<&str, &str>) {
+        let text = format!("[engine]\ndata_dir = \"data\"\n[store]\n{store}\n{STAGE}");
+        match expected {
+            Ok(url) => assert_eq!(config(&text).store.url, url, "config:\n{text}"),
+            Err(message) => check_errors(&text, &[message]),
+        }
+    }
+
+    #[test]
+    fn store_url() {
+        check_url("", Ok("sqlite:///proj/data/ideamill.db"));
+        check_url("url = \"sqlite://db/x.db\"", Ok("sqlite:///proj/db/x.db"));
+        check_url(
+            "url = \"sqlite://../x.db?mode=rwc\"",
+            Ok("sqlite:///x.db?mode=rwc"),
+        );
+        check_url("url = \"sqlite:///srv/x.db\"", Ok("sqlite:///srv/x.db"));
+        check_url("url = \"SQLite://x.db\"", Ok("sqlite:///proj/x.db"));
+        check_url(
+            "url = \"postgres://user:pw@db.local:5432/ideamill\"",
+            Ok("postgres://user:pw@db.local:5432/ideamill"),
+        );
+        check_url(
+            "url = \"postgresql://db/ideamill\"",
+            Ok("postgresql://db/ideamill"),
+        );
+        check_url(
+            "url = \"mysql://user:secret@host/db\"",
+            Err(
+                "4:7: [store]: `url` has unsupported scheme \"mysql\"; expected sqlite://PATH or postgres://HOST/DATABASE",
+            ),
+        );
+        check_url(
+            "url = \"ideamill.db\"",
+            Err(
+                "4:7: [store]: `url` is not a url; expected sqlite://PATH or postgres://HOST/DATABASE",
+            ),
+        );
+        check_url(
+            "url = \"sqlite://?mode=ro\"",
+            Err(
+                "4:7: [store]: `url` names no database file; expected sqlite://PATH or postgres://HOST/DATABASE",
+            ),
+        );
+    }
+
+    #[test]
+    fn env_and_command() {
+        let text = format!(
+            "{}\nenv = {{ A = \"1\", \"B C\" = \"2\" }}\n",
+            "[[stages]]\nname = \"a\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo $A\"]"
+        );
+        let config = config(&text);
+        let c = command(&config.stages[0]);
+        assert_eq!(
+            (c.program.as_str(), c.args.as_slice()),
+            ("sh", ["-c".to_owned(), "echo $A".to_owned()].as_slice())
+        );
+        assert_eq!(
+            c.env,
+            BTreeMap::from([
+                ("A".to_owned(), "1".to_owned()),
+                ("B C".to_owned(), "2".to_owned())
+            ])
+        );
+        check_errors(
+            &format!("{STAGE}env = {{ \"A=B\" = \"1\", C = \"x\\u0000\" }}\n"),
+            &[
+                "5:9: [[stages]] #1 (\"build\"): `env` key \"A=B\" is not a valid environment variable name (empty, or contains `=` or a NUL byte)",
+                "5:26: [[stages]] #1 (\"build\"): `env.C` contains a NUL byte",
+            ],
+        );
+    }
+
+    #[test]
+    fn line_columns() {
+        let check = |text: &str, offset: usize, expected: (usize, usize)| {
+            assert_eq!(line_column(text, offset), expected, "{text:?} @ {offset}");
+        };
+        check("", 0, (1, 1));
+        check("abc", 2, (1, 3));
+        check("a\nb", 2, (2, 1));
+        check("a\r\nb", 3, (2, 1));
+        check("éé", 2, (1, 2));
+        check("éé", 3, (1, 2));
+        check("ab", 99, (1, 3));
+    }
+}

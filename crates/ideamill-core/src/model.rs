@@ -1,0 +1,170 @@
+//! The nouns of the pipeline (items, jobs, attempts, stages) shared by the
+//! store, the engine and the CLI. These are the only wire format between them.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch. Every timestamp in the store is one.
+pub type Millis = i64;
+pub type ItemId = i64;
+pub type JobId = i64;
+
+/// The stored state of an item. `Active` items have exactly one unfinished
+/// job; what people see ("queued", "running", "retrying") is derived from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemState {
+    Active,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl ItemState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Active => "active",
+            ItemState::Done => "done",
+            ItemState::Failed => "failed",
+            ItemState::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ItemState> {
+        Some(match s {
+            "active" => ItemState::Active,
+            "done" => ItemState::Done,
+            "failed" => ItemState::Failed,
+            "cancelled" => ItemState::Cancelled,
+            _ => return None,
+        })
+    }
+    pub fn is_finished(self) -> bool {
+        self != ItemState::Active
+    }
+}
+
+impl fmt::Display for ItemState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one job (one stage of one item in one round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for `run_at`, then for a worker.
+    Queued,
+    /// Held by a worker under a lease.
+    Running,
+    /// The stage passed; its output is stored.
+    Succeeded,
+    /// A gate rejected the work; its feedback is stored.
+    Rejected,
+    /// Attempts exhausted or a permanent error.
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Rejected => "rejected",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<JobState> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "rejected" => JobState::Rejected,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one attempt ended, as recorded on the attempt row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Rejected,
+    /// A retryable error: crash, non-zero exit, signal.
+    Error,
+    Timeout,
+    /// An error that retrying cannot fix (bad config, missing program).
+    Permanent,
+    Cancelled,
+    /// The worker's lease expired (process killed, machine gone).
+    Lost,
+    /// The worker shut down before finishing and gave the job back.
+    Released,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Rejected => "rejected",
+            AttemptOutcome::Error => "error",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Permanent => "permanent",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Released => "released",
+        }
+    }
+    pub fn parse(s: &str) -> Option<AttemptOutcome> {
+        Some(match s {
+            "succeeded" => AttemptOutcome::Succeeded,
+            "rejected" => AttemptOutcome::Rejected,
+            "error" => AttemptOutcome::Error,
+            "timeout" => AttemptOutcome::Timeout,
+            "permanent" => AttemptOutcome::Permanent,
+            "cancelled" => AttemptOutcome::Cancelled,
+            "lost" => AttemptOutcome::Lost,
+            "released" => AttemptOutcome::Released,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stage's retry policy, resolved from the config with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total tries of one job, the first included. At least 1.
+    pub max_attempts: u32,
+    /// The delay before the second try; it doubles for each later one.
+    pub backoff: Duration,
+    /// The delay never grows past this.
+    pub backoff_max: Duration,
+}
+
+/// A gate: a stage whose rejection sends the item back to `retry_from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gate {
+    pub retry_from: String,
+    /// Rounds are counted from 1; a rejection in round `max_rounds` fails the item.
+    pub max_rounds: u32,
+}

@@ -1,0 +1,704 @@
+//! The engine loop: a dispatcher that claims jobs per stage up to each
+//! stage's concurrency, job tasks that run executors, one completer that
+//! commits finished attempts in batches, and a heartbeat that renews leases,
+//! reaps expired ones and delivers cancellations.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ideamill_core::machine::{self, Transition};
+use ideamill_core::{AttemptOutcome, Config, ItemState, JobId, Millis};
+use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, StoreError};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{Execution, Executor};
+
+/// How a run should behave beyond what the config says.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// Stop once nothing is runnable or scheduled within `idle_horizon`.
+    pub until_idle: bool,
+    pub idle_horizon: Duration,
+    /// Receives a [`Progress`] for every claim and finish.
+    pub progress: Option<mpsc::UnboundedSender<Progress>>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            until_idle: false,
+            idle_horizon: Duration::from_secs(60),
+            progress: None,
+        }
+    }
+}
+
+/// What the engine did, for progress bars and benchmarks.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Claimed {
+        job: ClaimedJob,
+        at: Instant,
+    },
+    Finished {
+        job: ClaimedJob,
+        outcome: AttemptOutcome,
+        effect: Result<FinishEffect, String>,
+        elapsed: Duration,
+    },
+    Recovered {
+        message: String,
+    },
+}
+
+/// Totals of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub attempts: u64,
+    pub items_done: u64,
+    pub items_failed: u64,
+    pub released: u64,
+}
+
+pub struct Engine {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    executors: HashMap<String, Arc<dyn Executor>>,
+    options: EngineOptions,
+    process: ProcessInfo,
+}
+
+/// State shared by the engine's tasks.
+struct Shared {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    owner: String,
+    /// Wakes the dispatcher: a slot freed or new local work was committed.
+    wake: Notify,
+    /// Cancellation handles of the jobs this process runs.
+    running: Mutex<HashMap<JobId, CancellationToken>>,
+    /// Jobs a person cancelled (as opposed to work stopped by shutdown).
+    cancelled_by_user: Mutex<HashSet<JobId>>,
+    /// Set when shutdown's grace ran out and in-flight work was stopped.
+    aborting: AtomicBool,
+    in_flight: AtomicU64,
+    idle: Notify,
+    attempts: AtomicU64,
+    items_done: AtomicU64,
+    items_failed: AtomicU64,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
+}
+
+impl Shared {
+    fn report(&self, p: Progress) {
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(p);
+        }
+    }
+
+    fn cancel_jobs(&self, ids: &[JobId]) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_user = self
+            .cancelled_by_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if let Some(token) = running.get(id) {
+                tracing::info!("Job {id} was cancelled; stopping its work");
+                by_user.insert(*id);
+                token.cancel();
+            }
+        }
+    }
+}
+
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// This machine's name, for process rows and events.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // when the name fits, and we stop at the first NUL either way.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Whether a process with this pid exists on this machine.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+impl Engine {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        executors: Vec<(String, Arc<dyn Executor>)>,
+        options: EngineOptions,
+    ) -> Engine {
+        let now = now_millis();
+        let host = hostname();
+        let pid = std::process::id();
+        let process = ProcessInfo {
+            id: format!("{host}-{pid}-{:04x}", fastrand::u16(..)),
+            host,
+            pid,
+            version: concat!("ideamill ", env!("CARGO_PKG_VERSION")).to_string(),
+            started_at: now,
+            last_beat_at: now,
+            stopped_at: None,
+            held_jobs: 0,
+        };
+        Engine {
+            config,
+            store,
+            executors: executors.into_iter().collect(),
+            options,
+            process,
+        }
+    }
+
+    pub fn process_id(&self) -> &str {
+        &self.process.id
+    }
+
+    /// Run until `shutdown` fires (or, with `until_idle`, until idle). Then
+    /// stop claiming, let in-flight work finish within the grace period,
+    /// stop what is left and give its jobs back.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+        let store = self.store.clone();
+        let config = self.config.clone();
+        store.register_process(&self.process).await?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            store: store.clone(),
+            owner: self.process.id.clone(),
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            cancelled_by_user: Mutex::new(HashSet::new()),
+            aborting: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            idle: Notify::new(),
+            attempts: AtomicU64::new(0),
+            items_done: AtomicU64::new(0),
+            items_failed: AtomicU64::new(0),
+            progress: self.options.progress.clone(),
+        });
+        recover_dead_processes(&shared, &self.process).await;
+
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finish>();
+        let completer = tokio::spawn(complete(shared.clone(), finish_rx));
+        let beat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(shared.clone(), beat_stop.clone()));
+
+        let stop_claiming = shutdown.child_token();
+        let dispatched = dispatch(
+            &shared,
+            &self.executors,
+            &self.options,
+            finish_tx,
+            stop_claiming.clone(),
+        )
+        .await;
+        if let Err(e) = &dispatched {
+            tracing::error!("The dispatcher stopped: {e:#}");
+        }
+
+        // Drain: let in-flight work finish within the grace period.
+        let grace = config.engine.shutdown_grace;
+        let in_flight = shared.in_flight.load(Ordering::SeqCst);
+        if in_flight > 0 {
+            tracing::info!(
+                "Stopping: waiting up to {} for {in_flight} running job(s) to finish",
+                ideamill_core::duration::format_duration(grace)
+            );
+        }
+        if tokio::time::timeout(grace, wait_idle(&shared))
+            .await
+            .is_err()
+        {
+            tracing::warn!("Grace period over: stopping the remaining jobs and giving them back");
+            shared.aborting.store(true, Ordering::SeqCst);
+            for token in shared
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
+                token.cancel();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(30), wait_idle(&shared)).await;
+        }
+        // The completer ends when every job task has dropped its sender.
+        let _ = completer.await;
+        beat_stop.cancel();
+        let _ = heartbeat.await;
+        let released = store
+            .release(&self.process.id, now_millis())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(
+                    "Could not give back held jobs ({e}); they run again when their leases expire"
+                );
+                0
+            });
+        if let Err(e) = store.stop_process(&self.process.id, now_millis()).await {
+            tracing::warn!("Could not record this process as stopped: {e}");
+        }
+        dispatched?;
+        Ok(RunSummary {
+            attempts: shared.attempts.load(Ordering::SeqCst),
+            items_done: shared.items_done.load(Ordering::SeqCst),
+            items_failed: shared.items_failed.load(Ordering::SeqCst),
+            released,
+        })
+    }
+}
+
+async fn wait_idle(shared: &Shared) {
+    loop {
+        let notified = shared.idle.notified();
+        if shared.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Processes on this machine that died without stopping (SIGKILL, power
+/// loss) hold leases nobody renews: expire them now instead of waiting.
+async fn recover_dead_processes(shared: &Shared, me: &ProcessInfo) {
+    let processes = match shared.store.processes().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("Could not list processes to recover: {e}");
+            return;
+        }
+    };
+    for p in processes {
+        // Our own pid under another id means its old owner is gone (a
+        // container restarts with the same pid).
+        let dead = p.host == me.host && p.id != me.id && (p.pid == me.pid || !pid_alive(p.pid));
+        if !dead {
+            continue;
+        }
+        match shared.store.expire_process(&p.id, now_millis()).await {
+            Ok(n) => {
+                let message = format!(
+                    "Process {} (pid {}) died without stopping; recovering its {n} job(s)",
+                    p.id, p.pid
+                );
+                tracing::warn!("{message}");
+                shared.report(Progress::Recovered { message });
+            }
+            Err(e) => tracing::warn!("Could not recover process {}: {e}", p.id),
+        }
+    }
+    reap(shared).await;
+}
+
+async fn reap(shared: &Shared) {
+    match shared.store.reap_expired(now_millis()).await {
+        Ok(reaped) => {
+            for r in &reaped {
+                let message = format!(
+                    "Recovered job {} (item {}, stage `{}`) from {}: {:?}",
+                    r.job_id, r.item_id, r.stage, r.owner, r.action
+                );
+                tracing::warn!("{message}");
+                shared.report(Progress::Recovered { message });
+            }
+            if !reaped.is_empty() {
+                shared.wake.notify_one();
+            }
+        }
+        Err(e) => tracing::warn!("Could not reap expired leases: {e}"),
+    }
+}
+
+/// One beat per `heartbeat`: renew every lease this process holds, deliver
+/// cancellations, reap other processes' expired leases, prune old rows.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let engine = &shared.config.engine;
+    let mut tick = tokio::time::interval(engine.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_millis();
+        match shared
+            .store
+            .heartbeat(&shared.owner, now, now + engine.lease.as_millis() as Millis)
+            .await
+        {
+            Ok(cancels) => shared.cancel_jobs(&cancels),
+            Err(e) => tracing::warn!(
+                "Heartbeat failed ({e}); leases expire in {:?} unless it recovers",
+                engine.lease
+            ),
+        }
+        reap(&shared).await;
+        if let Some(retention) = engine.retention
+            && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
+        {
+            last_prune = Some(Instant::now());
+            match shared
+                .store
+                .prune(now - retention.as_millis() as Millis)
+                .await
+            {
+                Ok(c) if c.items > 0 || c.events > 0 => {
+                    tracing::info!(
+                        "Pruned {} finished items and {} events past the retention",
+                        c.items,
+                        c.events
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("Pruning failed: {e}"),
+            }
+        }
+    }
+}
+
+struct StageSlot {
+    name: String,
+    slots: Arc<Semaphore>,
+    executor: Arc<dyn Executor>,
+}
+
+/// Claim and start jobs until told to stop (or, with `until_idle`, until
+/// there is nothing left to do).
+async fn dispatch(
+    shared: &Arc<Shared>,
+    executors: &HashMap<String, Arc<dyn Executor>>,
+    options: &EngineOptions,
+    finish_tx: mpsc::UnboundedSender<Finish>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = &shared.config;
+    let stages: Vec<StageSlot> = config
+        .stages
+        .iter()
+        .filter_map(|s| {
+            Some(StageSlot {
+                name: s.name.clone(),
+                slots: Arc::new(Semaphore::new(s.concurrency as usize)),
+                executor: executors.get(&s.name)?.clone(),
+            })
+        })
+        .collect();
+    let stage_names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+    let mut signal = match shared.store.subscribe() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "Cross-process wake-ups are off ({e}); work added elsewhere is found by polling"
+            );
+            None
+        }
+    };
+    let lease = config.engine.lease.as_millis() as Millis;
+    let mut store_errors = 0u32;
+    while !stop.is_cancelled() {
+        let mut claimed_any = false;
+        let mut failed = false;
+        for stage in &stages {
+            let free = stage.slots.available_permits();
+            if free == 0 {
+                continue;
+            }
+            let now = now_millis();
+            let claimed = match shared
+                .store
+                .claim(&stage.name, free as u32, &shared.owner, now, now + lease)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!("Could not claim jobs of stage `{}`: {e}", stage.name);
+                    continue;
+                }
+            };
+            for job in claimed {
+                claimed_any = true;
+                let Ok(permit) = stage.slots.clone().try_acquire_owned() else {
+                    // Cannot happen: we claimed no more than the free slots.
+                    tracing::error!(
+                        "No free slot for claimed job {}; it runs again when its lease expires",
+                        job.id
+                    );
+                    continue;
+                };
+                shared.report(Progress::Claimed {
+                    job: job.clone(),
+                    at: Instant::now(),
+                });
+                start_job(
+                    shared,
+                    job,
+                    stage.executor.clone(),
+                    finish_tx.clone(),
+                    permit,
+                );
+            }
+        }
+        if failed {
+            // The store is unreachable or locked: back off, do not spin.
+            store_errors = (store_errors + 1).min(6);
+            let delay = Duration::from_millis(50 << store_errors);
+            tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
+            continue;
+        }
+        store_errors = 0;
+        if claimed_any {
+            continue;
+        }
+        // Idle: sleep until woken, until the next scheduled job, or until
+        // the safety-net poll.
+        let now = now_millis();
+        if options.until_idle && shared.in_flight.load(Ordering::SeqCst) == 0 {
+            let pending = shared
+                .store
+                .pending(now + options.idle_horizon.as_millis() as Millis)
+                .await?;
+            if pending.soon == 0 && pending.running == 0 {
+                if pending.later > 0 {
+                    tracing::info!(
+                        "Idle: {} job(s) are scheduled later than {:?} from now; exiting",
+                        pending.later,
+                        options.idle_horizon
+                    );
+                }
+                break;
+            }
+        }
+        let mut wait = config.engine.poll_interval;
+        if let Ok(Some(next)) = shared.store.next_run_at(&stage_names).await
+            && next > now
+        {
+            wait = wait.min(Duration::from_millis((next - now) as u64));
+        }
+        let local = shared.wake.notified();
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = local => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = async {
+                match signal.as_mut() {
+                    Some(s) => s.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Another process changed something: maybe a cancellation
+                // of a job we hold.
+                if shared.in_flight.load(Ordering::SeqCst) > 0 {
+                    match shared.store.cancel_requests(&shared.owner).await {
+                        Ok(ids) => shared.cancel_jobs(&ids),
+                        Err(e) => tracing::warn!("Could not check for cancellations: {e}"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn start_job(
+    shared: &Arc<Shared>,
+    job: ClaimedJob,
+    executor: Arc<dyn Executor>,
+    finish_tx: mpsc::UnboundedSender<Finish>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let token = CancellationToken::new();
+    shared
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(job.id, token.clone());
+    shared.in_flight.fetch_add(1, Ordering::SeqCst);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let started = now_millis();
+        let clock = Instant::now();
+        let execution = match shared.store.context(job.item_id).await {
+            Ok(context) => executor.run(&job, &context, &token).await,
+            Err(e) => Execution::failed(
+                AttemptOutcome::Error,
+                format!("could not load the item's context: {e}"),
+            ),
+        };
+        let by_user = shared
+            .cancelled_by_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job.id);
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job.id);
+        let interrupted = execution.result == machine::StageResult::Cancelled && !by_user;
+        if interrupted && shared.aborting.load(Ordering::SeqCst) {
+            // Shutdown stopped this work: no outcome to record; the job is
+            // given back by `release`.
+        } else if let Some(stage) = shared.config.stage(&job.stage) {
+            let now = now_millis();
+            let outcome = execution.result.outcome();
+            let transition = machine::decide(
+                &shared.config,
+                stage,
+                job.attempt,
+                job.round,
+                execution.result,
+                now,
+                fastrand::f64(),
+            );
+            let finish = Finish {
+                job: job.clone(),
+                owner: shared.owner.clone(),
+                outcome,
+                started_at: started,
+                finished_at: now,
+                exit_code: execution.exit_code,
+                error: execution.error,
+                output: execution.output,
+                stderr: execution.stderr,
+                transition,
+            };
+            let _ = finish_tx.send(finish);
+        }
+        tracing::debug!(
+            "Job {} ({}) ran for {:?}",
+            job.id,
+            job.stage,
+            clock.elapsed()
+        );
+        drop(permit);
+        drop(finish_tx);
+        if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            shared.idle.notify_waiters();
+        }
+        shared.wake.notify_one();
+    });
+}
+
+/// Commit finished attempts. Whatever has piled up is committed in one
+/// transaction (group commit); a single job commits at once.
+async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        let results = loop {
+            match shared.store.finish(&batch).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    // Results stay in memory while the lease holds; if the
+                    // store never comes back the lease expires and the work
+                    // runs again elsewhere, so nothing is lost.
+                    tracing::error!(
+                        "Could not commit {} finished attempt(s): {e}; retrying",
+                        batch.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut local_work = false;
+        for (finish, result) in batch.drain(..).zip(results) {
+            shared.attempts.fetch_add(1, Ordering::Relaxed);
+            let effect = match result {
+                Ok(effect) => {
+                    match effect.item_state {
+                        ItemState::Done => shared.items_done.fetch_add(1, Ordering::Relaxed),
+                        ItemState::Failed => shared.items_failed.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                    local_work |= effect.enqueued;
+                    log_finish(&finish, &effect);
+                    Ok(effect)
+                }
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(
+                        "Job {} (item {}, stage `{}`): lease lost before completion; the result was discarded",
+                        finish.job.id,
+                        finish.job.item_id,
+                        finish.job.stage
+                    );
+                    Err("lease lost".to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let elapsed =
+                Duration::from_millis((finish.finished_at - finish.started_at).max(0) as u64);
+            shared.report(Progress::Finished {
+                job: finish.job,
+                outcome: finish.outcome,
+                effect,
+                elapsed,
+            });
+        }
+        if local_work {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+fn log_finish(finish: &Finish, effect: &FinishEffect) {
+    let job = &finish.job;
+    match &finish.transition {
+        Transition::RetryAt { error, .. } => tracing::info!(
+            "Item {} stage `{}` attempt {}/{} failed: {error}; retry scheduled",
+            job.item_id,
+            job.stage,
+            job.attempt,
+            job.max_attempts
+        ),
+        Transition::FailItem { reason, .. } => {
+            tracing::warn!("Item {} failed: {reason}", job.item_id)
+        }
+        Transition::SendBack { to, .. } => tracing::info!(
+            "Item {}: gate `{}` rejected round {}; back to `{}`",
+            job.item_id,
+            job.stage,
+            job.round,
+            to.stage
+        ),
+        _ if effect.cancelled => tracing::info!("Item {} cancelled", job.item_id),
+        _ => tracing::debug!(
+            "Item {} stage `{}` {}",
+            job.item_id,
+            job.stage,
+            finish.outcome
+        ),
+    }
+}

@@ -1,0 +1,272 @@
+//! Stage executors: what actually runs one attempt of a stage. The engine
+//! only knows the [`Executor`] trait; `command` stages use [`CommandExecutor`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ideamill_core::config::{CommandStage, StageConfig, StageKind};
+use ideamill_core::duration::format_duration;
+use ideamill_core::machine::StageResult;
+use ideamill_core::{AttemptOutcome, Config};
+use ideamill_store::{ClaimedJob, ItemContext};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{CommandEnd, CommandSpec, run_command};
+
+/// What one attempt produced, for the attempt row and the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    pub result: StageResult,
+    pub exit_code: Option<i32>,
+    /// The raw output, kept on the attempt whatever the outcome.
+    pub output: Option<String>,
+    pub stderr: Option<String>,
+    /// A note for the attempt (an error, or a truncation warning).
+    pub error: Option<String>,
+}
+
+impl Execution {
+    pub fn failed(outcome: AttemptOutcome, message: String) -> Execution {
+        Execution {
+            result: StageResult::Failed {
+                outcome,
+                message: message.clone(),
+            },
+            exit_code: None,
+            output: None,
+            stderr: None,
+            error: Some(message),
+        }
+    }
+}
+
+/// Runs one attempt of one stage. Must return promptly once `cancel` fires,
+/// having stopped all the work it started.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    async fn run(
+        &self,
+        job: &ClaimedJob,
+        context: &ItemContext,
+        cancel: &CancellationToken,
+    ) -> Execution;
+}
+
+/// The executors for a config's stages, by stage name.
+pub fn executors_for(config: &Arc<Config>) -> Vec<(String, Arc<dyn Executor>)> {
+    config
+        .stages
+        .iter()
+        .map(|stage| {
+            let executor: Arc<dyn Executor> = match &stage.kind {
+                StageKind::Command(command) => Arc::new(CommandExecutor {
+                    stage: stage.clone(),
+                    command: command.clone(),
+                    root: config.root.clone(),
+                    workspace: config.engine.workspace.clone(),
+                }),
+            };
+            (stage.name.clone(), executor)
+        })
+        .collect()
+}
+
+/// The JSON a stage receives: the idea, earlier outputs, feedback, attempt
+/// and round. The same document goes to commands on stdin.
+pub fn context_json(
+    job: &ClaimedJob,
+    context: &ItemContext,
+    workspace: &Path,
+) -> serde_json::Value {
+    let outputs: serde_json::Map<String, serde_json::Value> = context
+        .outputs
+        .iter()
+        .map(|o| (o.stage.clone(), json!(o.output)))
+        .collect();
+    let feedback = context.feedback.last().map(|f| f.feedback.clone());
+    json!({
+        "item": {
+            "id": context.item.id,
+            "text": context.item.text,
+            "metadata": context.item.metadata,
+        },
+        "stage": job.stage,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "round": job.round,
+        "outputs": outputs,
+        "feedback": feedback,
+        "feedback_history": context.feedback,
+        "workspace": workspace,
+    })
+}
+
+/// The item's own folder: `<workspace>/<item-id>/`.
+pub fn item_workspace(workspace: &Path, item: i64) -> PathBuf {
+    workspace.join(item.to_string())
+}
+
+pub struct CommandExecutor {
+    stage: StageConfig,
+    command: CommandStage,
+    /// The config's folder: a relative program path like `./stages/qa.py`
+    /// means a file there, not in the item's workspace where it runs.
+    root: PathBuf,
+    workspace: PathBuf,
+}
+
+impl CommandExecutor {
+    fn program(&self) -> String {
+        let program = Path::new(&self.command.program);
+        if program.is_relative() && self.command.program.contains('/') {
+            self.root.join(program).display().to_string()
+        } else {
+            self.command.program.clone()
+        }
+    }
+}
+
+// Stderr is diagnostics: its tail is enough.
+const MAX_STDERR: usize = 64 * 1024;
+
+#[async_trait]
+impl Executor for CommandExecutor {
+    async fn run(
+        &self,
+        job: &ClaimedJob,
+        context: &ItemContext,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        let dir = item_workspace(&self.workspace, job.item_id);
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            return Execution::failed(
+                AttemptOutcome::Error,
+                format!("cannot create the item's workspace {}: {e}", dir.display()),
+            );
+        }
+        let stdin = context_json(job, context, &dir).to_string().into_bytes();
+        let mut env: Vec<(String, String)> = self
+            .command
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push(("IDEAMILL_ITEM_ID".into(), job.item_id.to_string()));
+        env.push(("IDEAMILL_STAGE".into(), job.stage.clone()));
+        env.push(("IDEAMILL_ATTEMPT".into(), job.attempt.to_string()));
+        env.push(("IDEAMILL_ROUND".into(), job.round.to_string()));
+        env.push(("IDEAMILL_WORKSPACE".into(), dir.display().to_string()));
+        env.push(("IDEAMILL_ROOT".into(), self.root.display().to_string()));
+        let spec = CommandSpec {
+            program: self.program(),
+            args: self.command.args.clone(),
+            cwd: dir,
+            env,
+            stdin,
+            timeout: self.stage.timeout,
+            kill_grace: self.command.kill_grace,
+            max_stdout: self.command.max_output,
+            max_stderr: MAX_STDERR,
+        };
+        let done = run_command(&spec, cancel).await;
+        let mut notes = Vec::new();
+        if done.stdout_dropped > 0 {
+            notes.push(format!(
+                "output truncated: {} bytes over the {}-byte limit were dropped",
+                done.stdout_dropped, self.command.max_output
+            ));
+        }
+        let stderr = (!done.stderr.is_empty()).then(|| done.stderr.clone());
+        let last_stderr_line = done.stderr.trim().lines().last().unwrap_or("").to_string();
+        let with_stderr = |what: String| {
+            if last_stderr_line.is_empty() {
+                what
+            } else {
+                format!("{what}: {last_stderr_line}")
+            }
+        };
+        let is_gate = self.stage.gate.is_some();
+        let (result, exit_code) = match &done.end {
+            CommandEnd::Exited(0) => (
+                StageResult::Passed {
+                    output: done.stdout.clone(),
+                },
+                Some(0),
+            ),
+            CommandEnd::Exited(1) if is_gate => {
+                // A gate's feedback is what it printed; fall back to stderr
+                // so that a test runner's report is never lost.
+                let feedback = if done.stdout.trim().is_empty() {
+                    done.stderr.clone()
+                } else {
+                    done.stdout.clone()
+                };
+                (StageResult::Rejected { feedback }, Some(1))
+            }
+            CommandEnd::Exited(code) => (
+                StageResult::Failed {
+                    outcome: AttemptOutcome::Error,
+                    message: with_stderr(format!(
+                        "`{}` exited with code {code}",
+                        self.command.program
+                    )),
+                },
+                Some(*code),
+            ),
+            CommandEnd::TimedOut => (
+                StageResult::Failed {
+                    outcome: AttemptOutcome::Timeout,
+                    message: format!(
+                        "timed out after {}; the process group was killed",
+                        format_duration(self.stage.timeout)
+                    ),
+                },
+                None,
+            ),
+            CommandEnd::Cancelled => (StageResult::Cancelled, None),
+            other => (
+                StageResult::Failed {
+                    outcome: AttemptOutcome::Error,
+                    message: with_stderr(other.describe()),
+                },
+                None,
+            ),
+        };
+        if let StageResult::Failed { message, .. } = &result {
+            notes.insert(0, message.clone());
+        }
+        Execution {
+            result,
+            exit_code,
+            output: Some(done.stdout),
+            stderr,
+            error: (!notes.is_empty()).then(|| notes.join("; ")),
+        }
+    }
+}
+
+/// An executor that passes at once with an empty output: for benchmarks,
+/// which measure the engine and the store rather than the work.
+pub struct NoopExecutor;
+
+#[async_trait]
+impl Executor for NoopExecutor {
+    async fn run(
+        &self,
+        _job: &ClaimedJob,
+        _context: &ItemContext,
+        _cancel: &CancellationToken,
+    ) -> Execution {
+        Execution {
+            result: StageResult::Passed {
+                output: String::new(),
+            },
+            exit_code: None,
+            output: None,
+            stderr: None,
+            error: None,
+        }
+    }
+}

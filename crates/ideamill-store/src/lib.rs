@@ -1,0 +1,160 @@
+//! ideamill's durable store. [`Store`] is the seam between the engine and a
+//! database: every state transition is one of its methods and one
+//! transaction. SQLite implements it here; PostgreSQL will implement the same
+//! trait, so nothing SQLite-specific may appear in its signatures.
+
+mod error;
+pub mod sqlite;
+mod types;
+pub mod wake;
+
+use async_trait::async_trait;
+use ideamill_core::machine::{NextJob, Transition};
+use ideamill_core::{ItemId, Millis};
+
+pub use error::StoreError;
+pub use types::*;
+pub use wake::WorkSignal;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Open the store a URL names, applying migrations.
+pub async fn open(url: &str, options: &OpenOptions) -> Result<Box<dyn Store>> {
+    if url.starts_with("sqlite://") {
+        Ok(Box::new(sqlite::SqliteStore::open(url, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Err(StoreError::Unsupported(
+            "PostgreSQL stores are not available in this build yet; use a sqlite:// URL".into(),
+        ))
+    } else {
+        Err(StoreError::Unsupported(format!(
+            "unknown store URL scheme in {}",
+            redact_url(url)
+        )))
+    }
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Folder for wake-up sockets; `None` disables cross-process wake-ups
+    /// (the engine then relies on its poll).
+    pub wake_dir: Option<std::path::PathBuf>,
+    /// Open without creating or migrating (read-only commands on a missing
+    /// store fail clearly instead of creating one).
+    pub must_exist: bool,
+}
+
+/// The durable state of the mill. Implementations must make each method one
+/// transaction, and must never let a completion commit unless its lease
+/// token still holds.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Add items, each with its first job, in one transaction, and wake
+    /// every engine. Returns the new ids in input order.
+    async fn add_items(
+        &self,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<Vec<ItemId>>;
+
+    /// Claim up to `limit` runnable jobs of `stage` for `owner`, leased
+    /// until `lease_until`. One statement.
+    async fn claim(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<ClaimedJob>>;
+
+    /// What a stage needs to run: the item, earlier outputs, feedback.
+    async fn context(&self, item: ItemId) -> Result<ItemContext>;
+
+    /// Apply finished attempts, each atomically with its transition. A
+    /// finish whose lease token no longer holds is discarded (and recorded as
+    /// an event); its slot in the result is `Err(StoreError::LeaseLost)`.
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>>;
+
+    /// Renew every lease `owner` holds and beat its process row. Returns the
+    /// held jobs someone asked to cancel.
+    async fn heartbeat(&self, owner: &str, now: Millis, lease_until: Millis) -> Result<Vec<JobId>>;
+
+    /// Make jobs whose leases expired runnable again (or fail or cancel
+    /// them), recording an event for each. Safe to run in every process.
+    async fn reap_expired(&self, now: Millis) -> Result<Vec<ReapedJob>>;
+
+    /// Expire at once the leases of processes known to be dead (same host,
+    /// pid gone), so a restart recovers their work without waiting.
+    async fn expire_process(&self, process: &str, now: Millis) -> Result<u64>;
+
+    /// Held jobs of `owner` that someone asked to cancel.
+    async fn cancel_requests(&self, owner: &str) -> Result<Vec<JobId>>;
+
+    /// Give back every job `owner` still holds (graceful shutdown).
+    async fn release(&self, owner: &str, now: Millis) -> Result<u64>;
+
+    /// The earliest `run_at` of any queued job of these stages.
+    async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>>;
+
+    /// Queued jobs runnable by `horizon` plus running jobs, for `--until-idle`.
+    async fn pending(&self, horizon: Millis) -> Result<Pending>;
+
+    async fn register_process(&self, process: &ProcessInfo) -> Result<()>;
+    async fn stop_process(&self, id: &str, now: Millis) -> Result<()>;
+    /// Processes that have not stopped, newest first.
+    async fn processes(&self) -> Result<Vec<ProcessInfo>>;
+
+    /// Run a failed, cancelled or done item again as `next`, or make an
+    /// item waiting for its backoff runnable now.
+    async fn retry_item(&self, id: ItemId, next: &NextJob, now: Millis) -> Result<RetryEffect>;
+    async fn cancel_item(&self, id: ItemId, now: Millis) -> Result<CancelEffect>;
+
+    async fn item(&self, id: ItemId) -> Result<ItemDetail>;
+    async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>>;
+    async fn status(&self, now: Millis) -> Result<StatusSnapshot>;
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+    async fn record_event(&self, event: &NewEvent) -> Result<()>;
+
+    /// Delete finished items (and their jobs, attempts, outputs) and events
+    /// older than `before`. Never touches unfinished work.
+    async fn prune(&self, before: Millis) -> Result<PruneCounts>;
+
+    /// A wake-up signal that fires when another process adds work.
+    fn subscribe(&self) -> Result<Box<dyn WorkSignal>>;
+
+    /// Wake every engine (after a change made outside `add_items`).
+    fn notify(&self);
+
+    async fn close(&self);
+}
+
+pub use ideamill_core::JobId;
+
+/// Hide a password in a store URL before it reaches a message.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Used by implementations to keep the transition types in one place.
+pub(crate) fn transition_job_state(t: &Transition) -> ideamill_core::JobState {
+    use ideamill_core::JobState;
+    match t {
+        Transition::Advance { .. } => JobState::Succeeded,
+        Transition::SendBack { .. } => JobState::Rejected,
+        Transition::RetryAt { .. } => JobState::Queued,
+        Transition::FailItem { .. } => JobState::Failed,
+        Transition::Cancel => JobState::Cancelled,
+    }
+}

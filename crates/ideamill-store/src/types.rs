@@ -1,0 +1,344 @@
+//! The records that cross the store seam. They serialize to JSON as the CLI's
+//! `--json` output, so field names are part of the interface.
+
+use ideamill_core::machine::{LostJob, Transition};
+use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewItem {
+    pub text: String,
+    /// A JSON object; `{}` when there is none.
+    pub metadata: serde_json::Value,
+}
+
+/// A job a worker holds. `lease_token` fences its completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub item_id: ItemId,
+    pub stage: String,
+    pub round: u32,
+    /// This try's number, from 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub lease_token: i64,
+    /// When the job became runnable; `claimed_at - run_at` is the pickup latency.
+    pub run_at: Millis,
+    pub claimed_at: Millis,
+}
+
+/// What a stage runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemContext {
+    pub item: ItemRow,
+    /// The latest output of each stage that has one, in no particular order.
+    pub outputs: Vec<OutputRow>,
+    /// Every gate rejection so far, oldest first.
+    pub feedback: Vec<FeedbackRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemRow {
+    pub id: ItemId,
+    pub text: String,
+    pub metadata: serde_json::Value,
+    pub state: ItemState,
+    /// The stage of its current (or last) job.
+    pub stage: Option<String>,
+    pub round: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRow {
+    pub stage: String,
+    pub round: u32,
+    pub job_id: JobId,
+    pub output: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRow {
+    /// The gate that rejected.
+    pub stage: String,
+    pub round: u32,
+    pub feedback: String,
+    pub created_at: Millis,
+}
+
+/// One finished attempt and what follows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub job: ClaimedJob,
+    pub owner: String,
+    pub outcome: AttemptOutcome,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    /// The attempt's raw output (stdout), kept on the attempt whatever its outcome.
+    pub output: Option<String>,
+    pub stderr: Option<String>,
+    pub transition: Transition,
+}
+
+/// What a finish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishEffect {
+    pub item_state: ItemState,
+    /// A job was enqueued (next stage, send-back or retry).
+    pub enqueued: bool,
+    /// The item was cancelled while the attempt ran; the transition was dropped.
+    pub cancelled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReapedJob {
+    pub job_id: JobId,
+    pub item_id: ItemId,
+    pub stage: String,
+    /// The process that held the lease.
+    pub owner: String,
+    pub action: LostJob,
+}
+
+/// Work that keeps `--until-idle` running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    /// Queued jobs runnable by the horizon.
+    pub soon: u64,
+    pub running: u64,
+    /// Queued jobs scheduled after the horizon.
+    pub later: u64,
+    pub next_run_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    pub started_at: Millis,
+    pub last_beat_at: Millis,
+    pub stopped_at: Option<Millis>,
+    /// Jobs it holds now (filled by `processes`; ignored by `register_process`).
+    pub held_jobs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetryEffect {
+    pub stage: String,
+    pub round: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CancelEffect {
+    /// A worker was running it; it has been asked to stop.
+    pub was_running: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemDetail {
+    pub item: ItemRow,
+    /// What people see: queued, running, retrying, done, failed, cancelled.
+    pub display_state: String,
+    pub jobs: Vec<JobRow>,
+    pub attempts: Vec<AttemptRow>,
+    pub outputs: Vec<OutputRow>,
+    pub feedback: Vec<FeedbackRow>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRow {
+    pub id: JobId,
+    pub stage: String,
+    pub round: u32,
+    pub state: JobState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: Millis,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub job_id: JobId,
+    pub stage: String,
+    pub round: u32,
+    pub attempt: u32,
+    pub process: String,
+    pub outcome: AttemptOutcome,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub output: Option<String>,
+    pub stderr: Option<String>,
+}
+
+/// A state people can filter by: the stored states plus what `active` splits into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFilter {
+    Active,
+    Queued,
+    Running,
+    Retrying,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl StateFilter {
+    pub const ALL: &'static [&'static str] = &[
+        "active",
+        "queued",
+        "running",
+        "retrying",
+        "done",
+        "failed",
+        "cancelled",
+    ];
+
+    pub fn parse(s: &str) -> Option<StateFilter> {
+        Some(match s {
+            "active" => StateFilter::Active,
+            "queued" => StateFilter::Queued,
+            "running" => StateFilter::Running,
+            "retrying" => StateFilter::Retrying,
+            "done" => StateFilter::Done,
+            "failed" => StateFilter::Failed,
+            "cancelled" => StateFilter::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ItemFilter {
+    pub state: Option<StateFilter>,
+    pub stage: Option<String>,
+    /// Items with an id below this (pages go newest first).
+    pub before_id: Option<ItemId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemSummary {
+    pub id: ItemId,
+    pub text: String,
+    pub state: ItemState,
+    pub display_state: String,
+    pub stage: Option<String>,
+    pub round: u32,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    pub now: Millis,
+    pub items: ItemCounts,
+    pub stages: Vec<StageCounts>,
+    pub running: Vec<RunningJob>,
+    pub processes: Vec<ProcessInfo>,
+    /// Running jobs whose lease has expired and that no reaper has taken yet.
+    pub expired_leases: u64,
+    /// The oldest `run_at` among runnable queued jobs.
+    pub oldest_runnable_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ItemCounts {
+    pub active: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StageCounts {
+    pub stage: String,
+    /// Runnable now.
+    pub queued: u64,
+    /// Waiting for a later `run_at` (backoff).
+    pub scheduled: u64,
+    pub running: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningJob {
+    pub job_id: JobId,
+    pub item_id: ItemId,
+    pub stage: String,
+    pub round: u32,
+    pub attempt: u32,
+    pub owner: String,
+    pub started_at: Millis,
+    pub lease_expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: Millis,
+    pub kind: String,
+    pub item_id: Option<ItemId>,
+    pub job_id: Option<JobId>,
+    pub process: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub at: Millis,
+    pub kind: &'static str,
+    pub item_id: Option<ItemId>,
+    pub job_id: Option<JobId>,
+    pub process: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub item: Option<ItemId>,
+    pub kind: Option<String>,
+    pub since: Option<Millis>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneCounts {
+    pub items: u64,
+    pub events: u64,
+}
+
+/// Event kinds, in one place so that readers can filter on them.
+pub mod event_kind {
+    pub const PROCESS_STARTED: &str = "process_started";
+    pub const PROCESS_STOPPED: &str = "process_stopped";
+    pub const LEASE_EXPIRED: &str = "lease_expired";
+    pub const PROCESS_DEAD: &str = "process_dead";
+    pub const JOBS_RELEASED: &str = "jobs_released";
+    pub const STALE_COMPLETION: &str = "stale_completion";
+    pub const RETRY_SCHEDULED: &str = "retry_scheduled";
+    pub const GATE_REJECTED: &str = "gate_rejected";
+    pub const ITEM_FAILED: &str = "item_failed";
+    pub const ITEM_CANCELLED: &str = "item_cancelled";
+    pub const ITEM_RETRIED: &str = "item_retried";
+    pub const PRUNED: &str = "pruned";
+}

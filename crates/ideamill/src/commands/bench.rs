@@ -1,0 +1,247 @@
+//! `ideamill bench`: throughput and pickup latency on a scratch SQLite store,
+//! with no-op stages, so the figures are the engine's and the store's own.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use ideamill_core::Config;
+use ideamill_core::machine::first_job;
+use ideamill_engine::executor::{Executor, NoopExecutor};
+use ideamill_engine::{CancellationToken, Engine, EngineOptions, Progress, now_millis};
+use ideamill_store::NewItem;
+use tokio::sync::mpsc;
+
+use crate::cli::{BenchArgs, BenchWhat};
+use crate::project;
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchWhat::Throughput { items, concurrency } => throughput(items, concurrency).await?,
+        BenchWhat::Pickup { samples } => pickup(samples).await?,
+        BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A scratch project with `stages` no-op stages.
+fn scratch(dir: &Path, stages: usize, concurrency: u32) -> anyhow::Result<Config> {
+    let mut text = String::from("[engine]\nlease = \"30s\"\nheartbeat = \"2s\"\n");
+    for i in 0..stages {
+        text.push_str(&format!(
+            "[[stages]]\nname = \"s{i}\"\nkind = \"command\"\ncommand = [\"true\"]\nconcurrency = {concurrency}\n"
+        ));
+    }
+    let path = dir.join("ideamill.toml");
+    std::fs::write(&path, &text)?;
+    Ok(ideamill_core::config::parse(&text, &path)?)
+}
+
+fn noop_executors(config: &Config) -> Vec<(String, Arc<dyn Executor>)> {
+    config
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), Arc::new(NoopExecutor) as Arc<dyn Executor>))
+        .collect()
+}
+
+fn new_items(n: usize) -> Vec<NewItem> {
+    (0..n)
+        .map(|i| NewItem {
+            text: format!("idea {i}"),
+            metadata: serde_json::json!({}),
+        })
+        .collect()
+}
+
+async fn throughput(items: u32, concurrency: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = Arc::new(scratch(dir.path(), 3, concurrency)?);
+    let store = project::open_store(&config).await?;
+    let first = first_job(&config);
+    let clock = Instant::now();
+    for chunk in new_items(items as usize).chunks(1000) {
+        store.add_items(chunk, &first, now_millis()).await?;
+    }
+    let enqueue = clock.elapsed();
+    let engine = Engine::new(
+        config.clone(),
+        store.clone(),
+        noop_executors(&config),
+        EngineOptions {
+            until_idle: true,
+            ..EngineOptions::default()
+        },
+    );
+    let clock = Instant::now();
+    let summary = engine.run(CancellationToken::new()).await?;
+    let took = clock.elapsed();
+    store.close().await;
+    let jobs = summary.attempts;
+    println!("bench throughput (SQLite, 3 no-op stages, concurrency {concurrency} per stage)");
+    println!(
+        "  enqueue: {items} items in {:.2}s ({:.0} items/s)",
+        enqueue.as_secs_f64(),
+        items as f64 / enqueue.as_secs_f64()
+    );
+    println!(
+        "  run:     {jobs} jobs in {:.2}s = {:.0} jobs/s ({} items done)",
+        took.as_secs_f64(),
+        jobs as f64 / took.as_secs_f64(),
+        summary.items_done
+    );
+    anyhow::ensure!(
+        summary.items_done == items as u64,
+        "only {} of {items} items finished",
+        summary.items_done
+    );
+    Ok(())
+}
+
+async fn pickup(samples: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = Arc::new(scratch(dir.path(), 1, 4)?);
+    let store = project::open_store(&config).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let engine = Engine::new(
+        config.clone(),
+        store.clone(),
+        noop_executors(&config),
+        EngineOptions {
+            progress: Some(tx),
+            ..EngineOptions::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+    let first = first_job(&config);
+
+    // In-process: from the call that adds the item to its claim.
+    let mut local = Vec::new();
+    for _ in 0..samples {
+        let t0 = Instant::now();
+        let id = store.add_items(&new_items(1), &first, now_millis()).await?[0];
+        let claimed = wait_claim(&mut rx, id).await?;
+        local.push(claimed.saturating_duration_since(t0));
+    }
+
+    // From another process: a child adds items one at a time and prints the
+    // wall-clock time just before each add; we note the wall-clock time of
+    // each claim.
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "adder",
+            "--samples",
+            &samples.to_string(),
+            "--config",
+        ])
+        .arg(&config.path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start the adder process")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (line_tx, mut line_rx) = mpsc::unbounded_channel::<(i64, u128)>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some((id, at)) = line.split_once(' ')
+                && let (Ok(id), Ok(at)) = (id.parse(), at.parse())
+            {
+                let _ = line_tx.send((id, at));
+            }
+        }
+    });
+    let mut claimed_at: HashMap<i64, u128> = HashMap::new();
+    let mut added_at: HashMap<i64, u128> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60 + u64::from(samples) / 10);
+    while (claimed_at.len() < samples as usize || added_at.len() < samples as usize)
+        && Instant::now() < deadline
+    {
+        tokio::select! {
+            Some(p) = rx.recv() => if let Progress::Claimed { job, .. } = p {
+                claimed_at.insert(job.item_id, wall_micros());
+            },
+            Some((id, at)) = line_rx.recv() => { added_at.insert(id, at); },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let _ = child.wait();
+    let mut remote: Vec<Duration> = added_at
+        .iter()
+        .filter_map(|(id, at)| {
+            claimed_at
+                .get(id)
+                .map(|c| Duration::from_micros(c.saturating_sub(*at) as u64))
+        })
+        .collect();
+    shutdown.cancel();
+    running.await??;
+    store.close().await;
+
+    println!("bench pickup (SQLite, {samples} samples each)");
+    report("  in-process:    ", &mut local);
+    report("  other process: ", &mut remote);
+    Ok(())
+}
+
+fn report(label: &str, samples: &mut [Duration]) {
+    samples.sort();
+    if samples.is_empty() {
+        println!("{label}no samples");
+        return;
+    }
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{label}p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3
+    );
+}
+
+async fn wait_claim(
+    rx: &mut mpsc::UnboundedReceiver<Progress>,
+    id: i64,
+) -> anyhow::Result<Instant> {
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            p = rx.recv() => match p {
+                Some(Progress::Claimed { job, at }) if job.item_id == id => return Ok(at),
+                Some(_) => {}
+                None => anyhow::bail!("the engine stopped"),
+            },
+            _ = &mut deadline => anyhow::bail!("item {id} was not picked up within 10 s"),
+        }
+    }
+}
+
+fn wall_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+async fn adder(config: &Path, samples: u32) -> anyhow::Result<()> {
+    let config = project::load_config(Some(config))?;
+    let store = project::open_store(&config).await?;
+    let first = first_job(&config);
+    let mut out = std::io::stdout().lock();
+    for _ in 0..samples {
+        let at = wall_micros();
+        let id = store.add_items(&new_items(1), &first, now_millis()).await?[0];
+        writeln!(out, "{id} {at}")?;
+        out.flush()?;
+        // Spaced out, so each sample measures a pickup from idle.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `ideamill list`: items, newest first, filtered by state or stage.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ideamill_engine::now_millis;
+use ideamill_store::{ItemFilter, StateFilter};
+
+use crate::cli::ListArgs;
+use crate::output::{self, Table};
+use crate::project;
+
+pub async fn run(config: Option<&Path>, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let state = args
+        .state
+        .as_deref()
+        .map(|s| {
+            StateFilter::parse(s).with_context(|| {
+                format!(
+                    "unknown state `{s}`; states: {}",
+                    StateFilter::ALL.join(", ")
+                )
+            })
+        })
+        .transpose()?;
+    let config = project::load_config(config)?;
+    let store = project::open_existing_store(&config).await?;
+    let items = store
+        .list_items(&ItemFilter {
+            state,
+            stage: args.stage.clone(),
+            before_id: args.before,
+            limit: args.limit,
+        })
+        .await?;
+    store.close().await;
+    if args.json {
+        output::json(&items)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if items.is_empty() {
+        println!("No items.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = now_millis();
+    let mut table = Table::new(&["ID", "STATE", "STAGE", "ROUND", "TRIES", "UPDATED", "IDEA"]);
+    for i in &items {
+        table.row(vec![
+            i.id.to_string(),
+            i.display_state.clone(),
+            i.stage.clone().unwrap_or_else(|| "-".into()),
+            i.round.to_string(),
+            i.attempts.to_string(),
+            output::ago(i.updated_at, now),
+            output::first_line(&i.text, 60),
+        ]);
+    }
+    table.print(&mut std::io::stdout().lock())?;
+    if items.len() as u32 == args.limit
+        && let Some(last) = items.last()
+    {
+        println!("(more: ideamill list --before {})", last.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}

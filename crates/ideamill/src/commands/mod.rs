@@ -1,0 +1,55 @@
+//! One module per subcommand. Each returns the process exit code.
+
+mod add;
+mod bench;
+mod cancel;
+mod events;
+mod init;
+mod list;
+mod prune;
+mod retry;
+mod run;
+mod show;
+mod status;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Init(args) => init::run(&args),
+        Command::Validate(args) => validate::run(config, &args),
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "ideamill",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Add(args) => block_on(add::run(config, args)),
+        Command::List(args) => block_on(list::run(config, args)),
+        Command::Show(args) => block_on(show::run(config, args)),
+        Command::Retry(args) => block_on(retry::run(config, args)),
+        Command::Cancel(args) => block_on(cancel::run(config, args)),
+        Command::Status(args) => block_on(status::run(config, args)),
+        Command::Events(args) => block_on(events::run(config, args)),
+        Command::Run(args) => block_on(run::run(config, args)),
+        Command::Prune(args) => block_on(prune::run(config, args)),
+        Command::Bench(args) => block_on(bench::run(args)),
+    }
+}
+
+fn block_on<F: Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}

@@ -1,0 +1,129 @@
+//! `ideamill validate`: check the config (every error, located) and, unless
+//! told not to, the environment it needs.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ideamill_core::Config;
+use ideamill_core::config::StageKind;
+
+use crate::cli::ValidateArgs;
+use crate::{exit, output, project};
+
+pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    let config = match project::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(errors) = e.downcast_ref::<ideamill_core::ConfigErrors>() {
+                if args.json {
+                    let list: Vec<_> = errors
+                        .0
+                        .iter()
+                        .map(|e| serde_json::json!({"file": e.file, "line": e.line, "column": e.column, "message": e.message}))
+                        .collect();
+                    output::json(&serde_json::json!({ "valid": false, "errors": list }))?;
+                } else {
+                    for error in &errors.0 {
+                        eprintln!("{error}");
+                    }
+                    eprintln!(
+                        "{} error{} in {}",
+                        errors.0.len(),
+                        if errors.0.len() == 1 { "" } else { "s" },
+                        errors.0[0].file.display()
+                    );
+                }
+                return Ok(ExitCode::from(exit::CONFIG));
+            }
+            return Err(e);
+        }
+    };
+    let problems = if args.no_environment {
+        Vec::new()
+    } else {
+        environment_problems(&config)
+    };
+    if args.json {
+        output::json(
+            &serde_json::json!({ "valid": problems.is_empty(), "errors": [], "environment": problems }),
+        )?;
+    } else {
+        let names: Vec<&str> = config.stages.iter().map(|s| s.name.as_str()).collect();
+        println!(
+            "{}: valid; stages: {}",
+            config.path.display(),
+            names.join(" → ")
+        );
+        for p in &problems {
+            println!("  environment: {p}");
+        }
+    }
+    Ok(ExitCode::from(if problems.is_empty() {
+        exit::OK
+    } else {
+        exit::CONFIG
+    }))
+}
+
+/// What would stop the config from running here: missing programs,
+/// folders that cannot be written.
+fn environment_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    for stage in &config.stages {
+        match &stage.kind {
+            StageKind::Command(c) => {
+                if find_program(&c.program, &config.root).is_none() {
+                    problems.push(format!(
+                        "stage `{}`: program `{}` not found (relative paths are from {}; bare names are looked up in PATH)",
+                        stage.name,
+                        c.program,
+                        config.root.display()
+                    ));
+                }
+            }
+        }
+    }
+    for (what, dir) in [
+        ("data_dir", &config.engine.data_dir),
+        ("workspace", &config.engine.workspace),
+    ] {
+        let existing = dir.ancestors().find(|d| d.exists());
+        match existing {
+            Some(d)
+                if std::fs::metadata(d)
+                    .map(|m| m.permissions().readonly())
+                    .unwrap_or(true) =>
+            {
+                problems.push(format!(
+                    "{what} {}: {} is not writable",
+                    dir.display(),
+                    d.display()
+                ))
+            }
+            None => problems.push(format!(
+                "{what} {}: no existing parent folder",
+                dir.display()
+            )),
+            _ => {}
+        }
+    }
+    problems
+}
+
+fn find_program(program: &str, root: &Path) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = if Path::new(program).is_absolute() {
+            PathBuf::from(program)
+        } else {
+            root.join(program)
+        };
+        return is_exec(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| is_exec(p))
+}

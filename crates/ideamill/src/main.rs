@@ -1,0 +1,70 @@
+//! The `ideamill` binary: parses arguments, sets up logging, runs one
+//! subcommand, and maps its result to a documented exit code.
+
+mod cli;
+mod commands;
+mod output;
+mod project;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A negative answer: unhealthy, or work left undone.
+    pub const NEGATIVE: u8 = 1;
+    /// An error: bad input, missing item, unreachable store.
+    pub const ERROR: u8 = 2;
+    /// A config error (sysexits EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing(&cli);
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed pipe (`ideamill list | head`) is not an error.
+            if err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::from(exit::OK);
+            }
+            let code = if err
+                .chain()
+                .any(|e| e.downcast_ref::<ideamill_core::ConfigErrors>().is_some())
+                || err.downcast_ref::<project::ConfigMissing>().is_some()
+            {
+                exit::CONFIG
+            } else {
+                exit::ERROR
+            };
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(cli: &cli::Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cli.verbose, cli.command.is_long_running()) {
+        (0, true) => "info",
+        (0, false) => "warn",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("IDEAMILL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn")));
+    let ansi = cli.color.enabled_for_stderr();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
+}
