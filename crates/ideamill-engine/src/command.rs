@@ -299,27 +299,28 @@ fn build_command(spec: &CommandSpec) -> Command {
 
     // Captured before the fork so the child can tell whether we already died.
     let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec, where only
+    let arm_parent_death_signal = move || {
+        // SAFETY: plain syscalls with constant, valid arguments.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // If we died between fork and prctl, the signal was never armed;
+        // the child has been reparented, so its parent pid changed.
+        // SAFETY: `getppid` cannot fail.
+        let current = unsafe { libc::getppid() };
+        if u32::try_from(current).ok() != Some(parent) {
+            return Err(io::Error::other(
+                "engine exited while the command was starting",
+            ));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec, where only
     // async-signal-safe functions may be called. It only calls `prctl` and
     // `getppid`, which are, and builds an `io::Error` from an errno without
-    // allocating.
+    // allocating (the `other` error is only built when we are already dead).
     unsafe {
-        command.pre_exec(move || {
-            // SAFETY: plain syscalls with constant, valid arguments.
-            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // If we died between fork and prctl, the signal was never
-            // armed; we've been reparented, so our parent pid changed.
-            // SAFETY: `getppid` cannot fail.
-            let current = unsafe { libc::getppid() };
-            if u32::try_from(current).ok() != Some(parent) {
-                return Err(io::Error::other(
-                    "engine exited while the command was starting",
-                ));
-            }
-            Ok(())
-        });
+        command.pre_exec(arm_parent_death_signal);
     }
     command
 }
@@ -420,7 +421,10 @@ impl ExitWatch {
             Ok(fd) if fd >= 0 => {
                 // SAFETY: the syscall succeeded, so `fd` is a fresh fd we own.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                AsyncFd::with_interest(owned, tokio::io::Interest::READABLE).ok()
+                // SAFETY: an `OwnedFd` stays open, and is the same fd, until
+                // the `AsyncFd` that owns it is dropped.
+                unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+                    .ok()
             }
             _ => None,
         };

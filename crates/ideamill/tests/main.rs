@@ -1,0 +1,541 @@
+//! End-to-end tests of the `ideamill` binary: real processes, a real SQLite
+//! store in a temp folder, real signals.
+
+mod util;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const PASS_CONTEXT: &str = r#"
+import json, sys
+ctx = json.load(sys.stdin)
+print(ctx["stage"] + ":" + ctx["item"]["text"] + "|" + "|".join(f"{k}={v.strip()}" for k, v in sorted(ctx["outputs"].items())))
+"#;
+
+fn outputs_by_stage(item: &Value) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for o in item["outputs"].as_array().expect("outputs") {
+        map.entry(o["stage"].as_str().unwrap().to_string())
+            .or_default()
+            .push(o["output"].as_str().unwrap().trim().to_string());
+    }
+    map
+}
+
+#[test]
+fn items_flow_through_three_command_stages() {
+    let config = format!(
+        "{ENGINE}{}{}{}",
+        py_stage("a", PASS_CONTEXT, ""),
+        py_stage("b", PASS_CONTEXT, "concurrency = 2"),
+        py_stage("c", PASS_CONTEXT, "")
+    );
+    let p = Project::new(&config);
+    let ids: Vec<i64> = ["first idea", "second idea", "third idea"]
+        .iter()
+        .map(|t| p.add(t))
+        .collect();
+    p.run_until_idle(Duration::from_secs(60));
+    for (id, text) in ids.iter().zip(["first idea", "second idea", "third idea"]) {
+        let item = p.show(*id);
+        assert_eq!(item["item"]["state"], "done", "{item:#}");
+        let outputs = outputs_by_stage(&item);
+        assert_eq!(outputs["a"], vec![format!("a:{text}|")]);
+        assert_eq!(outputs["b"], vec![format!("b:{text}|a=a:{text}|")]);
+        assert_eq!(
+            outputs["c"],
+            vec![format!("c:{text}|a=a:{text}||b=b:{text}|a=a:{text}|")]
+        );
+        // The workspace folder exists and the stage ran in it.
+        assert!(p.file(&format!("workspace/{id}")).is_dir());
+    }
+    let list = p.json(&["list", "--state", "done"]);
+    assert_eq!(list.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_gate_rejects_twice_then_passes_and_feedback_reaches_the_earlier_stage() {
+    let implement = r#"
+import json, sys
+ctx = json.load(sys.stdin)
+print("impl round %d, feedback=%s" % (ctx["round"], (ctx["feedback"] or "none").strip()))
+"#;
+    let qa = r#"
+import json, sys
+ctx = json.load(sys.stdin)
+if ctx["round"] < 3:
+    print("please fix problem %d" % ctx["round"])
+    sys.exit(1)
+print("all good")
+"#;
+    let config = format!(
+        "{ENGINE}{}{}",
+        py_stage("implement", implement, ""),
+        py_stage(
+            "qa",
+            qa,
+            "gate = { retry_from = \"implement\", max_rounds = 3 }"
+        )
+    );
+    let p = Project::new(&config);
+    let id = p.add("gated idea");
+    p.run_until_idle(Duration::from_secs(60));
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(item["item"]["round"], 3);
+    let outputs = outputs_by_stage(&item);
+    assert_eq!(
+        outputs["implement"],
+        vec![
+            "impl round 1, feedback=none",
+            "impl round 2, feedback=please fix problem 1",
+            "impl round 3, feedback=please fix problem 2"
+        ]
+    );
+    let feedback: Vec<&str> = item["feedback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["feedback"].as_str().unwrap().trim())
+        .collect();
+    assert_eq!(
+        feedback,
+        vec!["please fix problem 1", "please fix problem 2"]
+    );
+    let rejected = item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "rejected")
+        .count();
+    assert_eq!(rejected, 2);
+}
+
+#[test]
+fn a_gate_that_always_rejects_fails_the_item_with_every_rounds_feedback() {
+    let qa = "import json,sys\nctx=json.load(sys.stdin)\nprint('still broken in round %d' % ctx['round'])\nsys.exit(1)\n";
+    let config = format!(
+        "{ENGINE}{}{}",
+        py_stage("implement", PASS_CONTEXT, ""),
+        py_stage(
+            "qa",
+            qa,
+            "gate = { retry_from = \"implement\", max_rounds = 2 }"
+        )
+    );
+    let p = Project::new(&config);
+    let id = p.add("never good enough");
+    p.run_until_idle(Duration::from_secs(60));
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "failed");
+    let error = item["item"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("rejected by gate `qa` in round 2 of 2"),
+        "{error}"
+    );
+    let feedback: Vec<&str> = item["feedback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["feedback"].as_str().unwrap().trim())
+        .collect();
+    assert_eq!(
+        feedback,
+        vec!["still broken in round 1", "still broken in round 2"]
+    );
+}
+
+#[test]
+fn an_always_failing_stage_fails_after_max_attempts_with_growing_gaps() {
+    let config = format!(
+        "{ENGINE}{}",
+        py_stage(
+            "flaky",
+            "import sys\nprint('boom', file=sys.stderr)\nsys.exit(3)",
+            "max_attempts = 4\nbackoff = \"200ms\"\nbackoff_max = \"10s\""
+        )
+    );
+    let p = Project::new(&config);
+    let id = p.add("doomed");
+    p.run_until_idle(Duration::from_secs(60));
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "failed", "{item:#}");
+    let error = item["item"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("failed after 4 attempts")
+            && error.contains("code 3")
+            && error.contains("boom"),
+        "{error}"
+    );
+    let attempts = item["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4);
+    assert!(attempts.iter().all(|a| a["outcome"] == "error"));
+    let starts: Vec<i64> = attempts
+        .iter()
+        .map(|a| a["started_at"].as_i64().unwrap())
+        .collect();
+    let ends: Vec<i64> = attempts
+        .iter()
+        .map(|a| a["finished_at"].as_i64().unwrap())
+        .collect();
+    let gaps: Vec<i64> = (1..4).map(|i| starts[i] - ends[i - 1]).collect();
+    assert!(
+        gaps[0] >= 150,
+        "the first retry waits for the backoff: {gaps:?}"
+    );
+    assert!(
+        gaps[0] < gaps[1] && gaps[1] < gaps[2],
+        "gaps must grow: {gaps:?}"
+    );
+    let events = p.json(&["events", "--item", &id.to_string()]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "retry_scheduled").count(), 3);
+    assert!(kinds.contains(&"item_failed"));
+}
+
+#[test]
+fn a_hung_command_that_ignores_sigterm_is_killed_with_its_grandchild_and_retried() {
+    // First attempt: ignore SIGTERM, leave a grandchild, hang. Second: pass.
+    let stage = "[[stages]]\nname = \"hang\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \
+                 \"if [ \\\"$IDEAMILL_ATTEMPT\\\" = 1 ]; then trap '' TERM; sleep 1000 & echo $! > grandchild.pid; \
+                 while true; do sleep 1; done; fi; echo recovered\"]\n\
+                 timeout = \"1s\"\nkill_grace = \"300ms\"\nbackoff = \"100ms\"\n";
+    let p = Project::new(&format!("{ENGINE}{stage}"));
+    let id = p.add("hangs once");
+    p.run_until_idle(Duration::from_secs(60));
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    let attempts = item["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["outcome"], "timeout", "{attempts:#?}");
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s")
+    );
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    let pid: i32 = std::fs::read_to_string(p.file(&format!("workspace/{id}/grandchild.pid")))
+        .expect("the grandchild wrote its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(pid)),
+        "grandchild {pid} outlived the timeout"
+    );
+}
+
+#[test]
+fn cancel_stops_a_running_job() {
+    let stage = "[[stages]]\nname = \"slow\"\nkind = \"command\"\n\
+                 command = [\"sh\", \"-c\", \"echo $$ > job.pid; exec sleep 1000\"]\ntimeout = \"10m\"\n";
+    let p = Project::new(&format!("{ENGINE}{stage}"));
+    let id = p.add("cancel me");
+    let mut run = p.spawn_run(&[]);
+    let pid_file = p.file(&format!("workspace/{id}/job.pid"));
+    assert!(
+        wait_until(Duration::from_secs(20), || pid_file.exists()),
+        "the job never started\n{}",
+        p.logs()
+    );
+    let mut pid = 0;
+    assert!(wait_until(Duration::from_secs(5), || {
+        pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        pid > 0
+    }));
+    p.ok(&["cancel", &id.to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pid)),
+        "the cancelled job's process still runs\n{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let item = p.show(id);
+            item["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["outcome"] == "cancelled")
+        }),
+        "no cancelled attempt recorded\n{}",
+        p.logs()
+    );
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "cancelled");
+    assert_eq!(item["jobs"][0]["state"], "cancelled");
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(20)).expect("run stops on SIGTERM");
+    assert!(status.success(), "{status}\n{}", p.logs());
+}
+
+#[test]
+fn an_item_added_by_another_process_is_picked_up_and_sigterm_stops_gracefully() {
+    let p = Project::new(&format!("{ENGINE}{}", py_stage("echo", PASS_CONTEXT, "")));
+    let mut run = p.spawn_run(&[]);
+    // Wait for the engine to register, so that the add below is a pickup
+    // by a running engine rather than work found at start.
+    assert!(wait_until(Duration::from_secs(20), || {
+        // Before the engine creates the store, status says there is none.
+        let out = p.run(&["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| {
+            s["status"]["processes"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+    }));
+    let id = p.add("from another process");
+    assert!(
+        wait_until(Duration::from_secs(20), || p.show(id)["item"]["state"]
+            == "done"),
+        "not picked up\n{}",
+        p.logs()
+    );
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(20)).expect("run stops on SIGTERM");
+    assert!(status.success(), "{status}\n{}", p.logs());
+    let events = p.json(&["events", "--kind", "process_stopped"]);
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        1,
+        "a clean stop is recorded"
+    );
+    assert!(
+        p.status()["status"]["processes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn sigkill_mid_run_loses_nothing_and_does_nothing_twice() {
+    // Each stage appends to a log outside the workspace, so that we can see
+    // what ran; the committed outputs are what must be exactly once.
+    let slow = r#"
+import json, sys, time
+ctx = json.load(sys.stdin)
+time.sleep(0.3)
+print("%s of %s" % (ctx["stage"], ctx["item"]["text"]))
+"#;
+    let config = format!(
+        "{ENGINE}{}{}",
+        py_stage("one", slow, "concurrency = 2"),
+        py_stage("two", slow, "concurrency = 2")
+    );
+    let p = Project::new(&config);
+    let ids: Vec<i64> = (0..6).map(|i| p.add(&format!("idea {i}"))).collect();
+    let mut run = p.spawn_run(&[]);
+    // Kill it once some work is committed and some is in flight.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = p.status();
+            let done = s["status"]["items"]["done"].as_u64().unwrap_or(0);
+            let running = s["status"]["running"].as_array().map_or(0, |r| r.len());
+            done >= 1 && running >= 1
+        }),
+        "never reached a mid-run state\n{}",
+        p.logs()
+    );
+    signal(&run, libc::SIGKILL);
+    wait_exit(&mut run, Duration::from_secs(10)).expect("killed");
+
+    p.run_until_idle(Duration::from_secs(60));
+    for id in &ids {
+        let item = p.show(*id);
+        assert_eq!(item["item"]["state"], "done", "{item:#}");
+        let outputs = outputs_by_stage(&item);
+        assert_eq!(
+            outputs["one"].len(),
+            1,
+            "stage one committed once: {item:#}"
+        );
+        assert_eq!(
+            outputs["two"].len(),
+            1,
+            "stage two committed once: {item:#}"
+        );
+    }
+    let events = p.json(&["events", "--limit", "500"]);
+    let recovered = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "lease_expired" || e["kind"] == "process_dead")
+        .count();
+    assert!(recovered >= 2, "the recovery is recorded: {events:#}");
+    let lost = ids
+        .iter()
+        .flat_map(|id| p.show(*id)["attempts"].as_array().unwrap().clone())
+        .filter(|a| a["outcome"] == "lost")
+        .count();
+    assert!(lost >= 1, "the interrupted attempt is recorded as lost");
+}
+
+#[test]
+fn a_broken_config_reports_every_error_with_its_line_and_exits_78() {
+    let p = Project::new(
+        "[engine]\nlease = \"soon\"\nbogus = 1\n\n[[stages]]\nname = \"a\"\nkind = \"command\"\n\n[[stages]]\nname = \"b\"\nkind = \"command\"\ncommand = [\"true\"]\ngate = { retry_from = \"zzz\" }\n",
+    );
+    let out = p.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let located: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ideamill.toml:"))
+        .collect();
+    assert!(
+        located
+            .iter()
+            .any(|l| l.contains(":2:") && l.contains("lease")),
+        "{stderr}"
+    );
+    assert!(
+        located
+            .iter()
+            .any(|l| l.contains(":3:") && l.contains("bogus")),
+        "{stderr}"
+    );
+    assert!(located.iter().any(|l| l.contains("command")), "{stderr}");
+    assert!(
+        located
+            .iter()
+            .any(|l| l.contains(":13:") && l.contains("zzz")),
+        "{stderr}"
+    );
+    // Every other command refuses to start with the same exit code.
+    assert_eq!(p.run(&["list"]).status.code(), Some(78));
+}
+
+#[test]
+fn a_missing_or_wrong_id_is_a_clear_error_with_exit_2() {
+    let p = Project::new(&format!("{ENGINE}{}", py_stage("a", PASS_CONTEXT, "")));
+    p.add("something");
+    let out = p.run(&["show", "999"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no item with id 999"));
+    let out = p.run(&["cancel", "abc"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an item id"));
+}
+
+#[test]
+fn retry_runs_a_failed_item_again() {
+    // Fails until a marker file exists next to the config.
+    let stage = "[[stages]]\nname = \"picky\"\nkind = \"command\"\n\
+                 command = [\"sh\", \"-c\", \"test -f \\\"$IDEAMILL_ROOT/ok\\\" && echo fine\"]\nmax_attempts = 1\n";
+    let p = Project::new(&format!("{ENGINE}{stage}"));
+    let id = p.add("retry me");
+    p.run_until_idle(Duration::from_secs(30));
+    assert_eq!(p.show(id)["item"]["state"], "failed");
+    std::fs::write(p.file("ok"), "").unwrap();
+    p.ok(&["retry", &id.to_string()]);
+    p.run_until_idle(Duration::from_secs(30));
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(outputs_by_stage(&item)["picky"], vec!["fine"]);
+    // A done item needs --from.
+    let out = p.run(&["retry", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from"));
+}
+
+#[test]
+fn init_scaffolds_a_project_that_runs_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("init")
+        .arg("demo")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let demo = dir.path().join("demo");
+    for f in [
+        "ideamill.toml",
+        "prompts",
+        "inbox",
+        ".gitignore",
+        "stages/qa.py",
+    ] {
+        assert!(demo.join(f).exists(), "{f} missing");
+    }
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(&demo)
+            .env_remove("IDEAMILL_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["validate"]);
+    run(&["add", "an idea"]);
+    run(&["run", "--until-idle"]);
+    let shown = run(&["show", "1"]);
+    assert!(shown.starts_with("Item 1: done"), "{shown}");
+    for stage in ["outline", "implement", "qa"] {
+        assert!(
+            shown.contains(&format!("--- {stage} (round 1")),
+            "{stage} output missing:\n{shown}"
+        );
+    }
+    let status = std::process::Command::new(BIN)
+        .arg("status")
+        .current_dir(&demo)
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&status.stdout).starts_with("HEALTHY"));
+}
+
+#[test]
+fn a_store_written_by_a_newer_ideamill_is_refused_and_not_modified() {
+    let p = Project::new(&format!("{ENGINE}{}", py_stage("a", PASS_CONTEXT, "")));
+    p.add("x");
+    let db = p.file(".ideamill/ideamill.db");
+    let conn = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA wal_checkpoint(TRUNCATE); INSERT INTO ideamill_schema VALUES (999, 0, 'future'); PRAGMA wal_checkpoint(TRUNCATE);")
+        .output()
+        .expect("sqlite3 is installed");
+    assert!(
+        conn.status.success(),
+        "{}",
+        String::from_utf8_lossy(&conn.stderr)
+    );
+    let before = std::fs::read(&db).unwrap();
+    let out = p.run(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("newer ideamill") && stderr.contains("999"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the database file changed"
+    );
+}

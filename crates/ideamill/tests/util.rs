@@ -1,0 +1,200 @@
+//! Helpers for running the real `ideamill` binary on a temporary project:
+//! fixtures, waiting on conditions with deadlines, and JSON reads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ideamill");
+
+/// A project in a temp folder with the given `ideamill.toml`.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(config: &str) -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ideamill.toml"), config).expect("write config");
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("IDEAMILL_CONFIG")
+            .env("IDEAMILL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run ideamill")
+    }
+
+    /// Run and insist on exit 0.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ideamill {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.ok(&all);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("ideamill {args:?} printed bad JSON ({e}):\n{out}"))
+    }
+
+    /// `status --json`, which exits 1 when the mill is not healthy.
+    pub fn status(&self) -> Value {
+        let out = self.run(&["status", "--json"]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn add(&self, text: &str) -> i64 {
+        self.json(&["add", text])["ids"][0].as_i64().expect("an id")
+    }
+
+    pub fn show(&self, id: i64) -> Value {
+        self.json(&["show", &id.to_string()])
+    }
+
+    /// `ideamill run` in the background, its output kept in files.
+    pub fn spawn_run(&self, extra: &[&str]) -> Child {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        let log =
+            std::fs::File::create(self.file(&format!("run-{}.log", unique()))).expect("log file");
+        self.cmd(&args)
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ideamill run")
+    }
+
+    /// Every `run-*.log` written so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.path()).expect("read dir").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("run-") {
+                all.push_str(&format!(
+                    "== {name}\n{}\n",
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                ));
+            }
+        }
+        all
+    }
+
+    /// `run --until-idle`, which must exit 0 within `limit`.
+    pub fn run_until_idle(&self, limit: Duration) {
+        let mut child = self.spawn_run(&["--until-idle"]);
+        let status = wait_exit(&mut child, limit).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "run --until-idle did not finish within {limit:?}\n{}",
+                self.logs()
+            )
+        });
+        assert!(
+            status.success(),
+            "run --until-idle exited with {status}\n{}",
+            self.logs()
+        );
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Poll `cond` until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(limit, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) on a pid we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Whether a process exists (a zombie counts as gone).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A command stage in TOML, from a Python program (avoids shell quoting).
+pub fn py_stage(name: &str, program: &str, extra: &str) -> String {
+    let program = program
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!(
+        "[[stages]]\nname = \"{name}\"\nkind = \"command\"\ncommand = [\"python3\", \"-c\", \"{program}\"]\n{extra}\n"
+    )
+}
+
+/// The engine settings used by the tests: short leases, fast beats.
+pub const ENGINE: &str = "[engine]\nlease = \"3s\"\nheartbeat = \"500ms\"\npoll_interval = \"500ms\"\nshutdown_grace = \"5s\"\n";
