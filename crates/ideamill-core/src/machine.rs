@@ -204,3 +204,157 @@ fn first_line(s: &str) -> &str {
         None => line,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[stages]]
+name = "outline"
+kind = "command"
+command = ["true"]
+
+[[stages]]
+name = "implement"
+kind = "command"
+command = ["true"]
+max_attempts = 3
+backoff = "1s"
+backoff_max = "3s"
+
+[[stages]]
+name = "qa"
+kind = "command"
+command = ["true"]
+gate = { retry_from = "implement", max_rounds = 3 }
+"#;
+
+    fn config() -> Config {
+        crate::config::parse(CONFIG, Path::new("/p/ideamill.toml")).expect("valid test config")
+    }
+
+    fn job(stage: &str, round: u32) -> NextJob {
+        NextJob { stage: stage.into(), round, max_attempts: config().stage(stage).unwrap().retry.max_attempts }
+    }
+
+    /// `decide` for stage `stage`, attempt and round, at now = 10_000 with
+    /// jitter 0.5 (no spread), compared with `expected`.
+    fn check(stage: &str, attempt: u32, round: u32, result: StageResult, expected: Transition) {
+        let config = config();
+        let stage = config.stage(stage).unwrap();
+        assert_eq!(decide(&config, stage, attempt, round, result, 10_000, 0.5), expected);
+    }
+
+    fn passed(s: &str) -> StageResult {
+        StageResult::Passed { output: s.into() }
+    }
+    fn rejected(s: &str) -> StageResult {
+        StageResult::Rejected { feedback: s.into() }
+    }
+    fn error(s: &str) -> StageResult {
+        StageResult::Failed { outcome: AttemptOutcome::Error, message: s.into() }
+    }
+
+    #[test]
+    fn passing_advances_to_the_next_stage_in_the_same_round() {
+        check("outline", 1, 1, passed("o"), Transition::Advance { output: "o".into(), next: Some(job("implement", 1)) });
+        check("implement", 2, 2, passed("i"), Transition::Advance { output: "i".into(), next: Some(job("qa", 2)) });
+        check("qa", 1, 3, passed("ok"), Transition::Advance { output: "ok".into(), next: None });
+    }
+
+    #[test]
+    fn a_gate_rejection_sends_work_back_until_the_last_round() {
+        check("qa", 1, 1, rejected("fix it"), Transition::SendBack { feedback: "fix it".into(), to: job("implement", 2) });
+        check("qa", 1, 2, rejected("again"), Transition::SendBack { feedback: "again".into(), to: job("implement", 3) });
+        check(
+            "qa",
+            1,
+            3,
+            rejected("still\nbroken"),
+            Transition::FailItem {
+                reason: "rejected by gate `qa` in round 3 of 3: still".into(),
+                feedback: Some("still\nbroken".into()),
+            },
+        );
+    }
+
+    #[test]
+    fn a_rejection_from_a_stage_that_is_not_a_gate_is_an_error() {
+        check("implement", 1, 1, rejected("nope"), Transition::RetryAt { run_at: 11_000, error: "nope".into() });
+    }
+
+    #[test]
+    fn errors_retry_with_backoff_until_max_attempts() {
+        check("implement", 1, 1, error("e1"), Transition::RetryAt { run_at: 11_000, error: "e1".into() });
+        check("implement", 2, 1, error("e2"), Transition::RetryAt { run_at: 12_000, error: "e2".into() });
+        check(
+            "implement",
+            3,
+            1,
+            error("e3"),
+            Transition::FailItem { reason: "stage `implement` failed after 3 attempts: e3".into(), feedback: None },
+        );
+        check(
+            "implement",
+            1,
+            1,
+            StageResult::Failed { outcome: AttemptOutcome::Timeout, message: "timed out".into() },
+            Transition::RetryAt { run_at: 11_000, error: "timed out".into() },
+        );
+    }
+
+    #[test]
+    fn permanent_errors_and_cancellation_end_at_once() {
+        check(
+            "outline",
+            1,
+            1,
+            StageResult::Permanent { message: "bad".into() },
+            Transition::FailItem { reason: "stage `outline` failed permanently: bad".into(), feedback: None },
+        );
+        check("outline", 1, 1, StageResult::Cancelled, Transition::Cancel);
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_its_jitter_keeps_gaps_growing() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+        };
+        let cases: &[(u32, f64, u64)] = &[
+            (1, 0.5, 100),
+            (2, 0.5, 200),
+            (3, 0.5, 400),
+            (4, 0.5, 800),
+            (5, 0.5, 1000),
+            (40, 0.5, 1000),
+            (1, 0.0, 80),
+            (1, 0.999_999, 119),
+        ];
+        for &(attempt, jitter, millis) in cases {
+            assert_eq!(backoff(&policy, attempt, jitter).as_millis() as u64, millis, "attempt {attempt} jitter {jitter}");
+        }
+        // The worst case of one gap is still shorter than the best of the next.
+        for attempt in 1..4 {
+            assert!(backoff(&policy, attempt, 1.0) < backoff(&policy, attempt + 1, 0.0));
+        }
+    }
+
+    #[test]
+    fn lost_jobs_requeue_fail_or_cancel() {
+        let cases = [
+            ((1, 3, false), LostJob::Requeue),
+            ((2, 3, false), LostJob::Requeue),
+            ((3, 3, false), LostJob::Fail),
+            ((1, 3, true), LostJob::Cancel),
+            ((3, 3, true), LostJob::Cancel),
+        ];
+        for ((attempts, max, cancel), expected) in cases {
+            assert_eq!(after_lost(attempts, max, cancel), expected, "{attempts}/{max} cancel={cancel}");
+        }
+    }
+}
