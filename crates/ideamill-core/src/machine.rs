@@ -237,7 +237,11 @@ gate = { retry_from = "implement", max_rounds = 3 }
     }
 
     fn job(stage: &str, round: u32) -> NextJob {
-        NextJob { stage: stage.into(), round, max_attempts: config().stage(stage).unwrap().retry.max_attempts }
+        NextJob {
+            stage: stage.into(),
+            round,
+            max_attempts: config().stage(stage).unwrap().retry.max_attempts,
+        }
     }
 
     /// `decide` for stage `stage`, attempt and round, at now = 10_000 with
@@ -245,7 +249,10 @@ gate = { retry_from = "implement", max_rounds = 3 }
     fn check(stage: &str, attempt: u32, round: u32, result: StageResult, expected: Transition) {
         let config = config();
         let stage = config.stage(stage).unwrap();
-        assert_eq!(decide(&config, stage, attempt, round, result, 10_000, 0.5), expected);
+        assert_eq!(
+            decide(&config, stage, attempt, round, result, 10_000, 0.5),
+            expected
+        );
     }
 
     fn passed(s: &str) -> StageResult {
@@ -255,20 +262,68 @@ gate = { retry_from = "implement", max_rounds = 3 }
         StageResult::Rejected { feedback: s.into() }
     }
     fn error(s: &str) -> StageResult {
-        StageResult::Failed { outcome: AttemptOutcome::Error, message: s.into() }
+        StageResult::Failed {
+            outcome: AttemptOutcome::Error,
+            message: s.into(),
+        }
     }
 
     #[test]
     fn passing_advances_to_the_next_stage_in_the_same_round() {
-        check("outline", 1, 1, passed("o"), Transition::Advance { output: "o".into(), next: Some(job("implement", 1)) });
-        check("implement", 2, 2, passed("i"), Transition::Advance { output: "i".into(), next: Some(job("qa", 2)) });
-        check("qa", 1, 3, passed("ok"), Transition::Advance { output: "ok".into(), next: None });
+        check(
+            "outline",
+            1,
+            1,
+            passed("o"),
+            Transition::Advance {
+                output: "o".into(),
+                next: Some(job("implement", 1)),
+            },
+        );
+        check(
+            "implement",
+            2,
+            2,
+            passed("i"),
+            Transition::Advance {
+                output: "i".into(),
+                next: Some(job("qa", 2)),
+            },
+        );
+        check(
+            "qa",
+            1,
+            3,
+            passed("ok"),
+            Transition::Advance {
+                output: "ok".into(),
+                next: None,
+            },
+        );
     }
 
     #[test]
     fn a_gate_rejection_sends_work_back_until_the_last_round() {
-        check("qa", 1, 1, rejected("fix it"), Transition::SendBack { feedback: "fix it".into(), to: job("implement", 2) });
-        check("qa", 1, 2, rejected("again"), Transition::SendBack { feedback: "again".into(), to: job("implement", 3) });
+        check(
+            "qa",
+            1,
+            1,
+            rejected("fix it"),
+            Transition::SendBack {
+                feedback: "fix it".into(),
+                to: job("implement", 2),
+            },
+        );
+        check(
+            "qa",
+            1,
+            2,
+            rejected("again"),
+            Transition::SendBack {
+                feedback: "again".into(),
+                to: job("implement", 3),
+            },
+        );
         check(
             "qa",
             1,
@@ -283,26 +338,62 @@ gate = { retry_from = "implement", max_rounds = 3 }
 
     #[test]
     fn a_rejection_from_a_stage_that_is_not_a_gate_is_an_error() {
-        check("implement", 1, 1, rejected("nope"), Transition::RetryAt { run_at: 11_000, error: "nope".into() });
+        check(
+            "implement",
+            1,
+            1,
+            rejected("nope"),
+            Transition::RetryAt {
+                run_at: 11_000,
+                error: "nope".into(),
+            },
+        );
     }
 
     #[test]
     fn errors_retry_with_backoff_until_max_attempts() {
-        check("implement", 1, 1, error("e1"), Transition::RetryAt { run_at: 11_000, error: "e1".into() });
-        check("implement", 2, 1, error("e2"), Transition::RetryAt { run_at: 12_000, error: "e2".into() });
+        check(
+            "implement",
+            1,
+            1,
+            error("e1"),
+            Transition::RetryAt {
+                run_at: 11_000,
+                error: "e1".into(),
+            },
+        );
+        check(
+            "implement",
+            2,
+            1,
+            error("e2"),
+            Transition::RetryAt {
+                run_at: 12_000,
+                error: "e2".into(),
+            },
+        );
         check(
             "implement",
             3,
             1,
             error("e3"),
-            Transition::FailItem { reason: "stage `implement` failed after 3 attempts: e3".into(), feedback: None },
+            Transition::FailItem {
+                reason: "stage `implement` failed after 3 attempts: e3".into(),
+                feedback: None,
+            },
         );
         check(
             "implement",
             1,
             1,
-            StageResult::Failed { outcome: AttemptOutcome::Timeout, message: "timed out".into() },
-            Transition::RetryAt { run_at: 11_000, error: "timed out".into() },
+            StageResult::Failed {
+                outcome: AttemptOutcome::Timeout,
+                message: "timed out".into(),
+            },
+            Transition::RetryAt {
+                run_at: 11_000,
+                error: "timed out".into(),
+            },
         );
     }
 
@@ -312,8 +403,13 @@ gate = { retry_from = "implement", max_rounds = 3 }
             "outline",
             1,
             1,
-            StageResult::Permanent { message: "bad".into() },
-            Transition::FailItem { reason: "stage `outline` failed permanently: bad".into(), feedback: None },
+            StageResult::Permanent {
+                message: "bad".into(),
+            },
+            Transition::FailItem {
+                reason: "stage `outline` failed permanently: bad".into(),
+                feedback: None,
+            },
         );
         check("outline", 1, 1, StageResult::Cancelled, Transition::Cancel);
     }
@@ -336,7 +432,11 @@ gate = { retry_from = "implement", max_rounds = 3 }
             (1, 0.999_999, 119),
         ];
         for &(attempt, jitter, millis) in cases {
-            assert_eq!(backoff(&policy, attempt, jitter).as_millis() as u64, millis, "attempt {attempt} jitter {jitter}");
+            assert_eq!(
+                backoff(&policy, attempt, jitter).as_millis() as u64,
+                millis,
+                "attempt {attempt} jitter {jitter}"
+            );
         }
         // The worst case of one gap is still shorter than the best of the next.
         for attempt in 1..4 {
@@ -354,7 +454,11 @@ gate = { retry_from = "implement", max_rounds = 3 }
             ((3, 3, true), LostJob::Cancel),
         ];
         for ((attempts, max, cancel), expected) in cases {
-            assert_eq!(after_lost(attempts, max, cancel), expected, "{attempts}/{max} cancel={cancel}");
+            assert_eq!(
+                after_lost(attempts, max, cancel),
+                expected,
+                "{attempts}/{max} cancel={cancel}"
+            );
         }
     }
 }

@@ -843,6 +843,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dropping_the_future_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild.pid");
+        let spec = sh(
+            r#"sleep 1000 & echo $! > "$1"; sleep 1000"#,
+            &[pid_file.to_str().unwrap()],
+        );
+        let mut running = Box::pin(run(&spec));
+        let started = tokio::select! {
+            result = &mut running => panic!("the command ended early: {:?}", result.end),
+            started = eventually(|| fs::read_to_string(&pid_file).is_ok_and(|text| text.ends_with('\n'))) => started,
+        };
+        assert!(started, "the child never started");
+        drop(running);
+        let grandchild = read_pid(&pid_file);
+        assert!(
+            eventually(|| is_dead(grandchild)).await,
+            "grandchild {grandchild} survived"
+        );
+    }
+
+    #[tokio::test]
     async fn an_already_cancelled_token_starts_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("ran");

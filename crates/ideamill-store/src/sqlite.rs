@@ -39,6 +39,11 @@ impl SqliteStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        // Look before touching: a database from a newer build, or another
+        // program's, must be refused before any pragma (WAL) changes its file.
+        if path.exists() {
+            inspect(&path).await?;
+        }
         let connect = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -54,7 +59,7 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await
             .map_err(|e| open_error(&path, e))?;
-        migrate(&writer, &path).await?;
+        migrate(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .idle_timeout(None)
@@ -87,45 +92,62 @@ fn open_error(path: &Path, e: sqlx::Error) -> StoreError {
     ))
 }
 
-async fn migrate(pool: &SqlitePool, path: &Path) -> Result<()> {
+/// Check an existing database through a read-only connection that sets no
+/// pragma: refuse a newer schema or a database that is not ours.
+async fn inspect(path: &Path) -> Result<()> {
+    use sqlx::Connection;
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10));
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|e| open_error(path, e))?;
     let has_meta: Option<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'ideamill_schema'",
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut conn)
     .await
     .map_err(|e| open_error(path, e))?;
-    let found: i64 = match has_meta {
+    let result = match has_meta {
         Some(_) => {
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM ideamill_schema")
-                .fetch_one(pool)
-                .await?
+            let found: i64 =
+                sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM ideamill_schema")
+                    .fetch_one(&mut conn)
+                    .await?;
+            if found > SCHEMA_VERSION {
+                Err(StoreError::TooNew {
+                    path: path.display().to_string(),
+                    found,
+                    known: SCHEMA_VERSION,
+                })
+            } else {
+                Ok(())
+            }
         }
         None => {
             let tables: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
-                    .fetch_one(pool)
+                    .fetch_one(&mut conn)
                     .await?;
             if tables > 0 {
-                return Err(StoreError::Corrupt(format!(
+                Err(StoreError::Corrupt(format!(
                     "{} is a SQLite database but not an ideamill store; it was not modified",
                     path.display()
-                )));
+                )))
+            } else {
+                Ok(())
             }
-            0
         }
     };
-    // Refuse before touching anything: an older build must never "repair" a
-    // newer schema.
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.display().to_string(),
-            found,
-            known: SCHEMA_VERSION,
-        });
-    }
-    if found == SCHEMA_VERSION {
-        return Ok(());
-    }
+    let _ = conn.close().await;
+    result
+}
+
+/// Apply the migrations this build knows and the database lacks, in one
+/// transaction that holds the write lock, so that two processes starting at
+/// once cannot both apply them.
+async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS ideamill_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL, by TEXT NOT NULL)",
@@ -378,7 +400,7 @@ impl Store for SqliteStore {
                     lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND stage = ?4 AND run_at <= ?3
                           ORDER BY priority, run_at, id LIMIT ?5)
-             RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at",
+             RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at, priority",
         )
         .bind(owner)
         .bind(lease_until)
@@ -387,9 +409,10 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.writer)
         .await?;
-        rows.iter()
+        let mut jobs = rows
+            .iter()
             .map(|r| {
-                Ok(ClaimedJob {
+                let job = ClaimedJob {
                     id: r.try_get("id")?,
                     item_id: r.try_get("item_id")?,
                     stage: r.try_get("stage")?,
@@ -399,9 +422,13 @@ impl Store for SqliteStore {
                     lease_token: r.try_get("lease_token")?,
                     run_at: r.try_get("run_at")?,
                     claimed_at: now,
-                })
+                };
+                Ok((r.try_get::<i64, _>("priority")?, job))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING does not keep the subquery's order: restore it.
+        jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
+        Ok(jobs.into_iter().map(|(_, job)| job).collect())
     }
 
     async fn context(&self, item: ItemId) -> Result<ItemContext> {

@@ -515,11 +515,19 @@ fn a_store_written_by_a_newer_ideamill_is_refused_and_not_modified() {
     let p = Project::new(&format!("{ENGINE}{}", py_stage("a", PASS_CONTEXT, "")));
     p.add("x");
     let db = p.file(".ideamill/ideamill.db");
-    let conn = std::process::Command::new("sqlite3")
+    // Python's own sqlite3 module stands in for a newer ideamill.
+    let script = "import sqlite3, sys\n\
+                  db = sqlite3.connect(sys.argv[1])\n\
+                  db.execute('INSERT INTO ideamill_schema VALUES (999, 0, \\'future\\')')\n\
+                  db.commit()\n\
+                  db.execute('PRAGMA wal_checkpoint(TRUNCATE)')\n\
+                  db.close()\n";
+    let conn = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
         .arg(&db)
-        .arg("PRAGMA wal_checkpoint(TRUNCATE); INSERT INTO ideamill_schema VALUES (999, 0, 'future'); PRAGMA wal_checkpoint(TRUNCATE);")
         .output()
-        .expect("sqlite3 is installed");
+        .expect("python3");
     assert!(
         conn.status.success(),
         "{}",

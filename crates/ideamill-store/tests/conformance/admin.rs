@@ -1,0 +1,265 @@
+//! What people do by hand: retry and cancel items, prune old ones.
+
+use ideamill_core::machine::Transition;
+use ideamill_core::{ItemState, JobState};
+use ideamill_store::{EventFilter, PruneCounts, RetryEffect, Store, StoreError, event_kind};
+
+use crate::support::*;
+
+const MISSING: i64 = 9_999_999;
+
+pub async fn retry_and_cancel_by_hand(s: &dyn Store) {
+    let draft = next("draft", 1, 3);
+    let ids = s
+        .add_items(
+            &new_items(&["failed", "running", "done", "waiting"]),
+            &draft,
+            T0,
+        )
+        .await
+        .unwrap();
+    let (failed, running, done, waiting) = (ids[0], ids[1], ids[2], ids[3]);
+    let held = s.claim("draft", 4, "w1", T0, T0 + LEASE).await.unwrap();
+    assert_eq!(held.iter().map(|j| j.item_id).collect::<Vec<_>>(), ids);
+    let reason = "stage `draft` failed permanently: no such program";
+    finish_ok(
+        s,
+        finish(
+            &held[0],
+            "w1",
+            T0 + 10,
+            Transition::FailItem {
+                reason: reason.into(),
+                feedback: None,
+            },
+        ),
+    )
+    .await;
+    finish_ok(s, finish(&held[2], "w1", T0 + 10, advance("out", None))).await;
+    finish_ok(
+        s,
+        finish(
+            &held[3],
+            "w1",
+            T0 + 10,
+            Transition::RetryAt {
+                run_at: T0 + 50_000,
+                error: "exit status 1".into(),
+            },
+        ),
+    )
+    .await;
+
+    let ctx = s.context(failed).await.unwrap();
+    assert_eq!(ctx.item.state, ItemState::Failed);
+    assert_eq!(ctx.item.last_error.as_deref(), Some(reason));
+    assert!(
+        ctx.feedback.is_empty(),
+        "a failure without feedback stores none"
+    );
+    assert_eq!(
+        events_of(s, Some(failed), event_kind::ITEM_FAILED)
+            .await
+            .len(),
+        1
+    );
+
+    // A failed item runs again from the stage asked for.
+    let effect = s.retry_item(failed, &draft, T0 + 100).await.unwrap();
+    assert_eq!(
+        effect,
+        RetryEffect {
+            stage: "draft".into(),
+            round: 1
+        }
+    );
+    let d = s.item(failed).await.unwrap();
+    assert_eq!(d.item.state, ItemState::Active);
+    assert_eq!(d.item.finished_at, None);
+    assert_eq!(d.display_state, "queued");
+    assert_eq!(d.jobs.len(), 2, "a retry by hand is a new job");
+    assert_eq!(
+        (d.jobs[1].state, d.jobs[1].attempts, d.jobs[1].run_at),
+        (JobState::Queued, 0, T0 + 100)
+    );
+    assert_eq!(
+        events_of(s, Some(failed), event_kind::ITEM_RETRIED)
+            .await
+            .len(),
+        1
+    );
+    let again = claim_one(s, "draft", "w2", T0 + 100).await;
+    assert_eq!(
+        (again.item_id, again.attempt, again.id),
+        (failed, 1, d.jobs[1].id)
+    );
+
+    // A done item may run again from a later stage.
+    let effect = s
+        .retry_item(done, &next("review", 1, 2), T0 + 110)
+        .await
+        .unwrap();
+    assert_eq!(
+        effect,
+        RetryEffect {
+            stage: "review".into(),
+            round: 1
+        }
+    );
+    let item = s.context(done).await.unwrap().item;
+    assert_eq!(
+        (item.state, item.stage.as_deref()),
+        (ItemState::Active, Some("review"))
+    );
+    assert_eq!(claim_one(s, "review", "w2", T0 + 110).await.item_id, done);
+
+    // An item waiting for its backoff runs now, as the same job.
+    s.retry_item(waiting, &draft, T0 + 120).await.unwrap();
+    let d = s.item(waiting).await.unwrap();
+    assert_eq!(d.jobs.len(), 1);
+    assert_eq!(
+        (d.jobs[0].state, d.jobs[0].run_at),
+        (JobState::Queued, T0 + 120)
+    );
+    let now = claim_one(s, "draft", "w2", T0 + 120).await;
+    assert_eq!((now.item_id, now.attempt), (waiting, 2));
+
+    let err = expect_err(
+        s.retry_item(running, &draft, T0 + 130).await,
+        "retry a running item",
+    );
+    assert!(matches!(err, StoreError::InvalidRequest(_)), "{err:?}");
+    assert_eq!(
+        s.item(running).await.unwrap().jobs.len(),
+        1,
+        "a refused retry changes nothing"
+    );
+    let err = expect_err(
+        s.retry_item(MISSING, &draft, T0 + 130).await,
+        "retry a missing item",
+    );
+    assert!(matches!(err, StoreError::NoSuchItem(MISSING)), "{err:?}");
+    let err = expect_err(
+        s.cancel_item(MISSING, T0 + 130).await,
+        "cancel a missing item",
+    );
+    assert!(matches!(err, StoreError::NoSuchItem(MISSING)), "{err:?}");
+    let err = expect_err(s.item(MISSING).await, "read a missing item");
+    assert!(matches!(err, StoreError::NoSuchItem(MISSING)), "{err:?}");
+
+    // Cancelling works once; a finished item has nothing to cancel.
+    let effect = s.cancel_item(running, T0 + 140).await.unwrap();
+    assert!(effect.was_running);
+    let err = expect_err(
+        s.cancel_item(running, T0 + 150).await,
+        "cancel a cancelled item",
+    );
+    assert!(matches!(err, StoreError::InvalidRequest(_)), "{err:?}");
+
+    let fresh = add_one(s, "to finish", &next("solo", 1, 1), T0 + 200).await;
+    let job = claim_one(s, "solo", "w3", T0 + 200).await;
+    finish_ok(s, finish(&job, "w3", T0 + 210, advance("out", None))).await;
+    let err = expect_err(s.cancel_item(fresh, T0 + 220).await, "cancel a done item");
+    assert!(matches!(err, StoreError::InvalidRequest(_)), "{err:?}");
+    let d = s.item(fresh).await.unwrap();
+    assert_eq!(
+        (d.item.state, d.item.finished_at),
+        (ItemState::Done, Some(T0 + 210))
+    );
+}
+
+pub async fn prune_deletes_only_old_finished_items(b: &dyn Backend) {
+    let store = b.open().await;
+    let s = &*store;
+    // Each item starts at its own stage so that claims pick exactly it.
+    let old_done = add_one(s, "old done", &next("draft", 1, 3), T0).await;
+    let old_failed = add_one(s, "old failed", &next("review", 1, 1), T0).await;
+    let old_cancelled = add_one(s, "old cancelled", &next("cancel", 1, 3), T0).await;
+    let old_queued = add_one(s, "old queued", &next("queued", 1, 3), T0).await;
+    let old_running = add_one(s, "old running", &next("running", 1, 3), T0).await;
+    let recent_done = add_one(s, "recent done", &next("late", 1, 3), T0).await;
+
+    let job = claim_one(s, "draft", "w1", T0).await;
+    finish_ok(s, finish(&job, "w1", T0 + 10, advance("out", None))).await;
+    let job = claim_one(s, "review", "w1", T0).await;
+    let fail = Transition::FailItem {
+        reason: "rejected".into(),
+        feedback: Some("bad".into()),
+    };
+    finish_ok(s, finish(&job, "w1", T0 + 20, fail)).await;
+    s.cancel_item(old_cancelled, T0 + 30).await.unwrap();
+    let still_running = claim_one(s, "running", "w2", T0 + 40).await;
+    let job = claim_one(s, "late", "w1", T0 + 4_000).await;
+    finish_ok(s, finish(&job, "w1", T0 + 5_000, advance("kept", None))).await;
+
+    let before = T0 + 1_000;
+    let all_events = s
+        .events(&EventFilter {
+            limit: 10_000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    let old_events = all_events.iter().filter(|e| e.at < before).count() as u64;
+    assert!(old_events > 0, "the setup made old events");
+
+    let counts = s.prune(before).await.unwrap();
+    assert_eq!(
+        counts,
+        PruneCounts {
+            items: 3,
+            events: old_events
+        }
+    );
+    for gone in [old_done, old_failed, old_cancelled] {
+        let err = expect_err(s.item(gone).await, "read a pruned item");
+        assert!(
+            matches!(err, StoreError::NoSuchItem(id) if id == gone),
+            "{err:?}"
+        );
+    }
+    for kept in [old_queued, old_running, recent_done] {
+        s.item(kept).await.unwrap();
+    }
+    let d = s.item(recent_done).await.unwrap();
+    assert_eq!(d.outputs.len(), 1, "a kept item keeps its outputs");
+    let left = s
+        .events(&EventFilter {
+            limit: 10_000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        left.iter().all(|e| e.at >= before),
+        "old events are pruned: {left:?}"
+    );
+
+    // The pruned items' jobs, attempts, outputs and feedback went with them.
+    let mut jobs = 0;
+    let mut attempts = 0;
+    for kept in [old_queued, old_running, recent_done] {
+        let d = s.item(kept).await.unwrap();
+        jobs += d.jobs.len() as i64;
+        attempts += d.attempts.len() as i64;
+    }
+    assert_eq!(b.count_rows("items").await, 3);
+    assert_eq!(b.count_rows("jobs").await, jobs);
+    assert_eq!(b.count_rows("attempts").await, attempts);
+    assert_eq!(b.count_rows("outputs").await, 1);
+    assert_eq!(b.count_rows("feedback").await, 0);
+
+    assert_eq!(s.prune(before).await.unwrap().items, 0);
+    // Unfinished work is untouched and still finishes.
+    let effect = finish_ok(
+        s,
+        finish(&still_running, "w2", T0 + 6_000, advance("late", None)),
+    )
+    .await;
+    assert_eq!(effect.item_state, ItemState::Done);
+    assert_eq!(
+        claim_one(s, "queued", "w2", T0 + 6_000).await.item_id,
+        old_queued
+    );
+    store.close().await;
+}

@@ -1,0 +1,368 @@
+//! Leases and the processes that hold them: expiry and reaping, heartbeats,
+//! cancellation of running work, graceful release, dead processes.
+
+use std::collections::HashMap;
+
+use ideamill_core::machine::LostJob;
+use ideamill_core::{AttemptOutcome, ItemState, JobState};
+use ideamill_store::{FinishEffect, ProcessInfo, Store, event_kind};
+
+use crate::support::*;
+
+pub async fn reap_requeues_fails_or_cancels_expired_jobs(s: &dyn Store) {
+    let requeue = add_one(s, "requeue", &next("draft", 1, 3), T0).await;
+    let last = add_one(s, "last try", &next("draft", 1, 1), T0).await;
+    let cancel = add_one(s, "cancel", &next("draft", 1, 3), T0).await;
+    let held = s.claim("draft", 10, "w1", T0, T0 + 100).await.unwrap();
+    assert_eq!(held.len(), 3);
+    let job_of: HashMap<_, _> = held.iter().map(|j| (j.item_id, j.id)).collect();
+    assert!(s.cancel_item(cancel, T0 + 50).await.unwrap().was_running);
+
+    let early = s.reap_expired(T0 + 100).await.unwrap();
+    assert!(
+        early.is_empty(),
+        "a lease that ends now has not expired yet: {early:?}"
+    );
+
+    let now = T0 + 101;
+    let reaped = s.reap_expired(now).await.unwrap();
+    assert_eq!(reaped.len(), 3, "{reaped:?}");
+    let by_item: HashMap<_, _> = reaped.iter().map(|r| (r.item_id, r)).collect();
+    for (item, action) in [
+        (requeue, LostJob::Requeue),
+        (last, LostJob::Fail),
+        (cancel, LostJob::Cancel),
+    ] {
+        let r = by_item[&item];
+        assert_eq!(r.action, action, "item {item}");
+        assert_eq!(r.job_id, job_of[&item]);
+        assert_eq!((r.stage.as_str(), r.owner.as_str()), ("draft", "w1"));
+
+        let d = s.item(item).await.unwrap();
+        assert_eq!(d.attempts.len(), 1, "the lost try is recorded");
+        let a = &d.attempts[0];
+        assert_eq!(
+            (a.attempt, a.outcome, a.process.as_str()),
+            (1, AttemptOutcome::Lost, "w1")
+        );
+        assert_eq!(a.finished_at, now);
+        let lost = events_of(s, Some(item), event_kind::LEASE_EXPIRED).await;
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].job_id, Some(job_of[&item]));
+        assert_eq!(lost[0].process.as_deref(), Some("w1"));
+        assert!(
+            lost[0].message.contains("w1") && lost[0].message.contains(&job_of[&item].to_string()),
+            "the event names the job and the owner: {:?}",
+            lost[0].message
+        );
+        assert_eq!(d.jobs[0].lease_owner, None);
+    }
+
+    let d = s.item(requeue).await.unwrap();
+    assert_eq!(d.item.state, ItemState::Active);
+    assert_eq!(
+        (d.jobs[0].state, d.jobs[0].run_at, d.jobs[0].attempts),
+        (JobState::Queued, now, 1)
+    );
+    assert_eq!(d.display_state, "retrying");
+
+    let d = s.item(last).await.unwrap();
+    assert_eq!(d.item.state, ItemState::Failed);
+    assert_eq!(d.item.finished_at, Some(now));
+    assert!(d.item.last_error.is_some(), "a failed item says why");
+    assert_eq!(d.jobs[0].state, JobState::Failed);
+
+    let d = s.item(cancel).await.unwrap();
+    assert_eq!(d.item.state, ItemState::Cancelled);
+    assert_eq!(d.jobs[0].state, JobState::Cancelled);
+
+    // Only the requeued job runs again, at once, as its second attempt.
+    let again = s.claim("draft", 10, "w2", now, now + LEASE).await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|j| (j.item_id, j.attempt))
+            .collect::<Vec<_>>(),
+        [(requeue, 2)]
+    );
+    assert!(
+        s.reap_expired(now + 1_000).await.unwrap().is_empty(),
+        "nothing is reaped twice"
+    );
+}
+
+pub async fn heartbeat_renews_leases_and_reports_cancels(s: &dyn Store) {
+    let ids = s
+        .add_items(&new_items(&["a", "b", "c"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let held = s.claim("draft", 2, "w1", T0, T0 + 100).await.unwrap();
+    assert_eq!(held.iter().map(|j| j.item_id).collect::<Vec<_>>(), [a, b]);
+    let (job_a, job_b) = (held[0].clone(), held[1].clone());
+
+    assert!(
+        s.heartbeat("w1", T0 + 50, T0 + 1_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another owner's beat renews nothing of w1's.
+    assert!(
+        s.heartbeat("w2", T0 + 50, T0 + 99_999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let d = s.item(a).await.unwrap();
+    assert_eq!(d.jobs[0].lease_expires_at, Some(T0 + 1_000));
+    assert!(
+        s.reap_expired(T0 + 500).await.unwrap().is_empty(),
+        "renewed leases hold"
+    );
+    assert_eq!(s.status(T0 + 500).await.unwrap().expired_leases, 0);
+
+    let effect = s.cancel_item(a, T0 + 60).await.unwrap();
+    assert!(effect.was_running);
+    let d = s.item(a).await.unwrap();
+    assert_eq!(
+        d.item.state,
+        ItemState::Cancelled,
+        "cancelled at once, not when the worker stops"
+    );
+    assert_eq!(d.item.finished_at, Some(T0 + 60));
+    assert_eq!(d.display_state, "cancelled");
+    assert_eq!(
+        events_of(s, Some(a), event_kind::ITEM_CANCELLED)
+            .await
+            .len(),
+        1
+    );
+
+    assert_eq!(
+        s.heartbeat("w1", T0 + 70, T0 + 1_100).await.unwrap(),
+        [job_a.id]
+    );
+    assert_eq!(s.cancel_requests("w1").await.unwrap(), [job_a.id]);
+    assert!(s.cancel_requests("w2").await.unwrap().is_empty());
+
+    // A queued item is cancelled with its job, which can no longer run.
+    let effect = s.cancel_item(c, T0 + 80).await.unwrap();
+    assert!(!effect.was_running);
+    let d = s.item(c).await.unwrap();
+    assert_eq!(d.item.state, ItemState::Cancelled);
+    assert_eq!(d.jobs[0].state, JobState::Cancelled);
+    assert!(
+        s.claim("draft", 10, "w2", T0 + 90, T0 + LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The worker reports success anyway: the cancellation wins.
+    let effect = finish_ok(
+        s,
+        finish(
+            &job_a,
+            "w1",
+            T0 + 90,
+            advance("too late", Some(next("review", 1, 2))),
+        ),
+    )
+    .await;
+    assert_eq!(
+        effect,
+        FinishEffect {
+            item_state: ItemState::Cancelled,
+            enqueued: false,
+            cancelled: true,
+        }
+    );
+    let d = s.item(a).await.unwrap();
+    assert_eq!(d.item.state, ItemState::Cancelled);
+    assert_eq!(d.jobs.len(), 1, "nothing was enqueued");
+    assert_eq!(d.jobs[0].state, JobState::Cancelled);
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].outcome, AttemptOutcome::Cancelled);
+    assert!(
+        d.outputs.is_empty(),
+        "the dropped transition stored no output"
+    );
+    assert!(
+        s.claim("review", 10, "w2", T0 + 90, T0 + LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.cancel_requests("w1").await.unwrap().is_empty());
+
+    // The other held job was never affected.
+    let effect = finish_ok(s, finish(&job_b, "w1", T0 + 95, advance("fine", None))).await;
+    assert_eq!(effect.item_state, ItemState::Done);
+}
+
+pub async fn release_gives_jobs_back_uncounted(s: &dyn Store) {
+    let ids = s
+        .add_items(&new_items(&["a", "b"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    let (a, b) = (ids[0], ids[1]);
+    let first = claim_one(s, "draft", "w1", T0).await;
+    assert_eq!(first.item_id, a);
+    finish_ok(
+        s,
+        finish(
+            &first,
+            "w1",
+            T0 + 5,
+            ideamill_core::machine::Transition::RetryAt {
+                run_at: T0 + 10,
+                error: "exit status 1".into(),
+            },
+        ),
+    )
+    .await;
+    let held = s
+        .claim("draft", 10, "w1", T0 + 20, T0 + LEASE)
+        .await
+        .unwrap();
+    let attempt_of: HashMap<_, _> = held.iter().map(|j| (j.item_id, j.attempt)).collect();
+    assert_eq!(attempt_of, HashMap::from([(a, 2), (b, 1)]));
+
+    assert_eq!(s.release("w1", T0 + 30).await.unwrap(), 2);
+    let d = s.item(a).await.unwrap();
+    assert_eq!((d.jobs[0].state, d.jobs[0].attempts), (JobState::Queued, 1));
+    assert_eq!(d.jobs[0].lease_owner, None);
+    assert_eq!(d.display_state, "retrying");
+    let got: Vec<_> = d.attempts.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(
+        got,
+        [(1, AttemptOutcome::Error), (2, AttemptOutcome::Released)]
+    );
+    let d = s.item(b).await.unwrap();
+    assert_eq!((d.jobs[0].state, d.jobs[0].attempts), (JobState::Queued, 0));
+    assert_eq!(d.display_state, "queued");
+    let got: Vec<_> = d
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome, a.process.as_str()))
+        .collect();
+    assert_eq!(got, [(1, AttemptOutcome::Released, "w1")]);
+    let released = events_of(s, None, event_kind::JOBS_RELEASED).await;
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0].process.as_deref(), Some("w1"));
+
+    // The next claim repeats the released attempt numbers: they did not count.
+    let again = s
+        .claim("draft", 10, "w2", T0 + 30, T0 + LEASE)
+        .await
+        .unwrap();
+    let attempt_of_again: HashMap<_, _> = again.iter().map(|j| (j.item_id, j.attempt)).collect();
+    assert_eq!(attempt_of_again, attempt_of);
+
+    assert_eq!(s.release("w3", T0 + 40).await.unwrap(), 0);
+    assert_eq!(
+        events_of(s, None, event_kind::JOBS_RELEASED).await.len(),
+        1,
+        "releasing nothing records nothing"
+    );
+}
+
+pub async fn dead_process_jobs_run_again_at_once(s: &dyn Store) {
+    let process = |id: &str, pid: u32, started_at| ProcessInfo {
+        id: id.to_string(),
+        host: "host-1".to_string(),
+        pid,
+        version: "ideamill 0.1.0".to_string(),
+        started_at,
+        last_beat_at: started_at,
+        stopped_at: None,
+        held_jobs: 0,
+    };
+    let p1 = process("host-1-101", 101, T0);
+    let p2 = process("host-1-202", 202, T0 + 10);
+    s.register_process(&p1).await.unwrap();
+    s.register_process(&p2).await.unwrap();
+    assert_eq!(
+        s.processes().await.unwrap(),
+        [p2.clone(), p1.clone()],
+        "newest first"
+    );
+
+    s.add_items(&new_items(&["a", "b", "c"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    let held = s
+        .claim("draft", 2, &p1.id, T0 + 20, T0 + LEASE)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 2);
+    assert!(
+        s.heartbeat(&p1.id, T0 + 30, T0 + LEASE + 30)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let listed = s.processes().await.unwrap();
+    assert_eq!(
+        listed,
+        [
+            p2.clone(),
+            ProcessInfo {
+                last_beat_at: T0 + 30,
+                held_jobs: 2,
+                ..p1.clone()
+            }
+        ]
+    );
+
+    assert_eq!(s.expire_process(&p1.id, T0 + 40).await.unwrap(), 2);
+    let dead = events_of(s, None, event_kind::PROCESS_DEAD).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].process.as_deref(), Some(p1.id.as_str()));
+    assert_eq!(
+        s.processes().await.unwrap(),
+        std::slice::from_ref(&p2),
+        "a dead process is no longer listed"
+    );
+    assert_eq!(s.status(T0 + 40).await.unwrap().expired_leases, 2);
+
+    // No waiting for the lease: a reap at the same instant recovers the jobs.
+    let reaped = s.reap_expired(T0 + 40).await.unwrap();
+    assert_eq!(reaped.len(), 2, "{reaped:?}");
+    assert!(
+        reaped
+            .iter()
+            .all(|r| r.action == LostJob::Requeue && r.owner == p1.id)
+    );
+    let got = s
+        .claim("draft", 10, &p2.id, T0 + 40, T0 + LEASE)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3, "the recovered jobs and the untouched one");
+    assert_eq!(s.processes().await.unwrap()[0].held_jobs, 3);
+
+    s.stop_process(&p2.id, T0 + 50).await.unwrap();
+    assert!(s.processes().await.unwrap().is_empty());
+    assert_eq!(
+        events_of(s, None, event_kind::PROCESS_STARTED).await.len(),
+        2
+    );
+    assert_eq!(
+        events_of(s, None, event_kind::PROCESS_STOPPED).await.len(),
+        1
+    );
+
+    // A process that registers again under the same id is listed again.
+    let restarted = ProcessInfo {
+        last_beat_at: T0 + 60,
+        ..p1.clone()
+    };
+    s.register_process(&restarted).await.unwrap();
+    let listed = s.processes().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].stopped_at),
+        (p1.id.as_str(), None)
+    );
+}
