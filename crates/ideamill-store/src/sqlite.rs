@@ -13,7 +13,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::types::event_kind as ek;
 use crate::wake::{NeverSignal, WakeDir, WorkSignal};
@@ -211,53 +211,101 @@ async fn insert_job(
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query(
-        "UPDATE items SET current_job_id = ?, stage = ?, round = ?, updated_at = ? WHERE id = ?",
-    )
-    .bind(id)
-    .bind(&next.stage)
-    .bind(next.round)
-    .bind(now)
-    .bind(item)
-    .execute(&mut **tx)
-    .await?;
     Ok(id)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_attempt(
+/// Enqueue many jobs in one statement per chunk (the `jobs_set_current`
+/// trigger keeps each item's current job).
+async fn insert_jobs(
     tx: &mut Transaction<'static, Sqlite>,
-    job: &ClaimedJob,
-    process: &str,
+    jobs: &[(ItemId, &NextJob, Millis)],
+) -> Result<()> {
+    for chunk in jobs.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, (item, next, now)| {
+            let now = *now;
+            b.push_bind(*item)
+                .push_bind(&next.stage)
+                .push_bind(next.round)
+                .push_bind("queued")
+                .push_bind(now)
+                .push_bind(next.max_attempts)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Rows per multi-row statement; well under SQLite's bound-parameter limit.
+const CHUNK: usize = 64;
+
+/// An attempt row to insert.
+struct AttemptRecord<'a> {
+    job: &'a ClaimedJob,
+    process: &'a str,
     outcome: AttemptOutcome,
     started_at: Millis,
     finished_at: Millis,
     exit_code: Option<i32>,
-    error: Option<&str>,
-    output: Option<&str>,
-    stderr: Option<&str>,
+    error: Option<&'a str>,
+    output: Option<&'a str>,
+    stderr: Option<&'a str>,
+}
+
+async fn insert_attempts(
+    tx: &mut Transaction<'static, Sqlite>,
+    rows: &[AttemptRecord<'_>],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at, finished_at,
-                               exit_code, error, output, stderr)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(job.id)
-    .bind(job.item_id)
-    .bind(&job.stage)
-    .bind(job.round)
-    .bind(job.attempt)
-    .bind(process)
-    .bind(outcome.as_str())
-    .bind(started_at)
-    .bind(finished_at)
-    .bind(exit_code)
-    .bind(error)
-    .bind(output)
-    .bind(stderr)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in rows.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at,
+                                   finished_at, exit_code, error, output, stderr) ",
+        );
+        q.push_values(chunk, |mut b, a| {
+            b.push_bind(a.job.id)
+                .push_bind(a.job.item_id)
+                .push_bind(&a.job.stage)
+                .push_bind(a.job.round)
+                .push_bind(a.job.attempt)
+                .push_bind(a.process)
+                .push_bind(a.outcome.as_str())
+                .push_bind(a.started_at)
+                .push_bind(a.finished_at)
+                .push_bind(a.exit_code)
+                .push_bind(a.error)
+                .push_bind(a.output)
+                .push_bind(a.stderr);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
     Ok(())
+}
+
+/// An attempt that ended without running to completion (lost, released).
+async fn insert_interrupted_attempt(
+    tx: &mut Transaction<'static, Sqlite>,
+    job: &ClaimedJob,
+    process: &str,
+    outcome: AttemptOutcome,
+    now: Millis,
+    note: &str,
+) -> Result<()> {
+    let record = AttemptRecord {
+        job,
+        process,
+        outcome,
+        started_at: job.claimed_at,
+        finished_at: now,
+        exit_code: None,
+        error: Some(note),
+        output: None,
+        stderr: None,
+    };
+    insert_attempts(tx, &[record]).await
 }
 
 async fn fail_item(
@@ -366,22 +414,28 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ItemId>> {
         let mut tx = self.write_tx().await?;
         let mut ids = Vec::with_capacity(items.len());
-        for item in items {
-            let id: ItemId = sqlx::query_scalar(
-                "INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
-                 VALUES (?, ?, 'active', ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(&item.text)
-            .bind(item.metadata.to_string())
-            .bind(&first.stage)
-            .bind(first.round)
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            insert_job(&mut tx, id, first, now, now).await?;
-            ids.push(id);
+        for chunk in items.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, item| {
+                b.push_bind(&item.text)
+                    .push_bind(item.metadata.to_string())
+                    .push_bind("active")
+                    .push_bind(&first.stage)
+                    .push_bind(first.round)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(" RETURNING id");
+            let mut chunk_ids: Vec<ItemId> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            // RETURNING's order is unspecified; new rowids grow in VALUES order.
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
         }
+        let jobs: Vec<(ItemId, &NextJob, Millis)> =
+            ids.iter().map(|id| (*id, first, now)).collect();
+        insert_jobs(&mut tx, &jobs).await?;
         tx.commit().await?;
         self.notify();
         Ok(ids)
@@ -432,43 +486,45 @@ impl Store for SqliteStore {
     }
 
     async fn context(&self, item: ItemId) -> Result<ItemContext> {
-        let mut conn = self.reader.acquire().await?;
-        let row = sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?"))
-            .bind(item)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or(StoreError::NoSuchItem(item))?;
-        let item_row = item_row(&row)?;
-        let outputs = sqlx::query(
-            "SELECT stage, round, job_id, output, created_at FROM outputs o
-             WHERE item_id = ?1 AND id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = ?1 AND o2.stage = o.stage)",
-        )
+        // One statement: the engine reads this once per job.
+        let row = sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS},
+                (SELECT json_group_array(json_object('stage', stage, 'round', round, 'job_id', job_id,
+                                                     'output', output, 'created_at', created_at))
+                 FROM outputs o
+                 WHERE o.item_id = items.id
+                   AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
+                ) AS outputs_json,
+                (SELECT json_group_array(json_object('stage', stage, 'round', round, 'feedback', feedback,
+                                                     'created_at', created_at))
+                 FROM (SELECT * FROM feedback f WHERE f.item_id = items.id ORDER BY f.id)
+                ) AS feedback_json
+             FROM items WHERE id = ?"
+        ))
         .bind(item)
-        .fetch_all(&mut *conn)
+        .fetch_optional(&self.reader)
         .await?
-        .iter()
-        .map(output_row)
-        .collect::<Result<_>>()?;
-        let feedback = sqlx::query(
-            "SELECT stage, round, feedback, created_at FROM feedback WHERE item_id = ? ORDER BY id",
-        )
-        .bind(item)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(feedback_row)
-        .collect::<Result<_>>()?;
+        .ok_or(StoreError::NoSuchItem(item))?;
+        let outputs: String = row.try_get("outputs_json")?;
+        let feedback: String = row.try_get("feedback_json")?;
         Ok(ItemContext {
-            item: item_row,
-            outputs,
-            feedback,
+            item: item_row(&row)?,
+            outputs: serde_json::from_str(&outputs)
+                .map_err(|e| StoreError::Corrupt(format!("outputs of item {item}: {e}")))?,
+            feedback: serde_json::from_str(&feedback)
+                .map_err(|e| StoreError::Corrupt(format!("feedback of item {item}: {e}")))?,
         })
     }
 
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>> {
         let mut tx = self.write_tx().await?;
         let mut results = Vec::with_capacity(finishes.len());
-        let mut enqueued_any = false;
+        // Rows common to most finishes are gathered and inserted a chunk at
+        // a time after the loop; rare ones are written as they come.
+        let mut attempts: Vec<AttemptRecord<'_>> = Vec::with_capacity(finishes.len());
+        let mut outputs: Vec<(&ClaimedJob, &str, Millis)> = Vec::new();
+        let mut next_jobs: Vec<(ItemId, &NextJob, Millis)> = Vec::new();
+        let mut done: Vec<(ItemId, Millis)> = Vec::new();
         for f in finishes {
             let now = f.finished_at;
             let job = &f.job;
@@ -517,23 +573,24 @@ impl Store for SqliteStore {
                 results.push(Err(StoreError::LeaseLost));
                 continue;
             };
-            insert_attempt(
-                &mut tx,
+            let passed = matches!(f.transition, Transition::Advance { .. }) && !cancelled;
+            attempts.push(AttemptRecord {
                 job,
-                &f.owner,
-                if cancelled {
+                process: &f.owner,
+                outcome: if cancelled {
                     AttemptOutcome::Cancelled
                 } else {
                     f.outcome
                 },
-                f.started_at,
-                now,
-                f.exit_code,
-                f.error.as_deref(),
-                f.output.as_deref(),
-                f.stderr.as_deref(),
-            )
-            .await?;
+                started_at: f.started_at,
+                finished_at: now,
+                exit_code: f.exit_code,
+                error: f.error.as_deref(),
+                // A passing attempt's output is the stage's output, stored
+                // once in `outputs`.
+                output: if passed { None } else { f.output.as_deref() },
+                stderr: f.stderr.as_deref(),
+            });
             if cancelled {
                 results.push(Ok(FinishEffect {
                     item_state: ItemState::Cancelled,
@@ -544,20 +601,10 @@ impl Store for SqliteStore {
             }
             let effect = match &f.transition {
                 Transition::Advance { output, next } => {
-                    sqlx::query(
-                        "INSERT INTO outputs (item_id, stage, round, job_id, output, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(job.item_id)
-                    .bind(&job.stage)
-                    .bind(job.round)
-                    .bind(job.id)
-                    .bind(output)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    outputs.push((job, output, now));
                     match next {
                         Some(next) => {
-                            insert_job(&mut tx, job.item_id, next, now, now).await?;
+                            next_jobs.push((job.item_id, next, now));
                             FinishEffect {
                                 item_state: ItemState::Active,
                                 enqueued: true,
@@ -565,14 +612,7 @@ impl Store for SqliteStore {
                             }
                         }
                         None => {
-                            sqlx::query(
-                                "UPDATE items SET state = 'done', last_error = NULL, finished_at = ?1, updated_at = ?1
-                                 WHERE id = ?2",
-                            )
-                            .bind(now)
-                            .bind(job.item_id)
-                            .execute(&mut *tx)
-                            .await?;
+                            done.push((job.item_id, now));
                             FinishEffect {
                                 item_state: ItemState::Done,
                                 enqueued: false,
@@ -583,7 +623,7 @@ impl Store for SqliteStore {
                 }
                 Transition::SendBack { feedback, to } => {
                     insert_feedback(&mut tx, job, feedback, now).await?;
-                    insert_job(&mut tx, job.item_id, to, now, now).await?;
+                    next_jobs.push((job.item_id, to, now));
                     insert_event(
                         &mut tx,
                         &NewEvent {
@@ -662,7 +702,8 @@ impl Store for SqliteStore {
                 }
                 Transition::Cancel => {
                     sqlx::query(
-                        "UPDATE items SET state = 'cancelled', finished_at = ?1, updated_at = ?1 WHERE id = ?2 AND state = 'active'",
+                        "UPDATE items SET state = 'cancelled', finished_at = ?1, updated_at = ?1
+                         WHERE id = ?2 AND state = 'active'",
                     )
                     .bind(now)
                     .bind(job.item_id)
@@ -675,11 +716,38 @@ impl Store for SqliteStore {
                     }
                 }
             };
-            enqueued_any |= effect.enqueued;
             results.push(Ok(effect));
         }
+        insert_attempts(&mut tx, &attempts).await?;
+        for chunk in outputs.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outputs (item_id, stage, round, job_id, output, created_at) ",
+            );
+            q.push_values(chunk, |mut b, (job, output, now)| {
+                b.push_bind(job.item_id)
+                    .push_bind(&job.stage)
+                    .push_bind(job.round)
+                    .push_bind(job.id)
+                    .push_bind(*output)
+                    .push_bind(*now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        insert_jobs(&mut tx, &next_jobs).await?;
+        for chunk in done.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE items SET state = 'done', last_error = NULL, finished_at = v.column2,
+                        updated_at = v.column2
+                 FROM (",
+            );
+            q.push_values(chunk, |mut b, (id, at)| {
+                b.push_bind(*id).push_bind(*at);
+            });
+            q.push(") AS v WHERE items.id = v.column1");
+            q.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
-        if enqueued_any {
+        if !next_jobs.is_empty() {
             // Other engines may run the next stage.
             self.notify();
         }
@@ -770,19 +838,8 @@ impl Store for SqliteStore {
             .bind(job.lease_token)
             .execute(&mut *tx)
             .await?;
-            insert_attempt(
-                &mut tx,
-                &job,
-                &owner,
-                AttemptOutcome::Lost,
-                job.claimed_at,
-                now,
-                None,
-                Some(&error),
-                None,
-                None,
-            )
-            .await?;
+            insert_interrupted_attempt(&mut tx, &job, &owner, AttemptOutcome::Lost, now, &error)
+                .await?;
             let what = match action {
                 LostJob::Requeue => format!(
                     "made runnable again (attempt {} of {})",
@@ -900,19 +957,8 @@ impl Store for SqliteStore {
                 claimed_at: r.try_get("started_at")?,
             };
             let note = "the process shut down before the attempt finished; it does not count";
-            insert_attempt(
-                &mut tx,
-                &job,
-                owner,
-                AttemptOutcome::Released,
-                job.claimed_at,
-                now,
-                None,
-                Some(note),
-                None,
-                None,
-            )
-            .await?;
+            insert_interrupted_attempt(&mut tx, &job, owner, AttemptOutcome::Released, now, note)
+                .await?;
         }
         if !rows.is_empty() {
             insert_event(
