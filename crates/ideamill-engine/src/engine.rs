@@ -313,6 +313,29 @@ async fn recover_dead_processes(shared: &Shared, me: &ProcessInfo) {
     reap(shared).await;
 }
 
+/// A process on another machine that stopped beating long ago is gone
+/// (killed, powered off, cut off): mark it so, so that status stops counting
+/// it as running. Its jobs are already handled by the lease rules.
+async fn expire_silent_processes(shared: &Shared, now: Millis) {
+    let silent_for = 4 * shared.config.engine.lease.as_millis() as Millis;
+    let Ok(processes) = shared.store.processes().await else {
+        return;
+    };
+    for p in processes
+        .iter()
+        .filter(|p| p.id != shared.owner && now - p.last_beat_at > silent_for)
+    {
+        match shared.store.expire_process(&p.id, now).await {
+            Ok(_) => tracing::warn!(
+                "Process {} has not beaten for {} ms; recorded as gone",
+                p.id,
+                now - p.last_beat_at
+            ),
+            Err(e) => tracing::warn!("Could not mark process {} as gone: {e}", p.id),
+        }
+    }
+}
+
 async fn reap(shared: &Shared) {
     match shared.store.reap_expired(now_millis()).await {
         Ok(reaped) => {
@@ -356,6 +379,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 engine.lease
             ),
         }
+        expire_silent_processes(&shared, now).await;
         reap(&shared).await;
         if let Some(retention) = engine.retention
             && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))

@@ -898,11 +898,17 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query("UPDATE processes SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL")
-            .bind(now)
-            .bind(process)
-            .execute(&mut *tx)
-            .await?;
+        let marked =
+            sqlx::query("UPDATE processes SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL")
+                .bind(now)
+                .bind(process)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if marked == 0 && n == 0 {
+            // Another process recovered it first: nothing to record.
+            return Ok(0);
+        }
         insert_event(
             &mut tx,
             &NewEvent {

@@ -547,3 +547,65 @@ fn a_store_written_by_a_newer_ideamill_is_refused_and_not_modified() {
         "the database file changed"
     );
 }
+
+#[test]
+fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
+    let stage = "[[stages]]\nname = \"steady\"\nkind = \"command\"\n\
+                 command = [\"sh\", \"-c\", \"touch started; sleep 1; echo finished\"]\n";
+    let p = Project::new(&format!("{ENGINE}{stage}"));
+    let id = p.add("finish me");
+    let mut run = p.spawn_run(&[]);
+    let started = p.file(&format!("workspace/{id}/started"));
+    assert!(
+        wait_until(Duration::from_secs(20), || started.exists()),
+        "never started\n{}",
+        p.logs()
+    );
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(20)).expect("run stops");
+    assert!(status.success(), "{status}\n{}", p.logs());
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(outputs_by_stage(&item)["steady"], vec!["finished"]);
+}
+
+#[test]
+fn when_the_grace_period_runs_out_the_job_is_stopped_and_given_back_uncounted() {
+    let engine = "[engine]\nlease = \"3s\"\nheartbeat = \"500ms\"\nshutdown_grace = \"300ms\"\n";
+    let stage = "[[stages]]\nname = \"endless\"\nkind = \"command\"\n\
+                 command = [\"sh\", \"-c\", \"echo $$ > job.pid; exec sleep 1000\"]\nkill_grace = \"200ms\"\n";
+    let p = Project::new(&format!("{engine}{stage}"));
+    let id = p.add("too slow to finish");
+    let mut run = p.spawn_run(&[]);
+    let pid_file = p.file(&format!("workspace/{id}/job.pid"));
+    let mut pid = 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            pid = std::fs::read_to_string(&pid_file)
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            pid > 0
+        }),
+        "never started\n{}",
+        p.logs()
+    );
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(20)).expect("run stops");
+    assert!(status.success(), "{status}\n{}", p.logs());
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(pid)),
+        "the job's process outlived the engine"
+    );
+    let item = p.show(id);
+    assert_eq!(item["display_state"], "queued", "{item:#}");
+    assert_eq!(item["jobs"][0]["state"], "queued");
+    assert_eq!(
+        item["jobs"][0]["attempts"], 0,
+        "a released attempt does not count"
+    );
+    assert_eq!(item["attempts"][0]["outcome"], "released");
+    let events = p.json(&["events", "--kind", "jobs_released"]);
+    assert_eq!(events.as_array().unwrap().len(), 1);
+}
