@@ -20,6 +20,74 @@ pub struct Config {
     pub engine: EngineConfig,
     /// In pipeline order; at least one; names unique.
     pub stages: Vec<StageConfig>,
+    /// Model endpoints for `llm` stages, by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Prices per model, in US dollars per million tokens.
+    pub prices: BTreeMap<String, Price>,
+    pub budget: BudgetConfig,
+    /// Hang detection, the supervisor, probes and the health verdict.
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible chat-completions endpoint.
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+/// Where an API key comes from. The key itself is never in the config, the
+/// store or a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeySource {
+    None,
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub model: String,
+    pub api_key: ApiKeySource,
+    pub headers: BTreeMap<String, String>,
+    /// Stream responses (SSE). Default true.
+    pub stream: bool,
+    /// Default 10s.
+    pub connect_timeout: Duration,
+    /// No bytes for this long aborts the request. Default 60s.
+    pub idle_timeout: Duration,
+    /// Requests in flight at once, shared by all workers of a process. Default 4.
+    pub max_concurrency: u32,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+/// Spending caps. Reaching one pauses the affected items instead of failing them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetConfig {
+    pub item_usd: Option<f64>,
+    pub day_usd: Option<f64>,
+    pub item_tokens: Option<u64>,
+    pub day_tokens: Option<u64>,
+}
+
+impl BudgetConfig {
+    pub fn is_set(&self) -> bool {
+        self.item_usd.is_some()
+            || self.day_usd.is_some()
+            || self.item_tokens.is_some()
+            || self.day_tokens.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +118,45 @@ pub struct EngineConfig {
     pub retention: Option<Duration>,
 }
 
+/// `[health]`: hang detection, the supervisor, the HTTP probes, and the
+/// thresholds of the health verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// An engine whose event loop has not beaten for this long is stalled:
+    /// its watchdog saves evidence and ends it, and the supervisor restarts
+    /// it. Default 5s.
+    pub stall_after: Duration,
+    /// The loopback HTTP listener for /healthz, /readyz and /metrics; `None`
+    /// when set to "off". Default `127.0.0.1:9464`.
+    pub listen: Option<String>,
+    /// Free space on the data folder's disk below which health is degraded.
+    /// Default 256 MiB.
+    pub min_free_disk_mb: u64,
+    /// Runnable work older than this while engines have free slots is "not
+    /// moving". Default 2m.
+    pub stuck_after: Duration,
+    /// The window over which failure rates and restarts are judged. Default 15m.
+    pub failure_window: Duration,
+    /// The supervisor gives up after this many restarts within
+    /// `restart_window`. Default 5 in 60s.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            stall_after: Duration::from_secs(5),
+            listen: Some("127.0.0.1:9464".to_owned()),
+            min_free_disk_mb: 256,
+            stuck_after: Duration::from_secs(120),
+            failure_window: Duration::from_secs(15 * 60),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageConfig {
     pub name: String,
@@ -66,14 +173,35 @@ pub struct StageConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageKind {
     Command(CommandStage),
+    Llm(LlmStage),
 }
 
 impl StageKind {
     pub fn name(&self) -> &'static str {
         match self {
             StageKind::Command(_) => "command",
+            StageKind::Llm(_) => "llm",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmStage {
+    /// A key of `Config::providers`.
+    pub provider: String,
+    /// The prompt template (minijinja), absolute.
+    pub prompt: PathBuf,
+    /// A system prompt template, if any: inline text.
+    pub system: Option<String>,
+    pub temperature: Option<f32>,
+    /// Always sent. Default 1024.
+    pub max_tokens: u32,
+    /// Write fenced code blocks that name a file into the item's workspace.
+    pub files: bool,
+    /// Default 50.
+    pub max_files: usize,
+    /// Default 256 KiB.
+    pub max_file_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

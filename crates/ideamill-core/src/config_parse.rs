@@ -15,7 +15,8 @@ use toml_span::Span;
 use toml_span::value::{Table, Value};
 
 use crate::config::{
-    CommandStage, Config, ConfigError, ConfigErrors, EngineConfig, StageConfig, StageKind,
+    ApiKeySource, BudgetConfig, CommandStage, Config, ConfigError, ConfigErrors, EngineConfig,
+    HealthConfig, LlmStage, Price, ProviderConfig, ProviderKind, StageConfig, StageKind,
     StoreConfig,
 };
 use crate::duration::{format_duration, parse_duration};
@@ -23,7 +24,24 @@ use crate::model::{Gate, RetryPolicy};
 
 // Key lists in the order the documentation shows them, because they are
 // printed in this order when a key is unknown.
-const TOP_KEYS: &[&str] = &["store", "engine", "stages"];
+const TOP_KEYS: &[&str] = &[
+    "store",
+    "engine",
+    "health",
+    "providers",
+    "prices",
+    "budget",
+    "stages",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "stall_after",
+    "listen",
+    "min_free_disk_mb",
+    "stuck_after",
+    "failure_window",
+    "max_restarts",
+    "restart_window",
+];
 const STORE_KEYS: &[&str] = &["url"];
 const ENGINE_KEYS: &[&str] = &[
     "data_dir",
@@ -38,19 +56,43 @@ const ENGINE_KEYS: &[&str] = &[
 const STAGE_KEYS: &[&str] = &[
     "name",
     "kind",
-    "command",
-    "env",
     "timeout",
-    "kill_grace",
-    "max_output",
     "max_attempts",
     "backoff",
     "backoff_max",
     "concurrency",
     "gate",
 ];
+const COMMAND_KEYS: &[&str] = &["command", "env", "kill_grace", "max_output"];
+const LLM_KEYS: &[&str] = &[
+    "provider",
+    "prompt",
+    "system",
+    "temperature",
+    "max_tokens",
+    "files",
+    "max_files",
+    "max_file_bytes",
+];
+const PROVIDER_KEYS: &[&str] = &[
+    "kind",
+    "base_url",
+    "model",
+    "api_key_env",
+    "api_key_file",
+    "headers",
+    "stream",
+    "connect_timeout",
+    "idle_timeout",
+    "max_concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+];
+const PROVIDER_KINDS: &[&str] = &["openai", "anthropic"];
+const PRICE_KEYS: &[&str] = &["input", "output"];
+const BUDGET_KEYS: &[&str] = &["item_usd", "day_usd", "item_tokens", "day_tokens"];
 const GATE_KEYS: &[&str] = &["retry_from", "max_rounds"];
-const STAGE_KINDS: &[&str] = &["command"];
+const STAGE_KINDS: &[&str] = &["command", "llm"];
 
 const NO_STAGES: &str = "no [[stages]]: a pipeline needs at least one stage";
 
@@ -67,6 +109,12 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_CONCURRENCY: u32 = 1;
 const MAX_CONCURRENCY: i64 = 1024;
 const DEFAULT_MAX_ROUNDS: u32 = 3;
+const DEFAULT_MAX_TOKENS: u32 = 1024;
+const DEFAULT_MAX_FILES: u32 = 50;
+const DEFAULT_MAX_FILE_BYTES: i64 = 256 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_PROVIDER_CONCURRENCY: u32 = 4;
 
 pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let root = normalize(path.parent().unwrap_or(Path::new("")));
@@ -102,7 +150,17 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         &engine.data_dir,
         &mut problems,
     );
-    let stages = stages(&top, &mut problems);
+    let providers = providers(&top, &root, &mut problems);
+    let prices = prices(&top, &mut problems);
+    let budget = match top.sub_table("budget", "[budget]", &mut problems) {
+        Some(s) => budget(&s, &mut problems),
+        None => BudgetConfig::default(),
+    };
+    let stages = stages(&top, &root, &providers, &mut problems);
+    let health = match top.sub_table("health", "[health]", &mut problems) {
+        Some(s) => health_config(&s, &mut problems),
+        None => HealthConfig::default(),
+    };
 
     if !problems.0.is_empty() {
         return Err(problems.into_errors(text, path));
@@ -113,6 +171,10 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         store,
         engine,
         stages,
+        providers,
+        prices,
+        budget,
+        health,
     })
 }
 
@@ -372,6 +434,71 @@ impl<'t, 'de> Section<'t, 'de> {
         Got::Ok(n, value.span)
     }
 
+    /// A number (integer or float) of at least `min`.
+    fn number(&self, key: &str, min: f64, problems: &mut Problems) -> Got<f64> {
+        let Some(value) = self.get(key) else {
+            return Got::Absent;
+        };
+        let n = match (value.as_float(), value.as_integer()) {
+            (Some(f), _) => f,
+            (None, Some(i)) => i as f64,
+            (None, None) => {
+                self.wrong_type(key, "a number", value, problems);
+                return Got::Bad;
+            }
+        };
+        if !n.is_finite() || n < min {
+            self.invalid(
+                key,
+                value.span,
+                format_args!("must be a number >= {min}, found {n}"),
+                problems,
+            );
+            return Got::Bad;
+        }
+        Got::Ok(n, value.span)
+    }
+
+    fn boolean(&self, key: &str, problems: &mut Problems) -> Got<bool> {
+        let Some(value) = self.get(key) else {
+            return Got::Absent;
+        };
+        match value.as_bool() {
+            Some(b) => Got::Ok(b, value.span),
+            None => {
+                self.wrong_type(key, "true or false", value, problems);
+                Got::Bad
+            }
+        }
+    }
+
+    /// A table of string values, such as `headers` or `env`.
+    fn string_map(&self, key: &str, problems: &mut Problems) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        let Some(value) = self.get(key) else {
+            return map;
+        };
+        let Some(table) = value.as_table() else {
+            self.wrong_type(key, "a table like { NAME = \"value\" }", value, problems);
+            return map;
+        };
+        for (k, v) in table {
+            match v.as_str() {
+                Some(text) if !text.contains(['\0', '\n', '\r']) => {
+                    map.insert(k.name.to_string(), text.to_owned());
+                }
+                Some(_) => self.invalid(
+                    &format!("{key}.{}", k.name),
+                    v.span,
+                    "contains a control character",
+                    problems,
+                ),
+                None => self.wrong_type(&format!("{key}.{}", k.name), "a string", v, problems),
+            }
+        }
+        map
+    }
+
     fn count(&self, key: &str, max: i64, default: u32, problems: &mut Problems) -> u32 {
         // The range check keeps n within 1..=u32::MAX, so the fallback never applies.
         let n = self.integer(key, 1, max.min(i64::from(u32::MAX)), problems);
@@ -433,6 +560,45 @@ fn engine_config(s: &Section<'_, '_>, root: &Path, problems: &mut Problems) -> E
             Got::Ok(d, _) => Some(d),
             Got::Absent | Got::Bad => None,
         },
+    }
+}
+
+fn health_config(s: &Section<'_, '_>, problems: &mut Problems) -> HealthConfig {
+    s.check_keys(HEALTH_KEYS, problems);
+    let d = HealthConfig::default();
+    let listen = match s.string("listen", problems) {
+        Got::Ok("off" | "", _) => None,
+        Got::Ok(addr, span) => {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                s.invalid(
+                    "listen",
+                    span,
+                    format_args!("{addr:?} must be IP:PORT (e.g. \"127.0.0.1:9464\") or \"off\""),
+                    problems,
+                );
+            }
+            Some(addr.to_owned())
+        }
+        Got::Absent | Got::Bad => d.listen.clone(),
+    };
+    HealthConfig {
+        stall_after: s
+            .nonzero_duration("stall_after", problems)
+            .or(d.stall_after),
+        listen,
+        min_free_disk_mb: s
+            .integer("min_free_disk_mb", 0, i64::MAX, problems)
+            .or(d.min_free_disk_mb as i64) as u64,
+        stuck_after: s
+            .nonzero_duration("stuck_after", problems)
+            .or(d.stuck_after),
+        failure_window: s
+            .nonzero_duration("failure_window", problems)
+            .or(d.failure_window),
+        max_restarts: s.count("max_restarts", 1000, d.max_restarts, problems),
+        restart_window: s
+            .nonzero_duration("restart_window", problems)
+            .or(d.restart_window),
     }
 }
 
@@ -518,7 +684,12 @@ struct PendingGate<'t> {
     span: Span,
 }
 
-fn stages(top: &Section<'_, '_>, problems: &mut Problems) -> Vec<StageConfig> {
+fn stages(
+    top: &Section<'_, '_>,
+    root: &Path,
+    providers: &BTreeMap<String, ProviderConfig>,
+    problems: &mut Problems,
+) -> Vec<StageConfig> {
     let Some(value) = top.get("stages") else {
         problems.add(Span::default(), NO_STAGES.to_owned());
         return Vec::new();
@@ -550,7 +721,7 @@ fn stages(top: &Section<'_, '_>, problems: &mut Problems) -> Vec<StageConfig> {
             names.push(None);
             continue;
         };
-        let (stage, name, gate) = stage(number, table, value.span, problems);
+        let (stage, name, gate) = stage(number, table, value.span, root, providers, problems);
         if let Some((name, span)) = name {
             if let Some(first) = first_use.get(name) {
                 problems.add(
@@ -603,6 +774,8 @@ fn stage<'t>(
     number: usize,
     table: &'t Table<'_>,
     span: Span,
+    root: &Path,
+    providers: &BTreeMap<String, ProviderConfig>,
     problems: &mut Problems,
 ) -> (
     StageConfig,
@@ -637,10 +810,18 @@ fn stage<'t>(
         }
         Got::Bad => None,
     };
-    s.check_keys(STAGE_KEYS, problems);
+    let kind_name = s.string("kind", problems);
+    // Each kind has its own keys; with the kind unknown, any kind's key passes.
+    let kind_keys: &[&[&str]] = match kind_name {
+        Got::Ok("command", _) => &[COMMAND_KEYS],
+        Got::Ok("llm", _) => &[LLM_KEYS],
+        _ => &[COMMAND_KEYS, LLM_KEYS],
+    };
+    s.check_keys(&[&[STAGE_KEYS], kind_keys].concat().concat(), problems);
 
-    let kind = match s.string("kind", problems) {
+    let kind = match kind_name {
         Got::Ok("command", _) => Some(StageKind::Command(command_stage(&s, problems))),
+        Got::Ok("llm", _) => Some(StageKind::Llm(llm_stage(&s, root, providers, problems))),
         Got::Ok(other, span) => {
             let known = STAGE_KINDS.join(", ");
             problems.add(
@@ -864,9 +1045,292 @@ fn gate<'t>(
     Some((gate, retry_from))
 }
 
+fn providers(
+    top: &Section<'_, '_>,
+    root: &Path,
+    problems: &mut Problems,
+) -> BTreeMap<String, ProviderConfig> {
+    let mut providers = BTreeMap::new();
+    let Some(section) = top.sub_table("providers", "[providers]", problems) else {
+        return providers;
+    };
+    for (key, value) in section.table {
+        let name = key.name.as_ref();
+        let label = format!("[providers.{name}]");
+        let Some(table) = value.as_table() else {
+            section.wrong_type(name, &format!("a table ({label})"), value, problems);
+            continue;
+        };
+        if !is_valid_stage_name(name) {
+            problems.add(
+                key.span,
+                format!(
+                    "{label}: provider names are 1 to 63 lowercase letters, digits, `_` or `-`"
+                ),
+            );
+        }
+        let s = Section {
+            table,
+            span: value.span,
+            label,
+            prefix: "",
+        };
+        s.check_keys(PROVIDER_KEYS, problems);
+        let kind = match s.string("kind", problems) {
+            Got::Ok("openai", _) => ProviderKind::OpenAi,
+            Got::Ok("anthropic", _) => ProviderKind::Anthropic,
+            Got::Ok(other, span) => {
+                s.invalid(
+                    "kind",
+                    span,
+                    format_args!(
+                        "{other:?} is not a provider kind; known kinds: {}",
+                        PROVIDER_KINDS.join(", ")
+                    ),
+                    problems,
+                );
+                ProviderKind::OpenAi
+            }
+            Got::Absent => {
+                s.missing("kind", problems);
+                ProviderKind::OpenAi
+            }
+            Got::Bad => ProviderKind::OpenAi,
+        };
+        let base_url = match s.string("base_url", problems) {
+            Got::Ok(url, span) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    s.invalid(
+                        "base_url",
+                        span,
+                        "must start with http:// or https://",
+                        problems,
+                    );
+                }
+                url.trim_end_matches('/').to_owned()
+            }
+            Got::Absent => match kind {
+                ProviderKind::OpenAi => {
+                    s.missing("base_url", problems);
+                    String::new()
+                }
+                ProviderKind::Anthropic => "https://api.anthropic.com/v1".to_owned(),
+            },
+            Got::Bad => String::new(),
+        };
+        let model = match s.string("model", problems) {
+            Got::Ok(model, _) => model.to_owned(),
+            Got::Absent => {
+                s.missing("model", problems);
+                String::new()
+            }
+            Got::Bad => String::new(),
+        };
+        let api_key = match (
+            s.string("api_key_env", problems),
+            s.string("api_key_file", problems),
+        ) {
+            (Got::Ok(_, _), Got::Ok(_, span)) => {
+                s.invalid(
+                    "api_key_file",
+                    span,
+                    "cannot be combined with `api_key_env`: choose one",
+                    problems,
+                );
+                ApiKeySource::None
+            }
+            (Got::Ok(var, _), _) => ApiKeySource::Env(var.to_owned()),
+            (_, Got::Ok(file, _)) => ApiKeySource::File(resolve(root, Path::new(file))),
+            _ => ApiKeySource::None,
+        };
+        let optional_count = |key: &str, problems: &mut Problems| match s.integer(
+            key,
+            1,
+            i64::from(u32::MAX),
+            problems,
+        ) {
+            Got::Ok(n, _) => u32::try_from(n).ok(),
+            Got::Absent | Got::Bad => None,
+        };
+        providers.insert(
+            name.to_owned(),
+            ProviderConfig {
+                name: name.to_owned(),
+                kind,
+                base_url,
+                model,
+                api_key,
+                headers: s.string_map("headers", problems),
+                stream: s.boolean("stream", problems).or(true),
+                connect_timeout: s
+                    .nonzero_duration("connect_timeout", problems)
+                    .or(DEFAULT_CONNECT_TIMEOUT),
+                idle_timeout: s
+                    .nonzero_duration("idle_timeout", problems)
+                    .or(DEFAULT_IDLE_TIMEOUT),
+                max_concurrency: s.count(
+                    "max_concurrency",
+                    MAX_CONCURRENCY,
+                    DEFAULT_PROVIDER_CONCURRENCY,
+                    problems,
+                ),
+                requests_per_minute: optional_count("requests_per_minute", problems),
+                tokens_per_minute: optional_count("tokens_per_minute", problems),
+            },
+        );
+    }
+    providers
+}
+
+/// `[prices]`: `"model-name" = { input = 0.15, output = 0.6 }`, US dollars
+/// per million tokens.
+fn prices(top: &Section<'_, '_>, problems: &mut Problems) -> BTreeMap<String, Price> {
+    let mut prices = BTreeMap::new();
+    let Some(section) = top.sub_table("prices", "[prices]", problems) else {
+        return prices;
+    };
+    for (key, value) in section.table {
+        let model = key.name.as_ref();
+        let Some(table) = value.as_table() else {
+            section.wrong_type(
+                model,
+                "a table like { input = 0.15, output = 0.6 }",
+                value,
+                problems,
+            );
+            continue;
+        };
+        let s = Section {
+            table,
+            span: value.span,
+            label: format!("[prices] {model:?}"),
+            prefix: "",
+        };
+        s.check_keys(PRICE_KEYS, problems);
+        let mut get = |k: &str| match s.number(k, 0.0, problems) {
+            Got::Ok(n, _) => n,
+            Got::Absent => {
+                s.missing(k, problems);
+                0.0
+            }
+            Got::Bad => 0.0,
+        };
+        let input_per_million = get("input");
+        let output_per_million = get("output");
+        prices.insert(
+            model.to_owned(),
+            Price {
+                input_per_million,
+                output_per_million,
+            },
+        );
+    }
+    prices
+}
+
+fn budget(s: &Section<'_, '_>, problems: &mut Problems) -> BudgetConfig {
+    s.check_keys(BUDGET_KEYS, problems);
+    let usd = |k: &str, problems: &mut Problems| match s.number(k, 0.0, problems) {
+        Got::Ok(n, _) => Some(n),
+        Got::Absent | Got::Bad => None,
+    };
+    let tokens = |k: &str, problems: &mut Problems| match s.integer(k, 1, i64::MAX, problems) {
+        Got::Ok(n, _) => u64::try_from(n).ok(),
+        Got::Absent | Got::Bad => None,
+    };
+    BudgetConfig {
+        item_usd: usd("item_usd", problems),
+        day_usd: usd("day_usd", problems),
+        item_tokens: tokens("item_tokens", problems),
+        day_tokens: tokens("day_tokens", problems),
+    }
+}
+
+fn llm_stage(
+    s: &Section<'_, '_>,
+    root: &Path,
+    providers: &BTreeMap<String, ProviderConfig>,
+    problems: &mut Problems,
+) -> LlmStage {
+    let provider = match s.string("provider", problems) {
+        Got::Ok(name, span) => {
+            if !providers.contains_key(name) {
+                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+                let known = if known.is_empty() {
+                    "none is defined".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                s.invalid(
+                    "provider",
+                    span,
+                    format_args!(
+                        "{name:?} is not a provider; add [providers.{name}] (providers: {known})"
+                    ),
+                    problems,
+                );
+            }
+            name.to_owned()
+        }
+        Got::Absent => {
+            s.missing("provider", problems);
+            String::new()
+        }
+        Got::Bad => String::new(),
+    };
+    let prompt = match s.string("prompt", problems) {
+        Got::Ok("", span) => {
+            s.invalid("prompt", span, "must name a template file", problems);
+            PathBuf::new()
+        }
+        Got::Ok(path, _) => resolve(root, Path::new(path)),
+        Got::Absent => {
+            s.missing("prompt", problems);
+            PathBuf::new()
+        }
+        Got::Bad => PathBuf::new(),
+    };
+    let system = match s.string("system", problems) {
+        Got::Ok(text, _) => Some(text.to_owned()),
+        Got::Absent | Got::Bad => None,
+    };
+    let temperature = match s.number("temperature", 0.0, problems) {
+        Got::Ok(t, span) if t > 2.0 => {
+            s.invalid(
+                "temperature",
+                span,
+                format_args!("must be from 0 to 2, found {t}"),
+                problems,
+            );
+            None
+        }
+        Got::Ok(t, _) => Some(t as f32),
+        Got::Absent | Got::Bad => None,
+    };
+    LlmStage {
+        provider,
+        prompt,
+        system,
+        temperature,
+        max_tokens: s.count(
+            "max_tokens",
+            i64::from(u32::MAX),
+            DEFAULT_MAX_TOKENS,
+            problems,
+        ),
+        files: s.boolean("files", problems).or(false),
+        max_files: s.count("max_files", 100_000, DEFAULT_MAX_FILES, problems) as usize,
+        max_file_bytes: match s.integer("max_file_bytes", 1, i64::MAX, problems) {
+            Got::Ok(n, _) => usize::try_from(n).unwrap_or(usize::MAX),
+            Got::Absent | Got::Bad => DEFAULT_MAX_FILE_BYTES as usize,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ApiKeySource, ProviderKind};
 
     const FILE: &str = "/proj/ideamill.toml";
 
@@ -898,6 +1362,7 @@ mod tests {
     fn command(stage: &StageConfig) -> &CommandStage {
         match &stage.kind {
             StageKind::Command(command) => command,
+            StageKind::Llm(_) => panic!("stage {} is not a command stage", stage.name),
         }
     }
 
@@ -939,6 +1404,10 @@ gate = { retry_from = "implement" }
         let expected = Config {
             path: PathBuf::from(FILE),
             root: root.clone(),
+            health: HealthConfig::default(),
+            providers: BTreeMap::new(),
+            prices: BTreeMap::new(),
+            budget: BudgetConfig::default(),
             store: StoreConfig {
                 url: "sqlite:///proj/.ideamill/ideamill.db".to_owned(),
             },
@@ -1050,14 +1519,16 @@ command = []
     fn unknown_keys() {
         check_errors(
             &format!("colour = \"red\"\n{STAGE}"),
-            &["1:1: unknown key `colour` at the top level; expected one of: store, engine, stages"],
+            &[
+                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, providers, prices, budget, stages",
+            ],
         );
         check_errors(
             &format!("{STAGE}retries = 3\n"),
             &[
                 "5:1: unknown key `retries` in [[stages]] #1 (\"build\"); expected one of: \
-                 name, kind, command, env, timeout, kill_grace, max_output, max_attempts, \
-                 backoff, backoff_max, concurrency, gate",
+                 name, kind, timeout, max_attempts, backoff, backoff_max, concurrency, gate, \
+                 command, env, kill_grace, max_output",
             ],
         );
         check_errors(
@@ -1151,12 +1622,13 @@ command = []
     #[test]
     fn stage_kinds_and_names() {
         check_errors(
-            "[[stages]]\nname = \"a\"\nkind = \"llm\"\nmodel = \"x\"\n",
+            "[[stages]]\nname = \"a\"\nkind = \"wasm\"\nmodel = \"x\"\n",
             &[
-                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"llm\"; known kinds: command",
+                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm",
                 "4:1: unknown key `model` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
-                 command, env, timeout, kill_grace, max_output, max_attempts, backoff, \
-                 backoff_max, concurrency, gate",
+                 timeout, max_attempts, backoff, backoff_max, concurrency, gate, command, env, \
+                 kill_grace, max_output, provider, prompt, system, temperature, max_tokens, files, \
+                 max_files, max_file_bytes",
             ],
         );
         for bad in ["Build", "-x", "a b", "", &"a".repeat(64)] {
@@ -1175,6 +1647,86 @@ command = []
                 format!("[[stages]]\nname = {good:?}\nkind = \"command\"\ncommand = [\"x\"]\n");
             assert_eq!(config(&text).stages[0].name, good);
         }
+    }
+
+    #[test]
+    fn llm_stages_providers_prices_and_budgets() {
+        let text = r#"
+[providers.local]
+kind = "openai"
+base_url = "http://127.0.0.1:8089/v1/"
+model = "smollm2"
+api_key_env = "KEY"
+headers = { "X-Title" = "ideamill" }
+idle_timeout = "30s"
+tokens_per_minute = 1000
+
+[providers.claude]
+kind = "anthropic"
+model = "claude-x"
+api_key_file = "secrets/key"
+
+[prices]
+"claude-x" = { input = 3, output = 15.5 }
+
+[budget]
+item_usd = 0.5
+day_tokens = 100000
+
+[[stages]]
+name = "implement"
+kind = "llm"
+provider = "local"
+prompt = "prompts/implement.md"
+files = true
+temperature = 0.2
+max_tokens = 2000
+"#;
+        let config = config(text);
+        let local = &config.providers["local"];
+        assert_eq!(local.kind, ProviderKind::OpenAi);
+        assert_eq!(local.base_url, "http://127.0.0.1:8089/v1");
+        assert_eq!(local.api_key, ApiKeySource::Env("KEY".into()));
+        assert_eq!(local.headers["X-Title"], "ideamill");
+        assert_eq!(
+            (local.idle_timeout, local.tokens_per_minute, local.stream),
+            (Duration::from_secs(30), Some(1000), true)
+        );
+        let claude = &config.providers["claude"];
+        assert_eq!(claude.base_url, "https://api.anthropic.com/v1");
+        assert_eq!(
+            claude.api_key,
+            ApiKeySource::File(PathBuf::from("/proj/secrets/key"))
+        );
+        assert_eq!(
+            config.prices["claude-x"],
+            Price {
+                input_per_million: 3.0,
+                output_per_million: 15.5
+            }
+        );
+        assert_eq!(config.budget.item_usd, Some(0.5));
+        assert_eq!(config.budget.day_tokens, Some(100_000));
+        let StageKind::Llm(llm) = &config.stages[0].kind else {
+            panic!("an llm stage")
+        };
+        assert_eq!(llm.prompt, PathBuf::from("/proj/prompts/implement.md"));
+        assert_eq!(
+            (llm.files, llm.max_tokens, llm.temperature),
+            (true, 2000, Some(0.2))
+        );
+
+        check_errors(
+            "[providers.p]\nkind = \"gemini\"\nbase_url = \"ftp://x\"\n\n\
+             [[stages]]\nname = \"a\"\nkind = \"llm\"\nprovider = \"q\"\nprompt = \"p.md\"\ntemperature = 3\n",
+            &[
+                "1:1: [providers.p]: missing required key `model`",
+                "2:8: [providers.p]: `kind` \"gemini\" is not a provider kind; known kinds: openai, anthropic",
+                "3:12: [providers.p]: `base_url` must start with http:// or https://",
+                "8:12: [[stages]] #1 (\"a\"): `provider` \"q\" is not a provider; add [providers.q] (providers: p)",
+                "10:15: [[stages]] #1 (\"a\"): `temperature` must be from 0 to 2, found 3",
+            ],
+        );
     }
 
     #[test]
@@ -1510,5 +2062,32 @@ command = []
         check("éé", 2, (1, 2));
         check("éé", 3, (1, 2));
         check("ab", 99, (1, 3));
+    }
+
+    #[test]
+    fn health_table() {
+        let c = config(&format!(
+            "[health]\nstall_after = \"2s\"\nlisten = \"off\"\nmin_free_disk_mb = 0\nmax_restarts = 2\n{STAGE}"
+        ));
+        assert_eq!(
+            c.health,
+            HealthConfig {
+                stall_after: Duration::from_secs(2),
+                listen: None,
+                min_free_disk_mb: 0,
+                max_restarts: 2,
+                ..HealthConfig::default()
+            }
+        );
+        assert_eq!(config(STAGE).health, HealthConfig::default());
+        check_errors(
+            &format!("[health]\nlisten = \"localhost\"\nstall_after = \"0s\"\nbeat = 1\n{STAGE}"),
+            &[
+                "2:10: [health]: `listen` \"localhost\" must be IP:PORT (e.g. \"127.0.0.1:9464\") or \"off\"",
+                "3:15: [health]: `stall_after` must be greater than 0s",
+                "4:1: unknown key `beat` in [health]; expected one of: stall_after, listen, \
+                 min_free_disk_mb, stuck_after, failure_window, max_restarts, restart_window",
+            ],
+        );
     }
 }

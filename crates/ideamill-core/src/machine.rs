@@ -20,8 +20,15 @@ pub enum StageResult {
     },
     /// A failure that retrying cannot fix.
     Permanent { message: String },
+    /// The provider asked us to slow down, and maybe said for how long.
+    RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The work was stopped because someone cancelled the item.
     Cancelled,
+    /// A budget was reached before the work started: the item waits.
+    Paused { reason: String },
 }
 
 impl StageResult {
@@ -32,7 +39,9 @@ impl StageResult {
             StageResult::Rejected { .. } => AttemptOutcome::Rejected,
             StageResult::Failed { outcome, .. } => *outcome,
             StageResult::Permanent { .. } => AttemptOutcome::Permanent,
+            StageResult::RateLimited { .. } => AttemptOutcome::Error,
             StageResult::Cancelled => AttemptOutcome::Cancelled,
+            StageResult::Paused { .. } => AttemptOutcome::Paused,
         }
     }
 }
@@ -76,6 +85,8 @@ pub enum Transition {
     },
     /// The item was cancelled; nothing follows.
     Cancel,
+    /// Park the job (not claimable, the try not counted) until resumed.
+    Pause { reason: String },
 }
 
 /// The first job of a new item.
@@ -131,11 +142,25 @@ pub fn decide(
             None => retry_or_fail(stage, attempt, feedback, now, jitter),
         },
         StageResult::Failed { message, .. } => retry_or_fail(stage, attempt, message, now, jitter),
+        StageResult::RateLimited {
+            message,
+            retry_after,
+        } => {
+            match retry_or_fail(stage, attempt, message, now, jitter) {
+                // Never sooner than the server asked.
+                Transition::RetryAt { run_at, error } => Transition::RetryAt {
+                    run_at: run_at.max(now + retry_after.map_or(0, |d| d.as_millis() as Millis)),
+                    error,
+                },
+                other => other,
+            }
+        }
         StageResult::Permanent { message } => Transition::FailItem {
             reason: format!("stage `{}` failed permanently: {message}", stage.name),
             feedback: None,
         },
         StageResult::Cancelled => Transition::Cancel,
+        StageResult::Paused { reason } => Transition::Pause { reason },
     }
 }
 
@@ -412,6 +437,67 @@ gate = { retry_from = "implement", max_rounds = 3 }
             },
         );
         check("outline", 1, 1, StageResult::Cancelled, Transition::Cancel);
+        check(
+            "outline",
+            1,
+            1,
+            StageResult::Paused {
+                reason: "over budget".into(),
+            },
+            Transition::Pause {
+                reason: "over budget".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn rate_limits_wait_at_least_as_long_as_the_server_asked() {
+        let limited = |after: Option<u64>| StageResult::RateLimited {
+            message: "429".into(),
+            retry_after: after.map(Duration::from_secs),
+        };
+        // The server's delay when longer than the backoff (1s here)...
+        check(
+            "implement",
+            1,
+            1,
+            limited(Some(30)),
+            Transition::RetryAt {
+                run_at: 40_000,
+                error: "429".into(),
+            },
+        );
+        // ...the backoff when the server said nothing or asked for less.
+        check(
+            "implement",
+            1,
+            1,
+            limited(None),
+            Transition::RetryAt {
+                run_at: 11_000,
+                error: "429".into(),
+            },
+        );
+        check(
+            "implement",
+            2,
+            1,
+            limited(Some(1)),
+            Transition::RetryAt {
+                run_at: 12_000,
+                error: "429".into(),
+            },
+        );
+        check(
+            "implement",
+            3,
+            1,
+            limited(Some(5)),
+            Transition::FailItem {
+                reason: "stage `implement` failed after 3 attempts: 429".into(),
+                feedback: None,
+            },
+        );
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum JobState {
     /// Attempts exhausted or a permanent error.
     Failed,
     Cancelled,
+    /// Waiting for a budget: not claimable until resumed (`retry`, or a
+    /// raised cap).
+    Paused,
 }
 
 impl JobState {
@@ -77,6 +80,7 @@ impl JobState {
             JobState::Rejected => "rejected",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Paused => "paused",
         }
     }
     pub fn parse(s: &str) -> Option<JobState> {
@@ -87,6 +91,7 @@ impl JobState {
             "rejected" => JobState::Rejected,
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
+            "paused" => JobState::Paused,
             _ => return None,
         })
     }
@@ -114,6 +119,8 @@ pub enum AttemptOutcome {
     Lost,
     /// The worker shut down before finishing and gave the job back.
     Released,
+    /// A budget was reached before the work started; the item waits.
+    Paused,
 }
 
 impl AttemptOutcome {
@@ -127,6 +134,7 @@ impl AttemptOutcome {
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::Lost => "lost",
             AttemptOutcome::Released => "released",
+            AttemptOutcome::Paused => "paused",
         }
     }
     pub fn parse(s: &str) -> Option<AttemptOutcome> {
@@ -139,6 +147,7 @@ impl AttemptOutcome {
             "cancelled" => AttemptOutcome::Cancelled,
             "lost" => AttemptOutcome::Lost,
             "released" => AttemptOutcome::Released,
+            "paused" => AttemptOutcome::Paused,
             _ => return None,
         })
     }
@@ -167,4 +176,17 @@ pub struct Gate {
     pub retry_from: String,
     /// Rounds are counted from 1; a rejection in round `max_rounds` fails the item.
     pub max_rounds: u32,
+}
+
+/// What one model call used and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub provider: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// US dollars, from `[prices]`; 0 when the model has no price.
+    pub cost: f64,
+    /// The server sent no usage, so the tokens were counted here.
+    pub counted: bool,
 }

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Execution, Executor};
+use crate::health::Health;
 
 /// How a run should behave beyond what the config says.
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct EngineOptions {
     pub idle_horizon: Duration,
     /// Receives a [`Progress`] for every claim and finish.
     pub progress: Option<mpsc::UnboundedSender<Progress>>,
+    /// Health state to keep up to date (jobs in flight, metrics, queue depth).
+    pub health: Option<Arc<Health>>,
 }
 
 impl Default for EngineOptions {
@@ -32,6 +35,7 @@ impl Default for EngineOptions {
             until_idle: false,
             idle_horizon: Duration::from_secs(60),
             progress: None,
+            health: None,
         }
     }
 }
@@ -90,6 +94,10 @@ struct Shared {
     items_done: AtomicU64,
     items_failed: AtomicU64,
     progress: Option<mpsc::UnboundedSender<Progress>>,
+    health: Option<Arc<Health>>,
+    /// Cross-process wake-ups work: the idle dispatcher needs no timer of its
+    /// own, the heartbeat's nudge is its safety net.
+    wakeups_on: AtomicBool,
 }
 
 impl Shared {
@@ -199,8 +207,14 @@ impl Engine {
             items_done: AtomicU64::new(0),
             items_failed: AtomicU64::new(0),
             progress: self.options.progress.clone(),
+            health: self.options.health.clone(),
+            wakeups_on: AtomicBool::new(false),
         });
+        if let Some(h) = &shared.health {
+            h.set_process(&self.process);
+        }
         recover_dead_processes(&shared, &self.process).await;
+        crate::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref()).await;
 
         let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finish>();
         let completer = tokio::spawn(complete(shared.clone(), finish_rx));
@@ -359,8 +373,15 @@ async fn reap(shared: &Shared) {
 /// cancellations, reap other processes' expired leases, prune old rows.
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let engine = &shared.config.engine;
-    let mut tick = tokio::time::interval(engine.heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // On the pulse's grid, so that an idle engine wakes once per beat, not twice.
+    let mut tick = match &shared.health {
+        Some(h) => tokio::time::interval_at(
+            crate::health::pulse::grid_start(h, engine.heartbeat),
+            engine.heartbeat,
+        ),
+        None => tokio::time::interval(engine.heartbeat),
+    };
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_prune: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -380,7 +401,22 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             ),
         }
         expire_silent_processes(&shared, now).await;
+        // Items paused by a budget resume once it allows (a raised cap, a
+        // new day); checking once a minute is plenty.
+        if now / 60_000 != (now - engine.heartbeat.as_millis() as Millis) / 60_000 {
+            crate::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref()).await;
+        }
         reap(&shared).await;
+        if let Some(h) = &shared.health {
+            match shared.store.queue_depth(now).await {
+                Ok(q) => h.set_queue(q),
+                Err(e) => tracing::debug!("Could not read the queue depth: {e}"),
+            }
+        }
+        if shared.health.is_some() && shared.wakeups_on.load(Ordering::Relaxed) {
+            // The dispatcher's safety-net poll (a lost wake-up) rides on the beat.
+            shared.wake.notify_one();
+        }
         if let Some(retention) = engine.retention
             && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
         {
@@ -433,7 +469,10 @@ async fn dispatch(
         .collect();
     let stage_names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
     let mut signal = match shared.store.subscribe() {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            shared.wakeups_on.store(true, Ordering::Relaxed);
+            Some(s)
+        }
         Err(e) => {
             tracing::warn!(
                 "Cross-process wake-ups are off ({e}); work added elsewhere is found by polling"
@@ -474,6 +513,9 @@ async fn dispatch(
                     );
                     continue;
                 };
+                if let Some(h) = &shared.health {
+                    h.job_started(&job);
+                }
                 shared.report(Progress::Claimed {
                     job: job.clone(),
                     at: Instant::now(),
@@ -517,7 +559,13 @@ async fn dispatch(
                 break;
             }
         }
-        let mut wait = config.engine.poll_interval;
+        // With wake-ups on, the heartbeat nudges the dispatcher every beat,
+        // so it needs no timer of its own but the next scheduled job's.
+        let mut wait = if signal.is_some() && shared.health.is_some() {
+            Duration::from_secs(3600)
+        } else {
+            config.engine.poll_interval
+        };
         if let Ok(Some(next)) = shared.store.next_run_at(&stage_names).await
             && next > now
         {
@@ -609,6 +657,7 @@ fn start_job(
                 error: execution.error,
                 output: execution.output,
                 stderr: execution.stderr,
+                usage: execution.usage,
                 transition,
             };
             let _ = finish_tx.send(finish);
@@ -619,6 +668,9 @@ fn start_job(
             job.stage,
             clock.elapsed()
         );
+        if let Some(h) = &shared.health {
+            h.job_ended(job.id);
+        }
         drop(permit);
         drop(finish_tx);
         if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -684,6 +736,9 @@ async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) 
             };
             let elapsed =
                 Duration::from_millis((finish.finished_at - finish.started_at).max(0) as u64);
+            if let Some(h) = &shared.health {
+                h.job_finished(&finish.job.stage, finish.outcome, elapsed);
+            }
             shared.report(Progress::Finished {
                 job: finish.job,
                 outcome: finish.outcome,

@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use ideamill_core::config::{CommandStage, StageConfig, StageKind};
 use ideamill_core::duration::format_duration;
 use ideamill_core::machine::StageResult;
-use ideamill_core::{AttemptOutcome, Config};
-use ideamill_store::{ClaimedJob, ItemContext};
+use ideamill_core::{AttemptOutcome, Config, Usage};
+use ideamill_store::{ClaimedJob, ItemContext, Store};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{CommandEnd, CommandSpec, run_command};
+use crate::llm_stage::LlmExecutor;
 
 /// What one attempt produced, for the attempt row and the state machine.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub struct Execution {
     pub stderr: Option<String>,
     /// A note for the attempt (an error, or a truncation warning).
     pub error: Option<String>,
+    /// Tokens and cost, when a model was called.
+    pub usage: Option<Usage>,
 }
 
 impl Execution {
@@ -38,6 +41,7 @@ impl Execution {
             output: None,
             stderr: None,
             error: Some(message),
+            usage: None,
         }
     }
 }
@@ -54,8 +58,13 @@ pub trait Executor: Send + Sync {
     ) -> Execution;
 }
 
-/// The executors for a config's stages, by stage name.
-pub fn executors_for(config: &Arc<Config>) -> Vec<(String, Arc<dyn Executor>)> {
+/// The executors for a config's stages, by stage name. Fails when a stage
+/// cannot run here: an unreadable or invalid prompt template, a missing key.
+pub fn executors_for(
+    config: &Arc<Config>,
+    store: &Arc<dyn Store>,
+) -> Result<Vec<(String, Arc<dyn Executor>)>, String> {
+    let providers = crate::llm_stage::providers(config)?;
     config
         .stages
         .iter()
@@ -67,8 +76,15 @@ pub fn executors_for(config: &Arc<Config>) -> Vec<(String, Arc<dyn Executor>)> {
                     root: config.root.clone(),
                     workspace: config.engine.workspace.clone(),
                 }),
+                StageKind::Llm(llm) => Arc::new(LlmExecutor::new(
+                    config,
+                    stage,
+                    llm,
+                    &providers,
+                    store.clone(),
+                )?),
             };
-            (stage.name.clone(), executor)
+            Ok((stage.name.clone(), executor))
         })
         .collect()
 }
@@ -101,6 +117,34 @@ pub fn context_json(
         "feedback_history": context.feedback,
         "workspace": workspace,
     })
+}
+
+/// The files under `dir`, relative, sorted; at most `max`.
+pub fn workspace_files(dir: &Path, max: usize) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if files.len() >= max {
+                break;
+            }
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) => {
+                    if let Ok(rel) = path.strip_prefix(dir) {
+                        files.push(rel.display().to_string());
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// The item's own folder: `<workspace>/<item-id>/`.
@@ -243,6 +287,7 @@ impl Executor for CommandExecutor {
             output: Some(done.stdout),
             stderr,
             error: (!notes.is_empty()).then(|| notes.join("; ")),
+            usage: None,
         }
     }
 }
@@ -267,6 +312,7 @@ impl Executor for NoopExecutor {
             output: None,
             stderr: None,
             error: None,
+            usage: None,
         }
     }
 }

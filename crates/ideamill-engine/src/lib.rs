@@ -5,6 +5,9 @@
 pub mod command;
 mod engine;
 pub mod executor;
+pub mod health;
+pub mod llm_stage;
+pub mod prompt;
 
 pub use engine::{Engine, EngineOptions, Progress, RunSummary, hostname, now_millis};
 pub use tokio_util::sync::CancellationToken;

@@ -118,6 +118,15 @@ pub trait Store: Send + Sync {
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
     async fn record_event(&self, event: &NewEvent) -> Result<()>;
 
+    /// Model usage of `item`, and of everything since `day_start`.
+    async fn spend(&self, item: ItemId, day_start: Millis) -> Result<Spend>;
+
+    /// Jobs waiting for a budget.
+    async fn paused_jobs(&self) -> Result<Vec<PausedJob>>;
+
+    /// Make paused jobs runnable again (a cap was raised).
+    async fn resume_jobs(&self, jobs: &[JobId], now: Millis) -> Result<u64>;
+
     /// Delete finished items (and their jobs, attempts, outputs) and events
     /// older than `before`. Never touches unfinished work.
     async fn prune(&self, before: Millis) -> Result<PruneCounts>;
@@ -129,6 +138,20 @@ pub trait Store: Send + Sync {
     fn notify(&self);
 
     async fn close(&self);
+
+    /// The database's own consistency check (SQLite: `PRAGMA quick_check`).
+    /// Returns the problems found; empty means healthy.
+    async fn quick_check(&self) -> Result<Vec<String>>;
+
+    /// Attempts per stage that finished at or after `since`, by kind of
+    /// outcome, for failure rates. Implementations may bound the work to the
+    /// most recent attempts (tens of thousands), so that the cost does not
+    /// grow with history.
+    async fn attempt_stats(&self, since: Millis) -> Result<Vec<StageAttempts>>;
+
+    /// Jobs per stage: runnable now, scheduled later, running. One cheap
+    /// read, for the heartbeat's status file and the metrics.
+    async fn queue_depth(&self, now: Millis) -> Result<Vec<StageCounts>>;
 }
 
 pub use ideamill_core::JobId;
@@ -156,5 +179,6 @@ pub(crate) fn transition_job_state(t: &Transition) -> ideamill_core::JobState {
         Transition::RetryAt { .. } => JobState::Queued,
         Transition::FailItem { .. } => JobState::Failed,
         Transition::Cancel => JobState::Cancelled,
+        Transition::Pause { .. } => JobState::Paused,
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ideamill_core::machine::{LostJob, NextJob, Transition, after_lost};
-use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis};
+use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, Usage};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -254,6 +254,7 @@ struct AttemptRecord<'a> {
     error: Option<&'a str>,
     output: Option<&'a str>,
     stderr: Option<&'a str>,
+    usage: Option<&'a Usage>,
 }
 
 async fn insert_attempts(
@@ -263,7 +264,8 @@ async fn insert_attempts(
     for chunk in rows.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at,
-                                   finished_at, exit_code, error, output, stderr) ",
+                                   finished_at, exit_code, error, output, stderr, provider, model,
+                                   prompt_tokens, completion_tokens, cost, usage_counted) ",
         );
         q.push_values(chunk, |mut b, a| {
             b.push_bind(a.job.id)
@@ -278,7 +280,13 @@ async fn insert_attempts(
                 .push_bind(a.exit_code)
                 .push_bind(a.error)
                 .push_bind(a.output)
-                .push_bind(a.stderr);
+                .push_bind(a.stderr)
+                .push_bind(a.usage.map(|u| u.provider.as_str()))
+                .push_bind(a.usage.map(|u| u.model.as_str()))
+                .push_bind(a.usage.map(|u| u.prompt_tokens as i64))
+                .push_bind(a.usage.map(|u| u.completion_tokens as i64))
+                .push_bind(a.usage.map(|u| u.cost))
+                .push_bind(a.usage.map(|u| u.counted));
         });
         q.build().execute(&mut **tx).await?;
     }
@@ -304,6 +312,7 @@ async fn insert_interrupted_attempt(
         error: Some(note),
         output: None,
         stderr: None,
+        usage: None,
     };
     insert_attempts(tx, &[record]).await
 }
@@ -386,6 +395,7 @@ fn job_state(s: &str) -> Result<JobState> {
 fn display_state(item: ItemState, job_state: Option<&str>, attempts: u32) -> String {
     match (item, job_state) {
         (ItemState::Active, Some("running")) => "running".into(),
+        (ItemState::Active, Some("paused")) => "paused".into(),
         (ItemState::Active, Some("queued")) if attempts > 0 => "retrying".into(),
         (ItemState::Active, _) => "queued".into(),
         (other, _) => other.as_str().into(),
@@ -398,6 +408,7 @@ fn state_clause(filter: StateFilter) -> &'static str {
         StateFilter::Queued => "i.state = 'active' AND j.state = 'queued' AND j.attempts = 0",
         StateFilter::Retrying => "i.state = 'active' AND j.state = 'queued' AND j.attempts > 0",
         StateFilter::Running => "i.state = 'active' AND j.state = 'running'",
+        StateFilter::Paused => "i.state = 'active' AND j.state = 'paused'",
         StateFilter::Done => "i.state = 'done'",
         StateFilter::Failed => "i.state = 'failed'",
         StateFilter::Cancelled => "i.state = 'cancelled'",
@@ -534,7 +545,7 @@ impl Store for SqliteStore {
                 Transition::FailItem { reason, .. } => (None, Some(reason.as_str())),
                 _ => (None, f.error.as_deref()),
             };
-            let finished = new_state != JobState::Queued;
+            let finished = !matches!(new_state, JobState::Queued | JobState::Paused);
             // The fence: only the holder of the current token may finish the
             // job. A cancellation requested meanwhile wins over the result.
             let fenced: Option<bool> = sqlx::query_scalar(
@@ -590,6 +601,7 @@ impl Store for SqliteStore {
                 // once in `outputs`.
                 output: if passed { None } else { f.output.as_deref() },
                 stderr: f.stderr.as_deref(),
+                usage: f.usage.as_ref(),
             });
             if cancelled {
                 results.push(Ok(FinishEffect {
@@ -696,6 +708,39 @@ impl Store for SqliteStore {
                     .await?;
                     FinishEffect {
                         item_state: ItemState::Failed,
+                        enqueued: false,
+                        cancelled: false,
+                    }
+                }
+                Transition::Pause { reason } => {
+                    // A paused try never ran: it does not count.
+                    sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?")
+                        .bind(job.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE items SET last_error = ?, updated_at = ? WHERE id = ?")
+                        .bind(reason)
+                        .bind(now)
+                        .bind(job.item_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    insert_event(
+                        &mut tx,
+                        &NewEvent {
+                            at: now,
+                            kind: ek::BUDGET_REACHED,
+                            item_id: Some(job.item_id),
+                            job_id: Some(job.id),
+                            process: Some(f.owner.clone()),
+                            message: format!(
+                                "Item {} paused at stage `{}`: {reason}",
+                                job.item_id, job.stage
+                            ),
+                        },
+                    )
+                    .await?;
+                    FinishEffect {
+                        item_state: ItemState::Active,
                         enqueued: false,
                         cancelled: false,
                     }
@@ -1128,10 +1173,12 @@ impl Store for SqliteStore {
                 )));
             }
             ("active", _) => {
-                // Waiting for a backoff: run it now, without a new job.
+                // Waiting for a backoff or a budget: run it now, without a
+                // new job.
                 let job_id: Option<JobId> = row.try_get("job_id")?;
                 sqlx::query(
-                    "UPDATE jobs SET run_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
+                    "UPDATE jobs SET state = 'queued', run_at = ?, updated_at = ?
+                     WHERE id = ? AND state IN ('queued', 'paused')",
                 )
                 .bind(now)
                 .bind(now)
@@ -1188,7 +1235,7 @@ impl Store for SqliteStore {
             )));
         }
         sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1 WHERE item_id = ?2 AND state = 'queued'",
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1 WHERE item_id = ?2 AND state IN ('queued', 'paused')",
         )
         .bind(now)
         .bind(id)
@@ -1270,7 +1317,7 @@ impl Store for SqliteStore {
         .collect::<Result<Vec<_>>>()?;
         let attempts = sqlx::query(
             "SELECT id, job_id, stage, round, attempt, process, outcome, started_at, finished_at, exit_code, error,
-                    output, stderr
+                    output, stderr, provider, model, prompt_tokens, completion_tokens, cost, usage_counted
              FROM attempts WHERE item_id = ? ORDER BY id",
         )
         .bind(id)
@@ -1294,6 +1341,7 @@ impl Store for SqliteStore {
                 error: r.try_get("error")?,
                 output: r.try_get("output")?,
                 stderr: r.try_get("stderr")?,
+                usage: usage_of(r)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1330,6 +1378,14 @@ impl Store for SqliteStore {
             current.map(|j| j.state.as_str()),
             current.map_or(0, |j| j.attempts),
         );
+        let usage = attempts.iter().filter_map(|a| a.usage.as_ref()).fold(
+            UsageTotals::default(),
+            |t, u| UsageTotals {
+                prompt_tokens: t.prompt_tokens + u.prompt_tokens,
+                completion_tokens: t.completion_tokens + u.completion_tokens,
+                cost: t.cost + u.cost,
+            },
+        );
         Ok(ItemDetail {
             item,
             display_state,
@@ -1338,6 +1394,7 @@ impl Store for SqliteStore {
             outputs,
             feedback,
             events,
+            usage,
         })
     }
 
@@ -1455,6 +1512,10 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        let paused: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'paused'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let today = usage_since(&mut tx, day_start(now), None).await?;
         tx.commit().await?;
         drop(conn);
         Ok(StatusSnapshot {
@@ -1465,6 +1526,8 @@ impl Store for SqliteStore {
             processes: self.processes().await?,
             expired_leases: expired_leases as u64,
             oldest_runnable_at,
+            paused: paused as u64,
+            today,
         })
     }
 
@@ -1501,6 +1564,79 @@ impl Store for SqliteStore {
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn spend(&self, item: ItemId, day_start: Millis) -> Result<Spend> {
+        let mut conn = self.reader.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let spend = Spend {
+            item: usage_since(&mut tx, 0, Some(item)).await?,
+            day: usage_since(&mut tx, day_start, None).await?,
+        };
+        tx.commit().await?;
+        Ok(spend)
+    }
+
+    async fn paused_jobs(&self) -> Result<Vec<PausedJob>> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.item_id, j.stage, i.last_error,
+                    COALESCE((SELECT SUM(prompt_tokens) FROM attempts a WHERE a.item_id = j.item_id), 0) AS pt,
+                    COALESCE((SELECT SUM(completion_tokens) FROM attempts a WHERE a.item_id = j.item_id), 0) AS ct,
+                    COALESCE((SELECT SUM(cost) FROM attempts a WHERE a.item_id = j.item_id), 0.0) AS cost
+             FROM jobs j JOIN items i ON i.id = j.item_id WHERE j.state = 'paused' ORDER BY j.id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PausedJob {
+                    job_id: r.try_get("id")?,
+                    item_id: r.try_get("item_id")?,
+                    stage: r.try_get("stage")?,
+                    reason: r.try_get("last_error")?,
+                    item_usage: UsageTotals {
+                        prompt_tokens: r.try_get::<i64, _>("pt")? as u64,
+                        completion_tokens: r.try_get::<i64, _>("ct")? as u64,
+                        cost: r.try_get("cost")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn resume_jobs(&self, jobs: &[JobId], now: Millis) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let mut resumed = 0;
+        for id in jobs {
+            let item: Option<ItemId> = sqlx::query_scalar(
+                "UPDATE jobs SET state = 'queued', run_at = ?1, updated_at = ?1 WHERE id = ?2 AND state = 'paused'
+                 RETURNING item_id",
+            )
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(item) = item {
+                resumed += 1;
+                insert_event(
+                    &mut tx,
+                    &NewEvent {
+                        at: now,
+                        kind: ek::BUDGET_RESUMED,
+                        item_id: Some(item),
+                        job_id: Some(*id),
+                        process: None,
+                        message: format!("Item {item} resumed: its budget allows more work now"),
+                    },
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        if resumed > 0 {
+            self.notify();
+        }
+        Ok(resumed)
     }
 
     async fn prune(&self, before: Millis) -> Result<PruneCounts> {
@@ -1570,6 +1706,84 @@ impl Store for SqliteStore {
         self.reader.close().await;
         self.writer.close().await;
     }
+
+    async fn quick_check(&self) -> Result<Vec<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    async fn attempt_stats(&self, since: Millis) -> Result<Vec<StageAttempts>> {
+        // The newest attempts by rowid: bounded work however long the history.
+        let rows = sqlx::query(
+            "SELECT stage,
+                    COALESCE(SUM(outcome IN ('succeeded', 'rejected')), 0) AS worked,
+                    COALESCE(SUM(outcome IN ('error', 'timeout', 'permanent', 'lost')), 0) AS failed,
+                    (SELECT a2.error FROM attempts a2
+                      WHERE a2.stage = recent.stage AND a2.finished_at >= ?1
+                        AND a2.outcome IN ('error', 'timeout', 'permanent', 'lost')
+                      ORDER BY a2.id DESC LIMIT 1) AS last_error
+             FROM (SELECT stage, outcome FROM attempts
+                   WHERE id > (SELECT COALESCE(MAX(id), 0) FROM attempts) - 50000 AND finished_at >= ?1) AS recent
+             GROUP BY stage HAVING worked + failed > 0 ORDER BY stage",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let worked = r.try_get::<i64, _>("worked")? as u64;
+                let failed = r.try_get::<i64, _>("failed")? as u64;
+                Ok(StageAttempts {
+                    stage: r.try_get("stage")?,
+                    attempts: worked + failed,
+                    worked,
+                    failed,
+                    last_error: r
+                        .try_get::<Option<String>, _>("last_error")?
+                        .map(|e| one_line(&e)),
+                })
+            })
+            .collect()
+    }
+
+    async fn queue_depth(&self, now: Millis) -> Result<Vec<StageCounts>> {
+        // Two reads, each over a partial index of unfinished jobs only, so
+        // that a beat costs the same with a million finished jobs as with none.
+        let mut conn = self.reader.acquire().await?;
+        let mut counts: std::collections::BTreeMap<String, StageCounts> = Default::default();
+        for r in sqlx::query(
+            "SELECT stage, COALESCE(SUM(run_at <= ?1), 0) AS queued, COALESCE(SUM(run_at > ?1), 0) AS scheduled
+             FROM jobs WHERE state = 'queued' GROUP BY stage",
+        )
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let stage: String = r.try_get("stage")?;
+            let c = counts.entry(stage.clone()).or_insert_with(|| StageCounts {
+                stage,
+                ..StageCounts::default()
+            });
+            c.queued = r.try_get::<i64, _>("queued")? as u64;
+            c.scheduled = r.try_get::<i64, _>("scheduled")? as u64;
+        }
+        for r in sqlx::query(
+            "SELECT stage, count(*) AS running FROM jobs WHERE state = 'running' GROUP BY stage",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let stage: String = r.try_get("stage")?;
+            let c = counts.entry(stage.clone()).or_insert_with(|| StageCounts {
+                stage,
+                ..StageCounts::default()
+            });
+            c.running = r.try_get::<i64, _>("running")? as u64;
+        }
+        Ok(counts.into_values().collect())
+    }
 }
 
 async fn insert_feedback(
@@ -1588,6 +1802,51 @@ async fn insert_feedback(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Model usage recorded on attempts since `since`, of one item or of all.
+async fn usage_since(
+    tx: &mut Transaction<'_, Sqlite>,
+    since: Millis,
+    item: Option<ItemId>,
+) -> Result<UsageTotals> {
+    let r = sqlx::query(
+        "SELECT COALESCE(SUM(prompt_tokens), 0) AS pt, COALESCE(SUM(completion_tokens), 0) AS ct,
+                COALESCE(SUM(cost), 0.0) AS cost
+         FROM attempts WHERE prompt_tokens IS NOT NULL AND finished_at >= ?1 AND (?2 IS NULL OR item_id = ?2)",
+    )
+    .bind(since)
+    .bind(item)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(UsageTotals {
+        prompt_tokens: r.try_get::<i64, _>("pt")? as u64,
+        completion_tokens: r.try_get::<i64, _>("ct")? as u64,
+        cost: r.try_get("cost")?,
+    })
+}
+
+/// Midnight UTC of the day holding `now`.
+pub fn day_start(now: Millis) -> Millis {
+    now - now.rem_euclid(86_400_000)
+}
+
+fn usage_of(r: &SqliteRow) -> Result<Option<Usage>> {
+    let Some(provider) = r.try_get::<Option<String>, _>("provider")? else {
+        return Ok(None);
+    };
+    Ok(Some(Usage {
+        provider,
+        model: r.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
+        prompt_tokens: r.try_get::<Option<i64>, _>("prompt_tokens")?.unwrap_or(0) as u64,
+        completion_tokens: r
+            .try_get::<Option<i64>, _>("completion_tokens")?
+            .unwrap_or(0) as u64,
+        cost: r.try_get::<Option<f64>, _>("cost")?.unwrap_or(0.0),
+        counted: r
+            .try_get::<Option<bool>, _>("usage_counted")?
+            .unwrap_or(false),
+    }))
 }
 
 fn one_line(s: &str) -> String {

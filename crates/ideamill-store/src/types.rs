@@ -2,7 +2,7 @@
 //! `--json` output, so field names are part of the interface.
 
 use ideamill_core::machine::{LostJob, Transition};
-use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis};
+use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, Usage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +84,8 @@ pub struct Finish {
     /// The attempt's raw output (stdout), kept on the attempt whatever its outcome.
     pub output: Option<String>,
     pub stderr: Option<String>,
+    /// Tokens and cost, for attempts that called a model.
+    pub usage: Option<Usage>,
     pub transition: Transition,
 }
 
@@ -153,6 +155,39 @@ pub struct ItemDetail {
     pub outputs: Vec<OutputRow>,
     pub feedback: Vec<FeedbackRow>,
     pub events: Vec<Event>,
+    /// Tokens and cost of every attempt so far.
+    pub usage: UsageTotals,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: f64,
+}
+
+impl UsageTotals {
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// What an item, and everything, has used so far, for budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Spend {
+    pub item: UsageTotals,
+    /// Since the start of the current day (UTC).
+    pub day: UsageTotals,
+}
+
+/// A job waiting for a budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PausedJob {
+    pub job_id: JobId,
+    pub item_id: ItemId,
+    pub stage: String,
+    pub reason: Option<String>,
+    pub item_usage: UsageTotals,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -186,6 +221,7 @@ pub struct AttemptRow {
     pub error: Option<String>,
     pub output: Option<String>,
     pub stderr: Option<String>,
+    pub usage: Option<Usage>,
 }
 
 /// A state people can filter by: the stored states plus what `active` splits into.
@@ -196,6 +232,7 @@ pub enum StateFilter {
     Queued,
     Running,
     Retrying,
+    Paused,
     Done,
     Failed,
     Cancelled,
@@ -207,6 +244,7 @@ impl StateFilter {
         "queued",
         "running",
         "retrying",
+        "paused",
         "done",
         "failed",
         "cancelled",
@@ -218,6 +256,7 @@ impl StateFilter {
             "queued" => StateFilter::Queued,
             "running" => StateFilter::Running,
             "retrying" => StateFilter::Retrying,
+            "paused" => StateFilter::Paused,
             "done" => StateFilter::Done,
             "failed" => StateFilter::Failed,
             "cancelled" => StateFilter::Cancelled,
@@ -260,6 +299,10 @@ pub struct StatusSnapshot {
     pub expired_leases: u64,
     /// The oldest `run_at` among runnable queued jobs.
     pub oldest_runnable_at: Option<Millis>,
+    /// Jobs waiting for a budget.
+    pub paused: u64,
+    /// Model usage since the start of the day (UTC).
+    pub today: UsageTotals,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -270,7 +313,7 @@ pub struct ItemCounts {
     pub cancelled: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageCounts {
     pub stage: String,
     /// Runnable now.
@@ -341,4 +384,26 @@ pub mod event_kind {
     pub const ITEM_CANCELLED: &str = "item_cancelled";
     pub const ITEM_RETRIED: &str = "item_retried";
     pub const PRUNED: &str = "pruned";
+    /// The engine's watchdog or its supervisor found the event loop stalled.
+    pub const ENGINE_STALLED: &str = "engine_stalled";
+    /// The supervisor started a new engine after a crash or a stall.
+    pub const ENGINE_RESTARTED: &str = "engine_restarted";
+    /// Too many restarts in a short time: the supervisor stopped.
+    pub const SUPERVISOR_GAVE_UP: &str = "supervisor_gave_up";
+    pub const BUDGET_REACHED: &str = "budget_reached";
+    pub const BUDGET_RESUMED: &str = "budget_resumed";
+}
+
+/// Attempts of one stage over a window, for failure rates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StageAttempts {
+    pub stage: String,
+    /// Every finished attempt (cancelled and released ones excluded).
+    pub attempts: u64,
+    /// Succeeded or rejected by a gate: the stage itself worked.
+    pub worked: u64,
+    /// Error, timeout, permanent error or lost.
+    pub failed: u64,
+    /// The newest failure's error, if any.
+    pub last_error: Option<String>,
 }

@@ -65,6 +65,10 @@ pub enum Command {
     Cancel(IdArgs),
     /// What is happening and whether it is healthy (exit 0 healthy, 1 not).
     Status(JsonArgs),
+    /// Every health check with its verdict: exit 0 HEALTHY, 1 DEGRADED, 2 STALLED, 3 DOWN.
+    Doctor(DoctorArgs),
+    /// A systemd unit for the engine: print it, or install it.
+    Service(ServiceArgs),
     /// Recorded events: recoveries, retries, failures, process starts and stops.
     Events(EventsArgs),
     /// Run the engine.
@@ -90,6 +94,19 @@ pub struct InitArgs {
     /// Overwrite an existing ideamill.toml.
     #[arg(long)]
     pub force: bool,
+    /// The model endpoint: any OpenAI-compatible base URL
+    /// [default: the local model server of scripts/llm-server.sh].
+    #[arg(long, value_name = "URL")]
+    pub provider: Option<String>,
+    /// The model name the endpoint knows [default: smollm2].
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// The environment variable holding the API key, if the endpoint needs one.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// A pipeline of placeholder programs that needs no model at all.
+    #[arg(long, conflicts_with_all = ["provider", "model", "api_key_env"])]
+    pub no_model: bool,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +204,60 @@ pub struct RunArgs {
     /// Exit 0 once nothing is runnable or scheduled within a minute.
     #[arg(long)]
     pub until_idle: bool,
+    /// Run the engine alone, without the supervisor that restarts it when it
+    /// crashes or hangs (for systemd, Kubernetes, or debugging).
+    #[arg(long)]
+    pub no_supervisor: bool,
+    /// The HTTP listener for /healthz, /readyz and /metrics: IP:PORT, or
+    /// `off` [default: `[health] listen`, 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Do not try to reach the model providers.
+    #[arg(long)]
+    pub no_providers: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    pub what: ServiceWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceWhat {
+    /// Print the unit for this project.
+    Print(ServiceUnitArgs),
+    /// Write the unit to /etc/systemd/system (or ~/.config/systemd/user with
+    /// --user) and say how to enable it. Does not run systemctl.
+    Install(ServiceInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceUnitArgs {
+    /// The unit's name, without `.service` [default: ideamill-<folder>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A user unit (systemctl --user) rather than a system one.
+    #[arg(long)]
+    pub user: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceInstallArgs {
+    #[command(flatten)]
+    pub unit: ServiceUnitArgs,
+    /// Write the unit into this folder instead of systemd's.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Replace an existing unit file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +289,16 @@ pub enum BenchWhat {
     Pickup {
         #[arg(long, default_value_t = 200)]
         samples: u32,
+    },
+    /// Hang detection and recovery times, and the idle cost (wake-ups, RSS)
+    /// of supervisor plus engine.
+    Health {
+        /// How long to measure the idle engine.
+        #[arg(long, default_value = "20s")]
+        idle: String,
+        /// Hangs to time.
+        #[arg(long, default_value_t = 3)]
+        hangs: u32,
     },
     /// The other process of `bench pickup`: adds items one at a time and
     /// prints when it added each.

@@ -3,8 +3,10 @@
 
 mod cli;
 mod commands;
+mod http;
 mod output;
 mod project;
+mod supervisor;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,6 +22,13 @@ pub mod exit {
     pub const ERROR: u8 = 2;
     /// A config error (sysexits EX_CONFIG).
     pub const CONFIG: u8 = 78;
+    /// The engine's watchdog found its event loop stalled, saved evidence and
+    /// ended the engine (EX_SOFTWARE). The supervisor restarts it.
+    #[allow(dead_code)]
+    pub const STALLED: u8 = ideamill_engine::health::STALL_EXIT_CODE as u8;
+    /// The supervisor gave up: too many restarts in too short a time
+    /// (EX_UNAVAILABLE).
+    pub const GAVE_UP: u8 = 69;
 }
 
 fn main() -> ExitCode {
@@ -61,10 +70,16 @@ fn init_tracing(cli: &cli::Cli) {
     let filter = EnvFilter::try_from_env("IDEAMILL_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn")));
     let ansi = cli.color.enabled_for_stderr();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_target(false),
+        )
+        // The last lines stay in memory for the watchdog's evidence bundle.
+        .with(ideamill_engine::health::logring::global().layer())
         .init();
 }

@@ -86,3 +86,14 @@ pub fn parse_id(s: &str) -> anyhow::Result<i64> {
             format!("`{s}` is not an item id (ids are positive numbers, as `ideamill list` shows)")
         })
 }
+
+/// A problem with the config found outside the file itself (a template, a
+/// key): reported, and exited on, like a config error (78).
+pub fn config_problem(config: &Config, message: String) -> ideamill_core::ConfigErrors {
+    ideamill_core::ConfigErrors(vec![ideamill_core::ConfigError {
+        file: config.path.clone(),
+        line: 0,
+        column: 0,
+        message,
+    }])
+}

@@ -21,7 +21,7 @@ CREATE TABLE jobs (
     item_id           INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
     stage             TEXT NOT NULL,
     round             INTEGER NOT NULL,
-    state             TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'rejected', 'failed', 'cancelled')),
+    state             TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'rejected', 'failed', 'cancelled', 'paused')),
     priority          INTEGER NOT NULL DEFAULT 0,
     run_at            INTEGER NOT NULL,
     attempts          INTEGER NOT NULL DEFAULT 0,
@@ -42,6 +42,7 @@ CREATE INDEX jobs_runnable ON jobs (stage, priority, run_at, id) WHERE state = '
 CREATE INDEX jobs_next_run ON jobs (stage, run_at) WHERE state = 'queued';
 CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX jobs_owner ON jobs (lease_owner) WHERE state = 'running';
+CREATE INDEX jobs_paused ON jobs (item_id) WHERE state = 'paused';
 CREATE INDEX jobs_item ON jobs (item_id);
 
 -- An item's current job is always its newest one. Keeping that here saves a
@@ -65,9 +66,17 @@ CREATE TABLE attempts (
     exit_code    INTEGER,
     error        TEXT,
     output       TEXT,
-    stderr       TEXT
+    stderr       TEXT,
+    -- Model usage, for attempts that called one.
+    provider           TEXT,
+    model              TEXT,
+    prompt_tokens      INTEGER,
+    completion_tokens  INTEGER,
+    cost               REAL,
+    usage_counted      INTEGER
 );
 CREATE INDEX attempts_item ON attempts (item_id, id);
+CREATE INDEX attempts_usage ON attempts (finished_at) WHERE prompt_tokens IS NOT NULL;
 
 -- A stage's committed output: exactly one per succeeded job.
 CREATE TABLE outputs (

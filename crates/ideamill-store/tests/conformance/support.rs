@@ -207,6 +207,7 @@ pub fn finish(job: &ClaimedJob, owner: &str, at: Millis, transition: Transition)
             (AttemptOutcome::Permanent, None, Some(reason.clone()))
         }
         Transition::Cancel => (AttemptOutcome::Cancelled, None, None),
+        Transition::Pause { reason } => (AttemptOutcome::Paused, None, Some(reason.clone())),
     };
     Finish {
         job: job.clone(),
@@ -222,6 +223,7 @@ pub fn finish(job: &ClaimedJob, owner: &str, at: Millis, transition: Transition)
         error,
         output,
         stderr: None,
+        usage: None,
         transition,
     }
 }

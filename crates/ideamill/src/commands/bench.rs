@@ -23,6 +23,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Throughput { items, concurrency } => throughput(items, concurrency).await?,
         BenchWhat::Pickup { samples } => pickup(samples).await?,
+        BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
         BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
     }
     Ok(ExitCode::SUCCESS)

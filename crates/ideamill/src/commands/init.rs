@@ -8,15 +8,24 @@ use anyhow::{Context, bail};
 
 use crate::cli::InitArgs;
 
+/// The model pipeline: outline (llm) -> implement (llm, files) -> qa (a
+/// command gate running the generated tests).
 const CONFIG: &str = include_str!("../scaffold/ideamill.toml");
-/// The placeholder stages: programs that run without a model, so that a new
-/// project works end to end before any provider is set up.
-const STAGES: &[(&str, &str)] = &[
+/// With `--no-model`: placeholder programs instead of a model, so that a
+/// pipeline runs end to end anywhere.
+const CONFIG_NO_MODEL: &str = include_str!("../scaffold/ideamill-no-model.toml");
+const QA: (&str, &str) = ("qa.py", include_str!("../scaffold/qa.py"));
+const PLACEHOLDER_STAGES: &[(&str, &str)] = &[
     ("outline.py", include_str!("../scaffold/outline.py")),
     ("implement.py", include_str!("../scaffold/implement.py")),
-    ("qa.py", include_str!("../scaffold/qa.py")),
 ];
-const PROMPTS_README: &str = "Prompt templates for `llm` stages live here.\n";
+const PROMPTS: &[(&str, &str)] = &[
+    ("outline.md", include_str!("../scaffold/outline.md")),
+    ("implement.md", include_str!("../scaffold/implement.md")),
+];
+/// Where `scripts/llm-server.sh start` serves SmolLM2.
+pub const LOCAL_MODEL_URL: &str = "http://127.0.0.1:8089/v1";
+pub const LOCAL_MODEL: &str = "smollm2";
 const GITIGNORE: &str = "# ideamill's data: the store, status files, evidence\n.ideamill/\n";
 
 pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
@@ -29,24 +38,52 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
             config.display()
         );
     }
-    write_file(&config, CONFIG, false)?;
+    let text = if args.no_model {
+        CONFIG_NO_MODEL.to_owned()
+    } else {
+        let api_key_line = match &args.api_key_env {
+            Some(var) => format!("api_key_env = \"{}\"\n", toml_escape(var)),
+            None => String::new(),
+        };
+        CONFIG
+            .replace(
+                "{base_url}",
+                &toml_escape(args.provider.as_deref().unwrap_or(LOCAL_MODEL_URL)),
+            )
+            .replace(
+                "{model}",
+                &toml_escape(args.model.as_deref().unwrap_or(LOCAL_MODEL)),
+            )
+            .replace("{api_key_line}", &api_key_line)
+    };
     for sub in ["stages", "prompts", "inbox", "workspace"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("cannot create {}/{sub}", dir.display()))?;
     }
-    for (name, text) in STAGES {
+    let stages: Vec<(&str, &str)> = if args.no_model {
+        PLACEHOLDER_STAGES.iter().copied().chain([QA]).collect()
+    } else {
+        vec![QA]
+    };
+    for (name, text) in stages {
         write_file(&dir.join("stages").join(name), text, true)?;
     }
-    write_file(
-        &dir.join("prompts").join("README.md"),
-        PROMPTS_README,
-        false,
-    )?;
+    for (name, text) in PROMPTS {
+        write_file(&dir.join("prompts").join(name), text, false)?;
+    }
+    // The config last: a project whose config exists is complete.
+    write_file(&config, &text, false)?;
     let gitignore = dir.join(".gitignore");
     if !gitignore.exists() {
         write_file(&gitignore, GITIGNORE, false)?;
     }
     println!("Created an ideamill project in {}.", dir.display());
+    if !args.no_model && args.provider.is_none() {
+        println!(
+            "Its model is the local SmolLM2 server: start it with `bash scripts/llm-server.sh start`"
+        );
+        println!("(from the ideamill repository), or pass --provider URL --model M to `init`.");
+    }
     println!("Next:");
     if args.dir.is_some() {
         println!("  cd {}", dir.display());
@@ -55,6 +92,11 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     println!("  ideamill run --until-idle");
     println!("  ideamill list");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The inside of a TOML basic string.
+fn toml_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// Write through a temp file and a rename, so a crash leaves no half file.

@@ -2,13 +2,16 @@
 
 mod add;
 mod bench;
+mod bench_health;
 mod cancel;
+mod doctor;
 mod events;
 mod init;
 mod list;
 mod prune;
 mod retry;
 mod run;
+mod service;
 mod show;
 mod status;
 mod validate;
@@ -40,7 +43,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => block_on(cancel::run(config, args)),
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Events(args) => block_on(events::run(config, args)),
-        Command::Run(args) => block_on(run::run(config, args)),
+        Command::Run(args) => run::main(config, args),
+        Command::Doctor(args) => block_on(doctor::run(config, args)),
+        Command::Service(args) => service::run(config, &args),
         Command::Prune(args) => block_on(prune::run(config, args)),
         Command::Bench(args) => block_on(bench::run(args)),
     }

@@ -1,12 +1,21 @@
 //! `ideamill run`: the engine, until SIGINT/SIGTERM (or, with `--until-idle`,
-//! until there is nothing left to do).
+//! until there is nothing left to do). By default under the supervisor
+//! (`supervisor.rs`), which runs this same command with `--no-supervisor` as
+//! its child.
+//!
+//! The engine's event loop is a single-threaded runtime: stage programs run
+//! as child processes, SQLite on its own connection threads and file writes
+//! on the blocking pool, so one thread is plenty, and then a beat of the loop
+//! proves that nothing in it is blocked. The watchdog thread watches those
+//! beats from outside.
 
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use ideamill_core::ItemState;
+use ideamill_core::{Config, ItemState};
+use ideamill_engine::health::{self, Health};
 use ideamill_engine::CancellationToken;
 use ideamill_engine::executor::executors_for;
 use ideamill_engine::{Engine, EngineOptions, Progress, now_millis};
@@ -17,23 +26,65 @@ use crate::cli::RunArgs;
 use crate::output;
 use crate::project;
 
-pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
+/// The supervisor, or (with `--no-supervisor`, or as the supervisor's
+/// child) the engine itself.
+pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.no_supervisor && std::env::var_os(health::ENV_SUPERVISOR).is_none() {
+        return crate::supervisor::run(config);
+    }
     let config = Arc::new(project::load_config(config)?);
+    let health = Arc::new(Health::new(&config, health::logring::global()));
+    let counted = health.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_unpark(move || health::pulse::count_wakeup(&counted))
+        .build()?;
+    health::watchdog::spawn(
+        health.clone(),
+        Some(runtime.handle().clone()),
+        health::watchdog::exit_on_stall(),
+    )?;
+    runtime.block_on(run(config, args, health))
+}
+
+async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow::Result<ExitCode> {
+    // The pulse starts first, so that the watchdog guards the start too.
+    health::status_file::remove_dead(&config.engine.data_dir);
+    let pulse_stop = CancellationToken::new();
+    let pulse = tokio::spawn(health::pulse::run(
+        health.clone(),
+        health::systemd::Notifier::from_env(),
+        pulse_stop.clone(),
+    ));
+    health::pulse::spawn_test_hooks();
     let store = project::open_store(&config).await?;
+    let listen = match args.listen.as_deref() {
+        Some("off") => None,
+        Some(addr) => Some(addr.to_string()),
+        None => config.health.listen.clone(),
+    };
+    if let Some(addr) = listen {
+        crate::http::start(
+            &addr,
+            crate::http::AppState {
+                config: config.clone(),
+                store: store.clone(),
+                health: health.clone(),
+            },
+        )
+        .await;
+    }
     std::fs::create_dir_all(&config.engine.workspace).ok();
 
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let options = EngineOptions {
         until_idle: args.until_idle,
         progress: Some(progress_tx),
+        health: Some(health.clone()),
         ..EngineOptions::default()
     };
-    let engine = Engine::new(
-        config.clone(),
-        store.clone(),
-        executors_for(&config),
-        options,
-    );
+    let executors = executors_for(&config, &store).map_err(|e| project::config_problem(&config, e))?;
+    let engine = Engine::new(config.clone(), store.clone(), executors, options);
     tracing::info!(
         "Engine {} started: {} stage(s), store {}",
         engine.process_id(),
@@ -55,6 +106,8 @@ pub async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCod
     ));
     let summary = engine.run(shutdown).await;
     let _ = reporter.await;
+    pulse_stop.cancel();
+    let _ = pulse.await;
     store.close().await;
     let summary = summary?;
     let line = format!(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use ideamill_core::JobState;
-use ideamill_engine::executor::item_workspace;
+use ideamill_engine::executor::{item_workspace, workspace_files};
 use ideamill_engine::now_millis;
 
 use crate::cli::ShowArgs;
@@ -19,7 +19,7 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
     let d = store.item(id).await?;
     store.close().await;
     let workspace = item_workspace(&config.engine.workspace, id);
-    let files = list_files(&workspace);
+    let files = workspace_files(&workspace, 200);
     if args.json {
         let mut value = serde_json::to_value(&d)?;
         value["workspace"] = serde_json::json!(workspace);
@@ -181,32 +181,4 @@ fn write_body(out: &mut impl Write, body: &str, full: bool) -> std::io::Result<(
         writeln!(out, "  (empty)")?;
     }
     Ok(())
-}
-
-/// Files in the item's workspace, relative, sorted; at most 200.
-fn list_files(dir: &Path) -> Vec<String> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(_) => {
-                    if let Ok(rel) = path.strip_prefix(dir) {
-                        files.push(rel.display().to_string());
-                    }
-                }
-                Err(_) => {}
-            }
-            if files.len() >= 200 {
-                break;
-            }
-        }
-    }
-    files.sort();
-    files
 }

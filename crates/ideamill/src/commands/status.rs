@@ -1,72 +1,30 @@
 //! `ideamill status`: the verdict first, then counts per stage, running
-//! jobs and engine processes. Exit 0 when healthy, 1 when not.
+//! jobs and engine processes. Exit 0 when healthy, 1 when not. The verdict
+//! is `doctor`'s (`ideamill_engine::health::verdict`), from its cheap checks.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use ideamill_core::{Config, Millis};
+use ideamill_engine::health::verdict::{self, Level};
 use ideamill_engine::now_millis;
-use ideamill_store::StatusSnapshot;
-use serde::Serialize;
 
 use crate::cli::JsonArgs;
 use crate::output::{self, Table};
 use crate::{exit, project};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Verdict {
-    pub verdict: &'static str,
-    pub reasons: Vec<String>,
-}
-
-/// Judge a snapshot. Pure, so that every rule is testable.
-pub fn judge(s: &StatusSnapshot, config: &Config, now: Millis) -> Verdict {
-    let stale_after = (config.engine.heartbeat.as_millis() as Millis * 3).max(10_000);
-    let live = s
-        .processes
-        .iter()
-        .filter(|p| now - p.last_beat_at <= stale_after)
-        .count();
-    let stale = s.processes.len() - live;
-    let runnable: u64 = s.stages.iter().map(|c| c.queued).sum();
-    let mut reasons = Vec::new();
-    let mut verdict = "HEALTHY";
-    if live == 0 && (runnable > 0 || s.expired_leases > 0) {
-        verdict = "DOWN";
-        reasons.push(format!(
-            "{runnable} job(s) are waiting and no engine is running: start `ideamill run`"
-        ));
-    }
-    if s.expired_leases > 0 {
-        if verdict == "HEALTHY" {
-            verdict = "DEGRADED";
-        }
-        reasons.push(format!(
-            "{} running job(s) hold expired leases: their process stopped renewing them; a running engine will run them again",
-            s.expired_leases
-        ));
-    }
-    if stale > 0 {
-        if verdict == "HEALTHY" {
-            verdict = "DEGRADED";
-        }
-        reasons.push(format!(
-            "{stale} engine process(es) have not beaten for over {}: hung, killed or cut off",
-            output::elapsed(0, stale_after)
-        ));
-    }
-    Verdict { verdict, reasons }
-}
 
 pub async fn run(config: Option<&Path>, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let config = project::load_config(config)?;
     let store = project::open_existing_store(&config).await?;
     let now = now_millis();
     let snapshot = store.status(now).await?;
+    // The cheap checks of `doctor` (not the store's consistency check, not
+    // the providers), judged by the same rules.
+    let mut facts = super::doctor::gather(&config, &*store, now).await;
+    facts.snapshot = Some(snapshot.clone());
     store.close().await;
-    let verdict = judge(&snapshot, &config, now);
-    let code = if verdict.verdict == "HEALTHY" {
+    let verdict = verdict::judge(&config, &facts);
+    let code = if verdict.verdict == Level::Healthy {
         exit::OK
     } else {
         exit::NEGATIVE
@@ -83,7 +41,7 @@ pub async fn run(config: Option<&Path>, args: JsonArgs) -> anyhow::Result<ExitCo
         verdict.verdict, c.active, c.done, c.failed, c.cancelled
     )?;
     for r in &verdict.reasons {
-        writeln!(out, "  - {r}")?;
+        writeln!(out, "  - {}", r.message)?;
     }
     writeln!(out)?;
     let mut table = Table::new(&["STAGE", "QUEUED", "SCHEDULED", "RUNNING", "CONCURRENCY"]);

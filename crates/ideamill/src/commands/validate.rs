@@ -82,7 +82,52 @@ fn environment_problems(config: &Config) -> Vec<String> {
                     ));
                 }
             }
+            StageKind::Llm(llm) => match std::fs::read_to_string(&llm.prompt) {
+                Ok(source) => {
+                    let name = llm
+                        .prompt
+                        .strip_prefix(&config.root)
+                        .unwrap_or(&llm.prompt)
+                        .display()
+                        .to_string();
+                    if let Err(e) = ideamill_engine::prompt::check(&name, &source) {
+                        problems.push(format!("stage `{}`: {e}", stage.name));
+                    }
+                }
+                Err(e) => problems.push(format!(
+                    "stage `{}`: cannot read the prompt template {}: {e}",
+                    stage.name,
+                    llm.prompt.display()
+                )),
+            },
         }
+    }
+    match ideamill_engine::llm_stage::providers(config) {
+        Err(e) => problems.push(e),
+        Ok(providers) if !providers.is_empty() => {
+            // Whether each endpoint answers, within a few seconds.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                for (name, provider) in &providers {
+                    let probe = runtime.block_on(async {
+                        tokio::time::timeout(std::time::Duration::from_secs(5), provider.probe())
+                            .await
+                    });
+                    match probe {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            problems.push(format!("provider `{name}` does not answer: {e}"))
+                        }
+                        Err(_) => {
+                            problems.push(format!("provider `{name}` does not answer within 5s"))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(_) => {}
     }
     for (what, dir) in [
         ("data_dir", &config.engine.data_dir),

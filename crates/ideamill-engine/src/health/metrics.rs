@@ -1,0 +1,454 @@
+//! The metrics registry and its Prometheus text exposition. Names follow
+//! `ideamill_<name>_<unit>`; labels are bounded: stage and provider names come
+//! from the config, outcomes and states from fixed lists.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ideamill_core::{AttemptOutcome, Config};
+use ideamill_store::{ItemCounts, StageCounts};
+use serde::{Deserialize, Serialize};
+
+/// Stage durations: from 100 ms to an hour.
+const DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+/// Pickup latency: from a millisecond to a minute.
+const PICKUP_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0,
+];
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StageMetrics {
+    started: u64,
+    completed: u64,
+    failed: u64,
+    duration: Histogram,
+    pickup: Histogram,
+}
+
+impl StageMetrics {
+    fn new() -> StageMetrics {
+        StageMetrics {
+            started: 0,
+            completed: 0,
+            failed: 0,
+            duration: Histogram::new(DURATION_BUCKETS),
+            pickup: Histogram::new(PICKUP_BUCKETS),
+        }
+    }
+}
+
+/// Model calls of one provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProviderMetrics {
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// One finished model call, as the LLM executor reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LlmCall {
+    pub ok: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Totals kept in the status file, so that they survive a scrape-less life.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub jobs_started: u64,
+    pub jobs_completed: u64,
+    pub jobs_failed: u64,
+    pub stalls_detected: u64,
+    pub restarts: u64,
+    pub evidence_bundles: u64,
+}
+
+pub struct Metrics {
+    stages: Mutex<BTreeMap<String, StageMetrics>>,
+    providers: Mutex<BTreeMap<String, ProviderMetrics>>,
+    pub stalls_detected: AtomicU64,
+    pub restarts: AtomicU64,
+    pub evidence_bundles: AtomicU64,
+    /// Times the event loop woke from idle (counted by the runtime's unpark hook).
+    pub loop_wakeups: AtomicU64,
+    /// Times the watchdog thread woke.
+    pub watchdog_wakeups: AtomicU64,
+}
+
+/// What a scrape adds from the store and the beat.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub items: Option<ItemCounts>,
+    pub queue: Vec<StageCounts>,
+    pub heartbeat_age: Duration,
+    pub loop_lag: Duration,
+    pub loop_lag_max: Duration,
+    pub in_flight: u64,
+    pub started_at_secs: f64,
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Metrics {
+        let stages = config
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), StageMetrics::new()))
+            .collect();
+        let providers = config
+            .providers
+            .keys()
+            .map(|p| (p.clone(), ProviderMetrics::default()))
+            .collect();
+        Metrics {
+            stages: Mutex::new(stages),
+            providers: Mutex::new(providers),
+            stalls_detected: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            evidence_bundles: AtomicU64::new(0),
+            loop_wakeups: AtomicU64::new(0),
+            watchdog_wakeups: AtomicU64::new(0),
+        }
+    }
+
+    fn with_stage(&self, stage: &str, f: impl FnOnce(&mut StageMetrics)) {
+        let mut stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        // Only configured stages get series: a job of a stage removed from the
+        // config must not grow the label set.
+        if let Some(m) = stages.get_mut(stage) {
+            f(m);
+        }
+    }
+
+    pub fn job_started(&self, stage: &str, pickup: Duration) {
+        self.with_stage(stage, |m| {
+            m.started += 1;
+            m.pickup.observe(pickup.as_secs_f64());
+        });
+    }
+
+    pub fn job_finished(&self, stage: &str, outcome: AttemptOutcome, took: Duration) {
+        use AttemptOutcome as O;
+        self.with_stage(stage, |m| {
+            match outcome {
+                O::Succeeded | O::Rejected => m.completed += 1,
+                O::Error | O::Timeout | O::Permanent | O::Lost => m.failed += 1,
+                _ => {}
+            }
+            m.duration.observe(took.as_secs_f64());
+        });
+    }
+
+    /// The LLM executor's hook: one finished model call of `provider`.
+    pub fn record_llm(&self, provider: &str, call: LlmCall) {
+        let mut providers = self.providers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = providers.get_mut(provider) {
+            p.requests += 1;
+            if !call.ok {
+                p.errors += 1;
+            }
+            p.prompt_tokens += call.prompt_tokens;
+            p.completion_tokens += call.completion_tokens;
+            p.cost_usd += call.cost_usd;
+        }
+    }
+
+    pub fn providers(&self) -> BTreeMap<String, ProviderMetrics> {
+        self.providers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn counters(&self) -> Counters {
+        let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        Counters {
+            jobs_started: stages.values().map(|m| m.started).sum(),
+            jobs_completed: stages.values().map(|m| m.completed).sum(),
+            jobs_failed: stages.values().map(|m| m.failed).sum(),
+            stalls_detected: self.stalls_detected.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            evidence_bundles: self.evidence_bundles.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, live: &Live) -> String {
+        let mut out = String::with_capacity(8192);
+        let o = &mut out;
+        header(o, "ideamill_up", "gauge", "1 while this engine process runs.");
+        let _ = writeln!(o, "ideamill_up 1");
+        header(
+            o,
+            "ideamill_start_time_seconds",
+            "gauge",
+            "When this engine process started, in seconds since the Unix epoch.",
+        );
+        let _ = writeln!(o, "ideamill_start_time_seconds {}", live.started_at_secs);
+
+        header(o, "ideamill_items", "gauge", "Items by state.");
+        if let Some(items) = &live.items {
+            for (state, n) in [
+                ("active", items.active),
+                ("done", items.done),
+                ("failed", items.failed),
+                ("cancelled", items.cancelled),
+            ] {
+                let _ = writeln!(o, "ideamill_items{{state=\"{state}\"}} {n}");
+            }
+        }
+        header(
+            o,
+            "ideamill_queue_jobs",
+            "gauge",
+            "Jobs per stage: queued (runnable now), scheduled (waiting for a backoff) and running.",
+        );
+        let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for name in stages.keys() {
+            let c = live.queue.iter().find(|c| &c.stage == name);
+            for (state, n) in [
+                ("queued", c.map_or(0, |c| c.queued)),
+                ("scheduled", c.map_or(0, |c| c.scheduled)),
+                ("running", c.map_or(0, |c| c.running)),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "ideamill_queue_jobs{{stage=\"{}\",state=\"{state}\"}} {n}",
+                    escape(name)
+                );
+            }
+        }
+        header(
+            o,
+            "ideamill_jobs_in_flight",
+            "gauge",
+            "Jobs this engine process is running now.",
+        );
+        let _ = writeln!(o, "ideamill_jobs_in_flight {}", live.in_flight);
+
+        for (name, help, pick) in [
+            (
+                "ideamill_jobs_started_total",
+                "Jobs claimed and started, per stage.",
+                (|m: &StageMetrics| m.started) as fn(&StageMetrics) -> u64,
+            ),
+            (
+                "ideamill_jobs_completed_total",
+                "Attempts whose stage worked (passed, or rejected by a gate), per stage.",
+                |m| m.completed,
+            ),
+            (
+                "ideamill_jobs_failed_total",
+                "Attempts that failed (error, timeout, permanent error, lost), per stage.",
+                |m| m.failed,
+            ),
+        ] {
+            header(o, name, "counter", help);
+            for (stage, m) in &stages {
+                let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", escape(stage), pick(m));
+            }
+        }
+        header(
+            o,
+            "ideamill_stage_duration_seconds",
+            "histogram",
+            "How long attempts took, per stage.",
+        );
+        for (stage, m) in &stages {
+            histogram(o, "ideamill_stage_duration_seconds", stage, &m.duration);
+        }
+        header(
+            o,
+            "ideamill_pickup_latency_seconds",
+            "histogram",
+            "From a job becoming runnable to its claim, per stage.",
+        );
+        for (stage, m) in &stages {
+            histogram(o, "ideamill_pickup_latency_seconds", stage, &m.pickup);
+        }
+
+        header(
+            o,
+            "ideamill_heartbeat_age_seconds",
+            "gauge",
+            "Time since the event loop last beat.",
+        );
+        let _ = writeln!(
+            o,
+            "ideamill_heartbeat_age_seconds {}",
+            live.heartbeat_age.as_secs_f64()
+        );
+        header(
+            o,
+            "ideamill_loop_lag_seconds",
+            "gauge",
+            "How late the event loop's last timer fired.",
+        );
+        let _ = writeln!(o, "ideamill_loop_lag_seconds {}", live.loop_lag.as_secs_f64());
+        header(
+            o,
+            "ideamill_loop_lag_max_seconds",
+            "gauge",
+            "The largest loop lag since this process started.",
+        );
+        let _ = writeln!(
+            o,
+            "ideamill_loop_lag_max_seconds {}",
+            live.loop_lag_max.as_secs_f64()
+        );
+        for (name, help, v) in [
+            (
+                "ideamill_stalls_detected_total",
+                "Stalled event loops detected (by the watchdog or the supervisor), across restarts.",
+                self.stalls_detected.load(Ordering::Relaxed),
+            ),
+            (
+                "ideamill_restarts_total",
+                "Engine restarts by the supervisor.",
+                self.restarts.load(Ordering::Relaxed),
+            ),
+            (
+                "ideamill_evidence_bundles_total",
+                "Evidence bundles in the data folder.",
+                self.evidence_bundles.load(Ordering::Relaxed),
+            ),
+            (
+                "ideamill_loop_wakeups_total",
+                "Times the event loop woke from idle.",
+                self.loop_wakeups.load(Ordering::Relaxed),
+            ),
+        ] {
+            header(o, name, "counter", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+
+        // LLM series: registered for every configured provider, zero until
+        // the LLM executor reports calls through `record_llm`.
+        let providers = self.providers();
+        for (name, help, pick) in [
+            (
+                "ideamill_llm_requests_total",
+                "Model requests, per provider.",
+                (|p: &ProviderMetrics| p.requests as f64) as fn(&ProviderMetrics) -> f64,
+            ),
+            (
+                "ideamill_llm_errors_total",
+                "Model requests that failed, per provider.",
+                |p| p.errors as f64,
+            ),
+            (
+                "ideamill_llm_cost_dollars_total",
+                "Estimated model cost in US dollars, per provider.",
+                |p| p.cost_usd,
+            ),
+        ] {
+            header(o, name, "counter", help);
+            for (provider, p) in &providers {
+                let _ = writeln!(o, "{name}{{provider=\"{}\"}} {}", escape(provider), pick(p));
+            }
+        }
+        header(
+            o,
+            "ideamill_llm_tokens_total",
+            "counter",
+            "Model tokens, per provider and kind (prompt or completion).",
+        );
+        for (provider, p) in &providers {
+            for (kind, n) in [("prompt", p.prompt_tokens), ("completion", p.completion_tokens)] {
+                let _ = writeln!(
+                    o,
+                    "ideamill_llm_tokens_total{{provider=\"{}\",kind=\"{kind}\"}} {n}",
+                    escape(provider)
+                );
+            }
+        }
+        out
+    }
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+fn histogram(o: &mut String, name: &str, stage: &str, h: &Histogram) {
+    let stage = escape(stage);
+    for (b, n) in h.bounds.iter().zip(&h.counts) {
+        let _ = writeln!(o, "{name}_bucket{{stage=\"{stage}\",le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(o, "{name}_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(o, "{name}_sum{{stage=\"{stage}\"}} {}", h.sum);
+    let _ = writeln!(o, "{name}_count{{stage=\"{stage}\"}} {}", h.count);
+}
+
+/// A label value: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::new(&[1.0, 5.0]);
+        for v in [0.5, 2.0, 7.0] {
+            h.observe(v);
+        }
+        assert_eq!(h.counts, vec![1, 2]);
+        assert_eq!(h.count, 3);
+        let mut out = String::new();
+        histogram(&mut out, "x_seconds", "s", &h);
+        assert_eq!(
+            out,
+            "x_seconds_bucket{stage=\"s\",le=\"1\"} 1\nx_seconds_bucket{stage=\"s\",le=\"5\"} 2\n\
+             x_seconds_bucket{stage=\"s\",le=\"+Inf\"} 3\nx_seconds_sum{stage=\"s\"} 9.5\n\
+             x_seconds_count{stage=\"s\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,316 @@
+//! Health of one engine process: the beat produced inside the async runtime
+//! (`pulse`), the status file it writes, the watchdog thread that watches the
+//! beat from outside the runtime and saves evidence when it stops, systemd
+//! notifications, the metrics registry, a ring buffer of recent log lines,
+//! and the pure health verdict shared by `status`, `doctor` and `/healthz`.
+
+mod clock;
+pub mod logring;
+pub mod metrics;
+pub mod pulse;
+pub mod status_file;
+pub mod systemd;
+pub mod verdict;
+pub mod watchdog;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ideamill_core::{AttemptOutcome, Config, JobId, Millis};
+use ideamill_store::{ClaimedJob, ProcessInfo, StageCounts};
+use serde::{Deserialize, Serialize};
+
+pub use clock::{mono_millis, wall_millis};
+pub use logring::{LogRing, LogRingLayer};
+pub use metrics::{LlmCall, Metrics};
+pub use status_file::StatusFile;
+
+/// The exit code of an engine whose watchdog found its event loop stalled
+/// (EX_SOFTWARE). The supervisor restarts it; under systemd,
+/// `Restart=on-failure` does.
+pub const STALL_EXIT_CODE: i32 = 70;
+
+/// Set by the supervisor on the engine it starts: the supervisor's pid.
+pub const ENV_SUPERVISOR: &str = "IDEAMILL_SUPERVISOR_PID";
+/// Set by the supervisor: restarts and stalls so far, so that the engine's
+/// metrics count across restarts.
+pub const ENV_RESTARTS: &str = "IDEAMILL_RESTARTS";
+pub const ENV_STALLS: &str = "IDEAMILL_STALLS";
+
+/// A job this process is running, for status files and evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub job_id: JobId,
+    pub item_id: i64,
+    pub stage: String,
+    pub attempt: u32,
+    pub round: u32,
+    /// Wall-clock start, ms since the epoch.
+    pub started_at: Millis,
+    /// How long it has run, as of the status file's beat.
+    #[serde(default)]
+    pub running_ms: u64,
+}
+
+/// Where the status files of a data folder live.
+pub fn status_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("status")
+}
+
+/// Where evidence bundles of a data folder live.
+pub fn evidence_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("evidence")
+}
+
+/// The health state of one engine process, shared by the runtime's tasks
+/// (which write it) and the watchdog thread (which only reads it, and never
+/// waits for a lock the runtime might hold).
+pub struct Health {
+    pub stall_after: Duration,
+    /// How often the pulse beats: the heartbeat, but at least twice per
+    /// `stall_after`.
+    pub pulse_every: Duration,
+    /// The monotonic instant (ms) from which beats are counted, shared by the
+    /// pulse and the engine's heartbeat so that their ticks coincide.
+    pub origin_mono: Millis,
+    pub data_dir: PathBuf,
+    pub started_at: Millis,
+    pub listen: Mutex<Option<String>>,
+    last_beat_mono: AtomicU64,
+    last_beat_wall: AtomicU64,
+    beats: AtomicU64,
+    lag_last_us: AtomicU64,
+    lag_max_us: AtomicU64,
+    pub metrics: Metrics,
+    in_flight: Mutex<BTreeMap<JobId, InFlight>>,
+    queue: Mutex<Vec<StageCounts>>,
+    process: Mutex<Option<ProcessInfo>>,
+    pub log: std::sync::Arc<LogRing>,
+    /// The config in force, as shown in evidence bundles.
+    pub config_text: String,
+    pub supervisor_pid: Option<u32>,
+}
+
+impl Health {
+    pub fn new(config: &Config, log: std::sync::Arc<LogRing>) -> Health {
+        let stall_after = config.health.stall_after;
+        let pulse_every = config.engine.heartbeat.min(stall_after / 2).max(Duration::from_millis(50));
+        let now_mono = mono_millis();
+        let env_u64 = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let metrics = Metrics::new(config);
+        metrics.restarts.store(env_u64(ENV_RESTARTS), Ordering::Relaxed);
+        metrics.stalls_detected.store(env_u64(ENV_STALLS), Ordering::Relaxed);
+        metrics
+            .evidence_bundles
+            .store(count_dirs(&evidence_dir(&config.engine.data_dir)), Ordering::Relaxed);
+        Health {
+            stall_after,
+            pulse_every,
+            origin_mono: now_mono,
+            data_dir: config.engine.data_dir.clone(),
+            started_at: wall_millis(),
+            listen: Mutex::new(None),
+            last_beat_mono: AtomicU64::new(now_mono as u64),
+            last_beat_wall: AtomicU64::new(wall_millis() as u64),
+            beats: AtomicU64::new(0),
+            lag_last_us: AtomicU64::new(0),
+            lag_max_us: AtomicU64::new(0),
+            metrics,
+            in_flight: Mutex::new(BTreeMap::new()),
+            queue: Mutex::new(Vec::new()),
+            process: Mutex::new(None),
+            log,
+            config_text: format!("{config:#?}"),
+            supervisor_pid: std::env::var(ENV_SUPERVISOR)
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// The runtime is alive: called by the pulse, from inside the runtime.
+    pub fn beat(&self, lag: Duration) {
+        self.last_beat_mono
+            .store(mono_millis() as u64, Ordering::SeqCst);
+        self.last_beat_wall
+            .store(wall_millis() as u64, Ordering::SeqCst);
+        self.beats.fetch_add(1, Ordering::Relaxed);
+        let us = lag.as_micros() as u64;
+        self.lag_last_us.store(us, Ordering::Relaxed);
+        self.lag_max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Monotonic ms of the last beat.
+    pub fn last_beat_mono(&self) -> Millis {
+        self.last_beat_mono.load(Ordering::SeqCst) as Millis
+    }
+
+    pub fn last_beat_wall(&self) -> Millis {
+        self.last_beat_wall.load(Ordering::SeqCst) as Millis
+    }
+
+    /// How long ago the runtime last beat.
+    pub fn beat_age(&self) -> Duration {
+        Duration::from_millis((mono_millis() - self.last_beat_mono()).max(0) as u64)
+    }
+
+    pub fn beats(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
+    }
+
+    /// The last measured loop lag and the largest since the last call to
+    /// `take_lag_max`.
+    pub fn lag(&self) -> (Duration, Duration) {
+        (
+            Duration::from_micros(self.lag_last_us.load(Ordering::Relaxed)),
+            Duration::from_micros(self.lag_max_us.load(Ordering::Relaxed)),
+        )
+    }
+
+    pub fn set_process(&self, p: &ProcessInfo) {
+        *lock(&self.process) = Some(p.clone());
+    }
+
+    pub fn process(&self) -> Option<ProcessInfo> {
+        self.process.try_lock().ok().and_then(|p| p.clone())
+    }
+
+    pub fn set_queue(&self, queue: Vec<StageCounts>) {
+        *lock(&self.queue) = queue;
+    }
+
+    pub fn queue(&self) -> Vec<StageCounts> {
+        lock(&self.queue).clone()
+    }
+
+    /// A job was claimed and is about to run.
+    pub fn job_started(&self, job: &ClaimedJob) {
+        self.metrics.job_started(
+            &job.stage,
+            Duration::from_millis((job.claimed_at - job.run_at).max(0) as u64),
+        );
+        lock(&self.in_flight).insert(
+            job.id,
+            InFlight {
+                job_id: job.id,
+                item_id: job.item_id,
+                stage: job.stage.clone(),
+                attempt: job.attempt,
+                round: job.round,
+                started_at: job.claimed_at,
+                running_ms: 0,
+            },
+        );
+    }
+
+    /// A job's task ended (finished, cancelled or given back).
+    pub fn job_ended(&self, job: JobId) {
+        lock(&self.in_flight).remove(&job);
+    }
+
+    /// An attempt's outcome was committed.
+    pub fn job_finished(&self, stage: &str, outcome: AttemptOutcome, took: Duration) {
+        self.metrics.job_finished(stage, outcome, took);
+    }
+
+    /// The jobs in flight, as of `now`. `None` when the list is locked (the
+    /// watchdog must never wait for the runtime).
+    pub fn in_flight(&self, now: Millis) -> Option<Vec<InFlight>> {
+        let map = self.in_flight.try_lock().ok()?;
+        Some(
+            map.values()
+                .map(|j| InFlight {
+                    running_ms: (now - j.started_at).max(0) as u64,
+                    ..j.clone()
+                })
+                .collect(),
+        )
+    }
+
+    /// This process's status file.
+    pub fn status_path(&self) -> PathBuf {
+        status_file::path_for(&self.data_dir, std::process::id())
+    }
+
+    /// The status file's content now.
+    pub fn snapshot(&self) -> StatusFile {
+        let now = wall_millis();
+        let (lag, lag_max) = self.lag();
+        let process = self.process();
+        StatusFile {
+            pid: std::process::id(),
+            process_id: process.as_ref().map(|p| p.id.clone()),
+            host: crate::hostname(),
+            version: concat!("ideamill ", env!("CARGO_PKG_VERSION")).to_string(),
+            started_at: self.started_at,
+            beat_at: self.last_beat_wall(),
+            beat_mono: self.last_beat_mono(),
+            beats: self.beats(),
+            pulse_ms: self.pulse_every.as_millis() as u64,
+            stall_after_ms: self.stall_after.as_millis() as u64,
+            loop_lag_ms: lag.as_secs_f64() * 1000.0,
+            loop_lag_max_ms: lag_max.as_secs_f64() * 1000.0,
+            loop_wakeups: self.metrics.loop_wakeups.load(Ordering::Relaxed),
+            watchdog_wakeups: self.metrics.watchdog_wakeups.load(Ordering::Relaxed),
+            queue: self.queue(),
+            in_flight: self.in_flight(now).unwrap_or_default(),
+            counters: self.metrics.counters(),
+            listen: lock(&self.listen).clone(),
+            supervisor_pid: self.supervisor_pid,
+            rss_bytes: clock::rss_bytes(),
+            written_at: now,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn count_dirs(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count() as u64)
+        .unwrap_or(0)
+}
+
+/// Free bytes for unprivileged users on the file system holding `path`.
+pub fn free_disk_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    // The folder may not exist yet: measure its nearest existing ancestor.
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Whether a process with this pid exists on this machine (a zombie counts
+/// as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(p, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,124 @@
+//! The pulse: a task inside the engine's event loop that, every
+//! `pulse_every`, measures how late its timer fired (loop lag), marks the
+//! loop alive for the watchdog, rewrites the status file and tells systemd.
+//! Because it runs on the loop, a beat proves the loop is alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::systemd::Notifier;
+use super::{Health, mono_millis};
+
+/// The next instant on the beat grid shared with the engine's heartbeat, so
+/// that both wake the loop at once instead of twice.
+pub fn grid_start(health: &Health, period: Duration) -> tokio::time::Instant {
+    let period_ms = period.as_millis().max(1) as i64;
+    let now = mono_millis();
+    let since = (now - health.origin_mono).max(0);
+    let next = health.origin_mono + (since / period_ms + 1) * period_ms;
+    tokio::time::Instant::now() + Duration::from_millis((next - now).max(0) as u64)
+}
+
+/// Run until `stop`; then remove the status file (a clean stop leaves none).
+pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: CancellationToken) {
+    let period = health.pulse_every;
+    let mut tick = tokio::time::interval_at(grid_start(&health, period), period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The first beat at once, so that the status file exists from the start.
+    health.beat(Duration::ZERO);
+    let path = health.status_path();
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    let mut writing_failed = false;
+    loop {
+        let scheduled = tokio::select! {
+            _ = stop.cancelled() => break,
+            t = tick.tick() => t,
+        };
+        let lag = tokio::time::Instant::now().saturating_duration_since(scheduled);
+        health.beat(lag);
+        if lag > period {
+            tracing::warn!(
+                "The event loop was {} ms late: something blocked it",
+                lag.as_millis()
+            );
+        }
+        let snapshot = health.snapshot();
+        let p = path.clone();
+        // The write (with its fsyncs) runs off the loop; the beat waits for it,
+        // so a hung disk shows as a stalled beat rather than piling up writes.
+        match tokio::task::spawn_blocking(move || snapshot.write(&p)).await {
+            Ok(Ok(())) => writing_failed = false,
+            Ok(Err(e)) if !writing_failed => {
+                writing_failed = true;
+                tracing::warn!("Could not write the status file {}: {e}", path.display());
+            }
+            _ => {}
+        }
+        if let Some(n) = &notifier {
+            let mut message = String::from("WATCHDOG=1\n");
+            if !ready_sent && health.process().is_some() {
+                ready_sent = true;
+                message.push_str("READY=1\n");
+            }
+            let status = systemd_status(&health);
+            if status != last_status {
+                message.push_str(&format!("STATUS={status}\n"));
+                last_status = status;
+            }
+            n.send(&message);
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn systemd_status(health: &Health) -> String {
+    let queued: u64 = health.queue().iter().map(|c| c.queued).sum();
+    let running = health
+        .in_flight(super::wall_millis())
+        .map_or(0, |j| j.len());
+    if health.process().is_none() {
+        "Starting".to_string()
+    } else {
+        format!("Running {running} job(s); {queued} waiting")
+    }
+}
+
+/// Test-only: `IDEAMILL_TEST_BLOCK_LOOP_AFTER=2s` blocks the event loop's
+/// thread for good after that long, as a deadlocked task would; with
+/// `IDEAMILL_TEST_BLOCK_LOOP_COUNT=n`, only in the first n engines a
+/// supervisor starts. Compiled only into debug builds, so a release build
+/// ignores both variables.
+#[cfg(debug_assertions)]
+pub fn spawn_test_hooks() {
+    let number = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let restarts = number(super::ENV_RESTARTS).unwrap_or(0);
+    if number("IDEAMILL_TEST_BLOCK_LOOP_COUNT").is_some_and(|n| restarts >= n) {
+        return;
+    }
+    if let Some(after) = std::env::var("IDEAMILL_TEST_BLOCK_LOOP_AFTER")
+        .ok()
+        .and_then(|v| ideamill_core::duration::parse_duration(&v).ok())
+    {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::warn!("Test hook: blocking the event loop for good");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        });
+    }
+}
+
+#[cfg(not(debug_assertions))]
+pub fn spawn_test_hooks() {}
+
+/// Keep the runtime's wake-up count (for the idle-cost figures).
+pub fn count_wakeup(health: &Arc<Health>) {
+    health
+        .metrics
+        .loop_wakeups
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}

@@ -1,0 +1,108 @@
+//! The status file: one per engine process, `<data_dir>/status/engine-<pid>.json`,
+//! rewritten on every beat (temp → fsync → rename → fsync of the folder), so
+//! that a supervisor, `doctor` or a person can see, without the store, that
+//! the loop is alive and what it is doing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ideamill_core::Millis;
+use ideamill_store::StageCounts;
+use serde::{Deserialize, Serialize};
+
+use super::InFlight;
+use super::metrics::Counters;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub pid: u32,
+    /// The engine's process id in the store, once registered.
+    pub process_id: Option<String>,
+    pub host: String,
+    pub version: String,
+    /// Wall clock, ms since the epoch.
+    pub started_at: Millis,
+    /// Wall clock of the last beat of the event loop.
+    pub beat_at: Millis,
+    /// CLOCK_MONOTONIC ms of the last beat: what ages are computed from on
+    /// this machine, immune to clock changes.
+    pub beat_mono: Millis,
+    pub beats: u64,
+    pub pulse_ms: u64,
+    pub stall_after_ms: u64,
+    /// How late the loop's last timer fired, and the worst since start.
+    pub loop_lag_ms: f64,
+    pub loop_lag_max_ms: f64,
+    /// Times the event loop and the watchdog thread woke (idle cost).
+    pub loop_wakeups: u64,
+    pub watchdog_wakeups: u64,
+    pub queue: Vec<StageCounts>,
+    pub in_flight: Vec<InFlight>,
+    pub counters: Counters,
+    /// The HTTP listener's address, if it runs.
+    pub listen: Option<String>,
+    pub supervisor_pid: Option<u32>,
+    pub rss_bytes: u64,
+    pub written_at: Millis,
+}
+
+pub fn path_for(data_dir: &Path, pid: u32) -> PathBuf {
+    super::status_dir(data_dir).join(format!("engine-{pid}.json"))
+}
+
+impl StatusFile {
+    /// How old the beat is, by the monotonic clock.
+    pub fn beat_age_ms(&self) -> Millis {
+        (super::mono_millis() - self.beat_mono).max(0)
+    }
+
+    pub fn read(path: &Path) -> std::io::Result<StatusFile> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Every status file in a data folder (unreadable ones skipped: a file
+    /// is replaced atomically, so a bad one is not ours).
+    pub fn read_all(data_dir: &Path) -> Vec<StatusFile> {
+        let Ok(entries) = std::fs::read_dir(super::status_dir(data_dir)) else {
+            return Vec::new();
+        };
+        let mut files: Vec<StatusFile> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("engine-") && name.ends_with(".json")
+            })
+            .filter_map(|e| StatusFile::read(&e.path()).ok())
+            .collect();
+        files.sort_by_key(|f| f.pid);
+        files
+    }
+
+    /// Write atomically: a reader sees the old file or the new one, never a
+    /// part, and the new one survives a crash once this returns.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            serde_json::to_writer_pretty(&mut f, self)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// Remove the status files of processes on this machine that are gone.
+pub fn remove_dead(data_dir: &Path) {
+    for f in StatusFile::read_all(data_dir) {
+        if f.host == crate::hostname() && !super::pid_alive(f.pid) {
+            let _ = std::fs::remove_file(path_for(data_dir, f.pid));
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The `llm` stage kind: render the prompt template, check the budget, call
+//! the provider, write the generated files, and record tokens and cost.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ideamill_core::config::{
+    ApiKeySource, BudgetConfig, LlmStage, ProviderConfig, ProviderKind, StageConfig,
+};
+use ideamill_core::duration::format_duration;
+use ideamill_core::machine::StageResult;
+use ideamill_core::{AttemptOutcome, Config, Millis, Usage};
+use ideamill_llm::{ChatRequest, ErrorClass, FileLimits, LlmError, Price, Provider};
+use ideamill_store::{ClaimedJob, ItemContext, Spend, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{Execution, Executor, context_json, item_workspace, workspace_files};
+
+/// Build one [`Provider`] per `[providers.NAME]`, resolving API keys. Errors
+/// name the provider and what is missing, never a key.
+pub fn providers(config: &Config) -> Result<BTreeMap<String, Arc<Provider>>, String> {
+    config
+        .providers
+        .values()
+        .map(|p| Ok((p.name.clone(), Arc::new(provider(p)?))))
+        .collect()
+}
+
+fn provider(p: &ProviderConfig) -> Result<Provider, String> {
+    let api_key = match &p.api_key {
+        ApiKeySource::None => None,
+        ApiKeySource::Env(var) => match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => Some(ideamill_llm::Secret::new(key.trim())),
+            _ => {
+                return Err(format!(
+                    "provider `{}`: the environment variable {var} (api_key_env) is not set",
+                    p.name
+                ));
+            }
+        },
+        ApiKeySource::File(path) => match std::fs::read_to_string(path) {
+            Ok(key) if !key.trim().is_empty() => Some(ideamill_llm::Secret::new(key.trim())),
+            Ok(_) => {
+                return Err(format!(
+                    "provider `{}`: the key file {} is empty",
+                    p.name,
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "provider `{}`: cannot read the key file {}: {e}",
+                    p.name,
+                    path.display()
+                ));
+            }
+        },
+    };
+    let mut cfg = ideamill_llm::ProviderConfig::new(
+        p.name.clone(),
+        match p.kind {
+            ProviderKind::OpenAi => ideamill_llm::ProviderKind::OpenAi,
+            ProviderKind::Anthropic => ideamill_llm::ProviderKind::Anthropic,
+        },
+        p.base_url.clone(),
+        p.model.clone(),
+    );
+    cfg.api_key = api_key;
+    cfg.headers = p
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    cfg.stream = p.stream;
+    cfg.connect_timeout = p.connect_timeout;
+    cfg.idle_timeout = p.idle_timeout;
+    // Each stage enforces its own `timeout` around the call.
+    cfg.total_timeout = std::time::Duration::from_secs(24 * 3600);
+    cfg.max_concurrency = p.max_concurrency;
+    cfg.requests_per_minute = p.requests_per_minute;
+    cfg.tokens_per_minute = p.tokens_per_minute;
+    Provider::new(cfg).map_err(|e| format!("provider `{}`: {e}", p.name))
+}
+
+pub struct LlmExecutor {
+    stage: StageConfig,
+    llm: LlmStage,
+    provider: Arc<Provider>,
+    /// The template's source, read and checked when the engine starts.
+    template: String,
+    template_name: String,
+    workspace: PathBuf,
+    price: Option<Price>,
+    budget: BudgetConfig,
+    store: Arc<dyn Store>,
+}
+
+impl LlmExecutor {
+    pub fn new(
+        config: &Config,
+        stage: &StageConfig,
+        llm: &LlmStage,
+        providers: &BTreeMap<String, Arc<Provider>>,
+        store: Arc<dyn Store>,
+    ) -> Result<LlmExecutor, String> {
+        let provider = providers
+            .get(&llm.provider)
+            .ok_or_else(|| format!("stage `{}`: no provider `{}`", stage.name, llm.provider))?
+            .clone();
+        let template = std::fs::read_to_string(&llm.prompt).map_err(|e| {
+            format!(
+                "stage `{}`: cannot read the prompt template {}: {e}",
+                stage.name,
+                llm.prompt.display()
+            )
+        })?;
+        let template_name = llm
+            .prompt
+            .strip_prefix(&config.root)
+            .unwrap_or(&llm.prompt)
+            .display()
+            .to_string();
+        crate::prompt::check(&template_name, &template)?;
+        if let Some(system) = &llm.system {
+            crate::prompt::check(&format!("stage `{}` system", stage.name), system)?;
+        }
+        let model = &config.providers[&llm.provider].model;
+        let price = config.prices.get(model).map(|p| Price {
+            input_per_million: p.input_per_million,
+            output_per_million: p.output_per_million,
+        });
+        Ok(LlmExecutor {
+            stage: stage.clone(),
+            llm: llm.clone(),
+            provider,
+            template,
+            template_name,
+            workspace: config.engine.workspace.clone(),
+            price,
+            budget: config.budget,
+            store,
+        })
+    }
+
+    /// Why this item may not spend more now, if it may not.
+    async fn over_budget(&self, item: i64, now: Millis) -> Result<Option<String>, String> {
+        if !self.budget.is_set() {
+            return Ok(None);
+        }
+        let spend = self
+            .store
+            .spend(item, ideamill_store::sqlite::day_start(now))
+            .await
+            .map_err(|e| format!("cannot read the spending so far: {e}"))?;
+        Ok(budget_reached(&self.budget, &spend))
+    }
+
+    fn usage(
+        &self,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        model: &str,
+        counted: bool,
+    ) -> Usage {
+        Usage {
+            provider: self.llm.provider.clone(),
+            model: model.to_owned(),
+            prompt_tokens,
+            completion_tokens,
+            cost: self.price.map_or(0.0, |p| {
+                ideamill_llm::cost(prompt_tokens, completion_tokens, &p)
+            }),
+            counted,
+        }
+    }
+}
+
+/// The first cap that `spend` has reached, as a reason people can read.
+pub fn budget_reached(budget: &BudgetConfig, spend: &Spend) -> Option<String> {
+    if let Some(cap) = budget.item_usd
+        && spend.item.cost >= cap
+    {
+        return Some(format!(
+            "budget reached: this item has cost ${:.4} of its ${cap:.4} (budget.item_usd)",
+            spend.item.cost
+        ));
+    }
+    if let Some(cap) = budget.item_tokens
+        && spend.item.tokens() >= cap
+    {
+        return Some(format!(
+            "budget reached: this item has used {} of its {cap} tokens (budget.item_tokens)",
+            spend.item.tokens()
+        ));
+    }
+    if let Some(cap) = budget.day_usd
+        && spend.day.cost >= cap
+    {
+        return Some(format!(
+            "budget reached: ${:.4} spent today of ${cap:.4} (budget.day_usd)",
+            spend.day.cost
+        ));
+    }
+    if let Some(cap) = budget.day_tokens
+        && spend.day.tokens() >= cap
+    {
+        return Some(format!(
+            "budget reached: {} tokens used today of {cap} (budget.day_tokens)",
+            spend.day.tokens()
+        ));
+    }
+    None
+}
+
+/// Resume the jobs paused by a budget that the current caps allow again.
+pub async fn resume_within_budget(config: &Config, store: &dyn Store) {
+    let paused = match store.paused_jobs().await {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!("Could not list paused jobs: {e}");
+            return;
+        }
+    };
+    let now = now_millis();
+    let mut resume = Vec::new();
+    for job in &paused {
+        match store
+            .spend(job.item_id, ideamill_store::sqlite::day_start(now))
+            .await
+        {
+            Ok(spend) if budget_reached(&config.budget, &spend).is_none() => {
+                resume.push(job.job_id)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("Could not read the spending of item {}: {e}", job.item_id),
+        }
+    }
+    if resume.is_empty() {
+        return;
+    }
+    match store.resume_jobs(&resume, now).await {
+        Ok(n) => tracing::info!("Resumed {n} item(s) paused by a budget that now allows them"),
+        Err(e) => tracing::warn!("Could not resume paused jobs: {e}"),
+    }
+}
+
+fn now_millis() -> Millis {
+    crate::now_millis()
+}
+
+#[async_trait]
+impl Executor for LlmExecutor {
+    async fn run(
+        &self,
+        job: &ClaimedJob,
+        context: &ItemContext,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        match self.over_budget(job.item_id, now_millis()).await {
+            Ok(Some(reason)) => return paused(reason),
+            Ok(None) => {}
+            Err(e) => return Execution::failed(AttemptOutcome::Error, e),
+        }
+        let dir = item_workspace(&self.workspace, job.item_id);
+        let mut vars = context_json(job, context, &dir);
+        vars["idea"] = serde_json::json!(context.item.text);
+        vars["metadata"] = context.item.metadata.clone();
+        vars["files"] = serde_json::json!(workspace_files(&dir, 500));
+        let prompt = match crate::prompt::render(&self.template_name, &self.template, &vars) {
+            Ok(p) => p,
+            Err(e) => return permanent(format!("cannot render the prompt: {e}")),
+        };
+        let system = match &self.llm.system {
+            Some(s) => match crate::prompt::render("system", s, &vars) {
+                Ok(s) => Some(s),
+                Err(e) => return permanent(format!("cannot render the system prompt: {e}")),
+            },
+            None => None,
+        };
+        let request = ChatRequest {
+            system,
+            prompt,
+            temperature: self.llm.temperature,
+            max_tokens: self.llm.max_tokens,
+        };
+        let call = self.provider.chat(&request, cancel);
+        let answer = match tokio::time::timeout(self.stage.timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(LlmError::Timeout {
+                which: "stage",
+                after: self.stage.timeout,
+            }),
+        };
+        let response = match answer {
+            Ok(r) => r,
+            Err(e) => return failure(e, &self.provider, self.stage.timeout),
+        };
+        let usage = self.usage(
+            response.prompt_tokens,
+            response.completion_tokens,
+            &response.model,
+            response.usage_counted,
+        );
+        let mut notes = Vec::new();
+        if matches!(
+            response.finish_reason.as_deref(),
+            Some("length" | "max_tokens")
+        ) {
+            notes.push(format!(
+                "the answer stopped at max_tokens ({})",
+                self.llm.max_tokens
+            ));
+        }
+        if self.llm.files {
+            let extraction = ideamill_llm::extract_files(&response.text);
+            notes.extend(extraction.problems.iter().cloned());
+            let limits = FileLimits {
+                max_file_bytes: self.llm.max_file_bytes as u64,
+                max_files: self.llm.max_files,
+            };
+            let files = extraction.files;
+            let dir2 = dir.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                ideamill_llm::write_files(&dir2, &files, &limits)
+            })
+            .await;
+            match written {
+                Ok(Ok(report)) => {
+                    if report.written.is_empty() {
+                        notes.push(
+                            "no file was written: the answer named no file in its code blocks"
+                                .into(),
+                        );
+                    } else {
+                        notes.push(format!("wrote {}", report.written.join(", ")));
+                    }
+                    for (path, why) in &report.refused {
+                        notes.push(format!("refused {path}: {why}"));
+                    }
+                }
+                Ok(Err(e)) => {
+                    let mut failed = Execution::failed(
+                        AttemptOutcome::Error,
+                        format!("cannot write generated files: {e}"),
+                    );
+                    failed.output = Some(response.text);
+                    failed.usage = Some(usage);
+                    return failed;
+                }
+                Err(e) => {
+                    return Execution::failed(
+                        AttemptOutcome::Error,
+                        format!("file writer crashed: {e}"),
+                    );
+                }
+            }
+        }
+        Execution {
+            result: StageResult::Passed {
+                output: response.text.clone(),
+            },
+            exit_code: None,
+            output: Some(response.text),
+            stderr: None,
+            error: (!notes.is_empty()).then(|| notes.join("; ")),
+            usage: Some(usage),
+        }
+    }
+}
+
+fn paused(reason: String) -> Execution {
+    Execution {
+        result: StageResult::Paused {
+            reason: reason.clone(),
+        },
+        exit_code: None,
+        output: None,
+        stderr: None,
+        error: Some(reason),
+        usage: None,
+    }
+}
+
+fn permanent(message: String) -> Execution {
+    Execution {
+        result: StageResult::Permanent {
+            message: message.clone(),
+        },
+        exit_code: None,
+        output: None,
+        stderr: None,
+        error: Some(message),
+        usage: None,
+    }
+}
+
+/// Map a failed call to the state machine's terms; a rate limit also slows
+/// every worker of this provider down.
+fn failure(e: LlmError, provider: &Provider, stage_timeout: std::time::Duration) -> Execution {
+    let message = match &e {
+        LlmError::Timeout { which: "stage", .. } => {
+            format!(
+                "stage timeout: no complete answer within {}",
+                format_duration(stage_timeout)
+            )
+        }
+        other => other.to_string(),
+    };
+    let result = match e.class() {
+        ErrorClass::RateLimited => {
+            if let Some(after) = e.retry_after() {
+                provider.limiter().pause(after);
+            }
+            StageResult::RateLimited {
+                message: message.clone(),
+                retry_after: e.retry_after(),
+            }
+        }
+        ErrorClass::Retryable => StageResult::Failed {
+            outcome: if matches!(e, LlmError::Timeout { .. }) {
+                AttemptOutcome::Timeout
+            } else {
+                AttemptOutcome::Error
+            },
+            message: message.clone(),
+        },
+        ErrorClass::Permanent => StageResult::Permanent {
+            message: message.clone(),
+        },
+        ErrorClass::Cancelled => StageResult::Cancelled,
+    };
+    Execution {
+        result,
+        exit_code: None,
+        output: None,
+        stderr: None,
+        error: Some(message),
+        usage: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ideamill_store::UsageTotals;
+
+    use super::*;
+
+    fn spend(item_cost: f64, item_tokens: u64, day_cost: f64, day_tokens: u64) -> Spend {
+        Spend {
+            item: UsageTotals {
+                prompt_tokens: item_tokens,
+                completion_tokens: 0,
+                cost: item_cost,
+            },
+            day: UsageTotals {
+                prompt_tokens: day_tokens,
+                completion_tokens: 0,
+                cost: day_cost,
+            },
+        }
+    }
+
+    #[test]
+    fn budgets_pause_at_the_first_cap_reached() {
+        let budget = BudgetConfig {
+            item_usd: Some(1.0),
+            day_usd: Some(10.0),
+            item_tokens: Some(1000),
+            day_tokens: None,
+        };
+        let cases: &[(Spend, Option<&str>)] = &[
+            (spend(0.5, 10, 5.0, 100), None),
+            (spend(1.0, 10, 5.0, 100), Some("budget.item_usd")),
+            (spend(0.1, 1000, 5.0, 100), Some("budget.item_tokens")),
+            (spend(0.1, 10, 10.5, 100), Some("budget.day_usd")),
+        ];
+        for (spend, expected) in cases {
+            let got = budget_reached(&budget, spend);
+            match expected {
+                None => assert_eq!(got, None),
+                Some(cap) => assert!(
+                    got.as_deref().is_some_and(|r| r.contains(cap)),
+                    "{got:?} should name {cap}"
+                ),
+            }
+        }
+        assert_eq!(
+            budget_reached(
+                &BudgetConfig::default(),
+                &spend(1e9, u64::MAX / 2, 1e9, u64::MAX / 2)
+            ),
+            None
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! `ideamill bench health`: how fast a hang is found and work resumes, and
+//! what an idle mill costs. Figures, not assertions (the tests assert the
+//! behaviour; this measures it). Build with `cargo build --release` first.
+//!
+//! - A blocked event loop, in this process: a runtime thread blocks; the
+//!   watchdog's detection time is measured (release builds have no test hook
+//!   to do this to a real engine).
+//! - A frozen engine, end to end: `ideamill run` (supervisor + engine) on a
+//!   scratch project with work queued; the engine is SIGSTOPped; measured are
+//!   hang → detection (the evidence's timestamp) and detection → the first
+//!   job finished by the new engine.
+//! - Idle: supervisor + engine with an empty queue: wake-ups per second
+//!   (the event loop's, the watchdog's, the supervisor's, and every thread's
+//!   context switches), CPU and RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ideamill_core::machine::first_job;
+use ideamill_engine::health::watchdog::StallSummary;
+use ideamill_engine::health::{self, Health, LogRing, StatusFile};
+use ideamill_engine::now_millis;
+use ideamill_store::NewItem;
+
+use crate::project;
+
+pub async fn run(idle: &str, hangs: u32) -> anyhow::Result<()> {
+    let idle = ideamill_core::duration::parse_duration(idle)
+        .map_err(|e| anyhow::anyhow!("--idle: {e}"))?;
+    if cfg!(debug_assertions) {
+        println!("note: a debug build; build with --release for representative figures\n");
+    }
+    blocked_loop_in_process()?;
+    frozen_engine(hangs).await?;
+    idle_cost(idle).await?;
+    Ok(())
+}
+
+fn scratch_config(dir: &Path, stage: &str, extra: &str) -> anyhow::Result<ideamill_core::Config> {
+    let text = format!(
+        "[engine]\nheartbeat = \"2s\"\nlease = \"15s\"\n[health]\nstall_after = \"5s\"\nlisten = \"127.0.0.1:0\"\n{extra}\n\
+         [[stages]]\nname = \"work\"\nkind = \"command\"\ncommand = {stage}\nconcurrency = 2\n"
+    );
+    let path = dir.join("ideamill.toml");
+    std::fs::write(&path, &text)?;
+    Ok(ideamill_core::config::parse(&text, &path)?)
+}
+
+/// The watchdog's detection time for a loop blocked in this process.
+fn blocked_loop_in_process() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = scratch_config(dir.path(), "[\"true\"]", "")?;
+    let health = Arc::new(Health::new(&config, LogRing::new(10)));
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    let tx = std::sync::Mutex::new(tx);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    health::watchdog::spawn(
+        health.clone(),
+        Some(rt.handle().clone()),
+        Box::new(move |_, _| {
+            let _ = tx.lock().map(|t| t.send(Instant::now()));
+        }),
+    )?;
+    let (blocked_tx, blocked_rx) = std::sync::mpsc::channel::<Instant>();
+    let h = health.clone();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let stop = ideamill_engine::CancellationToken::new();
+            tokio::spawn(health::pulse::run(h, None, stop));
+            // Let it beat for a while, then block the loop's only thread.
+            tokio::time::sleep(Duration::from_millis(3300)).await;
+            let _ = blocked_tx.send(Instant::now());
+            std::thread::sleep(Duration::from_secs(30));
+        });
+    });
+    let blocked = blocked_rx.recv_timeout(Duration::from_secs(20))?;
+    let detected = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("the watchdog did not detect the blocked loop within 20 s")?;
+    println!("Blocked event loop (in-process watchdog, stall_after 5s):");
+    println!(
+        "  hang → detection: {:.2} s (target: within stall_after + 1 s = 6 s)\n",
+        (detected - blocked).as_secs_f64()
+    );
+    Ok(())
+}
+
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find this program")
+}
+
+fn spawn_run(dir: &Path) -> anyhow::Result<Child> {
+    Ok(Command::new(exe()?)
+        .args(["run"])
+        .current_dir(dir)
+        .env_remove("IDEAMILL_CONFIG")
+        .env("IDEAMILL_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+/// Wait for the status file of an engine other than `not`, and return it.
+fn wait_engine(data_dir: &Path, not: Option<u32>, limit: Duration) -> anyhow::Result<StatusFile> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(f) = StatusFile::read_all(data_dir)
+            .into_iter()
+            .find(|f| Some(f.pid) != not && f.process_id.is_some() && health::pid_alive(f.pid))
+        {
+            return Ok(f);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no engine started within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process we started.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// SIGSTOP the engine under its supervisor; time detection and recovery.
+async fn frozen_engine(hangs: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = Arc::new(scratch_config(
+        dir.path(),
+        "[\"sh\", \"-c\", \"sleep 0.1\"]",
+        "max_restarts = 100",
+    )?);
+    let store = project::open_store(&config).await?;
+    let items: Vec<NewItem> = (0..5000)
+        .map(|i| NewItem {
+            text: format!("idea {i}"),
+            metadata: serde_json::json!({}),
+        })
+        .collect();
+    store
+        .add_items(&items, &first_job(&config), now_millis())
+        .await?;
+    let mut supervisor = spawn_run(dir.path())?;
+    let data_dir = config.engine.data_dir.clone();
+    let mut detect = Vec::new();
+    let mut resume = Vec::new();
+    let mut previous = None;
+    let result: anyhow::Result<()> = async {
+        for _ in 0..hangs {
+            let engine = wait_engine(&data_dir, previous, Duration::from_secs(60))?;
+            // Let it work a little first.
+            let done_before = store.status(now_millis()).await?.items.done;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while store.status(now_millis()).await?.items.done < done_before + 5 {
+                anyhow::ensure!(Instant::now() < deadline, "the engine does no work");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let hung_at = now_millis();
+            signal(engine.pid, libc::SIGSTOP);
+            let summary = wait_evidence(&data_dir, engine.pid, Duration::from_secs(30)).await?;
+            let done_at_detection = store.status(now_millis()).await?.items.done;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let done = store.status(now_millis()).await?.items.done;
+                if done > done_at_detection {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "no job finished within 60 s of the restart");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let resumed_at = now_millis();
+            detect.push((summary.detected_at - hung_at) as f64 / 1000.0);
+            resume.push((resumed_at - summary.detected_at) as f64 / 1000.0);
+            previous = Some(engine.pid);
+        }
+        Ok(())
+    }
+    .await;
+    signal(supervisor.id(), libc::SIGTERM);
+    let _ = wait_child(&mut supervisor, Duration::from_secs(30));
+    store.close().await;
+    result?;
+    println!("Frozen engine (SIGSTOP) under the supervisor, stall_after 5s, {hangs} hang(s):");
+    println!(
+        "  hang → detection:             {} s (target: within 6 s)",
+        figures(&detect)
+    );
+    println!(
+        "  detection → first job done:   {} s (target: within 10 s)\n",
+        figures(&resume)
+    );
+    Ok(())
+}
+
+fn figures(v: &[f64]) -> String {
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(0.0, f64::max);
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    format!("mean {mean:.2}, min {min:.2}, max {max:.2}")
+}
+
+async fn wait_evidence(data_dir: &Path, pid: u32, limit: Duration) -> anyhow::Result<StallSummary> {
+    let deadline = Instant::now() + limit;
+    let tag = format!("-pid{pid}");
+    loop {
+        if let Ok(entries) = std::fs::read_dir(health::evidence_dir(data_dir)) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(&tag)
+                    && let Ok(bytes) = std::fs::read(e.path().join("summary.json"))
+                    && let Ok(s) = serde_json::from_slice::<StallSummary>(&bytes)
+                {
+                    return Ok(s);
+                }
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the stall of pid {pid} was not detected within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Per-process counters from /proc, summed over its threads.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcSample {
+    /// Times a thread was scheduled onto a CPU (schedstat's 3rd field).
+    timeslices: u64,
+    ctxt_switches: u64,
+    cpu_ticks: u64,
+    rss_kib: u64,
+}
+
+fn sample(pid: u32) -> ProcSample {
+    let mut s = ProcSample::default();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let p = t.path();
+            if let Ok(ss) = std::fs::read_to_string(p.join("schedstat")) {
+                s.timeslices += ss
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if let Ok(st) = std::fs::read_to_string(p.join("status")) {
+                for line in st.lines() {
+                    if line.starts_with("voluntary_ctxt_switches")
+                        || line.starts_with("nonvoluntary_ctxt_switches")
+                    {
+                        s.ctxt_switches += line
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        && let Some(rest) = stat.rsplit(')').next()
+    {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        s.cpu_ticks = ticks(11) + ticks(12);
+    }
+    if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        s.rss_kib = st
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+    }
+    s
+}
+
+/// Supervisor + engine with nothing to do.
+async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = scratch_config(dir.path(), "[\"true\"]", "")?;
+    // Create the store first, as `ideamill add` would have.
+    project::open_store(&config).await?.close().await;
+    let mut supervisor = spawn_run(dir.path())?;
+    let data_dir = config.engine.data_dir.clone();
+    let result: anyhow::Result<()> = async {
+        let engine = wait_engine(&data_dir, None, Duration::from_secs(60))?;
+        // Settle: start-up work (migrations, recovery) is not idle cost.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = (
+            sample(supervisor.id()),
+            sample(engine.pid),
+            StatusFile::read(&health::status_file::path_for(&data_dir, engine.pid))?,
+            Instant::now(),
+        );
+        tokio::time::sleep(idle).await;
+        let after = (
+            sample(supervisor.id()),
+            sample(engine.pid),
+            StatusFile::read(&health::status_file::path_for(&data_dir, engine.pid))?,
+            Instant::now(),
+        );
+        let secs = (after.3 - before.3).as_secs_f64();
+        // The status file is as of its last beat: rate over the beats' span.
+        let file_secs = ((after.2.beat_mono - before.2.beat_mono) as f64 / 1000.0).max(0.001);
+        let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs;
+        let loop_w = (after.2.loop_wakeups - before.2.loop_wakeups) as f64 / file_secs;
+        let dog_w = (after.2.watchdog_wakeups - before.2.watchdog_wakeups) as f64 / file_secs;
+        let sup_w = rate(before.0.timeslices, after.0.timeslices);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let cpu = (after.0.cpu_ticks + after.1.cpu_ticks)
+            .saturating_sub(before.0.cpu_ticks + before.1.cpu_ticks) as f64
+            / hz
+            / secs
+            * 100.0;
+        println!("Idle supervisor + engine, empty queue, heartbeat 2s, stall_after 5s, {secs:.0} s:");
+        println!(
+            "  timer wake-ups:  {:.2}/s  (event loop {loop_w:.2}, watchdog {dog_w:.2}, supervisor {sup_w:.2}; target: at most 2)",
+            loop_w + dog_w + sup_w
+        );
+        println!(
+            "  thread wake-ups: {:.1}/s  (every thread of both processes scheduled in; supervisor {:.2}, engine {:.1} incl. SQLite's connection threads and the file-writing pool)",
+            rate(before.0.timeslices + before.1.timeslices, after.0.timeslices + after.1.timeslices),
+            sup_w,
+            rate(before.1.timeslices, after.1.timeslices)
+        );
+        println!(
+            "  context switches: {:.1}/s;  CPU: {cpu:.3}%",
+            rate(before.0.ctxt_switches + before.1.ctxt_switches, after.0.ctxt_switches + after.1.ctxt_switches)
+        );
+        println!(
+            "  RSS: supervisor {:.1} MiB + engine {:.1} MiB = {:.1} MiB (target: under 20 MiB)",
+            after.0.rss_kib as f64 / 1024.0,
+            after.1.rss_kib as f64 / 1024.0,
+            (after.0.rss_kib + after.1.rss_kib) as f64 / 1024.0
+        );
+        Ok(())
+    }
+    .await;
+    signal(supervisor.id(), libc::SIGTERM);
+    let _ = wait_child(&mut supervisor, Duration::from_secs(30));
+    result
+}

@@ -1,0 +1,328 @@
+//! `ideamill doctor`: every health check, the verdict (HEALTHY, DEGRADED,
+//! STALLED, DOWN) with every reason, and an exit code for scripts: 0, 1, 2, 3.
+//! The rules are `ideamill_engine::health::verdict`, shared with `status`;
+//! `docs/runbook.md` says what each reason means and what to do.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ideamill_core::{Config, Millis};
+use ideamill_engine::health::verdict::{self, EngineFile, Facts, Level, ProviderCheck, Reason, Verdict};
+use ideamill_engine::health::{StatusFile, free_disk_bytes, pid_alive};
+use ideamill_engine::{hostname, now_millis};
+use ideamill_store::{EventFilter, Store, StoreError, event_kind};
+use serde::Serialize;
+
+use crate::cli::DoctorArgs;
+use crate::{output, project};
+
+/// How long the store's consistency check may take.
+const QUICK_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The cheap facts that `status` shares with `doctor`: status files, failure
+/// rates, free disk, recent restarts. Failures to read them are left out.
+pub async fn gather(config: &Config, store: &dyn Store, now: Millis) -> Facts {
+    let window = config.health.failure_window.as_millis() as Millis;
+    let attempts = store.attempt_stats(now - window).await.unwrap_or_default();
+    let restarts = store
+        .events(&EventFilter {
+            kind: Some(event_kind::ENGINE_RESTARTED.into()),
+            since: Some(now - window),
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .map_or(0, |e| e.len() as u64);
+    let gave_up = store
+        .events(&EventFilter {
+            kind: Some(event_kind::SUPERVISOR_GAVE_UP.into()),
+            since: Some(now - window),
+            limit: 1,
+            ..EventFilter::default()
+        })
+        .await
+        .ok()
+        .and_then(|e| e.last().map(|e| e.message.clone()));
+    Facts {
+        now,
+        engines: engine_files(config),
+        attempts,
+        free_disk: free_disk_bytes(&config.engine.data_dir),
+        recent_restarts: restarts,
+        gave_up,
+        ..Facts::default()
+    }
+}
+
+/// This machine's engines, from their status files.
+pub fn engine_files(config: &Config) -> Vec<EngineFile> {
+    let host = hostname();
+    StatusFile::read_all(&config.engine.data_dir)
+        .into_iter()
+        .filter(|f| f.host == host)
+        .map(|f| EngineFile {
+            alive: pid_alive(f.pid) && is_ideamill(f.pid),
+            beat_age_ms: f.beat_age_ms(),
+            file: f,
+        })
+        .collect()
+}
+
+/// Whether `pid` runs this program (a reused pid is not our engine).
+fn is_ideamill(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().starts_with("ideamill"))
+        .unwrap_or(true)
+}
+
+/// The providers' hook: whether each configured model provider answers.
+/// Empty until the LLM stages fill it in (a cheap request per provider with
+/// a short timeout, e.g. listing its models).
+async fn check_providers(_config: &Config) -> Vec<ProviderCheck> {
+    Vec::new()
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    #[serde(flatten)]
+    verdict: Verdict,
+    exit_code: u8,
+    checks: Vec<Check>,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let config = match project::load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = Reason {
+                level: Level::Down,
+                code: "config_invalid",
+                message: format!("the config cannot be used: {e:#}"),
+            };
+            let checks = vec![Check {
+                name: "config",
+                ok: false,
+                detail: format!("{e:#}"),
+            }];
+            return print(Verdict::from_reasons(vec![reason]), checks, args.json);
+        }
+    };
+    let mut checks = vec![Check {
+        name: "config",
+        ok: true,
+        detail: format!(
+            "{}: {} stage(s), {} provider(s)",
+            config.path.display(),
+            config.stages.len(),
+            config.providers.len()
+        ),
+    }];
+    let now = now_millis();
+    let url = ideamill_store::redact_url(&config.store.url);
+    let mut facts = Facts {
+        now,
+        ..Facts::default()
+    };
+    match project::open_existing_store(&config).await {
+        Ok(store) => {
+            facts = gather(&config, &*store, now).await;
+            match store.status(now).await {
+                Ok(s) => facts.snapshot = Some(s),
+                Err(e) => facts.store_error = Some(e.to_string()),
+            }
+            let problems = match tokio::time::timeout(QUICK_CHECK_TIMEOUT, store.quick_check()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => vec![format!("the check itself failed: {e}")],
+                Err(_) => vec![format!(
+                    "the check did not finish within {} s",
+                    QUICK_CHECK_TIMEOUT.as_secs()
+                )],
+            };
+            checks.push(Check {
+                name: "store",
+                ok: problems.is_empty() && facts.store_error.is_none(),
+                detail: if problems.is_empty() {
+                    format!("{url}: reachable, consistency check ok")
+                } else {
+                    format!("{url}: {}", problems.join("; "))
+                },
+            });
+            facts.store_problems = Some(problems);
+            store.close().await;
+        }
+        Err(e) if e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Missing(_)))) => {
+            // A project nobody has run yet: nothing is wrong, nothing to check.
+            facts.engines = engine_files(&config);
+            facts.free_disk = free_disk_bytes(&config.engine.data_dir);
+            checks.push(Check {
+                name: "store",
+                ok: true,
+                detail: format!("{url}: not created yet (`ideamill add` or `ideamill run` creates it)"),
+            });
+        }
+        Err(e) => {
+            facts.store_error = Some(format!("{e:#}"));
+            facts.engines = engine_files(&config);
+            facts.free_disk = free_disk_bytes(&config.engine.data_dir);
+            checks.push(Check {
+                name: "store",
+                ok: false,
+                detail: format!("{e:#}"),
+            });
+        }
+    }
+    if !args.no_providers {
+        facts.providers = check_providers(&config).await;
+    }
+
+    let engines = &facts.engines;
+    checks.push(Check {
+        name: "engines",
+        ok: engines.iter().all(|e| e.alive && e.beat_age_ms <= e.file.stall_after_ms as Millis),
+        detail: if engines.is_empty() {
+            "no engine process on this machine".into()
+        } else {
+            engines
+                .iter()
+                .map(|e| {
+                    format!(
+                        "pid {}{}: beat {} ago, loop lag {:.1} ms (max {:.1}), {} job(s) running{}",
+                        e.file.pid,
+                        if e.alive { "" } else { " (gone)" },
+                        verdict::short(e.beat_age_ms),
+                        e.file.loop_lag_ms,
+                        e.file.loop_lag_max_ms,
+                        e.file.in_flight.len(),
+                        e.file
+                            .supervisor_pid
+                            .map_or(", unsupervised".to_string(), |p| format!(", supervisor pid {p}"))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    });
+    if let Some(s) = &facts.snapshot {
+        let live = s
+            .processes
+            .iter()
+            .map(|p| format!("{} (beat {} ago)", p.id, verdict::short(now - p.last_beat_at)))
+            .collect::<Vec<_>>();
+        checks.push(Check {
+            name: "processes",
+            ok: true,
+            detail: if live.is_empty() {
+                "no engine registered in the store".into()
+            } else {
+                live.join(", ")
+            },
+        });
+        let queued: u64 = s.stages.iter().map(|c| c.queued).sum();
+        checks.push(Check {
+            name: "jobs",
+            ok: s.expired_leases == 0,
+            detail: format!(
+                "{queued} runnable, {} running, {} holding expired leases{}",
+                s.running.len(),
+                s.expired_leases,
+                s.oldest_runnable_at.map_or(String::new(), |t| format!(
+                    "; the oldest runnable has waited {}",
+                    verdict::short(now - t)
+                ))
+            ),
+        });
+    }
+    checks.push(Check {
+        name: "failures",
+        ok: facts.attempts.iter().all(|a| a.worked > 0 || a.failed < 3),
+        detail: if facts.attempts.is_empty() {
+            format!(
+                "no attempts in the last {}",
+                verdict::short(config.health.failure_window.as_millis() as Millis)
+            )
+        } else {
+            facts
+                .attempts
+                .iter()
+                .map(|a| format!("{}: {} of {} failed", a.stage, a.failed, a.attempts))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    });
+    checks.push(Check {
+        name: "disk",
+        ok: facts
+            .free_disk
+            .is_none_or(|f| f >= config.health.min_free_disk_mb * 1024 * 1024),
+        detail: facts.free_disk.map_or("free space unknown".into(), |f| {
+            format!(
+                "{} MiB free (minimum {} MiB)",
+                f / (1024 * 1024),
+                config.health.min_free_disk_mb
+            )
+        }),
+    });
+    checks.push(Check {
+        name: "providers",
+        ok: facts.providers.iter().all(|p| p.ok),
+        detail: if args.no_providers {
+            "not checked (--no-providers)".into()
+        } else if config.providers.is_empty() {
+            "none configured".into()
+        } else if facts.providers.is_empty() {
+            "not checked by this build".into()
+        } else {
+            facts
+                .providers
+                .iter()
+                .map(|p| format!("{}: {}", p.name, p.message))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    });
+    let verdict = verdict::judge(&config, &facts);
+    print(verdict, checks, args.json)
+}
+
+fn print(verdict: Verdict, checks: Vec<Check>, json: bool) -> anyhow::Result<ExitCode> {
+    let code = verdict.verdict.exit_code();
+    if json {
+        output::json(&Report {
+            verdict,
+            exit_code: code,
+            checks,
+        })?;
+        return Ok(ExitCode::from(code));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", verdict.verdict)?;
+    for r in &verdict.reasons {
+        writeln!(out, "  - [{} {}] {}", r.level, r.code, r.message)?;
+    }
+    writeln!(out)?;
+    for c in &checks {
+        writeln!(
+            out,
+            "{:<10} {:<4} {}",
+            c.name,
+            if c.ok { "ok" } else { "FAIL" },
+            c.detail
+        )?;
+    }
+    if !verdict.reasons.is_empty() {
+        writeln!(
+            out,
+            "\nWhat each reason means and what to do: docs/runbook.md (by its code)."
+        )?;
+    }
+    Ok(ExitCode::from(code))
+}

@@ -1,0 +1,403 @@
+//! `llm` stages end to end: the real binary against a scripted fake
+//! provider on loopback, one fault per test, asserting each attempt's
+//! recorded outcome and the item's final state.
+
+#[path = "support/fake_provider.rs"]
+mod fake_provider;
+mod util;
+
+use std::time::Duration;
+
+use fake_provider::{FakeProvider, Reply};
+use serde_json::Value;
+use util::*;
+
+const KEY: &str = "sk-test-secret-4f7a9c";
+
+/// A project with one llm stage against `server`.
+fn project(server: &FakeProvider, stage_extra: &str, extra: &str) -> Project {
+    let config = format!(
+        "{ENGINE}\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"fake\"\n\
+         api_key_env = \"FAKE_KEY\"\nidle_timeout = \"1s\"\nconnect_timeout = \"2s\"\n\n{extra}\n\
+         [[stages]]\nname = \"write\"\nkind = \"llm\"\nprovider = \"fake\"\nprompt = \"prompt.md\"\n\
+         max_attempts = 3\nbackoff = \"100ms\"\ntimeout = \"20s\"\n{stage_extra}\n",
+        server.url
+    );
+    let p = Project::new(&config);
+    std::fs::write(
+        p.file("prompt.md"),
+        "Write code for: {{ idea }}{% if feedback %} ({{ feedback }}){% endif %}\n",
+    )
+    .unwrap();
+    p
+}
+
+fn run(p: &Project) {
+    let log = std::fs::File::create(p.file("run-llm.log")).unwrap();
+    let mut child = p
+        .cmd(&["run", "--until-idle"])
+        .env("FAKE_KEY", KEY)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let status = wait_exit(&mut child, Duration::from_secs(60)).expect("run --until-idle finishes");
+    assert!(status.success(), "run failed: {status}\n{}", p.logs());
+}
+
+fn outcomes(item: &Value) -> Vec<String> {
+    item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn stream(chunks: &[&str]) -> Reply {
+    Reply::Stream {
+        chunks: chunks.iter().map(|c| c.to_string()).collect(),
+        gap: Duration::ZERO,
+    }
+}
+
+#[test]
+fn a_streamed_answer_is_the_output_with_counted_tokens() {
+    let server = FakeProvider::start(vec![stream(&["Hello", ", ", "world"])]);
+    let p = project(&server, "", "");
+    let id = p.add("greet");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(item["outputs"][0]["output"], "Hello, world");
+    let usage = &item["attempts"][0]["usage"];
+    assert_eq!(usage["provider"], "fake");
+    assert_eq!(
+        usage["counted"], true,
+        "the stream sent no usage, so it was counted"
+    );
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(item["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // The rendered template reached the server, with max_tokens always sent.
+    let request: Value = serde_json::from_str(&server.requests.lock().unwrap()[0]).unwrap();
+    assert_eq!(request["messages"][0]["content"], "Write code for: greet\n");
+    assert!(request["max_tokens"].as_u64().is_some());
+}
+
+#[test]
+fn a_non_streamed_answer_records_the_servers_usage_and_cost() {
+    let server = FakeProvider::start(vec![Reply::Json {
+        text: "done".into(),
+    }]);
+    let p = project(
+        &server,
+        "",
+        "[prices]\n\"fake\" = { input = 1000000, output = 2000000 }\n",
+    );
+    std::fs::write(
+        p.file("ideamill.toml"),
+        std::fs::read_to_string(p.file("ideamill.toml"))
+            .unwrap()
+            .replace("connect_timeout", "stream = false\nconnect_timeout"),
+    )
+    .unwrap();
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    let usage = &item["attempts"][0]["usage"];
+    assert_eq!(
+        (
+            usage["prompt_tokens"].as_u64(),
+            usage["completion_tokens"].as_u64()
+        ),
+        (Some(11), Some(7))
+    );
+    assert_eq!(usage["counted"], false);
+    assert_eq!(
+        usage["cost"].as_f64(),
+        Some(11.0 + 14.0),
+        "priced per million tokens"
+    );
+}
+
+#[test]
+fn a_429_waits_for_retry_after_then_succeeds() {
+    let server = FakeProvider::start(vec![
+        Reply::Error {
+            status: 429,
+            body: r#"{"error":{"message":"slow down","type":"rate_limit"}}"#.into(),
+            headers: vec![("Retry-After".into(), "1".into())],
+        },
+        stream(&["ok"]),
+    ]);
+    let p = project(&server, "", "");
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(outcomes(&item), ["error", "succeeded"]);
+    let a = &item["attempts"];
+    assert!(
+        a[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rate limited (http 429): slow down"),
+        "{a:#}"
+    );
+    let gap = a[1]["started_at"].as_i64().unwrap() - a[0]["finished_at"].as_i64().unwrap();
+    assert!(gap >= 950, "waited {gap} ms, the server asked for 1 s");
+}
+
+#[test]
+fn a_500_is_retried_and_then_succeeds() {
+    let server = FakeProvider::start(vec![
+        Reply::Error {
+            status: 500,
+            body: r#"{"error":{"message":"boom"}}"#.into(),
+            headers: vec![],
+        },
+        stream(&["fine"]),
+    ]);
+    let p = project(&server, "", "");
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(outcomes(&item), ["error", "succeeded"]);
+    assert!(
+        item["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("500")
+    );
+    assert_eq!(item["item"]["state"], "done");
+}
+
+#[test]
+fn a_stream_that_stops_sending_hits_the_idle_timeout_and_is_retried() {
+    let server = FakeProvider::start(vec![
+        Reply::StreamThenHang {
+            chunks: vec!["par".into()],
+            hang: Duration::from_secs(30),
+        },
+        stream(&["whole"]),
+    ]);
+    let p = project(&server, "", "");
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(outcomes(&item), ["timeout", "succeeded"], "{item:#}");
+    let a = &item["attempts"][0];
+    assert!(
+        a["error"].as_str().unwrap().contains("idle timeout"),
+        "{a:#}"
+    );
+    let took = a["finished_at"].as_i64().unwrap() - a["started_at"].as_i64().unwrap();
+    assert!(took < 10_000, "the idle timeout (1s) fired after {took} ms");
+    assert_eq!(
+        item["outputs"][0]["output"], "whole",
+        "the partial answer was never used"
+    );
+}
+
+#[test]
+fn a_truncated_stream_is_an_error_never_a_partial_output() {
+    let server = FakeProvider::start(vec![
+        Reply::StreamThenClose {
+            chunks: vec!["half an ans".into()],
+        },
+        stream(&["all"]),
+    ]);
+    let p = project(&server, "", "");
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(outcomes(&item), ["error", "succeeded"], "{item:#}");
+    assert!(
+        item["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("truncated")
+    );
+    assert_eq!(item["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(item["outputs"][0]["output"], "all");
+}
+
+#[test]
+fn malformed_json_is_retried_then_fails_with_a_clear_error() {
+    let server = FakeProvider::start(vec![Reply::Garbage]);
+    let p = project(&server, "", "");
+    std::fs::write(
+        p.file("ideamill.toml"),
+        std::fs::read_to_string(p.file("ideamill.toml"))
+            .unwrap()
+            .replace("connect_timeout", "stream = false\nconnect_timeout"),
+    )
+    .unwrap();
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(outcomes(&item), ["error", "error", "error"], "{item:#}");
+    assert_eq!(item["item"]["state"], "failed");
+    assert!(
+        item["item"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("failed after 3 attempts")
+    );
+}
+
+#[test]
+fn a_slow_drip_under_the_idle_timeout_succeeds() {
+    let chunks = (0..5).map(|i| format!("{i} ")).collect();
+    let server = FakeProvider::start(vec![Reply::Stream {
+        chunks,
+        gap: Duration::from_millis(400),
+    }]);
+    let p = project(&server, "", "");
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(outcomes(&item), ["succeeded"], "{item:#}");
+    assert_eq!(item["outputs"][0]["output"], "0 1 2 3 4 ");
+}
+
+#[test]
+fn a_401_fails_at_once_with_the_providers_message_and_never_the_key() {
+    let body = format!(
+        r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","code":"invalid_api_key"}}}}"#
+    );
+    let server = FakeProvider::start(vec![Reply::Error {
+        status: 401,
+        body,
+        headers: vec![],
+    }]);
+    let p = project(&server, "", "");
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(outcomes(&item), ["permanent"], "one attempt only: {item:#}");
+    assert_eq!(item["item"]["state"], "failed");
+    let error = item["item"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("401") && error.contains("Incorrect API key provided"),
+        "{error}"
+    );
+    let everything = format!(
+        "{}{}{}",
+        p.ok(&["show", &id.to_string()]),
+        p.ok(&["events", "--limit", "100"]),
+        p.logs()
+    );
+    assert!(!everything.contains(KEY), "the key leaked");
+    let db = std::fs::read(p.file(".ideamill/ideamill.db")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&db).contains(KEY),
+        "the key reached the store"
+    );
+}
+
+#[test]
+fn generated_files_land_in_the_workspace_and_hostile_paths_are_refused() {
+    let answer = "Here:\n```python app/main.py\nprint('hi')\n```\n\n```python ../escape.py\nboom\n```\n\
+                  /etc/passwd\n```\nroot\n```\n";
+    let server = FakeProvider::start(vec![stream(&[answer])]);
+    let p = project(&server, "files = true", "");
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    let ws = p.file(&format!("workspace/{id}"));
+    assert_eq!(
+        std::fs::read_to_string(ws.join("app/main.py")).unwrap(),
+        "print('hi')\n"
+    );
+    assert!(!p.file("workspace/escape.py").exists() && !p.file("escape.py").exists());
+    let note = item["attempts"][0]["error"].as_str().unwrap();
+    assert!(
+        note.contains("wrote app/main.py") && note.contains("refused ../escape.py"),
+        "{note}"
+    );
+    assert!(
+        note.contains("/etc/passwd"),
+        "the absolute path is listed too: {note}"
+    );
+}
+
+#[test]
+fn reaching_a_budget_pauses_the_item_and_raising_it_resumes() {
+    let server = FakeProvider::start(vec![
+        Reply::Json { text: "one".into() },
+        Reply::Json { text: "two".into() },
+    ]);
+    let two_stages = "[[stages]]\nname = \"more\"\nkind = \"llm\"\nprovider = \"fake\"\nprompt = \"prompt.md\"\n";
+    let p = project(&server, two_stages, "[budget]\nitem_tokens = 10\n");
+    let config = std::fs::read_to_string(p.file("ideamill.toml")).unwrap();
+    std::fs::write(
+        p.file("ideamill.toml"),
+        config.replace("connect_timeout", "stream = false\nconnect_timeout"),
+    )
+    .unwrap();
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(
+        item["display_state"], "paused",
+        "18 tokens used, the cap is 10: {item:#}"
+    );
+    assert!(
+        item["item"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("budget.item_tokens")
+    );
+    assert_eq!(item["jobs"][1]["state"], "paused");
+    assert_eq!(server.request_count(), 1, "no call is made past the budget");
+    let status = p.status();
+    assert_eq!(status["status"]["paused"], 1);
+    // Raise the cap: the next run resumes the item.
+    let config = std::fs::read_to_string(p.file("ideamill.toml")).unwrap();
+    std::fs::write(
+        p.file("ideamill.toml"),
+        config.replace("item_tokens = 10", "item_tokens = 1000"),
+    )
+    .unwrap();
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    let kinds: Vec<String> = p
+        .json(&["events", "--item", &id.to_string()])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.contains(&"budget_reached".to_string())
+            && kinds.contains(&"budget_resumed".to_string()),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn validate_refuses_templates_with_unknown_variables() {
+    let server = FakeProvider::start(vec![stream(&["x"])]);
+    let p = project(&server, "", "");
+    std::fs::write(p.file("prompt.md"), "{{ idae }}").unwrap();
+    let out = p.cmd(&["validate"]).env("FAKE_KEY", KEY).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("unknown variable `idae`"), "{text}");
+    // `run` refuses to start with it, as a config error.
+    let out = p
+        .cmd(&["run", "--until-idle"])
+        .env("FAKE_KEY", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
