@@ -1,27 +1,46 @@
 #!/usr/bin/env bash
-# Build ideamill, create a demo project, run a few sample ideas through the
-# whole pipeline, and show where the results are.
-#   DEMO_DIR: where to create the project (default: ./demo)
+# The main job, end to end: build ideamill, start a real local model
+# (SmolLM2-135M on llama.cpp, no API key), create a demo project, run sample
+# ideas through outline -> implement -> qa, and show where the results are.
+#
+# Any other OpenAI-compatible endpoint works the same way:
+#   IDEAMILL_PROVIDER_URL=https://api.openai.com/v1 IDEAMILL_MODEL=gpt-4o-mini \
+#   IDEAMILL_API_KEY_ENV=OPENAI_API_KEY bash scripts/demo.sh
+# DEMO_DIR sets where the project goes (default: ./demo).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 demo=${DEMO_DIR:-$root/demo}
 
+echo "Building ideamill (release)..." >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 bin=$root/target/release/ideamill
 
+init_args=()
+if [ -n "${IDEAMILL_PROVIDER_URL:-}" ]; then
+  init_args+=(--provider "$IDEAMILL_PROVIDER_URL" --model "${IDEAMILL_MODEL:?set IDEAMILL_MODEL too}")
+  if [ -n "${IDEAMILL_API_KEY_ENV:-}" ]; then init_args+=(--api-key-env "$IDEAMILL_API_KEY_ENV"); fi
+else
+  echo "Starting the local model (the first time builds llama.cpp: 5-7 minutes)..." >&2
+  url=$(bash "$root/scripts/llm-server.sh" start)
+  init_args+=(--provider "$url" --model smollm2)
+fi
+
 if [ ! -f "$demo/ideamill.toml" ]; then
-  "$bin" init "$demo"
+  "$bin" init "$demo" "${init_args[@]}" >&2
 fi
 cd "$demo"
 "$bin" validate
-"$bin" add "a CLI that converts CSV to JSON"
 "$bin" add "a function that checks whether a string is a palindrome"
-"$bin" add "a tiny key-value store with a command-line interface"
+"$bin" add "a function that converts Celsius to Fahrenheit"
+"$bin" add "a function that counts the words in a sentence"
+start=$(date +%s)
 "$bin" run --until-idle
+echo "Pipeline wall time: $(( $(date +%s) - start )) s for 3 ideas." >&2
 echo
 "$bin" list
 echo
 "$bin" status || true
 echo
-echo "Results: $demo/workspace/<id>/ holds each idea's files;"
-echo "         '$bin show <id>' (run in $demo) shows its stages, attempts and outputs."
+echo "Results are in $demo:"
+echo "  workspace/<id>/          each idea's generated files"
+echo "  $bin show <id>    its stages, attempts, model outputs, QA feedback, tokens and cost (run in $demo)"

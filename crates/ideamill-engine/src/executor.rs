@@ -58,12 +58,12 @@ pub trait Executor: Send + Sync {
     ) -> Execution;
 }
 
+/// Each stage's executor, by stage name.
+pub type Executors = Vec<(String, Arc<dyn Executor>)>;
+
 /// The executors for a config's stages, by stage name. Fails when a stage
 /// cannot run here: an unreadable or invalid prompt template, a missing key.
-pub fn executors_for(
-    config: &Arc<Config>,
-    store: &Arc<dyn Store>,
-) -> Result<Vec<(String, Arc<dyn Executor>)>, String> {
+pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Executors, String> {
     let providers = crate::llm_stage::providers(config)?;
     config
         .stages

@@ -115,15 +115,15 @@ pub(crate) fn from_stream_error(v: &Value) -> LlmError {
         };
     }
     // Some servers put an HTTP status in `code`: classify by it.
-    if let Some(code) = parsed.code.as_deref().and_then(|c| c.parse::<u16>().ok()) {
-        if (400..600).contains(&code) {
-            return from_status(
-                code,
-                &HeaderMap::new(),
-                &serde_json::to_vec(v).unwrap_or_default(),
-                SystemTime::now(),
-            );
-        }
+    if let Some(code) = parsed.code.as_deref().and_then(|c| c.parse::<u16>().ok())
+        && (400..600).contains(&code)
+    {
+        return from_status(
+            code,
+            &HeaderMap::new(),
+            &serde_json::to_vec(v).unwrap_or_default(),
+            SystemTime::now(),
+        );
     }
     let permanent = [
         "invalid_request_error",
@@ -183,10 +183,10 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if let Some(d) = secs(ms / 1000.0) {
-            return Some(d);
-        }
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && let Some(d) = secs(ms / 1000.0)
+    {
+        return Some(d);
     }
     if let Some(value) = header("retry-after") {
         if let Some(d) = value.parse::<f64>().ok().and_then(secs) {

@@ -11,22 +11,38 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ideamill");
 
 /// A project in a temp folder with the given `ideamill.toml`.
 pub struct Project {
-    dir: tempfile::TempDir,
+    dir: Dir,
+}
+
+/// A temp folder the project owns, or a folder someone else owns.
+enum Dir {
+    Temp(tempfile::TempDir),
+    At(PathBuf),
 }
 
 impl Project {
     pub fn new(config: &str) -> Project {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ideamill.toml"), config).expect("write config");
-        Project { dir }
+        Project {
+            dir: Dir::Temp(dir),
+        }
+    }
+
+    /// A project that already exists at `root` (e.g. made by `init`).
+    pub fn at(root: PathBuf) -> Project {
+        Project { dir: Dir::At(root) }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        match &self.dir {
+            Dir::Temp(t) => t.path(),
+            Dir::At(p) => p,
+        }
     }
 
     pub fn file(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.path().join(rel)
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {

@@ -183,9 +183,11 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
                     runnable + running
                 ),
             );
-            if let Some(message) = &f.gave_up {
-                say(Level::Down, "supervisor_gave_up", message.clone());
-            }
+        }
+        if live == 0
+            && let Some(message) = &f.gave_up
+        {
+            say(Level::Down, "supervisor_gave_up", message.clone());
         }
         for p in s
             .processes

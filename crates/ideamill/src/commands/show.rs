@@ -59,10 +59,20 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
         writeln!(out, "  error:    {e}")?;
     }
     writeln!(out, "  workspace: {}", workspace.display())?;
+    if d.usage.tokens() > 0 {
+        writeln!(
+            out,
+            "  usage:    {} tokens ({} in, {} out), ${:.4}",
+            d.usage.tokens(),
+            d.usage.prompt_tokens,
+            d.usage.completion_tokens,
+            d.usage.cost
+        )?;
+    }
 
     writeln!(out, "\nAttempts:")?;
     let mut table = Table::new(&[
-        "JOB", "STAGE", "ROUND", "TRY", "OUTCOME", "TOOK", "WHEN", "NOTE",
+        "JOB", "STAGE", "ROUND", "TRY", "OUTCOME", "TOOK", "WHEN", "TOKENS", "NOTE",
     ]);
     for a in &d.attempts {
         table.row(vec![
@@ -73,17 +83,25 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
             a.outcome.to_string(),
             output::elapsed(a.started_at, a.finished_at),
             output::ago(a.finished_at, now),
+            a.usage.as_ref().map_or_else(
+                || "-".into(),
+                |u| {
+                    let counted = if u.counted { "~" } else { "" };
+                    format!("{counted}{}/{}", u.prompt_tokens, u.completion_tokens)
+                },
+            ),
             a.error
                 .as_deref()
                 .map(|e| output::first_line(e, 80))
                 .unwrap_or_default(),
         ]);
     }
-    for j in d
-        .jobs
-        .iter()
-        .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))
-    {
+    for j in d.jobs.iter().filter(|j| {
+        matches!(
+            j.state,
+            JobState::Queued | JobState::Running | JobState::Paused
+        )
+    }) {
         let when = match j.state.as_str() {
             "queued" if j.run_at > now => format!("runs {}", output::ago(j.run_at, now)),
             "running" => format!("held by {}", j.lease_owner.as_deref().unwrap_or("?")),
@@ -97,7 +115,12 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
             j.state.to_string(),
             "-".into(),
             when,
-            String::new(),
+            "-".into(),
+            if j.state == JobState::Paused {
+                d.item.last_error.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
         ]);
     }
     if table.is_empty() {

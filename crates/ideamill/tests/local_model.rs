@@ -1,0 +1,105 @@
+//! The whole pipeline against a real model: SmolLM2-135M served on loopback
+//! by `scripts/llm-server.sh` (set up by `.ci/run`). Asserts the flow and
+//! the shapes (non-empty outputs, token counts, rounds), never the model's
+//! exact text.
+
+mod util;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use util::*;
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llm-server.sh")
+}
+
+/// Start (or reuse) the local model server; its base URL.
+fn local_model() -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .arg("start")
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "the local model server did not start (run `bash scripts/llm-server.sh setup`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
+    let url = local_model();
+    let dir = tempfile::tempdir().unwrap();
+    let init = Command::new(BIN)
+        .args(["init", "proj", "--provider", &url, "--model", "smollm2"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let root = dir.path().join("proj");
+    // Shorter answers keep the test quick; the pipeline is the scaffold's.
+    let config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
+    let config = config
+        .replace("max_tokens = 400", "max_tokens = 120")
+        .replace("max_tokens = 1500", "max_tokens = 300");
+    std::fs::write(root.join("ideamill.toml"), config).unwrap();
+    let p = Project::at(root);
+    p.ok(&["validate"]);
+    let id = p.add("a function that reverses a string");
+    p.run_until_idle(Duration::from_secs(600));
+
+    let item = p.show(id);
+    let state = item["item"]["state"].as_str().unwrap();
+    assert!(state == "done" || state == "failed", "{item:#}");
+    let outputs = item["outputs"].as_array().unwrap();
+    let outline = outputs
+        .iter()
+        .find(|o| o["stage"] == "outline")
+        .expect("an outline");
+    assert!(
+        !outline["output"].as_str().unwrap().trim().is_empty(),
+        "the model said something"
+    );
+    for a in item["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["stage"] != "qa")
+    {
+        let usage = &a["usage"];
+        assert_eq!(usage["provider"], "main", "{a:#}");
+        assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{a:#}");
+        assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{a:#}");
+    }
+    let round = item["item"]["round"].as_u64().unwrap();
+    let rejections = item["feedback"].as_array().unwrap().len() as u64;
+    let implements = outputs.iter().filter(|o| o["stage"] == "implement").count() as u64;
+    assert!((1..=3).contains(&round), "{item:#}");
+    assert_eq!(implements, round, "one implement per round");
+    if state == "done" {
+        assert_eq!(
+            rejections,
+            round - 1,
+            "every round but the last was rejected"
+        );
+    } else {
+        assert_eq!(
+            rejections, 3,
+            "failed after max_rounds rejections, each with its report: {item:#}"
+        );
+        assert!(
+            item["item"]["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("rejected by gate `qa` in round 3 of 3")
+        );
+    }
+}
