@@ -31,18 +31,26 @@ pub struct Execution {
 }
 
 impl Execution {
-    pub fn failed(outcome: AttemptOutcome, message: String) -> Execution {
+    /// An attempt that ended with `result` and only a note to show for it.
+    pub fn noted(result: StageResult, note: String) -> Execution {
         Execution {
-            result: StageResult::Failed {
-                outcome,
-                message: message.clone(),
-            },
+            result,
             exit_code: None,
             output: None,
             stderr: None,
-            error: Some(message),
+            error: Some(note),
             usage: None,
         }
+    }
+
+    pub fn failed(outcome: AttemptOutcome, message: String) -> Execution {
+        Execution::noted(
+            StageResult::Failed {
+                outcome,
+                message: message.clone(),
+            },
+            message,
+        )
     }
 }
 

@@ -372,29 +372,21 @@ impl Executor for LlmExecutor {
 }
 
 fn paused(reason: String) -> Execution {
-    Execution {
-        result: StageResult::Paused {
+    Execution::noted(
+        StageResult::Paused {
             reason: reason.clone(),
         },
-        exit_code: None,
-        output: None,
-        stderr: None,
-        error: Some(reason),
-        usage: None,
-    }
+        reason,
+    )
 }
 
 fn permanent(message: String) -> Execution {
-    Execution {
-        result: StageResult::Permanent {
+    Execution::noted(
+        StageResult::Permanent {
             message: message.clone(),
         },
-        exit_code: None,
-        output: None,
-        stderr: None,
-        error: Some(message),
-        usage: None,
-    }
+        message,
+    )
 }
 
 /// Map a failed call to the state machine's terms; a rate limit also slows
@@ -432,14 +424,7 @@ fn failure(e: LlmError, provider: &Provider, stage_timeout: std::time::Duration)
         },
         ErrorClass::Cancelled => StageResult::Cancelled,
     };
-    Execution {
-        result,
-        exit_code: None,
-        output: None,
-        stderr: None,
-        error: Some(message),
-        usage: None,
-    }
+    Execution::noted(result, message)
 }
 
 #[cfg(test)]

@@ -45,6 +45,13 @@ fn run(p: &Project) {
     assert!(status.success(), "run failed: {status}\n{}", p.logs());
 }
 
+/// Ask for whole answers instead of streams.
+fn without_streaming(p: &Project) {
+    let config = std::fs::read_to_string(p.file("ideamill.toml")).unwrap();
+    let config = config.replace("connect_timeout", "stream = false\nconnect_timeout");
+    std::fs::write(p.file("ideamill.toml"), config).unwrap();
+}
+
 fn outcomes(item: &Value) -> Vec<String> {
     item["attempts"]
         .as_array()
@@ -94,13 +101,7 @@ fn a_non_streamed_answer_records_the_servers_usage_and_cost() {
         "",
         "[prices]\n\"fake\" = { input = 1000000, output = 2000000 }\n",
     );
-    std::fs::write(
-        p.file("ideamill.toml"),
-        std::fs::read_to_string(p.file("ideamill.toml"))
-            .unwrap()
-            .replace("connect_timeout", "stream = false\nconnect_timeout"),
-    )
-    .unwrap();
+    without_streaming(&p);
     let id = p.add("x");
     run(&p);
     let item = p.show(id);
@@ -227,13 +228,7 @@ fn a_truncated_stream_is_an_error_never_a_partial_output() {
 fn malformed_json_is_retried_then_fails_with_a_clear_error() {
     let server = FakeProvider::start(vec![Reply::Garbage]);
     let p = project(&server, "", "");
-    std::fs::write(
-        p.file("ideamill.toml"),
-        std::fs::read_to_string(p.file("ideamill.toml"))
-            .unwrap()
-            .replace("connect_timeout", "stream = false\nconnect_timeout"),
-    )
-    .unwrap();
+    without_streaming(&p);
     let id = p.add("x");
     run(&p);
     let item = p.show(id);
@@ -332,12 +327,7 @@ fn reaching_a_budget_pauses_the_item_and_raising_it_resumes() {
     ]);
     let two_stages = "[[stages]]\nname = \"more\"\nkind = \"llm\"\nprovider = \"fake\"\nprompt = \"prompt.md\"\n";
     let p = project(&server, two_stages, "[budget]\nitem_tokens = 10\n");
-    let config = std::fs::read_to_string(p.file("ideamill.toml")).unwrap();
-    std::fs::write(
-        p.file("ideamill.toml"),
-        config.replace("connect_timeout", "stream = false\nconnect_timeout"),
-    )
-    .unwrap();
+    without_streaming(&p);
     let id = p.add("x");
     run(&p);
     let item = p.show(id);

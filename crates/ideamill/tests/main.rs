@@ -240,21 +240,11 @@ fn cancel_stops_a_running_job() {
     let p = Project::new(&format!("{ENGINE}{stage}"));
     let id = p.add("cancel me");
     let mut run = p.spawn_run(&[]);
-    let pid_file = p.file(&format!("workspace/{id}/job.pid"));
-    assert!(
-        wait_until(Duration::from_secs(20), || pid_file.exists()),
-        "the job never started\n{}",
-        p.logs()
+    let pid = wait_for_pid(
+        &p,
+        &format!("workspace/{id}/job.pid"),
+        Duration::from_secs(20),
     );
-    let mut pid = 0;
-    assert!(wait_until(Duration::from_secs(5), || {
-        pid = std::fs::read_to_string(&pid_file)
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        pid > 0
-    }));
     p.ok(&["cancel", &id.to_string()]);
     assert!(
         wait_until(Duration::from_secs(10), || !alive(pid)),
@@ -578,19 +568,10 @@ fn when_the_grace_period_runs_out_the_job_is_stopped_and_given_back_uncounted() 
     let p = Project::new(&format!("{engine}{stage}"));
     let id = p.add("too slow to finish");
     let mut run = p.spawn_run(&[]);
-    let pid_file = p.file(&format!("workspace/{id}/job.pid"));
-    let mut pid = 0;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(&pid_file)
-                .unwrap_or_default()
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            pid > 0
-        }),
-        "never started\n{}",
-        p.logs()
+    let pid = wait_for_pid(
+        &p,
+        &format!("workspace/{id}/job.pid"),
+        Duration::from_secs(20),
     );
     signal(&run, libc::SIGTERM);
     let status = wait_exit(&mut run, Duration::from_secs(20)).expect("run stops");

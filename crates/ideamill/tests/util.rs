@@ -186,6 +186,27 @@ pub fn signal(child: &Child, sig: i32) {
     }
 }
 
+/// Wait for a stage to write its pid into `file` (relative to the project);
+/// the pid, or a panic with the engine's logs after `limit`.
+pub fn wait_for_pid(p: &Project, file: &str, limit: Duration) -> i32 {
+    let path = p.file(file);
+    let mut pid = 0;
+    let found = wait_until(limit, || {
+        pid = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        pid > 0
+    });
+    assert!(
+        found,
+        "no pid in {file} within {limit:?}: the job never started\n{}",
+        p.logs()
+    );
+    pid
+}
+
 /// Whether a process exists (a zombie counts as gone).
 pub fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks existence.
