@@ -27,6 +27,8 @@ pub struct Config {
     pub budget: BudgetConfig,
     /// Hang detection, the supervisor, probes and the health verdict.
     pub health: HealthConfig,
+    /// How `ideamill run` takes idea files from `engine.inbox`.
+    pub inbox: InboxConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +155,45 @@ impl Default for HealthConfig {
             failure_window: Duration::from_secs(15 * 60),
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[inbox]`: how `ideamill run` takes idea files dropped into the inbox
+/// folder (`engine.inbox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxConfig {
+    /// Watch and take the inbox at all. Default true.
+    pub enabled: bool,
+    /// Learn of new files from filesystem events (inotify) at once. Without
+    /// them (network filesystems, where events of other machines never
+    /// arrive) only the rescan finds files. Default true.
+    pub events: bool,
+    /// A file written in place is taken once its size and modification time
+    /// have not changed for this long; a file renamed in is taken at once.
+    /// Default 1s.
+    pub settle: Duration,
+    /// The full rescan of the folder, the safety net for missed events.
+    /// Default 30s.
+    pub rescan: Duration,
+    /// Larger files are rejected unread. Default 16 MiB.
+    pub max_file_bytes: u64,
+    /// Files with more ideas are rejected. Default 10,000.
+    pub max_ideas: u32,
+    /// Files with a longer idea are rejected. Default 256 KiB.
+    pub max_idea_bytes: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            enabled: true,
+            events: true,
+            settle: Duration::from_secs(1),
+            rescan: Duration::from_secs(30),
+            max_file_bytes: 16 * 1024 * 1024,
+            max_ideas: 10_000,
+            max_idea_bytes: 256 * 1024,
         }
     }
 }

@@ -16,8 +16,8 @@ use toml_span::value::{Table, Value};
 
 use crate::config::{
     ApiKeySource, BudgetConfig, CommandStage, Config, ConfigError, ConfigErrors, EngineConfig,
-    HealthConfig, LlmStage, Price, ProviderConfig, ProviderKind, StageConfig, StageKind,
-    StoreConfig,
+    HealthConfig, InboxConfig, LlmStage, Price, ProviderConfig, ProviderKind, StageConfig,
+    StageKind, StoreConfig,
 };
 use crate::duration::{format_duration, parse_duration};
 use crate::model::{Gate, RetryPolicy};
@@ -28,10 +28,20 @@ const TOP_KEYS: &[&str] = &[
     "store",
     "engine",
     "health",
+    "inbox",
     "providers",
     "prices",
     "budget",
     "stages",
+];
+const INBOX_KEYS: &[&str] = &[
+    "enabled",
+    "events",
+    "settle",
+    "rescan",
+    "max_file_bytes",
+    "max_ideas",
+    "max_idea_bytes",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "stall_after",
@@ -161,6 +171,10 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         Some(s) => health_config(&s, &mut problems),
         None => HealthConfig::default(),
     };
+    let inbox = match top.sub_table("inbox", "[inbox]", &mut problems) {
+        Some(s) => inbox_config(&s, &mut problems),
+        None => InboxConfig::default(),
+    };
 
     if !problems.0.is_empty() {
         return Err(problems.into_errors(text, path));
@@ -175,6 +189,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         prices,
         budget,
         health,
+        inbox,
     })
 }
 
@@ -560,6 +575,24 @@ fn engine_config(s: &Section<'_, '_>, root: &Path, problems: &mut Problems) -> E
             Got::Ok(d, _) => Some(d),
             Got::Absent | Got::Bad => None,
         },
+    }
+}
+
+fn inbox_config(s: &Section<'_, '_>, problems: &mut Problems) -> InboxConfig {
+    s.check_keys(INBOX_KEYS, problems);
+    let d = InboxConfig::default();
+    InboxConfig {
+        enabled: s.boolean("enabled", problems).or(d.enabled),
+        events: s.boolean("events", problems).or(d.events),
+        settle: s.duration("settle", problems).or(d.settle),
+        rescan: s.nonzero_duration("rescan", problems).or(d.rescan),
+        max_file_bytes: s
+            .integer("max_file_bytes", 1, i64::MAX, problems)
+            .or(d.max_file_bytes as i64) as u64,
+        max_ideas: s.count("max_ideas", i64::from(u32::MAX), d.max_ideas, problems),
+        max_idea_bytes: s
+            .integer("max_idea_bytes", 1, i64::MAX, problems)
+            .or(d.max_idea_bytes as i64) as u64,
     }
 }
 
@@ -1405,6 +1438,7 @@ gate = { retry_from = "implement" }
             path: PathBuf::from(FILE),
             root: root.clone(),
             health: HealthConfig::default(),
+            inbox: InboxConfig::default(),
             providers: BTreeMap::new(),
             prices: BTreeMap::new(),
             budget: BudgetConfig::default(),
@@ -1520,7 +1554,7 @@ command = []
         check_errors(
             &format!("colour = \"red\"\n{STAGE}"),
             &[
-                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, providers, prices, budget, stages",
+                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages",
             ],
         );
         check_errors(
@@ -2087,6 +2121,36 @@ max_tokens = 2000
                 "3:15: [health]: `stall_after` must be greater than 0s",
                 "4:1: unknown key `beat` in [health]; expected one of: stall_after, listen, \
                  min_free_disk_mb, stuck_after, failure_window, max_restarts, restart_window",
+            ],
+        );
+    }
+
+    #[test]
+    fn inbox_table() {
+        let c = config(&format!(
+            "[inbox]\nevents = false\nsettle = \"200ms\"\nrescan = \"5s\"\nmax_ideas = 3\n{STAGE}"
+        ));
+        assert_eq!(
+            c.inbox,
+            InboxConfig {
+                events: false,
+                settle: Duration::from_millis(200),
+                rescan: Duration::from_secs(5),
+                max_ideas: 3,
+                ..InboxConfig::default()
+            }
+        );
+        assert_eq!(config(STAGE).inbox, InboxConfig::default());
+        check_errors(
+            &format!(
+                "[inbox]\nrescan = \"0s\"\nmax_file_bytes = 0\nenabled = \"yes\"\nwatch = 1\n{STAGE}"
+            ),
+            &[
+                "2:10: [inbox]: `rescan` must be greater than 0s",
+                "3:18: [inbox]: `max_file_bytes` must be an integer >= 1, found 0",
+                "4:11: [inbox]: `enabled` must be true or false, found string",
+                "5:1: unknown key `watch` in [inbox]; expected one of: enabled, events, settle, \
+                 rescan, max_file_bytes, max_ideas, max_idea_bytes",
             ],
         );
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ideamill_core::config::StageKind;
 use ideamill_core::machine::{self, Transition};
 use ideamill_core::{AttemptOutcome, Config, ItemState, JobId, Millis};
 use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, StoreError};
@@ -383,6 +384,8 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     };
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_prune: Option<Instant> = None;
+    let mut last_silent_check: Option<Instant> = None;
+    let mut outage: Option<Outage> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -394,13 +397,42 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .heartbeat(&shared.owner, now, now + engine.lease.as_millis() as Millis)
             .await
         {
-            Ok(cancels) => shared.cancel_jobs(&cancels),
-            Err(e) => tracing::warn!(
-                "Heartbeat failed ({e}); leases expire in {:?} unless it recovers",
-                engine.lease
-            ),
+            Ok(cancels) => {
+                if let Some(lost) = outage.take() {
+                    store_back(&shared, lost, now).await;
+                }
+                shared.cancel_jobs(&cancels)
+            }
+            Err(e) => {
+                // The store is unreachable (a dropped connection, a database
+                // restart): keep beating until it answers; everything else
+                // in this beat would fail the same way.
+                match &outage {
+                    None => {
+                        tracing::error!(
+                            "DEGRADED: the store does not answer ({e}); retrying every beat. \
+                             Leases expire in {:?} unless it recovers; their jobs then run again",
+                            engine.lease
+                        );
+                        outage = Some(Outage {
+                            since: Instant::now(),
+                            at: now,
+                            error: e.to_string(),
+                        });
+                    }
+                    Some(o) => tracing::warn!(
+                        "DEGRADED: the store still does not answer after {:.0?} ({e})",
+                        o.since.elapsed()
+                    ),
+                }
+                continue;
+            }
         }
-        expire_silent_processes(&shared, now).await;
+        // Other machines' long-silent processes: once per lease is plenty.
+        if last_silent_check.is_none_or(|t| t.elapsed() >= engine.lease) {
+            last_silent_check = Some(Instant::now());
+            expire_silent_processes(&shared, now).await;
+        }
         // Items paused by a budget resume once it allows (a raised cap, a
         // new day); checking once a minute is plenty.
         if now / 60_000 != (now - engine.heartbeat.as_millis() as Millis) / 60_000 {
@@ -408,14 +440,22 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         reap(&shared).await;
         if let Some(h) = &shared.health {
-            match shared.store.queue_depth(now).await {
-                Ok(q) => h.set_queue(q),
-                Err(e) => tracing::debug!("Could not read the queue depth: {e}"),
+            let runnable = match shared.store.queue_depth(now).await {
+                Ok(q) => {
+                    let runnable = q.iter().any(|c| c.queued > 0);
+                    h.set_queue(q);
+                    runnable
+                }
+                Err(e) => {
+                    tracing::debug!("Could not read the queue depth: {e}");
+                    true
+                }
+            };
+            if runnable && shared.wakeups_on.load(Ordering::Relaxed) {
+                // The dispatcher's safety net for a lost wake-up rides on the
+                // beat, and only when there is runnable work to find.
+                shared.wake.notify_one();
             }
-        }
-        if shared.health.is_some() && shared.wakeups_on.load(Ordering::Relaxed) {
-            // The dispatcher's safety-net poll (a lost wake-up) rides on the beat.
-            shared.wake.notify_one();
         }
         if let Some(retention) = engine.retention
             && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
@@ -438,6 +478,43 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// A time the store did not answer the heartbeat.
+struct Outage {
+    since: Instant,
+    /// Wall clock of the first failed beat.
+    at: Millis,
+    error: String,
+}
+
+/// The store answers again: say so, and record it, so that `status` and
+/// `doctor` show the outage (DEGRADED) for a while.
+async fn store_back(shared: &Shared, lost: Outage, now: Millis) {
+    let took = lost.since.elapsed();
+    tracing::info!(
+        "The store answers again after {:.1} s; resuming",
+        took.as_secs_f64()
+    );
+    let event = ideamill_store::NewEvent {
+        at: now,
+        kind: ideamill_store::event_kind::STORE_OUTAGE,
+        item_id: None,
+        job_id: None,
+        process: Some(shared.owner.clone()),
+        message: format!(
+            "Process {} could not reach the store for {:.1} s from {} ms (first error: {}); it reconnected and resumed",
+            shared.owner,
+            took.as_secs_f64(),
+            lost.at,
+            lost.error
+        ),
+    };
+    if let Err(e) = shared.store.record_event(&event).await {
+        tracing::warn!("Could not record the store outage: {e}");
+    }
+    // Work may have piled up, and wake-ups sent meanwhile are lost.
+    shared.wake.notify_one();
 }
 
 struct StageSlot {
@@ -544,10 +621,21 @@ async fn dispatch(
         // the safety-net poll.
         let now = now_millis();
         if options.until_idle && shared.in_flight.load(Ordering::SeqCst) == 0 {
-            let pending = shared
+            let pending = match shared
                 .store
                 .pending(now + options.idle_horizon.as_millis() as Millis)
-                .await?;
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    // Not idle as far as we know: back off and look again.
+                    tracing::warn!("Could not check for pending work: {e}");
+                    store_errors = (store_errors + 1).min(6);
+                    let delay = Duration::from_millis(50 << store_errors);
+                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
+                    continue;
+                }
+            };
             if pending.soon == 0 && pending.running == 0 {
                 if pending.later > 0 {
                     tracing::info!(
@@ -660,6 +748,18 @@ fn start_job(
                 usage: execution.usage,
                 transition,
             };
+            if let (Some(h), StageKind::Llm(llm)) = (&shared.health, &stage.kind) {
+                let usage = finish.usage.as_ref();
+                h.metrics.record_llm(
+                    &llm.provider,
+                    crate::health::metrics::LlmCall {
+                        ok: usage.is_some(),
+                        prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
+                        completion_tokens: usage.map_or(0, |u| u.completion_tokens),
+                        cost_usd: usage.map_or(0.0, |u| u.cost),
+                    },
+                );
+            }
             let _ = finish_tx.send(finish);
         }
         tracing::debug!(

@@ -1,10 +1,14 @@
 //! ideamill's durable store. [`Store`] is the seam between the engine and a
 //! database: every state transition is one of its methods and one
-//! transaction. SQLite implements it here; PostgreSQL will implement the same
-//! trait, so nothing SQLite-specific may appear in its signatures.
+//! transaction. SQLite (`sqlite.rs`) and PostgreSQL (`postgres.rs`) implement
+//! it with the same semantics, checked by one conformance suite, so nothing
+//! backend-specific may appear in its signatures.
 
+mod common;
 mod error;
+pub mod postgres;
 pub mod sqlite;
+pub mod transfer;
 mod types;
 pub mod wake;
 
@@ -12,6 +16,7 @@ use async_trait::async_trait;
 use ideamill_core::machine::{NextJob, Transition};
 use ideamill_core::{ItemId, Millis};
 
+pub use common::day_start;
 pub use error::StoreError;
 pub use types::*;
 pub use wake::WorkSignal;
@@ -22,16 +27,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub async fn open(url: &str, options: &OpenOptions) -> Result<Box<dyn Store>> {
     if url.starts_with("sqlite://") {
         Ok(Box::new(sqlite::SqliteStore::open(url, options).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Err(StoreError::Unsupported(
-            "PostgreSQL stores are not available in this build yet; use a sqlite:// URL".into(),
-        ))
+    } else if is_postgres_url(url) {
+        Ok(Box::new(postgres::PostgresStore::open(url, options).await?))
     } else {
         Err(StoreError::Unsupported(format!(
             "unknown store URL scheme in {}",
             redact_url(url)
         )))
     }
+}
+
+/// Whether a store URL names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Options for opening a store.
@@ -152,6 +160,26 @@ pub trait Store: Send + Sync {
     /// Jobs per stage: runnable now, scheduled later, running. One cheap
     /// read, for the heartbeat's status file and the metrics.
     async fn queue_depth(&self, now: Millis) -> Result<Vec<StageCounts>>;
+
+    /// Add items from one source unless that source was taken before, in one
+    /// transaction: the check, the items with their first jobs, and the
+    /// source's record. A source taken before adds nothing and returns its
+    /// record (`AddOutcome::Duplicate`). Wakes every engine when it adds.
+    async fn add_items_once(
+        &self,
+        source: &IntakeSource,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<AddOutcome>;
+
+    /// Import records of another system in the states they had there, in one
+    /// transaction. Each record's source key is taken once: a key taken
+    /// before (or earlier in `items`) is skipped, so importing the same
+    /// records again creates nothing. Returns one outcome per record, in
+    /// input order. Wakes every engine when it queued work.
+    async fn import_items(&self, items: &[ImportedItem], now: Millis)
+    -> Result<Vec<ImportOutcome>>;
 }
 
 pub use ideamill_core::JobId;

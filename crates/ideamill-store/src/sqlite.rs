@@ -7,20 +7,27 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ideamill_core::machine::{LostJob, NextJob, Transition, after_lost};
-use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, Usage};
+use ideamill_core::machine::{LostJob, NextJob};
+use ideamill_core::{AttemptOutcome, ItemId, JobId, Millis};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use crate::types::event_kind as ek;
+use crate::common::{self, AttemptRecord, ITEM_COLUMNS, RowExt, now_millis};
 use crate::wake::{NeverSignal, WakeDir, WorkSignal};
 use crate::*;
 
+pub use crate::common::day_start;
+
+common::impl_row_ext!(SqliteRow);
+
 /// Schema migrations, embedded in the binary, applied in order at open.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_intake.sql")),
+];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 pub struct SqliteStore {
@@ -171,13 +178,6 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     Ok(())
 }
 
-fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
-
 async fn insert_event(tx: &mut Transaction<'static, Sqlite>, e: &NewEvent) -> Result<()> {
     sqlx::query("INSERT INTO events (at, kind, item_id, job_id, process, message) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(e.at)
@@ -243,20 +243,6 @@ async fn insert_jobs(
 /// Rows per multi-row statement; well under SQLite's bound-parameter limit.
 const CHUNK: usize = 64;
 
-/// An attempt row to insert.
-struct AttemptRecord<'a> {
-    job: &'a ClaimedJob,
-    process: &'a str,
-    outcome: AttemptOutcome,
-    started_at: Millis,
-    finished_at: Millis,
-    exit_code: Option<i32>,
-    error: Option<&'a str>,
-    output: Option<&'a str>,
-    stderr: Option<&'a str>,
-    usage: Option<&'a Usage>,
-}
-
 async fn insert_attempts(
     tx: &mut Transaction<'static, Sqlite>,
     rows: &[AttemptRecord<'_>],
@@ -302,19 +288,7 @@ async fn insert_interrupted_attempt(
     now: Millis,
     note: &str,
 ) -> Result<()> {
-    let record = AttemptRecord {
-        job,
-        process,
-        outcome,
-        started_at: job.claimed_at,
-        finished_at: now,
-        exit_code: None,
-        error: Some(note),
-        output: None,
-        stderr: None,
-        usage: None,
-    };
-    insert_attempts(tx, &[record]).await
+    insert_attempts(tx, &[AttemptRecord::interrupted(job, process, outcome, now, note)]).await
 }
 
 async fn fail_item(
@@ -335,86 +309,6 @@ async fn fail_item(
     Ok(())
 }
 
-fn item_row(r: &SqliteRow) -> Result<ItemRow> {
-    let state: String = r.try_get("state")?;
-    let metadata: String = r.try_get("metadata")?;
-    Ok(ItemRow {
-        id: r.try_get("id")?,
-        text: r.try_get("text")?,
-        metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::String(metadata)),
-        state: ItemState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown item state {state:?}")))?,
-        stage: r.try_get("stage")?,
-        round: r.try_get("round")?,
-        last_error: r.try_get("last_error")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        finished_at: r.try_get("finished_at")?,
-    })
-}
-
-const ITEM_COLUMNS: &str =
-    "id, text, metadata, state, stage, round, last_error, created_at, updated_at, finished_at";
-
-fn output_row(r: &SqliteRow) -> Result<OutputRow> {
-    Ok(OutputRow {
-        stage: r.try_get("stage")?,
-        round: r.try_get("round")?,
-        job_id: r.try_get("job_id")?,
-        output: r.try_get("output")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn feedback_row(r: &SqliteRow) -> Result<FeedbackRow> {
-    Ok(FeedbackRow {
-        stage: r.try_get("stage")?,
-        round: r.try_get("round")?,
-        feedback: r.try_get("feedback")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn event_row(r: &SqliteRow) -> Result<Event> {
-    Ok(Event {
-        id: r.try_get("id")?,
-        at: r.try_get("at")?,
-        kind: r.try_get("kind")?,
-        item_id: r.try_get("item_id")?,
-        job_id: r.try_get("job_id")?,
-        process: r.try_get("process")?,
-        message: r.try_get("message")?,
-    })
-}
-
-fn job_state(s: &str) -> Result<JobState> {
-    JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown job state {s:?}")))
-}
-
-/// What people see for an item, from its stored state and its current job.
-fn display_state(item: ItemState, job_state: Option<&str>, attempts: u32) -> String {
-    match (item, job_state) {
-        (ItemState::Active, Some("running")) => "running".into(),
-        (ItemState::Active, Some("paused")) => "paused".into(),
-        (ItemState::Active, Some("queued")) if attempts > 0 => "retrying".into(),
-        (ItemState::Active, _) => "queued".into(),
-        (other, _) => other.as_str().into(),
-    }
-}
-
-fn state_clause(filter: StateFilter) -> &'static str {
-    match filter {
-        StateFilter::Active => "i.state = 'active'",
-        StateFilter::Queued => "i.state = 'active' AND j.state = 'queued' AND j.attempts = 0",
-        StateFilter::Retrying => "i.state = 'active' AND j.state = 'queued' AND j.attempts > 0",
-        StateFilter::Running => "i.state = 'active' AND j.state = 'running'",
-        StateFilter::Paused => "i.state = 'active' AND j.state = 'paused'",
-        StateFilter::Done => "i.state = 'done'",
-        StateFilter::Failed => "i.state = 'failed'",
-        StateFilter::Cancelled => "i.state = 'cancelled'",
-    }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn add_items(
@@ -424,29 +318,7 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<Vec<ItemId>> {
         let mut tx = self.write_tx().await?;
-        let mut ids = Vec::with_capacity(items.len());
-        for chunk in items.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at) ",
-            );
-            q.push_values(chunk, |mut b, item| {
-                b.push_bind(&item.text)
-                    .push_bind(item.metadata.to_string())
-                    .push_bind("active")
-                    .push_bind(&first.stage)
-                    .push_bind(first.round)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            q.push(" RETURNING id");
-            let mut chunk_ids: Vec<ItemId> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-            // RETURNING's order is unspecified; new rowids grow in VALUES order.
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
-        }
-        let jobs: Vec<(ItemId, &NextJob, Millis)> =
-            ids.iter().map(|id| (*id, first, now)).collect();
-        insert_jobs(&mut tx, &jobs).await?;
+        let ids = insert_new_items(&mut tx, items, first, now).await?;
         tx.commit().await?;
         self.notify();
         Ok(ids)
@@ -477,18 +349,8 @@ impl Store for SqliteStore {
         let mut jobs = rows
             .iter()
             .map(|r| {
-                let job = ClaimedJob {
-                    id: r.try_get("id")?,
-                    item_id: r.try_get("item_id")?,
-                    stage: r.try_get("stage")?,
-                    round: r.try_get("round")?,
-                    attempt: r.try_get("attempts")?,
-                    max_attempts: r.try_get("max_attempts")?,
-                    lease_token: r.try_get("lease_token")?,
-                    run_at: r.try_get("run_at")?,
-                    claimed_at: now,
-                };
-                Ok((r.try_get::<i64, _>("priority")?, job))
+                let job = common::claimed_job(r, 0, Some(now))?;
+                Ok((r.int("priority")?, job))
             })
             .collect::<Result<Vec<_>>>()?;
         // RETURNING does not keep the subquery's order: restore it.
@@ -519,7 +381,7 @@ impl Store for SqliteStore {
         let outputs: String = row.try_get("outputs_json")?;
         let feedback: String = row.try_get("feedback_json")?;
         Ok(ItemContext {
-            item: item_row(&row)?,
+            item: common::item_row(&row)?,
             outputs: serde_json::from_str(&outputs)
                 .map_err(|e| StoreError::Corrupt(format!("outputs of item {item}: {e}")))?,
             feedback: serde_json::from_str(&feedback)
@@ -539,13 +401,7 @@ impl Store for SqliteStore {
         for f in finishes {
             let now = f.finished_at;
             let job = &f.job;
-            let new_state = crate::transition_job_state(&f.transition);
-            let (run_at, error) = match &f.transition {
-                Transition::RetryAt { run_at, error } => (Some(*run_at), Some(error.as_str())),
-                Transition::FailItem { reason, .. } => (None, Some(reason.as_str())),
-                _ => (None, f.error.as_deref()),
-            };
-            let finished = !matches!(new_state, JobState::Queued | JobState::Paused);
+            let fence = common::fence(f);
             // The fence: only the holder of the current token may finish the
             // job. A cancellation requested meanwhile wins over the result.
             let fenced: Option<bool> = sqlx::query_scalar(
@@ -556,212 +412,66 @@ impl Store for SqliteStore {
                  WHERE id = ?6 AND state = 'running' AND lease_token = ?7
                  RETURNING cancel_requested = 1",
             )
-            .bind(new_state.as_str())
-            .bind(run_at)
-            .bind(error)
+            .bind(fence.state)
+            .bind(fence.run_at)
+            .bind(fence.error)
             .bind(now)
-            .bind(finished)
+            .bind(fence.finished)
             .bind(job.id)
             .bind(job.lease_token)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(cancelled) = fenced else {
-                insert_event(
-                    &mut tx,
-                    &NewEvent {
-                        at: now,
-                        kind: ek::STALE_COMPLETION,
-                        item_id: Some(job.item_id),
-                        job_id: Some(job.id),
-                        process: Some(f.owner.clone()),
-                        message: format!(
-                            "Discarded the result of attempt {} of job {} (stage `{}`): its lease was lost, so another process owns the job",
-                            job.attempt, job.id, job.stage
-                        ),
-                    },
-                )
-                .await?;
+                insert_event(&mut tx, &common::stale_completion(f)).await?;
                 results.push(Err(StoreError::LeaseLost));
                 continue;
             };
-            let passed = matches!(f.transition, Transition::Advance { .. }) && !cancelled;
-            attempts.push(AttemptRecord {
-                job,
-                process: &f.owner,
-                outcome: if cancelled {
-                    AttemptOutcome::Cancelled
-                } else {
-                    f.outcome
-                },
-                started_at: f.started_at,
-                finished_at: now,
-                exit_code: f.exit_code,
-                error: f.error.as_deref(),
-                // A passing attempt's output is the stage's output, stored
-                // once in `outputs`.
-                output: if passed { None } else { f.output.as_deref() },
-                stderr: f.stderr.as_deref(),
-                usage: f.usage.as_ref(),
-            });
-            if cancelled {
-                results.push(Ok(FinishEffect {
-                    item_state: ItemState::Cancelled,
-                    enqueued: false,
-                    cancelled: true,
-                }));
-                continue;
+            let plan = common::plan(f, cancelled);
+            attempts.push(plan.attempt);
+            if let Some(output) = plan.output {
+                outputs.push((job, output, now));
             }
-            let effect = match &f.transition {
-                Transition::Advance { output, next } => {
-                    outputs.push((job, output, now));
-                    match next {
-                        Some(next) => {
-                            next_jobs.push((job.item_id, next, now));
-                            FinishEffect {
-                                item_state: ItemState::Active,
-                                enqueued: true,
-                                cancelled: false,
-                            }
-                        }
-                        None => {
-                            done.push((job.item_id, now));
-                            FinishEffect {
-                                item_state: ItemState::Done,
-                                enqueued: false,
-                                cancelled: false,
-                            }
-                        }
-                    }
-                }
-                Transition::SendBack { feedback, to } => {
-                    insert_feedback(&mut tx, job, feedback, now).await?;
-                    next_jobs.push((job.item_id, to, now));
-                    insert_event(
-                        &mut tx,
-                        &NewEvent {
-                            at: now,
-                            kind: ek::GATE_REJECTED,
-                            item_id: Some(job.item_id),
-                            job_id: Some(job.id),
-                            process: Some(f.owner.clone()),
-                            message: format!(
-                                "Gate `{}` rejected round {}; sent back to `{}` for round {}",
-                                job.stage, job.round, to.stage, to.round
-                            ),
-                        },
-                    )
+            if let Some(next) = plan.next {
+                next_jobs.push((job.item_id, next, now));
+            }
+            if plan.done {
+                done.push((job.item_id, now));
+            }
+            if let Some(feedback) = plan.feedback {
+                insert_feedback(&mut tx, job, feedback, now).await?;
+            }
+            if plan.uncount {
+                // A paused try never ran: it does not count.
+                sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?")
+                    .bind(job.id)
+                    .execute(&mut *tx)
                     .await?;
-                    FinishEffect {
-                        item_state: ItemState::Active,
-                        enqueued: true,
-                        cancelled: false,
-                    }
-                }
-                Transition::RetryAt { run_at, error } => {
-                    sqlx::query("UPDATE items SET last_error = ?, updated_at = ? WHERE id = ?")
-                        .bind(error)
-                        .bind(now)
-                        .bind(job.item_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    insert_event(
-                        &mut tx,
-                        &NewEvent {
-                            at: now,
-                            kind: ek::RETRY_SCHEDULED,
-                            item_id: Some(job.item_id),
-                            job_id: Some(job.id),
-                            process: Some(f.owner.clone()),
-                            message: format!(
-                                "Attempt {} of {} at stage `{}` failed ({}); retrying in {} ms",
-                                job.attempt,
-                                job.max_attempts,
-                                job.stage,
-                                one_line(error),
-                                run_at - now
-                            ),
-                        },
-                    )
-                    .await?;
-                    FinishEffect {
-                        item_state: ItemState::Active,
-                        enqueued: true,
-                        cancelled: false,
-                    }
-                }
-                Transition::FailItem { reason, feedback } => {
-                    if let Some(feedback) = feedback {
-                        insert_feedback(&mut tx, job, feedback, now).await?;
-                    }
-                    fail_item(&mut tx, job.item_id, reason, now).await?;
-                    insert_event(
-                        &mut tx,
-                        &NewEvent {
-                            at: now,
-                            kind: ek::ITEM_FAILED,
-                            item_id: Some(job.item_id),
-                            job_id: Some(job.id),
-                            process: Some(f.owner.clone()),
-                            message: format!("Item {} failed: {}", job.item_id, one_line(reason)),
-                        },
-                    )
-                    .await?;
-                    FinishEffect {
-                        item_state: ItemState::Failed,
-                        enqueued: false,
-                        cancelled: false,
-                    }
-                }
-                Transition::Pause { reason } => {
-                    // A paused try never ran: it does not count.
-                    sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?")
-                        .bind(job.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("UPDATE items SET last_error = ?, updated_at = ? WHERE id = ?")
-                        .bind(reason)
-                        .bind(now)
-                        .bind(job.item_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    insert_event(
-                        &mut tx,
-                        &NewEvent {
-                            at: now,
-                            kind: ek::BUDGET_REACHED,
-                            item_id: Some(job.item_id),
-                            job_id: Some(job.id),
-                            process: Some(f.owner.clone()),
-                            message: format!(
-                                "Item {} paused at stage `{}`: {reason}",
-                                job.item_id, job.stage
-                            ),
-                        },
-                    )
-                    .await?;
-                    FinishEffect {
-                        item_state: ItemState::Active,
-                        enqueued: false,
-                        cancelled: false,
-                    }
-                }
-                Transition::Cancel => {
-                    sqlx::query(
-                        "UPDATE items SET state = 'cancelled', finished_at = ?1, updated_at = ?1
-                         WHERE id = ?2 AND state = 'active'",
-                    )
+            }
+            if let Some(error) = plan.item_error {
+                sqlx::query("UPDATE items SET last_error = ?, updated_at = ? WHERE id = ?")
+                    .bind(error)
                     .bind(now)
                     .bind(job.item_id)
                     .execute(&mut *tx)
                     .await?;
-                    FinishEffect {
-                        item_state: ItemState::Cancelled,
-                        enqueued: false,
-                        cancelled: true,
-                    }
-                }
-            };
-            results.push(Ok(effect));
+            }
+            if let Some(reason) = plan.fail_reason {
+                fail_item(&mut tx, job.item_id, reason, now).await?;
+            }
+            if plan.cancel_item {
+                sqlx::query(
+                    "UPDATE items SET state = 'cancelled', finished_at = ?1, updated_at = ?1
+                     WHERE id = ?2 AND state = 'active'",
+                )
+                .bind(now)
+                .bind(job.item_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(event) = &plan.event {
+                insert_event(&mut tx, event).await?;
+            }
+            results.push(Ok(plan.effect));
         }
         insert_attempts(&mut tx, &attempts).await?;
         for chunk in outputs.chunks(CHUNK) {
@@ -846,84 +556,34 @@ impl Store for SqliteStore {
         .await?;
         let mut reaped = Vec::with_capacity(rows.len());
         for r in &rows {
-            let job = ClaimedJob {
-                id: r.try_get("id")?,
-                item_id: r.try_get("item_id")?,
-                stage: r.try_get("stage")?,
-                round: r.try_get("round")?,
-                attempt: r.try_get("attempts")?,
-                max_attempts: r.try_get("max_attempts")?,
-                lease_token: r.try_get("lease_token")?,
-                run_at: r.try_get("run_at")?,
-                claimed_at: r.try_get("started_at")?,
-            };
-            let owner: String = r
-                .try_get::<Option<String>, _>("lease_owner")?
-                .unwrap_or_default();
-            let cancel_requested: bool = r.try_get("cancel_requested")?;
-            let action = after_lost(job.attempt, job.max_attempts, cancel_requested);
-            let error = format!(
-                "lease expired: process {owner} stopped renewing it (killed, hung or cut off)"
-            );
-            let (state, run_at) = match action {
-                LostJob::Requeue => ("queued", now),
-                LostJob::Fail => ("failed", job.run_at),
-                LostJob::Cancel => ("cancelled", job.run_at),
-            };
+            let job = common::claimed_job(r, 0, None)?;
+            let owner: String = r.opt_text("lease_owner")?.unwrap_or_default();
+            let reap = common::reap(&job, &owner, r.flag("cancel_requested")?, now);
             sqlx::query(
                 "UPDATE jobs SET state = ?1, run_at = ?2, last_error = ?3, lease_owner = NULL, lease_expires_at = NULL,
                         updated_at = ?4, finished_at = CASE WHEN ?1 = 'queued' THEN NULL ELSE ?4 END
                  WHERE id = ?5 AND lease_token = ?6",
             )
-            .bind(state)
-            .bind(run_at)
-            .bind(&error)
+            .bind(reap.state)
+            .bind(reap.run_at)
+            .bind(&reap.error)
             .bind(now)
             .bind(job.id)
             .bind(job.lease_token)
             .execute(&mut *tx)
             .await?;
-            insert_interrupted_attempt(&mut tx, &job, &owner, AttemptOutcome::Lost, now, &error)
+            insert_interrupted_attempt(&mut tx, &job, &owner, AttemptOutcome::Lost, now, &reap.error)
                 .await?;
-            let what = match action {
-                LostJob::Requeue => format!(
-                    "made runnable again (attempt {} of {})",
-                    job.attempt, job.max_attempts
-                ),
-                LostJob::Fail => {
-                    let reason = format!(
-                        "stage `{}` failed after {} attempts: the last one was lost ({error})",
-                        job.stage, job.attempt
-                    );
-                    fail_item(&mut tx, job.item_id, &reason, now).await?;
-                    format!(
-                        "item failed: that was attempt {} of {}",
-                        job.attempt, job.max_attempts
-                    )
-                }
-                LostJob::Cancel => "its cancellation completed".to_string(),
-            };
-            insert_event(
-                &mut tx,
-                &NewEvent {
-                    at: now,
-                    kind: ek::LEASE_EXPIRED,
-                    item_id: Some(job.item_id),
-                    job_id: Some(job.id),
-                    process: Some(owner.clone()),
-                    message: format!(
-                        "Recovered job {} (item {}, stage `{}`) from process {owner}, whose lease expired; {what}",
-                        job.id, job.item_id, job.stage
-                    ),
-                },
-            )
-            .await?;
+            if let Some(reason) = &reap.fail_reason {
+                fail_item(&mut tx, job.item_id, reason, now).await?;
+            }
+            insert_event(&mut tx, &reap.event).await?;
             reaped.push(ReapedJob {
                 job_id: job.id,
                 item_id: job.item_id,
                 stage: job.stage,
                 owner,
-                action,
+                action: reap.action,
             });
         }
         tx.commit().await?;
@@ -954,21 +614,7 @@ impl Store for SqliteStore {
             // Another process recovered it first: nothing to record.
             return Ok(0);
         }
-        insert_event(
-            &mut tx,
-            &NewEvent {
-                at: now,
-                kind: ek::PROCESS_DEAD,
-                item_id: None,
-                job_id: None,
-                process: Some(process.to_string()),
-                message: format!(
-                    "Process {process} is gone without stopping cleanly; expired its {n} lease{} so its jobs run again now",
-                    if n == 1 { "" } else { "s" }
-                ),
-            },
-        )
-        .await?;
+        insert_event(&mut tx, &common::process_dead(process, n, now)).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -996,38 +642,19 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         for r in &rows {
-            let job = ClaimedJob {
-                id: r.try_get("id")?,
-                item_id: r.try_get("item_id")?,
-                stage: r.try_get("stage")?,
-                round: r.try_get("round")?,
-                attempt: r.try_get::<u32, _>("attempts")? + 1,
-                max_attempts: r.try_get("max_attempts")?,
-                lease_token: r.try_get("lease_token")?,
-                run_at: r.try_get("run_at")?,
-                claimed_at: r.try_get("started_at")?,
-            };
-            let note = "the process shut down before the attempt finished; it does not count";
-            insert_interrupted_attempt(&mut tx, &job, owner, AttemptOutcome::Released, now, note)
-                .await?;
-        }
-        if !rows.is_empty() {
-            insert_event(
+            let job = common::claimed_job(r, 1, None)?;
+            insert_interrupted_attempt(
                 &mut tx,
-                &NewEvent {
-                    at: now,
-                    kind: ek::JOBS_RELEASED,
-                    item_id: None,
-                    job_id: None,
-                    process: Some(owner.to_string()),
-                    message: format!(
-                        "Shutting down: gave back {} unfinished job{} for another process to run",
-                        rows.len(),
-                        if rows.len() == 1 { "" } else { "s" }
-                    ),
-                },
+                &job,
+                owner,
+                AttemptOutcome::Released,
+                now,
+                common::RELEASED_NOTE,
             )
             .await?;
+        }
+        if !rows.is_empty() {
+            insert_event(&mut tx, &common::jobs_released(owner, rows.len(), now)).await?;
         }
         tx.commit().await?;
         if !rows.is_empty() {
@@ -1087,21 +714,7 @@ impl Store for SqliteStore {
         .bind(p.last_beat_at)
         .execute(&mut *tx)
         .await?;
-        insert_event(
-            &mut tx,
-            &NewEvent {
-                at: p.started_at,
-                kind: ek::PROCESS_STARTED,
-                item_id: None,
-                job_id: None,
-                process: Some(p.id.clone()),
-                message: format!(
-                    "Engine process {} started on {} (pid {}, {})",
-                    p.id, p.host, p.pid, p.version
-                ),
-            },
-        )
-        .await?;
+        insert_event(&mut tx, &common::process_started(p)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1114,18 +727,7 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        insert_event(
-            &mut tx,
-            &NewEvent {
-                at: now,
-                kind: ek::PROCESS_STOPPED,
-                item_id: None,
-                job_id: None,
-                process: Some(id.to_string()),
-                message: format!("Engine process {id} stopped cleanly"),
-            },
-        )
-        .await?;
+        insert_event(&mut tx, &common::process_stopped(id, now)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1138,20 +740,7 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ProcessInfo {
-                    id: r.try_get("id")?,
-                    host: r.try_get("host")?,
-                    pid: r.try_get("pid")?,
-                    version: r.try_get("version")?,
-                    started_at: r.try_get("started_at")?,
-                    last_beat_at: r.try_get("last_beat_at")?,
-                    stopped_at: r.try_get("stopped_at")?,
-                    held_jobs: r.try_get::<i64, _>("held")? as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(common::process_row).collect()
     }
 
     async fn retry_item(&self, id: ItemId, next: &NextJob, now: Millis) -> Result<RetryEffect> {
@@ -1166,13 +755,11 @@ impl Store for SqliteStore {
         .ok_or(StoreError::NoSuchItem(id))?;
         let state: String = row.try_get("state")?;
         let job_state: Option<String> = row.try_get("job_state")?;
-        let message = match (state.as_str(), job_state.as_deref()) {
-            ("active", Some("running")) => {
-                return Err(StoreError::InvalidRequest(format!(
-                    "item {id} is running now; wait for it or cancel it first"
-                )));
-            }
-            ("active", _) => {
+        if let Some(refusal) = common::retry_refusal(id, &state, job_state.as_deref()) {
+            return Err(refusal);
+        }
+        let event = match state.as_str() {
+            "active" => {
                 // Waiting for a backoff or a budget: run it now, without a
                 // new job.
                 let job_id: Option<JobId> = row.try_get("job_id")?;
@@ -1185,7 +772,7 @@ impl Store for SqliteStore {
                 .bind(job_id)
                 .execute(&mut *tx)
                 .await?;
-                format!("Item {id} retried by hand: its waiting job runs now")
+                common::retried_waiting(id, now)
             }
             _ => {
                 sqlx::query(
@@ -1196,24 +783,10 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
                 insert_job(&mut tx, id, next, now, now).await?;
-                format!(
-                    "Item {id} retried by hand from `{state}`: stage `{}` runs again (round {})",
-                    next.stage, next.round
-                )
+                common::retried_again(id, &state, next, now)
             }
         };
-        insert_event(
-            &mut tx,
-            &NewEvent {
-                at: now,
-                kind: ek::ITEM_RETRIED,
-                item_id: Some(id),
-                job_id: None,
-                process: None,
-                message,
-            },
-        )
-        .await?;
+        insert_event(&mut tx, &event).await?;
         tx.commit().await?;
         self.notify();
         Ok(RetryEffect {
@@ -1230,9 +803,7 @@ impl Store for SqliteStore {
             .await?
             .ok_or(StoreError::NoSuchItem(id))?;
         if state != "active" {
-            return Err(StoreError::InvalidRequest(format!(
-                "item {id} is already {state}; there is nothing to cancel"
-            )));
+            return Err(common::not_cancellable(id, &state));
         }
         sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1 WHERE item_id = ?2 AND state IN ('queued', 'paused')",
@@ -1257,22 +828,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        insert_event(
-            &mut tx,
-            &NewEvent {
-                at: now,
-                kind: ek::ITEM_CANCELLED,
-                item_id: Some(id),
-                job_id: None,
-                process: None,
-                message: if was_running {
-                    format!("Item {id} cancelled by hand; its running job is being stopped")
-                } else {
-                    format!("Item {id} cancelled by hand")
-                },
-            },
-        )
-        .await?;
+        insert_event(&mut tx, &common::item_cancelled(id, was_running, now)).await?;
         tx.commit().await?;
         // Wakes the engine holding the job so that it stops the work now.
         self.notify();
@@ -1288,7 +844,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NoSuchItem(id))?;
-        let item = item_row(&row)?;
+        let item = common::item_row(&row)?;
         let jobs = sqlx::query(
             "SELECT id, stage, round, state, attempts, max_attempts, run_at, lease_owner, lease_expires_at, last_error,
                     created_at, finished_at
@@ -1298,22 +854,7 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| {
-            Ok(JobRow {
-                id: r.try_get("id")?,
-                stage: r.try_get("stage")?,
-                round: r.try_get("round")?,
-                state: job_state(r.try_get("state")?)?,
-                attempts: r.try_get("attempts")?,
-                max_attempts: r.try_get("max_attempts")?,
-                run_at: r.try_get("run_at")?,
-                lease_owner: r.try_get("lease_owner")?,
-                lease_expires_at: r.try_get("lease_expires_at")?,
-                last_error: r.try_get("last_error")?,
-                created_at: r.try_get("created_at")?,
-                finished_at: r.try_get("finished_at")?,
-            })
-        })
+        .map(common::job_row)
         .collect::<Result<Vec<_>>>()?;
         let attempts = sqlx::query(
             "SELECT id, job_id, stage, round, attempt, process, outcome, started_at, finished_at, exit_code, error,
@@ -1324,26 +865,7 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| {
-            let outcome: String = r.try_get("outcome")?;
-            Ok(AttemptRow {
-                id: r.try_get("id")?,
-                job_id: r.try_get("job_id")?,
-                stage: r.try_get("stage")?,
-                round: r.try_get("round")?,
-                attempt: r.try_get("attempt")?,
-                process: r.try_get("process")?,
-                outcome: AttemptOutcome::parse(&outcome)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown attempt outcome {outcome:?}")))?,
-                started_at: r.try_get("started_at")?,
-                finished_at: r.try_get("finished_at")?,
-                exit_code: r.try_get("exit_code")?,
-                error: r.try_get("error")?,
-                output: r.try_get("output")?,
-                stderr: r.try_get("stderr")?,
-                usage: usage_of(r)?,
-            })
-        })
+        .map(common::attempt_row)
         .collect::<Result<Vec<_>>>()?;
         let outputs =
             sqlx::query("SELECT stage, round, job_id, output, created_at FROM outputs WHERE item_id = ? ORDER BY id")
@@ -1351,7 +873,7 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(output_row)
+                .map(common::output_row)
                 .collect::<Result<Vec<_>>>()?;
         let feedback = sqlx::query(
             "SELECT stage, round, feedback, created_at FROM feedback WHERE item_id = ? ORDER BY id",
@@ -1360,7 +882,7 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(feedback_row)
+        .map(common::feedback_row)
         .collect::<Result<Vec<_>>>()?;
         let events = sqlx::query(
             "SELECT id, at, kind, item_id, job_id, process, message FROM events WHERE item_id = ? ORDER BY id",
@@ -1369,33 +891,12 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(event_row)
+        .map(common::event_row)
         .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
-        let current = jobs.last();
-        let display_state = display_state(
-            item.state,
-            current.map(|j| j.state.as_str()),
-            current.map_or(0, |j| j.attempts),
-        );
-        let usage = attempts.iter().filter_map(|a| a.usage.as_ref()).fold(
-            UsageTotals::default(),
-            |t, u| UsageTotals {
-                prompt_tokens: t.prompt_tokens + u.prompt_tokens,
-                completion_tokens: t.completion_tokens + u.completion_tokens,
-                cost: t.cost + u.cost,
-            },
-        );
-        Ok(ItemDetail {
-            item,
-            display_state,
-            jobs,
-            attempts,
-            outputs,
-            feedback,
-            events,
-            usage,
-        })
+        Ok(common::item_detail(
+            item, jobs, attempts, outputs, feedback, events,
+        ))
     }
 
     async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>> {
@@ -1406,7 +907,7 @@ impl Store for SqliteStore {
         );
         if let Some(state) = filter.state {
             sql.push_str(" AND ");
-            sql.push_str(state_clause(state));
+            sql.push_str(common::state_clause(state));
         }
         if filter.stage.is_some() {
             sql.push_str(" AND i.stage = ?1");
@@ -1421,27 +922,7 @@ impl Store for SqliteStore {
             .bind(if filter.limit == 0 { 100 } else { filter.limit })
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.try_get("state")?;
-                let state = ItemState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown item state {state:?}")))?;
-                let job_state: Option<String> = r.try_get("job_state")?;
-                let attempts: u32 = r.try_get("attempts")?;
-                Ok(ItemSummary {
-                    id: r.try_get("id")?,
-                    text: r.try_get("text")?,
-                    state,
-                    display_state: display_state(state, job_state.as_deref(), attempts),
-                    stage: r.try_get("stage")?,
-                    round: r.try_get("round")?,
-                    attempts,
-                    last_error: r.try_get("last_error")?,
-                    created_at: r.try_get("created_at")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(common::item_summary).collect()
     }
 
     async fn status(&self, now: Millis) -> Result<StatusSnapshot> {
@@ -1452,8 +933,8 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await?
         {
-            let n = r.try_get::<i64, _>("n")? as u64;
-            match r.try_get::<String, _>("state")?.as_str() {
+            let n = r.count("n")?;
+            match r.text("state")?.as_str() {
                 "active" => items.active = n,
                 "done" => items.done = n,
                 "failed" => items.failed = n,
@@ -1473,10 +954,10 @@ impl Store for SqliteStore {
         .await?
         {
             stages.push(StageCounts {
-                stage: r.try_get("stage")?,
-                queued: r.try_get::<i64, _>("queued")? as u64,
-                scheduled: r.try_get::<i64, _>("scheduled")? as u64,
-                running: r.try_get::<i64, _>("running")? as u64,
+                stage: r.text("stage")?,
+                queued: r.count("queued")?,
+                scheduled: r.count("scheduled")?,
+                running: r.count("running")?,
             });
         }
         let running = sqlx::query(
@@ -1487,18 +968,7 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| {
-            Ok(RunningJob {
-                job_id: r.try_get("id")?,
-                item_id: r.try_get("item_id")?,
-                stage: r.try_get("stage")?,
-                round: r.try_get("round")?,
-                attempt: r.try_get("attempts")?,
-                owner: r.try_get::<Option<String>, _>("lease_owner")?.unwrap_or_default(),
-                started_at: r.try_get("started_at")?,
-                lease_expires_at: r.try_get::<Option<Millis>, _>("lease_expires_at")?.unwrap_or(0),
-            })
-        })
+        .map(common::running_job)
         .collect::<Result<Vec<_>>>()?;
         let expired_leases: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobs WHERE state = 'running' AND lease_expires_at < ?",
@@ -1515,7 +985,7 @@ impl Store for SqliteStore {
         let paused: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'paused'")
             .fetch_one(&mut *tx)
             .await?;
-        let today = usage_since(&mut tx, day_start(now), None).await?;
+        let today = usage_since(&mut tx, common::day_start(now), None).await?;
         tx.commit().await?;
         drop(conn);
         Ok(StatusSnapshot {
@@ -1553,7 +1023,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await?
             .iter()
-            .map(event_row)
+            .map(common::event_row)
             .collect::<Result<Vec<_>>>()?;
         events.reverse();
         Ok(events)
@@ -1594,11 +1064,7 @@ impl Store for SqliteStore {
                     item_id: r.try_get("item_id")?,
                     stage: r.try_get("stage")?,
                     reason: r.try_get("last_error")?,
-                    item_usage: UsageTotals {
-                        prompt_tokens: r.try_get::<i64, _>("pt")? as u64,
-                        completion_tokens: r.try_get::<i64, _>("ct")? as u64,
-                        cost: r.try_get("cost")?,
-                    },
+                    item_usage: common::usage_totals(r)?,
                 })
             })
             .collect()
@@ -1618,18 +1084,7 @@ impl Store for SqliteStore {
             .await?;
             if let Some(item) = item {
                 resumed += 1;
-                insert_event(
-                    &mut tx,
-                    &NewEvent {
-                        at: now,
-                        kind: ek::BUDGET_RESUMED,
-                        item_id: Some(item),
-                        job_id: Some(*id),
-                        process: None,
-                        message: format!("Item {item} resumed: its budget allows more work now"),
-                    },
-                )
-                .await?;
+                insert_event(&mut tx, &common::budget_resumed(item, *id, now)).await?;
             }
         }
         tx.commit().await?;
@@ -1669,21 +1124,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         if counts.items > 0 || counts.events > 0 {
-            insert_event(
-                &mut tx,
-                &NewEvent {
-                    at: now_millis(),
-                    kind: ek::PRUNED,
-                    item_id: None,
-                    job_id: None,
-                    process: None,
-                    message: format!(
-                        "Pruned {} finished items and {} events older than the retention",
-                        counts.items, counts.events
-                    ),
-                },
-            )
-            .await?;
+            insert_event(&mut tx, &common::pruned(&counts)).await?;
         }
         tx.commit().await?;
         Ok(counts)
@@ -1731,21 +1172,7 @@ impl Store for SqliteStore {
         .bind(since)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let worked = r.try_get::<i64, _>("worked")? as u64;
-                let failed = r.try_get::<i64, _>("failed")? as u64;
-                Ok(StageAttempts {
-                    stage: r.try_get("stage")?,
-                    attempts: worked + failed,
-                    worked,
-                    failed,
-                    last_error: r
-                        .try_get::<Option<String>, _>("last_error")?
-                        .map(|e| one_line(&e)),
-                })
-            })
-            .collect()
+        rows.iter().map(common::stage_attempts).collect()
     }
 
     async fn queue_depth(&self, now: Millis) -> Result<Vec<StageCounts>> {
@@ -1784,6 +1211,182 @@ impl Store for SqliteStore {
         }
         Ok(counts.into_values().collect())
     }
+
+    async fn add_items_once(
+        &self,
+        source: &IntakeSource,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<AddOutcome> {
+        // The write lock is taken first, so two processes taking the same
+        // content at once cannot both find it new.
+        let mut tx = self.write_tx().await?;
+        if let Some(record) = intake_record(&mut tx, &source.key).await? {
+            tx.rollback().await?;
+            return Ok(AddOutcome::Duplicate(record));
+        }
+        let ids = insert_new_items(&mut tx, items, first, now).await?;
+        insert_intake_record(&mut tx, source, &ids, now).await?;
+        tx.commit().await?;
+        self.notify();
+        Ok(AddOutcome::Added(ids))
+    }
+
+    async fn import_items(
+        &self,
+        items: &[ImportedItem],
+        now: Millis,
+    ) -> Result<Vec<ImportOutcome>> {
+        let mut tx = self.write_tx().await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut queued = false;
+        for item in items {
+            if let Some(record) = intake_record(&mut tx, &item.source.key).await? {
+                outcomes.push(ImportOutcome::Skipped(record));
+                continue;
+            }
+            let (state, stage, round, last_error, finished_at) = match &item.state {
+                ImportedState::Queued { next } | ImportedState::Rejected { next, .. } => {
+                    ("active", Some(next.stage.as_str()), next.round, None, None)
+                }
+                ImportedState::Done => ("done", None, 1, None, Some(now)),
+                ImportedState::Failed { error, stage } => (
+                    "failed",
+                    Some(stage.as_str()),
+                    1,
+                    Some(error.as_str()),
+                    Some(now),
+                ),
+            };
+            let id: ItemId = sqlx::query_scalar(
+                "INSERT INTO items (text, metadata, state, stage, round, last_error, created_at, updated_at, finished_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(&item.text)
+            .bind(item.metadata.to_string())
+            .bind(state)
+            .bind(stage)
+            .bind(round)
+            .bind(last_error)
+            .bind(item.created_at)
+            .bind(now)
+            .bind(finished_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let ImportedState::Rejected { rejections, .. } = &item.state {
+                // Each rejection is a finished gate job with its feedback,
+                // as if the gate had run here.
+                for r in rejections {
+                    let job: JobId = sqlx::query_scalar(
+                        "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at, finished_at)
+                         VALUES (?1, ?2, ?3, 'rejected', ?4, 1, ?4, ?4, ?4) RETURNING id",
+                    )
+                    .bind(id)
+                    .bind(&r.stage)
+                    .bind(r.round)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(id)
+                    .bind(&r.stage)
+                    .bind(r.round)
+                    .bind(job)
+                    .bind(&r.feedback)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            if let ImportedState::Queued { next } | ImportedState::Rejected { next, .. } =
+                &item.state
+            {
+                // Inserted last, so the trigger makes it the current job.
+                insert_job(&mut tx, id, next, now, now).await?;
+                queued = true;
+            }
+            insert_intake_record(&mut tx, &item.source, &[id], now).await?;
+            outcomes.push(ImportOutcome::Imported(id));
+        }
+        tx.commit().await?;
+        if queued {
+            self.notify();
+        }
+        Ok(outcomes)
+    }
+}
+
+async fn intake_record(
+    tx: &mut Transaction<'static, Sqlite>,
+    key: &str,
+) -> Result<Option<IntakeRecord>> {
+    let Some(r) =
+        sqlx::query("SELECT key, name, item_ids, created_at FROM intake_sources WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let ids: String = r.try_get("item_ids")?;
+    Ok(Some(IntakeRecord {
+        key: r.try_get("key")?,
+        name: r.try_get("name")?,
+        item_ids: serde_json::from_str(&ids)
+            .map_err(|e| StoreError::Corrupt(format!("item ids of intake source {key}: {e}")))?,
+        taken_at: r.try_get("created_at")?,
+    }))
+}
+
+async fn insert_intake_record(
+    tx: &mut Transaction<'static, Sqlite>,
+    source: &IntakeSource,
+    ids: &[ItemId],
+    now: Millis,
+) -> Result<()> {
+    sqlx::query("INSERT INTO intake_sources (key, name, item_ids, created_at) VALUES (?, ?, ?, ?)")
+        .bind(&source.key)
+        .bind(&source.name)
+        .bind(serde_json::Value::from(ids).to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// New active items, each with its first job `first`; ids in input order.
+async fn insert_new_items(
+    tx: &mut Transaction<'static, Sqlite>,
+    items: &[NewItem],
+    first: &NextJob,
+    now: Millis,
+) -> Result<Vec<ItemId>> {
+    let mut ids = Vec::with_capacity(items.len());
+    for chunk in items.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, item| {
+            b.push_bind(&item.text)
+                .push_bind(item.metadata.to_string())
+                .push_bind("active")
+                .push_bind(&first.stage)
+                .push_bind(first.round)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.push(" RETURNING id");
+        let mut chunk_ids: Vec<ItemId> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        // RETURNING's order is unspecified; new rowids grow in VALUES order.
+        chunk_ids.sort_unstable();
+        ids.extend(chunk_ids);
+    }
+    let jobs: Vec<(ItemId, &NextJob, Millis)> = ids.iter().map(|id| (*id, first, now)).collect();
+    insert_jobs(tx, &jobs).await?;
+    Ok(ids)
 }
 
 async fn insert_feedback(
@@ -1819,41 +1422,6 @@ async fn usage_since(
     .bind(item)
     .fetch_one(&mut **tx)
     .await?;
-    Ok(UsageTotals {
-        prompt_tokens: r.try_get::<i64, _>("pt")? as u64,
-        completion_tokens: r.try_get::<i64, _>("ct")? as u64,
-        cost: r.try_get("cost")?,
-    })
+    common::usage_totals(&r)
 }
 
-/// Midnight UTC of the day holding `now`.
-pub fn day_start(now: Millis) -> Millis {
-    now - now.rem_euclid(86_400_000)
-}
-
-fn usage_of(r: &SqliteRow) -> Result<Option<Usage>> {
-    let Some(provider) = r.try_get::<Option<String>, _>("provider")? else {
-        return Ok(None);
-    };
-    Ok(Some(Usage {
-        provider,
-        model: r.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
-        prompt_tokens: r.try_get::<Option<i64>, _>("prompt_tokens")?.unwrap_or(0) as u64,
-        completion_tokens: r
-            .try_get::<Option<i64>, _>("completion_tokens")?
-            .unwrap_or(0) as u64,
-        cost: r.try_get::<Option<f64>, _>("cost")?.unwrap_or(0.0),
-        counted: r
-            .try_get::<Option<bool>, _>("usage_counted")?
-            .unwrap_or(false),
-    }))
-}
-
-fn one_line(s: &str) -> String {
-    let line = s.trim().lines().next().unwrap_or("");
-    if line.chars().count() > 200 {
-        format!("{}…", line.chars().take(200).collect::<String>())
-    } else {
-        line.to_string()
-    }
-}

@@ -1,7 +1,7 @@
 //! The records that cross the store seam. They serialize to JSON as the CLI's
 //! `--json` output, so field names are part of the interface.
 
-use ideamill_core::machine::{LostJob, Transition};
+use ideamill_core::machine::{LostJob, NextJob, Transition};
 use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, Usage};
 use serde::{Deserialize, Serialize};
 
@@ -392,6 +392,16 @@ pub mod event_kind {
     pub const SUPERVISOR_GAVE_UP: &str = "supervisor_gave_up";
     pub const BUDGET_REACHED: &str = "budget_reached";
     pub const BUDGET_RESUMED: &str = "budget_resumed";
+    /// An engine could not reach the store for a while, then reconnected.
+    pub const STORE_OUTAGE: &str = "store_outage";
+    /// An inbox file became items (`ideamill run`'s inbox watcher).
+    pub const INBOX_TAKEN: &str = "inbox_taken";
+    /// An inbox file held content taken before; it created nothing.
+    pub const INBOX_DUPLICATE: &str = "inbox_duplicate";
+    /// An inbox file could not be taken; it sits in `inbox/rejected/`.
+    pub const INBOX_REJECTED: &str = "inbox_rejected";
+    /// `ideamill import` brought records of another system in.
+    pub const IMPORTED: &str = "imported";
 }
 
 /// Attempts of one stage over a window, for failure rates.
@@ -406,4 +416,83 @@ pub struct StageAttempts {
     pub failed: u64,
     /// The newest failure's error, if any.
     pub last_error: Option<String>,
+}
+
+/// Where items come from when each source must be taken once: an inbox
+/// file (keyed by its content hash) or a record of an imported file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeSource {
+    /// Unique per source, in one namespace for every kind of source
+    /// (`sha256:<hex>` for inbox files, `legacy:<file>:<id>` for imports).
+    pub key: String,
+    /// What people call it (a file name, `ideas_log.json #3`), for messages.
+    pub name: String,
+}
+
+/// A source taken earlier, and what it became.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntakeRecord {
+    pub key: String,
+    /// The name it was first taken under.
+    pub name: String,
+    /// The items it became, in input order (some may have been pruned since).
+    pub item_ids: Vec<ItemId>,
+    pub taken_at: Millis,
+}
+
+/// What `add_items_once` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// New items, in input order.
+    Added(Vec<ItemId>),
+    /// The source was taken before: nothing was added.
+    Duplicate(IntakeRecord),
+}
+
+/// One record of another system, imported in the state it had there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedItem {
+    /// Its stable key: importing it again creates nothing.
+    pub source: IntakeSource,
+    pub text: String,
+    /// A JSON object; `{}` when there is none.
+    pub metadata: serde_json::Value,
+    /// When the other system created it (the import time when unknown).
+    pub created_at: Millis,
+    pub state: ImportedState,
+}
+
+/// Where an imported item stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImportedState {
+    /// New work: `next` is its first job.
+    Queued { next: NextJob },
+    /// A gate rejected it: every rejection (oldest first) is kept as that
+    /// round's feedback, where prompts find it, and it runs `next`.
+    Rejected {
+        rejections: Vec<Rejection>,
+        next: NextJob,
+    },
+    /// Finished there; nothing runs. `retry --from` can run it again.
+    Done,
+    /// Failed there with `error`; nothing runs. `stage` is where `retry`
+    /// starts it again.
+    Failed { error: String, stage: String },
+}
+
+/// A gate's rejection brought in from elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The gate that rejected.
+    pub stage: String,
+    pub round: u32,
+    pub feedback: String,
+}
+
+/// What `import_items` did with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Imported(ItemId),
+    /// Its key was taken before (or earlier in the same batch).
+    Skipped(IntakeRecord),
 }

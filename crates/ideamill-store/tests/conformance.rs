@@ -11,12 +11,17 @@
 #[path = "conformance/support.rs"]
 mod support;
 
+#[path = "conformance/cluster.rs"]
+mod cluster;
+
 #[path = "conformance/admin.rs"]
 mod admin;
 #[path = "conformance/claims.rs"]
 mod claims;
 #[path = "conformance/finishes.rs"]
 mod finishes;
+#[path = "conformance/intake.rs"]
+mod intake;
 #[path = "conformance/leases.rs"]
 mod leases;
 #[path = "conformance/migrations.rs"]
@@ -76,6 +81,8 @@ macro_rules! conformance_suite {
                     queries::list_items_filters_and_pages,
                     queries::status_counts_stages_leases_and_items,
                     queries::events_filter_by_item_kind_and_since,
+                    intake::add_items_once_takes_a_source_once,
+                    intake::import_items_in_their_states_once,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,
@@ -93,6 +100,7 @@ macro_rules! conformance_suite {
 
 // The backends. Each gets its own fresh database per test.
 conformance_suite!(sqlite, crate::support::SqliteBackend::create());
-// PostgreSQL goes here, as one more line, once its store and a
-// `support::PostgresBackend` (a fresh database per test) exist:
-// conformance_suite!(postgres, crate::support::PostgresBackend::create());
+// PostgreSQL: `DATABASE_URL`'s server, or a throwaway cluster this test
+// binary starts; each test gets a database of its own. Without a server the
+// PostgreSQL half fails: it is never skipped.
+conformance_suite!(postgres, crate::support::PostgresBackend::create());

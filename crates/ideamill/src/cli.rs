@@ -55,6 +55,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Add ideas: TEXT, --file F (.txt: one per line; .json/.jsonl: objects), or - for stdin.
     Add(AddArgs),
+    /// Bring in another system's files: `import legacy DIR`.
+    Import(ImportArgs),
+    /// Items with their outputs, QA feedback, costs and files, as JSON or JSON lines.
+    Export(ExportArgs),
     /// List items, newest first.
     List(ListArgs),
     /// One item: every stage, attempt, output, feedback, error and timing.
@@ -75,6 +79,8 @@ pub enum Command {
     Run(RunArgs),
     /// Delete finished items and events older than a duration.
     Prune(PruneArgs),
+    /// Whole-store operations: copy a store to another database.
+    Store(StoreArgs),
     /// Measure throughput and pickup latency on a scratch store.
     Bench(BenchArgs),
     /// Print shell completions.
@@ -212,6 +218,48 @@ pub struct RunArgs {
     /// `off` [default: `[health] listen`, 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// What this process runs: `all` (engine and HTTP listener), `worker`
+    /// (the engine only: for extra machines sharing a PostgreSQL store) or
+    /// `web` (the HTTP listener only, no jobs).
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    All,
+    Worker,
+    Web,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    pub what: StoreWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreWhat {
+    /// Copy every item, job, attempt, output, feedback, event and process
+    /// row (ids kept) from one store to another, e.g. SQLite to PostgreSQL.
+    /// Stop the engines first; the row counts are verified.
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// The store to copy: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The store to fill; created and migrated when needed.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Replace what the target already holds (otherwise a target with any
+    /// row is refused).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -314,4 +362,52 @@ pub enum BenchWhat {
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub what: ImportWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportWhat {
+    /// The old system's folder: ideas_log.json, QAissue.json and
+    /// implementations/*.json. Importing it again creates nothing new.
+    Legacy(ImportLegacyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportLegacyArgs {
+    /// The folder holding the old system's files.
+    pub dir: PathBuf,
+    /// Show what would be imported, and what could not be mapped; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// `json`: one array; `jsonl`: one item per line.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+    pub format: ExportFormat,
+    /// Only items in this state: active, queued, running, retrying, paused,
+    /// done, failed or cancelled.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only items changed at or after T: a duration ago (`7d`) or a date or
+    /// time (`2024-01-14`, `2024-01-14T10:00:00Z`).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Write to FILE (whole or not at all) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Jsonl,
 }

@@ -99,9 +99,10 @@ async fn healthz(State(s): State<AppState>) -> Response {
 /// 200 when the store answers (it was opened, so its migrations are applied).
 async fn readyz(State(s): State<AppState>) -> Response {
     match tokio::time::timeout(STORE_TIMEOUT, s.store.queue_depth(now_millis())).await {
-        Ok(Ok(_)) if s.health.process().is_some() => {
-            text(StatusCode::OK, "ready: store reachable, engine registered\n".into())
-        }
+        Ok(Ok(_)) if s.health.process().is_some() => text(
+            StatusCode::OK,
+            "ready: store reachable, engine registered\n".into(),
+        ),
         Ok(Ok(_)) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the engine is still starting\n".into(),
@@ -141,7 +142,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
     };
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.health.metrics.render(&live),
     )
         .into_response()

@@ -99,7 +99,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 }
                 if status.code() == Some(STALL_EXIT_CODE) {
                     stalls += 1;
-                    let evidence = find_evidence(&config.engine.data_dir, pid);
+                    let evidence = find_evidence(&config.engine.data_dir, pid, false);
                     let stall = evidence
                         .as_deref()
                         .and_then(|e| std::fs::read(e.join("summary.json")).ok())
@@ -247,7 +247,12 @@ fn spawn_engine(restarts: u64, stalls: u64) -> anyhow::Result<Child> {
 }
 
 /// Watch one engine until it ends. Returns how, and whether it ever beat.
-fn watch(config: &Config, mut child: Child, signals: &SignalPipe, stopping: &mut bool) -> (End, bool) {
+fn watch(
+    config: &Config,
+    mut child: Child,
+    signals: &SignalPipe,
+    stopping: &mut bool,
+) -> (End, bool) {
     let pid = child.id();
     let data_dir = &config.engine.data_dir;
     let status_path = status_file::path_for(data_dir, pid);
@@ -262,7 +267,10 @@ fn watch(config: &Config, mut child: Child, signals: &SignalPipe, stopping: &mut
                 ever_beat = true;
                 (f.beat_age_ms(), stall_limit)
             }
-            _ => ((mono_millis() - spawned_mono).max(0), STARTUP_LIMIT.max(stall_limit)),
+            _ => (
+                (mono_millis() - spawned_mono).max(0),
+                STARTUP_LIMIT.max(stall_limit),
+            ),
         };
         let age = Duration::from_millis(age as u64);
         if let Ok(Some(status)) = child.try_wait() {
@@ -270,20 +278,30 @@ fn watch(config: &Config, mut child: Child, signals: &SignalPipe, stopping: &mut
         }
         if age > limit {
             // Its own watchdog may be saving evidence right now: let it finish.
-            if find_evidence(data_dir, pid).is_some()
+            if find_evidence(data_dir, pid, true).is_some()
                 && let Some(status) = wait_exit(&mut child, Duration::from_secs(5))
             {
                 return (End::Exited(status), ever_beat);
             }
             return (stall(config, child, age), ever_beat);
         }
-        let timeout = (limit - age + Duration::from_millis(5)).min(Duration::from_secs(60));
+        // Until the first beat, look for the status file often; then sleep
+        // until the beat would go stale.
+        let timeout = if ever_beat {
+            (limit - age + Duration::from_millis(5)).min(Duration::from_secs(60))
+        } else {
+            Duration::from_millis(100)
+        };
         let woke = poll(pidfd.as_ref().map(|f| f.as_raw_fd()), signals, timeout);
         if let Some(sig) = woke.signal {
             // Forward: the first asks for a graceful stop, a second for an
             // immediate one (the engine decides).
             *stopping = true;
-            let forward = if sig == libc::SIGHUP { libc::SIGTERM } else { sig };
+            let forward = if sig == libc::SIGHUP {
+                libc::SIGTERM
+            } else {
+                sig
+            };
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(pid as libc::pid_t, forward) };
         }
@@ -323,7 +341,9 @@ fn stall(config: &Config, mut child: Child, age: Duration) -> End {
     let status = wait_exit(&mut child, ABORT_GRACE).unwrap_or_else(|| {
         // SAFETY: as above.
         unsafe { libc::kill(p, libc::SIGKILL) };
-        child.wait().unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL))
+        child
+            .wait()
+            .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL))
     });
     End::Stalled {
         stall: age,
@@ -347,7 +367,11 @@ fn save_evidence(
     let pid = summary.pid.to_string();
     watchdog::write_synced(&dir, "threads.txt", watchdog::thread_dump(&pid).as_bytes())?;
     if let Some(f) = last {
-        watchdog::write_synced(&dir, "status.json", &serde_json::to_vec_pretty(f).unwrap_or_default())?;
+        watchdog::write_synced(
+            &dir,
+            "status.json",
+            &serde_json::to_vec_pretty(f).unwrap_or_default(),
+        )?;
         watchdog::write_synced(
             &dir,
             "jobs.json",
@@ -357,24 +381,30 @@ fn save_evidence(
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     watchdog::write_synced(&dir, "proc-status.txt", proc_status.as_bytes())?;
     watchdog::write_synced(&dir, "config.txt", format!("{config:#?}").as_bytes())?;
-    watchdog::sync_dirs(&dir);
-    Ok(dir)
+    watchdog::finish_folder(&dir)
 }
 
-/// The newest evidence folder of engine `pid`, if any.
-fn find_evidence(data_dir: &Path, pid: u32) -> Option<PathBuf> {
+/// The newest evidence folder of engine `pid`, if any; with `partial`, also
+/// one still being written.
+fn find_evidence(data_dir: &Path, pid: u32, partial: bool) -> Option<PathBuf> {
     let tag = format!("-pid{pid}");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(ideamill_engine::health::evidence_dir(data_dir))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.ends_with(&tag) || n.contains(&format!("{tag}-"))
+    let mut found: Vec<PathBuf> =
+        std::fs::read_dir(ideamill_engine::health::evidence_dir(data_dir))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    let n = match n.strip_suffix(".partial") {
+                        Some(n) if partial => n,
+                        Some(_) => return false,
+                        None => &n,
+                    };
+                    n.ends_with(&tag) || n.contains(&format!("{tag}-"))
+                })
             })
-        })
-        .collect();
+            .collect();
     found.sort();
     found.pop()
 }
@@ -428,7 +458,9 @@ fn record_event(config: &Config, kind: &'static str, message: String) {
     match rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("Could not record the {kind} event in the store: {e:#}"),
-        Err(_) => tracing::warn!("Could not record the {kind} event: the store did not answer within 5s"),
+        Err(_) => {
+            tracing::warn!("Could not record the {kind} event: the store did not answer within 5s")
+        }
     }
 }
 

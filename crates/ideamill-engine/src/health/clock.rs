@@ -16,6 +16,17 @@ pub fn mono_millis() -> Millis {
     ts.tv_sec as Millis * 1000 + ts.tv_nsec as Millis / 1_000_000
 }
 
+/// CLOCK_MONOTONIC in µs.
+pub fn mono_micros() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
 pub fn wall_millis() -> Millis {
     crate::now_millis()
 }

@@ -90,6 +90,13 @@ impl<S: Subscriber> Layer<S> for LogRingLayer {
     }
 }
 
+/// The process's ring, shared by the tracing layer that `main` installs and
+/// the watchdog that reads it.
+pub fn global() -> Arc<LogRing> {
+    static RING: std::sync::OnceLock<Arc<LogRing>> = std::sync::OnceLock::new();
+    RING.get_or_init(|| LogRing::new(200)).clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,11 +112,4 @@ mod tests {
             vec!["line 2", "line 3", "line 4"]
         );
     }
-}
-
-/// The process's ring, shared by the tracing layer that `main` installs and
-/// the watchdog that reads it.
-pub fn global() -> Arc<LogRing> {
-    static RING: std::sync::OnceLock<Arc<LogRing>> = std::sync::OnceLock::new();
-    RING.get_or_init(|| LogRing::new(200)).clone()
 }

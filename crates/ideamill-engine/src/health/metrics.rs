@@ -17,9 +17,7 @@ const DURATION_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 /// Pickup latency: from a millisecond to a minute.
-const PICKUP_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0,
-];
+const PICKUP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0];
 
 #[derive(Debug, Clone, Default)]
 struct Histogram {
@@ -107,8 +105,13 @@ pub struct Metrics {
     pub stalls_detected: AtomicU64,
     pub restarts: AtomicU64,
     pub evidence_bundles: AtomicU64,
-    /// Times the event loop woke from idle (counted by the runtime's unpark hook).
+    /// Times the event loop's thread was unparked (counted by the runtime's
+    /// unpark hook), and how many of those ended a sleep of 10 ms or more: a
+    /// wake-up from idle, as opposed to a store reply arriving at once.
     pub loop_wakeups: AtomicU64,
+    pub loop_idle_wakeups: AtomicU64,
+    /// CLOCK_MONOTONIC µs when the loop last parked.
+    pub loop_parked_at_us: AtomicU64,
     /// Times the watchdog thread woke.
     pub watchdog_wakeups: AtomicU64,
 }
@@ -144,6 +147,8 @@ impl Metrics {
             restarts: AtomicU64::new(0),
             evidence_bundles: AtomicU64::new(0),
             loop_wakeups: AtomicU64::new(0),
+            loop_idle_wakeups: AtomicU64::new(0),
+            loop_parked_at_us: AtomicU64::new(0),
             watchdog_wakeups: AtomicU64::new(0),
         }
     }
@@ -213,7 +218,12 @@ impl Metrics {
     pub fn render(&self, live: &Live) -> String {
         let mut out = String::with_capacity(8192);
         let o = &mut out;
-        header(o, "ideamill_up", "gauge", "1 while this engine process runs.");
+        header(
+            o,
+            "ideamill_up",
+            "gauge",
+            "1 while this engine process runs.",
+        );
         let _ = writeln!(o, "ideamill_up 1");
         header(
             o,
@@ -240,7 +250,11 @@ impl Metrics {
             "gauge",
             "Jobs per stage: queued (runnable now), scheduled (waiting for a backoff) and running.",
         );
-        let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let stages = self
+            .stages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for name in stages.keys() {
             let c = live.queue.iter().find(|c| &c.stage == name);
             for (state, n) in [
@@ -321,7 +335,11 @@ impl Metrics {
             "gauge",
             "How late the event loop's last timer fired.",
         );
-        let _ = writeln!(o, "ideamill_loop_lag_seconds {}", live.loop_lag.as_secs_f64());
+        let _ = writeln!(
+            o,
+            "ideamill_loop_lag_seconds {}",
+            live.loop_lag.as_secs_f64()
+        );
         header(
             o,
             "ideamill_loop_lag_max_seconds",
@@ -391,7 +409,10 @@ impl Metrics {
             "Model tokens, per provider and kind (prompt or completion).",
         );
         for (provider, p) in &providers {
-            for (kind, n) in [("prompt", p.prompt_tokens), ("completion", p.completion_tokens)] {
+            for (kind, n) in [
+                ("prompt", p.prompt_tokens),
+                ("completion", p.completion_tokens),
+            ] {
                 let _ = writeln!(
                     o,
                     "ideamill_llm_tokens_total{{provider=\"{}\",kind=\"{kind}\"}} {n}",
@@ -413,7 +434,11 @@ fn histogram(o: &mut String, name: &str, stage: &str, h: &Histogram) {
     for (b, n) in h.bounds.iter().zip(&h.counts) {
         let _ = writeln!(o, "{name}_bucket{{stage=\"{stage}\",le=\"{b}\"}} {n}");
     }
-    let _ = writeln!(o, "{name}_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(
+        o,
+        "{name}_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}",
+        h.count
+    );
     let _ = writeln!(o, "{name}_sum{{stage=\"{stage}\"}} {}", h.sum);
     let _ = writeln!(o, "{name}_count{{stage=\"{stage}\"}} {}", h.count);
 }

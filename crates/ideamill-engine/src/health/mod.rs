@@ -97,7 +97,11 @@ pub struct Health {
 impl Health {
     pub fn new(config: &Config, log: std::sync::Arc<LogRing>) -> Health {
         let stall_after = config.health.stall_after;
-        let pulse_every = config.engine.heartbeat.min(stall_after / 2).max(Duration::from_millis(50));
+        let pulse_every = config
+            .engine
+            .heartbeat
+            .min(stall_after / 2)
+            .max(Duration::from_millis(50));
         let now_mono = mono_millis();
         let env_u64 = |k: &str| {
             std::env::var(k)
@@ -106,11 +110,16 @@ impl Health {
                 .unwrap_or(0)
         };
         let metrics = Metrics::new(config);
-        metrics.restarts.store(env_u64(ENV_RESTARTS), Ordering::Relaxed);
-        metrics.stalls_detected.store(env_u64(ENV_STALLS), Ordering::Relaxed);
         metrics
-            .evidence_bundles
-            .store(count_dirs(&evidence_dir(&config.engine.data_dir)), Ordering::Relaxed);
+            .restarts
+            .store(env_u64(ENV_RESTARTS), Ordering::Relaxed);
+        metrics
+            .stalls_detected
+            .store(env_u64(ENV_STALLS), Ordering::Relaxed);
+        metrics.evidence_bundles.store(
+            count_dirs(&evidence_dir(&config.engine.data_dir)),
+            Ordering::Relaxed,
+        );
         Health {
             stall_after,
             pulse_every,
@@ -258,6 +267,7 @@ impl Health {
             loop_lag_ms: lag.as_secs_f64() * 1000.0,
             loop_lag_max_ms: lag_max.as_secs_f64() * 1000.0,
             loop_wakeups: self.metrics.loop_wakeups.load(Ordering::Relaxed),
+            loop_idle_wakeups: self.metrics.loop_idle_wakeups.load(Ordering::Relaxed),
             watchdog_wakeups: self.metrics.watchdog_wakeups.load(Ordering::Relaxed),
             queue: self.queue(),
             in_flight: self.in_flight(now).unwrap_or_default(),

@@ -115,10 +115,21 @@ pub fn spawn_test_hooks() {
 #[cfg(not(debug_assertions))]
 pub fn spawn_test_hooks() {}
 
-/// Keep the runtime's wake-up count (for the idle-cost figures).
+/// The runtime's unpark hook: count wake-ups (for the idle-cost figures).
 pub fn count_wakeup(health: &Arc<Health>) {
-    health
-        .metrics
-        .loop_wakeups
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &health.metrics;
+    m.loop_wakeups.fetch_add(1, Relaxed);
+    let parked = m.loop_parked_at_us.load(Relaxed);
+    if super::clock::mono_micros().saturating_sub(parked) >= 10_000 {
+        m.loop_idle_wakeups.fetch_add(1, Relaxed);
+    }
+}
+
+/// The runtime's park hook.
+pub fn note_park(health: &Arc<Health>) {
+    health.metrics.loop_parked_at_us.store(
+        super::clock::mono_micros(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }

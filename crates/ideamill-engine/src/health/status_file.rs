@@ -35,6 +35,8 @@ pub struct StatusFile {
     pub loop_lag_max_ms: f64,
     /// Times the event loop and the watchdog thread woke (idle cost).
     pub loop_wakeups: u64,
+    #[serde(default)]
+    pub loop_idle_wakeups: u64,
     pub watchdog_wakeups: u64,
     pub queue: Vec<StageCounts>,
     pub in_flight: Vec<InFlight>,

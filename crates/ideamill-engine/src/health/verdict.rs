@@ -57,9 +57,13 @@ pub struct Verdict {
 impl Verdict {
     pub fn from_reasons(mut reasons: Vec<Reason>) -> Verdict {
         // The worst first, so that the first reason explains the verdict.
-        reasons.sort_by(|a, b| b.level.cmp(&a.level));
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.level));
         Verdict {
-            verdict: reasons.iter().map(|r| r.level).max().unwrap_or(Level::Healthy),
+            verdict: reasons
+                .iter()
+                .map(|r| r.level)
+                .max()
+                .unwrap_or(Level::Healthy),
             reasons,
         }
     }
@@ -101,6 +105,12 @@ pub struct Facts {
     pub recent_restarts: u64,
     /// The newest supervisor_gave_up event within the window, if any.
     pub gave_up: Option<String>,
+    /// Engines that lost the store within the window and reconnected
+    /// (`store_outage` events): how many, and the newest's message.
+    pub store_outages: Option<(u64, String)>,
+    /// Process rows of this machine whose pid is gone: not live, however
+    /// recent their last beat.
+    pub dead_processes: Vec<String>,
 }
 
 /// Loop lag above this in a live engine's last beat is worth saying.
@@ -119,7 +129,11 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
     let window = short(health.failure_window.as_millis() as Millis);
 
     if let Some(e) = &f.store_error {
-        say(Level::Down, "store_unreachable", format!("the store cannot be read: {e}"));
+        say(
+            Level::Down,
+            "store_unreachable",
+            format!("the store cannot be read: {e}"),
+        );
     }
     if let Some(problems) = &f.store_problems
         && !problems.is_empty()
@@ -129,7 +143,12 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
             "store_corrupt",
             format!(
                 "the store's consistency check failed: {}",
-                problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+                problems
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         );
     }
@@ -167,11 +186,10 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
 
     if let Some(s) = &f.snapshot {
         let stale_after = (config.engine.heartbeat.as_millis() as Millis * 3).max(10_000);
-        let live = s
-            .processes
-            .iter()
-            .filter(|p| f.now - p.last_beat_at <= stale_after)
-            .count();
+        let silent = |p: &ideamill_store::ProcessInfo| {
+            f.now - p.last_beat_at > stale_after || f.dead_processes.contains(&p.id)
+        };
+        let live = s.processes.iter().filter(|p| !silent(p)).count();
         let runnable: u64 = s.stages.iter().map(|c| c.queued).sum();
         let running: u64 = s.stages.iter().map(|c| c.running).sum();
         if live == 0 && (runnable > 0 || s.expired_leases > 0 || running > 0) {
@@ -189,15 +207,14 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
         {
             say(Level::Down, "supervisor_gave_up", message.clone());
         }
-        for p in s
-            .processes
-            .iter()
-            .filter(|p| f.now - p.last_beat_at > stale_after)
-        {
-            let hung_here = f
-                .engines
-                .iter()
-                .any(|e| e.alive && e.file.process_id.as_deref() == Some(p.id.as_str()));
+        for p in s.processes.iter().filter(|p| silent(p)) {
+            // Reported as engine_stalled already; a local engine that beats
+            // but whose row does not cannot reach the store: say so.
+            let hung_here = f.engines.iter().any(|e| {
+                e.alive
+                    && e.beat_age_ms > e.file.stall_after_ms as Millis
+                    && e.file.process_id.as_deref() == Some(p.id.as_str())
+            });
             if hung_here {
                 continue; // Already reported as engine_stalled.
             }
@@ -210,13 +227,23 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
                 level,
                 "engine_silent",
                 format!(
-                    "engine process {} (pid {} on {}) has not beaten for {}: hung, killed or cut off; {}",
+                    "engine process {} (pid {} on {}) {}; {}",
                     p.id,
                     p.pid,
                     p.host,
-                    short(f.now - p.last_beat_at),
+                    if f.dead_processes.contains(&p.id) {
+                        "is gone without stopping cleanly".to_string()
+                    } else {
+                        format!(
+                            "has not beaten for {}: hung, killed or cut off",
+                            short(f.now - p.last_beat_at)
+                        )
+                    },
                     if p.held_jobs > 0 {
-                        format!("its {} job(s) run again when their leases expire", p.held_jobs)
+                        format!(
+                            "its {} job(s) run again when their leases expire",
+                            p.held_jobs
+                        )
                     } else {
                         "it holds no jobs".into()
                     }
@@ -335,6 +362,15 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
             );
         }
     }
+    if let Some((n, newest)) = &f.store_outages {
+        say(
+            Level::Degraded,
+            "store_outage",
+            format!(
+                "engines lost the store {n} time(s) in the last {window} and reconnected; the newest: {newest}"
+            ),
+        );
+    }
     if f.recent_restarts > 0 {
         say(
             Level::Degraded,
@@ -357,10 +393,18 @@ pub fn short(ms: Millis) -> String {
         format!("{}s", ms / 1000)
     } else if ms < 3_600_000 {
         let (m, s) = (ms / 60_000, (ms % 60_000) / 1000);
-        if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") }
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        }
     } else {
         let (h, m) = (ms / 3_600_000, (ms % 3_600_000) / 60_000);
-        if m == 0 { format!("{h}h") } else { format!("{h}h{m}m") }
+        if m == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{m}m")
+        }
     }
 }
 
@@ -422,7 +466,15 @@ mod tests {
         let c = config("");
         check(&c, Facts::default(), Level::Healthy, &[]);
         let s = snapshot(3, 1, vec![process("p", 1000, 1)]);
-        check(&c, Facts { snapshot: Some(s), ..Facts::default() }, Level::Healthy, &[]);
+        check(
+            &c,
+            Facts {
+                snapshot: Some(s),
+                ..Facts::default()
+            },
+            Level::Healthy,
+            &[],
+        );
     }
 
     #[test]
@@ -581,7 +633,12 @@ mod tests {
 
     #[test]
     fn durations_read_well() {
-        for (ms, s) in [(850, "850ms"), (12_400, "12s"), (200_000, "3m20s"), (7_200_000, "2h")] {
+        for (ms, s) in [
+            (850, "850ms"),
+            (12_400, "12s"),
+            (200_000, "3m20s"),
+            (7_200_000, "2h"),
+        ] {
             assert_eq!(short(ms), s);
         }
     }

@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use ideamill_core::Millis;
@@ -48,7 +48,9 @@ pub fn exit_on_stall() -> OnStall {
             "ideamill: the event loop has not beaten for {} ms (limit {} ms); evidence saved in {}; exiting with code {STALL_EXIT_CODE}\n",
             summary.stall_ms,
             summary.stall_after_ms,
-            evidence.map_or("(nowhere: could not write it)".into(), |p| p.display().to_string())
+            evidence.map_or("(nowhere: could not write it)".into(), |p| p
+                .display()
+                .to_string())
         );
         // Written from another thread: if stderr is a full pipe, the write
         // blocks that thread, not the exit.
@@ -62,12 +64,34 @@ pub fn exit_on_stall() -> OnStall {
     })
 }
 
+/// CLOCK_MONOTONIC ms of the last SIGCONT this process received.
+static CONTINUED_AT: AtomicI64 = AtomicI64::new(i64::MIN);
+
+extern "C" fn on_continue(_: libc::c_int) {
+    // clock_gettime is async-signal-safe.
+    CONTINUED_AT.store(mono_millis(), Ordering::SeqCst);
+}
+
+/// Note every SIGCONT: a process that was stopped (SIGSTOP, Ctrl-Z, a
+/// debugger) gives its loop a fresh `stall_after` when it resumes.
+fn watch_continues() {
+    // SAFETY: the handler only calls clock_gettime and an atomic store.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_continue as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGCONT, &action, std::ptr::null_mut());
+    }
+}
+
 /// Start the watchdog thread.
 pub fn spawn(
     health: Arc<Health>,
     runtime: Option<tokio::runtime::Handle>,
     on_stall: OnStall,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    watch_continues();
     std::thread::Builder::new()
         .name("ideamill-watchdog".into())
         .spawn(move || watch(&health, runtime.as_ref(), on_stall))
@@ -81,6 +105,11 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
     loop {
         let age = health.beat_age();
         let now = mono_millis();
+        not_before = not_before.max(
+            CONTINUED_AT
+                .load(Ordering::SeqCst)
+                .saturating_add(limit.as_millis() as Millis),
+        );
         if age >= limit && now >= not_before {
             let summary = StallSummary {
                 detected_by: "watchdog".into(),
@@ -96,11 +125,17 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
                 stall_ms: age.as_millis() as u64,
                 stall_after_ms: limit.as_millis() as u64,
             };
-            health.metrics.stalls_detected.fetch_add(1, Ordering::Relaxed);
+            health
+                .metrics
+                .stalls_detected
+                .fetch_add(1, Ordering::Relaxed);
             health.log.push(format!("WATCHDOG {}", summary.reason));
             let evidence = match save_evidence(health, runtime, &summary) {
                 Ok(dir) => {
-                    health.metrics.evidence_bundles.fetch_add(1, Ordering::Relaxed);
+                    health
+                        .metrics
+                        .evidence_bundles
+                        .fetch_add(1, Ordering::Relaxed);
                     Some(dir)
                 }
                 Err(_) => None,
@@ -115,25 +150,40 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
         };
         let slept = Instant::now();
         std::thread::sleep(wait);
-        health.metrics.watchdog_wakeups.fetch_add(1, Ordering::Relaxed);
+        health
+            .metrics
+            .watchdog_wakeups
+            .fetch_add(1, Ordering::Relaxed);
         if slept.elapsed() > wait + Duration::from_secs(1) {
             not_before = mono_millis() + limit.as_millis() as Millis;
         }
     }
 }
 
-/// A new evidence folder: `<data_dir>/evidence/<UTC time>-pid<pid>/`.
+/// A new evidence folder, `<data_dir>/evidence/<UTC time>-pid<pid>.partial/`,
+/// named without `.partial` by [`finish_folder`] once complete, so that a
+/// reader never sees half a bundle.
 pub fn evidence_folder(data_dir: &Path, pid: u32) -> std::io::Result<PathBuf> {
     let base = evidence_dir(data_dir);
     let stamp = super::clock::utc_stamp(wall_millis());
-    let mut dir = base.join(format!("{stamp}-pid{pid}"));
+    let mut name = format!("{stamp}-pid{pid}");
     let mut n = 1;
-    while dir.exists() {
+    while base.join(&name).exists() || base.join(format!("{name}.partial")).exists() {
         n += 1;
-        dir = base.join(format!("{stamp}-pid{pid}-{n}"));
+        name = format!("{stamp}-pid{pid}-{n}");
     }
+    let dir = base.join(format!("{name}.partial"));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Give a complete bundle its final name and sync it; returns that name.
+pub fn finish_folder(partial: &Path) -> std::io::Result<PathBuf> {
+    sync_dirs(partial);
+    let done = partial.with_extension("");
+    std::fs::rename(partial, &done)?;
+    sync_dirs(&done);
+    Ok(done)
 }
 
 /// Write one file of a bundle and sync it.
@@ -201,8 +251,7 @@ fn save_evidence(
         );
         write_synced(&dir, "runtime.txt", text.as_bytes())?;
     }
-    sync_dirs(&dir);
-    Ok(dir)
+    finish_folder(&dir)
 }
 
 /// Every thread of process `pid` ("self" for this one): name, state, wait

@@ -286,3 +286,219 @@ pub fn assert_unchanged(before: &[u8], after: &[u8], what: &str) {
         differ.iter().map(|&i| after[i]).collect::<Vec<_>>(),
     );
 }
+
+/// The PostgreSQL server the suite uses, as an administrator's URL:
+/// `DATABASE_URL` when set, else a throwaway cluster started once for this
+/// test binary and stopped when it exits. No server fails the test.
+fn postgres_server() -> &'static str {
+    static SERVER: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL")
+            && !url.is_empty()
+        {
+            return Ok(url);
+        }
+        let cluster = crate::cluster::Cluster::start()?;
+        let url = cluster.url("postgres");
+        // Statics are never dropped: stop the cluster when the process exits.
+        static CLUSTER: std::sync::OnceLock<crate::cluster::Cluster> = std::sync::OnceLock::new();
+        let _ = CLUSTER.set(cluster);
+        extern "C" fn stop_cluster() {
+            if let Some(c) = CLUSTER.get() {
+                let _ = c.stop();
+                let _ = std::fs::remove_dir_all(c.dir());
+            }
+        }
+        // SAFETY: registers a plain function to run at exit.
+        unsafe { libc::atexit(stop_cluster) };
+        Ok(url)
+    });
+    match server {
+        Ok(url) => url,
+        Err(e) => panic!(
+            "no PostgreSQL for the PostgreSQL half of the conformance suite: {e}; \
+             set DATABASE_URL or install the server binaries"
+        ),
+    }
+}
+
+/// `url` with another database name.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host_start..].find('/') {
+        Some(slash) => &base[..host_start + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// PostgreSQL: a database of its own per test, dropped afterwards.
+pub struct PostgresBackend {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PostgresBackend {
+    pub async fn create() -> PostgresBackend {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let admin = postgres_server().to_string();
+        let name = format!(
+            "ideamill_test_{}_{}_{:04x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst),
+            fastrand_u16()
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the PostgreSQL server for tests: {e}"));
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("create the test database {name}: {e}"));
+        let _ = conn.close().await;
+        let url = with_database(&admin, &name);
+        PostgresBackend { admin, name, url }
+    }
+
+    async fn raw(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("open a plain PostgreSQL connection")
+    }
+}
+
+fn fastrand_u16() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u16
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop runs inside a test's runtime: drop the database from a thread
+        // with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[async_trait(?Send)]
+impl Backend for PostgresBackend {
+    async fn try_open(&self, must_exist: bool) -> Result<Box<dyn Store>, StoreError> {
+        let options = OpenOptions {
+            wake_dir: None,
+            must_exist,
+        };
+        ideamill_store::open(&self.url, &options).await
+    }
+
+    async fn exists(&self) -> bool {
+        let mut conn = self.raw().await;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('ideamill_schema') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .expect("look for the store's tables");
+        let _ = conn.close().await;
+        exists
+    }
+
+    async fn set_schema_version(&self, version: i64) {
+        let mut conn = self.raw().await;
+        sqlx::query(
+            "INSERT INTO ideamill_schema (version, applied_at, by) VALUES ($1, 0, 'ideamill 99.0.0')",
+        )
+        .bind(version)
+        .execute(&mut conn)
+        .await
+        .expect("record a newer schema version");
+        let _ = conn.close().await;
+    }
+
+    async fn create_foreign(&self) {
+        let mut conn = self.raw().await;
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL);
+             INSERT INTO notes (id, body) VALUES (1, 'not an ideamill store');",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("fill the foreign database");
+        let _ = conn.close().await;
+    }
+
+    async fn fingerprint(&self) -> Vec<u8> {
+        // The catalog of the public schema (tables, columns, indexes,
+        // triggers, functions) and every row of every table, as text.
+        let mut conn = self.raw().await;
+        let mut out = String::new();
+        for sql in [
+            "SELECT COALESCE(string_agg(table_name || '.' || column_name || ' ' || data_type, E'\\n'
+                                        ORDER BY table_name, ordinal_position), '')
+             FROM information_schema.columns WHERE table_schema = 'public'",
+            "SELECT COALESCE(string_agg(indexdef, E'\\n' ORDER BY indexdef), '') FROM pg_indexes
+             WHERE schemaname = 'public'",
+            "SELECT COALESCE(string_agg(tgname, E'\\n' ORDER BY tgname), '') FROM pg_trigger WHERE NOT tgisinternal",
+            "SELECT COALESCE(string_agg(p.proname, E'\\n' ORDER BY p.proname), '') FROM pg_proc p
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'",
+        ] {
+            let part: String = sqlx::query_scalar(sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("read the catalog");
+            out.push_str(&part);
+            out.push('\n');
+        }
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("list the tables");
+        for table in tables {
+            let rows: String = sqlx::query_scalar(&format!(
+                "SELECT COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t"
+            ))
+            .fetch_one(&mut conn)
+            .await
+            .expect("read a table");
+            out.push_str(&format!("== {table}\n{rows}\n"));
+        }
+        let _ = conn.close().await;
+        out.into_bytes()
+    }
+
+    async fn count_rows(&self, table: &str) -> i64 {
+        let mut conn = self.raw().await;
+        let n = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&mut conn)
+            .await
+            .expect("count rows");
+        let _ = conn.close().await;
+        n
+    }
+}

@@ -116,7 +116,10 @@ fn wait_engine(data_dir: &Path, not: Option<u32>, limit: Duration) -> anyhow::Re
         {
             return Ok(f);
         }
-        anyhow::ensure!(Instant::now() < deadline, "no engine started within {limit:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no engine started within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -169,7 +172,10 @@ async fn frozen_engine(hangs: u32) -> anyhow::Result<()> {
                 if done > done_at_detection {
                     break;
                 }
-                anyhow::ensure!(Instant::now() < deadline, "no job finished within 60 s of the restart");
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "no job finished within 60 s of the restart"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let resumed_at = now_millis();
@@ -217,7 +223,10 @@ async fn wait_evidence(data_dir: &Path, pid: u32, limit: Duration) -> anyhow::Re
                 }
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "the stall of pid {pid} was not detected within {limit:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the stall of pid {pid} was not detected within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -320,7 +329,8 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
         // The status file is as of its last beat: rate over the beats' span.
         let file_secs = ((after.2.beat_mono - before.2.beat_mono) as f64 / 1000.0).max(0.001);
         let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs;
-        let loop_w = (after.2.loop_wakeups - before.2.loop_wakeups) as f64 / file_secs;
+        let loop_all = (after.2.loop_wakeups - before.2.loop_wakeups) as f64 / file_secs;
+        let loop_w = (after.2.loop_idle_wakeups - before.2.loop_idle_wakeups) as f64 / file_secs;
         let dog_w = (after.2.watchdog_wakeups - before.2.watchdog_wakeups) as f64 / file_secs;
         let sup_w = rate(before.0.timeslices, after.0.timeslices);
         // SAFETY: sysconf has no preconditions.
@@ -332,8 +342,11 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
             * 100.0;
         println!("Idle supervisor + engine, empty queue, heartbeat 2s, stall_after 5s, {secs:.0} s:");
         println!(
-            "  timer wake-ups:  {:.2}/s  (event loop {loop_w:.2}, watchdog {dog_w:.2}, supervisor {sup_w:.2}; target: at most 2)",
+            "  wake-ups from idle: {:.2}/s  (event loop {loop_w:.2}, watchdog {dog_w:.2}, supervisor {sup_w:.2}; target: at most 2)",
             loop_w + dog_w + sup_w
+        );
+        println!(
+            "  event-loop unparks: {loop_all:.2}/s (every store reply and file write wakes it too)"
         );
         println!(
             "  thread wake-ups: {:.1}/s  (every thread of both processes scheduled in; supervisor {:.2}, engine {:.1} incl. SQLite's connection threads and the file-writing pool)",

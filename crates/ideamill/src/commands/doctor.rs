@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ideamill_core::{Config, Millis};
-use ideamill_engine::health::verdict::{self, EngineFile, Facts, Level, ProviderCheck, Reason, Verdict};
+use ideamill_engine::health::verdict::{
+    self, EngineFile, Facts, Level, ProviderCheck, Reason, Verdict,
+};
 use ideamill_engine::health::{StatusFile, free_disk_bytes, pid_alive};
 use ideamill_engine::{hostname, now_millis};
 use ideamill_store::{EventFilter, Store, StoreError, event_kind};
@@ -45,13 +47,34 @@ pub async fn gather(config: &Config, store: &dyn Store, now: Millis) -> Facts {
         .await
         .ok()
         .and_then(|e| e.last().map(|e| e.message.clone()));
+    let store_outages = store
+        .events(&EventFilter {
+            kind: Some(event_kind::STORE_OUTAGE.into()),
+            since: Some(now - window),
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .ok()
+        .and_then(|e| Some((e.len() as u64, e.last()?.message.clone())));
+    let host = hostname();
+    let dead_processes = store
+        .processes()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.host == host && !pid_alive(p.pid))
+        .map(|p| p.id)
+        .collect();
     Facts {
         now,
+        dead_processes,
         engines: engine_files(config),
         attempts,
         free_disk: free_disk_bytes(&config.engine.data_dir),
         recent_restarts: restarts,
         gave_up,
+        store_outages,
         ..Facts::default()
     }
 }
@@ -77,11 +100,40 @@ fn is_ideamill(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// The providers' hook: whether each configured model provider answers.
-/// Empty until the LLM stages fill it in (a cheap request per provider with
-/// a short timeout, e.g. listing its models).
-async fn check_providers(_config: &Config) -> Vec<ProviderCheck> {
-    Vec::new()
+/// Whether each configured model provider answers: a cheap request (its
+/// model list) with a short timeout, all providers at once.
+async fn check_providers(config: &Config) -> Vec<ProviderCheck> {
+    let providers = match ideamill_engine::llm_stage::providers(config) {
+        Ok(p) => p,
+        // A missing key: every call would fail, so say so for each provider.
+        Err(e) => {
+            return config
+                .providers
+                .keys()
+                .map(|name| ProviderCheck {
+                    name: name.clone(),
+                    ok: false,
+                    message: e.clone(),
+                })
+                .collect();
+        }
+    };
+    let mut probes = tokio::task::JoinSet::new();
+    for (name, provider) in providers {
+        probes.spawn(async move {
+            let answer =
+                tokio::time::timeout(std::time::Duration::from_secs(5), provider.probe()).await;
+            let (ok, message) = match answer {
+                Ok(Ok(())) => (true, "answers".to_string()),
+                Ok(Err(e)) => (false, e.to_string()),
+                Err(_) => (false, "no answer within 5s".to_string()),
+            };
+            ProviderCheck { name, ok, message }
+        });
+    }
+    let mut checks: Vec<ProviderCheck> = probes.join_all().await;
+    checks.sort_by(|a, b| a.name.cmp(&b.name));
+    checks
 }
 
 #[derive(Debug, Serialize)]
@@ -139,14 +191,15 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
                 Ok(s) => facts.snapshot = Some(s),
                 Err(e) => facts.store_error = Some(e.to_string()),
             }
-            let problems = match tokio::time::timeout(QUICK_CHECK_TIMEOUT, store.quick_check()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => vec![format!("the check itself failed: {e}")],
-                Err(_) => vec![format!(
-                    "the check did not finish within {} s",
-                    QUICK_CHECK_TIMEOUT.as_secs()
-                )],
-            };
+            let problems =
+                match tokio::time::timeout(QUICK_CHECK_TIMEOUT, store.quick_check()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => vec![format!("the check itself failed: {e}")],
+                    Err(_) => vec![format!(
+                        "the check did not finish within {} s",
+                        QUICK_CHECK_TIMEOUT.as_secs()
+                    )],
+                };
             checks.push(Check {
                 name: "store",
                 ok: problems.is_empty() && facts.store_error.is_none(),
@@ -159,14 +212,20 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
             facts.store_problems = Some(problems);
             store.close().await;
         }
-        Err(e) if e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Missing(_)))) => {
+        Err(e)
+            if e.chain().any(|c| {
+                matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Missing(_)))
+            }) =>
+        {
             // A project nobody has run yet: nothing is wrong, nothing to check.
             facts.engines = engine_files(&config);
             facts.free_disk = free_disk_bytes(&config.engine.data_dir);
             checks.push(Check {
                 name: "store",
                 ok: true,
-                detail: format!("{url}: not created yet (`ideamill add` or `ideamill run` creates it)"),
+                detail: format!(
+                    "{url}: not created yet (`ideamill add` or `ideamill run` creates it)"
+                ),
             });
         }
         Err(e) => {
@@ -187,7 +246,9 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
     let engines = &facts.engines;
     checks.push(Check {
         name: "engines",
-        ok: engines.iter().all(|e| e.alive && e.beat_age_ms <= e.file.stall_after_ms as Millis),
+        ok: engines
+            .iter()
+            .all(|e| e.alive && e.beat_age_ms <= e.file.stall_after_ms as Millis),
         detail: if engines.is_empty() {
             "no engine process on this machine".into()
         } else {
@@ -204,7 +265,9 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
                         e.file.in_flight.len(),
                         e.file
                             .supervisor_pid
-                            .map_or(", unsupervised".to_string(), |p| format!(", supervisor pid {p}"))
+                            .map_or(", unsupervised".to_string(), |p| format!(
+                                ", supervisor pid {p}"
+                            ))
                     )
                 })
                 .collect::<Vec<_>>()
@@ -215,7 +278,13 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         let live = s
             .processes
             .iter()
-            .map(|p| format!("{} (beat {} ago)", p.id, verdict::short(now - p.last_beat_at)))
+            .map(|p| {
+                format!(
+                    "{} (beat {} ago)",
+                    p.id,
+                    verdict::short(now - p.last_beat_at)
+                )
+            })
             .collect::<Vec<_>>();
         checks.push(Check {
             name: "processes",

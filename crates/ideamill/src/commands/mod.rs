@@ -6,6 +6,8 @@ mod bench_health;
 mod cancel;
 mod doctor;
 mod events;
+mod export;
+mod import;
 mod init;
 mod list;
 mod prune;
@@ -14,6 +16,7 @@ mod run;
 mod service;
 mod show;
 mod status;
+mod store_copy;
 mod validate;
 
 use std::process::ExitCode;
@@ -37,6 +40,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Add(args) => block_on(add::run(config, args)),
+        Command::Import(args) => match args.what {
+            crate::cli::ImportWhat::Legacy(args) => block_on(import::legacy(config, args)),
+        },
+        Command::Export(args) => block_on(export::run(config, args)),
         Command::List(args) => block_on(list::run(config, args)),
         Command::Show(args) => block_on(show::run(config, args)),
         Command::Retry(args) => block_on(retry::run(config, args)),
@@ -47,6 +54,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => block_on(doctor::run(config, args)),
         Command::Service(args) => service::run(config, &args),
         Command::Prune(args) => block_on(prune::run(config, args)),
+        Command::Store(args) => match args.what {
+            crate::cli::StoreWhat::Copy(args) => block_on(store_copy::run(args)),
+        },
         Command::Bench(args) => block_on(bench::run(args)),
     }
 }

@@ -15,14 +15,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ideamill_core::{Config, ItemState};
-use ideamill_engine::health::{self, Health};
 use ideamill_engine::CancellationToken;
 use ideamill_engine::executor::executors_for;
+use ideamill_engine::health::{self, Health};
 use ideamill_engine::{Engine, EngineOptions, Progress, now_millis};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
-use crate::cli::RunArgs;
+use crate::cli::{Role, RunArgs};
 use crate::output;
 use crate::project;
 
@@ -34,9 +34,10 @@ pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let config = Arc::new(project::load_config(config)?);
     let health = Arc::new(Health::new(&config, health::logring::global()));
-    let counted = health.clone();
+    let (counted, parked) = (health.clone(), health.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(move || health::pulse::note_park(&parked))
         .on_thread_unpark(move || health::pulse::count_wakeup(&counted))
         .build()?;
     health::watchdog::spawn(
@@ -59,10 +60,22 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     health::pulse::spawn_test_hooks();
     let store = project::open_store(&config).await?;
     let listen = match args.listen.as_deref() {
+        // A worker-only process leaves HTTP to the `web` (or `all`) ones.
+        _ if args.role == Role::Worker => None,
         Some("off") => None,
         Some(addr) => Some(addr.to_string()),
         None => config.health.listen.clone(),
     };
+    if args.role == Role::Web {
+        anyhow::ensure!(
+            !args.until_idle,
+            "--until-idle waits for the engine, which --role web does not run"
+        );
+        anyhow::ensure!(
+            listen.is_some(),
+            "--role web runs only the HTTP listener, and it is off: give --listen IP:PORT"
+        );
+    }
     if let Some(addr) = listen {
         crate::http::start(
             &addr,
@@ -74,6 +87,9 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         )
         .await;
     }
+    if args.role == Role::Web {
+        return serve_only(store, &health, pulse_stop, pulse).await;
+    }
     std::fs::create_dir_all(&config.engine.workspace).ok();
 
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
@@ -83,7 +99,8 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         health: Some(health.clone()),
         ..EngineOptions::default()
     };
-    let executors = executors_for(&config, &store).map_err(|e| project::config_problem(&config, e))?;
+    let executors =
+        executors_for(&config, &store).map_err(|e| project::config_problem(&config, e))?;
     let engine = Engine::new(config.clone(), store.clone(), executors, options);
     tracing::info!(
         "Engine {} started: {} stage(s), store {}",
@@ -94,6 +111,12 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    // The inbox watcher: a task of this loop that shares no lock with the
+    // engine (ideamill-intake's `watch.rs` says why that matters).
+    let mut inbox = ideamill_intake::spawn_inbox(&config, &store);
+    if args.until_idle {
+        inbox.first_pass().await;
+    }
     let active = store
         .status(now_millis())
         .await
@@ -105,6 +128,7 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         active,
     ));
     let summary = engine.run(shutdown).await;
+    inbox.stop().await;
     let _ = reporter.await;
     pulse_stop.cancel();
     let _ = pulse.await;
@@ -126,6 +150,36 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     } else {
         tracing::info!("{line}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--role web`: the HTTP listener alone, until SIGINT/SIGTERM. It claims
+/// no jobs; engines elsewhere (`--role worker`) share the store.
+async fn serve_only(
+    store: Arc<dyn ideamill_store::Store>,
+    health: &Health,
+    pulse_stop: CancellationToken,
+    pulse: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<ExitCode> {
+    let bound = health
+        .listen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(addr) = bound else {
+        pulse_stop.cancel();
+        store.close().await;
+        anyhow::bail!(
+            "--role web runs only the HTTP listener, and it could not listen (see above)"
+        );
+    };
+    tracing::info!("Serving HTTP on {addr} only (--role web): this process runs no jobs");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    shutdown.cancelled().await;
+    pulse_stop.cancel();
+    let _ = pulse.await;
+    store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -81,8 +81,9 @@ fn default_dir(user: bool) -> anyhow::Result<PathBuf> {
     if user {
         let base = match std::env::var_os("XDG_CONFIG_HOME") {
             Some(x) => PathBuf::from(x),
-            None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
-                .join(".config"),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config")
+            }
         };
         Ok(base.join("systemd/user"))
     } else {
@@ -93,7 +94,9 @@ fn default_dir(user: bool) -> anyhow::Result<PathBuf> {
 /// A path as systemd reads it in ExecStart= and friends: quoted when needed.
 fn quote(p: &Path) -> String {
     let s = p.display().to_string();
-    if s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    {
         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
         s

@@ -43,6 +43,23 @@ pub async fn run(config: Option<&Path>, args: JsonArgs) -> anyhow::Result<ExitCo
     for r in &verdict.reasons {
         writeln!(out, "  - {}", r.message)?;
     }
+    if snapshot.paused > 0 {
+        writeln!(
+            out,
+            "  {} item(s) paused by a budget: `ideamill list --state paused` shows why; raise the cap or `retry`",
+            snapshot.paused
+        )?;
+    }
+    if snapshot.today.tokens() > 0 {
+        writeln!(
+            out,
+            "  model usage today (UTC): {} tokens ({} in, {} out), ${:.4}",
+            snapshot.today.tokens(),
+            snapshot.today.prompt_tokens,
+            snapshot.today.completion_tokens,
+            snapshot.today.cost
+        )?;
+    }
     writeln!(out)?;
     let mut table = Table::new(&["STAGE", "QUEUED", "SCHEDULED", "RUNNING", "CONCURRENCY"]);
     for stage in &config.stages {

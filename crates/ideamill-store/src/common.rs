@@ -1,0 +1,825 @@
+//! What the SQLite and PostgreSQL stores share: the meaning of a finish (its
+//! fence, the rows it writes, its effect), event messages, how rows decode
+//! into records, and what people see for an item. Each backend keeps only
+//! its SQL; everything here is backend-neutral and does no IO.
+
+use ideamill_core::machine::{LostJob, NextJob, Transition};
+use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, Usage};
+
+use crate::types::event_kind as ek;
+use crate::*;
+
+pub(crate) fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Midnight UTC of the day holding `now`.
+pub fn day_start(now: Millis) -> Millis {
+    now - now.rem_euclid(86_400_000)
+}
+
+/// The first line of a message, at most 200 characters, for event texts.
+pub(crate) fn one_line(s: &str) -> String {
+    let line = s.trim().lines().next().unwrap_or("");
+    if line.chars().count() > 200 {
+        format!("{}…", line.chars().take(200).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// What people see for an item, from its stored state and its current job.
+pub(crate) fn display_state(item: ItemState, job_state: Option<&str>, attempts: u32) -> String {
+    match (item, job_state) {
+        (ItemState::Active, Some("running")) => "running".into(),
+        (ItemState::Active, Some("paused")) => "paused".into(),
+        (ItemState::Active, Some("queued")) if attempts > 0 => "retrying".into(),
+        (ItemState::Active, _) => "queued".into(),
+        (other, _) => other.as_str().into(),
+    }
+}
+
+/// The condition a state filter adds to a query over `items i` joined to
+/// its current job `j`. Plain SQL, valid on both backends.
+pub(crate) fn state_clause(filter: StateFilter) -> &'static str {
+    match filter {
+        StateFilter::Active => "i.state = 'active'",
+        StateFilter::Queued => "i.state = 'active' AND j.state = 'queued' AND j.attempts = 0",
+        StateFilter::Retrying => "i.state = 'active' AND j.state = 'queued' AND j.attempts > 0",
+        StateFilter::Running => "i.state = 'active' AND j.state = 'running'",
+        StateFilter::Paused => "i.state = 'active' AND j.state = 'paused'",
+        StateFilter::Done => "i.state = 'done'",
+        StateFilter::Failed => "i.state = 'failed'",
+        StateFilter::Cancelled => "i.state = 'cancelled'",
+    }
+}
+
+pub(crate) fn job_state(s: &str) -> Result<JobState> {
+    JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown job state {s:?}")))
+}
+
+pub(crate) fn item_state(s: &str) -> Result<ItemState> {
+    ItemState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown item state {s:?}")))
+}
+
+/// Typed reads from a row of either backend. Integers are read as `i64`
+/// (SQLite's only integer, PostgreSQL's `bigint`) and narrowed here.
+pub(crate) trait RowExt {
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn real(&self, col: &str) -> Result<f64>;
+    fn opt_real(&self, col: &str) -> Result<Option<f64>>;
+    fn flag(&self, col: &str) -> Result<bool>;
+    fn opt_flag(&self, col: &str) -> Result<Option<bool>>;
+
+    fn u32(&self, col: &str) -> Result<u32> {
+        let v = self.int(col)?;
+        u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} out of range: {v}")))
+    }
+
+    fn count(&self, col: &str) -> Result<u64> {
+        Ok(self.int(col)?.max(0) as u64)
+    }
+
+    fn opt_i32(&self, col: &str) -> Result<Option<i32>> {
+        self.opt_int(col)?
+            .map(|v| {
+                i32::try_from(v)
+                    .map_err(|_| StoreError::Corrupt(format!("{col} out of range: {v}")))
+            })
+            .transpose()
+    }
+}
+
+macro_rules! impl_row_ext {
+    ($row:ty) => {
+        impl $crate::common::RowExt for $row {
+            fn int(&self, col: &str) -> $crate::Result<i64> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+            fn opt_int(&self, col: &str) -> $crate::Result<Option<i64>> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+            fn text(&self, col: &str) -> $crate::Result<String> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+            fn opt_text(&self, col: &str) -> $crate::Result<Option<String>> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+            fn real(&self, col: &str) -> $crate::Result<f64> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+            fn opt_real(&self, col: &str) -> $crate::Result<Option<f64>> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+            fn flag(&self, col: &str) -> $crate::Result<bool> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+            fn opt_flag(&self, col: &str) -> $crate::Result<Option<bool>> {
+                Ok(sqlx::Row::try_get(self, col)?)
+            }
+        }
+    };
+}
+pub(crate) use impl_row_ext;
+
+pub(crate) const ITEM_COLUMNS: &str =
+    "id, text, metadata, state, stage, round, last_error, created_at, updated_at, finished_at";
+
+pub(crate) fn item_row(r: &impl RowExt) -> Result<ItemRow> {
+    let metadata = r.text("metadata")?;
+    Ok(ItemRow {
+        id: r.int("id")?,
+        text: r.text("text")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::String(metadata)),
+        state: item_state(&r.text("state")?)?,
+        stage: r.opt_text("stage")?,
+        round: r.u32("round")?,
+        last_error: r.opt_text("last_error")?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+        finished_at: r.opt_int("finished_at")?,
+    })
+}
+
+pub(crate) fn output_row(r: &impl RowExt) -> Result<OutputRow> {
+    Ok(OutputRow {
+        stage: r.text("stage")?,
+        round: r.u32("round")?,
+        job_id: r.int("job_id")?,
+        output: r.text("output")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+pub(crate) fn feedback_row(r: &impl RowExt) -> Result<FeedbackRow> {
+    Ok(FeedbackRow {
+        stage: r.text("stage")?,
+        round: r.u32("round")?,
+        feedback: r.text("feedback")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+pub(crate) fn event_row(r: &impl RowExt) -> Result<Event> {
+    Ok(Event {
+        id: r.int("id")?,
+        at: r.int("at")?,
+        kind: r.text("kind")?,
+        item_id: r.opt_int("item_id")?,
+        job_id: r.opt_int("job_id")?,
+        process: r.opt_text("process")?,
+        message: r.text("message")?,
+    })
+}
+
+pub(crate) const JOB_COLUMNS: &str = "id, stage, round, state, attempts, max_attempts, run_at, lease_owner, lease_expires_at, last_error,
+                    created_at, finished_at";
+
+pub(crate) fn job_row(r: &impl RowExt) -> Result<JobRow> {
+    Ok(JobRow {
+        id: r.int("id")?,
+        stage: r.text("stage")?,
+        round: r.u32("round")?,
+        state: job_state(&r.text("state")?)?,
+        attempts: r.u32("attempts")?,
+        max_attempts: r.u32("max_attempts")?,
+        run_at: r.int("run_at")?,
+        lease_owner: r.opt_text("lease_owner")?,
+        lease_expires_at: r.opt_int("lease_expires_at")?,
+        last_error: r.opt_text("last_error")?,
+        created_at: r.int("created_at")?,
+        finished_at: r.opt_int("finished_at")?,
+    })
+}
+
+pub(crate) const ATTEMPT_COLUMNS: &str = "id, job_id, stage, round, attempt, process, outcome, started_at, finished_at, exit_code, error,
+                    output, stderr, provider, model, prompt_tokens, completion_tokens, cost, usage_counted";
+
+pub(crate) fn attempt_row(r: &impl RowExt) -> Result<AttemptRow> {
+    let outcome = r.text("outcome")?;
+    Ok(AttemptRow {
+        id: r.int("id")?,
+        job_id: r.int("job_id")?,
+        stage: r.text("stage")?,
+        round: r.u32("round")?,
+        attempt: r.u32("attempt")?,
+        process: r.text("process")?,
+        outcome: AttemptOutcome::parse(&outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown attempt outcome {outcome:?}")))?,
+        started_at: r.int("started_at")?,
+        finished_at: r.int("finished_at")?,
+        exit_code: r.opt_i32("exit_code")?,
+        error: r.opt_text("error")?,
+        output: r.opt_text("output")?,
+        stderr: r.opt_text("stderr")?,
+        usage: usage_of(r)?,
+    })
+}
+
+fn usage_of(r: &impl RowExt) -> Result<Option<Usage>> {
+    let Some(provider) = r.opt_text("provider")? else {
+        return Ok(None);
+    };
+    Ok(Some(Usage {
+        provider,
+        model: r.opt_text("model")?.unwrap_or_default(),
+        prompt_tokens: r.opt_int("prompt_tokens")?.unwrap_or(0) as u64,
+        completion_tokens: r.opt_int("completion_tokens")?.unwrap_or(0) as u64,
+        cost: r.opt_real("cost")?.unwrap_or(0.0),
+        counted: r.opt_flag("usage_counted")?.unwrap_or(false),
+    }))
+}
+
+pub(crate) fn process_row(r: &impl RowExt) -> Result<ProcessInfo> {
+    Ok(ProcessInfo {
+        id: r.text("id")?,
+        host: r.text("host")?,
+        pid: r.u32("pid")?,
+        version: r.text("version")?,
+        started_at: r.int("started_at")?,
+        last_beat_at: r.int("last_beat_at")?,
+        stopped_at: r.opt_int("stopped_at")?,
+        held_jobs: r.count("held")?,
+    })
+}
+
+pub(crate) fn running_job(r: &impl RowExt) -> Result<RunningJob> {
+    Ok(RunningJob {
+        job_id: r.int("id")?,
+        item_id: r.int("item_id")?,
+        stage: r.text("stage")?,
+        round: r.u32("round")?,
+        attempt: r.u32("attempts")?,
+        owner: r.opt_text("lease_owner")?.unwrap_or_default(),
+        started_at: r.int("started_at")?,
+        lease_expires_at: r.opt_int("lease_expires_at")?.unwrap_or(0),
+    })
+}
+
+/// A job as a claim, the reaper or a release reads it back: `attempts` is
+/// the attempt number, `attempt_offset` corrects it where the row was
+/// already uncounted (release).
+pub(crate) fn claimed_job(
+    r: &impl RowExt,
+    attempt_offset: u32,
+    claimed_at: Option<Millis>,
+) -> Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        id: r.int("id")?,
+        item_id: r.int("item_id")?,
+        stage: r.text("stage")?,
+        round: r.u32("round")?,
+        attempt: r.u32("attempts")? + attempt_offset,
+        max_attempts: r.u32("max_attempts")?,
+        lease_token: r.int("lease_token")?,
+        run_at: r.int("run_at")?,
+        claimed_at: match claimed_at {
+            Some(at) => at,
+            None => r.int("started_at")?,
+        },
+    })
+}
+
+pub(crate) fn usage_totals(r: &impl RowExt) -> Result<UsageTotals> {
+    Ok(UsageTotals {
+        prompt_tokens: r.count("pt")?,
+        completion_tokens: r.count("ct")?,
+        cost: r.real("cost")?,
+    })
+}
+
+pub(crate) fn stage_attempts(r: &impl RowExt) -> Result<StageAttempts> {
+    let worked = r.count("worked")?;
+    let failed = r.count("failed")?;
+    Ok(StageAttempts {
+        stage: r.text("stage")?,
+        attempts: worked + failed,
+        worked,
+        failed,
+        last_error: r.opt_text("last_error")?.map(|e| one_line(&e)),
+    })
+}
+
+/// An attempt row to insert.
+pub(crate) struct AttemptRecord<'a> {
+    pub job: &'a ClaimedJob,
+    pub process: &'a str,
+    pub outcome: AttemptOutcome,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub exit_code: Option<i32>,
+    pub error: Option<&'a str>,
+    pub output: Option<&'a str>,
+    pub stderr: Option<&'a str>,
+    pub usage: Option<&'a Usage>,
+}
+
+impl<'a> AttemptRecord<'a> {
+    /// An attempt that ended without running to completion (lost, released).
+    pub fn interrupted(
+        job: &'a ClaimedJob,
+        process: &'a str,
+        outcome: AttemptOutcome,
+        now: Millis,
+        note: &'a str,
+    ) -> AttemptRecord<'a> {
+        AttemptRecord {
+            job,
+            process,
+            outcome,
+            started_at: job.claimed_at,
+            finished_at: now,
+            exit_code: None,
+            error: Some(note),
+            output: None,
+            stderr: None,
+            usage: None,
+        }
+    }
+}
+
+/// The job-row update that fences a finish: applied only where the job is
+/// still running under the finisher's lease token.
+pub(crate) struct Fence<'a> {
+    pub state: &'static str,
+    /// A new `run_at` (a retry's backoff), else unchanged.
+    pub run_at: Option<Millis>,
+    /// A new `last_error`, else unchanged.
+    pub error: Option<&'a str>,
+    /// The job ends here (`finished_at` is set).
+    pub finished: bool,
+}
+
+pub(crate) fn fence(f: &Finish) -> Fence<'_> {
+    let state = crate::transition_job_state(&f.transition);
+    let (run_at, error) = match &f.transition {
+        Transition::RetryAt { run_at, error } => (Some(*run_at), Some(error.as_str())),
+        Transition::FailItem { reason, .. } => (None, Some(reason.as_str())),
+        _ => (None, f.error.as_deref()),
+    };
+    Fence {
+        state: state.as_str(),
+        run_at,
+        error,
+        finished: !matches!(state, JobState::Queued | JobState::Paused),
+    }
+}
+
+/// Everything a finish that passed its fence writes, besides its job row.
+pub(crate) struct Plan<'a> {
+    pub attempt: AttemptRecord<'a>,
+    pub effect: FinishEffect,
+    /// The stage's output (a passing attempt).
+    pub output: Option<&'a str>,
+    /// The job to enqueue (next stage, send-back).
+    pub next: Option<&'a NextJob>,
+    /// The item is done.
+    pub done: bool,
+    /// A gate's rejection to keep.
+    pub feedback: Option<&'a str>,
+    /// A new `last_error` for the item (retry scheduled, paused).
+    pub item_error: Option<&'a str>,
+    /// The item fails with this reason.
+    pub fail_reason: Option<&'a str>,
+    /// The try does not count (paused before it ran).
+    pub uncount: bool,
+    /// The item is cancelled (the stage asked to cancel it).
+    pub cancel_item: bool,
+    pub event: Option<NewEvent>,
+}
+
+const ACTIVE_ENQUEUED: FinishEffect = FinishEffect {
+    item_state: ItemState::Active,
+    enqueued: true,
+    cancelled: false,
+};
+
+/// What a finish that passed its fence does. `cancelled`: someone asked
+/// to cancel the job while it ran, which wins over its result.
+pub(crate) fn plan(f: &Finish, cancelled: bool) -> Plan<'_> {
+    let job = &f.job;
+    let now = f.finished_at;
+    let passed = matches!(f.transition, Transition::Advance { .. }) && !cancelled;
+    let mut plan = Plan {
+        attempt: AttemptRecord {
+            job,
+            process: &f.owner,
+            outcome: if cancelled {
+                AttemptOutcome::Cancelled
+            } else {
+                f.outcome
+            },
+            started_at: f.started_at,
+            finished_at: now,
+            exit_code: f.exit_code,
+            error: f.error.as_deref(),
+            // A passing attempt's output is the stage's output, stored once
+            // in `outputs`.
+            output: if passed { None } else { f.output.as_deref() },
+            stderr: f.stderr.as_deref(),
+            usage: f.usage.as_ref(),
+        },
+        effect: FinishEffect {
+            item_state: ItemState::Cancelled,
+            enqueued: false,
+            cancelled: true,
+        },
+        output: None,
+        next: None,
+        done: false,
+        feedback: None,
+        item_error: None,
+        fail_reason: None,
+        uncount: false,
+        cancel_item: false,
+        event: None,
+    };
+    if cancelled {
+        return plan;
+    }
+    let event = |kind: &'static str, message: String| NewEvent {
+        at: now,
+        kind,
+        item_id: Some(job.item_id),
+        job_id: Some(job.id),
+        process: Some(f.owner.clone()),
+        message,
+    };
+    match &f.transition {
+        Transition::Advance { output, next } => {
+            plan.output = Some(output);
+            match next {
+                Some(next) => {
+                    plan.next = Some(next);
+                    plan.effect = ACTIVE_ENQUEUED;
+                }
+                None => {
+                    plan.done = true;
+                    plan.effect = FinishEffect {
+                        item_state: ItemState::Done,
+                        enqueued: false,
+                        cancelled: false,
+                    };
+                }
+            }
+        }
+        Transition::SendBack { feedback, to } => {
+            plan.feedback = Some(feedback);
+            plan.next = Some(to);
+            plan.event = Some(event(
+                ek::GATE_REJECTED,
+                format!(
+                    "Gate `{}` rejected round {}; sent back to `{}` for round {}",
+                    job.stage, job.round, to.stage, to.round
+                ),
+            ));
+            plan.effect = ACTIVE_ENQUEUED;
+        }
+        Transition::RetryAt { run_at, error } => {
+            plan.item_error = Some(error);
+            plan.event = Some(event(
+                ek::RETRY_SCHEDULED,
+                format!(
+                    "Attempt {} of {} at stage `{}` failed ({}); retrying in {} ms",
+                    job.attempt,
+                    job.max_attempts,
+                    job.stage,
+                    one_line(error),
+                    run_at - now
+                ),
+            ));
+            plan.effect = ACTIVE_ENQUEUED;
+        }
+        Transition::FailItem { reason, feedback } => {
+            plan.feedback = feedback.as_deref();
+            plan.fail_reason = Some(reason);
+            plan.event = Some(event(
+                ek::ITEM_FAILED,
+                format!("Item {} failed: {}", job.item_id, one_line(reason)),
+            ));
+            plan.effect = FinishEffect {
+                item_state: ItemState::Failed,
+                enqueued: false,
+                cancelled: false,
+            };
+        }
+        Transition::Pause { reason } => {
+            plan.uncount = true;
+            plan.item_error = Some(reason);
+            plan.event = Some(event(
+                ek::BUDGET_REACHED,
+                format!(
+                    "Item {} paused at stage `{}`: {reason}",
+                    job.item_id, job.stage
+                ),
+            ));
+            plan.effect = FinishEffect {
+                item_state: ItemState::Active,
+                enqueued: false,
+                cancelled: false,
+            };
+        }
+        Transition::Cancel => {
+            plan.cancel_item = true;
+            plan.effect = FinishEffect {
+                item_state: ItemState::Cancelled,
+                enqueued: false,
+                cancelled: true,
+            };
+        }
+    }
+    plan
+}
+
+/// The event for a finish whose lease token no longer held.
+pub(crate) fn stale_completion(f: &Finish) -> NewEvent {
+    let job = &f.job;
+    NewEvent {
+        at: f.finished_at,
+        kind: ek::STALE_COMPLETION,
+        item_id: Some(job.item_id),
+        job_id: Some(job.id),
+        process: Some(f.owner.clone()),
+        message: format!(
+            "Discarded the result of attempt {} of job {} (stage `{}`): its lease was lost, so another process owns the job",
+            job.attempt, job.id, job.stage
+        ),
+    }
+}
+
+/// What the reaper does with one expired job.
+pub(crate) struct Reap {
+    pub action: LostJob,
+    pub state: &'static str,
+    pub run_at: Millis,
+    /// The job's and the lost attempt's error.
+    pub error: String,
+    /// The item fails with this reason.
+    pub fail_reason: Option<String>,
+    pub event: NewEvent,
+}
+
+pub(crate) fn reap(job: &ClaimedJob, owner: &str, cancel_requested: bool, now: Millis) -> Reap {
+    let action = ideamill_core::machine::after_lost(job.attempt, job.max_attempts, cancel_requested);
+    let error =
+        format!("lease expired: process {owner} stopped renewing it (killed, hung or cut off)");
+    let (state, run_at) = match action {
+        LostJob::Requeue => ("queued", now),
+        LostJob::Fail => ("failed", job.run_at),
+        LostJob::Cancel => ("cancelled", job.run_at),
+    };
+    let mut fail_reason = None;
+    let what = match action {
+        LostJob::Requeue => format!(
+            "made runnable again (attempt {} of {})",
+            job.attempt, job.max_attempts
+        ),
+        LostJob::Fail => {
+            fail_reason = Some(format!(
+                "stage `{}` failed after {} attempts: the last one was lost ({error})",
+                job.stage, job.attempt
+            ));
+            format!(
+                "item failed: that was attempt {} of {}",
+                job.attempt, job.max_attempts
+            )
+        }
+        LostJob::Cancel => "its cancellation completed".to_string(),
+    };
+    let event = NewEvent {
+        at: now,
+        kind: ek::LEASE_EXPIRED,
+        item_id: Some(job.item_id),
+        job_id: Some(job.id),
+        process: Some(owner.to_string()),
+        message: format!(
+            "Recovered job {} (item {}, stage `{}`) from process {owner}, whose lease expired; {what}",
+            job.id, job.item_id, job.stage
+        ),
+    };
+    Reap {
+        action,
+        state,
+        run_at,
+        error,
+        fail_reason,
+        event,
+    }
+}
+
+/// The note on an attempt given back at shutdown.
+pub(crate) const RELEASED_NOTE: &str =
+    "the process shut down before the attempt finished; it does not count";
+
+pub(crate) fn jobs_released(owner: &str, n: usize, now: Millis) -> NewEvent {
+    NewEvent {
+        at: now,
+        kind: ek::JOBS_RELEASED,
+        item_id: None,
+        job_id: None,
+        process: Some(owner.to_string()),
+        message: format!(
+            "Shutting down: gave back {} unfinished job{} for another process to run",
+            n,
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+pub(crate) fn process_dead(process: &str, n: u64, now: Millis) -> NewEvent {
+    NewEvent {
+        at: now,
+        kind: ek::PROCESS_DEAD,
+        item_id: None,
+        job_id: None,
+        process: Some(process.to_string()),
+        message: format!(
+            "Process {process} is gone without stopping cleanly; expired its {n} lease{} so its jobs run again now",
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+pub(crate) fn process_started(p: &ProcessInfo) -> NewEvent {
+    NewEvent {
+        at: p.started_at,
+        kind: ek::PROCESS_STARTED,
+        item_id: None,
+        job_id: None,
+        process: Some(p.id.clone()),
+        message: format!(
+            "Engine process {} started on {} (pid {}, {})",
+            p.id, p.host, p.pid, p.version
+        ),
+    }
+}
+
+pub(crate) fn process_stopped(id: &str, now: Millis) -> NewEvent {
+    NewEvent {
+        at: now,
+        kind: ek::PROCESS_STOPPED,
+        item_id: None,
+        job_id: None,
+        process: Some(id.to_string()),
+        message: format!("Engine process {id} stopped cleanly"),
+    }
+}
+
+/// Why `retry_item` refuses, given the item's state and its current job's.
+pub(crate) fn retry_refusal(id: ItemId, state: &str, job_state: Option<&str>) -> Option<StoreError> {
+    (state == "active" && job_state == Some("running")).then(|| {
+        StoreError::InvalidRequest(format!(
+            "item {id} is running now; wait for it or cancel it first"
+        ))
+    })
+}
+
+pub(crate) fn retried_waiting(id: ItemId, now: Millis) -> NewEvent {
+    item_retried(id, now, format!("Item {id} retried by hand: its waiting job runs now"))
+}
+
+pub(crate) fn retried_again(id: ItemId, state: &str, next: &NextJob, now: Millis) -> NewEvent {
+    item_retried(
+        id,
+        now,
+        format!(
+            "Item {id} retried by hand from `{state}`: stage `{}` runs again (round {})",
+            next.stage, next.round
+        ),
+    )
+}
+
+fn item_retried(id: ItemId, now: Millis, message: String) -> NewEvent {
+    NewEvent {
+        at: now,
+        kind: ek::ITEM_RETRIED,
+        item_id: Some(id),
+        job_id: None,
+        process: None,
+        message,
+    }
+}
+
+pub(crate) fn not_cancellable(id: ItemId, state: &str) -> StoreError {
+    StoreError::InvalidRequest(format!(
+        "item {id} is already {state}; there is nothing to cancel"
+    ))
+}
+
+pub(crate) fn item_cancelled(id: ItemId, was_running: bool, now: Millis) -> NewEvent {
+    NewEvent {
+        at: now,
+        kind: ek::ITEM_CANCELLED,
+        item_id: Some(id),
+        job_id: None,
+        process: None,
+        message: if was_running {
+            format!("Item {id} cancelled by hand; its running job is being stopped")
+        } else {
+            format!("Item {id} cancelled by hand")
+        },
+    }
+}
+
+pub(crate) fn budget_resumed(item: ItemId, job: JobId, now: Millis) -> NewEvent {
+    NewEvent {
+        at: now,
+        kind: ek::BUDGET_RESUMED,
+        item_id: Some(item),
+        job_id: Some(job),
+        process: None,
+        message: format!("Item {item} resumed: its budget allows more work now"),
+    }
+}
+
+pub(crate) fn pruned(counts: &PruneCounts) -> NewEvent {
+    NewEvent {
+        at: now_millis(),
+        kind: ek::PRUNED,
+        item_id: None,
+        job_id: None,
+        process: None,
+        message: format!(
+            "Pruned {} finished items and {} events older than the retention",
+            counts.items, counts.events
+        ),
+    }
+}
+
+/// Items pruned per transaction, so that engines are never locked out long.
+pub(crate) const PRUNE_BATCH: u64 = 500;
+
+/// The usage totals of an item's attempts, as `show` reports them.
+pub(crate) fn usage_total(attempts: &[AttemptRow]) -> UsageTotals {
+    attempts
+        .iter()
+        .filter_map(|a| a.usage.as_ref())
+        .fold(UsageTotals::default(), |t, u| UsageTotals {
+            prompt_tokens: t.prompt_tokens + u.prompt_tokens,
+            completion_tokens: t.completion_tokens + u.completion_tokens,
+            cost: t.cost + u.cost,
+        })
+}
+
+/// Put an item's parts together as `show` reports them.
+pub(crate) fn item_detail(
+    item: ItemRow,
+    jobs: Vec<JobRow>,
+    attempts: Vec<AttemptRow>,
+    outputs: Vec<OutputRow>,
+    feedback: Vec<FeedbackRow>,
+    events: Vec<Event>,
+) -> ItemDetail {
+    let current = jobs.last();
+    let display_state = display_state(
+        item.state,
+        current.map(|j| j.state.as_str()),
+        current.map_or(0, |j| j.attempts),
+    );
+    let usage = usage_total(&attempts);
+    ItemDetail {
+        item,
+        display_state,
+        jobs,
+        attempts,
+        outputs,
+        feedback,
+        events,
+        usage,
+    }
+}
+
+pub(crate) fn item_summary(r: &impl RowExt) -> Result<ItemSummary> {
+    let state = item_state(&r.text("state")?)?;
+    let job_state = r.opt_text("job_state")?;
+    let attempts = r.u32("attempts")?;
+    Ok(ItemSummary {
+        id: r.int("id")?,
+        text: r.text("text")?,
+        state,
+        display_state: display_state(state, job_state.as_deref(), attempts),
+        stage: r.opt_text("stage")?,
+        round: r.u32("round")?,
+        attempts,
+        last_error: r.opt_text("last_error")?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+/// Add one stage's queue counts to a per-stage map.
+pub(crate) fn stage_counts<'a>(
+    counts: &'a mut std::collections::BTreeMap<String, StageCounts>,
+    stage: String,
+) -> &'a mut StageCounts {
+    counts.entry(stage.clone()).or_insert_with(|| StageCounts {
+        stage,
+        ..StageCounts::default()
+    })
+}

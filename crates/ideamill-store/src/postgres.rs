@@ -1,0 +1,1641 @@
+//! The PostgreSQL store, for many engine processes on many machines sharing
+//! one database. Same semantics as the SQLite store (one conformance suite
+//! checks both); what differs is how concurrency is kept safe:
+//!
+//! - A claim is one statement that locks its rows with `FOR UPDATE SKIP
+//!   LOCKED`, so concurrent claimers never wait for or share a job.
+//! - A finish is fenced by the job row's `lease_token` in an `UPDATE`, which
+//!   takes the row lock and re-checks its condition after any concurrent
+//!   writer commits (the reaper, another owner).
+//! - Writes lock jobs before items, everywhere, so that two transactions
+//!   never wait for each other in a cycle.
+//! - Wake-ups are `NOTIFY` inside the transaction that enqueues work, so an
+//!   engine is woken exactly when the work is visible; `LISTEN` runs on a
+//!   connection of its own (`PgSignal`). A lost notification only delays
+//!   work until the engine's poll.
+//! - Batched writes use `UNNEST` over arrays: one statement per kind of row,
+//!   whatever the batch size.
+//!
+//! The pool reconnects by itself: after a dropped connection or a server
+//! restart, calls fail until the server answers again, then work.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ideamill_core::machine::NextJob;
+use ideamill_core::{AttemptOutcome, ItemId, JobId, Millis, Usage};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
+
+use crate::common::{self, AttemptRecord, ITEM_COLUMNS, RowExt};
+use crate::wake::WorkSignal;
+use crate::*;
+
+common::impl_row_ext!(PgRow);
+
+/// Schema migrations, embedded in the binary, applied in order at open.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_intake.sql")),
+];
+const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// The channel engines `LISTEN` on; a notification means "new work".
+const CHANNEL: &str = "ideamill_work";
+
+/// The advisory lock that serializes migrators ("ideamill" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6964_6561_6d69_6c6c;
+
+/// Connections per process: the dispatcher, the completer, the heartbeat,
+/// the listener and job tasks reading their context share them.
+const POOL_SIZE: u32 = 8;
+
+type Tx = Transaction<'static, Postgres>;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn open(url: &str, options: &OpenOptions) -> Result<PostgresStore> {
+        let name = redact_url(url);
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::InvalidRequest(format!(
+                    "{name} is not a usable PostgreSQL URL: {}",
+                    scrub(&e.to_string(), url)
+                ))
+            })?
+            .application_name("ideamill");
+        // Look before touching, on a connection of its own: a database from
+        // a newer build, or another program's, is refused before anything is
+        // written. Then migrate on the same connection.
+        let mut conn = PgConnection::connect_with(&connect)
+            .await
+            .map_err(|e| connect_error(&name, url, e, options.must_exist))?;
+        let result = async {
+            inspect(&mut conn, &name, options.must_exist).await?;
+            migrate(&mut conn, &name).await
+        }
+        .await;
+        let _ = conn.close().await;
+        result?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            // sqlx already pings every connection it takes back; only one
+            // that sat idle may have been cut since (a server restart), so
+            // only those are checked before use.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(1) {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(connect);
+        Ok(PostgresStore { pool })
+    }
+
+    async fn tx(&self) -> Result<Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A read-only transaction that sees one snapshot, so that the parts of
+    /// an answer agree with each other.
+    async fn snapshot(&self) -> Result<Tx> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+}
+
+/// Remove a URL's password from a message.
+fn scrub(message: &str, url: &str) -> String {
+    let redacted = redact_url(url);
+    let message = message.replace(url, &redacted);
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((_, password)) if !password.is_empty() => message.replace(password, "***"),
+            _ => message,
+        },
+        _ => message,
+    }
+}
+
+fn connect_error(name: &str, url: &str, e: sqlx::Error, must_exist: bool) -> StoreError {
+    // 3D000: the database itself does not exist.
+    let missing = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"));
+    if missing && must_exist {
+        return StoreError::Missing(name.to_string());
+    }
+    StoreError::Unsupported(format!(
+        "cannot connect to PostgreSQL at {name}: {}{}",
+        scrub(&e.to_string(), url),
+        if missing {
+            " (create the database first, e.g. with createdb)"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Refuse a newer schema or a database that is not ours; plain reads only.
+async fn inspect(conn: &mut PgConnection, name: &str, must_exist: bool) -> Result<()> {
+    let has_meta: bool =
+        sqlx::query_scalar("SELECT to_regclass('ideamill_schema') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if has_meta {
+        let found: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::int8 FROM ideamill_schema")
+                .fetch_one(&mut *conn)
+                .await?;
+        if found > SCHEMA_VERSION {
+            return Err(too_new(name, found));
+        }
+        return Ok(());
+    }
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()")
+            .fetch_one(&mut *conn)
+            .await?;
+    if tables > 0 {
+        return Err(StoreError::Corrupt(format!(
+            "{name} is a PostgreSQL database with other tables but not an ideamill store; it was not modified"
+        )));
+    }
+    if must_exist {
+        return Err(StoreError::Missing(name.to_string()));
+    }
+    Ok(())
+}
+
+fn too_new(name: &str, found: i64) -> StoreError {
+    StoreError::TooNew {
+        path: name.to_string(),
+        found,
+        known: SCHEMA_VERSION,
+    }
+}
+
+/// Apply the migrations this build knows and the database lacks, in one
+/// transaction under an advisory lock, so that processes starting at once
+/// cannot both apply them.
+async fn migrate(conn: &mut PgConnection, name: &str) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS ideamill_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL, by TEXT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    // Another process may have migrated while we waited for the lock.
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::int8 FROM ideamill_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+    if current > SCHEMA_VERSION {
+        return Err(too_new(name, current));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO ideamill_schema (version, applied_at, by) VALUES ($1, $2, $3)")
+            .bind(version)
+            .bind(common::now_millis())
+            .bind(concat!("ideamill ", env!("CARGO_PKG_VERSION")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Wake every listening engine when this transaction commits.
+async fn notify_in(tx: &mut Tx) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_events(tx: &mut Tx, events: &[NewEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // Ordered by position, so that ids follow the order given.
+    sqlx::query(
+        "INSERT INTO events (at, kind, item_id, job_id, process, message)
+         SELECT at, kind, item_id, job_id, process, message
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[])
+              WITH ORDINALITY AS u(at, kind, item_id, job_id, process, message, n)
+         ORDER BY n",
+    )
+    .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.item_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.job_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.process.as_deref()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
+    insert_events(tx, std::slice::from_ref(e)).await
+}
+
+/// Enqueue jobs, one statement for all (the `jobs_set_current` trigger
+/// keeps each item's current job).
+async fn insert_jobs(tx: &mut Tx, jobs: &[(ItemId, &NextJob, Millis)]) -> Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at)
+         SELECT item_id, stage, round, 'queued', at, max_attempts, at, at
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+              WITH ORDINALITY AS u(item_id, stage, round, at, max_attempts, n)
+         ORDER BY n",
+    )
+    .bind(jobs.iter().map(|j| j.0).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.1.stage.as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| i64::from(j.1.round)).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.2).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| i64::from(j.1.max_attempts)).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_attempts(tx: &mut Tx, rows: &[AttemptRecord<'_>]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let usage = |f: &dyn Fn(&Usage) -> Option<i64>| -> Vec<Option<i64>> {
+        rows.iter().map(|a| a.usage.and_then(f)).collect()
+    };
+    sqlx::query(
+        "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at,
+                               finished_at, exit_code, error, output, stderr, provider, model,
+                               prompt_tokens, completion_tokens, cost, usage_counted)
+         SELECT job_id, item_id, stage, round, attempt, process, outcome, started_at,
+                finished_at, exit_code, error, output, stderr, provider, model,
+                prompt_tokens, completion_tokens, cost, usage_counted
+         FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[],
+                     $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::text[],
+                     $14::text[], $15::text[], $16::int8[], $17::int8[], $18::float8[], $19::bool[])
+              WITH ORDINALITY AS u(job_id, item_id, stage, round, attempt, process, outcome, started_at,
+                                   finished_at, exit_code, error, output, stderr, provider, model,
+                                   prompt_tokens, completion_tokens, cost, usage_counted, n)
+         ORDER BY n",
+    )
+    .bind(rows.iter().map(|a| a.job.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.job.item_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.job.stage.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| i64::from(a.job.round)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| i64::from(a.job.attempt)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.process).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.started_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.finished_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.exit_code.map(i64::from)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.error).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.output).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.stderr).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.usage.map(|u| u.provider.as_str())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.usage.map(|u| u.model.as_str())).collect::<Vec<_>>())
+    .bind(usage(&|u| Some(u.prompt_tokens as i64)))
+    .bind(usage(&|u| Some(u.completion_tokens as i64)))
+    .bind(rows.iter().map(|a| a.usage.map(|u| u.cost)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|a| a.usage.map(|u| u.counted)).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_feedback(tx: &mut Tx, rows: &[(&ClaimedJob, &str, Millis)]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at)
+         SELECT item_id, stage, round, job_id, feedback, created_at
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
+              WITH ORDINALITY AS u(item_id, stage, round, job_id, feedback, created_at, n)
+         ORDER BY n",
+    )
+    .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| i64::from(r.0.round)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_outputs(tx: &mut Tx, rows: &[(&ClaimedJob, &str, Millis)]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outputs (item_id, stage, round, job_id, output, created_at)
+         SELECT item_id, stage, round, job_id, output, created_at
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
+              WITH ORDINALITY AS u(item_id, stage, round, job_id, output, created_at, n)
+         ORDER BY n",
+    )
+    .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| i64::from(r.0.round)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Fail active items, each with its reason.
+async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, Millis)]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE items SET state = 'failed', last_error = u.reason, finished_at = u.at, updated_at = u.at
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS u(id, reason, at)
+         WHERE items.id = u.id AND items.state = 'active'",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// New active items, each with its first job `first`; ids in input order.
+async fn insert_new_items(
+    tx: &mut Tx,
+    items: &[NewItem],
+    first: &NextJob,
+    now: Millis,
+) -> Result<Vec<ItemId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<ItemId> = sqlx::query_scalar(
+        "INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
+         SELECT text, metadata, 'active', $3, $4, $5, $5
+         FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
+         ORDER BY n
+         RETURNING id",
+    )
+    .bind(items.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.metadata.to_string()).collect::<Vec<_>>())
+    .bind(&first.stage)
+    .bind(i64::from(first.round))
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    // RETURNING's order is unspecified; new ids grow in input order.
+    ids.sort_unstable();
+    let jobs: Vec<(ItemId, &NextJob, Millis)> = ids.iter().map(|id| (*id, first, now)).collect();
+    insert_jobs(tx, &jobs).await?;
+    Ok(ids)
+}
+
+async fn intake_record(tx: &mut Tx, key: &str) -> Result<Option<IntakeRecord>> {
+    let Some(r) =
+        sqlx::query("SELECT key, name, item_ids, created_at FROM intake_sources WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let ids = r.text("item_ids")?;
+    Ok(Some(IntakeRecord {
+        key: r.text("key")?,
+        name: r.text("name")?,
+        item_ids: serde_json::from_str(&ids)
+            .map_err(|e| StoreError::Corrupt(format!("item ids of intake source {key}: {e}")))?,
+        taken_at: r.int("created_at")?,
+    }))
+}
+
+/// Take a source's key, or find it taken. A concurrent taker of the same
+/// key waits on the key's index entry until this transaction ends, then
+/// finds it taken: two processes never both take one source.
+async fn take_source(
+    tx: &mut Tx,
+    source: &IntakeSource,
+    now: Millis,
+) -> Result<Option<IntakeRecord>> {
+    let taken = sqlx::query(
+        "INSERT INTO intake_sources (key, name, item_ids, created_at) VALUES ($1, $2, '[]', $3)
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&source.key)
+    .bind(&source.name)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if taken == 1 {
+        return Ok(None);
+    }
+    intake_record(tx, &source.key).await
+}
+
+async fn record_source_items(tx: &mut Tx, key: &str, ids: &[ItemId]) -> Result<()> {
+    sqlx::query("UPDATE intake_sources SET item_ids = $1 WHERE key = $2")
+        .bind(serde_json::Value::from(ids).to_string())
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Model usage recorded on attempts since `since`, of one item or of all.
+async fn usage_since(tx: &mut Tx, since: Millis, item: Option<ItemId>) -> Result<UsageTotals> {
+    let r = sqlx::query(
+        "SELECT COALESCE(SUM(prompt_tokens), 0)::int8 AS pt, COALESCE(SUM(completion_tokens), 0)::int8 AS ct,
+                COALESCE(SUM(cost), 0.0)::float8 AS cost
+         FROM attempts WHERE prompt_tokens IS NOT NULL AND finished_at >= $1 AND ($2::int8 IS NULL OR item_id = $2)",
+    )
+    .bind(since)
+    .bind(item)
+    .fetch_one(&mut **tx)
+    .await?;
+    common::usage_totals(&r)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn add_items(
+        &self,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<Vec<ItemId>> {
+        let mut tx = self.tx().await?;
+        let ids = insert_new_items(&mut tx, items, first, now).await?;
+        notify_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn claim(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<ClaimedJob>> {
+        // The subquery is materialized so that it runs once: the rows it
+        // locked are exactly the rows updated.
+        let rows = sqlx::query(
+            "WITH picked AS MATERIALIZED (
+                 SELECT id FROM jobs WHERE state = 'queued' AND stage = $4 AND run_at <= $3
+                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)
+             UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
+                    lease_owner = $1, lease_expires_at = $2, started_at = $3, updated_at = $3
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.item_id, j.stage, j.round, j.attempts, j.max_attempts, j.lease_token, j.run_at,
+                       j.priority",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(stage)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| Ok((r.int("priority")?, common::claimed_job(r, 0, Some(now))?)))
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING does not keep the subquery's order: restore it.
+        jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
+        Ok(jobs.into_iter().map(|(_, job)| job).collect())
+    }
+
+    async fn context(&self, item: ItemId) -> Result<ItemContext> {
+        // One statement: the engine reads this once per job.
+        let row = sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS},
+                (SELECT COALESCE(json_agg(json_build_object('stage', o.stage, 'round', o.round, 'job_id', o.job_id,
+                                                           'output', o.output, 'created_at', o.created_at)), '[]')::text
+                 FROM outputs o
+                 WHERE o.item_id = items.id
+                   AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
+                ) AS outputs_json,
+                (SELECT COALESCE(json_agg(json_build_object('stage', f.stage, 'round', f.round, 'feedback', f.feedback,
+                                                           'created_at', f.created_at) ORDER BY f.id), '[]')::text
+                 FROM feedback f WHERE f.item_id = items.id
+                ) AS feedback_json
+             FROM items WHERE id = $1"
+        ))
+        .bind(item)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NoSuchItem(item))?;
+        let outputs = row.text("outputs_json")?;
+        let feedback = row.text("feedback_json")?;
+        Ok(ItemContext {
+            item: common::item_row(&row)?,
+            outputs: serde_json::from_str(&outputs)
+                .map_err(|e| StoreError::Corrupt(format!("outputs of item {item}: {e}")))?,
+            feedback: serde_json::from_str(&feedback)
+                .map_err(|e| StoreError::Corrupt(format!("feedback of item {item}: {e}")))?,
+        })
+    }
+
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The fence, for the whole batch in one statement: only the holder
+        // of a job's current token may finish it, once. A finish repeated
+        // within the batch is stale, as it would be one after another.
+        let mut seen = std::collections::HashSet::new();
+        let sent: Vec<(usize, &Finish, common::Fence<'_>)> = finishes
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| seen.insert((f.job.id, f.job.lease_token)))
+            .map(|(n, f)| (n, f, common::fence(f)))
+            .collect();
+        let mut tx = self.tx().await?;
+        let fenced = sqlx::query(
+            "UPDATE jobs j SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE u.state END,
+                    run_at = COALESCE(u.run_at, j.run_at), last_error = COALESCE(u.error, j.last_error),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = u.at,
+                    finished_at = CASE WHEN j.cancel_requested OR u.finished THEN u.at ELSE NULL END
+             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::bool[], $8::int8[])
+                  AS u(id, token, state, run_at, error, at, finished, n)
+             WHERE j.id = u.id AND j.state = 'running' AND j.lease_token = u.token
+             RETURNING u.n, j.cancel_requested",
+        )
+        .bind(sent.iter().map(|s| s.1.job.id).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.1.job.lease_token).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.state).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.run_at).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.error).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.1.finished_at).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.finished).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.0 as i64).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut passed: Vec<Option<bool>> = vec![None; finishes.len()];
+        for r in &fenced {
+            let n = r.int("n")? as usize;
+            if let Some(slot) = passed.get_mut(n) {
+                *slot = Some(r.flag("cancel_requested")?);
+            }
+        }
+
+        let mut results = Vec::with_capacity(finishes.len());
+        let mut stale = Vec::new();
+        let mut plans = Vec::with_capacity(finishes.len());
+        for (f, cancelled) in finishes.iter().zip(&passed) {
+            match cancelled {
+                None => {
+                    stale.push(common::stale_completion(f));
+                    results.push(Err(StoreError::LeaseLost));
+                    plans.push(None);
+                }
+                Some(cancelled) => {
+                    let plan = common::plan(f, *cancelled);
+                    results.push(Ok(plan.effect));
+                    plans.push(Some(plan));
+                }
+            }
+        }
+        let mut attempts = Vec::new();
+        let mut outputs = Vec::new();
+        let mut feedback = Vec::new();
+        let mut next_jobs = Vec::new();
+        let mut done: Vec<(ItemId, Millis)> = Vec::new();
+        let mut uncount: Vec<JobId> = Vec::new();
+        let mut item_errors: Vec<(ItemId, &str, Millis)> = Vec::new();
+        let mut failed: Vec<(ItemId, &str, Millis)> = Vec::new();
+        let mut cancelled_items: Vec<(ItemId, Millis)> = Vec::new();
+        // Events in the order of the finishes, stale ones included.
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut stale_events = stale.into_iter();
+        for (f, plan) in finishes.iter().zip(plans) {
+            let Some(plan) = plan else {
+                events.extend(stale_events.next());
+                continue;
+            };
+            let job = &f.job;
+            let now = f.finished_at;
+            if let Some(output) = plan.output {
+                outputs.push((job, output, now));
+            }
+            if let Some(next) = plan.next {
+                next_jobs.push((job.item_id, next, now));
+            }
+            if plan.done {
+                done.push((job.item_id, now));
+            }
+            if let Some(text) = plan.feedback {
+                feedback.push((job, text, now));
+            }
+            if plan.uncount {
+                uncount.push(job.id);
+            }
+            if let Some(error) = plan.item_error {
+                item_errors.push((job.item_id, error, now));
+            }
+            if let Some(reason) = plan.fail_reason {
+                failed.push((job.item_id, reason, now));
+            }
+            if plan.cancel_item {
+                cancelled_items.push((job.item_id, now));
+            }
+            attempts.push(plan.attempt);
+            events.extend(plan.event);
+        }
+        insert_feedback(&mut tx, &feedback).await?;
+        if !uncount.is_empty() {
+            // A paused try never ran: it does not count.
+            sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ANY($1)")
+                .bind(&uncount)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !item_errors.is_empty() {
+            sqlx::query(
+                "UPDATE items SET last_error = u.error, updated_at = u.at
+                 FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS u(id, error, at) WHERE items.id = u.id",
+            )
+            .bind(item_errors.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(item_errors.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(item_errors.iter().map(|r| r.2).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        fail_items(&mut tx, &failed).await?;
+        if !cancelled_items.is_empty() {
+            sqlx::query(
+                "UPDATE items SET state = 'cancelled', finished_at = u.at, updated_at = u.at
+                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at) WHERE items.id = u.id AND items.state = 'active'",
+            )
+            .bind(cancelled_items.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(cancelled_items.iter().map(|r| r.1).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_events(&mut tx, &events).await?;
+        insert_attempts(&mut tx, &attempts).await?;
+        insert_outputs(&mut tx, &outputs).await?;
+        insert_jobs(&mut tx, &next_jobs).await?;
+        if !done.is_empty() {
+            sqlx::query(
+                "UPDATE items SET state = 'done', last_error = NULL, finished_at = u.at, updated_at = u.at
+                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at) WHERE items.id = u.id",
+            )
+            .bind(done.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(done.iter().map(|r| r.1).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !next_jobs.is_empty() {
+            // Other engines may run the next stage.
+            notify_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn heartbeat(&self, owner: &str, now: Millis, lease_until: Millis) -> Result<Vec<JobId>> {
+        // One statement, so one transaction and one round trip.
+        Ok(sqlx::query_scalar(
+            "WITH renewed AS (
+                 UPDATE jobs SET lease_expires_at = $1 WHERE lease_owner = $2 AND state = 'running'
+                 RETURNING id, cancel_requested),
+             beat AS (UPDATE processes SET last_beat_at = $3 WHERE id = $2)
+             SELECT id FROM renewed WHERE cancel_requested ORDER BY id",
+        )
+        .bind(lease_until)
+        .bind(owner)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn reap_expired(&self, now: Millis) -> Result<Vec<ReapedJob>> {
+        // A cheap read first, so that idle processes write nothing.
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.tx().await?;
+        // Rows another reaper (or a late finish) holds are skipped: whoever
+        // holds them deals with them.
+        let rows = sqlx::query(
+            "SELECT id, item_id, stage, round, attempts, max_attempts, lease_token, lease_owner, cancel_requested,
+                    COALESCE(started_at, updated_at) AS started_at, run_at
+             FROM jobs WHERE state = 'running' AND lease_expires_at < $1
+             ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut reaped = Vec::with_capacity(rows.len());
+        let mut requeued = false;
+        for r in &rows {
+            let job = common::claimed_job(r, 0, None)?;
+            let owner: String = r.opt_text("lease_owner")?.unwrap_or_default();
+            let reap = common::reap(&job, &owner, r.flag("cancel_requested")?, now);
+            sqlx::query(
+                "UPDATE jobs SET state = $1, run_at = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
+                        updated_at = $4, finished_at = CASE WHEN $1 = 'queued' THEN NULL ELSE $4 END
+                 WHERE id = $5 AND lease_token = $6",
+            )
+            .bind(reap.state)
+            .bind(reap.run_at)
+            .bind(&reap.error)
+            .bind(now)
+            .bind(job.id)
+            .bind(job.lease_token)
+            .execute(&mut *tx)
+            .await?;
+            insert_attempts(
+                &mut tx,
+                &[AttemptRecord::interrupted(
+                    &job,
+                    &owner,
+                    AttemptOutcome::Lost,
+                    now,
+                    &reap.error,
+                )],
+            )
+            .await?;
+            if let Some(reason) = &reap.fail_reason {
+                fail_items(&mut tx, &[(job.item_id, reason, now)]).await?;
+            }
+            insert_event(&mut tx, &reap.event).await?;
+            requeued |= reap.action == ideamill_core::machine::LostJob::Requeue;
+            reaped.push(ReapedJob {
+                job_id: job.id,
+                item_id: job.item_id,
+                stage: job.stage,
+                owner,
+                action: reap.action,
+            });
+        }
+        if requeued {
+            notify_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(reaped)
+    }
+
+    async fn expire_process(&self, process: &str, now: Millis) -> Result<u64> {
+        let mut tx = self.tx().await?;
+        let n = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1 WHERE lease_owner = $2 AND state = 'running'",
+        )
+        .bind(now - 1)
+        .bind(process)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let marked = sqlx::query(
+            "UPDATE processes SET stopped_at = $1 WHERE id = $2 AND stopped_at IS NULL",
+        )
+        .bind(now)
+        .bind(process)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 && n == 0 {
+            // Another process recovered it first: nothing to record.
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        insert_event(&mut tx, &common::process_dead(process, n, now)).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn cancel_requests(&self, owner: &str) -> Result<Vec<JobId>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE lease_owner = $1 AND state = 'running' AND cancel_requested ORDER BY id",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn release(&self, owner: &str, now: Millis) -> Result<u64> {
+        let mut tx = self.tx().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_at = $1, lease_owner = NULL,
+                    lease_expires_at = NULL, updated_at = $1
+             WHERE lease_owner = $2 AND state = 'running'
+             RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at,
+                       COALESCE(started_at, $1) AS started_at",
+        )
+        .bind(now)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut jobs = rows
+            .iter()
+            .map(|r| common::claimed_job(r, 1, None))
+            .collect::<Result<Vec<_>>>()?;
+        jobs.sort_by_key(|j| j.id);
+        let records: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                AttemptRecord::interrupted(
+                    job,
+                    owner,
+                    AttemptOutcome::Released,
+                    now,
+                    common::RELEASED_NOTE,
+                )
+            })
+            .collect();
+        insert_attempts(&mut tx, &records).await?;
+        insert_event(&mut tx, &common::jobs_released(owner, rows.len(), now)).await?;
+        notify_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND stage = ANY($1)",
+        )
+        .bind(stages)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn pending(&self, horizon: Millis) -> Result<Pending> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE state = 'queued' AND run_at <= $1) AS soon,
+                    COUNT(*) FILTER (WHERE state = 'running') AS running,
+                    COUNT(*) FILTER (WHERE state = 'queued' AND run_at > $1) AS later,
+                    MIN(run_at) FILTER (WHERE state = 'queued') AS next_run_at
+             FROM jobs WHERE state IN ('queued', 'running')",
+        )
+        .bind(horizon)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Pending {
+            soon: r.count("soon")?,
+            running: r.count("running")?,
+            later: r.count("later")?,
+            next_run_at: r.opt_int("next_run_at")?,
+        })
+    }
+
+    async fn register_process(&self, p: &ProcessInfo) -> Result<()> {
+        let mut tx = self.tx().await?;
+        sqlx::query(
+            "INSERT INTO processes (id, host, pid, version, started_at, last_beat_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET last_beat_at = excluded.last_beat_at, stopped_at = NULL",
+        )
+        .bind(&p.id)
+        .bind(&p.host)
+        .bind(i64::from(p.pid))
+        .bind(&p.version)
+        .bind(p.started_at)
+        .bind(p.last_beat_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, &common::process_started(p)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stop_process(&self, id: &str, now: Millis) -> Result<()> {
+        let mut tx = self.tx().await?;
+        sqlx::query("UPDATE processes SET stopped_at = $1, last_beat_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, &common::process_stopped(id, now)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.host, p.pid, p.version, p.started_at, p.last_beat_at, p.stopped_at,
+                    (SELECT count(*) FROM jobs j WHERE j.lease_owner = p.id AND j.state = 'running') AS held
+             FROM processes p WHERE p.stopped_at IS NULL ORDER BY p.started_at DESC, p.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(common::process_row).collect()
+    }
+
+    async fn retry_item(&self, id: ItemId, next: &NextJob, now: Millis) -> Result<RetryEffect> {
+        let mut tx = self.tx().await?;
+        let row = sqlx::query(
+            "SELECT i.state, j.id AS job_id, j.state AS job_state FROM items i
+             LEFT JOIN jobs j ON j.id = i.current_job_id WHERE i.id = $1 FOR UPDATE OF i",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NoSuchItem(id))?;
+        let state = row.text("state")?;
+        let job_state = row.opt_text("job_state")?;
+        if let Some(refusal) = common::retry_refusal(id, &state, job_state.as_deref()) {
+            return Err(refusal);
+        }
+        let event = match state.as_str() {
+            "active" => {
+                // Waiting for a backoff or a budget: run it now, without a
+                // new job.
+                sqlx::query(
+                    "UPDATE jobs SET state = 'queued', run_at = $1, updated_at = $1
+                     WHERE id = $2 AND state IN ('queued', 'paused')",
+                )
+                .bind(now)
+                .bind(row.opt_int("job_id")?)
+                .execute(&mut *tx)
+                .await?;
+                common::retried_waiting(id, now)
+            }
+            _ => {
+                sqlx::query(
+                    "UPDATE items SET state = 'active', finished_at = NULL, last_error = NULL, updated_at = $1
+                     WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                insert_jobs(&mut tx, &[(id, next, now)]).await?;
+                common::retried_again(id, &state, next, now)
+            }
+        };
+        insert_event(&mut tx, &event).await?;
+        notify_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(RetryEffect {
+            stage: next.stage.clone(),
+            round: next.round,
+        })
+    }
+
+    async fn cancel_item(&self, id: ItemId, now: Millis) -> Result<CancelEffect> {
+        let mut tx = self.tx().await?;
+        let state: String = sqlx::query_scalar("SELECT state FROM items WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NoSuchItem(id))?;
+        if state != "active" {
+            return Err(common::not_cancellable(id, &state));
+        }
+        // Jobs first, then the item: the order every write takes.
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1
+             WHERE item_id = $2 AND state IN ('queued', 'paused')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let was_running = sqlx::query(
+            "UPDATE jobs SET cancel_requested = true, updated_at = $1 WHERE item_id = $2 AND state = 'running'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        let cancelled = sqlx::query(
+            "UPDATE items SET state = 'cancelled', last_error = 'cancelled by hand', finished_at = $1, updated_at = $1
+             WHERE id = $2 AND state = 'active'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if cancelled == 0 {
+            // It finished while we looked.
+            tx.rollback().await?;
+            let state: String = sqlx::query_scalar("SELECT state FROM items WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+            return Err(common::not_cancellable(id, &state));
+        }
+        insert_event(&mut tx, &common::item_cancelled(id, was_running, now)).await?;
+        // Wakes the engine holding the job so that it stops the work now.
+        notify_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(CancelEffect { was_running })
+    }
+
+    async fn item(&self, id: ItemId) -> Result<ItemDetail> {
+        let mut tx = self.snapshot().await?;
+        let row = sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NoSuchItem(id))?;
+        let item = common::item_row(&row)?;
+        let jobs = sqlx::query(&format!(
+            "SELECT {} FROM jobs WHERE item_id = $1 ORDER BY id",
+            common::JOB_COLUMNS
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(common::job_row)
+        .collect::<Result<Vec<_>>>()?;
+        let attempts = sqlx::query(&format!(
+            "SELECT {} FROM attempts WHERE item_id = $1 ORDER BY id",
+            common::ATTEMPT_COLUMNS
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(common::attempt_row)
+        .collect::<Result<Vec<_>>>()?;
+        let outputs = sqlx::query(
+            "SELECT stage, round, job_id, output, created_at FROM outputs WHERE item_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(common::output_row)
+        .collect::<Result<Vec<_>>>()?;
+        let feedback = sqlx::query(
+            "SELECT stage, round, feedback, created_at FROM feedback WHERE item_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(common::feedback_row)
+        .collect::<Result<Vec<_>>>()?;
+        let events = sqlx::query(
+            "SELECT id, at, kind, item_id, job_id, process, message FROM events WHERE item_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(common::event_row)
+        .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(common::item_detail(
+            item, jobs, attempts, outputs, feedback, events,
+        ))
+    }
+
+    async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>> {
+        let mut sql = String::from(
+            "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round, i.last_error, i.created_at,
+                    i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts
+             FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE true",
+        );
+        if let Some(state) = filter.state {
+            sql.push_str(" AND ");
+            sql.push_str(common::state_clause(state));
+        }
+        if filter.stage.is_some() {
+            sql.push_str(" AND i.stage = $1");
+        }
+        if filter.before_id.is_some() {
+            sql.push_str(" AND i.id < $2");
+        }
+        sql.push_str(" ORDER BY i.id DESC LIMIT $3");
+        let rows = sqlx::query(&sql)
+            .bind(&filter.stage)
+            .bind(filter.before_id)
+            .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(common::item_summary).collect()
+    }
+
+    async fn status(&self, now: Millis) -> Result<StatusSnapshot> {
+        let mut tx = self.snapshot().await?;
+        let mut items = ItemCounts::default();
+        for r in sqlx::query("SELECT state, count(*) AS n FROM items GROUP BY state")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let n = r.count("n")?;
+            match r.text("state")?.as_str() {
+                "active" => items.active = n,
+                "done" => items.done = n,
+                "failed" => items.failed = n,
+                "cancelled" => items.cancelled = n,
+                _ => {}
+            }
+        }
+        let mut stages = Vec::new();
+        for r in sqlx::query(
+            "SELECT stage, COUNT(*) FILTER (WHERE state = 'queued' AND run_at <= $1) AS queued,
+                    COUNT(*) FILTER (WHERE state = 'queued' AND run_at > $1) AS scheduled,
+                    COUNT(*) FILTER (WHERE state = 'running') AS running
+             FROM jobs WHERE state IN ('queued', 'running') GROUP BY stage",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            stages.push(StageCounts {
+                stage: r.text("stage")?,
+                queued: r.count("queued")?,
+                scheduled: r.count("scheduled")?,
+                running: r.count("running")?,
+            });
+        }
+        stages.sort_by(|a, b| a.stage.cmp(&b.stage));
+        let running = sqlx::query(
+            "SELECT id, item_id, stage, round, attempts, lease_owner, COALESCE(started_at, updated_at) AS started_at,
+                    lease_expires_at
+             FROM jobs WHERE state = 'running' ORDER BY started_at, id LIMIT 200",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(common::running_job)
+        .collect::<Result<Vec<_>>>()?;
+        let expired_leases: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE state = 'running' AND lease_expires_at < $1",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let oldest_runnable_at: Option<Millis> = sqlx::query_scalar(
+            "SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND run_at <= $1",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let paused: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'paused'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let today = usage_since(&mut tx, common::day_start(now), None).await?;
+        tx.commit().await?;
+        Ok(StatusSnapshot {
+            now,
+            items,
+            stages,
+            running,
+            processes: self.processes().await?,
+            expired_leases: expired_leases as u64,
+            oldest_runnable_at,
+            paused: paused as u64,
+            today,
+        })
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let mut sql = String::from(
+            "SELECT id, at, kind, item_id, job_id, process, message FROM events WHERE true",
+        );
+        if filter.item.is_some() {
+            sql.push_str(" AND item_id = $1");
+        }
+        if filter.kind.is_some() {
+            sql.push_str(" AND kind = $2");
+        }
+        if filter.since.is_some() {
+            sql.push_str(" AND at >= $3");
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT $4");
+        let mut events = sqlx::query(&sql)
+            .bind(filter.item)
+            .bind(&filter.kind)
+            .bind(filter.since)
+            .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(common::event_row)
+            .collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    async fn record_event(&self, event: &NewEvent) -> Result<()> {
+        let mut tx = self.tx().await?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn spend(&self, item: ItemId, day_start: Millis) -> Result<Spend> {
+        let mut tx = self.snapshot().await?;
+        let spend = Spend {
+            item: usage_since(&mut tx, 0, Some(item)).await?,
+            day: usage_since(&mut tx, day_start, None).await?,
+        };
+        tx.commit().await?;
+        Ok(spend)
+    }
+
+    async fn paused_jobs(&self) -> Result<Vec<PausedJob>> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.item_id, j.stage, i.last_error,
+                    COALESCE((SELECT SUM(prompt_tokens) FROM attempts a WHERE a.item_id = j.item_id), 0)::int8 AS pt,
+                    COALESCE((SELECT SUM(completion_tokens) FROM attempts a WHERE a.item_id = j.item_id), 0)::int8 AS ct,
+                    COALESCE((SELECT SUM(cost) FROM attempts a WHERE a.item_id = j.item_id), 0.0)::float8 AS cost
+             FROM jobs j JOIN items i ON i.id = j.item_id WHERE j.state = 'paused' ORDER BY j.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PausedJob {
+                    job_id: r.int("id")?,
+                    item_id: r.int("item_id")?,
+                    stage: r.text("stage")?,
+                    reason: r.opt_text("last_error")?,
+                    item_usage: common::usage_totals(r)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn resume_jobs(&self, jobs: &[JobId], now: Millis) -> Result<u64> {
+        let mut tx = self.tx().await?;
+        let mut resumed = 0;
+        for id in jobs {
+            let item: Option<ItemId> = sqlx::query_scalar(
+                "UPDATE jobs SET state = 'queued', run_at = $1, updated_at = $1 WHERE id = $2 AND state = 'paused'
+                 RETURNING item_id",
+            )
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(item) = item {
+                resumed += 1;
+                insert_event(&mut tx, &common::budget_resumed(item, *id, now)).await?;
+            }
+        }
+        if resumed > 0 {
+            notify_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(resumed)
+    }
+
+    async fn prune(&self, before: Millis) -> Result<PruneCounts> {
+        let mut counts = PruneCounts::default();
+        // Small batches, so that no transaction holds many locks for long.
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state IN ('done', 'failed', 'cancelled')
+                                                AND finished_at < $1 ORDER BY id LIMIT $2)",
+            )
+            .bind(before)
+            .bind(common::PRUNE_BATCH as i64)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            counts.items += n;
+            if n < common::PRUNE_BATCH {
+                break;
+            }
+        }
+        let mut tx = self.tx().await?;
+        counts.events = sqlx::query("DELETE FROM events WHERE at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM processes WHERE stopped_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        if counts.items > 0 || counts.events > 0 {
+            insert_event(&mut tx, &common::pruned(&counts)).await?;
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    fn subscribe(&self) -> Result<Box<dyn WorkSignal>> {
+        Ok(Box::new(PgSignal {
+            pool: self.pool.clone(),
+            listener: None,
+            failures: 0,
+        }))
+    }
+
+    fn notify(&self) {
+        let pool = self.pool.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(CHANNEL)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::debug!("Could not wake the engines: {e}");
+                }
+            });
+        }
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn quick_check(&self) -> Result<Vec<String>> {
+        // PostgreSQL checks its own pages; what can go wrong here is the
+        // schema: a table dropped or a version this build does not know.
+        let mut problems = Vec::new();
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::int8 FROM ideamill_schema")
+                .fetch_one(&self.pool)
+                .await?;
+        if version != SCHEMA_VERSION {
+            problems.push(format!(
+                "schema version {version}, but this build expects {SCHEMA_VERSION}"
+            ));
+        }
+        for table in [
+            "items",
+            "jobs",
+            "attempts",
+            "outputs",
+            "feedback",
+            "events",
+            "processes",
+            "intake_sources",
+        ] {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(table)
+                .fetch_one(&self.pool)
+                .await?;
+            if !exists {
+                problems.push(format!("table {table} is missing"));
+            }
+        }
+        Ok(problems)
+    }
+
+    async fn attempt_stats(&self, since: Millis) -> Result<Vec<StageAttempts>> {
+        // The newest attempts by id: bounded work however long the history.
+        let rows = sqlx::query(
+            "SELECT s.stage, s.worked, s.failed,
+                    (SELECT a2.error FROM attempts a2
+                      WHERE a2.stage = s.stage AND a2.finished_at >= $1
+                        AND a2.outcome IN ('error', 'timeout', 'permanent', 'lost')
+                      ORDER BY a2.id DESC LIMIT 1) AS last_error
+             FROM (SELECT stage,
+                          COUNT(*) FILTER (WHERE outcome IN ('succeeded', 'rejected')) AS worked,
+                          COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'permanent', 'lost')) AS failed
+                   FROM attempts
+                   WHERE id > (SELECT COALESCE(MAX(id), 0) FROM attempts) - 50000 AND finished_at >= $1
+                   GROUP BY stage) AS s
+             WHERE s.worked + s.failed > 0",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = rows
+            .iter()
+            .map(common::stage_attempts)
+            .collect::<Result<Vec<_>>>()?;
+        stats.sort_by(|a, b| a.stage.cmp(&b.stage));
+        Ok(stats)
+    }
+
+    async fn queue_depth(&self, now: Millis) -> Result<Vec<StageCounts>> {
+        // One read over the partial indexes of unfinished jobs.
+        let mut counts: std::collections::BTreeMap<String, StageCounts> = Default::default();
+        for r in sqlx::query(
+            "SELECT stage, COUNT(*) FILTER (WHERE state = 'queued' AND run_at <= $1) AS queued,
+                    COUNT(*) FILTER (WHERE state = 'queued' AND run_at > $1) AS scheduled,
+                    COUNT(*) FILTER (WHERE state = 'running') AS running
+             FROM jobs WHERE state IN ('queued', 'running') GROUP BY stage",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let c = common::stage_counts(&mut counts, r.text("stage")?);
+            c.queued = r.count("queued")?;
+            c.scheduled = r.count("scheduled")?;
+            c.running = r.count("running")?;
+        }
+        Ok(counts.into_values().collect())
+    }
+
+    async fn add_items_once(
+        &self,
+        source: &IntakeSource,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<AddOutcome> {
+        let mut tx = self.tx().await?;
+        if let Some(record) = take_source(&mut tx, source, now).await? {
+            tx.rollback().await?;
+            return Ok(AddOutcome::Duplicate(record));
+        }
+        let ids = insert_new_items(&mut tx, items, first, now).await?;
+        record_source_items(&mut tx, &source.key, &ids).await?;
+        notify_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(AddOutcome::Added(ids))
+    }
+
+    async fn import_items(
+        &self,
+        items: &[ImportedItem],
+        now: Millis,
+    ) -> Result<Vec<ImportOutcome>> {
+        let mut tx = self.tx().await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut queued = false;
+        for item in items {
+            if let Some(record) = take_source(&mut tx, &item.source, now).await? {
+                outcomes.push(ImportOutcome::Skipped(record));
+                continue;
+            }
+            let (state, stage, round, last_error, finished_at) = match &item.state {
+                ImportedState::Queued { next } | ImportedState::Rejected { next, .. } => {
+                    ("active", Some(next.stage.as_str()), next.round, None, None)
+                }
+                ImportedState::Done => ("done", None, 1, None, Some(now)),
+                ImportedState::Failed { error, stage } => (
+                    "failed",
+                    Some(stage.as_str()),
+                    1,
+                    Some(error.as_str()),
+                    Some(now),
+                ),
+            };
+            let id: ItemId = sqlx::query_scalar(
+                "INSERT INTO items (text, metadata, state, stage, round, last_error, created_at, updated_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            )
+            .bind(&item.text)
+            .bind(item.metadata.to_string())
+            .bind(state)
+            .bind(stage)
+            .bind(i64::from(round))
+            .bind(last_error)
+            .bind(item.created_at)
+            .bind(now)
+            .bind(finished_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let ImportedState::Rejected { rejections, .. } = &item.state {
+                // Each rejection is a finished gate job with its feedback,
+                // as if the gate had run here.
+                for r in rejections {
+                    let job: JobId = sqlx::query_scalar(
+                        "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at, finished_at)
+                         VALUES ($1, $2, $3, 'rejected', $4, 1, $4, $4, $4) RETURNING id",
+                    )
+                    .bind(id)
+                    .bind(&r.stage)
+                    .bind(i64::from(r.round))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(id)
+                    .bind(&r.stage)
+                    .bind(i64::from(r.round))
+                    .bind(job)
+                    .bind(&r.feedback)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            if let ImportedState::Queued { next } | ImportedState::Rejected { next, .. } =
+                &item.state
+            {
+                // Inserted last, so the trigger makes it the current job.
+                insert_jobs(&mut tx, &[(id, next, now)]).await?;
+                queued = true;
+            }
+            record_source_items(&mut tx, &item.source.key, &[id]).await?;
+            outcomes.push(ImportOutcome::Imported(id));
+        }
+        if queued {
+            notify_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+/// Wake-ups through `LISTEN`, on a pooled connection of its own.
+///
+/// The first `wait` establishes the `LISTEN` and returns at once, so that
+/// the caller looks again for work added before it listened; so does every
+/// wait after the connection was lost (notifications sent meanwhile are
+/// gone). While the server is unreachable, it retries with backoff.
+struct PgSignal {
+    pool: PgPool,
+    listener: Option<PgListener>,
+    failures: u32,
+}
+
+impl PgSignal {
+    async fn backoff(&mut self) {
+        self.failures = (self.failures + 1).min(6);
+        tokio::time::sleep(Duration::from_millis(100 << self.failures)).await;
+    }
+}
+
+#[async_trait]
+impl WorkSignal for PgSignal {
+    async fn wait(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_mut() else {
+                let listened = async {
+                    let mut l = PgListener::connect_with(&self.pool).await?;
+                    l.listen(CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                }
+                .await;
+                match listened {
+                    Ok(l) => {
+                        if self.failures > 0 {
+                            tracing::info!("Listening for new work again");
+                        }
+                        self.listener = Some(l);
+                        self.failures = 0;
+                        return;
+                    }
+                    Err(e) => {
+                        if self.failures == 0 {
+                            tracing::warn!(
+                                "Cannot listen for new work ({e}); retrying, and polling meanwhile"
+                            );
+                        }
+                        self.backoff().await;
+                        continue;
+                    }
+                }
+            };
+            match listener.try_recv().await {
+                Ok(Some(_)) => {
+                    // Merge a burst of wake-ups into one.
+                    while listener.next_buffered().is_some() {}
+                    return;
+                }
+                Ok(None) => {
+                    // The connection was lost and is being re-established:
+                    // anything sent meanwhile is gone, so look now.
+                    tracing::warn!("Lost the connection listening for new work; reconnecting");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("Listening for new work failed ({e}); reconnecting");
+                    self.listener = None;
+                    self.backoff().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! End-to-end tests of the binary on PostgreSQL: several worker processes
+//! sharing one database, one of them SIGKILLed; the database restarted under
+//! running engines; `store copy` from SQLite and back. Each test owns a
+//! throwaway cluster (`initdb` + `pg_ctl` under a temp folder), so that
+//! stopping it disturbs nobody; without the PostgreSQL binaries these tests
+//! fail, they are never skipped.
+
+mod util;
+
+#[path = "../../ideamill-store/tests/conformance/cluster.rs"]
+mod cluster;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+use crate::cluster::Cluster;
+
+/// A stage that takes a moment and says what it ran on.
+const SLOW: &str = r#"
+import json, sys, time
+ctx = json.load(sys.stdin)
+time.sleep(0.2)
+print("%s of %s" % (ctx["stage"], ctx["item"]["text"]))
+"#;
+
+fn cluster() -> Cluster {
+    Cluster::start().unwrap_or_else(|e| panic!("cannot start a PostgreSQL cluster: {e}"))
+}
+
+fn config(url: &str, stages: &str) -> String {
+    format!("[store]\nurl = \"{url}\"\n{ENGINE}{stages}")
+}
+
+fn two_stages() -> String {
+    format!(
+        "{}{}",
+        py_stage("one", SLOW, "concurrency = 2"),
+        py_stage("two", SLOW, "concurrency = 2")
+    )
+}
+
+/// A worker: the engine alone, no supervisor, no HTTP listener.
+fn worker(p: &Project) -> std::process::Child {
+    p.spawn_run(&["--role", "worker", "--no-supervisor"])
+}
+
+fn items(p: &Project) -> Vec<Value> {
+    p.json(&["list", "--limit", "1000"])
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+fn done_count(p: &Project) -> usize {
+    items(p).iter().filter(|i| i["state"] == "done").count()
+}
+
+fn outputs_by_stage(item: &Value) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for o in item["outputs"].as_array().expect("outputs") {
+        map.entry(o["stage"].as_str().unwrap().to_string())
+            .or_default()
+            .push(o["output"].as_str().unwrap().trim().to_string());
+    }
+    map
+}
+
+/// Every item is done with exactly one output per stage, and that output is
+/// its own.
+fn assert_all_done_once(p: &Project, ids: &[i64]) {
+    for id in ids {
+        let item = p.show(*id);
+        assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+        let text = item["item"]["text"].as_str().unwrap().to_string();
+        let outputs = outputs_by_stage(&item);
+        for stage in ["one", "two"] {
+            assert_eq!(
+                outputs.get(stage),
+                Some(&vec![format!("{stage} of {text}")]),
+                "stage {stage} committed exactly once: {item:#}"
+            );
+        }
+    }
+}
+
+fn stop(p: &Project, children: &mut [std::process::Child]) {
+    for c in children.iter() {
+        signal(c, libc::SIGTERM);
+    }
+    for c in children.iter_mut() {
+        let status = wait_exit(c, Duration::from_secs(30)).expect("a worker stops on SIGTERM");
+        assert!(status.success(), "{status}\n{}", p.logs());
+    }
+}
+
+#[test]
+fn three_workers_share_one_database_and_a_sigkilled_one_loses_nothing() {
+    let pg = cluster();
+    let p = Project::new(&config(&pg.url("postgres"), &two_stages()));
+    let ids: Vec<i64> = (0..12).map(|i| p.add(&format!("idea {i}"))).collect();
+    let mut workers: Vec<_> = (0..3).map(|_| worker(&p)).collect();
+
+    // All three appear in `status`, with their host and heartbeat.
+    let host = {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length.
+        unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = p.status();
+            let procs = s["status"]["processes"].as_array().cloned().unwrap_or_default();
+            procs.len() == 3
+                && procs
+                    .iter()
+                    .all(|p| p["host"] == host.as_str() && p["last_beat_at"].as_i64() > Some(0))
+        }),
+        "three processes never showed in status\n{}",
+        p.logs()
+    );
+
+    // Kill one while it holds work and some is already committed.
+    let victim = workers.remove(0);
+    let victim_pid = victim.id();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let s = p.status();
+            let running = s["status"]["running"].as_array().cloned().unwrap_or_default();
+            s["status"]["items"]["done"].as_u64().unwrap_or(0) >= 1
+                && running.iter().any(|j| {
+                    j["owner"]
+                        .as_str()
+                        .is_some_and(|o| o.contains(&format!("-{victim_pid}-")))
+                })
+        }),
+        "the victim never held work mid-run\n{}",
+        p.logs()
+    );
+    signal(&victim, libc::SIGKILL);
+    let mut victim = victim;
+    wait_exit(&mut victim, Duration::from_secs(10)).expect("killed");
+
+    assert!(
+        wait_until(Duration::from_secs(90), || done_count(&p) == ids.len()),
+        "not every item finished after the kill\n{}",
+        p.logs()
+    );
+    stop(&p, &mut workers);
+    assert_all_done_once(&p, &ids);
+
+    // The victim's interrupted attempts were recovered by the others.
+    let lost = ids
+        .iter()
+        .flat_map(|id| p.show(*id)["attempts"].as_array().unwrap().clone())
+        .filter(|a| a["outcome"] == "lost")
+        .count();
+    assert!(lost >= 1, "the interrupted attempt is recorded as lost");
+    let events = p.json(&["events", "--limit", "1000"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "lease_expired"),
+        "the recovery is recorded: {events:#}"
+    );
+    // Work was shared: more than one process committed attempts.
+    let mut by_process: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        for a in p.show(*id)["attempts"].as_array().unwrap() {
+            *by_process
+                .entry(a["process"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    assert!(by_process.len() >= 2, "one process did everything: {by_process:?}");
+}
+
+#[test]
+fn engines_reconnect_after_postgres_restarts_and_finish() {
+    let pg = cluster();
+    let p = Project::new(&config(&pg.url("postgres"), &two_stages()));
+    let ids: Vec<i64> = (0..16).map(|i| p.add(&format!("idea {i}"))).collect();
+    let mut workers: Vec<_> = (0..2).map(|_| worker(&p)).collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || done_count(&p) >= 2),
+        "no progress before the restart\n{}",
+        p.logs()
+    );
+
+    // A restart that lasts until the engines noticed it.
+    pg.stop().expect("stop PostgreSQL");
+    assert!(
+        wait_until(Duration::from_secs(30), || p
+            .logs()
+            .contains("DEGRADED: the store does not answer")),
+        "the engines never reported the lost store\n{}",
+        p.logs()
+    );
+    for w in &mut workers {
+        assert!(
+            w.try_wait().expect("try_wait").is_none(),
+            "a worker died with the database\n{}",
+            p.logs()
+        );
+    }
+    pg.start_again().expect("start PostgreSQL again");
+
+    assert!(
+        wait_until(Duration::from_secs(120), || done_count(&p) == ids.len()),
+        "not every item finished after the restart\n{}\n{}",
+        p.logs(),
+        pg.log()
+    );
+    assert!(
+        p.logs().contains("The store answers again"),
+        "the reconnection is logged\n{}",
+        p.logs()
+    );
+    // `status` shows the outage once the store answers again.
+    let status = p.status();
+    let reasons: Vec<&str> = status["health"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"store_outage"), "{status:#}");
+    assert_eq!(status["health"]["verdict"], "DEGRADED", "{status:#}");
+    stop(&p, &mut workers);
+    assert_all_done_once(&p, &ids);
+
+    // A plain `pg_ctl restart` under idle engines: they keep running and
+    // take new work afterwards.
+    let mut workers: Vec<_> = (0..2).map(|_| worker(&p)).collect();
+    assert!(wait_until(Duration::from_secs(30), || {
+        p.status()["status"]["processes"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    }));
+    pg.restart().expect("restart PostgreSQL");
+    let late = p.add("after the restart");
+    assert!(
+        wait_until(Duration::from_secs(60), || p.show(late)["item"]["state"]
+            == "done"),
+        "new work after a restart was not done\n{}",
+        p.logs()
+    );
+    stop(&p, &mut workers);
+    assert_all_done_once(&p, &[late]);
+}
+
+/// Everything `show` says about each item, and every event, by id.
+fn snapshot(p: &Project) -> (Vec<Value>, Value) {
+    let mut ids: Vec<i64> = items(p)
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    // Everything but the workspace folder, which is the project's own.
+    let shown = ids
+        .iter()
+        .map(|id| {
+            let mut item = p.show(*id);
+            item.as_object_mut().expect("an object").remove("workspace");
+            item
+        })
+        .collect();
+    (shown, p.json(&["events", "--limit", "10000"]))
+}
+
+#[test]
+fn store_copy_moves_a_sqlite_store_to_postgres_and_back() {
+    let qa = "import json,sys\nctx=json.load(sys.stdin)\nif ctx['round'] < 2:\n    print('fix it')\n    sys.exit(1)\nprint('ok')\n";
+    let stages = format!(
+        "{}{}",
+        py_stage("one", SLOW, ""),
+        py_stage(
+            "two",
+            qa,
+            "gate = { retry_from = \"one\", max_rounds = 3 }"
+        )
+    );
+    // A populated SQLite store: finished items with outputs, feedback,
+    // attempts and events, and items still queued.
+    let lite = Project::new(&format!("{ENGINE}{stages}"));
+    for i in 0..4 {
+        lite.add(&format!("idea {i}"));
+    }
+    lite.run_until_idle(Duration::from_secs(90));
+    lite.add("still queued");
+    lite.add("also queued");
+    let sqlite_url = format!(
+        "sqlite://{}",
+        lite.file(".ideamill/ideamill.db").display()
+    );
+    let before = snapshot(&lite);
+
+    let pg = cluster();
+    let pg_url = pg.url("postgres");
+    let out = lite.run(&["store", "copy", "--from", &sqlite_url, "--to", &pg_url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("row counts verified"), "{printed}");
+
+    // The same store, seen through PostgreSQL.
+    let big = Project::new(&config(&pg_url, &stages));
+    assert_eq!(snapshot(&big), before, "the copy differs from the original");
+
+    // A second copy into a non-empty target is refused, unless forced.
+    let out = lite.run(&["store", "copy", "--from", &sqlite_url, "--to", &pg_url]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not empty") && stderr.contains("--force"), "{stderr}");
+    let forced = lite.json(&[
+        "store", "copy", "--from", &sqlite_url, "--to", &pg_url, "--force",
+    ]);
+    let items_row = forced["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "items")
+        .cloned()
+        .expect("an items row");
+    assert_eq!(items_row["rows"], 6);
+    assert_eq!(snapshot(&big), before);
+
+    // New ids continue after the copied ones, and the copy runs.
+    let next = big.add("added after the copy");
+    assert_eq!(next, 7);
+    big.run_until_idle(Duration::from_secs(90));
+    assert_eq!(done_count(&big), 7, "{}", big.logs());
+
+    // And back to a new SQLite file: the same again.
+    let back_url = format!("sqlite://{}", big.file("back.db").display());
+    let after = snapshot(&big);
+    big.ok(&["store", "copy", "--from", &pg_url, "--to", &back_url]);
+    let back = Project::new(&format!("[store]\nurl = \"{back_url}\"\n{ENGINE}{stages}"));
+    assert_eq!(snapshot(&back), after, "the copy back differs");
+
+    // A store with a live engine is not copied.
+    let mut engine = back.spawn_run(&["--role", "worker", "--no-supervisor"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        back.status()["status"]["processes"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    }));
+    let other = Project::new(&format!("{ENGINE}{stages}"));
+    let target = format!(
+        "sqlite://{}",
+        other.file(".ideamill/copy.db").display()
+    );
+    let out = back.run(&["store", "copy", "--from", &back_url, "--to", &target]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("engines are running"), "{stderr}");
+    stop(&back, std::slice::from_mut(&mut engine));
+}
