@@ -29,6 +29,10 @@ pub struct Config {
     pub health: HealthConfig,
     /// How `ideamill run` takes idea files from `engine.inbox`.
     pub inbox: InboxConfig,
+    /// The dashboard and the HTTP API (served on `health.listen`).
+    pub web: WebConfig,
+    /// Where alerts go (`[[alerts]]`), in file order; empty: no alerts.
+    pub alerts: Vec<AlertTarget>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +200,116 @@ impl Default for InboxConfig {
             max_idea_bytes: 256 * 1024,
         }
     }
+}
+
+/// `[web]`: the dashboard and the HTTP API, served by `ideamill run` on
+/// `[health] listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// The access token (`ideamill init` writes one, mode 0600). Required
+    /// when the listener is not on a loopback address. Default
+    /// `<data_dir>/token`.
+    pub token_file: PathBuf,
+    /// Ask for the token on loopback too. Default false.
+    pub require_token: bool,
+    /// The dashboard's address as people reach it (e.g. behind a proxy), for
+    /// links in alerts. Optional.
+    pub url: Option<String>,
+}
+
+/// What an alert target speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    /// A JSON object POSTed to any URL.
+    Webhook,
+    /// A Slack-compatible incoming webhook (`{"text": ...}`): Slack,
+    /// Mattermost, Rocket.Chat, Discord's `/slack` endpoint.
+    Slack,
+    /// An ntfy topic URL (`https://ntfy.sh/<topic>`).
+    Ntfy,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Webhook => "webhook",
+            AlertKind::Slack => "slack",
+            AlertKind::Ntfy => "ntfy",
+        }
+    }
+}
+
+/// What raises an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlertTrigger {
+    /// An engine's event loop stopped beating (`engine_stalled`).
+    Stall,
+    /// The supervisor restarted the engine, or gave up.
+    Restart,
+    /// An item ended `failed`.
+    ItemFailed,
+    /// Runnable work is not moving (`queue_not_moving`).
+    QueueStuck,
+    /// A budget cap paused work.
+    Budget,
+    /// The health verdict changed (HEALTHY, DEGRADED, STALLED, DOWN).
+    Verdict,
+}
+
+impl AlertTrigger {
+    pub const ALL: &'static [AlertTrigger] = &[
+        AlertTrigger::Stall,
+        AlertTrigger::Restart,
+        AlertTrigger::ItemFailed,
+        AlertTrigger::QueueStuck,
+        AlertTrigger::Budget,
+        AlertTrigger::Verdict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertTrigger::Stall => "stall",
+            AlertTrigger::Restart => "restart",
+            AlertTrigger::ItemFailed => "item_failed",
+            AlertTrigger::QueueStuck => "queue_stuck",
+            AlertTrigger::Budget => "budget",
+            AlertTrigger::Verdict => "verdict",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AlertTrigger> {
+        AlertTrigger::ALL.iter().copied().find(|t| t.as_str() == s)
+    }
+}
+
+/// Where a target's URL comes from. A webhook URL is often a secret (Slack's
+/// are): `url_env` keeps it out of the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Literal(String),
+    Env(String),
+}
+
+/// One `[[alerts]]` target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertTarget {
+    /// Unique; default `<kind>` or `<kind>-<n>`.
+    pub name: String,
+    pub kind: AlertKind,
+    pub url: UrlSource,
+    /// Extra request headers (e.g. an `Authorization` for ntfy).
+    pub headers: BTreeMap<String, String>,
+    /// What this target hears about. Default: everything.
+    pub on: Vec<AlertTrigger>,
+    /// The same alert is not sent again within this long; what happens
+    /// meanwhile is counted and said in the next one. Default 10m.
+    pub cooldown: Duration,
+    /// Tries per alert before its failure becomes an event. Default 5.
+    pub max_tries: u32,
+    /// The first retry's delay, doubled for each next one. Default 2s.
+    pub backoff: Duration,
+    /// One request's whole time. Default 10s.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -15,9 +15,9 @@ use toml_span::Span;
 use toml_span::value::{Table, Value};
 
 use crate::config::{
-    ApiKeySource, BudgetConfig, CommandStage, Config, ConfigError, ConfigErrors, EngineConfig,
-    HealthConfig, InboxConfig, LlmStage, Price, ProviderConfig, ProviderKind, StageConfig,
-    StageKind, StoreConfig,
+    AlertKind, AlertTarget, AlertTrigger, ApiKeySource, BudgetConfig, CommandStage, Config,
+    ConfigError, ConfigErrors, EngineConfig, HealthConfig, InboxConfig, LlmStage, Price,
+    ProviderConfig, ProviderKind, StageConfig, StageKind, StoreConfig, UrlSource, WebConfig,
 };
 use crate::duration::{format_duration, parse_duration};
 use crate::model::{Gate, RetryPolicy};
@@ -33,7 +33,23 @@ const TOP_KEYS: &[&str] = &[
     "prices",
     "budget",
     "stages",
+    "web",
+    "alerts",
 ];
+const WEB_KEYS: &[&str] = &["token_file", "require_token", "url"];
+const ALERT_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "url",
+    "url_env",
+    "headers",
+    "on",
+    "cooldown",
+    "max_tries",
+    "backoff",
+    "timeout",
+];
+const ALERT_KINDS: &[&str] = &["webhook", "slack", "ntfy"];
 const INBOX_KEYS: &[&str] = &[
     "enabled",
     "events",
@@ -175,6 +191,14 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         Some(s) => inbox_config(&s, &mut problems),
         None => InboxConfig::default(),
     };
+    let web = web_config(
+        &top.sub_table("web", "[web]", &mut problems)
+            .unwrap_or(Section::empty(&empty, "[web]")),
+        &root,
+        &engine.data_dir,
+        &mut problems,
+    );
+    let alerts = alerts(&top, &mut problems);
 
     if !problems.0.is_empty() {
         return Err(problems.into_errors(text, path));
@@ -190,6 +214,8 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         budget,
         health,
         inbox,
+        web,
+        alerts,
     })
 }
 
@@ -633,6 +659,218 @@ fn health_config(s: &Section<'_, '_>, problems: &mut Problems) -> HealthConfig {
             .nonzero_duration("restart_window", problems)
             .or(d.restart_window),
     }
+}
+
+fn web_config(
+    s: &Section<'_, '_>,
+    root: &Path,
+    data_dir: &Path,
+    problems: &mut Problems,
+) -> WebConfig {
+    s.check_keys(WEB_KEYS, problems);
+    let token_file = match s.string("token_file", problems) {
+        Got::Ok("", span) => {
+            s.invalid("token_file", span, "must not be empty", problems);
+            data_dir.join("token")
+        }
+        Got::Ok(path, _) => resolve(root, Path::new(path)),
+        Got::Absent | Got::Bad => data_dir.join("token"),
+    };
+    let url = match s.string("url", problems) {
+        Got::Ok(url, span) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                s.invalid("url", span, "must start with http:// or https://", problems);
+            }
+            Some(url.trim_end_matches('/').to_owned())
+        }
+        Got::Absent | Got::Bad => None,
+    };
+    WebConfig {
+        token_file,
+        require_token: s.boolean("require_token", problems).or(false),
+        url,
+    }
+}
+
+/// `[[alerts]]`: each a target with its own kind, URL, triggers and cooldown.
+fn alerts(top: &Section<'_, '_>, problems: &mut Problems) -> Vec<AlertTarget> {
+    let Some(value) = top.get("alerts") else {
+        return Vec::new();
+    };
+    let Some(array) = value.as_array() else {
+        top.wrong_type("alerts", "an array of tables ([[alerts]])", value, problems);
+        return Vec::new();
+    };
+    let mut targets: Vec<AlertTarget> = Vec::new();
+    for (i, entry) in array.iter().enumerate() {
+        let Some(table) = entry.as_table() else {
+            problems.add(
+                entry.span,
+                format!(
+                    "[[alerts]] #{}: must be a table, found {}",
+                    i + 1,
+                    type_of(entry)
+                ),
+            );
+            continue;
+        };
+        let s = Section {
+            table,
+            span: entry.span,
+            label: format!("[[alerts]] #{}", i + 1),
+            prefix: "",
+        };
+        s.check_keys(ALERT_KEYS, problems);
+        let kind = match s.string("kind", problems) {
+            Got::Ok("webhook", _) => AlertKind::Webhook,
+            Got::Ok("slack", _) => AlertKind::Slack,
+            Got::Ok("ntfy", _) => AlertKind::Ntfy,
+            Got::Ok(other, span) => {
+                s.invalid(
+                    "kind",
+                    span,
+                    format_args!(
+                        "{other:?} is not an alert kind; known kinds: {}",
+                        ALERT_KINDS.join(", ")
+                    ),
+                    problems,
+                );
+                AlertKind::Webhook
+            }
+            Got::Absent => {
+                s.missing("kind", problems);
+                AlertKind::Webhook
+            }
+            Got::Bad => AlertKind::Webhook,
+        };
+        let url = match (s.string("url", problems), s.string("url_env", problems)) {
+            (Got::Ok(_, _), Got::Ok(_, span)) => {
+                s.invalid(
+                    "url_env",
+                    span,
+                    "cannot be combined with `url`: choose one",
+                    problems,
+                );
+                UrlSource::Env(String::new())
+            }
+            (Got::Ok(url, span), _) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    s.invalid("url", span, "must start with http:// or https://", problems);
+                } else if kind == AlertKind::Ntfy
+                    && url
+                        .split("://")
+                        .nth(1)
+                        .is_none_or(|rest| !rest.trim_end_matches('/').contains('/'))
+                {
+                    s.invalid(
+                        "url",
+                        span,
+                        "must name the ntfy topic, as in \"https://ntfy.sh/my-topic\"",
+                        problems,
+                    );
+                }
+                UrlSource::Literal(url.to_owned())
+            }
+            (_, Got::Ok(var, span)) => {
+                if var.is_empty() {
+                    s.invalid("url_env", span, "must not be empty", problems);
+                }
+                UrlSource::Env(var.to_owned())
+            }
+            (Got::Absent, Got::Absent) => {
+                problems.add(
+                    s.span,
+                    s.say("missing required key `url` (or `url_env`, the environment variable holding it)"),
+                );
+                UrlSource::Literal(String::new())
+            }
+            _ => UrlSource::Literal(String::new()),
+        };
+        let on = match s.get("on") {
+            None => AlertTrigger::ALL.to_vec(),
+            Some(value) => match value.as_array() {
+                None => {
+                    s.wrong_type("on", "an array of trigger names", value, problems);
+                    AlertTrigger::ALL.to_vec()
+                }
+                Some(names) => {
+                    let mut on = Vec::new();
+                    for name in names {
+                        match name.as_str().map(|n| (n, AlertTrigger::parse(n))) {
+                            Some((_, Some(t))) => {
+                                if !on.contains(&t) {
+                                    on.push(t);
+                                }
+                            }
+                            Some((n, None)) => s.invalid(
+                                "on",
+                                name.span,
+                                format_args!(
+                                    "{n:?} is not a trigger; known triggers: {}",
+                                    AlertTrigger::ALL
+                                        .iter()
+                                        .map(|t| t.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                                problems,
+                            ),
+                            None => s.wrong_type("on", "an array of strings", name, problems),
+                        }
+                    }
+                    on
+                }
+            },
+        };
+        let name = match s.string("name", problems) {
+            Got::Ok(name, span) => {
+                if !is_valid_stage_name(name) {
+                    s.invalid(
+                        "name",
+                        span,
+                        "must be 1 to 63 lowercase letters, digits, `_` or `-`",
+                        problems,
+                    );
+                } else if targets.iter().any(|t| t.name == name) {
+                    s.invalid(
+                        "name",
+                        span,
+                        format_args!("{name:?} is used by an earlier [[alerts]] target"),
+                        problems,
+                    );
+                }
+                name.to_owned()
+            }
+            Got::Absent | Got::Bad => {
+                let base = kind.as_str();
+                let mut name = base.to_owned();
+                let mut n = 1;
+                while targets.iter().any(|t| t.name == name) {
+                    n += 1;
+                    name = format!("{base}-{n}");
+                }
+                name
+            }
+        };
+        targets.push(AlertTarget {
+            name,
+            kind,
+            url,
+            headers: s.string_map("headers", problems),
+            on,
+            cooldown: s
+                .duration("cooldown", problems)
+                .or(Duration::from_secs(600)),
+            max_tries: s.count("max_tries", 100, 5, problems),
+            backoff: s
+                .nonzero_duration("backoff", problems)
+                .or(Duration::from_secs(2)),
+            timeout: s
+                .nonzero_duration("timeout", problems)
+                .or(Duration::from_secs(10)),
+        });
+    }
+    targets
 }
 
 /// A duration for a message, saying when it is a default the user did not write.
@@ -1439,6 +1677,12 @@ gate = { retry_from = "implement" }
             root: root.clone(),
             health: HealthConfig::default(),
             inbox: InboxConfig::default(),
+            web: WebConfig {
+                token_file: root.join(".ideamill/token"),
+                require_token: false,
+                url: None,
+            },
+            alerts: Vec::new(),
             providers: BTreeMap::new(),
             prices: BTreeMap::new(),
             budget: BudgetConfig::default(),
@@ -1554,7 +1798,7 @@ command = []
         check_errors(
             &format!("colour = \"red\"\n{STAGE}"),
             &[
-                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages",
+                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages, web, alerts",
             ],
         );
         check_errors(
@@ -2151,6 +2395,69 @@ max_tokens = 2000
                 "4:11: [inbox]: `enabled` must be true or false, found string",
                 "5:1: unknown key `watch` in [inbox]; expected one of: enabled, events, settle, \
                  rescan, max_file_bytes, max_ideas, max_idea_bytes",
+            ],
+        );
+    }
+
+    #[test]
+    fn web_table() {
+        let c = config(&format!(
+            "[web]\ntoken_file = \"secrets/token\"\nrequire_token = true\nurl = \"https://mill.example.org/\"\n{STAGE}"
+        ));
+        assert_eq!(
+            c.web,
+            WebConfig {
+                token_file: PathBuf::from("/proj/secrets/token"),
+                require_token: true,
+                url: Some("https://mill.example.org".into()),
+            }
+        );
+        assert_eq!(
+            config(STAGE).web.token_file,
+            PathBuf::from("/proj/.ideamill/token")
+        );
+        check_errors(
+            &format!("[web]\nurl = \"mill.local\"\ntoken = \"x\"\n{STAGE}"),
+            &[
+                "2:7: [web]: `url` must start with http:// or https://",
+                "3:1: unknown key `token` in [web]; expected one of: token_file, require_token, url",
+            ],
+        );
+    }
+
+    #[test]
+    fn alert_targets() {
+        let c = config(&format!(
+            "[[alerts]]\nkind = \"slack\"\nurl_env = \"SLACK_URL\"\non = [\"stall\", \"item_failed\"]\ncooldown = \"1m\"\n\
+             [[alerts]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/mill\"\nheaders = {{ Authorization = \"Bearer t\" }}\n\
+             [[alerts]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nmax_tries = 2\nbackoff = \"100ms\"\n\
+             [[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.example.org/x\"\n{STAGE}"
+        ));
+        let names: Vec<&str> = c.alerts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["slack", "ntfy", "ops", "slack-2"]);
+        let slack = &c.alerts[0];
+        assert_eq!(slack.url, UrlSource::Env("SLACK_URL".into()));
+        assert_eq!(slack.on, [AlertTrigger::Stall, AlertTrigger::ItemFailed]);
+        assert_eq!(slack.cooldown, Duration::from_secs(60));
+        assert_eq!(c.alerts[1].on, AlertTrigger::ALL);
+        assert_eq!(c.alerts[1].headers["Authorization"], "Bearer t");
+        assert_eq!(
+            (c.alerts[2].max_tries, c.alerts[2].backoff),
+            (2, Duration::from_millis(100))
+        );
+        assert_eq!(c.alerts[3].timeout, Duration::from_secs(10));
+        check_errors(
+            &format!(
+                "[[alerts]]\nkind = \"pager\"\nurl = \"ftp://x\"\n\
+                 [[alerts]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh\"\non = [\"stall\", \"fire\"]\n\
+                 [[alerts]]\nkind = \"webhook\"\n{STAGE}"
+            ),
+            &[
+                "2:8: [[alerts]] #1: `kind` \"pager\" is not an alert kind; known kinds: webhook, slack, ntfy",
+                "3:7: [[alerts]] #1: `url` must start with http:// or https://",
+                "6:7: [[alerts]] #2: `url` must name the ntfy topic, as in \"https://ntfy.sh/my-topic\"",
+                "7:16: [[alerts]] #2: `on` \"fire\" is not a trigger; known triggers: stall, restart, item_failed, queue_stuck, budget, verdict",
+                "8:1: [[alerts]] #3: missing required key `url` (or `url_env`, the environment variable holding it)",
             ],
         );
     }

@@ -846,7 +846,11 @@ async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) 
                 elapsed,
             });
         }
-        if local_work {
+        // New local work, or the last running job's result is now committed:
+        // the dispatcher looks again (`--until-idle` decides only once
+        // nothing is running in the store either, and nothing else would
+        // wake it then).
+        if local_work || shared.in_flight.load(Ordering::SeqCst) == 0 {
             shared.wake.notify_one();
         }
     }

@@ -43,6 +43,17 @@ impl Layout {
         }
     }
 
+    /// Make the moves of the files taken so far survive a power cut. Called
+    /// once per batch rather than per file: a move lost before it is the
+    /// file back in the inbox, whose content the store knows, so taking it
+    /// again files it without adding anything.
+    pub fn sync(&self) -> Result<(), IntakeError> {
+        for dir in [&self.processed, &self.rejected, &self.inbox] {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
     pub fn create(&self) -> Result<(), IntakeError> {
         for dir in [&self.inbox, &self.processed, &self.rejected] {
             std::fs::create_dir_all(dir)
@@ -169,6 +180,7 @@ fn prepare(path: &Path, limits: &Limits) -> Result<Prepared, IntakeError> {
 /// Take one file from the inbox: all its ideas become items in one
 /// transaction (or none do), then the file moves out of the inbox. A store
 /// or filesystem error leaves the file where it is, to be tried again.
+/// Call [`Layout::sync`] after a batch of these.
 pub async fn take_file(
     store: &dyn Store,
     first: &NextJob,
@@ -197,7 +209,7 @@ pub async fn take_file(
             let (p, l) = (path.to_path_buf(), layout.clone());
             let sidecar = sidecar(&name, &hash, now, &added);
             let file = tokio::task::spawn_blocking(move || {
-                file_away(&p, &l.processed, SIDECAR_SUFFIX, &sidecar, &l.inbox)
+                file_away(&p, &l.processed, SIDECAR_SUFFIX, &sidecar)
             })
             .await??;
             match added {
@@ -284,19 +296,19 @@ fn reject(layout: &Layout, path: &Path, reason: &str) -> Result<PathBuf, IntakeE
         file_name(path),
         rfc3339(now_millis())
     );
-    file_away(path, &layout.rejected, ERROR_SUFFIX, &text, &layout.inbox)
+    file_away(path, &layout.rejected, ERROR_SUFFIX, &text)
 }
 
 /// Move `path` into `dir` under its own name (or `name~N.ext` when that is
 /// taken), with a companion file `<new name><suffix>` holding `companion`.
 /// The companion is written first, atomically, so a file is never filed
-/// without it; nothing existing is ever replaced.
+/// without it; nothing existing is ever replaced. The folders are synced
+/// by the caller, once per batch ([`Layout::sync`]).
 fn file_away(
     path: &Path,
     dir: &Path,
     suffix: &str,
     companion: &str,
-    inbox: &Path,
 ) -> Result<PathBuf, IntakeError> {
     std::fs::create_dir_all(dir)
         .map_err(IntakeError::io(format!("cannot create {}", dir.display())))?;
@@ -309,9 +321,6 @@ fn file_away(
         path.display(),
         dest.display()
     )))?;
-    // Both folders changed: make the move survive a power cut.
-    sync_dir(dir)?;
-    sync_dir(inbox)?;
     Ok(dest)
 }
 

@@ -1042,7 +1042,13 @@ fn map_qa_issue(
         feedback
     };
 
-    if let Some(&index) = f.id.as_ref().and_then(|id| by_id.get(id)) {
+    // The idea it is about: `idea_id` when an issue has its own `id` too.
+    let link = match &raw.value {
+        Value::Object(map) => map.get("idea_id").and_then(scalar),
+        _ => None,
+    }
+    .or(f.id.clone());
+    if let Some(&index) = link.as_ref().and_then(|id| by_id.get(id)) {
         let target = &mut plan.records[index];
         let into = target.source.clone();
         if let Mapping::Item { item, .. } = &mut target.mapping {
@@ -1089,7 +1095,7 @@ fn map_qa_issue(
         return Record {
             source,
             mapping: Mapping::Unmapped {
-                reason: match &f.id {
+                reason: match &link {
                     Some(id) => format!(
                         "no idea text, and no idea with id {id} in {IDEAS_LOG} to attach its feedback to"
                     ),

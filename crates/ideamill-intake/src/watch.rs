@@ -45,6 +45,8 @@ pub const LOCK_FILE: &str = ".ideamill-intake.lock";
 /// Events waiting for the intake task; past this the watcher asks for a
 /// rescan instead of blocking.
 const CHANNEL: usize = 4096;
+/// Files taken between two syncs of the folders, at most.
+const SYNC_EVERY: usize = 64;
 /// How often a process that does not hold the inbox lock tries again.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
 
@@ -274,13 +276,10 @@ fn scan(inbox: &Path) -> Result<Vec<(PathBuf, Stamp, Duration)>, IntakeError> {
         .map_err(IntakeError::io(format!("cannot list {}", inbox.display())))?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_str().is_none_or(ignored) {
-            // A name that is not UTF-8 is taken too, so that it is rejected
-            // visibly rather than left to sit unnoticed.
-            if name.to_str().is_some() {
-                continue;
-            }
+        // A name that is not UTF-8 is taken too (its content decides), never
+        // left to sit unnoticed.
+        if entry.file_name().to_str().is_some_and(ignored) {
+            continue;
         }
         let path = entry.path();
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -438,9 +437,14 @@ impl Intake {
             }
 
             // Take what is ready, one file at a time, stopping between files.
+            let mut moved = 0;
             while let Some(path) = self.tracker.next_ready() {
                 if stop.is_cancelled() {
-                    return;
+                    break;
+                }
+                moved += 1;
+                if moved % SYNC_EVERY == 0 {
+                    self.sync().await;
                 }
                 match take_file(&*self.store, &self.first, &self.layout, &path, &self.limits).await
                 {
@@ -456,6 +460,12 @@ impl Intake {
                 while let Ok(signal) = rx.try_recv() {
                     self.tracker.signal(signal, Instant::now());
                 }
+            }
+            if moved > 0 {
+                self.sync().await;
+            }
+            if stop.is_cancelled() {
+                return;
             }
             // The files there at start are all taken, settled ones and
             // those that were still being written alike.
@@ -481,6 +491,16 @@ impl Intake {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             self.check_due().await;
+        }
+    }
+
+    /// Make the moves so far durable (see `Layout::sync`).
+    async fn sync(&self) {
+        let layout = self.layout.clone();
+        match tokio::task::spawn_blocking(move || layout.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("Cannot sync the inbox folders: {e}"),
+            Err(e) => tracing::warn!("Cannot sync the inbox folders: {e}"),
         }
     }
 

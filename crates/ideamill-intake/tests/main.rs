@@ -202,7 +202,7 @@ async fn bad_files_are_rejected_with_their_line_and_column_and_good_ones_still_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_written_slowly_in_chunks_is_taken_whole_once_it_settles() {
-    let p = Project::new("settle = \"600ms\"").await;
+    let p = Project::new("settle = \"1500ms\"").await;
     let mut inbox = p.start();
     inbox.first_pass().await;
     // A writer that pauses between chunks, each pause shorter than the

@@ -5,6 +5,7 @@
 //! backend-specific may appear in its signatures.
 
 mod common;
+mod dashboard;
 mod error;
 pub mod postgres;
 pub mod sqlite;
@@ -17,6 +18,7 @@ use ideamill_core::machine::{NextJob, Transition};
 use ideamill_core::{ItemId, Millis};
 
 pub use common::day_start;
+pub use dashboard::search_terms;
 pub use error::StoreError;
 pub use types::*;
 pub use wake::WorkSignal;
@@ -180,6 +182,27 @@ pub trait Store: Send + Sync {
     /// input order. Wakes every engine when it queued work.
     async fn import_items(&self, items: &[ImportedItem], now: Millis)
     -> Result<Vec<ImportOutcome>>;
+
+    /// Items whose text holds every word of `text` (each as the start of a
+    /// word, without case: [`search_terms`]), with `filter`'s state, stage,
+    /// page and limit, newest first. Served by a text index, so the cost
+    /// follows the matches, not the size of the table. Text without a letter
+    /// or digit matches nothing.
+    async fn search_items(&self, filter: &ItemFilter, text: &str) -> Result<Vec<ItemSummary>>;
+
+    /// Finished attempts and items per `bucket` ms from `since` to now,
+    /// oldest first, empty buckets included, for the dashboard's charts.
+    async fn activity(
+        &self,
+        since: Millis,
+        bucket: Millis,
+        now: Millis,
+    ) -> Result<Vec<ActivityBucket>>;
+
+    /// Marks that change whenever something people see changes (an item,
+    /// job, attempt or event added, a job claimed or given back), read in
+    /// one cheap statement, for live updates.
+    async fn change_marker(&self) -> Result<ChangeMarker>;
 }
 
 pub use ideamill_core::JobId;

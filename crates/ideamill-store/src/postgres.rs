@@ -38,6 +38,7 @@ common::impl_row_ext!(PgRow);
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_intake.sql")),
+    (3, include_str!("../migrations/postgres/0003_dashboard.sql")),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -55,7 +56,14 @@ type Tx = Transaction<'static, Postgres>;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Reads of jobs' contexts, gathered into one query per batch.
+    contexts: Option<tokio::sync::mpsc::UnboundedSender<ContextRequest>>,
 }
+
+type ContextRequest = (ItemId, tokio::sync::oneshot::Sender<Result<ItemContext>>);
+
+/// Contexts read in one query at most.
+const CONTEXT_BATCH: usize = 256;
 
 impl PostgresStore {
     pub async fn open(url: &str, options: &OpenOptions) -> Result<PostgresStore> {
@@ -98,7 +106,18 @@ impl PostgresStore {
                 })
             })
             .connect_lazy_with(connect);
-        Ok(PostgresStore { pool })
+        // Jobs start in bursts (a claim hands out dozens): their context
+        // reads share one query, a round trip for the burst instead of one
+        // per job.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let contexts = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(read_contexts(pool.clone(), rx));
+                Some(tx)
+            }
+            Err(_) => None,
+        };
+        Ok(PostgresStore { pool, contexts })
     }
 
     async fn tx(&self) -> Result<Tx> {
@@ -508,10 +527,20 @@ impl Store for PostgresStore {
     ) -> Result<Vec<ClaimedJob>> {
         // The subquery is materialized so that it runs once: the rows it
         // locked are exactly the rows updated.
+        //
+        // A claim commits without waiting for its WAL flush
+        // (`synchronous_commit` off for this transaction only): it is acked
+        // to no one but the claimer, and the finish that follows it commits
+        // synchronously, flushing the claim with it. If the server crashes
+        // before the flush, the claim is undone and the job runs again, like
+        // one whose lease expired; the token it handed out may then be handed
+        // out again, which is why the fence also checks the owner.
         let rows = sqlx::query(
-            "WITH picked AS MATERIALIZED (
-                 SELECT id FROM jobs WHERE state = 'queued' AND stage = $4 AND run_at <= $3
-                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)
+            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             picked AS MATERIALIZED (
+                 SELECT id FROM jobs
+                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
+                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED)
              UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
                     lease_owner = $1, lease_expires_at = $2, started_at = $3, updated_at = $3
              FROM picked WHERE j.id = picked.id
@@ -535,34 +564,17 @@ impl Store for PostgresStore {
     }
 
     async fn context(&self, item: ItemId) -> Result<ItemContext> {
-        // One statement: the engine reads this once per job.
-        let row = sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS},
-                (SELECT COALESCE(json_agg(json_build_object('stage', o.stage, 'round', o.round, 'job_id', o.job_id,
-                                                           'output', o.output, 'created_at', o.created_at)), '[]')::text
-                 FROM outputs o
-                 WHERE o.item_id = items.id
-                   AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
-                ) AS outputs_json,
-                (SELECT COALESCE(json_agg(json_build_object('stage', f.stage, 'round', f.round, 'feedback', f.feedback,
-                                                           'created_at', f.created_at) ORDER BY f.id), '[]')::text
-                 FROM feedback f WHERE f.item_id = items.id
-                ) AS feedback_json
-             FROM items WHERE id = $1"
-        ))
-        .bind(item)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NoSuchItem(item))?;
-        let outputs = row.text("outputs_json")?;
-        let feedback = row.text("feedback_json")?;
-        Ok(ItemContext {
-            item: common::item_row(&row)?,
-            outputs: serde_json::from_str(&outputs)
-                .map_err(|e| StoreError::Corrupt(format!("outputs of item {item}: {e}")))?,
-            feedback: serde_json::from_str(&feedback)
-                .map_err(|e| StoreError::Corrupt(format!("feedback of item {item}: {e}")))?,
-        })
+        if let Some(batcher) = &self.contexts {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if batcher.send((item, reply)).is_ok()
+                && let Ok(context) = answer.await
+            {
+                return context;
+            }
+        }
+        // No batcher (its runtime is gone): read it alone.
+        let mut found = contexts_of(&self.pool, &[item]).await?;
+        found.remove(&item).ok_or(StoreError::NoSuchItem(item))
     }
 
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>> {
@@ -585,9 +597,10 @@ impl Store for PostgresStore {
                     run_at = COALESCE(u.run_at, j.run_at), last_error = COALESCE(u.error, j.last_error),
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = u.at,
                     finished_at = CASE WHEN j.cancel_requested OR u.finished THEN u.at ELSE NULL END
-             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::bool[], $8::int8[])
-                  AS u(id, token, state, run_at, error, at, finished, n)
-             WHERE j.id = u.id AND j.state = 'running' AND j.lease_token = u.token
+             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::bool[], $8::int8[],
+                         $9::text[])
+                  AS u(id, token, state, run_at, error, at, finished, n, owner)
+             WHERE j.id = u.id AND j.state = 'running' AND j.lease_token = u.token AND j.lease_owner = u.owner
              RETURNING u.n, j.cancel_requested",
         )
         .bind(sent.iter().map(|s| s.1.job.id).collect::<Vec<_>>())
@@ -598,6 +611,7 @@ impl Store for PostgresStore {
         .bind(sent.iter().map(|s| s.1.finished_at).collect::<Vec<_>>())
         .bind(sent.iter().map(|s| s.2.finished).collect::<Vec<_>>())
         .bind(sent.iter().map(|s| s.0 as i64).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.1.owner.as_str()).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         let mut passed: Vec<Option<bool>> = vec![None; finishes.len()];
@@ -724,10 +738,14 @@ impl Store for PostgresStore {
     }
 
     async fn heartbeat(&self, owner: &str, now: Millis, lease_until: Millis) -> Result<Vec<JobId>> {
-        // One statement, so one transaction and one round trip.
+        // One statement, so one transaction and one round trip. Like a
+        // claim, a beat need not wait for its WAL flush: a beat lost in a
+        // server crash only makes leases expire sooner.
         Ok(sqlx::query_scalar(
-            "WITH renewed AS (
-                 UPDATE jobs SET lease_expires_at = $1 WHERE lease_owner = $2 AND state = 'running'
+            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             renewed AS (
+                 UPDATE jobs SET lease_expires_at = $1
+                 WHERE lease_owner = $2 AND state = 'running' AND EXISTS (SELECT 1 FROM relaxed)
                  RETURNING id, cancel_requested),
              beat AS (UPDATE processes SET last_beat_at = $3 WHERE id = $2)
              SELECT id FROM renewed WHERE cancel_requested ORDER BY id",
@@ -1566,6 +1584,176 @@ impl Store for PostgresStore {
         tx.commit().await?;
         Ok(outcomes)
     }
+
+    async fn search_items(&self, filter: &ItemFilter, text: &str) -> Result<Vec<ItemSummary>> {
+        let terms = crate::search_terms(text);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The expression is the GIN index's (0003_dashboard.sql), word for word.
+        let mut sql = String::from(
+            "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round, i.last_error, i.created_at,
+                    i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts
+             FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id
+             WHERE to_tsvector('simple', i.text) @@ to_tsquery('simple', $4)",
+        );
+        if let Some(state) = filter.state {
+            sql.push_str(" AND ");
+            sql.push_str(common::state_clause(state));
+        }
+        if filter.stage.is_some() {
+            sql.push_str(" AND i.stage = $1");
+        }
+        if filter.before_id.is_some() {
+            sql.push_str(" AND i.id < $2");
+        }
+        sql.push_str(" ORDER BY i.id DESC LIMIT $3");
+        let rows = sqlx::query(&sql)
+            .bind(&filter.stage)
+            .bind(filter.before_id)
+            .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+            .bind(crate::dashboard::tsquery(&terms))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(common::item_summary).collect()
+    }
+
+    async fn activity(
+        &self,
+        since: Millis,
+        bucket: Millis,
+        now: Millis,
+    ) -> Result<Vec<ActivityBucket>> {
+        let bucket = bucket.max(1);
+        let since = since.max(now - bucket * (crate::dashboard::MAX_BUCKETS - 1));
+        let mut tx = self.snapshot().await?;
+        let mut rows = Vec::new();
+        for r in sqlx::query(
+            "SELECT (finished_at - $1) / $2 AS b, COUNT(*) AS n,
+                    COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'permanent', 'lost')) AS failed
+             FROM attempts WHERE finished_at >= $1 AND outcome NOT IN ('cancelled', 'released', 'paused')
+             GROUP BY b",
+        )
+        .bind(since)
+        .bind(bucket)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            rows.push((r.int("b")?, r.count("n")?, r.count("failed")?, 0, 0));
+        }
+        for r in sqlx::query(
+            "SELECT (finished_at - $1) / $2 AS b, COUNT(*) FILTER (WHERE state = 'done') AS done,
+                    COUNT(*) FILTER (WHERE state = 'failed') AS failed
+             FROM items WHERE finished_at >= $1 GROUP BY b",
+        )
+        .bind(since)
+        .bind(bucket)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            rows.push((r.int("b")?, 0, 0, r.count("done")?, r.count("failed")?));
+        }
+        tx.commit().await?;
+        Ok(crate::dashboard::fill_buckets(since, bucket, now, &rows))
+    }
+
+    async fn change_marker(&self) -> Result<ChangeMarker> {
+        let r = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM items) AS item,
+                    (SELECT COALESCE(MAX(id), 0) FROM jobs) AS job,
+                    (SELECT COALESCE(MAX(id), 0) FROM attempts) AS attempt,
+                    (SELECT COALESCE(MAX(id), 0) FROM events) AS event,
+                    (SELECT COUNT(*) FROM jobs WHERE state = 'running') AS running",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ChangeMarker {
+            item: r.int("item")?,
+            job: r.int("job")?,
+            attempt: r.int("attempt")?,
+            event: r.int("event")?,
+            running: r.count("running")?,
+        })
+    }
+}
+
+/// The contexts of several items, in one statement.
+async fn contexts_of(
+    pool: &PgPool,
+    items: &[ItemId],
+) -> Result<std::collections::HashMap<ItemId, ItemContext>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ITEM_COLUMNS},
+            (SELECT COALESCE(json_agg(json_build_object('stage', o.stage, 'round', o.round, 'job_id', o.job_id,
+                                                       'output', o.output, 'created_at', o.created_at)), '[]')::text
+             FROM outputs o
+             WHERE o.item_id = items.id
+               AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
+            ) AS outputs_json,
+            (SELECT COALESCE(json_agg(json_build_object('stage', f.stage, 'round', f.round, 'feedback', f.feedback,
+                                                       'created_at', f.created_at) ORDER BY f.id), '[]')::text
+             FROM feedback f WHERE f.item_id = items.id
+            ) AS feedback_json
+         FROM items WHERE id = ANY($1)"
+    ))
+    .bind(items)
+    .fetch_all(pool)
+    .await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let item = common::item_row(row)?;
+        let id = item.id;
+        let outputs = row.text("outputs_json")?;
+        let feedback = row.text("feedback_json")?;
+        found.insert(
+            id,
+            ItemContext {
+                item,
+                outputs: serde_json::from_str(&outputs)
+                    .map_err(|e| StoreError::Corrupt(format!("outputs of item {id}: {e}")))?,
+                feedback: serde_json::from_str(&feedback)
+                    .map_err(|e| StoreError::Corrupt(format!("feedback of item {id}: {e}")))?,
+            },
+        );
+    }
+    Ok(found)
+}
+
+/// Answer context reads: whatever has piled up while the last query ran
+/// goes into the next one.
+async fn read_contexts(
+    pool: PgPool,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<ContextRequest>,
+) {
+    let mut batch: Vec<ContextRequest> = Vec::new();
+    while let Some(first) = requests.recv().await {
+        batch.push(first);
+        while batch.len() < CONTEXT_BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut ids: Vec<ItemId> = batch.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        match contexts_of(&pool, &ids).await {
+            Ok(found) => {
+                // Cloned: the same item may be asked for twice in a batch.
+                for (id, reply) in batch.drain(..) {
+                    let _ = reply.send(found.get(&id).cloned().ok_or(StoreError::NoSuchItem(id)));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Unsupported(format!(
+                        "cannot read the item's context: {message}"
+                    ))));
+                }
+            }
+        }
+    }
 }
 
 /// Wake-ups through `LISTEN`, on a pooled connection of its own.
@@ -1637,5 +1825,66 @@ impl WorkSignal for PgSignal {
                 }
             }
         }
+    }
+}
+
+/// A database of its own next to the one a URL names, for benchmarks:
+/// created empty, dropped by [`ScratchDatabase::drop_now`]. Needs the
+/// CREATEDB privilege.
+pub struct ScratchDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    pub async fn create(url: &str) -> Result<ScratchDatabase> {
+        let name = format!(
+            "ideamill_scratch_{}_{}",
+            std::process::id(),
+            common::now_millis()
+        );
+        let mut conn = PgConnection::connect(url).await.map_err(|e| {
+            connect_error(&redact_url(url), url, e, false)
+        })?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(ScratchDatabase {
+            admin: url.to_string(),
+            url: with_database(url, &name),
+            name,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn drop_now(self) -> Result<()> {
+        let mut conn = PgConnection::connect(&self.admin).await?;
+        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+}
+
+/// `url` naming another database on the same server.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host_start..].find('/') {
+        Some(slash) => &base[..host_start + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
     }
 }

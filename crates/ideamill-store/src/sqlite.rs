@@ -27,6 +27,7 @@ common::impl_row_ext!(SqliteRow);
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_intake.sql")),
+    (3, include_str!("../migrations/sqlite/0003_dashboard.sql")),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -1316,6 +1317,102 @@ impl Store for SqliteStore {
             self.notify();
         }
         Ok(outcomes)
+    }
+
+    async fn search_items(&self, filter: &ItemFilter, text: &str) -> Result<Vec<ItemSummary>> {
+        let terms = crate::search_terms(text);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // FTS5 hands out matches by rowid, newest first, so a page stops
+        // reading as soon as it is full.
+        let mut sql = String::from(
+            "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round, i.last_error, i.created_at,
+                    i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts
+             FROM items_fts f JOIN items i ON i.id = f.rowid
+             LEFT JOIN jobs j ON j.id = i.current_job_id
+             WHERE items_fts MATCH ?4",
+        );
+        if let Some(state) = filter.state {
+            sql.push_str(" AND ");
+            sql.push_str(common::state_clause(state));
+        }
+        if filter.stage.is_some() {
+            sql.push_str(" AND i.stage = ?1");
+        }
+        if filter.before_id.is_some() {
+            sql.push_str(" AND f.rowid < ?2");
+        }
+        sql.push_str(" ORDER BY f.rowid DESC LIMIT ?3");
+        let rows = sqlx::query(&sql)
+            .bind(&filter.stage)
+            .bind(filter.before_id)
+            .bind(if filter.limit == 0 { 100 } else { filter.limit })
+            .bind(crate::dashboard::fts5_query(&terms))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(common::item_summary).collect()
+    }
+
+    async fn activity(
+        &self,
+        since: Millis,
+        bucket: Millis,
+        now: Millis,
+    ) -> Result<Vec<ActivityBucket>> {
+        let bucket = bucket.max(1);
+        let since = since.max(now - bucket * (crate::dashboard::MAX_BUCKETS - 1));
+        let mut conn = self.reader.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut rows = Vec::new();
+        for r in sqlx::query(
+            "SELECT (finished_at - ?1) / ?2 AS b, count(*) AS n,
+                    COALESCE(SUM(outcome IN ('error', 'timeout', 'permanent', 'lost')), 0) AS failed
+             FROM attempts WHERE finished_at >= ?1 AND outcome NOT IN ('cancelled', 'released', 'paused')
+             GROUP BY b",
+        )
+        .bind(since)
+        .bind(bucket)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            rows.push((r.int("b")?, r.count("n")?, r.count("failed")?, 0, 0));
+        }
+        for r in sqlx::query(
+            "SELECT (finished_at - ?1) / ?2 AS b, COALESCE(SUM(state = 'done'), 0) AS done,
+                    COALESCE(SUM(state = 'failed'), 0) AS failed
+             FROM items WHERE finished_at >= ?1 GROUP BY b",
+        )
+        .bind(since)
+        .bind(bucket)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            rows.push((r.int("b")?, 0, 0, r.count("done")?, r.count("failed")?));
+        }
+        tx.commit().await?;
+        Ok(crate::dashboard::fill_buckets(since, bucket, now, &rows))
+    }
+
+    async fn change_marker(&self) -> Result<ChangeMarker> {
+        // Each MAX(id) is the last entry of a rowid table; the running
+        // count reads the partial index of running jobs.
+        let r = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM items) AS item,
+                    (SELECT COALESCE(MAX(id), 0) FROM jobs) AS job,
+                    (SELECT COALESCE(MAX(id), 0) FROM attempts) AS attempt,
+                    (SELECT COALESCE(MAX(id), 0) FROM events) AS event,
+                    (SELECT count(*) FROM jobs WHERE state = 'running') AS running",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(ChangeMarker {
+            item: r.int("item")?,
+            job: r.int("job")?,
+            attempt: r.int("attempt")?,
+            event: r.int("event")?,
+            running: r.count("running")?,
+        })
     }
 }
 

@@ -369,6 +369,18 @@ impl Db {
                 for (_, sql) in triggers {
                     sqlx::raw_sql(sql).execute(&mut *c).await?;
                 }
+                // The copy ran without the triggers that keep the text-search
+                // index: build it again from the copied items.
+                let has_fts: Option<String> = sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'items_fts'",
+                )
+                .fetch_optional(&mut *c)
+                .await?;
+                if has_fts.is_some() {
+                    sqlx::raw_sql("INSERT INTO items_fts (items_fts) VALUES ('rebuild')")
+                        .execute(&mut *c)
+                        .await?;
+                }
                 let broken: Vec<SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
                     .fetch_all(&mut *c)
                     .await?;
@@ -429,7 +441,10 @@ impl Db {
         let tables: Vec<String> = match self {
             Db::Sqlite(c) => {
                 sqlx::query_scalar(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                    // The text-search index (`items_fts` and its shadow
+                    // tables) is derived from `items`: rebuilt, not copied.
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+                       AND name NOT LIKE 'items_fts%' ORDER BY name",
                 )
                 .fetch_all(c)
                 .await?

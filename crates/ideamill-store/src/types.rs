@@ -496,3 +496,29 @@ pub enum ImportOutcome {
     /// Its key was taken before (or earlier in the same batch).
     Skipped(IntakeRecord),
 }
+
+/// One time bucket of the dashboard's charts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ActivityBucket {
+    /// The bucket's start, ms since the epoch.
+    pub start: Millis,
+    /// Attempts that finished in it (cancelled and released ones excluded).
+    pub attempts: u64,
+    /// Of those, the ones that failed: error, timeout, permanent error, lost.
+    pub failed_attempts: u64,
+    /// Items that ended done in it.
+    pub items_done: u64,
+    /// Items that ended failed in it.
+    pub items_failed: u64,
+}
+
+/// What `change_marker` reads: newest ids and running jobs. Equal markers
+/// mean nothing people see has changed (but the clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct ChangeMarker {
+    pub item: i64,
+    pub job: i64,
+    pub attempt: i64,
+    pub event: i64,
+    pub running: u64,
+}

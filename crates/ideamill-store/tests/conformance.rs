@@ -18,6 +18,8 @@ mod cluster;
 mod admin;
 #[path = "conformance/claims.rs"]
 mod claims;
+#[path = "conformance/dashboard.rs"]
+mod dashboard;
 #[path = "conformance/finishes.rs"]
 mod finishes;
 #[path = "conformance/intake.rs"]
@@ -83,6 +85,9 @@ macro_rules! conformance_suite {
                     queries::events_filter_by_item_kind_and_since,
                     intake::add_items_once_takes_a_source_once,
                     intake::import_items_in_their_states_once,
+                    dashboard::search_items_matches_word_prefixes_with_filters_and_pages,
+                    dashboard::activity_counts_attempts_and_items_per_bucket,
+                    dashboard::change_marker_moves_with_work,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,

@@ -329,14 +329,32 @@ pub enum BenchWhat {
     Throughput {
         #[arg(long, default_value_t = 20_000)]
         items: u32,
-        /// Jobs of each stage run at once.
+        /// Jobs of each stage run at once (per process).
         #[arg(long, default_value_t = 64)]
         concurrency: u32,
+        /// A PostgreSQL server to measure on (postgres://…): the bench makes
+        /// a scratch database there and drops it after [default: a scratch
+        /// SQLite store].
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Engine processes sharing the store (above 1: child processes).
+        #[arg(long, default_value_t = 1)]
+        processes: u32,
     },
     /// Pickup latency: in-process and from another process.
     Pickup {
         #[arg(long, default_value_t = 200)]
         samples: u32,
+        /// A PostgreSQL server to measure on, as for `throughput`.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+    },
+    /// One engine process of `bench throughput --processes N`: no-op stages
+    /// until idle; prints its attempts.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        config: std::path::PathBuf,
     },
     /// Hang detection and recovery times, and the idle cost (wake-ups, RSS)
     /// of supervisor plus engine.

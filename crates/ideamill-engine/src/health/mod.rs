@@ -5,6 +5,7 @@
 //! and the pure health verdict shared by `status`, `doctor` and `/healthz`.
 
 mod clock;
+pub mod facts;
 pub mod logring;
 pub mod metrics;
 pub mod pulse;

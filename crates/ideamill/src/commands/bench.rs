@@ -1,5 +1,7 @@
-//! `ideamill bench`: throughput and pickup latency on a scratch SQLite store,
-//! with no-op stages, so the figures are the engine's and the store's own.
+//! `ideamill bench`: throughput and pickup latency on a scratch store (SQLite,
+//! or a scratch database on a PostgreSQL server with `--store`), with no-op
+//! stages, so the figures are the engine's and the store's own. Throughput
+//! can run several engine processes on one store (`--processes`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -21,17 +23,68 @@ use crate::project;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
-        BenchWhat::Throughput { items, concurrency } => throughput(items, concurrency).await?,
-        BenchWhat::Pickup { samples } => pickup(samples).await?,
+        BenchWhat::Throughput {
+            items,
+            concurrency,
+            store,
+            processes,
+        } => {
+            on_scratch_store(store.as_deref(), |url| {
+                throughput(items, concurrency, url, processes.max(1))
+            })
+            .await?
+        }
+        BenchWhat::Pickup { samples, store } => {
+            on_scratch_store(store.as_deref(), |url| pickup(samples, url)).await?
+        }
+        BenchWhat::Worker { config } => worker(&config).await?,
         BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
         BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A scratch project with `stages` no-op stages.
-fn scratch(dir: &Path, stages: usize, concurrency: u32) -> anyhow::Result<Config> {
-    let mut text = String::from("[engine]\nlease = \"30s\"\nheartbeat = \"2s\"\n");
+/// Run `bench` on a scratch database of the PostgreSQL server `server`
+/// (dropped afterwards), or on a scratch SQLite store when there is none.
+async fn on_scratch_store<F, Fut>(server: Option<&str>, bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Option<String>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let Some(server) = server else {
+        return bench(None).await;
+    };
+    anyhow::ensure!(
+        ideamill_store::is_postgres_url(server),
+        "--store takes a postgres:// URL (without it, the bench uses a scratch SQLite store)"
+    );
+    let db = ideamill_store::postgres::ScratchDatabase::create(server)
+        .await
+        .context("cannot create a scratch database for the bench")?;
+    let result = bench(Some(db.url().to_string())).await;
+    if let Err(e) = db.drop_now().await {
+        eprintln!("Could not drop the bench's scratch database: {e}");
+    }
+    result
+}
+
+fn backend(url: &Option<String>) -> &'static str {
+    if url.is_some() { "PostgreSQL" } else { "SQLite" }
+}
+
+/// A scratch project with `stages` no-op stages, on `store` (a URL) or on
+/// SQLite in `dir`.
+fn scratch(
+    dir: &Path,
+    stages: usize,
+    concurrency: u32,
+    store: &Option<String>,
+) -> anyhow::Result<Config> {
+    let mut text = String::new();
+    if let Some(url) = store {
+        text.push_str(&format!("[store]\nurl = \"{url}\"\n"));
+    }
+    text.push_str("[engine]\nlease = \"30s\"\nheartbeat = \"2s\"\n");
     for i in 0..stages {
         text.push_str(&format!(
             "[[stages]]\nname = \"s{i}\"\nkind = \"command\"\ncommand = [\"true\"]\nconcurrency = {concurrency}\n"
@@ -59,9 +112,14 @@ fn new_items(n: usize) -> Vec<NewItem> {
         .collect()
 }
 
-async fn throughput(items: u32, concurrency: u32) -> anyhow::Result<()> {
+async fn throughput(
+    items: u32,
+    concurrency: u32,
+    url: Option<String>,
+    processes: u32,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = Arc::new(scratch(dir.path(), 3, concurrency)?);
+    let config = Arc::new(scratch(dir.path(), 3, concurrency, &url)?);
     let store = project::open_store(&config).await?;
     let first = first_job(&config);
     let clock = Instant::now();
@@ -69,6 +127,9 @@ async fn throughput(items: u32, concurrency: u32) -> anyhow::Result<()> {
         store.add_items(chunk, &first, now_millis()).await?;
     }
     let enqueue = clock.elapsed();
+    if processes > 1 {
+        return throughput_processes(&config, &store, items, enqueue, processes, &url).await;
+    }
     let engine = Engine::new(
         config.clone(),
         store.clone(),
@@ -83,7 +144,10 @@ async fn throughput(items: u32, concurrency: u32) -> anyhow::Result<()> {
     let took = clock.elapsed();
     store.close().await;
     let jobs = summary.attempts;
-    println!("bench throughput (SQLite, 3 no-op stages, concurrency {concurrency} per stage)");
+    println!(
+        "bench throughput ({}, 3 no-op stages, concurrency {concurrency} per stage, 1 process)",
+        backend(&url)
+    );
     println!(
         "  enqueue: {items} items in {:.2}s ({:.0} items/s)",
         enqueue.as_secs_f64(),
@@ -103,9 +167,9 @@ async fn throughput(items: u32, concurrency: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pickup(samples: u32) -> anyhow::Result<()> {
+async fn pickup(samples: u32, url: Option<String>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = Arc::new(scratch(dir.path(), 1, 4)?);
+    let config = Arc::new(scratch(dir.path(), 1, 4, &url)?);
     let store = project::open_store(&config).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let engine = Engine::new(
@@ -184,7 +248,10 @@ async fn pickup(samples: u32) -> anyhow::Result<()> {
     running.await??;
     store.close().await;
 
-    println!("bench pickup (SQLite, {samples} samples each)");
+    println!(
+        "bench pickup ({}, {samples} samples each)",
+        backend(&url)
+    );
     report("  in-process:    ", &mut local);
     report("  other process: ", &mut remote);
     Ok(())
@@ -244,5 +311,90 @@ async fn adder(config: &Path, samples: u32) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     store.close().await;
+    Ok(())
+}
+
+/// The same run with `processes` engine processes sharing the store: child
+/// processes of this binary (`bench worker`), started together.
+async fn throughput_processes(
+    config: &Config,
+    store: &Arc<dyn ideamill_store::Store>,
+    items: u32,
+    enqueue: Duration,
+    processes: u32,
+    url: &Option<String>,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let clock = Instant::now();
+    let children = (0..processes)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["bench", "worker", "--config"])
+                .arg(&config.path)
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("cannot start a bench worker process")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output())
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .await??;
+    let took = clock.elapsed();
+    let mut per_process = Vec::new();
+    for out in &outputs {
+        anyhow::ensure!(out.status.success(), "a bench worker failed: {}", out.status);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let attempts: u64 = text
+            .trim()
+            .strip_prefix("attempts ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("a bench worker printed {text:?}"))?;
+        per_process.push(attempts);
+    }
+    let jobs: u64 = per_process.iter().sum();
+    let done = store.status(now_millis()).await?.items.done;
+    store.close().await;
+    let concurrency = config.stages.first().map_or(0, |s| s.concurrency);
+    println!(
+        "bench throughput ({}, 3 no-op stages, concurrency {concurrency} per stage, {processes} processes)",
+        backend(url)
+    );
+    println!(
+        "  enqueue: {items} items in {:.2}s ({:.0} items/s)",
+        enqueue.as_secs_f64(),
+        items as f64 / enqueue.as_secs_f64()
+    );
+    println!(
+        "  run:     {jobs} jobs in {:.2}s = {:.0} jobs/s ({done} items done; per process {per_process:?})",
+        took.as_secs_f64(),
+        jobs as f64 / took.as_secs_f64(),
+    );
+    anyhow::ensure!(
+        done == items as u64,
+        "only {done} of {items} items finished"
+    );
+    Ok(())
+}
+
+/// `bench worker`: one engine of `throughput --processes N`.
+async fn worker(config: &Path) -> anyhow::Result<()> {
+    let config = Arc::new(project::load_config(Some(config))?);
+    let store = project::open_store(&config).await?;
+    let engine = Engine::new(
+        config.clone(),
+        store.clone(),
+        noop_executors(&config),
+        EngineOptions {
+            until_idle: true,
+            ..EngineOptions::default()
+        },
+    );
+    let summary = engine.run(CancellationToken::new()).await?;
+    store.close().await;
+    println!("attempts {}", summary.attempts);
     Ok(())
 }

@@ -132,6 +132,7 @@ fn environment_problems(config: &Config) -> Vec<String> {
     for (what, dir) in [
         ("data_dir", &config.engine.data_dir),
         ("workspace", &config.engine.workspace),
+        ("inbox", &config.engine.inbox),
     ] {
         let existing = dir.ancestors().find(|d| d.exists());
         match existing {

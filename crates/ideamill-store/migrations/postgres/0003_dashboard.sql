@@ -1,0 +1,14 @@
+-- ideamill schema 3 (PostgreSQL): what the dashboard and the HTTP API read,
+-- as in migrations/sqlite/0003_dashboard.sql.
+
+-- Text search over items: words of the idea text in the `simple`
+-- configuration (no stemming, no stop words, lowercased), matched as
+-- prefixes. An expression index: nothing to keep in step, nothing extra to
+-- copy.
+CREATE INDEX items_text_search ON items USING gin (to_tsvector('simple', text));
+
+-- The items list filtered by stage, newest first, without a scan.
+CREATE INDEX items_stage ON items (stage, id);
+
+-- Charts: attempts finished per time bucket over the last hours.
+CREATE INDEX attempts_finished ON attempts (finished_at);

@@ -1,0 +1,161 @@
+//! `/api/items`: list (filtered, searched, paginated) and add; one item with
+//! its stages, attempts, outputs, feedback rounds, files and costs; one
+//! workspace file; retry and cancel.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ideamill_core::machine::first_job;
+use ideamill_engine::now_millis;
+use ideamill_intake::{Format, Limits, parse_ideas};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::view::{self, ItemsQuery, json};
+
+/// A request body of ideas is at most this large.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Ideas one request may add.
+pub const MAX_IDEAS: usize = 10_000;
+
+pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+    let q: ItemsQuery = view::query(raw.as_deref())?;
+    let page = view::list_items(&s, &q).await?;
+    Ok(json(StatusCode::OK, &page))
+}
+
+/// The ideas in a request body, read as `ideamill add --file` reads a file
+/// of the same type: JSON (an object, or an array of objects or strings),
+/// JSON lines, plain text (one idea per line) or Markdown (one idea).
+pub fn ideas_from(content_type: Option<&str>, body: &[u8]) -> ApiResult<Vec<ideamill_store::NewItem>> {
+    let mime = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let format = match mime.as_str() {
+        "application/json" => Format::Json,
+        "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => Format::JsonLines,
+        "text/plain" => Format::Text,
+        "text/markdown" => Format::Markdown,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "ideas come as application/json, application/x-ndjson, text/plain or text/markdown{}",
+                    if other.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", not {other}")
+                    }
+                ),
+            ));
+        }
+    };
+    let limits = Limits {
+        max_file_bytes: MAX_BODY as u64,
+        max_ideas: MAX_IDEAS,
+        max_idea_bytes: Limits::for_add().max_idea_bytes,
+    };
+    let items = parse_ideas(body, format, &limits)
+        .map_err(|e| ApiError::unprocessable(format!("the ideas do not read: {e}")))?;
+    if items.is_empty() {
+        return Err(ApiError::unprocessable("no ideas found in the request"));
+    }
+    Ok(items)
+}
+
+/// Read a body of at most `MAX_BODY` bytes.
+pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, Vec<u8>)> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is larger than {} MiB", MAX_BODY / (1024 * 1024)),
+            )
+        })?;
+    Ok((content_type, bytes.to_vec()))
+}
+
+pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult<Response> {
+    let (content_type, body) = body(request).await?;
+    let items = ideas_from(content_type.as_deref(), &body)?;
+    let ids = s
+        .call(s.store.add_items(&items, &first_job(&s.config), now_millis()))
+        .await?;
+    Ok(json(StatusCode::CREATED, &serde_json::json!({ "ids": ids })))
+}
+
+pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = view::item_id(&id)?;
+    Ok(json(StatusCode::OK, &view::item(&s, id).await?))
+}
+
+pub async fn file(
+    State(s): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = view::item_id(&id)?;
+    let (bytes, cut) = view::read_file(&s, id, &path).await?;
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        bytes,
+    )
+        .into_response();
+    if cut {
+        response
+            .headers_mut()
+            .insert("x-ideamill-truncated", header::HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    from: Option<String>,
+}
+
+pub async fn retry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    request: Request<Body>,
+) -> ApiResult<Response> {
+    let id = view::item_id(&id)?;
+    let (_, body) = body(request).await?;
+    let options: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not {{\"from\": \"STAGE\"}}: {e}")))?
+    };
+    let effect = view::retry(&s, id, options.from.as_deref()).await?;
+    s.live.poke();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "stage": effect.stage, "round": effect.round }),
+    ))
+}
+
+pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = view::item_id(&id)?;
+    let effect = view::cancel(&s, id).await?;
+    s.live.poke();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "cancelled": true, "was_running": effect.was_running }),
+    ))
+}

@@ -1,0 +1,48 @@
+//! `/api/status`: the health verdict with its reasons and the status
+//! snapshot (as `ideamill status --json`); `/api/processes`: engine
+//! processes with the age of their last beat.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use ideamill_engine::now_millis;
+use ideamill_store::ProcessInfo;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::view::json;
+
+pub async fn get(State(s): State<AppState>) -> Response {
+    let now = now_millis();
+    let (health, status) = s.verdict(now).await;
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "health": health, "status": status }),
+    )
+}
+
+#[derive(Serialize)]
+struct Process {
+    #[serde(flatten)]
+    info: ProcessInfo,
+    /// How long ago it last beat, ms.
+    beat_age_ms: i64,
+}
+
+pub async fn processes(State(s): State<AppState>) -> ApiResult<Response> {
+    let now = now_millis();
+    let processes: Vec<Process> = s
+        .call(s.store.processes())
+        .await?
+        .into_iter()
+        .map(|info| Process {
+            beat_age_ms: (now - info.last_beat_at).max(0),
+            info,
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "processes": processes }),
+    ))
+}

@@ -1,0 +1,204 @@
+//! ideamill's HTTP server, inside `ideamill run`: the dashboard (server
+//! rendered, live through server-sent events), the JSON API described by
+//! `/api/openapi.json`, and the probes (`/healthz`, `/readyz`, `/metrics`).
+//!
+//! A library rather than a module of the binary so that its handlers are
+//! tested through [`app`] with `tower::ServiceExt::oneshot`, without a socket
+//! (`tests/api.rs`), like any other crate's API.
+//!
+//! Handlers run on the engine's event loop (a single-threaded runtime), so
+//! nothing here blocks: store calls are async with a deadline, file reads and
+//! syntax highlighting go to the blocking pool, and every page is bounded
+//! (paginated lists, capped file views). An answer from `/healthz` is itself
+//! evidence that the loop runs.
+//!
+//! Layout: `auth.rs` (tokens, cookies, cross-site checks), `error.rs` (the
+//! one `ApiError`), `api/` (one file per JSON resource), `pages/` (one file
+//! per page), `live.rs` (the SSE broadcaster), `probes.rs`, `assets.rs`
+//! (embedded CSS, JS and vendored libraries), `highlight.rs` (a small syntax
+//! highlighter for generated files), `view.rs` (what pages and the API share).
+
+pub mod api;
+mod assets;
+pub mod auth;
+pub mod error;
+pub mod highlight;
+mod live;
+mod pages;
+mod probes;
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use ideamill_core::{Config, Millis};
+use ideamill_engine::health::Health;
+use ideamill_engine::health::facts;
+use ideamill_engine::health::verdict::{Verdict, judge};
+use ideamill_store::{StatusSnapshot, Store};
+
+pub use auth::Access;
+pub use error::{ApiError, ApiResult};
+
+/// How long a request waits for the store.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    health: Arc<Health>,
+    access: Access,
+    live: live::Live,
+    templates: pages::Templates,
+    /// The charts' data, reused for a few seconds: charts over hours do not
+    /// need a fresher read than that, and it is the page's costliest one.
+    activity: Mutex<Option<api::activity::Cached>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        health: Arc<Health>,
+        access: Access,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                live: live::Live::new(store.clone()),
+                config,
+                store,
+                health,
+                access,
+                templates: pages::Templates::new(),
+                activity: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// A store call with the request deadline.
+    async fn call<T>(
+        &self,
+        f: impl Future<Output = ideamill_store::Result<T>>,
+    ) -> ApiResult<T> {
+        match tokio::time::timeout(STORE_TIMEOUT, f).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ApiError::store_timeout(STORE_TIMEOUT.as_secs())),
+        }
+    }
+
+    /// The health verdict, judged as `ideamill status` judges it, and the
+    /// snapshot it saw (none when the store failed).
+    async fn verdict(&self, now: Millis) -> (Verdict, Option<StatusSnapshot>) {
+        let gathered = tokio::time::timeout(STORE_TIMEOUT, async {
+            let mut f = facts::gather(&self.config, &*self.store, now).await;
+            match self.store.status(now).await {
+                Ok(s) => f.snapshot = Some(s),
+                Err(e) => f.store_error = Some(e.to_string()),
+            }
+            f
+        })
+        .await;
+        let f = gathered.unwrap_or_else(|_| ideamill_engine::health::verdict::Facts {
+            now,
+            store_error: Some(format!(
+                "the store did not answer within {} s",
+                STORE_TIMEOUT.as_secs()
+            )),
+            ..Default::default()
+        });
+        (judge(&self.config, &f), f.snapshot)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every route.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/openapi.json", get(api::openapi))
+        .route("/status", get(api::status::get))
+        .route("/processes", get(api::status::processes))
+        .route("/events", get(api::events::list))
+        .route("/activity", get(api::activity::get))
+        .route("/items", get(api::items::list).post(api::items::add))
+        .route("/items/{id}", get(api::items::get))
+        .route("/items/{id}/files/{*path}", get(api::items::file))
+        .route("/items/{id}/retry", post(api::items::retry))
+        .route("/items/{id}/cancel", post(api::items::cancel))
+        .route("/stream", get(live::stream))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(auth::method_not_allowed);
+    Router::new()
+        .nest("/api", api)
+        .route("/", get(pages::overview::page))
+        .route("/items", get(pages::items::page))
+        .route("/items/{id}", get(pages::item::page))
+        .route("/add", get(pages::add::page).post(pages::add::submit))
+        .route("/ui/overview", get(pages::overview::fragment))
+        .route("/ui/items", get(pages::items::fragment))
+        .route("/ui/items/{id}", get(pages::item::fragment))
+        .route("/ui/items/{id}/retry", post(pages::item::retry))
+        .route("/ui/items/{id}/cancel", post(pages::item::cancel))
+        .route("/login", get(pages::login::page).post(pages::login::submit))
+        .route("/logout", post(pages::login::logout))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
+        .route("/assets/{*path}", get(assets::serve))
+        .fallback(pages::not_found)
+        .method_not_allowed_fallback(auth::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .with_state(state)
+}
+
+/// Bind `addr` and serve in the background; returns the bound address. A
+/// listener that cannot bind is a warning, not a reason to stop the engine
+/// (another engine on this machine may hold the port).
+pub async fn start(addr: SocketAddr, state: AppState) -> Option<SocketAddr> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(
+                "The HTTP server (dashboard, API, /healthz, /metrics) is off: cannot listen on {addr}: {e}"
+            );
+            return None;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(
+        "Dashboard and API on http://{local}/ ({}); probes /healthz, /readyz, /metrics",
+        if state.access.is_open() {
+            "loopback: this machine only"
+        } else {
+            "the access token is required"
+        }
+    );
+    *lock(&state.health.listen) = Some(local.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app(state)).await {
+            tracing::warn!("The HTTP server stopped: {e}");
+        }
+    });
+    Some(local)
+}
