@@ -395,7 +395,7 @@ async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, Millis)]) -> Result<()> 
     sqlx::query(
         "UPDATE items SET state = 'failed', last_error = u.reason, finished_at = u.at, updated_at = u.at
          FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS u(id, reason, at)
-         WHERE items.id = u.id AND items.state = 'active'",
+         WHERE items.id = ANY($1) AND items.id = u.id AND items.state = 'active'",
     )
     .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
@@ -536,11 +536,10 @@ impl Store for PostgresStore {
         // one whose lease expired; the token it handed out may then be handed
         // out again, which is why the fence also checks the owner.
         let rows = sqlx::query(
-            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
-             picked AS MATERIALIZED (
+            "WITH picked AS MATERIALIZED (
                  SELECT id FROM jobs
-                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
-                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED)
+                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3
+                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)
              UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
                     lease_owner = $1, lease_expires_at = $2, started_at = $3, updated_at = $3
              FROM picked WHERE j.id = picked.id
@@ -581,6 +580,10 @@ impl Store for PostgresStore {
         if finishes.is_empty() {
             return Ok(Vec::new());
         }
+        // `id = ANY($1)` lets the planner find the rows through the primary
+        // key whatever it guesses about the arrays (fresh tables have no
+        // statistics).
+        //
         // The fence, for the whole batch in one statement: only the holder
         // of a job's current token may finish it, once. A finish repeated
         // within the batch is stale, as it would be one after another.
@@ -600,7 +603,8 @@ impl Store for PostgresStore {
              FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::bool[], $8::int8[],
                          $9::text[])
                   AS u(id, token, state, run_at, error, at, finished, n, owner)
-             WHERE j.id = u.id AND j.state = 'running' AND j.lease_token = u.token AND j.lease_owner = u.owner
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.state = 'running' AND j.lease_token = u.token
+               AND j.lease_owner = u.owner
              RETURNING u.n, j.cancel_requested",
         )
         .bind(sent.iter().map(|s| s.1.job.id).collect::<Vec<_>>())
@@ -696,7 +700,8 @@ impl Store for PostgresStore {
         if !item_errors.is_empty() {
             sqlx::query(
                 "UPDATE items SET last_error = u.error, updated_at = u.at
-                 FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS u(id, error, at) WHERE items.id = u.id",
+                 FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS u(id, error, at)
+                 WHERE items.id = ANY($1) AND items.id = u.id",
             )
             .bind(item_errors.iter().map(|r| r.0).collect::<Vec<_>>())
             .bind(item_errors.iter().map(|r| r.1).collect::<Vec<_>>())
@@ -708,7 +713,8 @@ impl Store for PostgresStore {
         if !cancelled_items.is_empty() {
             sqlx::query(
                 "UPDATE items SET state = 'cancelled', finished_at = u.at, updated_at = u.at
-                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at) WHERE items.id = u.id AND items.state = 'active'",
+                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at)
+                 WHERE items.id = ANY($1) AND items.id = u.id AND items.state = 'active'",
             )
             .bind(cancelled_items.iter().map(|r| r.0).collect::<Vec<_>>())
             .bind(cancelled_items.iter().map(|r| r.1).collect::<Vec<_>>())
@@ -722,7 +728,7 @@ impl Store for PostgresStore {
         if !done.is_empty() {
             sqlx::query(
                 "UPDATE items SET state = 'done', last_error = NULL, finished_at = u.at, updated_at = u.at
-                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at) WHERE items.id = u.id",
+                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at) WHERE items.id = ANY($1) AND items.id = u.id",
             )
             .bind(done.iter().map(|r| r.0).collect::<Vec<_>>())
             .bind(done.iter().map(|r| r.1).collect::<Vec<_>>())

@@ -52,7 +52,8 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+#[doc(hidden)]
+pub struct Inner {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     health: Arc<Health>,
@@ -80,7 +81,7 @@ impl AppState {
     ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
-                live: live::Live::new(store.clone()),
+                live: live::Live::new(),
                 config,
                 store,
                 health,

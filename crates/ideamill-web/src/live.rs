@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use futures_util::Stream;
 use ideamill_engine::now_millis;
-use ideamill_store::{ChangeMarker, Store};
+use ideamill_store::ChangeMarker;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
@@ -50,7 +50,7 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(_store: Arc<dyn Store>) -> Live {
+    pub fn new() -> Live {
         Live {
             tx: watch::Sender::new(Tick::default()),
             started: AtomicBool::new(false),

@@ -83,6 +83,8 @@ pub enum Command {
     Store(StoreArgs),
     /// Measure throughput and pickup latency on a scratch store.
     Bench(BenchArgs),
+    /// Alerts: `alert test` sends a test alert to every `[[alerts]]` target.
+    Alert(AlertArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }
@@ -214,8 +216,9 @@ pub struct RunArgs {
     /// crashes or hangs (for systemd, Kubernetes, or debugging).
     #[arg(long)]
     pub no_supervisor: bool,
-    /// The HTTP listener for /healthz, /readyz and /metrics: IP:PORT, or
-    /// `off` [default: `[health] listen`, 127.0.0.1:9464].
+    /// The HTTP server (dashboard, API, /healthz, /readyz, /metrics):
+    /// IP:PORT, or `off` [default: `[health] listen`, 127.0.0.1:9464]. Any
+    /// address but loopback needs the access token (`[web] token_file`).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// What this process runs: `all` (engine and HTTP listener), `worker`
@@ -366,6 +369,16 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         hangs: u32,
     },
+    /// Page and API load times of the dashboard with a large store (a
+    /// scratch SQLite store filled with a week of history).
+    Web {
+        /// Items in the store.
+        #[arg(long, default_value_t = 100_000)]
+        items: u32,
+        /// Requests timed per page.
+        #[arg(long, default_value_t = 20)]
+        requests: u32,
+    },
     /// The other process of `bench pickup`: adds items one at a time and
     /// prints when it added each.
     #[command(hide = true)]
@@ -375,6 +388,28 @@ pub enum BenchWhat {
         #[arg(long)]
         samples: u32,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AlertArgs {
+    #[command(subcommand)]
+    pub what: AlertWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertWhat {
+    /// Send a test alert to every target (or one) and say how each went
+    /// (exit 0 when all were delivered, 2 otherwise).
+    Test(AlertTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlertTestArgs {
+    /// Only the target with this name.
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

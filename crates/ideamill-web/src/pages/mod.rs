@@ -21,11 +21,12 @@ use crate::error::ApiError;
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("layout.html", include_str!("../../templates/layout.html")),
-    ("macros.html", include_str!("../../templates/macros.html")),
     ("overview.html", include_str!("../../templates/overview.html")),
     ("items.html", include_str!("../../templates/items.html")),
+    ("items_results.html", include_str!("../../templates/items_results.html")),
     ("item.html", include_str!("../../templates/item.html")),
     ("add.html", include_str!("../../templates/add.html")),
+    ("added.html", include_str!("../../templates/added.html")),
     ("login.html", include_str!("../../templates/login.html")),
     ("error.html", include_str!("../../templates/error.html")),
 ];
@@ -48,6 +49,7 @@ impl Templates {
         env.add_filter("dur", |ms: Millis| short(ms));
         env.add_filter("ts", |ms: Millis| timestamp(ms));
         env.add_filter("num", |n: i64| thousands(n));
+        env.add_filter("bytes", |n: u64| bytes(n));
         env.add_filter("money", |x: f64| money(x));
         env.add_filter("first_line", |s: String, max: usize| first_line(&s, max));
         env.add_filter("lines", |s: String| s.lines().count());
@@ -95,6 +97,15 @@ pub fn thousands(n: i64) -> String {
         out.push(c);
     }
     if n < 0 { format!("-{out}") } else { out }
+}
+
+/// "812 B", "12.4 KB", "3.1 MB".
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1000 => format!("{n} B"),
+        1000..1_000_000 => format!("{:.1} KB", n as f64 / 1000.0),
+        _ => format!("{:.1} MB", n as f64 / 1_000_000.0),
+    }
 }
 
 pub fn money(x: f64) -> String {
@@ -248,6 +259,7 @@ mod tests {
         assert_eq!(ago(70_000, 10_000), "in 1m");
         assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(first_line("a\nb", 10), "a …");
+        assert_eq!((bytes(1), bytes(12_400), bytes(3_100_000)), ("1 B".into(), "12.4 KB".into(), "3.1 MB".into()));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchWhat::Worker { config } => worker(&config).await?,
         BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
         BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
+        BenchWhat::Web { items, requests } => return super::bench_web::run(items, requests).await,
     }
     Ok(ExitCode::SUCCESS)
 }

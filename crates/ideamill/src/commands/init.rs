@@ -77,6 +77,11 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     if !gitignore.exists() {
         write_file(&gitignore, GITIGNORE, false)?;
     }
+    // The dashboard's access token, needed when it listens on anything but
+    // loopback; in the data folder, which .gitignore keeps out of git.
+    let token = dir.join(".ideamill").join("token");
+    ideamill_web::auth::create_token_file(&token)
+        .with_context(|| format!("cannot write the access token {}", token.display()))?;
     println!("Created an ideamill project in {}.", dir.display());
     if !args.no_model && args.provider.is_none() {
         println!(

@@ -1,8 +1,10 @@
 //! One module per subcommand. Each returns the process exit code.
 
 mod add;
+mod alert;
 mod bench;
 mod bench_health;
+mod bench_web;
 mod cancel;
 mod doctor;
 mod events;
@@ -58,6 +60,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::cli::StoreWhat::Copy(args) => block_on(store_copy::run(args)),
         },
         Command::Bench(args) => block_on(bench::run(args)),
+        Command::Alert(args) => match args.what {
+            crate::cli::AlertWhat::Test(args) => block_on(alert::test(config, args)),
+        },
     }
 }
 

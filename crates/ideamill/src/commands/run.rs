@@ -76,16 +76,27 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
             "--role web runs only the HTTP listener, and it is off: give --listen IP:PORT"
         );
     }
+    // The dashboard, the API and the probes: one server, loopback unless
+    // told otherwise, and then only with the access token.
     if let Some(addr) = listen {
-        crate::http::start(
-            &addr,
-            crate::http::AppState {
-                config: config.clone(),
-                store: store.clone(),
-                health: health.clone(),
-            },
-        )
-        .await;
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+            anyhow::anyhow!("--listen {addr:?} must be IP:PORT (e.g. 127.0.0.1:9464) or `off`")
+        })?;
+        let access = ideamill_web::Access::for_listen(&config, &addr)
+            .map_err(|e| project::config_problem(&config, e))?;
+        let state = ideamill_web::AppState::new(config.clone(), store.clone(), health.clone(), access);
+        ideamill_web::start(addr, state).await;
+    }
+    // Alerts go out from the processes that serve HTTP (`all`, `web`), so
+    // that extra `--role worker` machines do not repeat them.
+    let alerts_stop = CancellationToken::new();
+    if args.role != Role::Worker && !config.alerts.is_empty() {
+        let alerts = ideamill_alerts::Alerts::new(config.clone(), store.clone())
+            .map_err(|e| project::config_problem(&config, e))?;
+        tokio::spawn(alerts.monitor(
+            ideamill_alerts::MonitorOptions::for_config(&config),
+            alerts_stop.clone(),
+        ));
     }
     if args.role == Role::Web {
         return serve_only(store, &health, pulse_stop, pulse).await;
@@ -130,6 +141,7 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     let summary = engine.run(shutdown).await;
     inbox.stop().await;
     let _ = reporter.await;
+    alerts_stop.cancel();
     pulse_stop.cancel();
     let _ = pulse.await;
     store.close().await;

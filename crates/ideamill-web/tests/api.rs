@@ -1,0 +1,513 @@
+//! The HTTP server through its router, without a socket
+//! (`app(state).oneshot(request)`): the JSON API with good and bad input and
+//! pagination, access with and without the token, cross-site checks, the
+//! pages and their live fragments, the probes.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use ideamill_engine::health::{Health, LogRing};
+use ideamill_store::Store;
+use ideamill_web::{Access, AppState, app};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    state: AppState,
+    store: Arc<dyn Store>,
+}
+
+const CONFIG: &str = "[engine]\nheartbeat = \"500ms\"\n\
+    [[stages]]\nname = \"draft\"\nkind = \"command\"\ncommand = [\"true\"]\n\
+    [[stages]]\nname = \"review\"\nkind = \"command\"\ncommand = [\"true\"]\n";
+
+async fn fixture_with(access: Access) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ideamill.toml");
+    let config = Arc::new(ideamill_core::config::parse(CONFIG, &path).unwrap());
+    let store: Arc<dyn Store> = Arc::from(
+        ideamill_store::open(&config.store.url, &Default::default())
+            .await
+            .unwrap(),
+    );
+    let health = Arc::new(Health::new(&config, LogRing::new(10)));
+    let state = AppState::new(config, store.clone(), health, access);
+    Fixture { dir, state, store }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with(Access::Open).await
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    /// An error answer's status and code.
+    fn error(&self) -> (StatusCode, String) {
+        let v = self.json();
+        let code = v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {}", self.body));
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", self.body);
+        (self.status, code.to_string())
+    }
+}
+
+async fn send(app: Router, request: Request<Body>) -> Answer {
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+impl Fixture {
+    fn app(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        send(self.app(), Request::get(path).body(Body::empty()).unwrap()).await
+    }
+
+    async fn post(&self, path: &str, content_type: &str, body: &str) -> Answer {
+        let request = Request::post(path)
+            .header(header::CONTENT_TYPE, content_type)
+            .header("x-requested-with", "test")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        send(self.app(), request).await
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> Answer {
+        self.post(path, "application/json", &body.to_string()).await
+    }
+
+    async fn add(&self, ideas: &[&str]) -> Vec<i64> {
+        let a = self.post_json("/api/items", json!(ideas)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        a.json()["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    }
+}
+
+/// Finish a claimed job as the last stage's success: the item is done.
+async fn finish_done(store: &dyn Store, job: ideamill_store::ClaimedJob) {
+    use ideamill_core::AttemptOutcome;
+    use ideamill_core::machine::Transition;
+    let finish = ideamill_store::Finish {
+        owner: "w".into(),
+        outcome: AttemptOutcome::Succeeded,
+        started_at: job.claimed_at,
+        finished_at: job.claimed_at + 5,
+        exit_code: Some(0),
+        error: None,
+        output: Some("ok".into()),
+        stderr: None,
+        usage: None,
+        transition: Transition::Advance {
+            output: "ok".into(),
+            next: None,
+        },
+        job,
+    };
+    store.finish(&[finish]).await.unwrap().remove(0).unwrap();
+}
+
+#[tokio::test]
+async fn add_ideas_in_every_format_and_refuse_bad_input() {
+    let f = fixture().await;
+    assert_eq!(f.add(&["a CLI that converts CSV to JSON", "a moon phase page"]).await, [1, 2]);
+    let a = f
+        .post_json("/api/items", json!({"text": "with metadata", "priority": "high"}))
+        .await;
+    assert_eq!((a.status, a.json()), (StatusCode::CREATED, json!({"ids": [3]})));
+    let item = f.get("/api/items/3").await.json();
+    assert_eq!(item["item"]["metadata"], json!({"priority": "high"}));
+    let a = f.post("/api/items", "text/plain; charset=utf-8", "one\n\ntwo\n").await;
+    assert_eq!(a.json()["ids"], json!([4, 5]));
+
+    let bad = [
+        ("application/json", "[1, 2", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        ("application/json", "[]", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        ("application/json", "{\"colour\": 1}", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        ("application/json", "[\"   \"]", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        ("text/plain", "\n \n", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        ("image/png", "x", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("text/plain", "\u{0}\u{1}", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+    ];
+    for (content_type, body, status, code) in bad {
+        let a = f.post("/api/items", content_type, body).await;
+        assert_eq!(a.error(), (status, code.to_string()), "{content_type} {body:?}: {}", a.body);
+    }
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let a = f.post("/api/items", "text/plain", &huge).await;
+    assert_eq!(a.error(), (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into()));
+    let long = format!("[\"{}\"]", "y".repeat(300 * 1024));
+    let a = f.post("/api/items", "application/json", &long).await;
+    assert_eq!(a.error().0, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    // Nothing bad was added.
+    let list = f.get("/api/items?limit=100").await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn list_filters_searches_and_pages() {
+    let f = fixture().await;
+    let texts: Vec<String> = (1..=7).map(|i| format!("idea number {i} about csv")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    f.add(&refs).await;
+    f.add(&["something about json"]).await;
+
+    let page = f.get("/api/items?limit=3").await.json();
+    let ids = |v: &Value| -> Vec<i64> { v["items"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect() };
+    assert_eq!(ids(&page), [8, 7, 6]);
+    assert_eq!(page["next_before"], 6);
+    let page = f.get("/api/items?limit=3&before=6").await.json();
+    assert_eq!(ids(&page), [5, 4, 3]);
+    let page = f.get("/api/items?limit=3&before=3").await.json();
+    assert_eq!((ids(&page), page["next_before"].clone()), (vec![2, 1], Value::Null));
+
+    let found = f.get("/api/items?q=CSV+idea&limit=2").await.json();
+    assert_eq!(ids(&found), [7, 6]);
+    assert_eq!(found["next_before"], 6);
+    let found = f.get("/api/items?q=json").await.json();
+    assert_eq!(ids(&found), [8]);
+    assert_eq!(found["items"][0]["display_state"], "queued");
+    assert_eq!(ids(&f.get("/api/items?q=%21%21%21").await.json()), Vec::<i64>::new());
+
+    f.post_json("/api/items/8/cancel", json!({})).await;
+    assert_eq!(ids(&f.get("/api/items?state=cancelled").await.json()), [8]);
+    assert_eq!(ids(&f.get("/api/items?state=queued&q=json").await.json()), Vec::<i64>::new());
+    assert_eq!(ids(&f.get("/api/items?stage=draft&limit=1").await.json()), [8]);
+    // Empty parameters (as forms send them) mean no filter.
+    assert_eq!(ids(&f.get("/api/items?state=&stage=&q=&limit=2").await.json()), [8, 7]);
+
+    for bad in [
+        "/api/items?state=nope",
+        "/api/items?limit=0",
+        "/api/items?limit=501",
+        "/api/items?limit=ten",
+        "/api/items?before=-1",
+        "/api/items?colour=red",
+    ] {
+        assert_eq!(f.get(bad).await.error(), (StatusCode::BAD_REQUEST, "bad_request".into()), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn one_item_its_files_retry_and_cancel() {
+    let f = fixture().await;
+    f.add(&["write hello.py"]).await;
+    let ws = f.dir.path().join("workspace/1/src");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("hello.py"), "print('hi')\n").unwrap();
+    std::fs::write(f.dir.path().join("secret.txt"), "s3cret").unwrap();
+    std::os::unix::fs::symlink(f.dir.path().join("secret.txt"), ws.join("leak")).unwrap();
+
+    let item = f.get("/api/items/1").await.json();
+    assert_eq!(item["item"]["text"], "write hello.py");
+    assert_eq!(item["display_state"], "queued");
+    assert_eq!(item["jobs"][0]["stage"], "draft");
+    assert_eq!(item["files"], json!([{"path": "src/hello.py", "bytes": 12}, {"path": "src/leak", "bytes": item["files"][1]["bytes"]}]));
+    assert!(item["usage"]["cost"].is_number());
+
+    let file = f.get("/api/items/1/files/src/hello.py").await;
+    assert_eq!((file.status, file.body.as_str()), (StatusCode::OK, "print('hi')\n"));
+    assert_eq!(file.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert_eq!(f.get("/api/items/1/files/src/leak").await.error(), (StatusCode::FORBIDDEN, "outside_workspace".into()));
+    assert_eq!(f.get("/api/items/1/files/../secret.txt").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get("/api/items/1/files/nope.py").await.error().0, StatusCode::NOT_FOUND);
+
+    assert_eq!(f.get("/api/items/abc").await.error(), (StatusCode::BAD_REQUEST, "bad_request".into()));
+    assert_eq!(f.get("/api/items/0").await.error().0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get("/api/items/99").await.error(), (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(f.post_json("/api/items/99/retry", json!({})).await.error().0, StatusCode::NOT_FOUND);
+
+    let a = f.post("/api/items/1/cancel", "application/json", "").await;
+    assert_eq!(a.json(), json!({"id": 1, "cancelled": true, "was_running": false}));
+    assert_eq!(f.get("/api/items/1").await.json()["display_state"], "cancelled");
+    let again = f.post("/api/items/1/cancel", "application/json", "").await;
+    assert_eq!(again.error().0, StatusCode::CONFLICT, "{}", again.body);
+
+    let a = f.post_json("/api/items/1/retry", json!({"from": "nope"})).await;
+    assert_eq!(a.error(), (StatusCode::UNPROCESSABLE_ENTITY, "invalid".into()));
+    assert!(a.body.contains("stages: draft, review"), "{}", a.body);
+    assert_eq!(f.post("/api/items/1/retry", "application/json", "{\"form\": 1}").await.error().0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.post("/api/items/1/retry", "application/json", "[").await.error().0, StatusCode::BAD_REQUEST);
+    let a = f.post("/api/items/1/retry", "application/json", "").await;
+    assert_eq!(a.json(), json!({"id": 1, "stage": "draft", "round": 1}));
+    assert_eq!(f.get("/api/items/1").await.json()["display_state"], "queued");
+    // A done item needs `from`.
+    let now = ideamill_engine::now_millis();
+    let job = f.store.claim("draft", 1, "w", now, now + 60_000).await.unwrap().remove(0);
+    finish_done(&*f.store, job).await;
+    assert_eq!(f.get("/api/items/1").await.json()["display_state"], "done");
+    let a = f.post_json("/api/items/1/retry", json!({})).await;
+    assert_eq!(a.error(), (StatusCode::UNPROCESSABLE_ENTITY, "invalid".into()));
+    assert!(a.body.contains("name the stage to start from"), "{}", a.body);
+    let a = f.post_json("/api/items/1/retry", json!({"from": "review"})).await;
+    assert_eq!(a.json(), json!({"id": 1, "stage": "review", "round": 1}));
+}
+
+#[tokio::test]
+async fn status_processes_events_activity_and_the_document() {
+    let f = fixture().await;
+    f.add(&["x"]).await;
+    let status = f.get("/api/status").await.json();
+    // Work waits and no engine runs.
+    assert_eq!(status["health"]["verdict"], "DOWN");
+    assert_eq!(status["health"]["reasons"][0]["code"], "no_engine");
+    assert_eq!(status["status"]["items"]["active"], 1);
+    assert_eq!(f.get("/api/processes").await.json(), json!({"processes": []}));
+    f.post_json("/api/items/1/cancel", json!({})).await;
+    let events = f.get("/api/events?limit=5").await.json();
+    assert_eq!(events["events"][0]["kind"], "item_cancelled");
+    assert_eq!(f.get("/api/events?item=2").await.json()["events"], json!([]));
+    assert_eq!(f.get("/api/events?limit=5000").await.error().0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get("/api/events?item=x").await.error().0, StatusCode::BAD_REQUEST);
+    let activity = f.get("/api/activity?hours=1").await.json();
+    assert_eq!(activity["bucket_ms"], 60_000);
+    assert!(activity["buckets"].as_array().unwrap().len() >= 60);
+    assert_eq!(f.get("/api/activity?hours=0").await.error().0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get("/api/activity?hours=999").await.error().0, StatusCode::BAD_REQUEST);
+
+    let doc = f.get("/api/openapi.json").await.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/api/items", "/api/items/{id}", "/api/items/{id}/files/{path}", "/api/items/{id}/retry",
+        "/api/items/{id}/cancel", "/api/status", "/api/processes", "/api/events", "/api/activity",
+        "/api/stream", "/healthz", "/readyz", "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    assert_eq!(f.get("/api/nope").await.error(), (StatusCode::NOT_FOUND, "not_found".into()));
+    let a = send(f.app(), Request::delete("/api/items").header("x-requested-with", "t").body(Body::empty()).unwrap()).await;
+    assert_eq!(a.error(), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into()));
+}
+
+#[tokio::test]
+async fn probes_and_metrics() {
+    let f = fixture().await;
+    let a = f.get("/healthz").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // Not registered yet: alive but not ready.
+    assert_eq!(f.get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let metrics = f.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    for series in [
+        "ideamill_items{state=\"active\"} 0",
+        "ideamill_queue_jobs{stage=\"draft\",state=\"queued\"} 0",
+        "ideamill_jobs_started_total{stage=\"draft\"} 0",
+        "ideamill_stalls_detected_total 0",
+        "# TYPE ideamill_llm_requests_total counter",
+    ] {
+        assert!(metrics.body.contains(series), "{series} missing:\n{}", metrics.body);
+    }
+}
+
+#[tokio::test]
+async fn with_a_token_everything_but_the_probes_needs_it() {
+    let f = fixture_with(Access::with_token("s3cret-token".into())).await;
+    assert_eq!(f.get("/api/items").await.error(), (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    assert_eq!(f.get("/metrics").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(f.get("/assets/app.css").await.status, StatusCode::OK);
+    let page = f.get("/items?state=failed").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.headers[header::LOCATION], "/login?next=%2Fitems%3Fstate%3Dfailed");
+    assert_eq!(f.get("/login").await.status, StatusCode::OK);
+    // A write without the token is refused before anything happens.
+    let a = f.post_json("/api/items", json!(["x"])).await;
+    assert_eq!(a.error(), (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+
+    let bearer = |r: axum::http::request::Builder| r.header(header::AUTHORIZATION, "Bearer s3cret-token");
+    let a = send(f.app(), bearer(Request::get("/api/items")).body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = send(
+        f.app(),
+        bearer(Request::post("/api/items"))
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from("from curl"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "a bearer request is not cross-site: {}", a.body);
+    let a = send(f.app(), Request::get("/api/items").header(header::AUTHORIZATION, "Bearer wrong").body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+
+    // The login form: a wrong token, then the right one for a cookie.
+    let login = |token: &str| {
+        Request::post("/login")
+            .header(header::HOST, "mill.example:9464")
+            .header(header::ORIGIN, "http://mill.example:9464")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}&next=%2Fitems")))
+            .unwrap()
+    };
+    let a = send(f.app(), login("nope")).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = send(f.app(), login("s3cret-token")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(a.headers[header::LOCATION], "/items");
+    let cookie = a.headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains("s3cret-token"), "the cookie holds a hash, not the token");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let a = send(f.app(), Request::get("/items").header(header::COOKIE, &session).body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("from curl"));
+    // The cookie alone does not let a cross-site form change anything.
+    let forged = Request::post("/api/items/1/cancel")
+        .header(header::COOKIE, &session)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(f.app(), forged).await.error(), (StatusCode::FORBIDDEN, "cross_site".into()));
+    let forged = Request::post("/api/items/1/cancel")
+        .header(header::COOKIE, &session)
+        .header(header::HOST, "mill.example:9464")
+        .header(header::ORIGIN, "https://evil.example")
+        .header("hx-request", "true")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(f.app(), forged).await.error(), (StatusCode::FORBIDDEN, "cross_site".into()));
+    let htmx = Request::post("/api/items/1/cancel")
+        .header(header::COOKIE, &session)
+        .header("hx-request", "true")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(f.app(), htmx).await.status, StatusCode::OK);
+    assert_eq!(f.store.item(1).await.unwrap().display_state, "cancelled");
+}
+
+#[tokio::test]
+async fn on_loopback_only_loopback_names_are_answered() {
+    let f = fixture().await;
+    let with_host = |host: &'static str| Request::get("/api/items").header(header::HOST, host).body(Body::empty()).unwrap();
+    assert_eq!(send(f.app(), with_host("127.0.0.1:9464")).await.status, StatusCode::OK);
+    assert_eq!(send(f.app(), with_host("localhost:9464")).await.status, StatusCode::OK);
+    // A page whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing.
+    let a = send(f.app(), with_host("evil.example:9464")).await;
+    assert_eq!(a.error(), (StatusCode::FORBIDDEN, "forbidden_host".into()));
+    // No token needed, but a plain cross-site form is still refused.
+    let form = Request::post("/api/items")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("sneaky"))
+        .unwrap();
+    assert_eq!(send(f.app(), form).await.error(), (StatusCode::FORBIDDEN, "cross_site".into()));
+}
+
+#[tokio::test]
+async fn pages_render_escaped_and_fragments_follow_changes() {
+    let f = fixture().await;
+    f.add(&["<script>alert(1)</script> a CLI"]).await;
+    let overview = f.get("/").await;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert_eq!(overview.headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert!(overview.headers["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    assert!(overview.body.contains("Down — no work can be done until someone acts"), "{}", overview.body);
+    assert!(overview.body.contains("no_engine"));
+    assert!(overview.body.contains("id=\"chart-throughput\""));
+    let items = f.get("/items?q=cli").await;
+    assert!(items.body.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; a CLI"), "{}", items.body);
+    assert!(!items.body.contains("<script>alert(1)"));
+    let results = f.get("/ui/items?q=cli").await;
+    assert!(results.body.starts_with("<div id=\"results\""), "{}", results.body);
+    assert_eq!(results.headers["hx-replace-url"], "/items?q=cli");
+
+    let page = f.get("/items/1").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"cancel\""));
+    let version = page
+        .body
+        .split("hx-get=\"/ui/items/1?v=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let same = f.get(&format!("/ui/items/1?v={version}")).await;
+    assert_eq!(same.status, StatusCode::NO_CONTENT, "nothing changed");
+    let cancel = Request::post("/ui/items/1/cancel").header("hx-request", "true").body(Body::empty()).unwrap();
+    let a = send(f.app(), cancel).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains(">cancelled<"), "{}", a.body);
+    assert!(a.body.contains("id=\"retry\""));
+    let changed = f.get(&format!("/ui/items/1?v={version}")).await;
+    assert_eq!(changed.status, StatusCode::OK);
+
+    let add = Request::post("/add")
+        .header("hx-request", "true")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("ideas=first+idea%0Asecond+idea&format=lines"))
+        .unwrap();
+    let a = send(f.app(), add).await;
+    assert!(a.body.contains("Added 2 items") && a.body.contains("href=\"/items/3\""), "{}", a.body);
+    let empty = Request::post("/add")
+        .header("hx-request", "true")
+        .body(Body::from("ideas=%0A&format=lines"))
+        .unwrap();
+    assert_eq!(send(f.app(), empty).await.error().0, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let missing = f.get("/items/77").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("no item with id 77"));
+    let nowhere = f.get("/nowhere").await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert!(nowhere.body.contains("<!doctype html>"));
+    assert_eq!(f.get("/add").await.status, StatusCode::OK);
+    for asset in ["app.css", "app.js", "vendor/htmx/htmx.min.js", "vendor/uplot/uPlot.iife.min.js", "vendor/uplot/LICENSE"] {
+        let a = f.get(&format!("/assets/{asset}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{asset}");
+        let etag = a.headers[header::ETAG].clone();
+        let again = send(f.app(), Request::get(format!("/assets/{asset}")).header(header::IF_NONE_MATCH, etag).body(Body::empty()).unwrap()).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    }
+}
+
+#[tokio::test]
+async fn the_stream_says_what_is_at_once() {
+    use futures_util::StreamExt;
+    let f = fixture().await;
+    let response = f
+        .app()
+        .oneshot(Request::get("/api/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .expect("a first event")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.starts_with("event: change\ndata: {\"seq\":"), "{text}");
+    // Then the poller's first look: the verdict, without reloading anything.
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), body.next())
+        .await
+        .expect("a second event")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&next);
+    assert!(text.contains("\"verdict\":\"HEALTHY\""), "{text}");
+}
