@@ -304,7 +304,11 @@ mod tests {
         let stalled = verdict(Level::Stalled, &["engine_stalled"]);
         // The first look says only trouble.
         check_verdict(Seen::default(), healthy.clone(), &[]);
-        check_verdict(Seen::default(), lag.clone(), &[("verdict:DEGRADED", &[Verdict])]);
+        check_verdict(
+            Seen::default(),
+            lag.clone(),
+            &[("verdict:DEGRADED", &[Verdict])],
+        );
         // A change says the new verdict; a stuck queue rides along.
         check_verdict(
             Seen::of(&healthy),
@@ -322,7 +326,11 @@ mod tests {
             stalled.clone(),
             &[("verdict:STALLED", &[Verdict, Stall])],
         );
-        check_verdict(Seen::of(&stalled), healthy, &[("verdict:HEALTHY", &[Verdict])]);
+        check_verdict(
+            Seen::of(&stalled),
+            healthy,
+            &[("verdict:HEALTHY", &[Verdict])],
+        );
         let back = from_verdict(&Seen::of(&stalled), &verdict(Level::Healthy, &[]), 1);
         assert_eq!(back[0].severity, Severity::Resolved);
         assert_eq!(back[0].message, "It was STALLED; nothing needs a look now.");

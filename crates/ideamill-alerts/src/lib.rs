@@ -59,7 +59,8 @@ impl MonitorOptions {
     /// Twice the heartbeat, within 1–10 s, for events; 15 s for the verdict
     /// (or the event interval, if longer).
     pub fn for_config(config: &Config) -> MonitorOptions {
-        let interval = (config.engine.heartbeat * 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let interval =
+            (config.engine.heartbeat * 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
         MonitorOptions {
             interval,
             verdict_every: interval.max(Duration::from_secs(15).min(interval * 4)),
@@ -77,6 +78,8 @@ pub struct Alerts {
     state_path: PathBuf,
     state: Mutex<State>,
     in_flight: AtomicUsize,
+    /// When this process's alert service began: earlier events are history.
+    started_at: Millis,
 }
 
 impl Alerts {
@@ -94,10 +97,10 @@ impl Alerts {
             .build()
             .map_err(|e| format!("cannot set up the HTTP client for alerts: {e}"))?;
         let origin = Origin {
-            project: config
-                .root
-                .file_name()
-                .map_or_else(|| "ideamill".to_string(), |n| n.to_string_lossy().into_owned()),
+            project: config.root.file_name().map_or_else(
+                || "ideamill".to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
             host: hostname(),
             dashboard: config.web.url.clone(),
         };
@@ -112,6 +115,7 @@ impl Alerts {
             state_path,
             state: Mutex::new(state),
             in_flight: AtomicUsize::new(0),
+            started_at: now_millis(),
         }))
     }
 
@@ -128,8 +132,13 @@ impl Alerts {
                 continue;
             }
             let cooldown = target.cooldown.as_millis() as Millis;
-            let Some(held) = lock(&self.state).admit(&target.name, &alert.key, cooldown, now) else {
-                tracing::debug!("Alert `{}` to `{}` held back by its cooldown", alert.key, target.name);
+            let Some(held) = lock(&self.state).admit(&target.name, &alert.key, cooldown, now)
+            else {
+                tracing::debug!(
+                    "Alert `{}` to `{}` held back by its cooldown",
+                    alert.key,
+                    target.name
+                );
                 continue;
             };
             if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
@@ -159,7 +168,11 @@ impl Alerts {
     async fn delivered(&self, alert: &Alert, d: &Delivery, held: u64) {
         let (kind, message) = match &d.result {
             Ok(status) => {
-                tracing::info!("Alert \"{}\" sent to `{}` (HTTP {status})", alert.title, d.target);
+                tracing::info!(
+                    "Alert \"{}\" sent to `{}` (HTTP {status})",
+                    alert.title,
+                    d.target
+                );
                 (
                     event_kind::ALERT_SENT,
                     format!(
@@ -247,7 +260,7 @@ impl Alerts {
         let mut last_verdict: Option<tokio::time::Instant> = None;
         loop {
             let now = now_millis();
-            self.look_at_events(now).await;
+            self.look_at_events().await;
             if last_verdict.is_none_or(|t| t.elapsed() >= options.verdict_every) {
                 last_verdict = Some(tokio::time::Instant::now());
                 self.look_at_verdict(now).await;
@@ -261,23 +274,19 @@ impl Alerts {
         self.save().await;
     }
 
-    async fn look_at_events(self: &Arc<Self>, now: Millis) {
+    async fn look_at_events(self: &Arc<Self>) {
         let cursor = lock(&self.state).cursor;
-        let Some((cursor_id, cursor_at)) = cursor else {
-            // The first look ever: start after what exists (history is not news).
-            let newest = self
-                .store
-                .events(&EventFilter {
-                    limit: 1,
-                    ..EventFilter::default()
-                })
-                .await;
-            if let Ok(newest) = newest {
-                let mut s = lock(&self.state);
-                s.cursor = Some(newest.last().map_or((0, now), |e| (e.id, e.at)));
-                s.dirty = true;
-            }
-            return;
+        let (cursor_id, cursor_at) = match cursor {
+            Some(c) => c,
+            None => match self.first_cursor().await {
+                Some(c) => {
+                    let mut s = lock(&self.state);
+                    s.cursor = Some(c);
+                    s.dirty = true;
+                    c
+                }
+                None => return,
+            },
         };
         // Events are stamped by the process that records them: look a minute
         // further back than the cursor's own time, and go by id.
@@ -308,6 +317,33 @@ impl Alerts {
             s.cursor = Some(newest);
             s.dirty = true;
         }
+    }
+
+    /// Where the first look ever starts: after the last event recorded
+    /// before this service began (history is not news; what happened since
+    /// is, even if it came before the first look).
+    async fn first_cursor(&self) -> Option<(i64, Millis)> {
+        let fresh = self
+            .store
+            .events(&EventFilter {
+                since: Some(self.started_at),
+                limit: EVENTS_PER_LOOK,
+                ..EventFilter::default()
+            })
+            .await
+            .ok()?;
+        if let Some(first) = fresh.first() {
+            return Some((first.id - 1, self.started_at));
+        }
+        let newest = self
+            .store
+            .events(&EventFilter {
+                limit: 1,
+                ..EventFilter::default()
+            })
+            .await
+            .ok()?;
+        Some(newest.last().map_or((0, self.started_at), |e| (e.id, e.at)))
     }
 
     async fn look_at_verdict(self: &Arc<Self>, now: Millis) {

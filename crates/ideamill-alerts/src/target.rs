@@ -221,7 +221,11 @@ impl Target {
 
     /// One try: the status when delivered, else the error and whether a
     /// retry may help.
-    async fn send_once(&self, client: &reqwest::Client, request: &Request) -> (Result<u16, String>, bool) {
+    async fn send_once(
+        &self,
+        client: &reqwest::Client,
+        request: &Request,
+    ) -> (Result<u16, String>, bool) {
         let mut builder = client
             .post(&self.url)
             .timeout(self.timeout)
@@ -236,7 +240,10 @@ impl Target {
                     (Ok(status), false)
                 } else {
                     let retry = status == 408 || status == 429 || status >= 500;
-                    (Err(format!("{} answered HTTP {status}", self.host())), retry)
+                    (
+                        Err(format!("{} answered HTTP {status}", self.host())),
+                        retry,
+                    )
                 }
             }
             // The error's own text would name the URL: say only what failed.
@@ -270,7 +277,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Slack's mrkdwn treats `&`, `<` and `>` as markup.
 fn slack_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// HTTP header values are ASCII without control characters; ntfy shows
@@ -364,7 +373,12 @@ mod tests {
     #[test]
     fn ntfy_request() {
         let r = target(AlertKind::Ntfy, "https://ntfy.sh/mill").request(&alert(), 1, &origin());
-        let header = |k: &str| r.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let header = |k: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(header("title"), Some("Item 7 failed - badly (mill)"));
         assert_eq!(header("priority"), Some("high"));
         assert_eq!(header("click"), Some("http://pi:9464/items/7"));
@@ -376,7 +390,10 @@ mod tests {
 
     #[test]
     fn urls_stay_secret() {
-        let t = target(AlertKind::Slack, "https://user:pw@hooks.slack.com/services/T0/B0/XYZ?x=1");
+        let t = target(
+            AlertKind::Slack,
+            "https://user:pw@hooks.slack.com/services/T0/B0/XYZ?x=1",
+        );
         assert_eq!(t.host(), "hooks.slack.com");
         let env = AlertTarget {
             url: UrlSource::Env("IDEAMILL_TEST_UNSET_ALERT_URL".into()),

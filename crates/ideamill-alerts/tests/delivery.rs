@@ -35,8 +35,7 @@ impl Receiver {
         };
         async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
             r.tries.fetch_add(1, Ordering::SeqCst);
-            if r
-                .fail_first
+            if r.fail_first
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
             {
@@ -145,7 +144,10 @@ async fn wait_events(store: &dyn Store, kind: &str, n: usize) -> Vec<String> {
         if got.len() >= n {
             return got;
         }
-        assert!(Instant::now() < deadline, "{n} `{kind}` event(s) expected, got {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{n} `{kind}` event(s) expected, got {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -167,12 +169,22 @@ async fn delivered_once_per_cooldown_and_retried_when_the_receiver_fails() {
     });
     let got = rx.wait_for(2).await;
     let sent = wait_events(&*f.store, "alert_sent", 2).await;
-    assert_eq!(rx.tries.load(Ordering::SeqCst), 4, "two failures, then one try each");
+    assert_eq!(
+        rx.tries.load(Ordering::SeqCst),
+        4,
+        "two failures, then one try each"
+    );
     assert_eq!(got.len(), 2, "{got:?}");
     let keys: Vec<&str> = got.iter().map(|b| b["key"].as_str().unwrap()).collect();
-    assert!(keys.contains(&"item_failed") && keys.contains(&"budget_reached"), "{keys:?}");
+    assert!(
+        keys.contains(&"item_failed") && keys.contains(&"budget_reached"),
+        "{keys:?}"
+    );
     assert_eq!(got[0]["title"], "Item 1 failed");
-    assert!(sent.iter().all(|m| m.contains("sent to `hook`")), "{sent:?}");
+    assert!(
+        sent.iter().all(|m| m.contains("sent to `hook`")),
+        "{sent:?}"
+    );
     // Still nothing more: the two held-back alerts wait for the cooldown.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rx.bodies().len(), 2);
@@ -203,11 +215,15 @@ async fn a_delivery_that_fails_for_good_becomes_an_event_without_the_url() {
     let failed = wait_events(&*f.store, "alert_failed", 1).await;
     assert_eq!(rx.tries.load(Ordering::SeqCst), 2);
     assert!(
-        failed[0].starts_with("Alert \"Item 1 failed\" could not be sent to `hook` after 2 tries: 127.0.0.1:")
-            && failed[0].ends_with("answered HTTP 503"),
+        failed[0].starts_with(
+            "Alert \"Item 1 failed\" could not be sent to `hook` after 2 tries: 127.0.0.1:"
+        ) && failed[0].ends_with("answered HTTP 503"),
         "{failed:?}"
     );
-    assert!(!failed[0].contains("s3cret"), "the URL's path stays secret: {failed:?}");
+    assert!(
+        !failed[0].contains("s3cret"),
+        "the URL's path stays secret: {failed:?}"
+    );
     // A failed alert does not hold the next one back.
     alerts.dispatch(&failed_item("item_failed"));
     wait_events(&*f.store, "alert_failed", 2).await;
@@ -266,7 +282,10 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
     let state = f.config.engine.data_dir.join("alerts.json");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !state.exists() {
-        assert!(Instant::now() < deadline, "the monitor never saved its state");
+        assert!(
+            Instant::now() < deadline,
+            "the monitor never saved its state"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f.store
@@ -278,10 +297,16 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
         .unwrap();
     // The restart itself, and the verdict it makes DEGRADED (a recent restart).
     let got = rx.wait_for(2).await;
-    let stall = got.iter().find(|b| b["key"] == "engine_stalled").expect("a stall alert");
+    let stall = got
+        .iter()
+        .find(|b| b["key"] == "engine_stalled")
+        .expect("a stall alert");
     assert_eq!(stall["severity"], "critical");
     assert_eq!(stall["triggers"], serde_json::json!(["stall", "restart"]));
-    assert!(got.iter().any(|b| b["key"] == "verdict:DEGRADED"), "{got:?}");
+    assert!(
+        got.iter().any(|b| b["key"] == "verdict:DEGRADED"),
+        "{got:?}"
+    );
 
     // Work waits and no engine runs: DOWN, said once.
     f.store
@@ -297,15 +322,25 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
         .unwrap();
     let got = rx.wait_for(3).await;
     assert_eq!(got[2]["key"], "verdict:DOWN");
-    assert!(got[2]["message"].as_str().unwrap().contains("[no_engine]"), "{got:?}");
+    assert!(
+        got[2]["message"].as_str().unwrap().contains("[no_engine]"),
+        "{got:?}"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(rx.bodies().len(), 3, "a verdict that stays is not said again");
+    assert_eq!(
+        rx.bodies().len(),
+        3,
+        "a verdict that stays is not said again"
+    );
     stop.cancel();
     monitor.await.unwrap();
 
     // A new monitor (the engine restarted) neither repeats nor misses.
     f.store
-        .record_event(&event("budget_reached", "Item 1 paused at stage `a`: day_usd reached"))
+        .record_event(&event(
+            "budget_reached",
+            "Item 1 paused at stage `a`: day_usd reached",
+        ))
         .await
         .unwrap();
     let alerts = Alerts::new(f.config.clone(), f.store.clone()).unwrap();

@@ -566,7 +566,8 @@ pub(crate) struct Reap {
 }
 
 pub(crate) fn reap(job: &ClaimedJob, owner: &str, cancel_requested: bool, now: Millis) -> Reap {
-    let action = ideamill_core::machine::after_lost(job.attempt, job.max_attempts, cancel_requested);
+    let action =
+        ideamill_core::machine::after_lost(job.attempt, job.max_attempts, cancel_requested);
     let error =
         format!("lease expired: process {owner} stopped renewing it (killed, hung or cut off)");
     let (state, run_at) = match action {
@@ -672,7 +673,11 @@ pub(crate) fn process_stopped(id: &str, now: Millis) -> NewEvent {
 }
 
 /// Why `retry_item` refuses, given the item's state and its current job's.
-pub(crate) fn retry_refusal(id: ItemId, state: &str, job_state: Option<&str>) -> Option<StoreError> {
+pub(crate) fn retry_refusal(
+    id: ItemId,
+    state: &str,
+    job_state: Option<&str>,
+) -> Option<StoreError> {
     (state == "active" && job_state == Some("running")).then(|| {
         StoreError::InvalidRequest(format!(
             "item {id} is running now; wait for it or cancel it first"
@@ -681,7 +686,11 @@ pub(crate) fn retry_refusal(id: ItemId, state: &str, job_state: Option<&str>) ->
 }
 
 pub(crate) fn retried_waiting(id: ItemId, now: Millis) -> NewEvent {
-    item_retried(id, now, format!("Item {id} retried by hand: its waiting job runs now"))
+    item_retried(
+        id,
+        now,
+        format!("Item {id} retried by hand: its waiting job runs now"),
+    )
 }
 
 pub(crate) fn retried_again(id: ItemId, state: &str, next: &NextJob, now: Millis) -> NewEvent {
@@ -814,10 +823,10 @@ pub(crate) fn item_summary(r: &impl RowExt) -> Result<ItemSummary> {
 }
 
 /// Add one stage's queue counts to a per-stage map.
-pub(crate) fn stage_counts<'a>(
-    counts: &'a mut std::collections::BTreeMap<String, StageCounts>,
+pub(crate) fn stage_counts(
+    counts: &mut std::collections::BTreeMap<String, StageCounts>,
     stage: String,
-) -> &'a mut StageCounts {
+) -> &mut StageCounts {
     counts.entry(stage.clone()).or_insert_with(|| StageCounts {
         stage,
         ..StageCounts::default()

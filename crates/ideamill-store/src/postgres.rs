@@ -166,10 +166,9 @@ fn connect_error(name: &str, url: &str, e: sqlx::Error, must_exist: bool) -> Sto
 
 /// Refuse a newer schema or a database that is not ours; plain reads only.
 async fn inspect(conn: &mut PgConnection, name: &str, must_exist: bool) -> Result<()> {
-    let has_meta: bool =
-        sqlx::query_scalar("SELECT to_regclass('ideamill_schema') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+    let has_meta: bool = sqlx::query_scalar("SELECT to_regclass('ideamill_schema') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
     if has_meta {
         let found: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::int8 FROM ideamill_schema")
@@ -180,10 +179,11 @@ async fn inspect(conn: &mut PgConnection, name: &str, must_exist: bool) -> Resul
         }
         return Ok(());
     }
-    let tables: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()")
-            .fetch_one(&mut *conn)
-            .await?;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if tables > 0 {
         return Err(StoreError::Corrupt(format!(
             "{name} is a PostgreSQL database with other tables but not an ideamill store; it was not modified"
@@ -263,8 +263,18 @@ async fn insert_events(tx: &mut Tx, events: &[NewEvent]) -> Result<()> {
     .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.item_id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.job_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.process.as_deref()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.process.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -356,7 +366,11 @@ async fn insert_feedback(tx: &mut Tx, rows: &[(&ClaimedJob, &str, Millis)]) -> R
     )
     .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| i64::from(r.0.round)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| i64::from(r.0.round))
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.0.id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
@@ -378,7 +392,11 @@ async fn insert_outputs(tx: &mut Tx, rows: &[(&ClaimedJob, &str, Millis)]) -> Re
     )
     .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| i64::from(r.0.round)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| i64::from(r.0.round))
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.0.id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
@@ -423,7 +441,12 @@ async fn insert_new_items(
          RETURNING id",
     )
     .bind(items.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
-    .bind(items.iter().map(|i| i.metadata.to_string()).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|i| i.metadata.to_string())
+            .collect::<Vec<_>>(),
+    )
     .bind(&first.stage)
     .bind(i64::from(first.round))
     .bind(now)
@@ -536,10 +559,11 @@ impl Store for PostgresStore {
         // one whose lease expired; the token it handed out may then be handed
         // out again, which is why the fence also checks the owner.
         let rows = sqlx::query(
-            "WITH picked AS MATERIALIZED (
+            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             picked AS MATERIALIZED (
                  SELECT id FROM jobs
-                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3
-                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)
+                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
+                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED)
              UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
                     lease_owner = $1, lease_expires_at = $2, started_at = $3, updated_at = $3
              FROM picked WHERE j.id = picked.id
@@ -1169,7 +1193,11 @@ impl Store for PostgresStore {
         let rows = sqlx::query(&sql)
             .bind(&filter.stage)
             .bind(filter.before_id)
-            .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+            .bind(i64::from(if filter.limit == 0 {
+                100
+            } else {
+                filter.limit
+            }))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(common::item_summary).collect()
@@ -1268,7 +1296,11 @@ impl Store for PostgresStore {
             .bind(filter.item)
             .bind(&filter.kind)
             .bind(filter.since)
-            .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+            .bind(i64::from(if filter.limit == 0 {
+                100
+            } else {
+                filter.limit
+            }))
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -1617,7 +1649,11 @@ impl Store for PostgresStore {
         let rows = sqlx::query(&sql)
             .bind(&filter.stage)
             .bind(filter.before_id)
-            .bind(i64::from(if filter.limit == 0 { 100 } else { filter.limit }))
+            .bind(i64::from(if filter.limit == 0 {
+                100
+            } else {
+                filter.limit
+            }))
             .bind(crate::dashboard::tsquery(&terms))
             .fetch_all(&self.pool)
             .await?;
@@ -1850,9 +1886,9 @@ impl ScratchDatabase {
             std::process::id(),
             common::now_millis()
         );
-        let mut conn = PgConnection::connect(url).await.map_err(|e| {
-            connect_error(&redact_url(url), url, e, false)
-        })?;
+        let mut conn = PgConnection::connect(url)
+            .await
+            .map_err(|e| connect_error(&redact_url(url), url, e, false))?;
         sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await?;
@@ -1870,9 +1906,12 @@ impl ScratchDatabase {
 
     pub async fn drop_now(self) -> Result<()> {
         let mut conn = PgConnection::connect(&self.admin).await?;
-        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
-            .await?;
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await?;
         let _ = conn.close().await;
         Ok(())
     }

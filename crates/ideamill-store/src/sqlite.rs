@@ -289,7 +289,11 @@ async fn insert_interrupted_attempt(
     now: Millis,
     note: &str,
 ) -> Result<()> {
-    insert_attempts(tx, &[AttemptRecord::interrupted(job, process, outcome, now, note)]).await
+    insert_attempts(
+        tx,
+        &[AttemptRecord::interrupted(job, process, outcome, now, note)],
+    )
+    .await
 }
 
 async fn fail_item(
@@ -573,8 +577,15 @@ impl Store for SqliteStore {
             .bind(job.lease_token)
             .execute(&mut *tx)
             .await?;
-            insert_interrupted_attempt(&mut tx, &job, &owner, AttemptOutcome::Lost, now, &reap.error)
-                .await?;
+            insert_interrupted_attempt(
+                &mut tx,
+                &job,
+                &owner,
+                AttemptOutcome::Lost,
+                now,
+                &reap.error,
+            )
+            .await?;
             if let Some(reason) = &reap.fail_reason {
                 fail_item(&mut tx, job.item_id, reason, now).await?;
             }
@@ -943,24 +954,30 @@ impl Store for SqliteStore {
                 _ => {}
             }
         }
-        let mut stages: Vec<StageCounts> = Vec::new();
+        // Two reads, each over a partial index of unfinished jobs (`state IN
+        // (...)` would use neither and scan every job ever run).
+        let mut counts: std::collections::BTreeMap<String, StageCounts> = Default::default();
         for r in sqlx::query(
-            "SELECT stage, COALESCE(SUM(state = 'queued' AND run_at <= ?1), 0) AS queued,
-                    COALESCE(SUM(state = 'queued' AND run_at > ?1), 0) AS scheduled,
-                    COALESCE(SUM(state = 'running'), 0) AS running
-             FROM jobs WHERE state IN ('queued', 'running') GROUP BY stage",
+            "SELECT stage, COALESCE(SUM(run_at <= ?1), 0) AS queued, COALESCE(SUM(run_at > ?1), 0) AS scheduled
+             FROM jobs WHERE state = 'queued' GROUP BY stage",
         )
         .bind(now)
         .fetch_all(&mut *tx)
         .await?
         {
-            stages.push(StageCounts {
-                stage: r.text("stage")?,
-                queued: r.count("queued")?,
-                scheduled: r.count("scheduled")?,
-                running: r.count("running")?,
-            });
+            let c = common::stage_counts(&mut counts, r.text("stage")?);
+            c.queued = r.count("queued")?;
+            c.scheduled = r.count("scheduled")?;
         }
+        for r in sqlx::query(
+            "SELECT stage, count(*) AS running FROM jobs WHERE state = 'running' GROUP BY stage",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            common::stage_counts(&mut counts, r.text("stage")?).running = r.count("running")?;
+        }
+        let stages: Vec<StageCounts> = counts.into_values().collect();
         let running = sqlx::query(
             "SELECT id, item_id, stage, round, attempts, lease_owner, COALESCE(started_at, updated_at) AS started_at,
                     lease_expires_at
@@ -1521,4 +1538,3 @@ async fn usage_since(
     .await?;
     common::usage_totals(&r)
 }
-

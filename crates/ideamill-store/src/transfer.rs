@@ -266,9 +266,9 @@ impl Db {
     async fn connect(url: &str, read_only: bool) -> Result<Db> {
         let name = redact_url(url);
         if is_postgres_url(url) {
-            let conn = PgConnection::connect(url).await.map_err(|e| {
-                StoreError::Unsupported(format!("cannot connect to {name}: {e}"))
-            })?;
+            let conn = PgConnection::connect(url)
+                .await
+                .map_err(|e| StoreError::Unsupported(format!("cannot connect to {name}: {e}")))?;
             Ok(Db::Postgres(conn))
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let options = SqliteConnectOptions::new()
@@ -322,7 +322,9 @@ impl Db {
         match self {
             Db::Sqlite(c) => {
                 // Must be set outside a transaction; checked before commit.
-                sqlx::raw_sql("PRAGMA foreign_keys = OFF").execute(&mut *c).await?;
+                sqlx::raw_sql("PRAGMA foreign_keys = OFF")
+                    .execute(&mut *c)
+                    .await?;
                 sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *c).await?;
                 // Triggers are dropped for the copy and created again from
                 // their own definitions before the commit.

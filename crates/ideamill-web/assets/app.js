@@ -185,7 +185,8 @@
     var x = [], done = [], failed = [], rate = [], attempts = [];
     var total = 0;
     b.forEach(function (k) {
-      x.push(k.start / 1000);
+      // Each bucket drawn where it ends, stepping back over its span.
+      x.push((k.start + data.bucket_ms) / 1000);
       done.push(k.items_done * perHour);
       failed.push(k.items_failed * perHour);
       attempts.push(k.attempts * perHour);
@@ -194,16 +195,23 @@
     });
     plot("chart-throughput", [x, done, failed], [
       {},
-      { label: "done / h", stroke: "#15803d", fill: "rgba(21,128,61,0.12)", width: 2 },
-      { label: "failed / h", stroke: "#c0262d", fill: "rgba(192,38,45,0.10)", width: 2 },
+      { label: "done / h", stroke: "#15803d", fill: "rgba(21,128,61,0.14)", width: 2, paths: stepped() },
+      { label: "failed / h", stroke: "#c0262d", fill: "rgba(192,38,45,0.14)", width: 2, paths: stepped() },
     ], [{}, { size: 50 }], total === 0);
     plot("chart-failures", [x, rate, attempts], [
       {},
-      { label: "failed attempts %", stroke: "#c0262d", width: 2, scale: "%", spanGaps: false },
+      { label: "failed attempts %", stroke: "#c0262d", width: 2, scale: "%", spanGaps: true, points: { show: true, size: 5, fill: "#c0262d" } },
       { label: "attempts / h", stroke: "#98a2b3", width: 1.5, scale: "n", dash: [4, 4] },
     ], [{}, { scale: "%", size: 54, values: function (u, v) { return v.map(function (t) { return t + "%"; }); } },
         { scale: "n", side: 1, size: 46, grid: { show: false } }], total === 0,
       { "%": { range: [0, 100] } });
+  }
+
+  // Each bucket a flat step: counts per bucket, not a trend between points.
+  function stepped() {
+    return window.uPlot.paths && window.uPlot.paths.stepped
+      ? window.uPlot.paths.stepped({ align: -1 })
+      : undefined;
   }
 
   function plot(id, series_data, series, axes, empty, scales) {

@@ -14,9 +14,21 @@ use crate::error::ApiError;
 
 /// (path under /assets/, content type, bytes)
 const FILES: &[(&str, &str, &[u8])] = &[
-    ("app.css", "text/css; charset=utf-8", include_bytes!("../assets/app.css")),
-    ("app.js", "text/javascript; charset=utf-8", include_bytes!("../assets/app.js")),
-    ("favicon.svg", "image/svg+xml", include_bytes!("../assets/favicon.svg")),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../assets/app.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/app.js"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../assets/favicon.svg"),
+    ),
     (
         "vendor/htmx/htmx.min.js",
         "text/javascript; charset=utf-8",
@@ -51,7 +63,13 @@ fn etags() -> &'static Vec<String> {
             .iter()
             .map(|(_, _, bytes)| {
                 let d = Sha256::digest(bytes);
-                format!("\"{}\"", d[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
+                format!(
+                    "\"{}\"",
+                    d[..8]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                )
             })
             .collect()
     })
@@ -81,7 +99,10 @@ pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Response {
     {
         return (
             StatusCode::NOT_MODIFIED,
-            [(header::ETAG, etag.as_str()), (header::CACHE_CONTROL, cache)],
+            [
+                (header::ETAG, etag.as_str()),
+                (header::CACHE_CONTROL, cache),
+            ],
         )
             .into_response();
     }

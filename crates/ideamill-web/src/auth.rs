@@ -142,7 +142,11 @@ pub fn create_token_file(path: &Path) -> std::io::Result<bool> {
 
 /// Compare without leaking, through timing, how much of a guess was right.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The session cookie's value, if the request has one.
@@ -211,17 +215,31 @@ fn loopback_host(host: &str) -> bool {
         rest.split(']').next().unwrap_or("")
     } else {
         host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
         })
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     name == "localhost"
         || name.ends_with(".localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `host` is the one of `[web] url` (a reverse proxy in front of a
+/// loopback server that passes the public name on).
+fn public_host(url: Option<&str>, host: &str) -> bool {
+    url.and_then(|u| u.split_once("://"))
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .is_some_and(|h| !h.is_empty() && h.eq_ignore_ascii_case(host))
 }
 
 /// A state-changing request must not come from another site.
-fn cross_site_check(headers: &HeaderMap) -> Result<(), ApiError> {
+fn cross_site_check(headers: &HeaderMap, public_url: Option<&str>) -> Result<(), ApiError> {
     if headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -235,7 +253,9 @@ fn cross_site_check(headers: &HeaderMap) -> Result<(), ApiError> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
-        return if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+        let ours = host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+            || public_url.is_some_and(|u| u.eq_ignore_ascii_case(origin.trim_end_matches('/')));
+        return if ours {
             Ok(())
         } else {
             Err(ApiError::forbidden(
@@ -270,6 +290,7 @@ pub async fn guard(State(state): State<AppState>, request: Request<Body>, next: 
     if state.access.is_open()
         && let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
         && !loopback_host(host)
+        && !public_host(state.config.web.url.as_deref(), host)
     {
         return ApiError::forbidden(
             "forbidden_host",
@@ -283,16 +304,20 @@ pub async fn guard(State(state): State<AppState>, request: Request<Body>, next: 
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if !safe && let Err(e) = cross_site_check(headers) {
+    if !safe && let Err(e) = cross_site_check(headers, state.config.web.url.as_deref()) {
         return e.into_response();
     }
     if !is_public(path) && !state.access.admits(headers) {
         if api || headers.contains_key("hx-request") || !safe {
             return ApiError::unauthorized().into_response();
         }
-        let query = request.uri().query().map_or(String::new(), |q| format!("?{q}"));
+        let query = request
+            .uri()
+            .query()
+            .map_or(String::new(), |q| format!("?{q}"));
         let next = format!("{path}{query}");
-        let encoded: String = serde_urlencoded::to_string([("next", next.as_str())]).unwrap_or_default();
+        let encoded: String =
+            serde_urlencoded::to_string([("next", next.as_str())]).unwrap_or_default();
         return Redirect::to(&format!("/login?{encoded}")).into_response();
     }
     let mut response = next.run(request).await;
@@ -335,10 +360,23 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["localhost", "localhost:9464", "127.0.0.1:9464", "127.1.2.3", "[::1]:9464", "app.localhost:1"] {
+        for host in [
+            "localhost",
+            "localhost:9464",
+            "127.0.0.1:9464",
+            "127.1.2.3",
+            "[::1]:9464",
+            "app.localhost:1",
+        ] {
             assert!(loopback_host(host), "{host}");
         }
-        for host in ["evil.example:9464", "10.0.0.5:9464", "[fe80::1]:80", "localhost.evil.example", ""] {
+        for host in [
+            "evil.example:9464",
+            "10.0.0.5:9464",
+            "[fe80::1]:80",
+            "localhost.evil.example",
+            "",
+        ] {
             assert!(!loopback_host(host), "{host}");
         }
     }
@@ -352,18 +390,52 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_may_pass_the_public_name() {
+        assert!(public_host(
+            Some("https://mill.example.org"),
+            "mill.example.org"
+        ));
+        assert!(public_host(
+            Some("https://mill.example.org/base"),
+            "MILL.example.org"
+        ));
+        assert!(!public_host(
+            Some("https://mill.example.org"),
+            "evil.example"
+        ));
+        assert!(!public_host(None, "mill.example.org"));
+    }
+
+    #[test]
     fn cross_site_requests() {
-        let ok = |pairs: &[(&'static str, &'static str)]| cross_site_check(&headers(pairs)).is_ok();
+        let ok = |pairs: &[(&'static str, &'static str)]| {
+            cross_site_check(&headers(pairs), Some("https://mill.example.org")).is_ok()
+        };
         assert!(ok(&[("host", "mill:9464"), ("origin", "http://mill:9464")]));
         assert!(ok(&[("hx-request", "true")]));
         assert!(ok(&[("x-requested-with", "ideamill")]));
         assert!(ok(&[("content-type", "application/json")]));
         assert!(ok(&[("authorization", "Bearer x")]));
         assert!(!ok(&[]), "a plain form from nowhere");
-        assert!(!ok(&[("content-type", "application/x-www-form-urlencoded")]));
-        assert!(!ok(&[("host", "mill:9464"), ("origin", "http://evil.example"), ("hx-request", "true")]));
-        assert!(!ok(&[("sec-fetch-site", "cross-site"), ("content-type", "application/json")]));
+        assert!(!ok(&[(
+            "content-type",
+            "application/x-www-form-urlencoded"
+        )]));
+        assert!(!ok(&[
+            ("host", "mill:9464"),
+            ("origin", "http://evil.example"),
+            ("hx-request", "true")
+        ]));
+        assert!(!ok(&[
+            ("sec-fetch-site", "cross-site"),
+            ("content-type", "application/json")
+        ]));
         assert!(!ok(&[("origin", "null")]));
+        // Behind a proxy that passes its own Host: the public origin is ours.
+        assert!(ok(&[
+            ("host", "127.0.0.1:9464"),
+            ("origin", "https://mill.example.org")
+        ]));
     }
 
     #[test]
@@ -377,11 +449,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("cookie", cookie.parse().unwrap());
         assert!(access.admits(&h));
-        assert!(!access.admits(&headers(&[("cookie", "ideamill_session=s3cret")])), "the token itself is not the cookie");
+        assert!(
+            !access.admits(&headers(&[("cookie", "ideamill_session=s3cret")])),
+            "the token itself is not the cookie"
+        );
         assert!(Access::Open.admits(&HeaderMap::new()));
         assert!(access.is_token(" s3cret\n") && !access.is_token("nope"));
         let set = login_cookie(&access, true).unwrap();
-        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.ends_with("; Secure"));
+        assert!(
+            set.contains("HttpOnly")
+                && set.contains("SameSite=Strict")
+                && set.ends_with("; Secure")
+        );
         assert!(!set.contains("s3cret"));
     }
 

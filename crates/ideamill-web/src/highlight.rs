@@ -35,20 +35,117 @@ const C_LIKE: Lang = Lang {
     quotes: &["\"", "'", "`"],
     keywords: &[
         // Rust
-        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum",
-        "extern", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut",
-        "pub", "ref", "return", "self", "Self", "static", "struct", "super", "trait", "type",
-        "unsafe", "use", "where", "while",
+        "as",
+        "async",
+        "await",
+        "break",
+        "const",
+        "continue",
+        "crate",
+        "dyn",
+        "else",
+        "enum",
+        "extern",
+        "fn",
+        "for",
+        "if",
+        "impl",
+        "in",
+        "let",
+        "loop",
+        "match",
+        "mod",
+        "move",
+        "mut",
+        "pub",
+        "ref",
+        "return",
+        "self",
+        "Self",
+        "static",
+        "struct",
+        "super",
+        "trait",
+        "type",
+        "unsafe",
+        "use",
+        "where",
+        "while",
         // C, C++, Java, C#, Go, Kotlin, Swift, JavaScript, TypeScript
-        "auto", "case", "catch", "char", "class", "default", "delete", "do", "double", "export",
-        "extends", "final", "finally", "float", "func", "function", "go", "implements", "import",
-        "include", "instanceof", "int", "interface", "long", "namespace", "new", "package",
-        "private", "protected", "public", "short", "signed", "sizeof", "switch", "this", "throw",
-        "throws", "try", "typedef", "typeof", "union", "unsigned", "var", "void", "volatile",
-        "yield", "val", "fun", "defer", "chan", "select", "range", "map", "string", "bool",
-        "from", "of", "let", "goto", "struct",
+        "auto",
+        "case",
+        "catch",
+        "char",
+        "class",
+        "default",
+        "delete",
+        "do",
+        "double",
+        "export",
+        "extends",
+        "final",
+        "finally",
+        "float",
+        "func",
+        "function",
+        "go",
+        "implements",
+        "import",
+        "include",
+        "instanceof",
+        "int",
+        "interface",
+        "long",
+        "namespace",
+        "new",
+        "package",
+        "private",
+        "protected",
+        "public",
+        "short",
+        "signed",
+        "sizeof",
+        "switch",
+        "this",
+        "throw",
+        "throws",
+        "try",
+        "typedef",
+        "typeof",
+        "union",
+        "unsigned",
+        "var",
+        "void",
+        "volatile",
+        "yield",
+        "val",
+        "fun",
+        "defer",
+        "chan",
+        "select",
+        "range",
+        "map",
+        "string",
+        "bool",
+        "from",
+        "of",
+        "let",
+        "goto",
+        "struct",
     ],
-    literals: &["true", "false", "null", "nil", "None", "Some", "Ok", "Err", "undefined", "NULL", "nullptr"],
+    literals: &[
+        "true",
+        "false",
+        "null",
+        "nil",
+        "None",
+        "Some",
+        "Ok",
+        "Err",
+        "undefined",
+        "NULL",
+        "nullptr",
+    ],
     case_insensitive: false,
 };
 
@@ -101,11 +198,53 @@ const SQL: Lang = Lang {
     block_comment: Some(("/*", "*/")),
     quotes: &["'", "\""],
     keywords: &[
-        "select", "from", "where", "insert", "into", "values", "update", "set", "delete",
-        "create", "table", "index", "drop", "alter", "add", "primary", "key", "foreign",
-        "references", "join", "left", "right", "inner", "outer", "on", "and", "or", "not",
-        "group", "by", "order", "having", "limit", "as", "distinct", "union", "case", "when",
-        "then", "else", "end", "begin", "commit", "rollback", "integer", "text", "real",
+        "select",
+        "from",
+        "where",
+        "insert",
+        "into",
+        "values",
+        "update",
+        "set",
+        "delete",
+        "create",
+        "table",
+        "index",
+        "drop",
+        "alter",
+        "add",
+        "primary",
+        "key",
+        "foreign",
+        "references",
+        "join",
+        "left",
+        "right",
+        "inner",
+        "outer",
+        "on",
+        "and",
+        "or",
+        "not",
+        "group",
+        "by",
+        "order",
+        "having",
+        "limit",
+        "as",
+        "distinct",
+        "union",
+        "case",
+        "when",
+        "then",
+        "else",
+        "end",
+        "begin",
+        "commit",
+        "rollback",
+        "integer",
+        "text",
+        "real",
     ],
     literals: &["null", "true", "false"],
     case_insensitive: true,
@@ -113,13 +252,14 @@ const SQL: Lang = Lang {
 
 fn lang_for(path: &str) -> Option<&'static Lang> {
     let name = path.rsplit('/').next().unwrap_or(path);
-    let ext = name.rsplit_once('.').map_or("", |(_, e)| e).to_ascii_lowercase();
+    let ext = name
+        .rsplit_once('.')
+        .map_or("", |(_, e)| e)
+        .to_ascii_lowercase();
     Some(match ext.as_str() {
         "py" | "pyi" | "pyw" => &PYTHON,
         "rs" | "c" | "h" | "cc" | "cpp" | "cxx" | "hpp" | "java" | "js" | "mjs" | "cjs" | "jsx"
-        | "ts" | "tsx" | "go" | "cs" | "kt" | "kts" | "swift" | "scala" | "dart" | "php" => {
-            &C_LIKE
-        }
+        | "ts" | "tsx" | "go" | "cs" | "kt" | "kts" | "swift" | "scala" | "dart" | "php" => &C_LIKE,
         "sh" | "bash" | "zsh" => &SHELL,
         "rb" => &RUBY,
         "toml" | "yaml" | "yml" | "ini" | "cfg" | "conf" | "env" => &CONFIG,
@@ -252,8 +392,8 @@ fn string_end(rest: &str, quote: &str) -> usize {
     let mut i = quote.len();
     while i < rest.len() {
         let tail = &rest[i..];
-        if tail.starts_with('\\') {
-            i += 1 + tail[1..].chars().next().map_or(0, char::len_utf8);
+        if let Some(escaped) = tail.strip_prefix('\\') {
+            i += 1 + escaped.chars().next().map_or(0, char::len_utf8);
             continue;
         }
         if tail.starts_with(quote) {
@@ -299,19 +439,43 @@ mod tests {
             "/* a */ let s = \"x\"; // b",
             "<span class=\"c\">/* a */</span> <span class=\"k\">let</span> s = <span class=\"s\">&quot;x&quot;</span>; <span class=\"c\">// b</span>",
         );
-        check("a.sql", "SELECT 1 -- c", "<span class=\"k\">SELECT</span> <span class=\"n\">1</span> <span class=\"c\">-- c</span>");
-        check("x.json", "{\"a\": true}", "{<span class=\"s\">&quot;a&quot;</span>: <span class=\"l\">true</span>}");
-        check("run.sh", "echo $# done", "<span class=\"k\">echo</span> $# <span class=\"k\">done</span>");
+        check(
+            "a.sql",
+            "SELECT 1 -- c",
+            "<span class=\"k\">SELECT</span> <span class=\"n\">1</span> <span class=\"c\">-- c</span>",
+        );
+        check(
+            "x.json",
+            "{\"a\": true}",
+            "{<span class=\"s\">&quot;a&quot;</span>: <span class=\"l\">true</span>}",
+        );
+        check(
+            "run.sh",
+            "echo $# done",
+            "<span class=\"k\">echo</span> $# <span class=\"k\">done</span>",
+        );
         check("notes.txt", "<script>", "&lt;script&gt;");
         assert!(!knows("README.md") && knows("Makefile"));
     }
 
     #[test]
     fn never_panics_on_odd_input() {
-        for text in ["\"", "'''", "/*", "\\", "é\"\\é", "1.2.3e", "\"unterminated\nnext", "#"] {
+        for text in [
+            "\"",
+            "'''",
+            "/*",
+            "\\",
+            "é\"\\é",
+            "1.2.3e",
+            "\"unterminated\nnext",
+            "#",
+        ] {
             for path in ["a.py", "a.rs", "a.sql", "a.json", "a.sh"] {
                 let html = highlight(path, text);
-                assert!(!html.contains('<') || html.contains("<span"), "{path} {text:?}: {html}");
+                assert!(
+                    !html.contains('<') || html.contains("<span"),
+                    "{path} {text:?}: {html}"
+                );
             }
         }
     }

@@ -63,7 +63,22 @@ pub struct Inner {
     /// The charts' data, reused for a few seconds: charts over hours do not
     /// need a fresher read than that, and it is the page's costliest one.
     activity: Mutex<Option<api::activity::Cached>>,
+    /// The last verdict with the change marker it was judged at: reused
+    /// while nothing changed, for a little while (heartbeats age without
+    /// changing the marker).
+    judged: Mutex<Option<Judged>>,
 }
+
+#[derive(Clone)]
+struct Judged {
+    at: std::time::Instant,
+    marker: ideamill_store::ChangeMarker,
+    verdict: Verdict,
+    snapshot: Option<StatusSnapshot>,
+}
+
+/// How long a verdict is reused while the store's marker stays the same.
+const JUDGED_FRESH: Duration = Duration::from_secs(2);
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -88,15 +103,21 @@ impl AppState {
                 access,
                 templates: pages::Templates::new(),
                 activity: Mutex::new(None),
+                judged: Mutex::new(None),
             }),
         }
     }
 
+    /// Forget what is reused between requests (the verdict, the charts'
+    /// data), so that `ideamill bench web` times what a first visit costs.
+    #[doc(hidden)]
+    pub fn forget_cached(&self) {
+        *lock(&self.judged) = None;
+        *lock(&self.activity) = None;
+    }
+
     /// A store call with the request deadline.
-    async fn call<T>(
-        &self,
-        f: impl Future<Output = ideamill_store::Result<T>>,
-    ) -> ApiResult<T> {
+    async fn call<T>(&self, f: impl Future<Output = ideamill_store::Result<T>>) -> ApiResult<T> {
         match tokio::time::timeout(STORE_TIMEOUT, f).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(ApiError::store_timeout(STORE_TIMEOUT.as_secs())),
@@ -106,6 +127,30 @@ impl AppState {
     /// The health verdict, judged as `ideamill status` judges it, and the
     /// snapshot it saw (none when the store failed).
     async fn verdict(&self, now: Millis) -> (Verdict, Option<StatusSnapshot>) {
+        let marker = tokio::time::timeout(STORE_TIMEOUT, self.store.change_marker())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(m) = marker
+            && let Some(j) = lock(&self.judged).as_ref()
+            && j.marker == m
+            && j.at.elapsed() < JUDGED_FRESH
+        {
+            return (j.verdict.clone(), j.snapshot.clone());
+        }
+        let (verdict, snapshot) = self.judge(now).await;
+        if let Some(marker) = marker {
+            *lock(&self.judged) = Some(Judged {
+                at: std::time::Instant::now(),
+                marker,
+                verdict: verdict.clone(),
+                snapshot: snapshot.clone(),
+            });
+        }
+        (verdict, snapshot)
+    }
+
+    async fn judge(&self, now: Millis) -> (Verdict, Option<StatusSnapshot>) {
         let gathered = tokio::time::timeout(STORE_TIMEOUT, async {
             let mut f = facts::gather(&self.config, &*self.store, now).await;
             match self.store.status(now).await {

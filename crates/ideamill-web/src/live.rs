@@ -96,7 +96,10 @@ async fn poll(s: AppState) {
             verdict_at = Some(Instant::now());
             let (v, _) = s.verdict(now_millis()).await;
             let level = v.verdict.as_str().to_string();
-            let reason = v.reasons.first().map_or(String::new(), |r| r.message.clone());
+            let reason = v
+                .reasons
+                .first()
+                .map_or(String::new(), |r| r.message.clone());
             if level != tick.verdict || reason != tick.reason {
                 tick.verdict = level;
                 tick.reason = reason;
@@ -121,7 +124,9 @@ fn event(tick: &Tick) -> Event {
 }
 
 /// `GET /api/stream`.
-pub async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn stream(
+    State(s): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = s.live.subscribe(&s);
     // The first message says what is, at once.
     let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {

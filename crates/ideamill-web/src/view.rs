@@ -14,8 +14,8 @@ use ideamill_store::{CancelEffect, ItemDetail, ItemFilter, ItemSummary, RetryEff
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, ApiResult};
 use crate::AppState;
+use crate::error::{ApiError, ApiResult};
 
 /// Items per page unless asked otherwise, and at most.
 pub const PAGE: u32 = 50;
@@ -50,7 +50,11 @@ pub fn item_id(s: &str) -> ApiResult<ItemId> {
         .parse::<ItemId>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::bad_request(format!("`{s}` is not an item id (ids are positive numbers)")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{s}` is not an item id (ids are positive numbers)"
+            ))
+        })
 }
 
 /// The items list's filters, as the API and the items page take them.
@@ -170,7 +174,9 @@ fn read_inside(dir: &Path, rel: &str) -> ApiResult<(Vec<u8>, bool)> {
     use std::io::Read;
     let missing = || ApiError::not_found(format!("no file `{rel}` in this item's workspace"));
     if rel.is_empty() || Path::new(rel).is_absolute() || rel.split('/').any(|c| c == "..") {
-        return Err(ApiError::bad_request(format!("`{rel}` is not a path inside the workspace")));
+        return Err(ApiError::bad_request(format!(
+            "`{rel}` is not a path inside the workspace"
+        )));
     }
     let root = dir.canonicalize().map_err(|_| missing())?;
     let path = root.join(rel).canonicalize().map_err(|_| missing())?;
@@ -234,7 +240,8 @@ mod tests {
 
     #[test]
     fn queries() {
-        let q: ItemsQuery = query(Some("state=failed&q=csv+json&before=10&limit=5&stage=")).unwrap();
+        let q: ItemsQuery =
+            query(Some("state=failed&q=csv+json&before=10&limit=5&stage=")).unwrap();
         assert_eq!(
             q,
             ItemsQuery {
@@ -247,12 +254,30 @@ mod tests {
         );
         assert_eq!(query::<ItemsQuery>(None).unwrap(), ItemsQuery::default());
         let bad = |raw: &str| query::<ItemsQuery>(Some(raw)).unwrap_err().message;
-        assert!(bad("limit=ten").contains("invalid digit"), "{}", bad("limit=ten"));
+        assert!(
+            bad("limit=ten").contains("invalid digit"),
+            "{}",
+            bad("limit=ten")
+        );
         assert!(bad("colour=red").contains("unknown field `colour`"));
-        let filter = |raw: &str| query::<ItemsQuery>(Some(raw)).unwrap().filter().map_err(|e| e.message);
-        assert_eq!(filter("state=nope").unwrap_err(), "`nope` is not a state; states: active, queued, running, retrying, paused, done, failed, cancelled");
-        assert_eq!(filter("limit=0").unwrap_err(), "limit must be from 1 to 500, not 0");
-        assert_eq!(filter("before=-3").unwrap_err(), "before must be a positive item id");
+        let filter = |raw: &str| {
+            query::<ItemsQuery>(Some(raw))
+                .unwrap()
+                .filter()
+                .map_err(|e| e.message)
+        };
+        assert_eq!(
+            filter("state=nope").unwrap_err(),
+            "`nope` is not a state; states: active, queued, running, retrying, paused, done, failed, cancelled"
+        );
+        assert_eq!(
+            filter("limit=0").unwrap_err(),
+            "limit must be from 1 to 500, not 0"
+        );
+        assert_eq!(
+            filter("before=-3").unwrap_err(),
+            "before must be a positive item id"
+        );
         assert_eq!(filter("state=all").unwrap().state, None);
     }
 
@@ -261,7 +286,10 @@ mod tests {
         assert_eq!(item_id("42"), Ok(42));
         assert_eq!(item_id("#42"), Ok(42));
         assert_eq!(item_id("0").unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(item_id("x").unwrap_err().message, "`x` is not an item id (ids are positive numbers)");
+        assert_eq!(
+            item_id("x").unwrap_err().message,
+            "`x` is not an item id (ids are positive numbers)"
+        );
     }
 
     #[test]
@@ -272,11 +300,29 @@ mod tests {
         std::fs::write(ws.join("src/main.py"), "print(1)\n").unwrap();
         std::fs::write(dir.path().join("secret"), "s3cret").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), ws.join("link")).unwrap();
-        assert_eq!(read_inside(&ws, "src/main.py").unwrap(), (b"print(1)\n".to_vec(), false));
-        assert_eq!(read_inside(&ws, "../secret").unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(read_inside(&ws, "/etc/passwd").unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(read_inside(&ws, "link").unwrap_err().code, "outside_workspace");
-        assert_eq!(read_inside(&ws, "nope.txt").unwrap_err().status, StatusCode::NOT_FOUND);
-        assert_eq!(read_inside(&ws, "src").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            read_inside(&ws, "src/main.py").unwrap(),
+            (b"print(1)\n".to_vec(), false)
+        );
+        assert_eq!(
+            read_inside(&ws, "../secret").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            read_inside(&ws, "/etc/passwd").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            read_inside(&ws, "link").unwrap_err().code,
+            "outside_workspace"
+        );
+        assert_eq!(
+            read_inside(&ws, "nope.txt").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            read_inside(&ws, "src").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
     }
 }

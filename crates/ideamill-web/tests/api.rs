@@ -57,8 +57,16 @@ impl Answer {
     /// An error answer's status and code.
     fn error(&self) -> (StatusCode, String) {
         let v = self.json();
-        let code = v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {}", self.body));
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", self.body);
+        let code = v["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code: {}", self.body));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
         (self.status, code.to_string())
     }
 }
@@ -67,7 +75,9 @@ async fn send(app: Router, request: Request<Body>) -> Answer {
     let response = app.oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
+        .await
+        .unwrap();
     Answer {
         status,
         headers,
@@ -135,32 +145,87 @@ async fn finish_done(store: &dyn Store, job: ideamill_store::ClaimedJob) {
 #[tokio::test]
 async fn add_ideas_in_every_format_and_refuse_bad_input() {
     let f = fixture().await;
-    assert_eq!(f.add(&["a CLI that converts CSV to JSON", "a moon phase page"]).await, [1, 2]);
+    assert_eq!(
+        f.add(&["a CLI that converts CSV to JSON", "a moon phase page"])
+            .await,
+        [1, 2]
+    );
     let a = f
-        .post_json("/api/items", json!({"text": "with metadata", "priority": "high"}))
+        .post_json(
+            "/api/items",
+            json!({"text": "with metadata", "priority": "high"}),
+        )
         .await;
-    assert_eq!((a.status, a.json()), (StatusCode::CREATED, json!({"ids": [3]})));
+    assert_eq!(
+        (a.status, a.json()),
+        (StatusCode::CREATED, json!({"ids": [3]}))
+    );
     let item = f.get("/api/items/3").await.json();
     assert_eq!(item["item"]["metadata"], json!({"priority": "high"}));
-    let a = f.post("/api/items", "text/plain; charset=utf-8", "one\n\ntwo\n").await;
+    let a = f
+        .post("/api/items", "text/plain; charset=utf-8", "one\n\ntwo\n")
+        .await;
     assert_eq!(a.json()["ids"], json!([4, 5]));
 
     let bad = [
-        ("application/json", "[1, 2", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        ("application/json", "[]", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        ("application/json", "{\"colour\": 1}", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        ("application/json", "[\"   \"]", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        ("text/plain", "\n \n", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        ("image/png", "x", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("text/plain", "\u{0}\u{1}", StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        (
+            "application/json",
+            "[1, 2",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "application/json",
+            "[]",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "application/json",
+            "{\"colour\": 1}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "application/json",
+            "[\"   \"]",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "text/plain",
+            "\n \n",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "image/png",
+            "x",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "text/plain",
+            "\u{0}\u{1}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
     ];
     for (content_type, body, status, code) in bad {
         let a = f.post("/api/items", content_type, body).await;
-        assert_eq!(a.error(), (status, code.to_string()), "{content_type} {body:?}: {}", a.body);
+        assert_eq!(
+            a.error(),
+            (status, code.to_string()),
+            "{content_type} {body:?}: {}",
+            a.body
+        );
     }
     let huge = "x".repeat(5 * 1024 * 1024);
     let a = f.post("/api/items", "text/plain", &huge).await;
-    assert_eq!(a.error(), (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into()));
+    assert_eq!(
+        a.error(),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into())
+    );
     let long = format!("[\"{}\"]", "y".repeat(300 * 1024));
     let a = f.post("/api/items", "application/json", &long).await;
     assert_eq!(a.error().0, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
@@ -172,19 +237,31 @@ async fn add_ideas_in_every_format_and_refuse_bad_input() {
 #[tokio::test]
 async fn list_filters_searches_and_pages() {
     let f = fixture().await;
-    let texts: Vec<String> = (1..=7).map(|i| format!("idea number {i} about csv")).collect();
+    let texts: Vec<String> = (1..=7)
+        .map(|i| format!("idea number {i} about csv"))
+        .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     f.add(&refs).await;
     f.add(&["something about json"]).await;
 
     let page = f.get("/api/items?limit=3").await.json();
-    let ids = |v: &Value| -> Vec<i64> { v["items"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect() };
+    let ids = |v: &Value| -> Vec<i64> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_i64().unwrap())
+            .collect()
+    };
     assert_eq!(ids(&page), [8, 7, 6]);
     assert_eq!(page["next_before"], 6);
     let page = f.get("/api/items?limit=3&before=6").await.json();
     assert_eq!(ids(&page), [5, 4, 3]);
     let page = f.get("/api/items?limit=3&before=3").await.json();
-    assert_eq!((ids(&page), page["next_before"].clone()), (vec![2, 1], Value::Null));
+    assert_eq!(
+        (ids(&page), page["next_before"].clone()),
+        (vec![2, 1], Value::Null)
+    );
 
     let found = f.get("/api/items?q=CSV+idea&limit=2").await.json();
     assert_eq!(ids(&found), [7, 6]);
@@ -192,14 +269,26 @@ async fn list_filters_searches_and_pages() {
     let found = f.get("/api/items?q=json").await.json();
     assert_eq!(ids(&found), [8]);
     assert_eq!(found["items"][0]["display_state"], "queued");
-    assert_eq!(ids(&f.get("/api/items?q=%21%21%21").await.json()), Vec::<i64>::new());
+    assert_eq!(
+        ids(&f.get("/api/items?q=%21%21%21").await.json()),
+        Vec::<i64>::new()
+    );
 
     f.post_json("/api/items/8/cancel", json!({})).await;
     assert_eq!(ids(&f.get("/api/items?state=cancelled").await.json()), [8]);
-    assert_eq!(ids(&f.get("/api/items?state=queued&q=json").await.json()), Vec::<i64>::new());
-    assert_eq!(ids(&f.get("/api/items?stage=draft&limit=1").await.json()), [8]);
+    assert_eq!(
+        ids(&f.get("/api/items?state=queued&q=json").await.json()),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(&f.get("/api/items?stage=draft&limit=1").await.json()),
+        [8]
+    );
     // Empty parameters (as forms send them) mean no filter.
-    assert_eq!(ids(&f.get("/api/items?state=&stage=&q=&limit=2").await.json()), [8, 7]);
+    assert_eq!(
+        ids(&f.get("/api/items?state=&stage=&q=&limit=2").await.json()),
+        [8, 7]
+    );
 
     for bad in [
         "/api/items?state=nope",
@@ -209,7 +298,11 @@ async fn list_filters_searches_and_pages() {
         "/api/items?before=-1",
         "/api/items?colour=red",
     ] {
-        assert_eq!(f.get(bad).await.error(), (StatusCode::BAD_REQUEST, "bad_request".into()), "{bad}");
+        assert_eq!(
+            f.get(bad).await.error(),
+            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            "{bad}"
+        );
     }
 }
 
@@ -227,44 +320,117 @@ async fn one_item_its_files_retry_and_cancel() {
     assert_eq!(item["item"]["text"], "write hello.py");
     assert_eq!(item["display_state"], "queued");
     assert_eq!(item["jobs"][0]["stage"], "draft");
-    assert_eq!(item["files"], json!([{"path": "src/hello.py", "bytes": 12}, {"path": "src/leak", "bytes": item["files"][1]["bytes"]}]));
+    assert_eq!(
+        item["files"],
+        json!([{"path": "src/hello.py", "bytes": 12}, {"path": "src/leak", "bytes": item["files"][1]["bytes"]}])
+    );
     assert!(item["usage"]["cost"].is_number());
 
     let file = f.get("/api/items/1/files/src/hello.py").await;
-    assert_eq!((file.status, file.body.as_str()), (StatusCode::OK, "print('hi')\n"));
-    assert_eq!(file.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
-    assert_eq!(f.get("/api/items/1/files/src/leak").await.error(), (StatusCode::FORBIDDEN, "outside_workspace".into()));
-    assert_eq!(f.get("/api/items/1/files/../secret.txt").await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(f.get("/api/items/1/files/nope.py").await.error().0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (file.status, file.body.as_str()),
+        (StatusCode::OK, "print('hi')\n")
+    );
+    assert_eq!(
+        file.headers[header::CONTENT_TYPE],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(
+        f.get("/api/items/1/files/src/leak").await.error(),
+        (StatusCode::FORBIDDEN, "outside_workspace".into())
+    );
+    assert_eq!(
+        f.get("/api/items/1/files/../secret.txt").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.get("/api/items/1/files/nope.py").await.error().0,
+        StatusCode::NOT_FOUND
+    );
 
-    assert_eq!(f.get("/api/items/abc").await.error(), (StatusCode::BAD_REQUEST, "bad_request".into()));
-    assert_eq!(f.get("/api/items/0").await.error().0, StatusCode::BAD_REQUEST);
-    assert_eq!(f.get("/api/items/99").await.error(), (StatusCode::NOT_FOUND, "not_found".into()));
-    assert_eq!(f.post_json("/api/items/99/retry", json!({})).await.error().0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.get("/api/items/abc").await.error(),
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    assert_eq!(
+        f.get("/api/items/0").await.error().0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.get("/api/items/99").await.error(),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    assert_eq!(
+        f.post_json("/api/items/99/retry", json!({}))
+            .await
+            .error()
+            .0,
+        StatusCode::NOT_FOUND
+    );
 
     let a = f.post("/api/items/1/cancel", "application/json", "").await;
-    assert_eq!(a.json(), json!({"id": 1, "cancelled": true, "was_running": false}));
-    assert_eq!(f.get("/api/items/1").await.json()["display_state"], "cancelled");
+    assert_eq!(
+        a.json(),
+        json!({"id": 1, "cancelled": true, "was_running": false})
+    );
+    assert_eq!(
+        f.get("/api/items/1").await.json()["display_state"],
+        "cancelled"
+    );
     let again = f.post("/api/items/1/cancel", "application/json", "").await;
     assert_eq!(again.error().0, StatusCode::CONFLICT, "{}", again.body);
 
-    let a = f.post_json("/api/items/1/retry", json!({"from": "nope"})).await;
-    assert_eq!(a.error(), (StatusCode::UNPROCESSABLE_ENTITY, "invalid".into()));
+    let a = f
+        .post_json("/api/items/1/retry", json!({"from": "nope"}))
+        .await;
+    assert_eq!(
+        a.error(),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid".into())
+    );
     assert!(a.body.contains("stages: draft, review"), "{}", a.body);
-    assert_eq!(f.post("/api/items/1/retry", "application/json", "{\"form\": 1}").await.error().0, StatusCode::BAD_REQUEST);
-    assert_eq!(f.post("/api/items/1/retry", "application/json", "[").await.error().0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        f.post("/api/items/1/retry", "application/json", "{\"form\": 1}")
+            .await
+            .error()
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.post("/api/items/1/retry", "application/json", "[")
+            .await
+            .error()
+            .0,
+        StatusCode::BAD_REQUEST
+    );
     let a = f.post("/api/items/1/retry", "application/json", "").await;
     assert_eq!(a.json(), json!({"id": 1, "stage": "draft", "round": 1}));
-    assert_eq!(f.get("/api/items/1").await.json()["display_state"], "queued");
+    assert_eq!(
+        f.get("/api/items/1").await.json()["display_state"],
+        "queued"
+    );
     // A done item needs `from`.
     let now = ideamill_engine::now_millis();
-    let job = f.store.claim("draft", 1, "w", now, now + 60_000).await.unwrap().remove(0);
+    let job = f
+        .store
+        .claim("draft", 1, "w", now, now + 60_000)
+        .await
+        .unwrap()
+        .remove(0);
     finish_done(&*f.store, job).await;
     assert_eq!(f.get("/api/items/1").await.json()["display_state"], "done");
     let a = f.post_json("/api/items/1/retry", json!({})).await;
-    assert_eq!(a.error(), (StatusCode::UNPROCESSABLE_ENTITY, "invalid".into()));
-    assert!(a.body.contains("name the stage to start from"), "{}", a.body);
-    let a = f.post_json("/api/items/1/retry", json!({"from": "review"})).await;
+    assert_eq!(
+        a.error(),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid".into())
+    );
+    assert!(
+        a.body.contains("name the stage to start from"),
+        "{}",
+        a.body
+    );
+    let a = f
+        .post_json("/api/items/1/retry", json!({"from": "review"}))
+        .await;
     assert_eq!(a.json(), json!({"id": 1, "stage": "review", "round": 1}));
 }
 
@@ -277,31 +443,72 @@ async fn status_processes_events_activity_and_the_document() {
     assert_eq!(status["health"]["verdict"], "DOWN");
     assert_eq!(status["health"]["reasons"][0]["code"], "no_engine");
     assert_eq!(status["status"]["items"]["active"], 1);
-    assert_eq!(f.get("/api/processes").await.json(), json!({"processes": []}));
+    assert_eq!(
+        f.get("/api/processes").await.json(),
+        json!({"processes": []})
+    );
     f.post_json("/api/items/1/cancel", json!({})).await;
     let events = f.get("/api/events?limit=5").await.json();
     assert_eq!(events["events"][0]["kind"], "item_cancelled");
-    assert_eq!(f.get("/api/events?item=2").await.json()["events"], json!([]));
-    assert_eq!(f.get("/api/events?limit=5000").await.error().0, StatusCode::BAD_REQUEST);
-    assert_eq!(f.get("/api/events?item=x").await.error().0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        f.get("/api/events?item=2").await.json()["events"],
+        json!([])
+    );
+    assert_eq!(
+        f.get("/api/events?limit=5000").await.error().0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.get("/api/events?item=x").await.error().0,
+        StatusCode::BAD_REQUEST
+    );
     let activity = f.get("/api/activity?hours=1").await.json();
     assert_eq!(activity["bucket_ms"], 60_000);
     assert!(activity["buckets"].as_array().unwrap().len() >= 60);
-    assert_eq!(f.get("/api/activity?hours=0").await.error().0, StatusCode::BAD_REQUEST);
-    assert_eq!(f.get("/api/activity?hours=999").await.error().0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        f.get("/api/activity?hours=0").await.error().0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.get("/api/activity?hours=999").await.error().0,
+        StatusCode::BAD_REQUEST
+    );
 
     let doc = f.get("/api/openapi.json").await.json();
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
-        "/api/items", "/api/items/{id}", "/api/items/{id}/files/{path}", "/api/items/{id}/retry",
-        "/api/items/{id}/cancel", "/api/status", "/api/processes", "/api/events", "/api/activity",
-        "/api/stream", "/healthz", "/readyz", "/metrics",
+        "/api/items",
+        "/api/items/{id}",
+        "/api/items/{id}/files/{path}",
+        "/api/items/{id}/retry",
+        "/api/items/{id}/cancel",
+        "/api/status",
+        "/api/processes",
+        "/api/events",
+        "/api/activity",
+        "/api/stream",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
-    assert_eq!(f.get("/api/nope").await.error(), (StatusCode::NOT_FOUND, "not_found".into()));
-    let a = send(f.app(), Request::delete("/api/items").header("x-requested-with", "t").body(Body::empty()).unwrap()).await;
-    assert_eq!(a.error(), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into()));
+    assert_eq!(
+        f.get("/api/nope").await.error(),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    let a = send(
+        f.app(),
+        Request::delete("/api/items")
+            .header("x-requested-with", "t")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        a.error(),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
+    );
 }
 
 #[tokio::test]
@@ -310,7 +517,10 @@ async fn probes_and_metrics() {
     let a = f.get("/healthz").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     // Not registered yet: alive but not ready.
-    assert_eq!(f.get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        f.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let metrics = f.get("/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
     for series in [
@@ -320,27 +530,44 @@ async fn probes_and_metrics() {
         "ideamill_stalls_detected_total 0",
         "# TYPE ideamill_llm_requests_total counter",
     ] {
-        assert!(metrics.body.contains(series), "{series} missing:\n{}", metrics.body);
+        assert!(
+            metrics.body.contains(series),
+            "{series} missing:\n{}",
+            metrics.body
+        );
     }
 }
 
 #[tokio::test]
 async fn with_a_token_everything_but_the_probes_needs_it() {
     let f = fixture_with(Access::with_token("s3cret-token".into())).await;
-    assert_eq!(f.get("/api/items").await.error(), (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    assert_eq!(
+        f.get("/api/items").await.error(),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
     assert_eq!(f.get("/metrics").await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(f.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(f.get("/assets/app.css").await.status, StatusCode::OK);
     let page = f.get("/items?state=failed").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
-    assert_eq!(page.headers[header::LOCATION], "/login?next=%2Fitems%3Fstate%3Dfailed");
+    assert_eq!(
+        page.headers[header::LOCATION],
+        "/login?next=%2Fitems%3Fstate%3Dfailed"
+    );
     assert_eq!(f.get("/login").await.status, StatusCode::OK);
     // A write without the token is refused before anything happens.
     let a = f.post_json("/api/items", json!(["x"])).await;
     assert_eq!(a.error(), (StatusCode::UNAUTHORIZED, "unauthorized".into()));
 
-    let bearer = |r: axum::http::request::Builder| r.header(header::AUTHORIZATION, "Bearer s3cret-token");
-    let a = send(f.app(), bearer(Request::get("/api/items")).body(Body::empty()).unwrap()).await;
+    let bearer =
+        |r: axum::http::request::Builder| r.header(header::AUTHORIZATION, "Bearer s3cret-token");
+    let a = send(
+        f.app(),
+        bearer(Request::get("/api/items"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     let a = send(
         f.app(),
@@ -350,8 +577,20 @@ async fn with_a_token_everything_but_the_probes_needs_it() {
             .unwrap(),
     )
     .await;
-    assert_eq!(a.status, StatusCode::CREATED, "a bearer request is not cross-site: {}", a.body);
-    let a = send(f.app(), Request::get("/api/items").header(header::AUTHORIZATION, "Bearer wrong").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "a bearer request is not cross-site: {}",
+        a.body
+    );
+    let a = send(
+        f.app(),
+        Request::get("/api/items")
+            .header(header::AUTHORIZATION, "Bearer wrong")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 
     // The login form: a wrong token, then the right one for a cookie.
@@ -369,10 +608,23 @@ async fn with_a_token_everything_but_the_probes_needs_it() {
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert_eq!(a.headers[header::LOCATION], "/items");
     let cookie = a.headers[header::SET_COOKIE].to_str().unwrap().to_string();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
-    assert!(!cookie.contains("s3cret-token"), "the cookie holds a hash, not the token");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains("s3cret-token"),
+        "the cookie holds a hash, not the token"
+    );
     let session = cookie.split(';').next().unwrap().to_string();
-    let a = send(f.app(), Request::get("/items").header(header::COOKIE, &session).body(Body::empty()).unwrap()).await;
+    let a = send(
+        f.app(),
+        Request::get("/items")
+            .header(header::COOKIE, &session)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.contains("from curl"));
     // The cookie alone does not let a cross-site form change anything.
@@ -381,7 +633,10 @@ async fn with_a_token_everything_but_the_probes_needs_it() {
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::empty())
         .unwrap();
-    assert_eq!(send(f.app(), forged).await.error(), (StatusCode::FORBIDDEN, "cross_site".into()));
+    assert_eq!(
+        send(f.app(), forged).await.error(),
+        (StatusCode::FORBIDDEN, "cross_site".into())
+    );
     let forged = Request::post("/api/items/1/cancel")
         .header(header::COOKIE, &session)
         .header(header::HOST, "mill.example:9464")
@@ -389,7 +644,10 @@ async fn with_a_token_everything_but_the_probes_needs_it() {
         .header("hx-request", "true")
         .body(Body::empty())
         .unwrap();
-    assert_eq!(send(f.app(), forged).await.error(), (StatusCode::FORBIDDEN, "cross_site".into()));
+    assert_eq!(
+        send(f.app(), forged).await.error(),
+        (StatusCode::FORBIDDEN, "cross_site".into())
+    );
     let htmx = Request::post("/api/items/1/cancel")
         .header(header::COOKIE, &session)
         .header("hx-request", "true")
@@ -402,9 +660,20 @@ async fn with_a_token_everything_but_the_probes_needs_it() {
 #[tokio::test]
 async fn on_loopback_only_loopback_names_are_answered() {
     let f = fixture().await;
-    let with_host = |host: &'static str| Request::get("/api/items").header(header::HOST, host).body(Body::empty()).unwrap();
-    assert_eq!(send(f.app(), with_host("127.0.0.1:9464")).await.status, StatusCode::OK);
-    assert_eq!(send(f.app(), with_host("localhost:9464")).await.status, StatusCode::OK);
+    let with_host = |host: &'static str| {
+        Request::get("/api/items")
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        send(f.app(), with_host("127.0.0.1:9464")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(f.app(), with_host("localhost:9464")).await.status,
+        StatusCode::OK
+    );
     // A page whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing.
     let a = send(f.app(), with_host("evil.example:9464")).await;
     assert_eq!(a.error(), (StatusCode::FORBIDDEN, "forbidden_host".into()));
@@ -413,7 +682,10 @@ async fn on_loopback_only_loopback_names_are_answered() {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from("sneaky"))
         .unwrap();
-    assert_eq!(send(f.app(), form).await.error(), (StatusCode::FORBIDDEN, "cross_site".into()));
+    assert_eq!(
+        send(f.app(), form).await.error(),
+        (StatusCode::FORBIDDEN, "cross_site".into())
+    );
 }
 
 #[tokio::test]
@@ -422,16 +694,40 @@ async fn pages_render_escaped_and_fragments_follow_changes() {
     f.add(&["<script>alert(1)</script> a CLI"]).await;
     let overview = f.get("/").await;
     assert_eq!(overview.status, StatusCode::OK);
-    assert_eq!(overview.headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
-    assert!(overview.headers["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
-    assert!(overview.body.contains("Down — no work can be done until someone acts"), "{}", overview.body);
+    assert_eq!(
+        overview.headers[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    assert!(
+        overview.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    assert!(
+        overview
+            .body
+            .contains("Down — no work can be done until someone acts"),
+        "{}",
+        overview.body
+    );
     assert!(overview.body.contains("no_engine"));
     assert!(overview.body.contains("id=\"chart-throughput\""));
     let items = f.get("/items?q=cli").await;
-    assert!(items.body.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; a CLI"), "{}", items.body);
+    assert!(
+        items
+            .body
+            .contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; a CLI"),
+        "{}",
+        items.body
+    );
     assert!(!items.body.contains("<script>alert(1)"));
     let results = f.get("/ui/items?q=cli").await;
-    assert!(results.body.starts_with("<div id=\"results\""), "{}", results.body);
+    assert!(
+        results.body.starts_with("<div id=\"results\""),
+        "{}",
+        results.body
+    );
     assert_eq!(results.headers["hx-replace-url"], "/items?q=cli");
 
     let page = f.get("/items/1").await;
@@ -446,7 +742,10 @@ async fn pages_render_escaped_and_fragments_follow_changes() {
         .to_string();
     let same = f.get(&format!("/ui/items/1?v={version}")).await;
     assert_eq!(same.status, StatusCode::NO_CONTENT, "nothing changed");
-    let cancel = Request::post("/ui/items/1/cancel").header("hx-request", "true").body(Body::empty()).unwrap();
+    let cancel = Request::post("/ui/items/1/cancel")
+        .header("hx-request", "true")
+        .body(Body::empty())
+        .unwrap();
     let a = send(f.app(), cancel).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.contains(">cancelled<"), "{}", a.body);
@@ -460,12 +759,19 @@ async fn pages_render_escaped_and_fragments_follow_changes() {
         .body(Body::from("ideas=first+idea%0Asecond+idea&format=lines"))
         .unwrap();
     let a = send(f.app(), add).await;
-    assert!(a.body.contains("Added 2 items") && a.body.contains("href=\"/items/3\""), "{}", a.body);
+    assert!(
+        a.body.contains("Added 2 items") && a.body.contains("href=\"/items/3\""),
+        "{}",
+        a.body
+    );
     let empty = Request::post("/add")
         .header("hx-request", "true")
         .body(Body::from("ideas=%0A&format=lines"))
         .unwrap();
-    assert_eq!(send(f.app(), empty).await.error().0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        send(f.app(), empty).await.error().0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
 
     let missing = f.get("/items/77").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
@@ -474,11 +780,24 @@ async fn pages_render_escaped_and_fragments_follow_changes() {
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
     assert!(nowhere.body.contains("<!doctype html>"));
     assert_eq!(f.get("/add").await.status, StatusCode::OK);
-    for asset in ["app.css", "app.js", "vendor/htmx/htmx.min.js", "vendor/uplot/uPlot.iife.min.js", "vendor/uplot/LICENSE"] {
+    for asset in [
+        "app.css",
+        "app.js",
+        "vendor/htmx/htmx.min.js",
+        "vendor/uplot/uPlot.iife.min.js",
+        "vendor/uplot/LICENSE",
+    ] {
         let a = f.get(&format!("/assets/{asset}")).await;
         assert_eq!(a.status, StatusCode::OK, "{asset}");
         let etag = a.headers[header::ETAG].clone();
-        let again = send(f.app(), Request::get(format!("/assets/{asset}")).header(header::IF_NONE_MATCH, etag).body(Body::empty()).unwrap()).await;
+        let again = send(
+            f.app(),
+            Request::get(format!("/assets/{asset}"))
+                .header(header::IF_NONE_MATCH, etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     }
 }
@@ -493,7 +812,10 @@ async fn the_stream_says_what_is_at_once() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
     let mut body = response.into_body().into_data_stream();
     let first = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
         .await

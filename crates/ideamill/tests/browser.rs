@@ -8,7 +8,6 @@
 //! `npm ci` in `tests/browser/`. Without them the test says so and passes,
 //! except in CI (`CI` set), where it fails: `.ci/run` installs them.
 
-#[allow(dead_code)]
 #[path = "util.rs"]
 mod util;
 
@@ -104,7 +103,8 @@ fn target_dir() -> PathBuf {
 
 /// What the test needs that is not Rust; `Err` says what is missing.
 fn prerequisites(dir: &Path) -> Result<PathBuf, String> {
-    let chromium = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    let chromium =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
     if !chromium.exists() {
         return Err(format!(
             "no Chromium at {} (apt-get install chromium, or set CHROMIUM)",
@@ -115,8 +115,14 @@ fn prerequisites(dir: &Path) -> Result<PathBuf, String> {
         Ok(o) if o.status.success() => {}
         _ => return Err("no `node` on PATH (Node 20 or later)".into()),
     }
-    if !dir.join("node_modules/playwright-core/package.json").exists() {
-        return Err(format!("no node_modules in {}: run `npm ci` there", dir.display()));
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return Err(format!(
+            "no node_modules in {}: run `npm ci` there",
+            dir.display()
+        ));
     }
     Ok(chromium)
 }
@@ -159,7 +165,11 @@ fn dashboard_in_a_real_browser() {
     };
     let p = Project::new(&config());
     std::fs::create_dir_all(p.file("stages")).unwrap();
-    for (name, code) in [("outline.py", OUTLINE), ("implement.py", IMPLEMENT), ("qa.py", QA)] {
+    for (name, code) in [
+        ("outline.py", OUTLINE),
+        ("implement.py", IMPLEMENT),
+        ("qa.py", QA),
+    ] {
         std::fs::write(p.file(&format!("stages/{name}")), code).unwrap();
     }
     let mut run = p.spawn_run(&[]);

@@ -3,8 +3,6 @@
 //! the metrics exposition, systemd notifications and units. Real processes,
 //! real signals; every wait has a deadline.
 
-// Shared with other test binaries, which use helpers this one does not.
-#[allow(dead_code)]
 #[path = "util.rs"]
 mod util;
 

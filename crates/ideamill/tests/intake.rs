@@ -3,8 +3,6 @@
 //! arrive), `ideamill add --file`, `ideamill import legacy` and
 //! `ideamill export`. Each checks that nothing was lost.
 
-// Shared with other test binaries, which use helpers this one does not.
-#[allow(dead_code)]
 mod util;
 
 use std::path::{Path, PathBuf};

@@ -114,7 +114,10 @@ fn three_workers_share_one_database_and_a_sigkilled_one_loses_nothing() {
     assert!(
         wait_until(Duration::from_secs(30), || {
             let s = p.status();
-            let procs = s["status"]["processes"].as_array().cloned().unwrap_or_default();
+            let procs = s["status"]["processes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             procs.len() == 3
                 && procs
                     .iter()
@@ -130,7 +133,10 @@ fn three_workers_share_one_database_and_a_sigkilled_one_loses_nothing() {
     assert!(
         wait_until(Duration::from_secs(60), || {
             let s = p.status();
-            let running = s["status"]["running"].as_array().cloned().unwrap_or_default();
+            let running = s["status"]["running"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             s["status"]["items"]["done"].as_u64().unwrap_or(0) >= 1
                 && running.iter().any(|j| {
                     j["owner"]
@@ -178,7 +184,10 @@ fn three_workers_share_one_database_and_a_sigkilled_one_loses_nothing() {
                 .or_default() += 1;
         }
     }
-    assert!(by_process.len() >= 2, "one process did everything: {by_process:?}");
+    assert!(
+        by_process.len() >= 2,
+        "one process did everything: {by_process:?}"
+    );
 }
 
 #[test]
@@ -257,10 +266,7 @@ fn engines_reconnect_after_postgres_restarts_and_finish() {
 
 /// Everything `show` says about each item, and every event, by id.
 fn snapshot(p: &Project) -> (Vec<Value>, Value) {
-    let mut ids: Vec<i64> = items(p)
-        .iter()
-        .map(|i| i["id"].as_i64().unwrap())
-        .collect();
+    let mut ids: Vec<i64> = items(p).iter().map(|i| i["id"].as_i64().unwrap()).collect();
     ids.sort();
     // Everything but the workspace folder, which is the project's own.
     let shown = ids
@@ -280,11 +286,7 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_back() {
     let stages = format!(
         "{}{}",
         py_stage("one", SLOW, ""),
-        py_stage(
-            "two",
-            qa,
-            "gate = { retry_from = \"one\", max_rounds = 3 }"
-        )
+        py_stage("two", qa, "gate = { retry_from = \"one\", max_rounds = 3 }")
     );
     // A populated SQLite store: finished items with outputs, feedback,
     // attempts and events, and items still queued.
@@ -295,10 +297,7 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_back() {
     lite.run_until_idle(Duration::from_secs(90));
     lite.add("still queued");
     lite.add("also queued");
-    let sqlite_url = format!(
-        "sqlite://{}",
-        lite.file(".ideamill/ideamill.db").display()
-    );
+    let sqlite_url = format!("sqlite://{}", lite.file(".ideamill/ideamill.db").display());
     let before = snapshot(&lite);
 
     let pg = cluster();
@@ -320,9 +319,18 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_back() {
     let out = lite.run(&["store", "copy", "--from", &sqlite_url, "--to", &pg_url]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not empty") && stderr.contains("--force"), "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--force"),
+        "{stderr}"
+    );
     let forced = lite.json(&[
-        "store", "copy", "--from", &sqlite_url, "--to", &pg_url, "--force",
+        "store",
+        "copy",
+        "--from",
+        &sqlite_url,
+        "--to",
+        &pg_url,
+        "--force",
     ]);
     let items_row = forced["tables"]
         .as_array()
@@ -355,10 +363,7 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_back() {
             .is_some_and(|a| !a.is_empty())
     }));
     let other = Project::new(&format!("{ENGINE}{stages}"));
-    let target = format!(
-        "sqlite://{}",
-        other.file(".ideamill/copy.db").display()
-    );
+    let target = format!("sqlite://{}", other.file(".ideamill/copy.db").display());
     let out = back.run(&["store", "copy", "--from", &back_url, "--to", &target]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);

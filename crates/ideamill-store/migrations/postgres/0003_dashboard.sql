@@ -10,5 +10,7 @@ CREATE INDEX items_text_search ON items USING gin (to_tsvector('simple', text));
 -- The items list filtered by stage, newest first, without a scan.
 CREATE INDEX items_stage ON items (stage, id);
 
--- Charts: attempts finished per time bucket over the last hours.
-CREATE INDEX attempts_finished ON attempts (finished_at);
+-- Charts: attempts and items finished per time bucket, read from the
+-- indexes alone (they cover the columns the charts count by).
+CREATE INDEX attempts_finished ON attempts (finished_at, outcome);
+CREATE INDEX items_finished_state ON items (finished_at, state) WHERE finished_at IS NOT NULL;

@@ -39,5 +39,8 @@ pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResu
             limit,
         }))
         .await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "events": events })))
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "events": events }),
+    ))
 }

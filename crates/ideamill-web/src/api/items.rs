@@ -29,7 +29,10 @@ pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResu
 /// The ideas in a request body, read as `ideamill add --file` reads a file
 /// of the same type: JSON (an object, or an array of objects or strings),
 /// JSON lines, plain text (one idea per line) or Markdown (one idea).
-pub fn ideas_from(content_type: Option<&str>, body: &[u8]) -> ApiResult<Vec<ideamill_store::NewItem>> {
+pub fn ideas_from(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> ApiResult<Vec<ideamill_store::NewItem>> {
     let mime = content_type
         .unwrap_or("")
         .split(';')
@@ -39,7 +42,9 @@ pub fn ideas_from(content_type: Option<&str>, body: &[u8]) -> ApiResult<Vec<idea
         .to_ascii_lowercase();
     let format = match mime.as_str() {
         "application/json" => Format::Json,
-        "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => Format::JsonLines,
+        "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => {
+            Format::JsonLines
+        }
         "text/plain" => Format::Text,
         "text/markdown" => Format::Markdown,
         other => {
@@ -83,7 +88,10 @@ pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, Vec<u8>)
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                format!("the request body is larger than {} MiB", MAX_BODY / (1024 * 1024)),
+                format!(
+                    "the request body is larger than {} MiB",
+                    MAX_BODY / (1024 * 1024)
+                ),
             )
         })?;
     Ok((content_type, bytes.to_vec()))
@@ -93,9 +101,15 @@ pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult
     let (content_type, body) = body(request).await?;
     let items = ideas_from(content_type.as_deref(), &body)?;
     let ids = s
-        .call(s.store.add_items(&items, &first_job(&s.config), now_millis()))
+        .call(
+            s.store
+                .add_items(&items, &first_job(&s.config), now_millis()),
+        )
         .await?;
-    Ok(json(StatusCode::CREATED, &serde_json::json!({ "ids": ids })))
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "ids": ids }),
+    ))
 }
 
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -116,9 +130,10 @@ pub async fn file(
     )
         .into_response();
     if cut {
-        response
-            .headers_mut()
-            .insert("x-ideamill-truncated", header::HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            "x-ideamill-truncated",
+            header::HeaderValue::from_static("true"),
+        );
     }
     Ok(response)
 }
@@ -139,8 +154,9 @@ pub async fn retry(
     let options: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
         RetryBody::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the body is not {{\"from\": \"STAGE\"}}: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("the body is not {{\"from\": \"STAGE\"}}: {e}"))
+        })?
     };
     let effect = view::retry(&s, id, options.from.as_deref()).await?;
     s.live.poke();

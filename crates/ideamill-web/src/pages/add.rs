@@ -50,10 +50,14 @@ pub async fn submit(State(s): State<AppState>, request: Request<Body>) -> ApiRes
     };
     let items = ideas_from(Some(content_type), form.ideas.as_bytes())?;
     let ids = s
-        .call(s.store.add_items(&items, &first_job(&s.config), now_millis()))
+        .call(
+            s.store
+                .add_items(&items, &first_job(&s.config), now_millis()),
+        )
         .await?;
     s.live.poke();
-    Ok(super::fragment(
-        s.templates.render("added.html", serde_json::json!({ "added": Added { ids } }))?,
-    ))
+    Ok(super::fragment(s.templates.render(
+        "added.html",
+        serde_json::json!({ "added": Added { ids } }),
+    )?))
 }

@@ -189,7 +189,11 @@ fn steps(s: &AppState, v: &ItemView) -> Vec<Step> {
         .iter()
         .enumerate()
         .map(|(i, st)| {
-            let latest = d.jobs.iter().filter(|j| j.stage == st.name).max_by_key(|j| j.id);
+            let latest = d
+                .jobs
+                .iter()
+                .filter(|j| j.stage == st.name)
+                .max_by_key(|j| j.id);
             let (status, detail) = match latest {
                 // A later stage not yet run in this round waits, whatever an
                 // earlier round did.
@@ -237,7 +241,11 @@ fn attempt_entry(a: &AttemptRow, feedback_shown: bool) -> Entry {
             .as_deref()
             .filter(|o| !o.trim().is_empty() && !feedback_shown)
             .map(text),
-        stderr: a.stderr.as_deref().filter(|o| !o.trim().is_empty()).map(text),
+        stderr: a
+            .stderr
+            .as_deref()
+            .filter(|o| !o.trim().is_empty())
+            .map(text),
         tokens: a.usage.as_ref().map(|u| {
             format!(
                 "{}{} in, {} out",
@@ -258,11 +266,14 @@ fn rounds(v: &ItemView) -> Vec<Round> {
     let mut by_round: BTreeMap<u32, Vec<(Millis, i64, Entry)>> = BTreeMap::new();
     for a in &d.attempts {
         let feedback_shown = a.outcome == AttemptOutcome::Rejected
-            && d.feedback.iter().any(|f| f.round == a.round && f.stage == a.stage);
-        by_round
-            .entry(a.round)
-            .or_default()
-            .push((a.started_at, a.id, attempt_entry(a, feedback_shown)));
+            && d.feedback
+                .iter()
+                .any(|f| f.round == a.round && f.stage == a.stage);
+        by_round.entry(a.round).or_default().push((
+            a.started_at,
+            a.id,
+            attempt_entry(a, feedback_shown),
+        ));
     }
     // Retries by hand, in the round of the first attempt after them.
     for e in d.events.iter().filter(|e| e.kind == "item_retried") {
@@ -284,11 +295,12 @@ fn rounds(v: &ItemView) -> Vec<Round> {
             },
         ));
     }
-    for j in d
-        .jobs
-        .iter()
-        .filter(|j| matches!(j.state, JobState::Queued | JobState::Running | JobState::Paused))
-    {
+    for j in d.jobs.iter().filter(|j| {
+        matches!(
+            j.state,
+            JobState::Queued | JobState::Running | JobState::Paused
+        )
+    }) {
         let attempt = j.attempts + u32::from(j.state != JobState::Running);
         by_round.entry(j.round).or_default().push((
             Millis::MAX,
@@ -340,7 +352,12 @@ async fn files(s: &AppState, v: &ItemView) -> Vec<File> {
     let mut list = v.files.clone();
     // What a stage wrote for people first; hidden files (a stage's own
     // bookkeeping) last.
-    list.sort_by_key(|f| (f.path.split('/').any(|c| c.starts_with('.')), f.path.clone()));
+    list.sort_by_key(|f| {
+        (
+            f.path.split('/').any(|c| c.starts_with('.')),
+            f.path.clone(),
+        )
+    });
     let _ = s;
     tokio::task::spawn_blocking(move || {
         let mut total = 0u64;
@@ -385,7 +402,9 @@ async fn files(s: &AppState, v: &ItemView) -> Vec<File> {
 fn read_prefix(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(max).read_to_end(&mut bytes)?;
+    std::fs::File::open(path)?
+        .take(max)
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -440,7 +459,10 @@ async fn view(s: &AppState, id: ItemId) -> ApiResult<(ItemPage, String)> {
     Ok((page, version))
 }
 
-pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, PageError> {
+pub async fn page(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let id = view::item_id(&id).framed(&s)?;
     let (page, _) = view(&s, id).await.framed(&s)?;
     let body = s.templates.render("item.html", &page).framed(&s)?;

@@ -92,14 +92,20 @@ async fn render(s: &AppState, raw: Option<&str>, fragment: bool) -> Result<Strin
     }
 }
 
-pub async fn page(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, PageError> {
+pub async fn page(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
     let body = render(&s, raw.as_deref(), false).await?;
     super::page(&s, "Items", "items", &body)
 }
 
 /// The results alone; the address bar follows the filters (replaced, not
 /// pushed, so that live refreshes add no history).
-pub async fn fragment(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, PageError> {
+pub async fn fragment(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
     let mut r = super::fragment(render(&s, raw.as_deref(), true).await?);
     let q: ItemsQuery = view::query(raw.as_deref()).framed(&s)?;
     if let Ok(url) = format!("/items?{}", query_string(&q)).parse() {

@@ -48,7 +48,10 @@ fn render(s: &AppState, next: String, error: Option<String>) -> Result<Response,
     super::page(s, "Log in", "", &body)
 }
 
-pub async fn page(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, PageError> {
+pub async fn page(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
     let q: Next = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
     render(&s, safe_next(q.next.as_deref()), None)
 }
@@ -59,7 +62,10 @@ struct LoginForm {
     next: Option<String>,
 }
 
-pub async fn submit(State(s): State<AppState>, request: Request<Body>) -> Result<Response, PageError> {
+pub async fn submit(
+    State(s): State<AppState>,
+    request: Request<Body>,
+) -> Result<Response, PageError> {
     let (_, bytes) = crate::api::items::body(request).await.framed(&s)?;
     let form: LoginForm = serde_urlencoded::from_bytes(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the form does not read: {e}")))
@@ -70,7 +76,12 @@ pub async fn submit(State(s): State<AppState>, request: Request<Body>) -> Result
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(r);
     }
-    let secure = s.config.web.url.as_deref().is_some_and(|u| u.starts_with("https://"));
+    let secure = s
+        .config
+        .web
+        .url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
     let mut r = Redirect::to(&next).into_response();
     if let Some(cookie) = auth::login_cookie(&s.access, secure)
         && let Ok(v) = cookie.parse()
@@ -94,7 +105,10 @@ mod tests {
 
     #[test]
     fn redirects_stay_here() {
-        assert_eq!(safe_next(Some("/items?state=failed")), "/items?state=failed");
+        assert_eq!(
+            safe_next(Some("/items?state=failed")),
+            "/items?state=failed"
+        );
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil.example")), "/");

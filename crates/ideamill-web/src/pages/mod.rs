@@ -21,9 +21,15 @@ use crate::error::ApiError;
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("layout.html", include_str!("../../templates/layout.html")),
-    ("overview.html", include_str!("../../templates/overview.html")),
+    (
+        "overview.html",
+        include_str!("../../templates/overview.html"),
+    ),
     ("items.html", include_str!("../../templates/items.html")),
-    ("items_results.html", include_str!("../../templates/items_results.html")),
+    (
+        "items_results.html",
+        include_str!("../../templates/items_results.html"),
+    ),
     ("item.html", include_str!("../../templates/item.html")),
     ("add.html", include_str!("../../templates/add.html")),
     ("added.html", include_str!("../../templates/added.html")),
@@ -91,7 +97,7 @@ pub fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -157,10 +163,10 @@ fn html(status: StatusCode, body: String) -> Response {
 
 /// The project's name: its folder.
 fn project(s: &AppState) -> String {
-    s.config
-        .root
-        .file_name()
-        .map_or_else(|| "ideamill".to_string(), |n| n.to_string_lossy().into_owned())
+    s.config.root.file_name().map_or_else(
+        || "ideamill".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// `body` in the page frame.
@@ -174,7 +180,10 @@ pub fn page(s: &AppState, title: &str, nav: &str, body: &str) -> Result<Response
         version: env!("CARGO_PKG_VERSION"),
         token: !s.access.is_open(),
     };
-    Ok(html(StatusCode::OK, s.templates.render("layout.html", frame)?))
+    Ok(html(
+        StatusCode::OK,
+        s.templates.render("layout.html", frame)?,
+    ))
 }
 
 pub fn fragment(body: String) -> Response {
@@ -259,7 +268,10 @@ mod tests {
         assert_eq!(ago(70_000, 10_000), "in 1m");
         assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(first_line("a\nb", 10), "a …");
-        assert_eq!((bytes(1), bytes(12_400), bytes(3_100_000)), ("1 B".into(), "12.4 KB".into(), "3.1 MB".into()));
+        assert_eq!(
+            (bytes(1), bytes(12_400), bytes(3_100_000)),
+            ("1 B".into(), "12.4 KB".into(), "3.1 MB".into())
+        );
     }
 
     #[test]

@@ -122,9 +122,11 @@ pub fn level_class(l: Level) -> &'static str {
 /// How an event reads and looks: failures red, recoveries amber.
 pub fn event_view(e: ideamill_store::Event) -> EventView {
     let class = match e.kind.as_str() {
-        "item_failed" | "alert_failed" | "supervisor_gave_up" | "engine_stalled" | "inbox_rejected" => "bad",
-        "lease_expired" | "process_dead" | "jobs_released" | "stale_completion" | "engine_restarted"
-        | "store_outage" | "budget_reached" | "gate_rejected" | "retry_scheduled" => "warn",
+        "item_failed" | "alert_failed" | "supervisor_gave_up" | "engine_stalled"
+        | "inbox_rejected" => "bad",
+        "lease_expired" | "process_dead" | "jobs_released" | "stale_completion"
+        | "engine_restarted" | "store_outage" | "budget_reached" | "gate_rejected"
+        | "retry_scheduled" => "warn",
         "item_retried" | "budget_resumed" | "alert_sent" | "inbox_taken" | "imported" => "good",
         _ => "info",
     };
@@ -249,7 +251,11 @@ async fn render(s: &AppState) -> Result<String, PageError> {
                 )
             })
             .collect();
-        for c in sn.stages.iter().filter(|c| s.config.stage(&c.stage).is_none()) {
+        for c in sn
+            .stages
+            .iter()
+            .filter(|c| s.config.stage(&c.stage).is_none())
+        {
             rows.push((c.stage.clone(), c.queued, c.scheduled, c.running, 0, false));
         }
         let max = rows
@@ -297,8 +303,13 @@ async fn render(s: &AppState) -> Result<String, PageError> {
             .collect();
     }
     // What the first running jobs work on, in words (one read each).
-    let shown: Vec<ItemId> = running.iter().take(RUNNING_TEXTS).map(|r| r.item_id).collect();
-    let texts = futures_util::future::join_all(shown.iter().map(|id| s.call(s.store.item(*id)))).await;
+    let shown: Vec<ItemId> = running
+        .iter()
+        .take(RUNNING_TEXTS)
+        .map(|r| r.item_id)
+        .collect();
+    let texts =
+        futures_util::future::join_all(shown.iter().map(|id| s.call(s.store.item(*id)))).await;
     for (id, detail) in shown.iter().zip(texts) {
         if let Ok(d) = detail {
             for r in running.iter_mut().filter(|r| r.item_id == *id) {

@@ -45,9 +45,12 @@ pub async fn test(config: Option<&Path>, args: AlertTestArgs) -> anyhow::Result<
             .collect();
         output::json(&serde_json::json!({ "deliveries": rows }))?;
     } else {
-        for (d, t) in deliveries.iter().zip(alerts.targets().iter().filter(|t| {
-            args.target.as_deref().is_none_or(|n| n == t.name)
-        })) {
+        for (d, t) in deliveries.iter().zip(
+            alerts
+                .targets()
+                .iter()
+                .filter(|t| args.target.as_deref().is_none_or(|n| n == t.name)),
+        ) {
             match &d.result {
                 Ok(status) => println!(
                     "ok      {} ({}, {}): delivered, HTTP {status}, in {} ms",

@@ -70,7 +70,11 @@ where
 }
 
 fn backend(url: &Option<String>) -> &'static str {
-    if url.is_some() { "PostgreSQL" } else { "SQLite" }
+    if url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    }
 }
 
 /// A scratch project with `stages` no-op stages, on `store` (a URL) or on
@@ -249,10 +253,7 @@ async fn pickup(samples: u32, url: Option<String>) -> anyhow::Result<()> {
     running.await??;
     store.close().await;
 
-    println!(
-        "bench pickup ({}, {samples} samples each)",
-        backend(&url)
-    );
+    println!("bench pickup ({}, {samples} samples each)", backend(&url));
     report("  in-process:    ", &mut local);
     report("  other process: ", &mut remote);
     Ok(())
@@ -347,7 +348,11 @@ async fn throughput_processes(
     let took = clock.elapsed();
     let mut per_process = Vec::new();
     for out in &outputs {
-        anyhow::ensure!(out.status.success(), "a bench worker failed: {}", out.status);
+        anyhow::ensure!(
+            out.status.success(),
+            "a bench worker failed: {}",
+            out.status
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let attempts: u64 = text
             .trim()

@@ -84,7 +84,8 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         })?;
         let access = ideamill_web::Access::for_listen(&config, &addr)
             .map_err(|e| project::config_problem(&config, e))?;
-        let state = ideamill_web::AppState::new(config.clone(), store.clone(), health.clone(), access);
+        let state =
+            ideamill_web::AppState::new(config.clone(), store.clone(), health.clone(), access);
         ideamill_web::start(addr, state).await;
     }
     // Alerts go out from the processes that serve HTTP (`all`, `web`), so
