@@ -99,9 +99,21 @@ struct Shared {
     /// Cross-process wake-ups work: the idle dispatcher needs no timer of its
     /// own, the heartbeat's nudge is its safety net.
     wakeups_on: AtomicBool,
+    /// Work may have appeared since the dispatcher last found a stage
+    /// drained (see `Shared::new_work`).
+    fresh_work: AtomicBool,
 }
 
 impl Shared {
+    /// Wake the dispatcher because jobs may have become runnable (enqueued,
+    /// recovered, found by a poll), as opposed to a slot having been freed:
+    /// only then does it ask again for the stages it found drained, so that
+    /// a busy engine does not send a claim per finished job.
+    fn new_work(&self) {
+        self.fresh_work.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
     fn report(&self, p: Progress) {
         if let Some(tx) = &self.progress {
             let _ = tx.send(p);
@@ -210,6 +222,7 @@ impl Engine {
             progress: self.options.progress.clone(),
             health: self.options.health.clone(),
             wakeups_on: AtomicBool::new(false),
+            fresh_work: AtomicBool::new(true),
         });
         if let Some(h) = &shared.health {
             h.set_process(&self.process);
@@ -363,7 +376,7 @@ async fn reap(shared: &Shared) {
                 shared.report(Progress::Recovered { message });
             }
             if !reaped.is_empty() {
-                shared.wake.notify_one();
+                shared.new_work();
             }
         }
         Err(e) => tracing::warn!("Could not reap expired leases: {e}"),
@@ -454,7 +467,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             if runnable && shared.wakeups_on.load(Ordering::Relaxed) {
                 // The dispatcher's safety net for a lost wake-up rides on the
                 // beat, and only when there is runnable work to find.
-                shared.wake.notify_one();
+                shared.new_work();
             }
         }
         if let Some(retention) = engine.retention
@@ -514,7 +527,7 @@ async fn store_back(shared: &Shared, lost: Outage, now: Millis) {
         tracing::warn!("Could not record the store outage: {e}");
     }
     // Work may have piled up, and wake-ups sent meanwhile are lost.
-    shared.wake.notify_one();
+    shared.new_work();
 }
 
 struct StageSlot {
@@ -559,12 +572,21 @@ async fn dispatch(
     };
     let lease = config.engine.lease.as_millis() as Millis;
     let mut store_errors = 0u32;
+    // Stages that may have runnable jobs: on a database server, a claim
+    // that gets fewer jobs than it asked for drains its stage until new work
+    // is announced, so that a busy engine does not send a claim per finished
+    // job.
+    let mut maybe = vec![true; stages.len()];
+    let remote = shared.store.is_remote();
     while !stop.is_cancelled() {
+        if shared.fresh_work.swap(false, Ordering::SeqCst) {
+            maybe.fill(true);
+        }
         let mut claimed_any = false;
         let mut failed = false;
-        for stage in &stages {
+        for (stage, maybe) in stages.iter().zip(maybe.iter_mut()) {
             let free = stage.slots.available_permits();
-            if free == 0 {
+            if free == 0 || !*maybe {
                 continue;
             }
             let now = now_millis();
@@ -573,7 +595,14 @@ async fn dispatch(
                 .claim(&stage.name, free as u32, &shared.owner, now, now + lease)
                 .await
             {
-                Ok(c) => c,
+                Ok(c) => {
+                    // An embedded store's claims cost next to nothing: ask
+                    // every time a slot frees up.
+                    if c.len() < free && remote {
+                        *maybe = false;
+                    }
+                    c
+                }
                 Err(e) => {
                     failed = true;
                     tracing::warn!("Could not claim jobs of stage `{}`: {e}", stage.name);
@@ -663,15 +692,17 @@ async fn dispatch(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = local => {}
-            _ = tokio::time::sleep(wait) => {}
+            // The poll, or the next scheduled job's time.
+            _ = tokio::time::sleep(wait) => maybe.fill(true),
             _ = async {
                 match signal.as_mut() {
                     Some(s) => s.wait().await,
                     None => std::future::pending().await,
                 }
             } => {
-                // Another process changed something: maybe a cancellation
-                // of a job we hold.
+                // Another process changed something: new work, or maybe a
+                // cancellation of a job we hold.
+                maybe.fill(true);
                 if shared.in_flight.load(Ordering::SeqCst) > 0 {
                     match shared.store.cancel_requests(&shared.owner).await {
                         Ok(ids) => shared.cancel_jobs(&ids),
@@ -781,78 +812,98 @@ fn start_job(
 }
 
 /// Commit finished attempts. Whatever has piled up is committed in one
-/// transaction (group commit); a single job commits at once.
+/// transaction (group commit); a single job commits at once. On a database
+/// server two batches may commit at the same time (their jobs are distinct,
+/// and each finish is fenced by its own lease token), so that one batch's
+/// round trips and flush overlap the next one's work.
 async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
-    let mut batch = Vec::new();
+    let committers = if shared.store.is_remote() { 2 } else { 1 };
+    let slots = Arc::new(Semaphore::new(committers));
+    let mut commits = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
         while batch.len() < 256 {
             match rx.try_recv() {
                 Ok(f) => batch.push(f),
                 Err(_) => break,
             }
         }
-        let mut delay = Duration::from_millis(100);
-        let results = loop {
-            match shared.store.finish(&batch).await {
-                Ok(r) => break r,
-                Err(e) => {
-                    // Results stay in memory while the lease holds; if the
-                    // store never comes back the lease expires and the work
-                    // runs again elsewhere, so nothing is lost.
-                    tracing::error!(
-                        "Could not commit {} finished attempt(s): {e}; retrying",
-                        batch.len()
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        let shared = shared.clone();
+        commits.spawn(async move {
+            commit_batch(&shared, batch).await;
+            drop(slot);
+        });
+        // Reap finished commits as we go, so the set stays small.
+        while commits.try_join_next().is_some() {}
+    }
+    while commits.join_next().await.is_some() {}
+}
+
+async fn commit_batch(shared: &Shared, mut batch: Vec<Finish>) {
+    let mut delay = Duration::from_millis(100);
+    let results = loop {
+        match shared.store.finish(&batch).await {
+            Ok(r) => break r,
+            Err(e) => {
+                // Results stay in memory while the lease holds; if the
+                // store never comes back the lease expires and the work
+                // runs again elsewhere, so nothing is lost.
+                tracing::error!(
+                    "Could not commit {} finished attempt(s): {e}; retrying",
+                    batch.len()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
+        }
+    };
+    let mut local_work = false;
+    for (finish, result) in batch.drain(..).zip(results) {
+        shared.attempts.fetch_add(1, Ordering::Relaxed);
+        let effect = match result {
+            Ok(effect) => {
+                match effect.item_state {
+                    ItemState::Done => shared.items_done.fetch_add(1, Ordering::Relaxed),
+                    ItemState::Failed => shared.items_failed.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                local_work |= effect.enqueued;
+                log_finish(&finish, &effect);
+                Ok(effect)
+            }
+            Err(StoreError::LeaseLost) => {
+                tracing::warn!(
+                    "Job {} (item {}, stage `{}`): lease lost before completion; the result was discarded",
+                    finish.job.id,
+                    finish.job.item_id,
+                    finish.job.stage
+                );
+                Err("lease lost".to_string())
+            }
+            Err(e) => Err(e.to_string()),
         };
-        let mut local_work = false;
-        for (finish, result) in batch.drain(..).zip(results) {
-            shared.attempts.fetch_add(1, Ordering::Relaxed);
-            let effect = match result {
-                Ok(effect) => {
-                    match effect.item_state {
-                        ItemState::Done => shared.items_done.fetch_add(1, Ordering::Relaxed),
-                        ItemState::Failed => shared.items_failed.fetch_add(1, Ordering::Relaxed),
-                        _ => 0,
-                    };
-                    local_work |= effect.enqueued;
-                    log_finish(&finish, &effect);
-                    Ok(effect)
-                }
-                Err(StoreError::LeaseLost) => {
-                    tracing::warn!(
-                        "Job {} (item {}, stage `{}`): lease lost before completion; the result was discarded",
-                        finish.job.id,
-                        finish.job.item_id,
-                        finish.job.stage
-                    );
-                    Err("lease lost".to_string())
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            let elapsed =
-                Duration::from_millis((finish.finished_at - finish.started_at).max(0) as u64);
-            if let Some(h) = &shared.health {
-                h.job_finished(&finish.job.stage, finish.outcome, elapsed);
-            }
-            shared.report(Progress::Finished {
-                job: finish.job,
-                outcome: finish.outcome,
-                effect,
-                elapsed,
-            });
+        let elapsed = Duration::from_millis((finish.finished_at - finish.started_at).max(0) as u64);
+        if let Some(h) = &shared.health {
+            h.job_finished(&finish.job.stage, finish.outcome, elapsed);
         }
-        // New local work, or the last running job's result is now committed:
-        // the dispatcher looks again (`--until-idle` decides only once
-        // nothing is running in the store either, and nothing else would
-        // wake it then).
-        if local_work || shared.in_flight.load(Ordering::SeqCst) == 0 {
-            shared.wake.notify_one();
-        }
+        shared.report(Progress::Finished {
+            job: finish.job,
+            outcome: finish.outcome,
+            effect,
+            elapsed,
+        });
+    }
+    // New local work, or the last running job's result is now committed:
+    // the dispatcher looks again (`--until-idle` decides only once
+    // nothing is running in the store either, and nothing else would
+    // wake it then).
+    if local_work {
+        shared.new_work();
+    } else if shared.in_flight.load(Ordering::SeqCst) == 0 {
+        shared.wake.notify_one();
     }
 }
 

@@ -203,6 +203,13 @@ pub trait Store: Send + Sync {
     /// job, attempt or event added, a job claimed or given back), read in
     /// one cheap statement, for live updates.
     async fn change_marker(&self) -> Result<ChangeMarker>;
+
+    /// Whether every call is a round trip to a database server (PostgreSQL)
+    /// rather than to an embedded database: callers should then send fewer,
+    /// larger requests and overlap them. Not a semantic difference.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 pub use ideamill_core::JobId;

@@ -1699,6 +1699,10 @@ impl Store for PostgresStore {
         Ok(crate::dashboard::fill_buckets(since, bucket, now, &rows))
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     async fn change_marker(&self) -> Result<ChangeMarker> {
         let r = sqlx::query(
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM items) AS item,
