@@ -64,6 +64,9 @@ pub fn exit_on_stall() -> OnStall {
     })
 }
 
+/// How long a stale beat must stay stale before the watchdog acts.
+const CONFIRM: Duration = Duration::from_millis(250);
+
 /// CLOCK_MONOTONIC ms of the last SIGCONT this process received.
 static CONTINUED_AT: AtomicI64 = AtomicI64::new(i64::MIN);
 
@@ -102,6 +105,10 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
     // After the whole process was paused (SIGSTOP, a debugger), the loop gets
     // a fresh `stall_after` to beat again: its silence was not its fault.
     let mut not_before = mono_millis();
+    // A stale beat is confirmed once, CONFIRM later, before the watchdog acts:
+    // a process resumed from SIGSTOP runs its SIGCONT handler and its loop on
+    // whichever thread the kernel schedules first, maybe after this one.
+    let mut suspected = false;
     loop {
         let age = health.beat_age();
         let now = mono_millis();
@@ -110,7 +117,19 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
                 .load(Ordering::SeqCst)
                 .saturating_add(limit.as_millis() as Millis),
         );
-        if age >= limit && now >= not_before {
+        let stale = age >= limit && now >= not_before;
+        if stale && !suspected {
+            suspected = true;
+            let slept = Instant::now();
+            std::thread::sleep(CONFIRM);
+            if slept.elapsed() > CONFIRM + Duration::from_secs(1) {
+                // Paused again while confirming: the silence is not the loop's.
+                not_before = mono_millis() + limit.as_millis() as Millis;
+            }
+            continue;
+        }
+        suspected = stale;
+        if stale {
             let summary = StallSummary {
                 detected_by: "watchdog".into(),
                 reason: format!(
