@@ -57,6 +57,40 @@ pub(crate) fn state_clause(filter: StateFilter) -> &'static str {
     }
 }
 
+/// The columns of an item summary (decoded by [`item_summary`]), over
+/// `items i` joined to its current job `j`.
+pub(crate) const ITEM_SUMMARY_SELECT: &str = "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round,
+        i.last_error, i.created_at, i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts";
+
+/// Finish a page query of item summaries: `sql` ends in a WHERE condition;
+/// this adds the filter's conditions and the order, newest first by
+/// `id_column`. Parameters, numbered after `mark` (`?` or `$`): 1 the stage,
+/// 2 the id to page before, 3 the limit ([`page_limit`]).
+pub(crate) fn item_page_sql(
+    mut sql: String,
+    filter: &ItemFilter,
+    id_column: &str,
+    mark: char,
+) -> String {
+    if let Some(state) = filter.state {
+        sql.push_str(" AND ");
+        sql.push_str(state_clause(state));
+    }
+    if filter.stage.is_some() {
+        sql.push_str(&format!(" AND i.stage = {mark}1"));
+    }
+    if filter.before_id.is_some() {
+        sql.push_str(&format!(" AND {id_column} < {mark}2"));
+    }
+    sql.push_str(&format!(" ORDER BY {id_column} DESC LIMIT {mark}3"));
+    sql
+}
+
+/// A page's size: the filter's limit, 100 when it says none.
+pub(crate) fn page_limit(filter: &ItemFilter) -> i64 {
+    i64::from(if filter.limit == 0 { 100 } else { filter.limit })
+}
+
 pub(crate) fn job_state(s: &str) -> Result<JobState> {
     JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown job state {s:?}")))
 }

@@ -353,55 +353,51 @@ async fn insert_attempts(tx: &mut Tx, rows: &[AttemptRecord<'_>]) -> Result<()> 
     Ok(())
 }
 
-async fn insert_feedback(tx: &mut Tx, rows: &[(&ClaimedJob, &str, Millis)]) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at)
-         SELECT item_id, stage, round, job_id, feedback, created_at
-         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
-              WITH ORDINALITY AS u(item_id, stage, round, job_id, feedback, created_at, n)
-         ORDER BY n",
-    )
-    .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| i64::from(r.0.round))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.0.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// Which per-round text a finish records: the table and its text column.
+#[derive(Clone, Copy)]
+enum RoundText {
+    Feedback,
+    Output,
 }
 
-async fn insert_outputs(tx: &mut Tx, rows: &[(&ClaimedJob, &str, Millis)]) -> Result<()> {
+/// Insert a gate's feedback or a stage's output for each finished job.
+async fn insert_round_texts(
+    tx: &mut Tx,
+    kind: RoundText,
+    rows: &[(&ClaimedJob, &str, Millis)],
+) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO outputs (item_id, stage, round, job_id, output, created_at)
-         SELECT item_id, stage, round, job_id, output, created_at
-         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
-              WITH ORDINALITY AS u(item_id, stage, round, job_id, output, created_at, n)
-         ORDER BY n",
-    )
-    .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| i64::from(r.0.round))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.0.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+    let sql = match kind {
+        RoundText::Feedback => {
+            "INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at)
+             SELECT item_id, stage, round, job_id, text, created_at
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
+                  WITH ORDINALITY AS u(item_id, stage, round, job_id, text, created_at, n)
+             ORDER BY n"
+        }
+        RoundText::Output => {
+            "INSERT INTO outputs (item_id, stage, round, job_id, output, created_at)
+             SELECT item_id, stage, round, job_id, text, created_at
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
+                  WITH ORDINALITY AS u(item_id, stage, round, job_id, text, created_at, n)
+             ORDER BY n"
+        }
+    };
+    sqlx::query(sql)
+        .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| i64::from(r.0.round))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.0.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -713,7 +709,7 @@ impl Store for PostgresStore {
             attempts.push(plan.attempt);
             events.extend(plan.event);
         }
-        insert_feedback(&mut tx, &feedback).await?;
+        insert_round_texts(&mut tx, RoundText::Feedback, &feedback).await?;
         if !uncount.is_empty() {
             // A paused try never ran: it does not count.
             sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ANY($1)")
@@ -747,7 +743,7 @@ impl Store for PostgresStore {
         }
         insert_events(&mut tx, &events).await?;
         insert_attempts(&mut tx, &attempts).await?;
-        insert_outputs(&mut tx, &outputs).await?;
+        insert_round_texts(&mut tx, RoundText::Output, &outputs).await?;
         insert_jobs(&mut tx, &next_jobs).await?;
         if !done.is_empty() {
             sqlx::query(
@@ -1174,30 +1170,19 @@ impl Store for PostgresStore {
     }
 
     async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>> {
-        let mut sql = String::from(
-            "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round, i.last_error, i.created_at,
-                    i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts
-             FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE true",
+        let sql = common::item_page_sql(
+            format!(
+                "{} FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE true",
+                common::ITEM_SUMMARY_SELECT
+            ),
+            filter,
+            "i.id",
+            '$',
         );
-        if let Some(state) = filter.state {
-            sql.push_str(" AND ");
-            sql.push_str(common::state_clause(state));
-        }
-        if filter.stage.is_some() {
-            sql.push_str(" AND i.stage = $1");
-        }
-        if filter.before_id.is_some() {
-            sql.push_str(" AND i.id < $2");
-        }
-        sql.push_str(" ORDER BY i.id DESC LIMIT $3");
         let rows = sqlx::query(&sql)
             .bind(&filter.stage)
             .bind(filter.before_id)
-            .bind(i64::from(if filter.limit == 0 {
-                100
-            } else {
-                filter.limit
-            }))
+            .bind(common::page_limit(filter))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(common::item_summary).collect()
@@ -1629,31 +1614,19 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         // The expression is the GIN index's (0003_dashboard.sql), word for word.
-        let mut sql = String::from(
-            "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round, i.last_error, i.created_at,
-                    i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts
-             FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id
-             WHERE to_tsvector('simple', i.text) @@ to_tsquery('simple', $4)",
+        let sql = common::item_page_sql(
+            format!(
+                "{} FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE to_tsvector('simple', i.text) @@ to_tsquery('simple', $4)",
+                common::ITEM_SUMMARY_SELECT
+            ),
+            filter,
+            "i.id",
+            '$',
         );
-        if let Some(state) = filter.state {
-            sql.push_str(" AND ");
-            sql.push_str(common::state_clause(state));
-        }
-        if filter.stage.is_some() {
-            sql.push_str(" AND i.stage = $1");
-        }
-        if filter.before_id.is_some() {
-            sql.push_str(" AND i.id < $2");
-        }
-        sql.push_str(" ORDER BY i.id DESC LIMIT $3");
         let rows = sqlx::query(&sql)
             .bind(&filter.stage)
             .bind(filter.before_id)
-            .bind(i64::from(if filter.limit == 0 {
-                100
-            } else {
-                filter.limit
-            }))
+            .bind(common::page_limit(filter))
             .bind(crate::dashboard::tsquery(&terms))
             .fetch_all(&self.pool)
             .await?;

@@ -912,26 +912,19 @@ impl Store for SqliteStore {
     }
 
     async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>> {
-        let mut sql = String::from(
-            "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round, i.last_error, i.created_at,
-                    i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts
-             FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE 1 = 1",
+        let sql = common::item_page_sql(
+            format!(
+                "{} FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE 1 = 1",
+                common::ITEM_SUMMARY_SELECT
+            ),
+            filter,
+            "i.id",
+            '?',
         );
-        if let Some(state) = filter.state {
-            sql.push_str(" AND ");
-            sql.push_str(common::state_clause(state));
-        }
-        if filter.stage.is_some() {
-            sql.push_str(" AND i.stage = ?1");
-        }
-        if filter.before_id.is_some() {
-            sql.push_str(" AND i.id < ?2");
-        }
-        sql.push_str(" ORDER BY i.id DESC LIMIT ?3");
         let rows = sqlx::query(&sql)
             .bind(&filter.stage)
             .bind(filter.before_id)
-            .bind(if filter.limit == 0 { 100 } else { filter.limit })
+            .bind(common::page_limit(filter))
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(common::item_summary).collect()
@@ -1343,28 +1336,19 @@ impl Store for SqliteStore {
         }
         // FTS5 hands out matches by rowid, newest first, so a page stops
         // reading as soon as it is full.
-        let mut sql = String::from(
-            "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round, i.last_error, i.created_at,
-                    i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts
-             FROM items_fts f JOIN items i ON i.id = f.rowid
-             LEFT JOIN jobs j ON j.id = i.current_job_id
-             WHERE items_fts MATCH ?4",
+        let sql = common::item_page_sql(
+            format!(
+                "{} FROM items_fts f JOIN items i ON i.id = f.rowid LEFT JOIN jobs j ON j.id = i.current_job_id WHERE items_fts MATCH ?4",
+                common::ITEM_SUMMARY_SELECT
+            ),
+            filter,
+            "f.rowid",
+            '?',
         );
-        if let Some(state) = filter.state {
-            sql.push_str(" AND ");
-            sql.push_str(common::state_clause(state));
-        }
-        if filter.stage.is_some() {
-            sql.push_str(" AND i.stage = ?1");
-        }
-        if filter.before_id.is_some() {
-            sql.push_str(" AND f.rowid < ?2");
-        }
-        sql.push_str(" ORDER BY f.rowid DESC LIMIT ?3");
         let rows = sqlx::query(&sql)
             .bind(&filter.stage)
             .bind(filter.before_id)
-            .bind(if filter.limit == 0 { 100 } else { filter.limit })
+            .bind(common::page_limit(filter))
             .bind(crate::dashboard::fts5_query(&terms))
             .fetch_all(&self.reader)
             .await?;
