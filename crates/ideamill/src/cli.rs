@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ideamill_store::StateFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -143,9 +144,9 @@ pub struct AddArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// active, queued, running, retrying, done, failed or cancelled.
-    #[arg(long)]
-    pub state: Option<String>,
+    /// active, queued, running, retrying, paused, done, failed or cancelled.
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<StateFilter>,
     /// Items whose current (or last) stage is this one.
     #[arg(long)]
     pub stage: Option<String>,
@@ -448,8 +449,8 @@ pub struct ExportArgs {
     pub format: ExportFormat,
     /// Only items in this state: active, queued, running, retrying, paused,
     /// done, failed or cancelled.
-    #[arg(long)]
-    pub state: Option<String>,
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<StateFilter>,
     /// Only items changed at or after T: a duration ago (`7d`) or a date or
     /// time (`2024-01-14`, `2024-01-14T10:00:00Z`).
     #[arg(long, value_name = "T")]
@@ -463,4 +464,14 @@ pub struct ExportArgs {
 pub enum ExportFormat {
     Json,
     Jsonl,
+}
+
+/// `--state`: one of [`StateFilter::ALL`].
+fn parse_state(s: &str) -> Result<StateFilter, String> {
+    StateFilter::parse(s).ok_or_else(|| {
+        format!(
+            "unknown state `{s}`; states: {}",
+            StateFilter::ALL.join(", ")
+        )
+    })
 }

@@ -124,17 +124,7 @@ pub fn money(x: f64) -> String {
     }
 }
 
-pub fn first_line(s: &str, max: usize) -> String {
-    let line = s.trim().lines().next().unwrap_or("");
-    if line.chars().count() > max {
-        let cut: String = line.chars().take(max.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else if s.trim().lines().nth(1).is_some() {
-        format!("{line} …")
-    } else {
-        line.to_string()
-    }
-}
+pub use ideamill_core::text::first_line;
 
 /// What every page's frame shows.
 #[derive(Serialize)]

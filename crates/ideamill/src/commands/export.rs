@@ -16,8 +16,7 @@ use ideamill_core::Millis;
 use ideamill_core::duration::parse_duration;
 use ideamill_engine::executor::{item_workspace, workspace_files};
 use ideamill_store::{
-    AttemptRow, FeedbackRow, ItemDetail, ItemFilter, ItemRow, OutputRow, StateFilter, StoreError,
-    UsageTotals,
+    AttemptRow, FeedbackRow, ItemDetail, ItemFilter, ItemRow, OutputRow, StoreError, UsageTotals,
 };
 use serde::Serialize;
 
@@ -30,18 +29,7 @@ const PAGE: u32 = 200;
 const MAX_FILES: usize = 10_000;
 
 pub async fn run(config: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let state = args
-        .state
-        .as_deref()
-        .map(|s| {
-            StateFilter::parse(s).with_context(|| {
-                format!(
-                    "unknown state `{s}`; states: {}",
-                    StateFilter::ALL.join(", ")
-                )
-            })
-        })
-        .transpose()?;
+    let state = args.state;
     let since = args
         .since
         .as_deref()

@@ -3,27 +3,15 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use ideamill_engine::now_millis;
-use ideamill_store::{ItemFilter, StateFilter};
+use ideamill_store::ItemFilter;
 
 use crate::cli::ListArgs;
 use crate::output::{self, Table};
 use crate::project;
 
 pub async fn run(config: Option<&Path>, args: ListArgs) -> anyhow::Result<ExitCode> {
-    let state = args
-        .state
-        .as_deref()
-        .map(|s| {
-            StateFilter::parse(s).with_context(|| {
-                format!(
-                    "unknown state `{s}`; states: {}",
-                    StateFilter::ALL.join(", ")
-                )
-            })
-        })
-        .transpose()?;
+    let state = args.state;
     let config = project::load_config(config)?;
     let store = project::open_existing_store(&config).await?;
     let items = store
