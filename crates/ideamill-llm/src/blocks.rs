@@ -5,9 +5,11 @@
 //! ```` ```python path=app/main.py ````, ```` ```python file: app/main.py ````)
 //! or on the line before it, possibly after one blank line (`app/main.py`,
 //! `**app/main.py**`, `` `app/main.py` ``, `# File: app/main.py`,
-//! `### app/main.py`, `- app/main.py:`). Fences follow CommonMark: three or
-//! more backticks or tildes, closed by a line of the same character at
-//! least as long, so a ```` ```` ```` block may contain ```` ``` ```` lines.
+//! `### app/main.py`, `- app/main.py:`), or in a comment that is the
+//! block's whole first line (`# app/main.py`, `// src/lib.rs`). Fences
+//! follow CommonMark: three or more backticks or tildes, closed by a line of
+//! the same character at least as long, so a ```` ```` ```` block may
+//! contain ```` ``` ```` lines.
 //! Names are taken as written: [`crate::write_files`] refuses the hostile ones.
 
 use std::collections::HashMap;
@@ -59,6 +61,7 @@ pub fn extract_files(text: &str) -> Extraction {
             }
             content.push_str(dedent(line, fence.indent));
         }
+        let path = path.or_else(|| comment_label(content.lines().next().unwrap_or("")));
         let line_no = i + 1;
         let Some(close) = close else {
             out.problems.push(match &path {
@@ -241,6 +244,29 @@ fn label_path(line: &str) -> Option<String> {
         }
     }
     looks_like_path(s, true).then(|| s.to_string())
+}
+
+/// A path named by a comment that is the whole first line of a block:
+/// `# app/main.py`, `// src/lib.rs`, `-- schema.sql`, `/* style.css */`,
+/// `<!-- index.html -->`. The line stays in the file: it is a comment there.
+fn comment_label(line: &str) -> Option<String> {
+    let line = line.trim();
+    if line.starts_with("#!") {
+        return None; // a shebang, not a name
+    }
+    let (open, close) = [
+        ("<!--", "-->"),
+        ("/*", "*/"),
+        ("//", ""),
+        ("--", ""),
+        ("#", ""),
+        (";", ""),
+    ]
+    .into_iter()
+    .find(|(open, _)| line.starts_with(open))?;
+    let inner = line[open.len()..].trim_start_matches(open.chars().next()?);
+    let inner = inner.strip_suffix(close).unwrap_or(inner);
+    label_path(inner)
 }
 
 fn strip_list_marker(s: &str) -> &str {
@@ -449,6 +475,46 @@ mod tests {
             "Dockerfile:\n```\nFROM x\n```\n",
             "== Dockerfile []\nFROM x\n",
         );
+    }
+
+    #[test]
+    fn first_line_comment_paths() {
+        for (block, first) in [
+            ("```python\n# app/main.py\nx = 1\n```\n", "# app/main.py"),
+            (
+                "```python\n# File: app/main.py\nx = 1\n```\n",
+                "# File: app/main.py",
+            ),
+            ("```rust\n// app/main.py\nx = 1\n```\n", "// app/main.py"),
+            ("```sql\n-- app/main.py\nx = 1\n```\n", "-- app/main.py"),
+            (
+                "```css\n/* app/main.py */\nx = 1\n```\n",
+                "/* app/main.py */",
+            ),
+            (
+                "```html\n<!-- app/main.py -->\nx = 1\n```\n",
+                "<!-- app/main.py -->",
+            ),
+            ("```lisp\n;; app/main.py\nx = 1\n```\n", ";; app/main.py"),
+        ] {
+            let lang = &block[3..block.find('\n').unwrap()];
+            check(block, &format!("== app/main.py [{lang}]\n{first}\nx = 1\n"));
+        }
+        // A label before the block wins over the comment.
+        check(
+            "b.py\n```python\n# a.py\nx\n```\n",
+            "== b.py [python]\n# a.py\nx\n",
+        );
+        let unnamed = "!! line 1: a code block names no file: not written\n";
+        for first in [
+            "#!/usr/bin/env python3",
+            "#!/bin/sh",
+            "# check whether the input is a palindrome",
+            "// returns e.g. 3",
+            "x = 1  # main.py",
+        ] {
+            check(&format!("```python\n{first}\nx\n```\n"), unnamed);
+        }
     }
 
     #[test]

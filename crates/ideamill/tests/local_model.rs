@@ -15,24 +15,48 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llm-server.sh")
 }
 
-/// Start (or reuse) the local model server; its base URL.
-fn local_model() -> String {
-    let out = Command::new("bash")
-        .arg(script())
-        .arg("start")
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "the local model server did not start (run `bash scripts/llm-server.sh setup`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// A local model server of this test's own, on a free loopback port,
+/// stopped when dropped.
+struct LocalModel {
+    port: u16,
+    url: String,
+}
+
+impl LocalModel {
+    fn start() -> LocalModel {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["start", "--port", &port.to_string()])
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "the local model server did not start (run `bash scripts/llm-server.sh setup`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        LocalModel { port, url }
+    }
+}
+
+impl Drop for LocalModel {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["stop", "--port", &self.port.to_string()])
+            .output();
+    }
 }
 
 #[test]
 fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
-    let url = local_model();
+    let model = LocalModel::start();
+    let url = model.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let init = Command::new(BIN)
         .args(["init", "proj", "--provider", &url, "--model", "smollm2"])
