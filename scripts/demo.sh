@@ -44,3 +44,7 @@ echo
 echo "Results are in $demo:"
 echo "  workspace/<id>/          each idea's generated files"
 echo "  $bin show <id>    its stages, attempts, model outputs, QA feedback, tokens and cost (run in $demo)"
+echo "  http://127.0.0.1:9464/   the dashboard, while \`ideamill run\` runs (in $demo)"
+if [ -z "${IDEAMILL_PROVIDER_URL:-}" ]; then
+  echo "The local model keeps running for more ideas; stop it with: bash scripts/llm-server.sh stop"
+fi
