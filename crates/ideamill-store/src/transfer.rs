@@ -372,7 +372,8 @@ impl Db {
                     sqlx::raw_sql(sql).execute(&mut *c).await?;
                 }
                 // The copy ran without the triggers that keep the text-search
-                // index: build it again from the copied items.
+                // index and the counts per state: build them again from the
+                // copied items.
                 let has_fts: Option<String> = sqlx::query_scalar(
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'items_fts'",
                 )
@@ -382,6 +383,18 @@ impl Db {
                     sqlx::raw_sql("INSERT INTO items_fts (items_fts) VALUES ('rebuild')")
                         .execute(&mut *c)
                         .await?;
+                }
+                let has_counts: Option<String> = sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'item_counts'",
+                )
+                .fetch_optional(&mut *c)
+                .await?;
+                if has_counts.is_some() {
+                    sqlx::raw_sql(
+                        "UPDATE item_counts SET n = (SELECT count(*) FROM items WHERE items.state = item_counts.state)",
+                    )
+                    .execute(&mut *c)
+                    .await?;
                 }
                 let broken: Vec<SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
                     .fetch_all(&mut *c)
@@ -444,9 +457,10 @@ impl Db {
             Db::Sqlite(c) => {
                 sqlx::query_scalar(
                     // The text-search index (`items_fts` and its shadow
-                    // tables) is derived from `items`: rebuilt, not copied.
+                    // tables) and the counts per state are derived from
+                    // `items`: rebuilt, not copied.
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
-                       AND name NOT LIKE 'items_fts%' ORDER BY name",
+                       AND name NOT LIKE 'items_fts%' AND name <> 'item_counts' ORDER BY name",
                 )
                 .fetch_all(c)
                 .await?

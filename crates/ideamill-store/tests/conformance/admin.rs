@@ -2,7 +2,9 @@
 
 use ideamill_core::machine::Transition;
 use ideamill_core::{ItemState, JobState};
-use ideamill_store::{EventFilter, PruneCounts, RetryEffect, Store, StoreError, event_kind};
+use ideamill_store::{
+    EventFilter, ItemCounts, PruneCounts, RetryEffect, Store, StoreError, event_kind,
+};
 
 use crate::support::*;
 
@@ -203,7 +205,21 @@ pub async fn prune_deletes_only_old_finished_items(b: &dyn Backend) {
     let old_events = all_events.iter().filter(|e| e.at < before).count() as u64;
     assert!(old_events > 0, "the setup made old events");
 
+    let items = |active, done, failed, cancelled| ItemCounts {
+        active,
+        done,
+        failed,
+        cancelled,
+    };
+    let status = s.status(T0 + 5_000).await.unwrap();
+    assert_eq!(status.items, items(2, 2, 1, 1), "counts before the prune");
     let counts = s.prune(before).await.unwrap();
+    let status = s.status(T0 + 5_000).await.unwrap();
+    assert_eq!(
+        status.items,
+        items(2, 1, 0, 0),
+        "pruned items are not counted"
+    );
     assert_eq!(
         counts,
         PruneCounts {
@@ -261,5 +277,7 @@ pub async fn prune_deletes_only_old_finished_items(b: &dyn Backend) {
         claim_one(s, "queued", "w2", T0 + 6_000).await.item_id,
         old_queued
     );
+    let status = s.status(T0 + 6_000).await.unwrap();
+    assert_eq!(status.items, items(1, 2, 0, 0));
     store.close().await;
 }
