@@ -28,7 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_intake.sql")),
     (3, include_str!("../migrations/sqlite/0003_dashboard.sql")),
-    (4, include_str!("../migrations/sqlite/0004_item_counts.sql")),
+    (4, include_str!("../migrations/sqlite/0004_status_reads.sql")),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -935,7 +935,7 @@ impl Store for SqliteStore {
         let mut conn = self.reader.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut items = ItemCounts::default();
-        // Kept by triggers (0004_item_counts.sql): four rows, not a count.
+        // Kept by triggers (0004_status_reads.sql): four rows, not a count.
         for r in sqlx::query("SELECT state, n FROM item_counts")
             .fetch_all(&mut *tx)
             .await?

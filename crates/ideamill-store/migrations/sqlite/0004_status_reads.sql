@@ -1,3 +1,6 @@
+-- Reads behind `status` and the health verdict that stay cheap however long
+-- the history.
+--
 -- Items per state, kept by triggers, so that `status`, the dashboard's
 -- overview and /metrics read four rows instead of counting every item ever
 -- added. SQLite has one writer, so the shared rows cost no contention.
@@ -27,3 +30,7 @@ BEGIN
     UPDATE item_counts SET n = n - 1 WHERE state = old.state;
     UPDATE item_counts SET n = n + 1 WHERE state = new.state;
 END;
+
+-- The health verdict asks for the recent events of one kind (restarts,
+-- outages): read newest first from this index, not by walking every event.
+CREATE INDEX events_kind ON events (kind, id);
