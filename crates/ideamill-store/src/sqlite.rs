@@ -28,7 +28,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_intake.sql")),
     (3, include_str!("../migrations/sqlite/0003_dashboard.sql")),
-    (4, include_str!("../migrations/sqlite/0004_status_reads.sql")),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_status_reads.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

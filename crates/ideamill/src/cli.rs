@@ -97,25 +97,47 @@ impl Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("endpoint").args(["provider", "local_model"]))]
 pub struct InitArgs {
     /// The folder to create the project in.
     pub dir: Option<PathBuf>,
     /// Overwrite an existing ideamill.toml.
     #[arg(long)]
     pub force: bool,
-    /// The model endpoint: any OpenAI-compatible base URL
-    /// [default: the local model server of scripts/llm-server.sh].
-    #[arg(long, value_name = "URL")]
+    /// Stages that call this model endpoint: any OpenAI-compatible base URL
+    /// (with --model). Without it (or --local-model) the stages are
+    /// placeholder programs that need no model.
+    #[arg(long, value_name = "URL", requires = "model")]
     pub provider: Option<String>,
-    /// The model name the endpoint knows [default: smollm2].
-    #[arg(long, value_name = "M")]
+    /// The model name the endpoint knows (smollm2 with --local-model).
+    #[arg(long, value_name = "M", requires = "endpoint")]
     pub model: Option<String>,
     /// The environment variable holding the API key, if the endpoint needs one.
-    #[arg(long, value_name = "VAR")]
+    #[arg(long, value_name = "VAR", requires = "provider")]
     pub api_key_env: Option<String>,
-    /// A pipeline of placeholder programs that needs no model at all.
-    #[arg(long, conflicts_with_all = ["provider", "model", "api_key_env"])]
+    /// Stages that call the local SmolLM2 server of scripts/llm-server.sh
+    /// (http://127.0.0.1:8089/v1).
+    #[arg(long, conflicts_with_all = ["provider", "api_key_env"])]
+    pub local_model: bool,
+    /// Placeholder programs instead of a model (the default; kept for scripts).
+    #[arg(long, conflicts_with_all = ["provider", "model", "api_key_env", "local_model"])]
     pub no_model: bool,
+}
+
+impl InitArgs {
+    /// The endpoint and model the stages call; `None` for placeholders.
+    pub fn model_endpoint(&self) -> Option<(&str, &str)> {
+        const LOCAL_MODEL_URL: &str = "http://127.0.0.1:8089/v1";
+        const LOCAL_MODEL: &str = "smollm2";
+        match (&self.provider, self.local_model) {
+            (Some(url), _) => Some((url, self.model.as_deref().unwrap_or(LOCAL_MODEL))),
+            (None, true) => Some((
+                LOCAL_MODEL_URL,
+                self.model.as_deref().unwrap_or(LOCAL_MODEL),
+            )),
+            (None, false) => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

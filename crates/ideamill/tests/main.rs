@@ -443,11 +443,11 @@ fn retry_runs_a_failed_item_again() {
 }
 
 #[test]
-fn init_no_model_scaffolds_a_project_that_runs_as_it_is() {
+fn init_scaffolds_a_project_that_runs_as_it_is() {
+    // Without a model named, the stages are placeholder programs.
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
         .arg("init")
-        .arg("--no-model")
         .arg("demo")
         .current_dir(dir.path())
         .output()

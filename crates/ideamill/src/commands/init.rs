@@ -11,8 +11,8 @@ use crate::cli::InitArgs;
 /// The model pipeline: outline (llm) -> implement (llm, files) -> qa (a
 /// command gate running the generated tests).
 const CONFIG: &str = include_str!("../scaffold/ideamill.toml");
-/// With `--no-model`: placeholder programs instead of a model, so that a
-/// pipeline runs end to end anywhere.
+/// The default: placeholder programs instead of a model, so that a pipeline
+/// runs end to end anywhere.
 const CONFIG_NO_MODEL: &str = include_str!("../scaffold/ideamill-no-model.toml");
 const QA: (&str, &str) = ("qa.py", include_str!("../scaffold/qa.py"));
 const PLACEHOLDER_STAGES: &[(&str, &str)] = &[
@@ -23,9 +23,6 @@ const PROMPTS: &[(&str, &str)] = &[
     ("outline.md", include_str!("../scaffold/outline.md")),
     ("implement.md", include_str!("../scaffold/implement.md")),
 ];
-/// Where `scripts/llm-server.sh start` serves SmolLM2.
-pub const LOCAL_MODEL_URL: &str = "http://127.0.0.1:8089/v1";
-pub const LOCAL_MODEL: &str = "smollm2";
 const GITIGNORE: &str = "# ideamill's data: the store, status files, evidence\n.ideamill/\n";
 
 pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
@@ -38,29 +35,25 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
             config.display()
         );
     }
-    let text = if args.no_model {
-        CONFIG_NO_MODEL.to_owned()
-    } else {
-        let api_key_line = match &args.api_key_env {
-            Some(var) => format!("api_key_env = \"{}\"\n", toml_escape(var)),
-            None => String::new(),
-        };
-        CONFIG
-            .replace(
-                "{base_url}",
-                &toml_escape(args.provider.as_deref().unwrap_or(LOCAL_MODEL_URL)),
-            )
-            .replace(
-                "{model}",
-                &toml_escape(args.model.as_deref().unwrap_or(LOCAL_MODEL)),
-            )
-            .replace("{api_key_line}", &api_key_line)
+    let endpoint = args.model_endpoint();
+    let text = match endpoint {
+        None => CONFIG_NO_MODEL.to_owned(),
+        Some((url, model)) => {
+            let api_key_line = match &args.api_key_env {
+                Some(var) => format!("api_key_env = \"{}\"\n", toml_escape(var)),
+                None => String::new(),
+            };
+            CONFIG
+                .replace("{base_url}", &toml_escape(url))
+                .replace("{model}", &toml_escape(model))
+                .replace("{api_key_line}", &api_key_line)
+        }
     };
     for sub in ["stages", "prompts", "inbox", "workspace"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("cannot create {}/{sub}", dir.display()))?;
     }
-    let stages: Vec<(&str, &str)> = if args.no_model {
+    let stages: Vec<(&str, &str)> = if endpoint.is_none() {
         PLACEHOLDER_STAGES.iter().copied().chain([QA]).collect()
     } else {
         vec![QA]
@@ -83,11 +76,19 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     ideamill_web::auth::create_token_file(&token)
         .with_context(|| format!("cannot write the access token {}", token.display()))?;
     println!("Created an ideamill project in {}.", dir.display());
-    if !args.no_model && args.provider.is_none() {
+    if endpoint.is_none() {
+        println!(
+            "Its stages are placeholder programs (stages/*.py): it runs anywhere, with no model."
+        );
+        println!(
+            "For stages that call a model: `ideamill init --force --provider URL --model M [--api-key-env VAR]`,"
+        );
+        println!("or --local-model for the SmolLM2 server of scripts/llm-server.sh.");
+    } else if args.local_model {
         println!(
             "Its model is the local SmolLM2 server: start it with `bash scripts/llm-server.sh start`"
         );
-        println!("(from the ideamill repository), or pass --provider URL --model M to `init`.");
+        println!("(from the ideamill repository).");
     }
     println!("Next:");
     if args.dir.is_some() {
