@@ -480,11 +480,21 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 .await
             {
                 Ok(c) if c.items > 0 || c.events > 0 => {
+                    let workspace = engine.workspace.clone();
+                    let removed = tokio::task::spawn_blocking(move || {
+                        crate::executor::remove_item_workspaces(&workspace, &c.item_ids)
+                    })
+                    .await
+                    .unwrap_or_default();
                     tracing::info!(
-                        "Pruned {} finished items and {} events past the retention",
+                        "Pruned {} finished items ({} workspace folders) and {} events past the retention",
                         c.items,
+                        removed.folders,
                         c.events
-                    )
+                    );
+                    for failure in &removed.failed {
+                        tracing::warn!("Could not remove a pruned item's workspace: {failure}");
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("Pruning failed: {e}"),

@@ -160,6 +160,35 @@ pub fn item_workspace(workspace: &Path, item: i64) -> PathBuf {
     workspace.join(item.to_string())
 }
 
+/// Workspace folders removed with their pruned items.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkspacesRemoved {
+    pub folders: u64,
+    /// What could not be removed, each with its reason.
+    pub failed: Vec<String>,
+}
+
+/// Remove the workspace folders of `items` (pruned from the store): each
+/// `<workspace>/<id>` only, a symlink there as a link, never what it points
+/// at. A missing folder is fine: the item may never have run here.
+pub fn remove_item_workspaces(workspace: &Path, items: &[i64]) -> WorkspacesRemoved {
+    let mut out = WorkspacesRemoved::default();
+    for &item in items {
+        let dir = item_workspace(workspace, item);
+        let removed = match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => Err(e),
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dir),
+            Ok(_) => std::fs::remove_file(&dir),
+        };
+        match removed {
+            Ok(()) => out.folders += 1,
+            Err(e) => out.failed.push(format!("{}: {e}", dir.display())),
+        }
+    }
+    out
+}
+
 pub struct CommandExecutor {
     stage: StageConfig,
     command: CommandStage,

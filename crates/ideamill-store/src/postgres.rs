@@ -1363,16 +1363,18 @@ impl Store for PostgresStore {
         let mut counts = PruneCounts::default();
         // Small batches, so that no transaction holds many locks for long.
         loop {
-            let n = sqlx::query(
+            let ids: Vec<ItemId> = sqlx::query_scalar(
                 "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state IN ('done', 'failed', 'cancelled')
-                                                AND finished_at < $1 ORDER BY id LIMIT $2)",
+                                                AND finished_at < $1 ORDER BY id LIMIT $2)
+                 RETURNING id",
             )
             .bind(before)
             .bind(common::PRUNE_BATCH as i64)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            .fetch_all(&self.pool)
+            .await?;
+            let n = ids.len() as u64;
             counts.items += n;
+            counts.item_ids.extend(ids);
             if n < common::PRUNE_BATCH {
                 break;
             }

@@ -1115,17 +1115,20 @@ impl Store for SqliteStore {
         // Small batches, so that engines are never locked out for long.
         loop {
             let mut tx = self.write_tx().await?;
-            let n = sqlx::query(
+            let ids: Vec<ItemId> = sqlx::query_scalar(
                 "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state IN ('done', 'failed', 'cancelled')
-                                                AND finished_at < ? LIMIT 500)",
+                                                AND finished_at < ? LIMIT ?)
+                 RETURNING id",
             )
             .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .bind(common::PRUNE_BATCH as i64)
+            .fetch_all(&mut *tx)
+            .await?;
             tx.commit().await?;
+            let n = ids.len() as u64;
             counts.items += n;
-            if n < 500 {
+            counts.item_ids.extend(ids);
+            if n < common::PRUNE_BATCH {
                 break;
             }
         }

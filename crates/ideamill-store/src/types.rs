@@ -364,10 +364,13 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PruneCounts {
     pub items: u64,
     pub events: u64,
+    /// The pruned items, for their workspace folders to go too.
+    #[serde(skip)]
+    pub item_ids: Vec<ItemId>,
 }
 
 /// Event kinds, in one place so that readers can filter on them.

@@ -339,6 +339,9 @@ pub struct PruneArgs {
     /// Delete finished items and events older than this (e.g. 30d).
     #[arg(long)]
     pub older_than: String,
+    /// Keep the pruned items' workspace folders (their generated files).
+    #[arg(long)]
+    pub keep_workspaces: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -591,3 +591,56 @@ fn when_the_grace_period_runs_out_the_job_is_stopped_and_given_back_uncounted() 
     let events = p.json(&["events", "--kind", "jobs_released"]);
     assert_eq!(events.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn prune_deletes_old_items_with_their_workspaces_and_nothing_else() {
+    let write = r#"
+import json, sys
+ctx = json.load(sys.stdin)
+open("result.txt", "w").write(ctx["item"]["text"])
+print("wrote")
+"#;
+    let p = Project::new(&format!("{ENGINE}{}", py_stage("write", write, "")));
+    let done = [p.add("first"), p.add("second")];
+    p.run_until_idle(Duration::from_secs(60));
+    for id in done {
+        assert!(p.file(&format!("workspace/{id}/result.txt")).is_file());
+    }
+    // A link inside a workspace to files elsewhere: the link goes, never
+    // what it points at.
+    let outside = p.file("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), "precious").unwrap();
+    std::os::unix::fs::symlink(&outside, p.file(&format!("workspace/{}/link", done[0]))).unwrap();
+    // Work still waiting keeps its folder.
+    let waiting = p.add("waiting");
+    std::fs::create_dir_all(p.file(&format!("workspace/{waiting}"))).unwrap();
+    std::fs::write(p.file(&format!("workspace/{waiting}/notes.txt")), "mine").unwrap();
+
+    let pruned = p.json(&["prune", "--older-than", "0s"]);
+    assert_eq!(pruned["items"], 2, "{pruned}");
+    assert_eq!(pruned["workspace_folders"], 2, "{pruned}");
+    for id in done {
+        assert!(
+            !p.file(&format!("workspace/{id}")).exists(),
+            "workspace/{id}"
+        );
+        let out = p.run(&["show", &id.to_string()]);
+        assert!(!out.status.success(), "item {id} is gone");
+    }
+    assert_eq!(
+        std::fs::read_to_string(outside.join("keep.txt")).unwrap(),
+        "precious"
+    );
+    assert!(p.file(&format!("workspace/{waiting}/notes.txt")).is_file());
+    assert_eq!(p.show(waiting)["item"]["state"], "active");
+
+    // --keep-workspaces leaves the folders.
+    p.run_until_idle(Duration::from_secs(60));
+    let text = p.ok(&["prune", "--older-than", "0s", "--keep-workspaces"]);
+    assert!(
+        text.starts_with("Pruned 1 finished items (0 workspace folders)"),
+        "{text}"
+    );
+    assert!(p.file(&format!("workspace/{waiting}/notes.txt")).is_file());
+}
