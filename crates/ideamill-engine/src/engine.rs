@@ -205,7 +205,6 @@ impl Engine {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
         let store = self.store.clone();
         let config = self.config.clone();
-        store.register_process(&self.process).await?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             store: store.clone(),
@@ -226,6 +225,9 @@ impl Engine {
         });
         if let Some(h) = &shared.health {
             h.set_process(&self.process);
+        }
+        if !register(&shared, &self.process, &shutdown).await {
+            return Ok(RunSummary::default());
         }
         recover_dead_processes(&shared, &self.process).await;
         crate::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref()).await;
@@ -306,6 +308,40 @@ async fn wait_idle(shared: &Shared) {
             return;
         }
         notified.await;
+    }
+}
+
+/// Register this process, retrying with backoff while the store cannot
+/// take it (a database down, a full disk): the engine waits, DEGRADED,
+/// rather than exits. False when shut down first.
+async fn register(shared: &Shared, me: &ProcessInfo, shutdown: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(500);
+    let mut outage: Option<Outage> = None;
+    loop {
+        match shared.store.register_process(me).await {
+            Ok(()) => {
+                if let Some(lost) = outage {
+                    store_back(shared, lost, now_millis()).await;
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "DEGRADED: cannot register this engine with the store ({e}); retrying in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                outage.get_or_insert_with(|| Outage {
+                    since: Instant::now(),
+                    at: now_millis(),
+                    error: e.to_string(),
+                });
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -526,10 +562,12 @@ async fn store_back(shared: &Shared, lost: Outage, now: Millis) {
         job_id: None,
         process: Some(shared.owner.clone()),
         message: format!(
-            "Process {} could not reach the store for {:.1} s from {} ms (first error: {}); it reconnected and resumed",
+            "Process {} could not use the store for {:.1} s from {} (first error: {}); it reconnected and resumed",
             shared.owner,
             took.as_secs_f64(),
-            lost.at,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(lost.at.max(0) as u64)
+            ),
             lost.error
         ),
     };

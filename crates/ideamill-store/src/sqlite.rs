@@ -93,7 +93,22 @@ impl SqliteStore {
     /// A write transaction that takes the write lock at once, so that a read
     /// inside it can never be invalidated by another process's commit.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            // A write that SQLite rolled back on its own (a full disk: an
+            // error in the statement or the COMMIT) leaves sqlx counting a
+            // transaction that no longer exists, and every later BEGIN fails.
+            // Replace the writer connection: closing it also ends whatever
+            // SQLite may still hold.
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                tracing::warn!(
+                    "The SQLite writer was left inside a failed transaction; reopening it"
+                );
+                let stuck = self.writer.acquire().await?;
+                let _ = stuck.close().await;
+                Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            begun => Ok(begun?),
+        }
     }
 }
 
