@@ -153,6 +153,22 @@ fn connect_error(name: &str, url: &str, e: sqlx::Error, must_exist: bool) -> Sto
     if missing && must_exist {
         return StoreError::Missing(name.to_string());
     }
+    // A server that does not answer (yet), or is starting or stopping: worth
+    // waiting for. A refused login or a missing database is not.
+    let unavailable = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => matches!(
+            d.code().as_deref(),
+            Some("57P01" | "57P02" | "57P03" | "53300")
+        ),
+        _ => false,
+    };
+    if unavailable {
+        return StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {name}: {}",
+            scrub(&e.to_string(), url)
+        ));
+    }
     StoreError::Unsupported(format!(
         "cannot connect to PostgreSQL at {name}: {}{}",
         scrub(&e.to_string(), url),

@@ -113,10 +113,40 @@ impl SqliteStore {
 }
 
 fn open_error(path: &Path, e: sqlx::Error) -> StoreError {
-    StoreError::Corrupt(format!(
-        "cannot open the database at {}: {e}",
-        path.display()
-    ))
+    // SQLite's primary result code: the low byte of the extended one.
+    let code = match &e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff),
+        _ => None,
+    };
+    const CORRUPT: i32 = 11;
+    const NOT_A_DATABASE: i32 = 26;
+    let what = format!("cannot open the database at {}: {e}", path.display());
+    match code {
+        Some(CORRUPT | NOT_A_DATABASE) => StoreError::Corrupt(what),
+        // I/O, a full disk, a lock, permissions: the file may be fine.
+        _ => StoreError::Unavailable(match free_disk_kib(path) {
+            Some(free) if free < 1024 => {
+                format!("{what} (the disk holding it has {free} KiB free)")
+            }
+            _ => what,
+        }),
+    }
+}
+
+/// Free space, in KiB, on the file system holding `path`'s folder.
+fn free_disk_kib(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct it is given; `c` outlives the call.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st) == 0)
+            .then(|| st.f_bavail as u64 * st.f_frsize as u64 / 1024)
+    }
 }
 
 /// Check an existing database through a read-only connection that sets no

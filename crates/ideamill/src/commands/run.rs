@@ -13,6 +13,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ideamill_core::{Config, ItemState};
 use ideamill_engine::CancellationToken;
@@ -58,7 +59,7 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         pulse_stop.clone(),
     ));
     health::pulse::spawn_test_hooks();
-    let store = project::open_store(&config).await?;
+    let store = open_store_waiting(&config).await?;
     let listen = match args.listen.as_deref() {
         // A worker-only process leaves HTTP to the `web` (or `all`) ones.
         _ if args.role == Role::Worker => None,
@@ -274,5 +275,25 @@ async fn report(mut rx: mpsc::UnboundedReceiver<Progress>, bar: bool, active: u6
     }
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+}
+
+/// Open the store, waiting (DEGRADED, with backoff) while it is unavailable:
+/// a database server not up yet, a full disk. Anything else (a newer
+/// schema, a refused login) ends the run at once: waiting would not fix it.
+async fn open_store_waiting(config: &Config) -> anyhow::Result<Arc<dyn ideamill_store::Store>> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match project::open_store(config).await {
+            Ok(store) => return Ok(store),
+            Err(e) => match e.downcast_ref::<ideamill_store::StoreError>() {
+                Some(ideamill_store::StoreError::Unavailable(_)) => {
+                    tracing::error!("DEGRADED: {e:#}; retrying in {:.1} s", delay.as_secs_f64());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                _ => return Err(e),
+            },
+        }
     }
 }
