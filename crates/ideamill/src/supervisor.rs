@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use ideamill_core::Config;
+use ideamill_engine::health::beat_pipe;
 use ideamill_engine::health::watchdog::{self, StallSummary};
 use ideamill_engine::health::{
     ENV_RESTARTS, ENV_STALLS, ENV_SUPERVISOR, STALL_EXIT_CODE, StatusFile, mono_millis,
@@ -80,12 +81,12 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut stopping = false;
     loop {
         let started = Instant::now();
-        let child = spawn_engine(restarts, stalls)?;
+        let (child, beats) = spawn_engine(restarts, stalls)?;
         let pid = child.id();
         if restarts == 0 {
             tracing::debug!("Supervisor {} started engine pid {pid}", std::process::id());
         }
-        let (end, ever_beat) = watch(&config, child, &signals, &mut stopping);
+        let (end, ever_beat) = watch(&config, child, &beats, &signals, &mut stopping);
         let (status, cause, stall, evidence) = match end {
             End::Exited(status) => {
                 if stopping || status.success() {
@@ -215,19 +216,42 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 /// Start this same binary as the engine: `... run --no-supervisor`.
-fn spawn_engine(restarts: u64, stalls: u64) -> anyhow::Result<Child> {
+/// Start an engine, with the write end of a beat pipe as its fd
+/// [`beat_pipe::BEAT_FD`]; returns the child and the pipe's read end.
+fn spawn_engine(restarts: u64, stalls: u64) -> anyhow::Result<(Child, std::fs::File)> {
     let exe = std::env::current_exe()?;
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     args.push("--no-supervisor".into());
     let parent = std::process::id() as libc::pid_t;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: a valid array for pipe2's two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: both ends are ours from here on.
+    let (read, write) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let write_fd = write.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env(ENV_SUPERVISOR, parent.to_string())
         .env(ENV_RESTARTS, restarts.to_string())
-        .env(ENV_STALLS, stalls.to_string());
+        .env(ENV_STALLS, stalls.to_string())
+        .env(beat_pipe::ENV_BEAT_FD, beat_pipe::BEAT_FD.to_string());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The beat pipe at its agreed number, kept across exec (dup2
+            // clears close-on-exec; an fd already there needs it cleared).
+            if write_fd == beat_pipe::BEAT_FD {
+                libc::fcntl(write_fd, libc::F_SETFD, 0);
+            } else if libc::dup2(write_fd, beat_pipe::BEAT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             // Its own process group: a terminal's Ctrl-C reaches the
             // supervisor only, which forwards it once.
             libc::setpgid(0, 0);
@@ -243,13 +267,30 @@ fn spawn_engine(restarts: u64, stalls: u64) -> anyhow::Result<Child> {
             Ok(())
         });
     }
-    Ok(cmd.spawn()?)
+    let child = cmd.spawn()?;
+    // The child holds its own copy of the write end.
+    drop(write);
+    Ok((child, read))
+}
+
+/// The newest beat the engine sent down the pipe since the last call.
+fn drain_beats(pipe: &std::fs::File) -> Option<i64> {
+    // A multiple of the record size, so a read never splits a record.
+    let mut buf = [0u8; 64 * beat_pipe::RECORD];
+    let mut newest = None;
+    loop {
+        match (&*pipe).read(&mut buf) {
+            Ok(0) | Err(_) => return newest,
+            Ok(n) => newest = beat_pipe::newest(&buf[..n]).or(newest),
+        }
+    }
 }
 
 /// Watch one engine until it ends. Returns how, and whether it ever beat.
 fn watch(
     config: &Config,
     mut child: Child,
+    beats: &std::fs::File,
     signals: &SignalPipe,
     stopping: &mut bool,
 ) -> (End, bool) {
@@ -260,14 +301,21 @@ fn watch(
     let pidfd = pidfd_open(pid);
     let spawned_mono = mono_millis();
     let mut ever_beat = false;
+    let mut piped_beat: Option<i64> = None;
     loop {
-        // The beat's age, by the monotonic clock that parent and child share.
-        let (age, limit) = match StatusFile::read(&status_path) {
-            Ok(f) if f.pid == pid => {
+        // The newest beat, by the monotonic clock that parent and child
+        // share: from the pipe (which needs no disk) or the status file.
+        piped_beat = drain_beats(beats).or(piped_beat);
+        let file_beat = match StatusFile::read(&status_path) {
+            Ok(f) if f.pid == pid => Some(f.beat_mono),
+            _ => None,
+        };
+        let (age, limit) = match piped_beat.max(file_beat) {
+            Some(beat) => {
                 ever_beat = true;
-                (f.beat_age_ms(), stall_limit)
+                ((mono_millis() - beat).max(0), stall_limit)
             }
-            _ => (
+            None => (
                 (mono_millis() - spawned_mono).max(0),
                 STARTUP_LIMIT.max(stall_limit),
             ),

@@ -4,6 +4,7 @@
 //! notifications, the metrics registry, a ring buffer of recent log lines,
 //! and the pure health verdict shared by `status`, `doctor` and `/healthz`.
 
+pub mod beat_pipe;
 mod clock;
 pub mod facts;
 pub mod logring;

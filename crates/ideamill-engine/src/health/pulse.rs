@@ -1,6 +1,7 @@
 //! The pulse: a task inside the engine's event loop that, every
 //! `pulse_every`, measures how late its timer fired (loop lag), marks the
-//! loop alive for the watchdog, rewrites the status file and tells systemd.
+//! loop alive for the watchdog, tells the supervisor (the beat pipe),
+//! rewrites the status file and tells systemd.
 //! Because it runs on the loop, a beat proves the loop is alive.
 
 use std::sync::Arc;
@@ -26,8 +27,12 @@ pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: Cancella
     let period = health.pulse_every;
     let mut tick = tokio::time::interval_at(grid_start(&health, period), period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut beat_pipe = super::beat_pipe::from_env();
     // The first beat at once, so that the status file exists from the start.
     health.beat(Duration::ZERO);
+    if let Some(pipe) = &mut beat_pipe {
+        super::beat_pipe::send(pipe, health.last_beat_mono());
+    }
     let path = health.status_path();
     let mut ready_sent = false;
     let mut last_status = String::new();
@@ -39,6 +44,9 @@ pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: Cancella
         };
         let lag = tokio::time::Instant::now().saturating_duration_since(scheduled);
         health.beat(lag);
+        if let Some(pipe) = &mut beat_pipe {
+            super::beat_pipe::send(pipe, health.last_beat_mono());
+        }
         if lag > period {
             tracing::warn!(
                 "The event loop was {} ms late: something blocked it",

@@ -283,11 +283,37 @@ async fn report(mut rx: mpsc::UnboundedReceiver<Progress>, bar: bool, active: u6
 /// schema, a refused login) ends the run at once: waiting would not fix it.
 async fn open_store_waiting(config: &Config) -> anyhow::Result<Arc<dyn ideamill_store::Store>> {
     let mut delay = Duration::from_millis(500);
+    let mut first_failure: Option<(std::time::Instant, i64, String)> = None;
     loop {
         match project::open_store(config).await {
-            Ok(store) => return Ok(store),
+            Ok(store) => {
+                if let Some((since, at, error)) = first_failure {
+                    // A recovery, recorded like any other.
+                    let waited = since.elapsed().as_secs_f64();
+                    tracing::info!("The store opened after {waited:.1} s; starting");
+                    let event = ideamill_store::NewEvent {
+                        at: now_millis(),
+                        kind: ideamill_store::event_kind::STORE_OUTAGE,
+                        item_id: None,
+                        job_id: None,
+                        process: None,
+                        message: format!(
+                            "Engine pid {} could not open the store for {waited:.1} s from {} (first error: {error}); it opened it and started",
+                            std::process::id(),
+                            output::timestamp(at)
+                        ),
+                    };
+                    if let Err(e) = store.record_event(&event).await {
+                        tracing::warn!("Could not record the store outage: {e}");
+                    }
+                }
+                return Ok(store);
+            }
             Err(e) => match e.downcast_ref::<ideamill_store::StoreError>() {
                 Some(ideamill_store::StoreError::Unavailable(_)) => {
+                    first_failure.get_or_insert_with(|| {
+                        (std::time::Instant::now(), now_millis(), format!("{e:#}"))
+                    });
                     tracing::error!("DEGRADED: {e:#}; retrying in {:.1} s", delay.as_secs_f64());
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
