@@ -9,7 +9,7 @@
 //! proves that nothing in it is blocked. The watchdog thread watches those
 //! beats from outside.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -160,7 +160,7 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         }
     );
     if args.until_idle {
-        println!("{line}");
+        let _ = writeln!(std::io::stdout(), "{line}");
     } else {
         tracing::info!("{line}");
     }
@@ -260,16 +260,23 @@ async fn report(mut rx: mpsc::UnboundedReceiver<Progress>, bar: bool, active: u6
                             Err(e) => format!(" (not recorded: {e})"),
                         };
                         let took = output::elapsed(0, elapsed.as_millis() as i64);
-                        eprintln!(
+                        // Never a panic on a full disk or a closed pipe.
+                        let _ = writeln!(
+                            std::io::stderr(),
                             "item {} · {} · round {} try {} · {outcome} in {took}{state}",
-                            job.item_id, job.stage, job.round, job.attempt
+                            job.item_id,
+                            job.stage,
+                            job.round,
+                            job.attempt
                         );
                     }
                 }
             }
             Progress::Recovered { message } => match &bar {
                 Some(b) => b.println(message),
-                None => eprintln!("{message}"),
+                None => {
+                    let _ = writeln!(std::io::stderr(), "{message}");
+                }
             },
         }
     }
