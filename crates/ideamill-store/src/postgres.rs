@@ -385,23 +385,18 @@ async fn insert_round_texts(
     if rows.is_empty() {
         return Ok(());
     }
-    let sql = match kind {
-        RoundText::Feedback => {
-            "INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at)
-             SELECT item_id, stage, round, job_id, text, created_at
-             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
-                  WITH ORDINALITY AS u(item_id, stage, round, job_id, text, created_at, n)
-             ORDER BY n"
-        }
-        RoundText::Output => {
-            "INSERT INTO outputs (item_id, stage, round, job_id, output, created_at)
-             SELECT item_id, stage, round, job_id, text, created_at
-             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
-                  WITH ORDINALITY AS u(item_id, stage, round, job_id, text, created_at, n)
-             ORDER BY n"
-        }
+    let (table, column) = match kind {
+        RoundText::Feedback => ("feedback", "feedback"),
+        RoundText::Output => ("outputs", "output"),
     };
-    sqlx::query(sql)
+    let sql = format!(
+        "INSERT INTO {table} (item_id, stage, round, job_id, {column}, created_at)
+         SELECT item_id, stage, round, job_id, text, created_at
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
+              WITH ORDINALITY AS u(item_id, stage, round, job_id, text, created_at, n)
+         ORDER BY n"
+    );
+    sqlx::query(&sql)
         .bind(rows.iter().map(|r| r.0.item_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.0.stage.as_str()).collect::<Vec<_>>())
         .bind(
