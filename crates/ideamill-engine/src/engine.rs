@@ -223,11 +223,12 @@ impl Engine {
             wakeups_on: AtomicBool::new(false),
             fresh_work: AtomicBool::new(true),
         });
-        if let Some(h) = &shared.health {
-            h.set_process(&self.process);
-        }
         if !register(&shared, &self.process, &shutdown).await {
             return Ok(RunSummary::default());
+        }
+        // From here on the engine counts as started (status file, beats).
+        if let Some(h) = &shared.health {
+            h.set_process(&self.process);
         }
         recover_dead_processes(&shared, &self.process).await;
         crate::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref()).await;

@@ -156,7 +156,14 @@ fn connect_error(name: &str, url: &str, e: sqlx::Error, must_exist: bool) -> Sto
     // A server that does not answer (yet), or is starting or stopping: worth
     // waiting for. A refused login or a missing database is not.
     let unavailable = match &e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // TLS failures (a certificate nobody trusts) come as InvalidData.
+        sqlx::Error::Io(io) => !matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::PermissionDenied
+        ),
+        sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(d) => matches!(
             d.code().as_deref(),
             Some("57P01" | "57P02" | "57P03" | "53300")

@@ -86,16 +86,17 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         if restarts == 0 {
             tracing::debug!("Supervisor {} started engine pid {pid}", std::process::id());
         }
-        let (end, ever_beat) = watch(&config, child, &beats, &signals, &mut stopping);
+        let (end, registered) = watch(&config, child, &beats, &signals, &mut stopping);
         let (status, cause, stall, evidence) = match end {
             End::Exited(status) => {
                 if stopping || status.success() {
                     return Ok(exit_code_of(status));
                 }
-                // An engine that failed before its first beat failed to start
-                // (a config or store it cannot use): starting it again would
-                // only repeat that.
-                if !ever_beat && status.code().is_some() && status.code() != Some(STALL_EXIT_CODE) {
+                // An engine that exited before it registered with the store
+                // failed to start (a config or store it cannot use): starting
+                // it again would only repeat that.
+                if !registered && status.code().is_some() && status.code() != Some(STALL_EXIT_CODE)
+                {
                     return Ok(exit_code_of(status));
                 }
                 if status.code() == Some(STALL_EXIT_CODE) {
@@ -274,7 +275,7 @@ fn spawn_engine(restarts: u64, stalls: u64) -> anyhow::Result<(Child, std::fs::F
 }
 
 /// The newest beat the engine sent down the pipe since the last call.
-fn drain_beats(pipe: &std::fs::File) -> Option<i64> {
+fn drain_beats(pipe: &std::fs::File) -> Option<beat_pipe::Beat> {
     // A multiple of the record size, so a read never splits a record.
     let mut buf = [0u8; 64 * beat_pipe::RECORD];
     let mut newest = None;
@@ -286,7 +287,7 @@ fn drain_beats(pipe: &std::fs::File) -> Option<i64> {
     }
 }
 
-/// Watch one engine until it ends. Returns how, and whether it ever beat.
+/// Watch one engine until it ends. Returns how, and whether it had registered with the store.
 fn watch(
     config: &Config,
     mut child: Child,
@@ -301,13 +302,22 @@ fn watch(
     let pidfd = pidfd_open(pid);
     let spawned_mono = mono_millis();
     let mut ever_beat = false;
+    // Whether the engine got as far as registering with the store: one
+    // that exits before that failed to start, and is not started again.
+    let mut started = false;
     let mut piped_beat: Option<i64> = None;
     loop {
         // The newest beat, by the monotonic clock that parent and child
         // share: from the pipe (which needs no disk) or the status file.
-        piped_beat = drain_beats(beats).or(piped_beat);
+        if let Some(beat) = drain_beats(beats) {
+            piped_beat = Some(beat.mono);
+            started |= beat.started;
+        }
         let file_beat = match StatusFile::read(&status_path) {
-            Ok(f) if f.pid == pid => Some(f.beat_mono),
+            Ok(f) if f.pid == pid => {
+                started |= f.process_id.is_some();
+                Some(f.beat_mono)
+            }
             _ => None,
         };
         let (age, limit) = match piped_beat.max(file_beat) {
@@ -322,16 +332,16 @@ fn watch(
         };
         let age = Duration::from_millis(age as u64);
         if let Ok(Some(status)) = child.try_wait() {
-            return (End::Exited(status), ever_beat);
+            return (End::Exited(status), started);
         }
         if age > limit {
             // Its own watchdog may be saving evidence right now: let it finish.
             if find_evidence(data_dir, pid, true).is_some()
                 && let Some(status) = wait_exit(&mut child, Duration::from_secs(5))
             {
-                return (End::Exited(status), ever_beat);
+                return (End::Exited(status), started);
             }
-            return (stall(config, child, age), ever_beat);
+            return (stall(config, child, age), started);
         }
         // Until the first beat, look for the status file often; then sleep
         // until the beat would go stale.

@@ -370,3 +370,62 @@ fn store_copy_moves_a_sqlite_store_to_postgres_and_back() {
     assert!(stderr.contains("engines are running"), "{stderr}");
     stop(&back, std::slice::from_mut(&mut engine));
 }
+
+#[test]
+fn tls_follows_the_urls_sslmode() {
+    let (cluster, ca) = Cluster::start_tls().unwrap_or_else(|e| panic!("{e}"));
+    let base = cluster.url("postgres");
+    let quick = py_stage("one", "import sys; sys.stdin.read(); print('ok')", "");
+
+    // verify-full against our CA: the store works, and over TLS.
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let p = Project::new(&config(&url, &quick));
+    let id = p.add("over tls");
+    let mut run = Reaped(worker(&p));
+    assert!(
+        wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
+            == "done"),
+        "{}",
+        p.logs()
+    );
+    let out = std::process::Command::new("psql")
+        .arg(cluster.url("postgres"))
+        .args([
+            "-Atc",
+            "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'ideamill'",
+        ])
+        .output()
+        .expect("psql");
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (all_tls, connections) = seen.split_once('|').unwrap_or(("", "0"));
+    assert_eq!(
+        all_tls, "t",
+        "every connection of the engine is TLS: {seen}"
+    );
+    assert!(connections.parse::<u32>().unwrap() > 0, "{seen}");
+    signal(&run, libc::SIGTERM);
+    wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
+
+    // A CA that did not sign the server's certificate: refused, clearly,
+    // at once (no waiting: it will not fix itself).
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = cluster::make_certificates(other.path()).unwrap();
+    let url = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    );
+    let bad = Project::new(&config(&url, &quick));
+    for args in [&["status"][..], &["run", "--no-supervisor", "--until-idle"]] {
+        let out = bad.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("certificate"), "{args:?}: {stderr}");
+    }
+
+    // require: encrypted without checking whose certificate it is.
+    let p = Project::new(&config(&format!("{base}?sslmode=require"), &quick));
+    let id = p.add("encrypted");
+    p.run_until_idle(Duration::from_secs(60));
+    assert_eq!(p.show(id)["item"]["state"], "done");
+}

@@ -237,3 +237,28 @@ pub fn py_stage(name: &str, program: &str, extra: &str) -> String {
 
 /// The engine settings used by the tests: short leases, fast beats.
 pub const ENGINE: &str = "[engine]\nlease = \"3s\"\nheartbeat = \"500ms\"\npoll_interval = \"500ms\"\nshutdown_grace = \"5s\"\n";
+
+/// A child killed (SIGKILL) and reaped when dropped, so that a failing test
+/// leaves nothing running behind it (an engine under a supervisor dies
+/// with it).
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,9 +1,9 @@
 //! The beat pipe: the supervisor's view of the engine's beats that needs no
 //! disk. The supervisor passes the write end of a pipe as fd
-//! [`ENV_BEAT_FD`]; every beat writes its CLOCK_MONOTONIC ms there as 8
-//! bytes (one atomic write, under PIPE_BUF). The supervisor drains the pipe
-//! whenever it wakes and keeps the newest value, so a full disk that stops
-//! the status file from being rewritten does not pass for a hung engine.
+//! [`ENV_BEAT_FD`]; every beat writes a [`Beat`] there as 8 bytes (one
+//! atomic write, under PIPE_BUF). The supervisor drains the pipe whenever it
+//! wakes and keeps the newest, so a full disk that stops the status file
+//! from being rewritten does not pass for a hung engine.
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
@@ -35,17 +35,40 @@ pub fn from_env() -> Option<std::fs::File> {
     }
 }
 
-/// Tell the supervisor the loop beat at `mono`. Errors (a full pipe, a
-/// supervisor gone) are ignored: the beat pipe is a second channel.
-pub fn send(pipe: &mut std::fs::File, mono: Millis) {
-    let _ = pipe.write(&mono.to_le_bytes());
+/// One beat: when (CLOCK_MONOTONIC ms), and whether the engine had started
+/// (registered with the store) by then. An engine that exits before it
+/// started failed to start, and its supervisor does not try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    pub mono: Millis,
+    pub started: bool,
+}
+
+impl Beat {
+    fn encode(self) -> [u8; RECORD] {
+        ((self.mono << 1) | Millis::from(self.started)).to_le_bytes()
+    }
+
+    fn decode(record: [u8; RECORD]) -> Beat {
+        let v = Millis::from_le_bytes(record);
+        Beat {
+            mono: v >> 1,
+            started: v & 1 == 1,
+        }
+    }
+}
+
+/// Tell the supervisor about a beat. Errors (a full pipe, a supervisor
+/// gone) are ignored: the beat pipe is a second channel.
+pub fn send(pipe: &mut std::fs::File, beat: Beat) {
+    let _ = pipe.write(&beat.encode());
 }
 
 /// The newest beat in what was read from the pipe: whole records only.
-pub fn newest(bytes: &[u8]) -> Option<Millis> {
+pub fn newest(bytes: &[u8]) -> Option<Beat> {
     let last = bytes.len() / RECORD;
     let record = bytes.get((last.checked_sub(1)?) * RECORD..last * RECORD)?;
-    Some(Millis::from_le_bytes(record.try_into().ok()?))
+    Some(Beat::decode(record.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -54,17 +77,19 @@ mod tests {
 
     #[test]
     fn newest_takes_the_last_whole_record() {
+        let beat = |mono, started| Beat { mono, started };
         let mut bytes = Vec::new();
         assert_eq!(newest(&bytes), None);
-        for beat in [5_i64, 17, 1_000_000_007] {
-            bytes.extend_from_slice(&beat.to_le_bytes());
+        for b in [beat(5, false), beat(17, true), beat(1_000_000_007, true)] {
+            bytes.extend_from_slice(&b.encode());
         }
-        assert_eq!(newest(&bytes), Some(1_000_000_007));
+        assert_eq!(newest(&bytes), Some(beat(1_000_000_007, true)));
         bytes.extend_from_slice(&[1, 2, 3]);
         assert_eq!(
             newest(&bytes),
-            Some(1_000_000_007),
+            Some(beat(1_000_000_007, true)),
             "a torn tail is ignored"
         );
+        assert_eq!(newest(&beat(42, false).encode()), Some(beat(42, false)));
     }
 }

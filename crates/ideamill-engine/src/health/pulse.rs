@@ -31,7 +31,7 @@ pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: Cancella
     // The first beat at once, so that the status file exists from the start.
     health.beat(Duration::ZERO);
     if let Some(pipe) = &mut beat_pipe {
-        super::beat_pipe::send(pipe, health.last_beat_mono());
+        send_beat(pipe, &health);
     }
     let path = health.status_path();
     let mut ready_sent = false;
@@ -45,7 +45,7 @@ pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: Cancella
         let lag = tokio::time::Instant::now().saturating_duration_since(scheduled);
         health.beat(lag);
         if let Some(pipe) = &mut beat_pipe {
-            super::beat_pipe::send(pipe, health.last_beat_mono());
+            send_beat(pipe, &health);
         }
         if lag > period {
             tracing::warn!(
@@ -140,4 +140,12 @@ pub fn note_park(health: &Arc<Health>) {
         super::clock::mono_micros(),
         std::sync::atomic::Ordering::Relaxed,
     );
+}
+
+fn send_beat(pipe: &mut std::fs::File, health: &Health) {
+    let beat = super::beat_pipe::Beat {
+        mono: health.last_beat_mono(),
+        started: health.process().is_some(),
+    };
+    super::beat_pipe::send(pipe, beat);
 }

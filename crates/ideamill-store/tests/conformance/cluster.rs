@@ -17,11 +17,41 @@ pub struct Cluster {
     port: u16,
     /// PostgreSQL refuses to run as root: then it runs as this uid and gid.
     user: Option<(u32, u32)>,
+    /// Server options beyond the defaults (TLS).
+    extra: String,
 }
 
 impl Cluster {
     /// Create and start a cluster. The error says what is missing.
     pub fn start() -> Result<Cluster, String> {
+        let cluster = Cluster::create()?;
+        cluster.pg_ctl("start")?;
+        Ok(cluster)
+    }
+
+    /// A cluster that also speaks TLS, with a certificate for 127.0.0.1 and
+    /// localhost signed by a CA of its own (made with `openssl`): the
+    /// cluster and the CA certificate's path, for `sslrootcert`.
+    pub fn start_tls() -> Result<(Cluster, PathBuf), String> {
+        let mut cluster = Cluster::create()?;
+        let dir = cluster.dir().join("tls");
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let ca = make_certificates(&dir)?;
+        if let Some((uid, gid)) = cluster.user {
+            for file in ["server.pem", "server.key"] {
+                chown(&dir.join(file), uid, gid)?;
+            }
+        }
+        cluster.extra = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        );
+        cluster.pg_ctl("start")?;
+        Ok((cluster, ca))
+    }
+
+    fn create() -> Result<Cluster, String> {
         let bin = find_binaries().ok_or(
             "the PostgreSQL server binaries (initdb, pg_ctl) are not installed: \
              install Debian's `postgresql` package, or set DATABASE_URL",
@@ -40,6 +70,7 @@ impl Cluster {
             bin,
             port,
             user,
+            extra: String::new(),
         };
         let data = cluster.data();
         cluster.run(
@@ -56,7 +87,6 @@ impl Cluster {
                 "--no-sync".as_ref(),
             ],
         )?;
-        cluster.pg_ctl("start")?;
         Ok(cluster)
     }
 
@@ -115,9 +145,10 @@ impl Cluster {
         // `restart` is a clean shutdown anyway.
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
-             -c synchronous_commit=off -c max_connections=300",
+             -c synchronous_commit=off -c max_connections=300{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         self.run(
             "pg_ctl",
@@ -178,6 +209,85 @@ impl Drop for Cluster {
             ],
         );
     }
+}
+
+/// A CA (`ca.pem`) and a server certificate and key it signed
+/// (`server.pem`, `server.key`, for 127.0.0.1 and localhost) in `dir`;
+/// the CA's path.
+pub fn make_certificates(dir: &Path) -> Result<PathBuf, String> {
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("cannot run openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=ideamill test CA",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ])?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| format!("cannot write server.ext: {e}"))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "server.ext",
+    ])?;
+    // PostgreSQL refuses a key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .map_err(|e| format!("cannot restrict server.key: {e}"))?;
+    Ok(dir.join("ca.pem"))
 }
 
 /// The folder holding `initdb` and `pg_ctl`: on PATH, else Debian's
