@@ -427,6 +427,20 @@ impl Db {
                         .execute(&mut *c)
                         .await?;
                 }
+                // The copy ran without the triggers that keep the counts per
+                // state: count the copied items.
+                let has_counts: bool =
+                    sqlx::query_scalar("SELECT to_regclass('item_counts') IS NOT NULL")
+                        .fetch_one(&mut *c)
+                        .await?;
+                if has_counts {
+                    sqlx::raw_sql(
+                        "DELETE FROM item_count_deltas;
+                         UPDATE item_counts SET n = (SELECT count(*) FROM items WHERE items.state = item_counts.state);",
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                }
                 // Identity columns: the next id follows the copied ones.
                 let identities: Vec<(String, String)> = sqlx::query_as(
                     "SELECT table_name::text, column_name::text FROM information_schema.columns
@@ -467,7 +481,10 @@ impl Db {
             }
             Db::Postgres(c) => {
                 sqlx::query_scalar(
-                    "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1",
+                    // The counts per state are derived from `items`: rebuilt,
+                    // not copied.
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
+                       AND tablename NOT IN ('item_counts', 'item_count_deltas') ORDER BY 1",
                 )
                 .fetch_all(c)
                 .await?
