@@ -138,6 +138,32 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// One page of item summaries. `from_where` is the FROM clause and a
+    /// first condition; `text`, when given, is bound as parameter 4.
+    async fn item_page(
+        &self,
+        from_where: &str,
+        id_column: &str,
+        filter: &ItemFilter,
+        text: Option<String>,
+    ) -> Result<Vec<ItemSummary>> {
+        let sql = common::item_page_sql(
+            format!("{} {from_where}", common::ITEM_SUMMARY_SELECT),
+            filter,
+            id_column,
+            '$',
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&filter.stage)
+            .bind(filter.before_id)
+            .bind(common::page_limit(filter));
+        if let Some(text) = text {
+            query = query.bind(text);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(common::item_summary).collect()
+    }
+
     async fn tx(&self) -> Result<Tx> {
         Ok(self.pool.begin().await?)
     }
@@ -1212,22 +1238,13 @@ impl Store for PostgresStore {
     }
 
     async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>> {
-        let sql = common::item_page_sql(
-            format!(
-                "{} FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE true",
-                common::ITEM_SUMMARY_SELECT
-            ),
-            filter,
+        self.item_page(
+            "FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE true",
             "i.id",
-            '$',
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&filter.stage)
-            .bind(filter.before_id)
-            .bind(common::page_limit(filter))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(common::item_summary).collect()
+            filter,
+            None,
+        )
+        .await
     }
 
     async fn status(&self, now: Millis) -> Result<StatusSnapshot> {
@@ -1663,23 +1680,14 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         // The expression is the GIN index's (0003_dashboard.sql), word for word.
-        let sql = common::item_page_sql(
-            format!(
-                "{} FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE to_tsvector('simple', i.text) @@ to_tsquery('simple', $4)",
-                common::ITEM_SUMMARY_SELECT
-            ),
-            filter,
+        let query = crate::dashboard::tsquery(&terms);
+        self.item_page(
+            "FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE to_tsvector('simple', i.text) @@ to_tsquery('simple', $4)",
             "i.id",
-            '$',
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&filter.stage)
-            .bind(filter.before_id)
-            .bind(common::page_limit(filter))
-            .bind(crate::dashboard::tsquery(&terms))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(common::item_summary).collect()
+            filter,
+            Some(query),
+        )
+        .await
     }
 
     async fn activity(

@@ -90,6 +90,32 @@ impl SqliteStore {
         &self.path
     }
 
+    /// One page of item summaries. `from_where` is the FROM clause and a
+    /// first condition; `text`, when given, is bound as parameter 4.
+    async fn item_page(
+        &self,
+        from_where: &str,
+        id_column: &str,
+        filter: &ItemFilter,
+        text: Option<String>,
+    ) -> Result<Vec<ItemSummary>> {
+        let sql = common::item_page_sql(
+            format!("{} {from_where}", common::ITEM_SUMMARY_SELECT),
+            filter,
+            id_column,
+            '?',
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&filter.stage)
+            .bind(filter.before_id)
+            .bind(common::page_limit(filter));
+        if let Some(text) = text {
+            query = query.bind(text);
+        }
+        let rows = query.fetch_all(&self.reader).await?;
+        rows.iter().map(common::item_summary).collect()
+    }
+
     /// A write transaction that takes the write lock at once, so that a read
     /// inside it can never be invalidated by another process's commit.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -961,22 +987,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>> {
-        let sql = common::item_page_sql(
-            format!(
-                "{} FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE 1 = 1",
-                common::ITEM_SUMMARY_SELECT
-            ),
-            filter,
+        self.item_page(
+            "FROM items i LEFT JOIN jobs j ON j.id = i.current_job_id WHERE 1 = 1",
             "i.id",
-            '?',
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&filter.stage)
-            .bind(filter.before_id)
-            .bind(common::page_limit(filter))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(common::item_summary).collect()
+            filter,
+            None,
+        )
+        .await
     }
 
     async fn status(&self, now: Millis) -> Result<StatusSnapshot> {
@@ -1389,23 +1406,14 @@ impl Store for SqliteStore {
         }
         // FTS5 hands out matches by rowid, newest first, so a page stops
         // reading as soon as it is full.
-        let sql = common::item_page_sql(
-            format!(
-                "{} FROM items_fts f JOIN items i ON i.id = f.rowid LEFT JOIN jobs j ON j.id = i.current_job_id WHERE items_fts MATCH ?4",
-                common::ITEM_SUMMARY_SELECT
-            ),
-            filter,
+        let query = crate::dashboard::fts5_query(&terms);
+        self.item_page(
+            "FROM items_fts f JOIN items i ON i.id = f.rowid LEFT JOIN jobs j ON j.id = i.current_job_id WHERE items_fts MATCH ?4",
             "f.rowid",
-            '?',
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&filter.stage)
-            .bind(filter.before_id)
-            .bind(common::page_limit(filter))
-            .bind(crate::dashboard::fts5_query(&terms))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(common::item_summary).collect()
+            filter,
+            Some(query),
+        )
+        .await
     }
 
     async fn activity(

@@ -148,27 +148,15 @@ async fn throughput(
     let summary = engine.run(CancellationToken::new()).await?;
     let took = clock.elapsed();
     store.close().await;
-    let jobs = summary.attempts;
-    println!(
-        "bench throughput ({}, 3 no-op stages, concurrency {concurrency} per stage, 1 process)",
-        backend(&url)
-    );
-    println!(
-        "  enqueue: {items} items in {:.2}s ({:.0} items/s)",
-        enqueue.as_secs_f64(),
-        items as f64 / enqueue.as_secs_f64()
-    );
-    println!(
-        "  run:     {jobs} jobs in {:.2}s = {:.0} jobs/s ({} items done)",
-        took.as_secs_f64(),
-        jobs as f64 / took.as_secs_f64(),
-        summary.items_done
-    );
-    anyhow::ensure!(
-        summary.items_done == items as u64,
-        "only {} of {items} items finished",
-        summary.items_done
-    );
+    report_throughput(
+        &url,
+        concurrency,
+        "1 process",
+        (items, enqueue),
+        (summary.attempts, took),
+        summary.items_done,
+        String::new(),
+    )?;
     Ok(())
 }
 
@@ -365,8 +353,29 @@ async fn throughput_processes(
     let done = store.status(now_millis()).await?.items.done;
     store.close().await;
     let concurrency = config.stages.first().map_or(0, |s| s.concurrency);
+    report_throughput(
+        url,
+        concurrency,
+        &format!("{processes} processes"),
+        (items, enqueue),
+        (jobs, took),
+        done,
+        format!("; per process {per_process:?}"),
+    )
+}
+
+/// Print a throughput run's figures; an error if some items did not finish.
+fn report_throughput(
+    url: &Option<String>,
+    concurrency: u32,
+    processes: &str,
+    (items, enqueue): (u32, Duration),
+    (jobs, took): (u64, Duration),
+    done: u64,
+    detail: String,
+) -> anyhow::Result<()> {
     println!(
-        "bench throughput ({}, 3 no-op stages, concurrency {concurrency} per stage, {processes} processes)",
+        "bench throughput ({}, 3 no-op stages, concurrency {concurrency} per stage, {processes})",
         backend(url)
     );
     println!(
@@ -375,7 +384,7 @@ async fn throughput_processes(
         items as f64 / enqueue.as_secs_f64()
     );
     println!(
-        "  run:     {jobs} jobs in {:.2}s = {:.0} jobs/s ({done} items done; per process {per_process:?})",
+        "  run:     {jobs} jobs in {:.2}s = {:.0} jobs/s ({done} items done{detail})",
         took.as_secs_f64(),
         jobs as f64 / took.as_secs_f64(),
     );
