@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::{Config, StageConfig};
-use crate::model::{AttemptOutcome, Millis, RetryPolicy};
+use crate::model::{AttemptOutcome, ItemState, Millis, RetryPolicy};
 
 /// What a stage's executor reports for one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +228,44 @@ fn first_line(s: &str) -> &str {
         Some((i, _)) => &line[..i],
         None => line,
     }
+}
+
+/// Why an item cannot run again as asked by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryRefused {
+    /// A done item runs again only from a stage named for it.
+    DoneNeedsFrom,
+    /// The item records no stage to resume at.
+    NoStage,
+    /// The stage named (or recorded) is not in the config.
+    UnknownStage { name: String, stages: Vec<String> },
+}
+
+/// The job that runs an item again by hand (`retry`, the dashboard's
+/// button): from `from`, else where it stopped, in its current round.
+pub fn retry_job(
+    config: &Config,
+    state: ItemState,
+    stopped_at: Option<&str>,
+    round: u32,
+    from: Option<&str>,
+) -> Result<NextJob, RetryRefused> {
+    let name = match (from, state) {
+        (Some(from), _) => from,
+        (None, ItemState::Done) => return Err(RetryRefused::DoneNeedsFrom),
+        (None, _) => stopped_at.ok_or(RetryRefused::NoStage)?,
+    };
+    let stage = config
+        .stage(name)
+        .ok_or_else(|| RetryRefused::UnknownStage {
+            name: name.to_string(),
+            stages: config.stages.iter().map(|s| s.name.clone()).collect(),
+        })?;
+    Ok(NextJob {
+        stage: stage.name.clone(),
+        round: round.max(1),
+        max_attempts: stage.retry.max_attempts,
+    })
 }
 
 #[cfg(test)]

@@ -1952,7 +1952,7 @@ impl ScratchDatabase {
 }
 
 /// `url` naming another database on the same server.
-fn with_database(url: &str, database: &str) -> String {
+pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ideamill_core::machine::NextJob;
-use ideamill_core::{ItemId, ItemState};
+use ideamill_core::ItemId;
+use ideamill_core::machine::{RetryRefused, retry_job};
 use ideamill_engine::executor::{item_workspace, workspace_files};
 use ideamill_engine::now_millis;
 use ideamill_store::{CancelEffect, ItemDetail, ItemFilter, ItemSummary, RetryEffect, StateFilter};
@@ -202,31 +202,24 @@ fn read_inside(dir: &Path, rel: &str) -> ApiResult<(Vec<u8>, bool)> {
 /// `from`; a done item needs `from`.
 pub async fn retry(s: &AppState, id: ItemId, from: Option<&str>) -> ApiResult<RetryEffect> {
     let detail = s.call(s.store.item(id)).await?;
-    let stage_name = match (from, detail.item.state) {
-        (Some(from), _) => from.to_string(),
-        (None, ItemState::Done) => {
-            return Err(ApiError::unprocessable(format!(
-                "item {id} is done; to run it again, name the stage to start from (`from`)"
-            )));
-        }
-        (None, _) => detail
-            .item
-            .stage
-            .clone()
-            .ok_or_else(|| ApiError::conflict(format!("item {id} has no stage to resume")))?,
-    };
-    let stage = s.config.stage(&stage_name).ok_or_else(|| {
-        let names: Vec<&str> = s.config.stages.iter().map(|s| s.name.as_str()).collect();
-        ApiError::unprocessable(format!(
-            "no stage `{stage_name}` in the config; stages: {}",
-            names.join(", ")
-        ))
+    let item = &detail.item;
+    let next = retry_job(
+        &s.config,
+        item.state,
+        item.stage.as_deref(),
+        item.round,
+        from,
+    )
+    .map_err(|refused| match refused {
+        RetryRefused::DoneNeedsFrom => ApiError::unprocessable(format!(
+            "item {id} is done; to run it again, name the stage to start from (`from`)"
+        )),
+        RetryRefused::NoStage => ApiError::conflict(format!("item {id} has no stage to resume")),
+        RetryRefused::UnknownStage { name, stages } => ApiError::unprocessable(format!(
+            "no stage `{name}` in the config; stages: {}",
+            stages.join(", ")
+        )),
     })?;
-    let next = NextJob {
-        stage: stage.name.clone(),
-        round: detail.item.round.max(1),
-        max_attempts: stage.retry.max_attempts,
-    };
     s.call(s.store.retry_item(id, &next, now_millis())).await
 }
 

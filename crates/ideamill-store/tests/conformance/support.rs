@@ -322,23 +322,6 @@ fn postgres_server() -> &'static str {
     }
 }
 
-/// `url` with another database name.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[host_start..].find('/') {
-        Some(slash) => &base[..host_start + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
 /// PostgreSQL: a database of its own per test, dropped afterwards.
 pub struct PostgresBackend {
     admin: String,
@@ -365,7 +348,7 @@ impl PostgresBackend {
             .await
             .unwrap_or_else(|e| panic!("create the test database {name}: {e}"));
         let _ = conn.close().await;
-        let url = with_database(&admin, &name);
+        let url = ideamill_store::postgres::with_database(&admin, &name);
         PostgresBackend { admin, name, url }
     }
 

@@ -3,9 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use ideamill_core::ItemState;
-use ideamill_core::machine::NextJob;
+use ideamill_core::machine::{RetryRefused, retry_job};
 use ideamill_engine::now_millis;
 
 use crate::cli::RetryArgs;
@@ -16,29 +14,24 @@ pub async fn run(config: Option<&Path>, args: RetryArgs) -> anyhow::Result<ExitC
     let config = project::load_config(config)?;
     let store = project::open_existing_store(&config).await?;
     let detail = store.item(id).await?;
-    let stage_name = match (&args.from, detail.item.state) {
-        (Some(from), _) => from.clone(),
-        (None, ItemState::Done) => {
-            bail!("item {id} is done; to run it again, name the stage to start from with --from")
-        }
-        (None, _) => detail
-            .item
-            .stage
-            .clone()
-            .context("the item has no stage to resume")?,
-    };
-    let stage = config.stage(&stage_name).with_context(|| {
-        let names: Vec<&str> = config.stages.iter().map(|s| s.name.as_str()).collect();
-        format!(
-            "no stage `{stage_name}` in the config; stages: {}",
-            names.join(", ")
-        )
+    let item = &detail.item;
+    let next = retry_job(
+        &config,
+        item.state,
+        item.stage.as_deref(),
+        item.round,
+        args.from.as_deref(),
+    )
+    .map_err(|refused| match refused {
+        RetryRefused::DoneNeedsFrom => anyhow::anyhow!(
+            "item {id} is done; to run it again, name the stage to start from with --from"
+        ),
+        RetryRefused::NoStage => anyhow::anyhow!("the item has no stage to resume"),
+        RetryRefused::UnknownStage { name, stages } => anyhow::anyhow!(
+            "no stage `{name}` in the config; stages: {}",
+            stages.join(", ")
+        ),
     })?;
-    let next = NextJob {
-        stage: stage.name.clone(),
-        round: detail.item.round.max(1),
-        max_attempts: stage.retry.max_attempts,
-    };
     let effect = store.retry_item(id, &next, now_millis()).await?;
     if args.json {
         output::json(
