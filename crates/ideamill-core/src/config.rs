@@ -33,6 +33,67 @@ pub struct Config {
     pub web: WebConfig,
     /// Where alerts go (`[[alerts]]`), in file order; empty: no alerts.
     pub alerts: Vec<AlertTarget>,
+    /// How command stages are confined (`[sandbox]`).
+    pub sandbox: SandboxConfig,
+}
+
+/// `[sandbox]`: the program that confines command stages and the default
+/// limits of every confined stage (each stage may override them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// The sandbox program (bubblewrap). Default `bwrap`, looked up in `PATH`.
+    pub program: String,
+    pub limits: Limits,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            program: "bwrap".to_owned(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What one job of a command stage may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory of all its processes together (a cgroup where the host has
+    /// one for us, else each process's address space). Default 2 GiB.
+    pub memory: u64,
+    /// Processes and threads at once. Default 256.
+    pub processes: u32,
+    /// CPU time of each process. Default 10m.
+    pub cpu_time: Duration,
+    /// Largest file it may write. Default 512 MiB.
+    pub file_size: u64,
+    /// The item's workspace after the stage, all files together. Default 1 GiB.
+    pub workspace_size: u64,
+    /// Its private `/tmp` (memory-backed). Default 256 MiB.
+    pub tmp_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 2 << 30,
+            processes: 256,
+            cpu_time: Duration::from_secs(10 * 60),
+            file_size: 512 << 20,
+            workspace_size: 1 << 30,
+            tmp_size: 256 << 20,
+        }
+    }
+}
+
+/// Whether a command stage runs confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// The default: confined by `[sandbox] program`.
+    On,
+    /// Unconfined, by the config's explicit choice (`sandbox = "off"`):
+    /// logged at every start and shown as a warning.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,6 +432,19 @@ pub struct CommandStage {
     pub kill_grace: Duration,
     /// Stdout kept as the stage's output. Default 1 MiB.
     pub max_output: usize,
+    /// Confined (default) or not.
+    pub sandbox: SandboxMode,
+    /// A network of its own (`network = true`) instead of none. Default false.
+    pub network: bool,
+    /// Variables of the engine's environment passed through by name, on top
+    /// of the allowlist (`PATH`, `LANG`, `LC_*`, `TERM`, `HOME`, `IDEAMILL_*`
+    /// context). Default none.
+    pub pass_env: Vec<String>,
+    /// Host paths (absolute) the stage may read, mounted read-only at the
+    /// same place. Default none.
+    pub read_only: Vec<PathBuf>,
+    /// `[sandbox]`'s limits with this stage's `limits = { ... }` applied.
+    pub limits: Limits,
 }
 
 /// One problem in a config file, located.

@@ -19,8 +19,10 @@ use crate::config::{
     ConfigError, ConfigErrors, EngineConfig, HealthConfig, InboxConfig, LlmStage, Price,
     ProviderConfig, ProviderKind, StageConfig, StageKind, StoreConfig, UrlSource, WebConfig,
 };
+use crate::config::{Limits, SandboxConfig, SandboxMode};
 use crate::duration::{format_duration, parse_duration};
 use crate::model::{Gate, RetryPolicy};
+use crate::size::{format_size, parse_size};
 
 // Key lists in the order the documentation shows them, because they are
 // printed in this order when a key is unknown.
@@ -35,6 +37,24 @@ const TOP_KEYS: &[&str] = &[
     "stages",
     "web",
     "alerts",
+    "sandbox",
+];
+const SANDBOX_KEYS: &[&str] = &[
+    "program",
+    "memory",
+    "processes",
+    "cpu_time",
+    "file_size",
+    "workspace_size",
+    "tmp_size",
+];
+const LIMIT_KEYS: &[&str] = &[
+    "memory",
+    "processes",
+    "cpu_time",
+    "file_size",
+    "workspace_size",
+    "tmp_size",
 ];
 const WEB_KEYS: &[&str] = &["token_file", "require_token", "url"];
 const ALERT_KEYS: &[&str] = &[
@@ -89,7 +109,17 @@ const STAGE_KEYS: &[&str] = &[
     "concurrency",
     "gate",
 ];
-const COMMAND_KEYS: &[&str] = &["command", "env", "kill_grace", "max_output"];
+const COMMAND_KEYS: &[&str] = &[
+    "command",
+    "env",
+    "kill_grace",
+    "max_output",
+    "sandbox",
+    "network",
+    "pass_env",
+    "read_only",
+    "limits",
+];
 const LLM_KEYS: &[&str] = &[
     "provider",
     "prompt",
@@ -182,7 +212,11 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         Some(s) => budget(&s, &mut problems),
         None => BudgetConfig::default(),
     };
-    let stages = stages(&top, &root, &providers, &mut problems);
+    let sandbox = match top.sub_table("sandbox", "[sandbox]", &mut problems) {
+        Some(s) => sandbox_config(&s, &mut problems),
+        None => SandboxConfig::default(),
+    };
+    let stages = stages(&top, &root, &providers, &sandbox.limits, &mut problems);
     let health = match top.sub_table("health", "[health]", &mut problems) {
         Some(s) => health_config(&s, &mut problems),
         None => HealthConfig::default(),
@@ -216,6 +250,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         inbox,
         web,
         alerts,
+        sandbox,
     })
 }
 
@@ -538,6 +573,60 @@ impl<'t, 'de> Section<'t, 'de> {
             }
         }
         map
+    }
+
+    /// A byte size (`"2GiB"` or an integer of bytes) of at least `min`.
+    fn size(&self, key: &str, min: u64, problems: &mut Problems) -> Got<u64> {
+        let Some(value) = self.get(key) else {
+            return Got::Absent;
+        };
+        let parsed = match (value.as_str(), value.as_integer()) {
+            (Some(text), _) => parse_size(text),
+            (None, Some(n)) => u64::try_from(n).map_err(|_| format!("{n} is negative")),
+            (None, None) => {
+                self.wrong_type(key, "a size like \"2GiB\"", value, problems);
+                return Got::Bad;
+            }
+        };
+        match parsed {
+            Ok(n) if n >= min => Got::Ok(n, value.span),
+            Ok(n) => {
+                self.invalid(
+                    key,
+                    value.span,
+                    format_args!(
+                        "must be at least {}, found {}",
+                        format_size(min),
+                        format_size(n)
+                    ),
+                    problems,
+                );
+                Got::Bad
+            }
+            Err(why) => {
+                self.invalid(key, value.span, why, problems);
+                Got::Bad
+            }
+        }
+    }
+
+    /// An array of strings, each with where it was written.
+    fn string_list(&self, key: &str, problems: &mut Problems) -> Vec<(&'t str, Span)> {
+        let Some(value) = self.get(key) else {
+            return Vec::new();
+        };
+        let Some(items) = value.as_array() else {
+            self.wrong_type(key, "an array of strings", value, problems);
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(text) => out.push((text, item.span)),
+                None => self.wrong_type(&format!("{key}[{i}]"), "a string", item, problems),
+            }
+        }
+        out
     }
 
     fn count(&self, key: &str, max: i64, default: u32, problems: &mut Problems) -> u32 {
@@ -959,6 +1048,7 @@ fn stages(
     top: &Section<'_, '_>,
     root: &Path,
     providers: &BTreeMap<String, ProviderConfig>,
+    limits: &Limits,
     problems: &mut Problems,
 ) -> Vec<StageConfig> {
     let Some(value) = top.get("stages") else {
@@ -992,7 +1082,8 @@ fn stages(
             names.push(None);
             continue;
         };
-        let (stage, name, gate) = stage(number, table, value.span, root, providers, problems);
+        let (stage, name, gate) =
+            stage(number, table, value.span, root, providers, limits, problems);
         if let Some((name, span)) = name {
             if let Some(first) = first_use.get(name) {
                 problems.add(
@@ -1047,6 +1138,7 @@ fn stage<'t>(
     span: Span,
     root: &Path,
     providers: &BTreeMap<String, ProviderConfig>,
+    limits: &Limits,
     problems: &mut Problems,
 ) -> (
     StageConfig,
@@ -1091,7 +1183,9 @@ fn stage<'t>(
     s.check_keys(&[&[STAGE_KEYS], kind_keys].concat().concat(), problems);
 
     let kind = match kind_name {
-        Got::Ok("command", _) => Some(StageKind::Command(command_stage(&s, problems))),
+        Got::Ok("command", _) => Some(StageKind::Command(command_stage(
+            &s, root, limits, problems,
+        ))),
         Got::Ok("llm", _) => Some(StageKind::Llm(llm_stage(&s, root, providers, problems))),
         Got::Ok(other, span) => {
             let known = STAGE_KINDS.join(", ");
@@ -1194,10 +1288,63 @@ fn placeholder_command() -> CommandStage {
         env: BTreeMap::new(),
         kill_grace: DEFAULT_KILL_GRACE,
         max_output: DEFAULT_MAX_OUTPUT,
+        sandbox: SandboxMode::On,
+        network: false,
+        pass_env: Vec::new(),
+        read_only: Vec::new(),
+        limits: Limits::default(),
     }
 }
 
-fn command_stage(s: &Section<'_, '_>, problems: &mut Problems) -> CommandStage {
+/// `[sandbox]`: the sandbox program and the default limits.
+fn sandbox_config(s: &Section<'_, '_>, problems: &mut Problems) -> SandboxConfig {
+    s.check_keys(SANDBOX_KEYS, problems);
+    let program = match s.string("program", problems) {
+        Got::Ok("", span) => {
+            s.invalid("program", span, "must not be empty", problems);
+            String::new()
+        }
+        Got::Ok(program, span) if program.contains('\0') => {
+            s.invalid("program", span, "contains a NUL byte", problems);
+            String::new()
+        }
+        Got::Ok(program, _) => program.to_owned(),
+        Got::Absent | Got::Bad => SandboxConfig::default().program,
+    };
+    SandboxConfig {
+        program,
+        limits: limits(s, &Limits::default(), problems),
+    }
+}
+
+/// Limits read from `s`, each defaulting to `defaults`'.
+fn limits(s: &Section<'_, '_>, defaults: &Limits, problems: &mut Problems) -> Limits {
+    Limits {
+        memory: s.size("memory", 16 << 20, problems).or(defaults.memory),
+        processes: s.count("processes", 1 << 22, defaults.processes, problems),
+        cpu_time: match s.nonzero_duration("cpu_time", problems) {
+            Got::Ok(d, span) if d < Duration::from_secs(1) => {
+                s.invalid("cpu_time", span, "must be at least 1s", problems);
+                defaults.cpu_time
+            }
+            other => other.or(defaults.cpu_time),
+        },
+        file_size: s
+            .size("file_size", 1 << 10, problems)
+            .or(defaults.file_size),
+        workspace_size: s
+            .size("workspace_size", 1 << 10, problems)
+            .or(defaults.workspace_size),
+        tmp_size: s.size("tmp_size", 1 << 10, problems).or(defaults.tmp_size),
+    }
+}
+
+fn command_stage(
+    s: &Section<'_, '_>,
+    root: &Path,
+    sandbox_limits: &Limits,
+    problems: &mut Problems,
+) -> CommandStage {
     let mut command = Vec::new();
     match s.get("command") {
         None => s.missing("command", problems),
@@ -1268,6 +1415,65 @@ fn command_stage(s: &Section<'_, '_>, problems: &mut Problems) -> CommandStage {
         Got::Ok(n, _) => usize::try_from(n).unwrap_or(usize::MAX),
         Got::Absent | Got::Bad => DEFAULT_MAX_OUTPUT,
     };
+    let sandbox = match s.string("sandbox", problems) {
+        Got::Ok("on", _) | Got::Absent | Got::Bad => SandboxMode::On,
+        Got::Ok("off", _) => SandboxMode::Off,
+        Got::Ok(other, span) => {
+            s.invalid(
+                "sandbox",
+                span,
+                format_args!("{other:?} must be \"on\" (the default) or \"off\""),
+                problems,
+            );
+            SandboxMode::On
+        }
+    };
+    let network = s.boolean("network", problems).or(false);
+    let pass_env = s
+        .string_list("pass_env", problems)
+        .into_iter()
+        .filter(|(name, span)| {
+            let valid = !name.is_empty() && !name.contains(['=', '\0']);
+            if !valid {
+                s.invalid(
+                    "pass_env",
+                    *span,
+                    format_args!("{name:?} is not a valid environment variable name"),
+                    problems,
+                );
+            }
+            valid
+        })
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let read_only = s
+        .string_list("read_only", problems)
+        .into_iter()
+        .filter_map(|(path, span)| {
+            if path.is_empty() || path.contains('\0') {
+                s.invalid(
+                    "read_only",
+                    span,
+                    "an entry is empty or holds a NUL byte",
+                    problems,
+                );
+                return None;
+            }
+            Some(resolve(root, Path::new(path)))
+        })
+        .collect();
+    let limits = match s.sub_table("limits", "limits", problems) {
+        Some(table) => {
+            let table = Section {
+                label: s.label.clone(),
+                prefix: "limits.",
+                ..table
+            };
+            table.check_keys(LIMIT_KEYS, problems);
+            limits(&table, sandbox_limits, problems)
+        }
+        None => *sandbox_limits,
+    };
     let mut command = command.into_iter();
     CommandStage {
         program: command.next().unwrap_or_default(),
@@ -1275,6 +1481,11 @@ fn command_stage(s: &Section<'_, '_>, problems: &mut Problems) -> CommandStage {
         env,
         kill_grace,
         max_output,
+        sandbox,
+        network,
+        pass_env,
+        read_only,
+        limits,
     }
 }
 
@@ -1683,6 +1894,7 @@ gate = { retry_from = "implement" }
                 url: None,
             },
             alerts: Vec::new(),
+            sandbox: SandboxConfig::default(),
             providers: BTreeMap::new(),
             prices: BTreeMap::new(),
             budget: BudgetConfig::default(),
@@ -1708,6 +1920,11 @@ gate = { retry_from = "implement" }
                         env: BTreeMap::from([("KEY".to_owned(), "value".to_owned())]),
                         kill_grace: Duration::from_secs(5),
                         max_output: 1024 * 1024,
+                        sandbox: SandboxMode::On,
+                        network: false,
+                        pass_env: Vec::new(),
+                        read_only: Vec::new(),
+                        limits: Limits::default(),
                     }),
                     timeout: Duration::from_secs(600),
                     retry: RetryPolicy {
@@ -1726,6 +1943,11 @@ gate = { retry_from = "implement" }
                         env: BTreeMap::new(),
                         kill_grace: Duration::from_secs(5),
                         max_output: 1024 * 1024,
+                        sandbox: SandboxMode::On,
+                        network: false,
+                        pass_env: Vec::new(),
+                        read_only: Vec::new(),
+                        limits: Limits::default(),
                     }),
                     timeout: Duration::from_secs(600),
                     retry: RetryPolicy {
@@ -1798,7 +2020,7 @@ command = []
         check_errors(
             &format!("colour = \"red\"\n{STAGE}"),
             &[
-                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages, web, alerts",
+                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages, web, alerts, sandbox",
             ],
         );
         check_errors(
@@ -1806,7 +2028,7 @@ command = []
             &[
                 "5:1: unknown key `retries` in [[stages]] #1 (\"build\"); expected one of: \
                  name, kind, timeout, max_attempts, backoff, backoff_max, concurrency, gate, \
-                 command, env, kill_grace, max_output",
+                 command, env, kill_grace, max_output, sandbox, network, pass_env, read_only, limits",
             ],
         );
         check_errors(
@@ -1905,7 +2127,7 @@ command = []
                 "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm",
                 "4:1: unknown key `model` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
                  timeout, max_attempts, backoff, backoff_max, concurrency, gate, command, env, \
-                 kill_grace, max_output, provider, prompt, system, temperature, max_tokens, files, \
+                 kill_grace, max_output, sandbox, network, pass_env, read_only, limits, provider, prompt, system, temperature, max_tokens, files, \
                  max_files, max_file_bytes",
             ],
         );
@@ -2297,6 +2519,46 @@ max_tokens = 2000
             Err(
                 "4:7: [store]: `url` names no database file; expected sqlite://PATH or postgres://HOST/DATABASE",
             ),
+        );
+    }
+
+    #[test]
+    fn sandbox_and_limits() {
+        let c = config(&format!(
+            "[sandbox]\nprogram = \"/opt/bwrap\"\nmemory = \"1GiB\"\nprocesses = 64\n\
+             {STAGE}network = true\npass_env = [\"X\"]\nread_only = [\"tests\"]\n\
+             limits = {{ memory = \"512MiB\", cpu_time = \"30s\" }}\n\
+             [[stages]]\nname = \"free\"\nkind = \"command\"\ncommand = [\"true\"]\nsandbox = \"off\"\n"
+        ));
+        assert_eq!(c.sandbox.program, "/opt/bwrap");
+        let build = command(&c.stages[0]);
+        assert_eq!(build.sandbox, SandboxMode::On);
+        assert!(build.network);
+        assert_eq!(build.pass_env, ["X"]);
+        assert_eq!(build.read_only, [c.root.join("tests")]);
+        // The stage's own limits win; the rest come from [sandbox], then defaults.
+        assert_eq!(build.limits.memory, 512 << 20);
+        assert_eq!(build.limits.cpu_time, Duration::from_secs(30));
+        assert_eq!(build.limits.processes, 64);
+        assert_eq!(
+            build.limits.workspace_size,
+            Limits::default().workspace_size
+        );
+        let free = command(&c.stages[1]);
+        assert_eq!(free.sandbox, SandboxMode::Off);
+        assert!(!free.network);
+        assert_eq!(free.limits.memory, 1 << 30);
+
+        check_errors(
+            &format!(
+                "{STAGE}sandbox = \"maybe\"\npass_env = [\"A=B\"]\nlimits = {{ memory = \"2 gigs\", disk = 1 }}\n"
+            ),
+            &[
+                r#"5:11: [[stages]] #1 ("build"): `sandbox` "maybe" must be "on" (the default) or "off""#,
+                r#"6:13: [[stages]] #1 ("build"): `pass_env` "A=B" is not a valid environment variable name"#,
+                r#"7:21: [[stages]] #1 ("build"): `limits.memory` unknown size unit "gigs" in "2 gigs"; units: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB"#,
+                r#"7:31: unknown key `limits.disk` in [[stages]] #1 ("build"); expected one of: limits.memory, limits.processes, limits.cpu_time, limits.file_size, limits.workspace_size, limits.tmp_size"#,
+            ],
         );
     }
 

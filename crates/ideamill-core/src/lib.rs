@@ -7,6 +7,7 @@ mod config_parse;
 pub mod duration;
 pub mod machine;
 pub mod model;
+pub mod size;
 pub mod text;
 
 pub use config::{Config, ConfigError, ConfigErrors};

@@ -29,7 +29,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -70,7 +70,7 @@ pub struct CommandSpec {
     pub args: Vec<String>,
     /// Working directory of the child.
     pub cwd: PathBuf,
-    /// Variables added to (or overriding) the inherited environment.
+    /// The child's whole environment: nothing of the engine's is inherited.
     pub env: Vec<(String, String)>,
     /// Written to the child's stdin, which is then closed.
     pub stdin: Vec<u8>,
@@ -83,6 +83,19 @@ pub struct CommandSpec {
     /// Bytes of stderr kept (the tail, since errors are usually reported
     /// last); the rest is read, counted and dropped.
     pub max_stderr: usize,
+    /// Limits the child sets on itself before it runs the program.
+    pub confine: Confinement,
+}
+
+/// What the child does to itself between fork and exec, where only
+/// async-signal-safe calls are allowed: everything is prepared before.
+#[derive(Debug, Clone, Default)]
+pub struct Confinement {
+    /// Resource limits: (`libc::RLIMIT_*`, soft, hard).
+    pub rlimits: Vec<(i32, u64, u64)>,
+    /// `cgroup.procs` files open for writing: the child writes "0" to each
+    /// to join the job's control groups.
+    pub cgroup_procs: Vec<RawFd>,
 }
 
 /// How a command ended.
@@ -288,11 +301,11 @@ fn build_command(spec: &CommandSpec) -> Command {
     command
         .args(&spec.args)
         .current_dir(&spec.cwd)
+        .env_clear()
         .envs(spec.env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         // A last resort only: it signals the leader, not the group. The
         // normal paths and `GroupGuard` kill the whole group themselves.
         .kill_on_drop(true);
@@ -315,14 +328,70 @@ fn build_command(spec: &CommandSpec) -> Command {
         }
         Ok(())
     };
+    let confine = spec.confine.clone();
+    let prepare_child = move || {
+        // A session of its own: a new process group (killed as one) and no
+        // controlling terminal to inject keystrokes into.
+        // SAFETY: setsid has no memory-safety preconditions.
+        if unsafe { libc::setsid() } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        for &fd in &confine.cgroup_procs {
+            // SAFETY: writes one byte from a static buffer to an fd opened
+            // before the fork.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        for &(resource, soft, hard) in &confine.rlimits {
+            let value = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: `value` is a valid rlimit that outlives the call.
+            if unsafe { libc::setrlimit(resource as _, &value) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        close_inherited_fds();
+        arm_parent_death_signal()
+    };
     // SAFETY: the hook runs in the forked child before exec, where only
-    // async-signal-safe functions may be called. It only calls `prctl` and
-    // `getppid`, which are, and builds an `io::Error` from an errno without
-    // allocating (the `other` error is only built when we are already dead).
+    // async-signal-safe functions may be called. It only calls `setsid`,
+    // `write`, `setrlimit`, `close_range`/`fcntl`, `prctl` and `getppid`,
+    // which are, reads data moved into it before the fork, and builds an
+    // `io::Error` from an errno without allocating (the `other` error is only
+    // built when we are already dead).
     unsafe {
-        command.pre_exec(arm_parent_death_signal);
+        command.pre_exec(prepare_child);
     }
     command
+}
+
+/// Marks every fd above stderr close-on-exec, so that the program inherits
+/// none of the engine's (its own inherited ones included, e.g. the beat
+/// pipe). Marking rather than closing keeps std's exec-error pipe working.
+/// Async-signal-safe.
+fn close_inherited_fds() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes flags of this process's fds.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !marked {
+        // Kernels before 5.11: one fcntl per possible fd.
+        // SAFETY: fcntl on an fd that may not be open just fails with EBADF.
+        for fd in 3..65_536 {
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 /// Turns a spawn error into a message naming what is wrong, since the OS
@@ -584,12 +653,13 @@ mod tests {
             program: program.to_owned(),
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
             cwd: PathBuf::from("/"),
-            env: Vec::new(),
+            env: vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())],
             stdin: Vec::new(),
             timeout: Duration::from_secs(2),
             kill_grace: Duration::from_millis(300),
             max_stdout: 64 * 1024,
             max_stderr: 64 * 1024,
+            confine: Confinement::default(),
         }
     }
 
@@ -702,14 +772,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn env_is_added_to_the_inherited_environment() {
-        let mut printenv = sh(
-            r#"printf '%s %s' "$IDEAMILL_TEST_VAR" "${PATH:+inherited}""#,
-            &[],
+    async fn env_is_exactly_the_specs() {
+        // SAFETY: a test-only variable no other test reads.
+        unsafe { std::env::set_var("IDEAMILL_TEST_ENGINE_SECRET", "leaked") };
+        let mut printenv = spec(
+            "/bin/sh",
+            &[
+                "-c",
+                r#"printf '%s|%s' "$IDEAMILL_TEST_VAR" "$IDEAMILL_TEST_ENGINE_SECRET""#,
+            ],
         );
         printenv.env = vec![("IDEAMILL_TEST_VAR".to_owned(), "set by spec".to_owned())];
         let result = run(&printenv).await;
-        assert_eq!(result.stdout, "set by spec inherited");
+        assert_eq!(result.stdout, "set by spec|");
+    }
+
+    #[tokio::test]
+    async fn no_fd_beyond_stdio_is_inherited_and_limits_apply() {
+        // An fd the engine holds without close-on-exec, like an inherited one.
+        let (read, _write) = std::io::pipe().unwrap();
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&read);
+        // SAFETY: clearing FD_CLOEXEC on an fd we own.
+        unsafe { libc::fcntl(raw, libc::F_SETFD, 0) };
+        let mut probe = sh(r#"ls /proc/self/fd | tr '\n' ' '; echo; ulimit -f"#, &[]);
+        probe.env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
+        probe.confine.rlimits = vec![(libc::RLIMIT_FSIZE as i32, 1024 * 512, 1024 * 512)];
+        let result = run(&probe).await;
+        // 0-2 and the fd `ls` itself opens to read the folder.
+        let fds: Vec<&str> = result
+            .stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(fds, ["0", "1", "2", "3"], "{}", result.stdout);
+        assert_ne!(raw, 3, "the test's pipe should not take the fd ls reports");
+        assert_eq!(
+            result.stdout.lines().nth(1),
+            Some("1024"),
+            "{}",
+            result.stdout
+        );
     }
 
     #[tokio::test]

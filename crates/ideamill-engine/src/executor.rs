@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ideamill_core::config::{CommandStage, StageConfig, StageKind};
+use ideamill_core::config::{CommandStage, SandboxMode, StageConfig, StageKind};
 use ideamill_core::duration::format_duration;
 use ideamill_core::machine::StageResult;
 use ideamill_core::{AttemptOutcome, Config, Usage};
@@ -13,8 +13,9 @@ use ideamill_store::{ClaimedJob, ItemContext, Store};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{CommandEnd, CommandSpec, run_command};
+use crate::command::{CommandEnd, CommandSpec, Confinement, run_command};
 use crate::llm_stage::LlmExecutor;
+use crate::sandbox::{self, Sandbox};
 
 /// What one attempt produced, for the attempt row and the state machine.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,8 +72,29 @@ pub type Executors = Vec<(String, Arc<dyn Executor>)>;
 
 /// The executors for a config's stages, by stage name. Fails when a stage
 /// cannot run here: an unreadable or invalid prompt template, a missing key.
+///
+/// A confined stage needs a working sandbox: when the probe finds none, this
+/// refuses with what to do, rather than run anything unconfined.
 pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Executors, String> {
     let providers = crate::llm_stage::providers(config)?;
+    let sandbox = Arc::new(Sandbox::probe(&config.sandbox));
+    let confined: Vec<&str> = config
+        .stages
+        .iter()
+        .filter(|s| matches!(&s.kind, StageKind::Command(c) if c.sandbox == SandboxMode::On))
+        .map(|s| s.name.as_str())
+        .collect();
+    if !confined.is_empty() && !sandbox.works() {
+        return Err(format!(
+            "stages {} must run confined, but {}",
+            confined.join(", "),
+            sandbox
+                .report()
+                .problem
+                .as_deref()
+                .unwrap_or("the sandbox does not work here")
+        ));
+    }
     config
         .stages
         .iter()
@@ -83,6 +105,7 @@ pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Exe
                     command: command.clone(),
                     root: config.root.clone(),
                     workspace: config.engine.workspace.clone(),
+                    sandbox: sandbox.clone(),
                 }),
                 StageKind::Llm(llm) => Arc::new(LlmExecutor::new(
                     config,
@@ -196,9 +219,52 @@ pub struct CommandExecutor {
     /// means a file there, not in the item's workspace where it runs.
     root: PathBuf,
     workspace: PathBuf,
+    sandbox: Arc<Sandbox>,
+}
+
+/// How often a confined job's control group is checked for a limit hit.
+const LIMIT_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A future's output type for a branch that never completes.
+fn unreachable_pending() -> crate::command::CommandResult {
+    unreachable!("the limit watcher never completes")
 }
 
 impl CommandExecutor {
+    /// Why `program` cannot start in the sandbox, when it cannot: it must be
+    /// in a folder the sandbox shows (the system's, a `read_only` path).
+    fn missing_in_sandbox(&self, program: &str, env: &[(String, String)]) -> Option<String> {
+        let visible = |path: &Path| {
+            ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"]
+                .iter()
+                .any(|d| path.starts_with(d))
+                || self.command.read_only.iter().any(|r| path.starts_with(r))
+        };
+        let runnable = |path: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if program.contains('/') {
+            return (!runnable(Path::new(program)))
+                .then(|| format!("program {program:?} not found"));
+        }
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(sandbox::DEFAULT_PATH, |(_, v)| v.as_str());
+        let found = std::env::split_paths(path)
+            .map(|dir| dir.join(program))
+            .any(|candidate| visible(&candidate) && runnable(&candidate));
+        (!found).then(|| {
+            format!(
+                "program {program:?} not found in the sandbox: it shows only the system's folders \
+                 (/usr, /bin, /lib*, /sbin, /etc) and the stage's `read_only` paths; install it \
+                 there or add its folder to `read_only`"
+            )
+        })
+    }
+
     fn program(&self) -> String {
         let program = Path::new(&self.command.program);
         if program.is_relative() && self.command.program.contains('/') {
@@ -228,30 +294,139 @@ impl Executor for CommandExecutor {
             );
         }
         let stdin = context_json(job, context, &dir).to_string().into_bytes();
-        let mut env: Vec<(String, String)> = self
-            .command
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        env.push(("IDEAMILL_ITEM_ID".into(), job.item_id.to_string()));
-        env.push(("IDEAMILL_STAGE".into(), job.stage.clone()));
-        env.push(("IDEAMILL_ATTEMPT".into(), job.attempt.to_string()));
-        env.push(("IDEAMILL_ROUND".into(), job.round.to_string()));
-        env.push(("IDEAMILL_WORKSPACE".into(), dir.display().to_string()));
-        env.push(("IDEAMILL_ROOT".into(), self.root.display().to_string()));
-        let spec = CommandSpec {
-            program: self.program(),
+        let confined = self.command.sandbox == SandboxMode::On;
+        let mut context_env = vec![
+            ("IDEAMILL_ITEM_ID".to_owned(), job.item_id.to_string()),
+            ("IDEAMILL_STAGE".to_owned(), job.stage.clone()),
+            ("IDEAMILL_ATTEMPT".to_owned(), job.attempt.to_string()),
+            ("IDEAMILL_ROUND".to_owned(), job.round.to_string()),
+            ("IDEAMILL_WORKSPACE".to_owned(), dir.display().to_string()),
+        ];
+        if !confined {
+            // The project folder is not visible from inside the sandbox.
+            context_env.push(("IDEAMILL_ROOT".to_owned(), self.root.display().to_string()));
+        }
+        let env = sandbox::stage_env(&self.command, &dir, context_env, std::env::vars());
+        let program = self.program();
+        let mut spec = CommandSpec {
+            program: program.clone(),
             args: self.command.args.clone(),
-            cwd: dir,
+            cwd: dir.clone(),
             env,
             stdin,
             timeout: self.stage.timeout,
             kill_grace: self.command.kill_grace,
             max_stdout: self.command.max_output,
             max_stderr: MAX_STDERR,
+            confine: Confinement::default(),
         };
-        let done = run_command(&spec, cancel).await;
+        let mut group = None;
+        if confined {
+            if let Some(missing) = self.missing_in_sandbox(&program, &spec.env) {
+                return Execution::failed(AttemptOutcome::Error, missing);
+            }
+            let handed = {
+                let sandbox = self.sandbox.clone();
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || sandbox.hand_over(&dir)).await
+            };
+            if let Err(e) = handed
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+            {
+                return Execution::failed(
+                    AttemptOutcome::Error,
+                    format!(
+                        "cannot hand the workspace {} to the sandbox: {e}",
+                        dir.display()
+                    ),
+                );
+            }
+            let plan = match self
+                .sandbox
+                .plan(&self.command, &dir, &program, &self.command.args)
+            {
+                Ok(plan) => plan,
+                Err(e) => {
+                    return Execution::failed(
+                        AttemptOutcome::Error,
+                        format!("cannot start the sandbox: {e}"),
+                    );
+                }
+            };
+            let (confinement, job_group) = self
+                .sandbox
+                .confine(&self.command.limits, &format!("job{}", job.id));
+            spec.program = plan.program;
+            spec.args = plan.args;
+            spec.confine = confinement;
+            group = job_group;
+        } else {
+            tracing::warn!(
+                stage = %job.stage,
+                item = job.item_id,
+                "Stage runs UNCONFINED (sandbox = \"off\"): generated code has the engine's user's access."
+            );
+        }
+
+        // A limit hit ends the job at once: a fork bomb held at its process
+        // limit would otherwise spin until the timeout.
+        let run_cancel = cancel.child_token();
+        let watch_limits = async {
+            let Some(group) = &group else {
+                return std::future::pending::<()>().await;
+            };
+            loop {
+                tokio::time::sleep(LIMIT_CHECK).await;
+                let hits = group.hits();
+                if hits.oom_kills > 0 || hits.fork_refusals > 0 {
+                    run_cancel.cancel();
+                    return std::future::pending::<()>().await;
+                }
+            }
+        };
+        let done = tokio::select! {
+            done = run_command(&spec, &run_cancel) => done,
+            () = watch_limits => unreachable_pending(),
+        };
+        let mut done = done;
+        if confined {
+            // bubblewrap reports a program killed by a signal as 128 + it.
+            if let CommandEnd::Exited(code @ 129..=159) = done.end {
+                done.end = CommandEnd::Signaled(code - 128);
+            }
+        }
+        let hits = group.as_ref().map(|g| g.hits()).unwrap_or_default();
+        let limit = if confined {
+            let signal = match done.end {
+                CommandEnd::Signaled(signal) => Some(signal),
+                _ => None,
+            };
+            let limits = self.command.limits;
+            let workspace = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(group) = group {
+                    group.remove();
+                }
+                sandbox::limit_reached(&limits, hits, signal, &workspace)
+            })
+            .await
+            .unwrap_or(None)
+        } else {
+            None
+        };
+        // A limit is an error of the attempt (retried like others), never a
+        // gate's rejection; a cancel by hand stays a cancel.
+        if let Some(reason) = limit.filter(|_| !cancel.is_cancelled()) {
+            let mut execution = Execution::failed(AttemptOutcome::Error, reason);
+            execution.exit_code = match done.end {
+                CommandEnd::Exited(code) => Some(code),
+                _ => None,
+            };
+            execution.output = Some(done.stdout);
+            execution.stderr = (!done.stderr.is_empty()).then_some(done.stderr);
+            return execution;
+        }
         let mut notes = Vec::new();
         if done.stdout_dropped > 0 {
             notes.push(format!(

@@ -8,6 +8,7 @@ pub mod executor;
 pub mod health;
 pub mod llm_stage;
 pub mod prompt;
+pub mod sandbox;
 
 pub use engine::{Engine, EngineOptions, Progress, RunSummary, hostname, now_millis};
 pub use tokio_util::sync::CancellationToken;
