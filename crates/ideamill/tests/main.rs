@@ -207,7 +207,8 @@ fn a_hung_command_that_ignores_sigterm_is_killed_with_its_grandchild_and_retried
     let stage = "[[stages]]\nname = \"hang\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \
                  \"if [ \\\"$IDEAMILL_ATTEMPT\\\" = 1 ]; then trap '' TERM; sleep 1000 & echo $! > grandchild.pid; \
                  while true; do sleep 1; done; fi; echo recovered\"]\n\
-                 timeout = \"1s\"\nkill_grace = \"300ms\"\nbackoff = \"100ms\"\n";
+                 timeout = \"1s\"\nkill_grace = \"300ms\"\nbackoff = \"100ms\"\n\
+                 sandbox = \"off\"\n"; // host pids: the sandbox's own tests are in sandbox.rs
     let p = Project::new(&format!("{ENGINE}{stage}"));
     let id = p.add("hangs once");
     p.run_until_idle(Duration::from_secs(60));
@@ -236,7 +237,8 @@ fn a_hung_command_that_ignores_sigterm_is_killed_with_its_grandchild_and_retried
 #[test]
 fn cancel_stops_a_running_job() {
     let stage = "[[stages]]\nname = \"slow\"\nkind = \"command\"\n\
-                 command = [\"sh\", \"-c\", \"echo $$ > job.pid; exec sleep 1000\"]\ntimeout = \"10m\"\n";
+                 command = [\"sh\", \"-c\", \"echo $$ > job.pid; exec sleep 1000\"]\ntimeout = \"10m\"\n\
+                 sandbox = \"off\"\n"; // a host pid: sandbox.rs tests confined jobs
     let p = Project::new(&format!("{ENGINE}{stage}"));
     let id = p.add("cancel me");
     let mut run = p.spawn_run(&[]);
@@ -425,7 +427,8 @@ fn a_missing_or_wrong_id_is_a_clear_error_with_exit_2() {
 fn retry_runs_a_failed_item_again() {
     // Fails until a marker file exists next to the config.
     let stage = "[[stages]]\nname = \"picky\"\nkind = \"command\"\n\
-                 command = [\"sh\", \"-c\", \"test -f \\\"$IDEAMILL_ROOT/ok\\\" && echo fine\"]\nmax_attempts = 1\n";
+                 command = [\"sh\", \"-c\", \"test -f \\\"$IDEAMILL_ROOT/ok\\\" && echo fine\"]\nmax_attempts = 1\n\
+                 sandbox = \"off\"\n"; // reads the project folder
     let p = Project::new(&format!("{ENGINE}{stage}"));
     let id = p.add("retry me");
     p.run_until_idle(Duration::from_secs(30));
@@ -564,7 +567,8 @@ fn sigterm_lets_a_running_job_finish_within_the_grace_period() {
 fn when_the_grace_period_runs_out_the_job_is_stopped_and_given_back_uncounted() {
     let engine = "[engine]\nlease = \"3s\"\nheartbeat = \"500ms\"\nshutdown_grace = \"300ms\"\n";
     let stage = "[[stages]]\nname = \"endless\"\nkind = \"command\"\n\
-                 command = [\"sh\", \"-c\", \"echo $$ > job.pid; exec sleep 1000\"]\nkill_grace = \"200ms\"\n";
+                 command = [\"sh\", \"-c\", \"echo $$ > job.pid; exec sleep 1000\"]\nkill_grace = \"200ms\"\n\
+                 sandbox = \"off\"\n"; // a host pid: sandbox.rs tests confined jobs
     let p = Project::new(&format!("{engine}{stage}"));
     let id = p.add("too slow to finish");
     let mut run = p.spawn_run(&[]);

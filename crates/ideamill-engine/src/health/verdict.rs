@@ -341,6 +341,21 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
             );
         }
     }
+    // Never silently unconfined: a warning that leaves the verdict as it is.
+    for stage in &config.stages {
+        if let ideamill_core::config::StageKind::Command(c) = &stage.kind
+            && c.sandbox == ideamill_core::config::SandboxMode::Off
+        {
+            say(
+                Level::Healthy,
+                "stage_unconfined",
+                format!(
+                    "stage `{}` runs unconfined (sandbox = \"off\"): what it runs has the engine user's access to files, keys and network",
+                    stage.name
+                ),
+            );
+        }
+    }
     for p in f.providers.iter().filter(|p| !p.ok) {
         say(
             Level::Degraded,

@@ -16,7 +16,9 @@ use ideamill_store::StoreError;
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
+use crate::commands::validate::sandbox_problem;
 use crate::{output, project};
+use ideamill_engine::sandbox::Sandbox;
 
 // The facts `status` shares with `doctor` (and the dashboard and the alert
 // monitor): in the engine crate, so that all of them judge the same things.
@@ -283,7 +285,26 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
                 .join(", ")
         },
     });
-    let verdict = verdict::judge(&config, &facts);
+    let sandbox = {
+        let sandbox_config = config.sandbox.clone();
+        tokio::task::spawn_blocking(move || Sandbox::probe(&sandbox_config)).await?
+    };
+    let problem = sandbox_problem(&config, &sandbox);
+    checks.push(Check {
+        name: "sandbox",
+        ok: problem.is_none(),
+        detail: sandbox.report().lines().replace('\n', ";"),
+    });
+    let mut verdict = verdict::judge(&config, &facts);
+    if let Some(problem) = problem {
+        let mut reasons = verdict.reasons;
+        reasons.push(Reason {
+            level: Level::Down,
+            code: "sandbox_unavailable",
+            message: problem,
+        });
+        verdict = Verdict::from_reasons(reasons);
+    }
     print(verdict, checks, args.json)
 }
 
@@ -300,7 +321,12 @@ fn print(verdict: Verdict, checks: Vec<Check>, json: bool) -> anyhow::Result<Exi
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", verdict.verdict)?;
     for r in &verdict.reasons {
-        writeln!(out, "  - [{} {}] {}", r.level, r.code, r.message)?;
+        // A reason at the HEALTHY level is a warning that changes no verdict.
+        let level = match r.level {
+            Level::Healthy => "warning".to_string(),
+            other => other.to_string(),
+        };
+        writeln!(out, "  - [{level} {}] {}", r.code, r.message)?;
     }
     writeln!(out)?;
     for c in &checks {

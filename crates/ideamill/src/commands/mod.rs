@@ -19,7 +19,7 @@ mod service;
 mod show;
 mod status;
 mod store_copy;
-mod validate;
+pub mod validate;
 
 use std::process::ExitCode;
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ideamill_core::Config;
-use ideamill_core::config::StageKind;
+use ideamill_core::config::{SandboxMode, StageKind};
+use ideamill_engine::sandbox::Sandbox;
 
 use crate::cli::ValidateArgs;
 use crate::{exit, output, project};
@@ -39,15 +40,23 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
             return Err(e);
         }
     };
-    let problems = if args.no_environment {
-        Vec::new()
+    let (problems, sandbox) = if args.no_environment {
+        (Vec::new(), None)
     } else {
-        environment_problems(&config)
+        let sandbox = Sandbox::probe(&config.sandbox);
+        let mut problems = environment_problems(&config);
+        if let Some(problem) = sandbox_problem(&config, &sandbox) {
+            problems.push(problem);
+        }
+        (problems, Some(sandbox))
     };
     if args.json {
-        output::json(
-            &serde_json::json!({ "valid": problems.is_empty(), "errors": [], "environment": problems }),
-        )?;
+        output::json(&serde_json::json!({
+            "valid": problems.is_empty(),
+            "errors": [],
+            "environment": problems,
+            "sandbox": sandbox.as_ref().map(Sandbox::report),
+        }))?;
     } else {
         let names: Vec<&str> = config.stages.iter().map(|s| s.name.as_str()).collect();
         println!(
@@ -55,6 +64,14 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
             config.path.display(),
             names.join(" → ")
         );
+        if let Some(sandbox) = &sandbox {
+            println!("  sandbox: {}", sandbox.report().lines());
+            for name in unconfined_stages(&config) {
+                println!(
+                    "  warning: stage `{name}` runs UNCONFINED (sandbox = \"off\"): what it runs has your user's access"
+                );
+            }
+        }
         for p in &problems {
             println!("  environment: {p}");
         }
@@ -64,6 +81,37 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
     } else {
         exit::CONFIG
     }))
+}
+
+/// The stages that run unconfined by the config's choice.
+pub fn unconfined_stages(config: &Config) -> Vec<&str> {
+    config
+        .stages
+        .iter()
+        .filter(|s| matches!(&s.kind, StageKind::Command(c) if c.sandbox == SandboxMode::Off))
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
+/// Why confined stages cannot run here, if they cannot.
+pub fn sandbox_problem(config: &Config, sandbox: &Sandbox) -> Option<String> {
+    let confined: Vec<&str> = config
+        .stages
+        .iter()
+        .filter(|s| matches!(&s.kind, StageKind::Command(c) if c.sandbox == SandboxMode::On))
+        .map(|s| s.name.as_str())
+        .collect();
+    (!confined.is_empty() && !sandbox.works()).then(|| {
+        format!(
+            "stages {} must run confined, and `run` will refuse them: {}",
+            confined.join(", "),
+            sandbox
+                .report()
+                .problem
+                .as_deref()
+                .unwrap_or("the sandbox does not work here")
+        )
+    })
 }
 
 /// What would stop the config from running here: missing programs,
