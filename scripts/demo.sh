@@ -11,6 +11,18 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 demo=${DEMO_DIR:-$root/demo}
 
+# Generated code runs confined by bubblewrap, and the QA gate runs the
+# generated tests with the system's Python (the sandbox shows only /usr).
+if ! command -v bwrap >/dev/null || [ ! -x /usr/bin/python3 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing bubblewrap and python3 (the sandbox of command stages)..." >&2
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap python3 util-linux >&2
+  else
+    echo "ideamill runs generated code confined by bubblewrap: install it (e.g. sudo apt-get install bubblewrap python3) and run this again." >&2
+    exit 1
+  fi
+fi
+
 echo "Building ideamill (release)..." >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 bin=$root/target/release/ideamill
