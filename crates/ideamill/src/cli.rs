@@ -370,6 +370,17 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         processes: u32,
     },
+    /// What the sandbox adds to a command stage's start: a no-op command
+    /// run through the real executor, confined and with `sandbox = "off"`,
+    /// alternately; then a confined no-op pipeline's throughput.
+    Sandbox {
+        /// Runs of each kind.
+        #[arg(long, default_value_t = 500)]
+        runs: u32,
+        /// Items for the throughput part (3 confined no-op stages).
+        #[arg(long, default_value_t = 300)]
+        items: u32,
+    },
     /// Pickup latency: in-process and from another process.
     Pickup {
         #[arg(long, default_value_t = 200)]

@@ -362,7 +362,16 @@ impl Sandbox {
         });
         if group.is_none() {
             rlimits.push((libc::RLIMIT_AS as i32, limits.memory, limits.memory));
-            let processes = u64::from(limits.processes);
+            // RLIMIT_NPROC counts every task of the user, not the job's: on
+            // top of what that user already runs, so that a busy desktop
+            // does not starve the job.
+            let user = if self.as_root {
+                NOBODY
+            } else {
+                // SAFETY: getuid cannot fail.
+                unsafe { libc::getuid() }
+            };
+            let processes = u64::from(limits.processes) + tasks_of(user);
             rlimits.push((libc::RLIMIT_NPROC as i32, processes, processes));
         }
         let confinement = Confinement {
@@ -523,6 +532,37 @@ fn workspace_usage(root: &Path, file_limit: u64) -> Usage {
     usage
 }
 
+/// Tasks (threads) whose real user is `uid`, from `/proc`.
+fn tasks_of(uid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut tasks = 0;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        };
+        if field("Uid:") == Some(u64::from(uid)) {
+            tasks += field("Threads:").unwrap_or(1);
+        }
+    }
+    tasks
+}
+
 fn chown_tree(root: &Path, id: u32) -> io::Result<()> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(path) = stack.pop() {
@@ -615,5 +655,97 @@ impl SandboxReport {
         let _ = writeln!(out, "  limits: {}", self.limits);
         let _ = write!(out, "  seccomp: {}", self.seccomp);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_environment_is_an_allowlist() {
+        let mut stage = probe_stage();
+        stage.pass_env = vec!["X".to_owned()];
+        stage.env = [("K".to_owned(), "stage".to_owned())].into();
+        let engine = vars(&[
+            ("PATH", "/usr/bin"),
+            ("LC_ALL", "C"),
+            ("HOME", "/root"),
+            ("OPENAI_API_KEY", "sk-secret"),
+            ("IDEAMILL_BEAT_FD", "3"),
+            ("NOTIFY_SOCKET", "/run/notify"),
+            ("X", "passed"),
+            ("K", "engine"),
+        ]);
+        let context = vars(&[("IDEAMILL_ITEM_ID", "7")]);
+        let env = stage_env(
+            &stage,
+            Path::new("/ws/7"),
+            context.clone(),
+            engine.clone().into_iter(),
+        );
+        assert_eq!(
+            env,
+            vars(&[
+                ("PATH", "/usr/bin"),
+                ("LC_ALL", "C"),
+                ("X", "passed"),
+                ("HOME", "/ws/7"),
+                ("IDEAMILL_ITEM_ID", "7"),
+                ("K", "stage"),
+            ])
+        );
+        // Unconfined: the engine's HOME, still nothing else.
+        stage.sandbox = SandboxMode::Off;
+        let env = stage_env(&stage, Path::new("/ws/7"), context, engine.into_iter());
+        assert!(env.contains(&("HOME".to_owned(), "/root".to_owned())));
+        assert!(
+            !env.iter()
+                .any(|(k, _)| k == "OPENAI_API_KEY" || k == "IDEAMILL_BEAT_FD")
+        );
+    }
+
+    #[test]
+    fn counts_a_users_tasks() {
+        // SAFETY: getuid cannot fail.
+        let me = unsafe { libc::getuid() };
+        assert!(tasks_of(me) >= 1);
+    }
+
+    #[test]
+    fn limits_name_what_was_reached() {
+        let limits = Limits::default();
+        let dir = tempfile::tempdir().unwrap();
+        let hits = |oom_kills, fork_refusals| LimitHits {
+            oom_kills,
+            fork_refusals,
+        };
+        let reached = |hits, signal| limit_reached(&limits, hits, signal, dir.path());
+        assert_eq!(
+            reached(hits(1, 0), None).unwrap(),
+            "memory limit 2 GiB reached"
+        );
+        assert_eq!(
+            reached(hits(0, 4), None).unwrap(),
+            "process limit 256 reached"
+        );
+        assert_eq!(
+            reached(hits(0, 0), Some(libc::SIGXCPU)).unwrap(),
+            "CPU time limit 10m reached"
+        );
+        assert_eq!(reached(hits(0, 0), None), None);
+        let big = std::fs::File::create(dir.path().join("sparse.bin")).unwrap();
+        big.set_len(3 << 30).unwrap();
+        assert_eq!(
+            reached(hits(0, 0), None).unwrap(),
+            "file size limit 512 MiB reached (sparse.bin)"
+        );
     }
 }

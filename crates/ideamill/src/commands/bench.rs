@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use ideamill_core::Config;
 use ideamill_core::machine::first_job;
-use ideamill_engine::executor::{Executor, NoopExecutor};
+use ideamill_engine::executor::{Executor, NoopExecutor, executors_for};
 use ideamill_engine::{CancellationToken, Engine, EngineOptions, Progress, now_millis};
-use ideamill_store::NewItem;
+use ideamill_store::{ClaimedJob, ItemContext, ItemRow, NewItem};
 use tokio::sync::mpsc;
 
 use crate::cli::{BenchArgs, BenchWhat};
@@ -38,6 +38,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             on_scratch_store(store.as_deref(), |url| pickup(samples, url)).await?
         }
         BenchWhat::Worker { config } => worker(&config).await?,
+        BenchWhat::Sandbox { runs, items } => sandbox(runs, items).await?,
         BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
         BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
         BenchWhat::Web { items, requests } => return super::bench_web::run(items, requests).await,
@@ -157,6 +158,116 @@ async fn throughput(
         summary.items_done,
         String::new(),
     )?;
+    Ok(())
+}
+
+/// `bench sandbox`: a no-op command (`true`) through the real command
+/// executor, confined and not, alternately so that both see the same
+/// machine; then 3 confined no-op stages through the engine.
+async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let text = "[[stages]]\nname = \"off\"\nkind = \"command\"\ncommand = [\"true\"]\nsandbox = \"off\"\n\
+                [[stages]]\nname = \"on\"\nkind = \"command\"\ncommand = [\"true\"]\n";
+    let path = dir.path().join("ideamill.toml");
+    std::fs::write(&path, text)?;
+    let config = Arc::new(ideamill_core::config::parse(text, &path)?);
+    let store = project::open_store(&config).await?;
+    let executors = executors_for(&config, &store).map_err(|e| anyhow::anyhow!(e))?;
+    let now = now_millis();
+    let context = ItemContext {
+        item: ItemRow {
+            id: 1,
+            text: "a no-op".into(),
+            metadata: serde_json::json!({}),
+            state: ideamill_core::ItemState::Active,
+            stage: None,
+            round: 1,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        },
+        outputs: Vec::new(),
+        feedback: Vec::new(),
+    };
+    let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let cancel = CancellationToken::new();
+    for i in 0..runs {
+        for (k, (name, executor)) in executors.iter().enumerate() {
+            let job = ClaimedJob {
+                id: i64::from(i) + 1,
+                item_id: 1,
+                stage: name.clone(),
+                round: 1,
+                attempt: 1,
+                max_attempts: 1,
+                lease_token: 1,
+                run_at: now,
+                claimed_at: now,
+            };
+            let clock = Instant::now();
+            let done = executor.run(&job, &context, &cancel).await;
+            samples[k].push(clock.elapsed());
+            anyhow::ensure!(
+                matches!(
+                    done.result,
+                    ideamill_core::machine::StageResult::Passed { .. }
+                ),
+                "the no-op stage `{name}` did not pass: {:?}",
+                done.error
+            );
+        }
+    }
+    store.close().await;
+    println!("bench sandbox ({runs} runs of `true` each, through the command executor)");
+    let [mut off, mut on] = samples;
+    report("  sandbox = \"off\": ", &mut off);
+    report("  confined:         ", &mut on);
+    let p50 = |s: &[Duration]| s[(s.len() - 1) / 2];
+    println!(
+        "  added at p50: {:.3} ms",
+        (p50(&on).as_secs_f64() - p50(&off).as_secs_f64()) * 1e3
+    );
+
+    // The engine with confined no-op stages.
+    let dir = tempfile::tempdir()?;
+    let mut text = String::from("[engine]\nlease = \"30s\"\nheartbeat = \"2s\"\n");
+    for i in 0..3 {
+        text.push_str(&format!(
+            "[[stages]]\nname = \"s{i}\"\nkind = \"command\"\ncommand = [\"true\"]\nconcurrency = 4\n"
+        ));
+    }
+    let path = dir.path().join("ideamill.toml");
+    std::fs::write(&path, &text)?;
+    let config = Arc::new(ideamill_core::config::parse(&text, &path)?);
+    let store = project::open_store(&config).await?;
+    store
+        .add_items(
+            &new_items(items as usize),
+            &first_job(&config),
+            now_millis(),
+        )
+        .await?;
+    let engine = Engine::new(
+        config.clone(),
+        store.clone(),
+        executors_for(&config, &store).map_err(|e| anyhow::anyhow!(e))?,
+        EngineOptions {
+            until_idle: true,
+            ..EngineOptions::default()
+        },
+    );
+    let clock = Instant::now();
+    let summary = engine.run(CancellationToken::new()).await?;
+    let took = clock.elapsed();
+    store.close().await;
+    println!(
+        "  engine, 3 confined no-op stages, concurrency 4 each: {} jobs in {:.2}s = {:.0} jobs/s ({} items done)",
+        summary.attempts,
+        took.as_secs_f64(),
+        summary.attempts as f64 / took.as_secs_f64(),
+        summary.items_done
+    );
     Ok(())
 }
 
