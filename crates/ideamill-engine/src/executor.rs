@@ -150,7 +150,26 @@ pub fn context_json(
     })
 }
 
-/// The files under `dir`, relative, sorted; at most `max`.
+/// Opens `path` for reading only if it is a regular file: never blocks on a
+/// FIFO or a device a stage left behind (`O_NONBLOCK`), never follows a
+/// symlink in its last component (`O_NOFOLLOW`). Read it bounded (`take`).
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// The regular files under `dir`, relative, sorted; at most `max`. FIFOs,
+/// sockets, devices and symlinks are left out: nothing reads them.
 pub fn workspace_files(dir: &Path, max: usize) -> Vec<String> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -163,14 +182,16 @@ pub fn workspace_files(dir: &Path, max: usize) -> Vec<String> {
                 break;
             }
             let path = e.path();
+            // `file_type` does not follow links: a link to a folder is not
+            // walked, a link to anything is not listed.
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(path),
-                Ok(_) => {
+                Ok(t) if t.is_file() => {
                     if let Ok(rel) = path.strip_prefix(dir) {
                         files.push(rel.display().to_string());
                     }
                 }
-                Err(_) => {}
+                _ => {}
             }
         }
     }

@@ -116,6 +116,23 @@ pub fn write_files(
 }
 
 /// The path's components if it is a valid relative file name, else why not.
+/// Bidirectional controls, zero-width and other invisible format characters:
+/// they make `evil.py` look like another name on the dashboard.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
 fn check_name(path: &str) -> Result<Vec<String>, String> {
     if path.trim().is_empty() {
         return Err("empty file name".to_string());
@@ -125,6 +142,12 @@ fn check_name(path: &str) -> Result<Vec<String>, String> {
     }
     if path.chars().any(char::is_control) {
         return Err("the name contains a control character".to_string());
+    }
+    if let Some(c) = path.chars().find(|&c| is_invisible_format(c)) {
+        return Err(format!(
+            "the name contains U+{:04X}, an invisible or direction-changing character that disguises names",
+            u32::from(c)
+        ));
     }
     if path.contains('\\') {
         return Err("the name contains a backslash (use /)".to_string());
@@ -305,6 +328,14 @@ mod tests {
         check_name_err(".", "empty file name");
         check_name_err("a\0b", "the name contains a nul byte");
         check_name_err("a\nb", "the name contains a control character");
+        check_name_err(
+            "main\u{202E}yp.exe",
+            "the name contains U+202E, an invisible or direction-changing character that disguises names",
+        );
+        check_name_err(
+            "ma\u{200B}in.py",
+            "the name contains U+200B, an invisible or direction-changing character that disguises names",
+        );
         check_name_err("a\\..\\b", "the name contains a backslash (use /)");
         check_name_err(
             "/etc/passwd",

@@ -56,14 +56,19 @@ impl Access {
     /// an error that says how to make one.
     pub fn for_listen(config: &Config, addr: &SocketAddr) -> Result<Access, String> {
         let path = &config.web.token_file;
-        let needed = !addr.ip().is_loopback() || config.web.require_token;
+        // A public `[web] url` means a proxy forwards to this loopback
+        // listener: everyone who reaches the proxy would reach the API.
+        let needed =
+            !addr.ip().is_loopback() || config.web.require_token || config.web.url.is_some();
         if !needed {
             return Ok(Access::Open);
         }
-        let why = if addr.ip().is_loopback() {
+        let why = if !addr.ip().is_loopback() {
+            format!("{addr} is not a loopback address")
+        } else if config.web.require_token {
             "[web] require_token is set".to_string()
         } else {
-            format!("{addr} is not a loopback address")
+            "[web] url is set: a proxy serves it".to_string()
         };
         match read_token(path) {
             Ok(Some(token)) => Ok(Access::with_token(token)),
@@ -209,6 +214,18 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/login") || path.starts_with("/assets/")
 }
 
+/// Whether a proxy's forwarding headers are present.
+fn forwarded(headers: &HeaderMap) -> bool {
+    const PROXY_HEADERS: [&str; 5] = [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+    ];
+    PROXY_HEADERS.iter().any(|name| headers.contains_key(*name))
+}
+
 /// Whether `host` (a Host header) names this machine's loopback.
 fn loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -297,6 +314,16 @@ pub async fn guard(State(state): State<AppState>, request: Request<Body>, next: 
             format!(
                 "this server listens on loopback only and does not answer for the name `{host}`"
             ),
+        )
+        .into_response();
+    }
+    // Open access is for this machine only; a proxy's forwarding headers
+    // say the request came from elsewhere, whatever its Host says.
+    if state.access.is_open() && !is_public(path) && forwarded(headers) {
+        return ApiError::forbidden(
+            "proxied_without_token",
+            "this request came through a proxy, and this server has no access token: \
+             set `[web] url` to the proxy's address (the token is then required) and sign in",
         )
         .into_response();
     }

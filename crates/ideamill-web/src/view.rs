@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ideamill_core::ItemId;
 use ideamill_core::machine::{RetryRefused, retry_job};
-use ideamill_engine::executor::{item_workspace, workspace_files};
+use ideamill_engine::executor::{item_workspace, open_regular, workspace_files};
 use ideamill_engine::now_millis;
 use ideamill_store::{CancelEffect, ItemDetail, ItemFilter, ItemSummary, RetryEffect, StateFilter};
 use serde::de::DeserializeOwned;
@@ -186,7 +186,7 @@ fn read_inside(dir: &Path, rel: &str) -> ApiResult<(Vec<u8>, bool)> {
             format!("`{rel}` leads outside the item's workspace"),
         ));
     }
-    let f = std::fs::File::open(&path).map_err(|_| missing())?;
+    let f = open_regular(&path).map_err(|_| missing())?;
     let meta = f.metadata().map_err(|_| missing())?;
     if !meta.is_file() {
         return Err(missing());

@@ -315,15 +315,31 @@ async fn one_item_its_files_retry_and_cancel() {
     std::fs::write(ws.join("hello.py"), "print('hi')\n").unwrap();
     std::fs::write(f.dir.path().join("secret.txt"), "s3cret").unwrap();
     std::os::unix::fs::symlink(f.dir.path().join("secret.txt"), ws.join("leak")).unwrap();
+    // A FIFO nobody writes to: opening it plainly would block forever.
+    let made = std::process::Command::new("mkfifo")
+        .arg(ws.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
 
     let item = f.get("/api/items/1").await.json();
     assert_eq!(item["item"]["text"], "write hello.py");
     assert_eq!(item["display_state"], "queued");
     assert_eq!(item["jobs"][0]["stage"], "draft");
+    // Only regular files are listed: not the link, not the FIFO.
     assert_eq!(
         item["files"],
-        json!([{"path": "src/hello.py", "bytes": 12}, {"path": "src/leak", "bytes": item["files"][1]["bytes"]}])
+        json!([{"path": "src/hello.py", "bytes": 12}])
     );
+    let patience = std::time::Duration::from_secs(10);
+    let fifo = tokio::time::timeout(patience, f.get("/api/items/1/files/src/pipe"))
+        .await
+        .expect("reading a FIFO must not block");
+    assert_eq!(fifo.error().0, StatusCode::NOT_FOUND);
+    let page = tokio::time::timeout(patience, f.get("/items/1"))
+        .await
+        .expect("the item page must not block on a FIFO");
+    assert_eq!(page.status, StatusCode::OK);
     assert!(item["usage"]["cost"].is_number());
 
     let file = f.get("/api/items/1/files/src/hello.py").await;
@@ -655,6 +671,48 @@ async fn with_a_token_everything_but_the_probes_needs_it() {
         .unwrap();
     assert_eq!(send(f.app(), htmx).await.status, StatusCode::OK);
     assert_eq!(f.store.item(1).await.unwrap().display_state, "cancelled");
+}
+
+#[tokio::test]
+async fn a_proxy_in_front_of_an_open_server_gets_nothing_but_the_probes() {
+    let f = fixture().await;
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("forwarded", "for=203.0.113.7;host=mill.example"),
+        ("x-forwarded-host", "mill.example"),
+        ("x-real-ip", "203.0.113.7"),
+    ] {
+        let proxied = |path: &str| {
+            Request::get(path)
+                .header(header::HOST, "127.0.0.1:9464")
+                .header(name, value)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(
+            send(f.app(), proxied("/api/items")).await.error(),
+            (StatusCode::FORBIDDEN, "proxied_without_token".into()),
+            "{name}"
+        );
+        assert_eq!(
+            send(f.app(), proxied("/")).await.status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            send(f.app(), proxied("/healthz")).await.status,
+            StatusCode::OK
+        );
+    }
+    // A public [web] url means a proxy: the token becomes required.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ideamill.toml");
+    let text = format!("{CONFIG}[web]\nurl = \"https://mill.example\"\n");
+    let config = ideamill_core::config::parse(&text, &path).unwrap();
+    let loopback: std::net::SocketAddr = "127.0.0.1:9464".parse().unwrap();
+    let refused = Access::for_listen(&config, &loopback).unwrap_err();
+    assert!(refused.contains("[web] url is set"), "{refused}");
+    ideamill_web::auth::create_token_file(&config.web.token_file).unwrap();
+    assert!(!Access::for_listen(&config, &loopback).unwrap().is_open());
 }
 
 #[tokio::test]
