@@ -447,6 +447,37 @@ pub struct CommandStage {
     pub limits: Limits,
 }
 
+/// `scheme://user:***@host/…`: a URL's password hidden.
+pub fn redact_url_secret(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!(
+                    "{}{}:{REDACTED}{}",
+                    &url[..s + 3],
+                    &userinfo[..c],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `scheme://host/***`: only where a URL goes, not its path or query (where
+/// webhooks keep their secret) nor its user.
+pub fn redact_url_path(url: &str) -> String {
+    let Some(s) = url.find("://") else {
+        return REDACTED.to_owned();
+    };
+    let rest = &url[s + 3..];
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    format!("{}{host}/{REDACTED}", &url[..s + 3])
+}
+
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -491,7 +522,42 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// What stands in for a secret in a redacted config.
+pub const REDACTED: &str = "***";
+
 impl Config {
+    /// A copy fit for evidence bundles and logs: the store's password,
+    /// alert URLs (a Slack webhook's path is its secret), every header value
+    /// and every stage `env` value replaced by `***`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.store.url = redact_url_secret(&c.store.url);
+        for provider in c.providers.values_mut() {
+            provider
+                .headers
+                .values_mut()
+                .for_each(|v| *v = REDACTED.to_owned());
+        }
+        for alert in &mut c.alerts {
+            alert
+                .headers
+                .values_mut()
+                .for_each(|v| *v = REDACTED.to_owned());
+            if let UrlSource::Literal(url) = &mut alert.url {
+                *url = redact_url_path(url);
+            }
+        }
+        for stage in &mut c.stages {
+            if let StageKind::Command(command) = &mut stage.kind {
+                command
+                    .env
+                    .values_mut()
+                    .for_each(|v| *v = REDACTED.to_owned());
+            }
+        }
+        c
+    }
+
     pub fn stage(&self, name: &str) -> Option<&StageConfig> {
         self.stages.iter().find(|s| s.name == name)
     }

@@ -2523,6 +2523,33 @@ max_tokens = 2000
     }
 
     #[test]
+    fn redacted_configs_hold_no_secret() {
+        let c = config(&format!(
+            "[store]\nurl = \"postgres://mill:pw-secret@db.example/mill\"\n\
+             [providers.p]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n\
+             headers = {{ Authorization = \"Bearer hdr-secret\" }}\n\
+             [[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/hook-secret\"\n\
+             headers = {{ X = \"alert-secret\" }}\n\
+             {STAGE}env = {{ TOKEN = \"env-secret\" }}\n"
+        ));
+        let shown = format!("{:#?}", c.redacted());
+        for secret in [
+            "pw-secret",
+            "hdr-secret",
+            "hook-secret",
+            "alert-secret",
+            "env-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://mill:***@db.example/mill"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://hooks.slack.com/***"), "{shown}");
+    }
+
+    #[test]
     fn sandbox_and_limits() {
         let c = config(&format!(
             "[sandbox]\nprogram = \"/opt/bwrap\"\nmemory = \"1GiB\"\nprocesses = 64\n\

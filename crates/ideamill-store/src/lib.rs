@@ -216,16 +216,7 @@ pub use ideamill_core::JobId;
 
 /// Hide a password in a store URL before it reaches a message.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+    ideamill_core::config::redact_url_secret(url)
 }
 
 /// Used by implementations to keep the transition types in one place.

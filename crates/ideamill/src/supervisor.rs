@@ -438,7 +438,11 @@ fn save_evidence(
     }
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     watchdog::write_synced(&dir, "proc-status.txt", proc_status.as_bytes())?;
-    watchdog::write_synced(&dir, "config.txt", format!("{config:#?}").as_bytes())?;
+    watchdog::write_synced(
+        &dir,
+        "config.txt",
+        format!("{:#?}", config.redacted()).as_bytes(),
+    )?;
     watchdog::finish_folder(&dir)
 }
 

@@ -139,7 +139,7 @@ impl Health {
             queue: Mutex::new(Vec::new()),
             process: Mutex::new(None),
             log,
-            config_text: format!("{config:#?}"),
+            config_text: format!("{:#?}", config.redacted()),
             supervisor_pid: std::env::var(ENV_SUPERVISOR)
                 .ok()
                 .and_then(|v| v.parse().ok()),

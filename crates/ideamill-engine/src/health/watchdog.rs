@@ -11,6 +11,7 @@
 //! block.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -192,7 +193,11 @@ pub fn evidence_folder(data_dir: &Path, pid: u32) -> std::io::Result<PathBuf> {
         name = format!("{stamp}-pid{pid}-{n}");
     }
     let dir = base.join(format!("{name}.partial"));
-    std::fs::create_dir_all(&dir)?;
+    // Private to the mill's user: a bundle holds logs and job details.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
     Ok(dir)
 }
 
@@ -207,7 +212,12 @@ pub fn finish_folder(partial: &Path) -> std::io::Result<PathBuf> {
 
 /// Write one file of a bundle and sync it.
 pub fn write_synced(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(dir.join(name))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(name))?;
     f.write_all(content)?;
     f.sync_all()
 }
