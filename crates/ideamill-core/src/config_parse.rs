@@ -39,15 +39,6 @@ const TOP_KEYS: &[&str] = &[
     "alerts",
     "sandbox",
 ];
-const SANDBOX_KEYS: &[&str] = &[
-    "program",
-    "memory",
-    "processes",
-    "cpu_time",
-    "file_size",
-    "workspace_size",
-    "tmp_size",
-];
 const LIMIT_KEYS: &[&str] = &[
     "memory",
     "processes",
@@ -1298,7 +1289,7 @@ fn placeholder_command() -> CommandStage {
 
 /// `[sandbox]`: the sandbox program and the default limits.
 fn sandbox_config(s: &Section<'_, '_>, problems: &mut Problems) -> SandboxConfig {
-    s.check_keys(SANDBOX_KEYS, problems);
+    s.check_keys(&[&["program"], LIMIT_KEYS].concat(), problems);
     let program = match s.string("program", problems) {
         Got::Ok("", span) => {
             s.invalid("program", span, "must not be empty", problems);

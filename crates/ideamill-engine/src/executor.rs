@@ -78,12 +78,7 @@ pub type Executors = Vec<(String, Arc<dyn Executor>)>;
 pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Executors, String> {
     let providers = crate::llm_stage::providers(config)?;
     let sandbox = Arc::new(Sandbox::probe(&config.sandbox));
-    let confined: Vec<&str> = config
-        .stages
-        .iter()
-        .filter(|s| matches!(&s.kind, StageKind::Command(c) if c.sandbox == SandboxMode::On))
-        .map(|s| s.name.as_str())
-        .collect();
+    let confined = sandbox::stages_with(config, SandboxMode::On);
     if !confined.is_empty() && !sandbox.works() {
         return Err(format!(
             "stages {} must run confined, but {}",

@@ -391,6 +391,18 @@ impl Sandbox {
     }
 }
 
+/// The names of the command stages whose sandbox is `mode`.
+pub fn stages_with(config: &ideamill_core::Config, mode: SandboxMode) -> Vec<&str> {
+    config
+        .stages
+        .iter()
+        .filter(|s| {
+            matches!(&s.kind, ideamill_core::config::StageKind::Command(c) if c.sandbox == mode)
+        })
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
 /// The program to start and its arguments.
 #[derive(Debug, Clone)]
 pub struct Plan {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ideamill_core::Config;
 use ideamill_core::config::{SandboxMode, StageKind};
-use ideamill_engine::sandbox::Sandbox;
+use ideamill_engine::sandbox::{Sandbox, stages_with};
 
 use crate::cli::ValidateArgs;
 use crate::{exit, output, project};
@@ -66,7 +66,7 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
         );
         if let Some(sandbox) = &sandbox {
             println!("  sandbox: {}", sandbox.report().lines());
-            for name in unconfined_stages(&config) {
+            for name in stages_with(&config, SandboxMode::Off) {
                 println!(
                     "  warning: stage `{name}` runs UNCONFINED (sandbox = \"off\"): what it runs has your user's access"
                 );
@@ -83,24 +83,9 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
     }))
 }
 
-/// The stages that run unconfined by the config's choice.
-pub fn unconfined_stages(config: &Config) -> Vec<&str> {
-    config
-        .stages
-        .iter()
-        .filter(|s| matches!(&s.kind, StageKind::Command(c) if c.sandbox == SandboxMode::Off))
-        .map(|s| s.name.as_str())
-        .collect()
-}
-
 /// Why confined stages cannot run here, if they cannot.
 pub fn sandbox_problem(config: &Config, sandbox: &Sandbox) -> Option<String> {
-    let confined: Vec<&str> = config
-        .stages
-        .iter()
-        .filter(|s| matches!(&s.kind, StageKind::Command(c) if c.sandbox == SandboxMode::On))
-        .map(|s| s.name.as_str())
-        .collect();
+    let confined = stages_with(config, SandboxMode::On);
     (!confined.is_empty() && !sandbox.works()).then(|| {
         format!(
             "stages {} must run confined, and `run` will refuse them: {}",
