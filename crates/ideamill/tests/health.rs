@@ -147,6 +147,38 @@ fn doctor(p: &Project) -> (String, Vec<String>, i32) {
     )
 }
 
+/// The watchdog never waits for a lock the loop may hold: with the loop hung
+/// while holding each lock the watchdog reads, it still writes its evidence
+/// and ends the engine (exit 70). Debug builds only (the test hook).
+#[test]
+fn the_watchdog_acts_while_the_hung_loop_holds_any_lock_it_reads() {
+    let locks = ["log", "metrics", "queue", "listen", "in_flight", "process"];
+    let runs: Vec<_> = locks
+        .iter()
+        .map(|lock| {
+            let p = Project::new(&format!("{FAST}{}", slow_stage(0.1)));
+            p.add("keeps the loop busy");
+            let run = spawn_with_env(
+                &p,
+                &["--no-supervisor"],
+                &[
+                    ("IDEAMILL_TEST_BLOCK_LOOP_AFTER", "500ms"),
+                    ("IDEAMILL_TEST_BLOCK_LOOP_HOLDING", lock),
+                ],
+            );
+            (lock, p, Reaped(run))
+        })
+        .collect();
+    for (lock, p, mut run) in runs {
+        let status = wait_exit(&mut run, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("holding `{lock}`, the watchdog never acted\n{}", p.logs()));
+        assert_eq!(status.code(), Some(70), "holding `{lock}`\n{}", p.logs());
+        let dirs = evidence_dirs(&p);
+        assert_eq!(dirs.len(), 1, "holding `{lock}`: {dirs:?}");
+        assert!(dirs[0].join("status.json").is_file(), "holding `{lock}`");
+    }
+}
+
 #[test]
 fn a_blocked_event_loop_is_detected_with_evidence_and_the_work_resumes() {
     let p = Project::new(&format!("{FAST}{}", slow_stage(0.6)));

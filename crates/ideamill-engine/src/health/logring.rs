@@ -32,6 +32,32 @@ impl LogRing {
         lines.push_back(line);
     }
 
+    /// Like [`push`](Self::push), but gives up (false) rather than wait
+    /// long for a lock another thread holds: for the watchdog.
+    pub fn try_push(&self, line: String) -> bool {
+        for _ in 0..50 {
+            if let Ok(mut lines) = self.lines.try_lock() {
+                if lines.len() == self.capacity {
+                    lines.pop_front();
+                }
+                lines.push_back(line);
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        false
+    }
+
+    /// Test-only (debug builds): hold the lock for good, as a thread stuck
+    /// while logging would.
+    #[cfg(debug_assertions)]
+    pub fn hold_forever(&self) -> ! {
+        let _held = self.lines.lock();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+
     /// The lines, oldest first; `None` if another thread holds the lock (a
     /// reader that must never block, like the watchdog, tries a few times).
     pub fn try_lines(&self) -> Option<Vec<String>> {

@@ -202,8 +202,28 @@ impl Metrics {
             .clone()
     }
 
+    /// The counters, or `None` when another thread holds the stage table:
+    /// for the watchdog, which must never wait.
+    pub fn try_counters(&self) -> Option<Counters> {
+        let stages = self.stages.try_lock().ok()?;
+        Some(self.counters_of(&stages))
+    }
+
+    /// Test-only (debug builds): hold the stage table's lock for good.
+    #[cfg(debug_assertions)]
+    pub fn hold_forever(&self) -> ! {
+        let _held = self.stages.lock();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+
     pub fn counters(&self) -> Counters {
         let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        self.counters_of(&stages)
+    }
+
+    fn counters_of(&self, stages: &BTreeMap<String, StageMetrics>) -> Counters {
         Counters {
             jobs_started: stages.values().map(|m| m.started).sum(),
             jobs_completed: stages.values().map(|m| m.completed).sum(),

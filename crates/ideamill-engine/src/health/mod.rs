@@ -245,6 +245,33 @@ impl Health {
         )
     }
 
+    /// The status file's content without waiting for any lock: what
+    /// another thread holds is left empty. For the watchdog.
+    pub fn snapshot_without_waiting(&self) -> StatusFile {
+        self.snapshot_with(false)
+    }
+
+    /// Test-only (debug builds): hold one of the locks the watchdog reads,
+    /// for good, as a loop stuck while holding it would.
+    #[cfg(debug_assertions)]
+    pub fn hold_forever(&self, which: &str) {
+        fn hold<T>(m: &Mutex<T>) -> ! {
+            let _held = lock(m);
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        match which {
+            "log" => self.log.hold_forever(),
+            "metrics" => self.metrics.hold_forever(),
+            "queue" => hold(&self.queue),
+            "listen" => hold(&self.listen),
+            "in_flight" => hold(&self.in_flight),
+            "process" => hold(&self.process),
+            _ => {}
+        }
+    }
+
     /// This process's status file.
     pub fn status_path(&self) -> PathBuf {
         status_file::path_for(&self.data_dir, std::process::id())
@@ -252,6 +279,10 @@ impl Health {
 
     /// The status file's content now.
     pub fn snapshot(&self) -> StatusFile {
+        self.snapshot_with(true)
+    }
+
+    fn snapshot_with(&self, wait: bool) -> StatusFile {
         let now = wall_millis();
         let (lag, lag_max) = self.lag();
         let process = self.process();
@@ -271,10 +302,22 @@ impl Health {
             loop_wakeups: self.metrics.loop_wakeups.load(Ordering::Relaxed),
             loop_idle_wakeups: self.metrics.loop_idle_wakeups.load(Ordering::Relaxed),
             watchdog_wakeups: self.metrics.watchdog_wakeups.load(Ordering::Relaxed),
-            queue: self.queue(),
+            queue: if wait {
+                self.queue()
+            } else {
+                self.queue.try_lock().map(|q| q.clone()).unwrap_or_default()
+            },
             in_flight: self.in_flight(now).unwrap_or_default(),
-            counters: self.metrics.counters(),
-            listen: lock(&self.listen).clone(),
+            counters: if wait {
+                self.metrics.counters()
+            } else {
+                self.metrics.try_counters().unwrap_or_default()
+            },
+            listen: if wait {
+                lock(&self.listen).clone()
+            } else {
+                self.listen.try_lock().ok().and_then(|l| l.clone())
+            },
             supervisor_pid: self.supervisor_pid,
             rss_bytes: clock::rss_bytes(),
             written_at: now,

@@ -99,8 +99,11 @@ fn systemd_status(health: &Health) -> String {
 /// `IDEAMILL_TEST_BLOCK_LOOP_COUNT=n`, only in the first n engines a
 /// supervisor starts. Compiled only into debug builds, so a release build
 /// ignores both variables.
+///
+/// `IDEAMILL_TEST_BLOCK_LOOP_HOLDING=log|metrics|queue|listen|in_flight|process`
+/// makes the blocked loop hold that lock, one the watchdog reads.
 #[cfg(debug_assertions)]
-pub fn spawn_test_hooks() {
+pub fn spawn_test_hooks(health: &Arc<Health>) {
     let number = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let restarts = number(super::ENV_RESTARTS).unwrap_or(0);
     if number("IDEAMILL_TEST_BLOCK_LOOP_COUNT").is_some_and(|n| restarts >= n) {
@@ -110,9 +113,14 @@ pub fn spawn_test_hooks() {
         .ok()
         .and_then(|v| ideamill_core::duration::parse_duration(&v).ok())
     {
+        let holding = std::env::var("IDEAMILL_TEST_BLOCK_LOOP_HOLDING").ok();
+        let health = health.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            tracing::warn!("Test hook: blocking the event loop for good");
+            tracing::warn!(holding = ?holding, "Test hook: blocking the event loop for good");
+            if let Some(lock) = holding {
+                health.hold_forever(&lock);
+            }
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
@@ -121,7 +129,7 @@ pub fn spawn_test_hooks() {
 }
 
 #[cfg(not(debug_assertions))]
-pub fn spawn_test_hooks() {}
+pub fn spawn_test_hooks(_health: &Arc<Health>) {}
 
 /// The runtime's unpark hook: count wake-ups (for the idle-cost figures).
 pub fn count_wakeup(health: &Arc<Health>) {

@@ -149,7 +149,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
                 .metrics
                 .stalls_detected
                 .fetch_add(1, Ordering::Relaxed);
-            health.log.push(format!("WATCHDOG {}", summary.reason));
+            health.log.try_push(format!("WATCHDOG {}", summary.reason));
             let evidence = match save_evidence(health, runtime, &summary) {
                 Ok(dir) => {
                     health
@@ -267,7 +267,7 @@ fn save_evidence(
     write_synced(
         &dir,
         "status.json",
-        &serde_json::to_vec_pretty(&health.snapshot()).unwrap_or_default(),
+        &serde_json::to_vec_pretty(&health.snapshot_without_waiting()).unwrap_or_default(),
     )?;
     if let Some(rt) = runtime {
         let m = rt.metrics();

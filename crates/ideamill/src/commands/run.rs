@@ -58,7 +58,7 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         health::systemd::Notifier::from_env(),
         pulse_stop.clone(),
     ));
-    health::pulse::spawn_test_hooks();
+    health::pulse::spawn_test_hooks(&health);
     let store = open_store_waiting(&config).await?;
     let listen = match args.listen.as_deref() {
         // A worker-only process leaves HTTP to the `web` (or `all`) ones.
