@@ -353,12 +353,25 @@ fn build_command(spec: &CommandSpec) -> Command {
                 return Err(io::Error::last_os_error());
             }
         }
+        // The engine raised its own soft limit of open files; programs get
+        // the usual 1024 back (some walk every possible fd at start).
+        let mut files = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur > 1024 {
+                files.rlim_cur = files.rlim_max.min(1024);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+            }
+        }
         close_inherited_fds();
         arm_parent_death_signal()
     };
     // SAFETY: the hook runs in the forked child before exec, where only
     // async-signal-safe functions may be called. It only calls `setsid`,
-    // `write`, `setrlimit`, `close_range`/`fcntl`, `prctl` and `getppid`,
+    // `write`, `getrlimit`/`setrlimit`, `close_range`/`fcntl`, `prctl` and `getppid`,
     // which are, reads data moved into it before the fork, and builds an
     // `io::Error` from an errno without allocating (the `other` error is only
     // built when we are already dead).

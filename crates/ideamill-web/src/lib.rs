@@ -241,10 +241,59 @@ pub async fn start(addr: SocketAddr, state: AppState) -> Option<SocketAddr> {
         }
     );
     *lock(&state.health.listen) = Some(local.to_string());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app(state)).await {
-            tracing::warn!("The HTTP server stopped: {e}");
-        }
-    });
+    tokio::spawn(serve(listener, app(state)));
     Some(local)
+}
+
+/// Connections served at once: 256, or a quarter of the open-file limit if
+/// that is less; more wait in the kernel's backlog, so that idle clients
+/// can never use up the file descriptors stages need.
+pub fn max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (files / 4).clamp(4, 256)
+}
+
+/// A client that sends no complete request head for this long, on a new
+/// connection or between requests of a kept-alive one, is disconnected.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve `app` on `listener`: HTTP/1 with a header-read timeout (which also
+/// ends idle keep-alive connections) and at most [`max_connections`]. An
+/// accept that fails for lack of file descriptors waits and tries again.
+async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections()));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS: the connection waits in the backlog.
+                tracing::warn!("The HTTP server cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!("An HTTP connection ended: {e}");
+            }
+        });
+    }
 }

@@ -30,9 +30,28 @@ pub mod exit {
     pub const GAVE_UP: u8 = 69;
 }
 
+/// The soft limit of open files up to the hard one: a mill holds a store,
+/// connections and each stage's pipes, and 1024 (a common default) is few.
+/// Stages get their own limits from the sandbox.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(&cli);
+    raise_open_file_limit();
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -648,3 +648,82 @@ print("wrote")
     );
     assert!(p.file(&format!("workspace/{waiting}/notes.txt")).is_file());
 }
+
+/// Idle TCP connections (no token needed: auth comes after the headers)
+/// must not use up the engine's file descriptors: with a low open-file
+/// limit and hundreds of idle clients, every item still ends `done`, and an
+/// idle client is disconnected after the header timeout.
+#[test]
+fn idle_connections_cannot_exhaust_the_engine() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let p = Project::new(&format!(
+        "{ENGINE}[health]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        py_stage("a", PASS_CONTEXT, "concurrency = 4"),
+        py_stage("b", PASS_CONTEXT, "concurrency = 4"),
+    ));
+    let ids: Vec<i64> = (0..6).map(|i| p.add(&format!("idea {i}"))).collect();
+    let log = std::fs::File::create(p.file("run-fds.log")).unwrap();
+    let mut cmd = p.cmd(&["run"]);
+    // SAFETY: setrlimit with a valid struct, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 160,
+                rlim_max: 160,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut run = Reaped(
+        cmd.stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // The listener's address, from the engine's status file.
+    let mut addr = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            addr = std::fs::read_dir(p.file(".ideamill/status"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+                .find_map(|v| v["listen"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            !addr.is_empty()
+        }),
+        "no listener\n{}",
+        p.logs()
+    );
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() >= 100, "only {} connections", idle.len());
+    assert!(
+        wait_until(Duration::from_secs(90), || ids
+            .iter()
+            .all(|&id| p.show(id)["item"]["state"] == "done")),
+        "items did not finish beside idle connections\n{}",
+        p.logs()
+    );
+    // The first idle client is disconnected once its header timeout passes.
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        first.read(&mut buf).unwrap_or(0),
+        0,
+        "an idle connection stayed open"
+    );
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
+    assert!(status.success(), "{}", p.logs());
+}
