@@ -38,7 +38,7 @@ pub enum Access {
     /// Loopback without a token: this machine only.
     Open,
     /// The token, as a bearer header or the login cookie's hash of it.
-    Token { token: String, session: String },
+    Token { token: String },
 }
 
 impl std::fmt::Debug for Access {
@@ -86,8 +86,7 @@ impl Access {
     }
 
     pub fn with_token(token: String) -> Access {
-        let session = session_of(&token);
-        Access::Token { token, session }
+        Access::Token { token }
     }
 
     pub fn is_open(&self) -> bool {
@@ -95,11 +94,36 @@ impl Access {
     }
 }
 
-/// The cookie's value for `token`: a hash, so that a stolen cookie store
-/// does not give away the token itself.
-pub fn session_of(token: &str) -> String {
-    let digest = Sha256::digest(format!("ideamill-session\0{token}").as_bytes());
-    hex(&digest)
+/// How long a login lasts.
+pub const SESSION_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+
+/// The cookie's value for `token`, valid until `expires` (Unix seconds):
+/// `<expires>.<hash of token and expires>`. A stolen cookie store does not
+/// give the token away, a cookie stops working when it expires (checked
+/// here, not only by the browser), and changing the token revokes every
+/// cookie.
+pub fn session_of(token: &str, expires: u64) -> String {
+    let digest = Sha256::digest(format!("ideamill-session\0{token}\0{expires}").as_bytes());
+    format!("{expires}.{}", hex(&digest))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether `cookie` is a live session of `token`.
+fn valid_session(cookie: &str, token: &str, now: u64) -> bool {
+    let Some((expires, _)) = cookie.split_once('.') else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<u64>() else {
+        return false;
+    };
+    expires > now
+        && expires <= now + SESSION_LIFETIME_SECS
+        && same(cookie, &session_of(token, expires))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -177,9 +201,9 @@ impl Access {
     pub fn admits(&self, headers: &HeaderMap) -> bool {
         match self {
             Access::Open => true,
-            Access::Token { token, session } => {
+            Access::Token { token } => {
                 bearer(headers).is_some_and(|t| same(t, token))
-                    || cookie(headers).is_some_and(|c| same(c, session))
+                    || cookie(headers).is_some_and(|c| valid_session(c, token, unix_now()))
             }
         }
     }
@@ -198,8 +222,9 @@ impl Access {
 pub fn login_cookie(access: &Access, secure: bool) -> Option<String> {
     match access {
         Access::Open => None,
-        Access::Token { session, .. } => Some(format!(
-            "{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{}",
+        Access::Token { token } => Some(format!(
+            "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_LIFETIME_SECS}{}",
+            session_of(token, unix_now() + SESSION_LIFETIME_SECS),
             if secure { "; Secure" } else { "" }
         )),
     }
@@ -468,7 +493,7 @@ mod tests {
     #[test]
     fn tokens_and_cookies() {
         let access = Access::with_token("s3cret".into());
-        let session = session_of("s3cret");
+        let session = session_of("s3cret", unix_now() + 60);
         assert!(access.admits(&headers(&[("authorization", "Bearer s3cret")])));
         assert!(access.admits(&headers(&[("authorization", "bearer s3cret")])));
         assert!(!access.admits(&headers(&[("authorization", "Bearer s3cre")])));
@@ -480,6 +505,19 @@ mod tests {
             !access.admits(&headers(&[("cookie", "ideamill_session=s3cret")])),
             "the token itself is not the cookie"
         );
+        // Expired, too far ahead, another token's, or tampered: refused.
+        for bad in [
+            session_of("s3cret", unix_now() - 1),
+            session_of("s3cret", unix_now() + SESSION_LIFETIME_SECS + 3600),
+            session_of("old-token", unix_now() + 60),
+            session.replacen('.', "0.", 1),
+        ] {
+            let cookie = format!("{COOKIE}={bad}");
+            assert!(
+                !access.admits(&headers(&[("cookie", cookie.leak())])),
+                "{bad}"
+            );
+        }
         assert!(Access::Open.admits(&HeaderMap::new()));
         assert!(access.is_token(" s3cret\n") && !access.is_token("nope"));
         let set = login_cookie(&access, true).unwrap();

@@ -66,6 +66,16 @@ pub async fn submit(
     State(s): State<AppState>,
     request: Request<Body>,
 ) -> Result<Response, PageError> {
+    let forwarded_https = request
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+        || request
+            .headers()
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("proto=https"));
     let (_, bytes) = crate::api::items::body(request).await.framed(&s)?;
     let form: LoginForm = serde_urlencoded::from_bytes(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the form does not read: {e}")))
@@ -76,12 +86,15 @@ pub async fn submit(
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(r);
     }
+    // Secure when people reach us over https: the public address says so,
+    // or the proxy in front of us does.
     let secure = s
         .config
         .web
         .url
         .as_deref()
-        .is_some_and(|u| u.starts_with("https://"));
+        .is_some_and(|u| u.starts_with("https://"))
+        || forwarded_https;
     let mut r = Redirect::to(&next).into_response();
     if let Some(cookie) = auth::login_cookie(&s.access, secure)
         && let Ok(v) = cookie.parse()
