@@ -727,3 +727,36 @@ fn idle_connections_cannot_exhaust_the_engine() {
     let status = wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
     assert!(status.success(), "{}", p.logs());
 }
+
+/// Jobs of a stage removed from the config are visible (a verdict reason,
+/// `list --stage`) and movable (`retry --from`), never silently stranded.
+#[test]
+fn items_of_a_removed_stage_are_shown_and_can_be_moved() {
+    let stage = |name: &str| {
+        format!(
+            "[[stages]]\nname = \"{name}\"\nkind = \"command\"\ncommand = [\"echo\", \"{name}\"]\n"
+        )
+    };
+    let p = Project::new(&format!("{ENGINE}{}{}", stage("old"), stage("new")));
+    let id = p.add("queued on a stage about to go");
+    std::fs::write(p.file("ideamill.toml"), format!("{ENGINE}{}", stage("new"))).unwrap();
+
+    let status = p.status();
+    let reasons = status["health"]["reasons"].as_array().unwrap();
+    let removed = reasons
+        .iter()
+        .find(|r| r["code"] == "stage_removed")
+        .unwrap_or_else(|| panic!("no stage_removed reason: {status:#}"));
+    assert!(
+        removed["message"].as_str().unwrap().contains("`old`"),
+        "{removed:#}"
+    );
+    let listed = p.json(&["list", "--stage", "old"]);
+    assert_eq!(listed[0]["id"], id, "{listed:#}");
+
+    p.ok(&["retry", &id.to_string(), "--from", "new"]);
+    p.run_until_idle(Duration::from_secs(30));
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(outputs_by_stage(&item)["new"], vec!["new"]);
+}

@@ -202,6 +202,22 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
                 ),
             );
         }
+        // Jobs of a stage the config no longer has can never run: say so,
+        // with the way out, rather than count them as waiting work.
+        for c in s.stages.iter().filter(|c| config.stage(&c.stage).is_none()) {
+            let stranded = c.queued + c.scheduled + c.running;
+            if stranded > 0 {
+                say(
+                    Level::Degraded,
+                    "stage_removed",
+                    format!(
+                        "{stranded} job(s) of stage `{}`, which the config no longer has, can never run: \
+                         `ideamill list --stage {}` lists their items; `ideamill retry ID --from STAGE` moves one",
+                        c.stage, c.stage
+                    ),
+                );
+            }
+        }
         if live == 0
             && let Some(message) = &f.gave_up
         {
