@@ -9,10 +9,13 @@
 //! replaces a symlink or hard link there rather than writing through it),
 //! and the directory is fsynced.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, fsync, openat, renameat, unlinkat};
 
 use crate::blocks::FileBlock;
 
@@ -109,7 +112,19 @@ pub fn write_files(
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&target)(e)),
         }
-        write_atomic(&dir, &name[0], file.content.as_bytes()).map_err(io_err(&target))?;
+        // Written through a handle opened component by component with
+        // O_NOFOLLOW from the workspace's own: a symlink a running process
+        // swaps in after the checks above cannot redirect the write.
+        let rel = dir.strip_prefix(&root).unwrap_or(Path::new(""));
+        let handle = match open_dir_beneath(&root, rel) {
+            Ok(handle) => handle,
+            Err(e) if matches!(e.raw_os_error(), Some(code) if code == ELOOP || code == ENOTDIR) => {
+                refuse("the folder changed while writing (a link was swapped in)".to_string());
+                continue;
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        write_atomic_at(&handle, &name[0], file.content.as_bytes()).map_err(io_err(&target))?;
         report.written.push(parts.join("/"));
     }
     Ok(report)
@@ -241,30 +256,49 @@ fn directory_inside(root: &Path, dirs: &[String]) -> Result<Result<PathBuf, Stri
     Ok(Ok(resolved))
 }
 
-/// temp file in `dir` → write → fsync → rename to `name` → fsync `dir`.
-fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> io::Result<()> {
+const ELOOP: i32 = rustix::io::Errno::LOOP.raw_os_error();
+const ENOTDIR: i32 = rustix::io::Errno::NOTDIR.raw_os_error();
+
+/// `root/rel`, opened one component at a time without following a link.
+fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = openat(CWD, root, flags, Mode::empty())?;
+    for part in rel.components() {
+        dir = openat(&dir, part.as_os_str(), flags, Mode::empty())?;
+    }
+    Ok(dir)
+}
+
+/// temp file in `dir` → write → fsync → rename to `name` → fsync `dir`, all
+/// relative to the directory's handle; the temp file is created new
+/// (never an existing entry, never through a link).
+fn write_atomic_at(dir: &OwnedFd, name: &str, content: &[u8]) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let temp = dir.join(format!(
+    let temp = format!(
         ".ideamill-{}-{}.tmp",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        // create_new: never follows or reuses an existing entry.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
+    );
+    let result = (|| -> io::Result<()> {
+        let fd = openat(
+            dir,
+            temp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let mut file = File::from(fd);
         file.write_all(content)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&temp, dir.join(name))
+        renameat(dir, temp.as_str(), dir, name)?;
+        Ok(())
     })();
     if let Err(e) = result {
-        let _ = fs::remove_file(&temp);
+        let _ = unlinkat(dir, temp.as_str(), AtFlags::empty());
         return Err(e);
     }
-    sync_dir(dir)
+    fsync(dir)?;
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -433,6 +467,44 @@ mod tests {
                     "too many files: only the first 2 are written".to_string()
                 ),
             ]
+        );
+    }
+
+    /// The race the checks cannot see: a folder checked as real is swapped
+    /// for a link to outside before the write. The handle walk refuses it,
+    /// and a link in the file's own place is replaced, not written through.
+    #[test]
+    fn a_link_swapped_in_after_the_checks_cannot_redirect_a_write() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("ws");
+        let outside = base.path().join("outside");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        let root = fs::canonicalize(&root).unwrap();
+        // Checked as a folder; now a link.
+        fs::remove_dir(root.join("sub")).unwrap();
+        symlink(&outside, root.join("sub")).unwrap();
+        let refused = open_dir_beneath(&root, Path::new("sub")).unwrap_err();
+        assert!(
+            matches!(refused.raw_os_error(), Some(code) if code == ELOOP || code == ENOTDIR),
+            "{refused}"
+        );
+        // The file's own name is a link to outside: replaced, not followed.
+        fs::write(outside.join("target"), "keep").unwrap();
+        symlink(outside.join("target"), root.join("main.py")).unwrap();
+        let handle = open_dir_beneath(&root, Path::new("")).unwrap();
+        write_atomic_at(&handle, "main.py", b"new").unwrap();
+        assert_eq!(fs::read_to_string(outside.join("target")).unwrap(), "keep");
+        assert!(
+            !fs::symlink_metadata(root.join("main.py"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read_to_string(root.join("main.py")).unwrap(), "new");
+        assert!(
+            fs::read_dir(&outside).unwrap().count() == 1,
+            "nothing new outside"
         );
     }
 
