@@ -176,6 +176,13 @@ fn the_watchdog_acts_while_the_hung_loop_holds_any_lock_it_reads() {
         let dirs = evidence_dirs(&p);
         assert_eq!(dirs.len(), 1, "holding `{lock}`: {dirs:?}");
         assert!(dirs[0].join("status.json").is_file(), "holding `{lock}`");
+        // Evidence is private to the mill's user; its config has no secret.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dirs[0]), 0o700, "holding `{lock}`");
+        for file in std::fs::read_dir(&dirs[0]).unwrap().flatten() {
+            assert_eq!(mode(&file.path()), 0o600, "{}", file.path().display());
+        }
     }
 }
 

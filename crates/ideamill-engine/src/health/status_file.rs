@@ -86,11 +86,21 @@ impl StatusFile {
     /// Write atomically: a reader sees the old file or the new one, never a
     /// part, and the new one survives a crash once this returns.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        // Private to the mill's user: it names jobs, items and addresses.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let tmp = path.with_extension("json.tmp");
         {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             serde_json::to_writer_pretty(&mut f, self)?;
             f.write_all(b"\n")?;
             f.sync_all()?;
