@@ -891,15 +891,58 @@ async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) 
     while commits.join_next().await.is_some() {}
 }
 
-async fn commit_batch(shared: &Shared, mut batch: Vec<Finish>) {
+/// Commit one batch, waiting while the store is unavailable. A batch the
+/// store refuses (data it cannot hold, a constraint: it would fail the same
+/// way on every try) is never retried as a whole: each finish is committed
+/// alone, and one the store still refuses ends as an error attempt instead
+/// ([`refused`]), so that a poisoned result can neither hold the others
+/// back nor keep the engine retrying forever.
+async fn commit_batch(shared: &Shared, batch: Vec<Finish>) {
+    let committed: Vec<(Finish, Result<FinishEffect, StoreError>)> = match finish_waiting(
+        shared, &batch,
+    )
+    .await
+    {
+        Ok(results) => batch.into_iter().zip(results).collect(),
+        Err(e) if batch.len() == 1 => {
+            let f = batch.into_iter().next().expect("one finish");
+            vec![refused(shared, f, e).await]
+        }
+        Err(e) => {
+            tracing::warn!(
+                "The store refused a batch of {} finished attempts ({e}); committing them one by one",
+                batch.len()
+            );
+            let mut committed = Vec::with_capacity(batch.len());
+            for f in batch {
+                let result = finish_waiting(shared, std::slice::from_ref(&f)).await;
+                committed.push(match result {
+                    Ok(mut r) if r.len() == 1 => (f, r.remove(0)),
+                    Ok(_) => (f, Err(StoreError::InvalidRequest("no result".into()))),
+                    Err(e) => refused(shared, f, e).await,
+                });
+            }
+            committed
+        }
+    };
+    report_batch(shared, committed);
+}
+
+/// `Store::finish`, retried with backoff while the store does not answer.
+/// Results stay in memory meanwhile; if the store never comes back the
+/// leases expire and the work runs again elsewhere, so nothing is lost.
+/// Returns the error of a request the store refuses
+/// ([`StoreError::is_refusal`]): retrying that cannot help.
+async fn finish_waiting(
+    shared: &Shared,
+    batch: &[Finish],
+) -> Result<Vec<Result<FinishEffect, StoreError>>, StoreError> {
     let mut delay = Duration::from_millis(100);
-    let results = loop {
-        match shared.store.finish(&batch).await {
-            Ok(r) => break r,
+    loop {
+        match shared.store.finish(batch).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.is_refusal() => return Err(e),
             Err(e) => {
-                // Results stay in memory while the lease holds; if the
-                // store never comes back the lease expires and the work
-                // runs again elsewhere, so nothing is lost.
                 tracing::error!(
                     "Could not commit {} finished attempt(s): {e}; retrying",
                     batch.len()
@@ -908,9 +951,91 @@ async fn commit_batch(shared: &Shared, mut batch: Vec<Finish>) {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// The store refused to record `f`: record the attempt as an error that
+/// names the store's message instead (retried or failed like any error,
+/// without the refused texts), with an event, and go on.
+async fn refused(
+    shared: &Shared,
+    f: Finish,
+    error: StoreError,
+) -> (Finish, Result<FinishEffect, StoreError>) {
+    let job = &f.job;
+    let message = format!("the store refused to record this attempt's result: {error}");
+    tracing::error!(
+        "Job {} (item {}, stage `{}`): {message}; recording the attempt as an error",
+        job.id,
+        job.item_id,
+        job.stage
+    );
+    let transition = match shared.config.stage(&job.stage) {
+        Some(stage) => machine::decide(
+            &shared.config,
+            stage,
+            job.attempt,
+            job.round,
+            machine::StageResult::Failed {
+                outcome: AttemptOutcome::Error,
+                message: message.clone(),
+            },
+            f.finished_at,
+            fastrand::f64(),
+        ),
+        None => Transition::FailItem {
+            reason: message.clone(),
+            feedback: None,
+        },
     };
+    let fallback = Finish {
+        outcome: AttemptOutcome::Error,
+        error: Some(message.clone()),
+        output: None,
+        stderr: None,
+        transition,
+        ..f
+    };
+    let result = match finish_waiting(shared, std::slice::from_ref(&fallback)).await {
+        Ok(mut r) if r.len() == 1 => r.remove(0),
+        Ok(_) => Err(StoreError::InvalidRequest("no result".into())),
+        Err(e) => {
+            tracing::error!(
+                "Job {}: the store refused its error attempt too ({e}); the job is given back when \
+                 this process stops",
+                fallback.job.id
+            );
+            Err(e)
+        }
+    };
+    let event = ideamill_store::NewEvent {
+        at: now_millis(),
+        kind: ideamill_store::event_kind::RESULT_REFUSED,
+        item_id: Some(fallback.job.item_id),
+        job_id: Some(fallback.job.id),
+        process: Some(shared.owner.clone()),
+        message: format!(
+            "The store refused the result of attempt {} of job {} (stage `{}`): {error}; {}",
+            fallback.job.attempt,
+            fallback.job.id,
+            fallback.job.stage,
+            if result.is_ok() {
+                "recorded as an error attempt instead"
+            } else {
+                "nothing was recorded"
+            }
+        ),
+    };
+    if let Err(e) = shared.store.record_event(&event).await {
+        tracing::warn!("Could not record the refused result: {e}");
+    }
+    (fallback, result)
+}
+
+/// Count, log and report what a batch's commit did.
+fn report_batch(shared: &Shared, committed: Vec<(Finish, Result<FinishEffect, StoreError>)>) {
     let mut local_work = false;
-    for (finish, result) in batch.drain(..).zip(results) {
+    for (finish, result) in committed {
         shared.attempts.fetch_add(1, Ordering::Relaxed);
         let effect = match result {
             Ok(effect) => {

@@ -179,7 +179,9 @@ fn prepare(path: &Path, limits: &Limits) -> Result<Prepared, IntakeError> {
 
 /// Take one file from the inbox: all its ideas become items in one
 /// transaction (or none do), then the file moves out of the inbox. A store
-/// or filesystem error leaves the file where it is, to be tried again.
+/// or filesystem error leaves the file where it is, to be tried again; a
+/// store that refuses the ideas themselves ([`ideamill_store::StoreError::is_refusal`])
+/// rejects the file.
 /// Call [`Layout::sync`] after a batch of these.
 pub async fn take_file(
     store: &dyn Store,
@@ -205,16 +207,28 @@ pub async fn take_file(
                 name: name.clone(),
             };
             let now = now_millis();
-            let added = store.add_items_once(&source, &items, first, now).await?;
-            let (p, l) = (path.to_path_buf(), layout.clone());
-            let sidecar = sidecar(&name, &hash, now, &added);
-            let file = tokio::task::spawn_blocking(move || {
-                file_away(&p, &l.processed, SIDECAR_SUFFIX, &sidecar)
-            })
-            .await??;
-            match added {
-                AddOutcome::Added(ids) => TakeOutcome::Taken { file, ids },
-                AddOutcome::Duplicate(of) => TakeOutcome::Duplicate { file, of },
+            match store.add_items_once(&source, &items, first, now).await {
+                Ok(added) => {
+                    let (p, l) = (path.to_path_buf(), layout.clone());
+                    let sidecar = sidecar(&name, &hash, now, &added);
+                    let file = tokio::task::spawn_blocking(move || {
+                        file_away(&p, &l.processed, SIDECAR_SUFFIX, &sidecar)
+                    })
+                    .await??;
+                    match added {
+                        AddOutcome::Added(ids) => TakeOutcome::Taken { file, ids },
+                        AddOutcome::Duplicate(of) => TakeOutcome::Duplicate { file, of },
+                    }
+                }
+                // The store refuses these ideas (it would on every try):
+                // the file is rejected, never left to be tried forever.
+                Err(e) if e.is_refusal() => {
+                    let reason = format!("the store refused its ideas: {e}");
+                    let (p, l, r) = (path.to_path_buf(), layout.clone(), reason.clone());
+                    let file = tokio::task::spawn_blocking(move || reject(&l, &p, &r)).await??;
+                    TakeOutcome::Rejected { file, reason }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     };

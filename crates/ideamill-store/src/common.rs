@@ -727,6 +727,17 @@ pub(crate) fn retried_waiting(id: ItemId, now: Millis) -> NewEvent {
     )
 }
 
+pub(crate) fn retried_moved(id: ItemId, from: &str, next: &NextJob, now: Millis) -> NewEvent {
+    item_retried(
+        id,
+        now,
+        format!(
+            "Item {id} moved by hand: its waiting job of stage `{from}` is cancelled; stage `{}` runs instead (round {})",
+            next.stage, next.round
+        ),
+    )
+}
+
 pub(crate) fn retried_again(id: ItemId, state: &str, next: &NextJob, now: Millis) -> NewEvent {
     item_retried(
         id,
@@ -865,4 +876,235 @@ pub(crate) fn stage_counts(
         stage,
         ..StageCounts::default()
     })
+}
+
+// NUL bytes. PostgreSQL refuses U+0000 in text (SQLSTATE 22021), on every
+// try, so a stage's output holding one could never be recorded. Both stores
+// replace it, in every text the engine stores, with U+FFFD (the Unicode
+// replacement character, which says "a character was lost here" and needs no
+// unescaping), before anything is bound; a finish whose texts changed says so
+// on its attempt. Both backends call these at the top of each write that
+// takes outside text, so that both store the same thing.
+
+/// What a NUL byte becomes.
+pub(crate) const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// Appended to an attempt's error (or its error, when it had none) when its
+/// texts held NUL bytes.
+pub const NUL_NOTE: &str = "NUL bytes replaced with U+FFFD";
+
+/// `s` with every NUL replaced; `None` when it holds none.
+fn without_nul(s: &str) -> Option<String> {
+    s.contains('\0')
+        .then(|| s.replace('\0', NUL_REPLACEMENT.encode_utf8(&mut [0; 4])))
+}
+
+/// Replace NUL bytes in place; whether any was there.
+fn clean(s: &mut String) -> bool {
+    match without_nul(s) {
+        Some(clean) => {
+            *s = clean;
+            true
+        }
+        None => false,
+    }
+}
+
+fn clean_opt(s: &mut Option<String>) -> bool {
+    s.as_mut().is_some_and(clean)
+}
+
+/// Replace NUL bytes in every string and key of a JSON value.
+fn clean_json(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => clean(s),
+        Value::Array(a) => a.iter_mut().fold(false, |any, v| clean_json(v) | any),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                let old = std::mem::take(map);
+                for (mut k, mut v) in old {
+                    clean(&mut k);
+                    clean_json(&mut v);
+                    map.insert(k, v);
+                }
+                return true;
+            }
+            map.values_mut().fold(false, |any, v| clean_json(v) | any)
+        }
+        _ => false,
+    }
+}
+
+fn json_has_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
+fn finish_has_nul(f: &Finish) -> bool {
+    let has = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
+    let transition = match &f.transition {
+        Transition::Advance { output, .. } => output.contains('\0'),
+        Transition::SendBack { feedback, .. } => feedback.contains('\0'),
+        Transition::RetryAt { error, .. } => error.contains('\0'),
+        Transition::FailItem { reason, feedback } => reason.contains('\0') || has(feedback),
+        Transition::Pause { reason } => reason.contains('\0'),
+        Transition::Cancel => false,
+    };
+    transition
+        || has(&f.error)
+        || has(&f.output)
+        || has(&f.stderr)
+        || f.usage
+            .as_ref()
+            .is_some_and(|u| u.provider.contains('\0') || u.model.contains('\0'))
+}
+
+/// Finishes as they can be stored: borrowed when no text holds a NUL byte
+/// (the usual case costs no copy), else copies with every NUL replaced and
+/// [`NUL_NOTE`] on the attempt's error.
+pub(crate) fn storable_finishes(finishes: &[Finish]) -> std::borrow::Cow<'_, [Finish]> {
+    if !finishes.iter().any(finish_has_nul) {
+        return std::borrow::Cow::Borrowed(finishes);
+    }
+    std::borrow::Cow::Owned(
+        finishes
+            .iter()
+            .map(|f| {
+                if !finish_has_nul(f) {
+                    return f.clone();
+                }
+                let mut f = f.clone();
+                match &mut f.transition {
+                    Transition::Advance { output, .. } => {
+                        clean(output);
+                    }
+                    Transition::SendBack { feedback, .. } => {
+                        clean(feedback);
+                    }
+                    Transition::RetryAt { error, .. } => {
+                        clean(error);
+                    }
+                    Transition::FailItem { reason, feedback } => {
+                        clean(reason);
+                        clean_opt(feedback);
+                    }
+                    Transition::Pause { reason } => {
+                        clean(reason);
+                    }
+                    Transition::Cancel => {}
+                }
+                clean_opt(&mut f.output);
+                clean_opt(&mut f.stderr);
+                if let Some(u) = &mut f.usage {
+                    clean(&mut u.provider);
+                    clean(&mut u.model);
+                }
+                clean_opt(&mut f.error);
+                f.error = Some(match f.error.take() {
+                    Some(e) => format!("{e}; {NUL_NOTE}"),
+                    None => NUL_NOTE.to_string(),
+                });
+                f
+            })
+            .collect(),
+    )
+}
+
+/// New items as they can be stored: NUL bytes in their text and metadata
+/// replaced.
+pub(crate) fn storable_items(items: &[NewItem]) -> std::borrow::Cow<'_, [NewItem]> {
+    let has = |i: &NewItem| i.text.contains('\0') || json_has_nul(&i.metadata);
+    if !items.iter().any(has) {
+        return std::borrow::Cow::Borrowed(items);
+    }
+    std::borrow::Cow::Owned(
+        items
+            .iter()
+            .cloned()
+            .map(|mut i| {
+                clean(&mut i.text);
+                clean_json(&mut i.metadata);
+                i
+            })
+            .collect(),
+    )
+}
+
+/// Imported records as they can be stored: NUL bytes replaced in every
+/// text they bring.
+pub(crate) fn storable_imports(items: &[ImportedItem]) -> std::borrow::Cow<'_, [ImportedItem]> {
+    let has = |i: &ImportedItem| {
+        i.text.contains('\0')
+            || json_has_nul(&i.metadata)
+            || i.source.key.contains('\0')
+            || i.source.name.contains('\0')
+            || match &i.state {
+                ImportedState::Rejected { rejections, .. } => rejections
+                    .iter()
+                    .any(|r| r.feedback.contains('\0') || r.stage.contains('\0')),
+                ImportedState::Failed { error, stage } => {
+                    error.contains('\0') || stage.contains('\0')
+                }
+                _ => false,
+            }
+    };
+    if !items.iter().any(has) {
+        return std::borrow::Cow::Borrowed(items);
+    }
+    std::borrow::Cow::Owned(
+        items
+            .iter()
+            .cloned()
+            .map(|mut i| {
+                clean(&mut i.text);
+                clean_json(&mut i.metadata);
+                clean(&mut i.source.key);
+                clean(&mut i.source.name);
+                match &mut i.state {
+                    ImportedState::Rejected { rejections, .. } => {
+                        for r in rejections {
+                            clean(&mut r.feedback);
+                            clean(&mut r.stage);
+                        }
+                    }
+                    ImportedState::Failed { error, stage } => {
+                        clean(error);
+                        clean(stage);
+                    }
+                    _ => {}
+                }
+                i
+            })
+            .collect(),
+    )
+}
+
+/// An intake source as it can be stored.
+pub(crate) fn storable_source(source: &IntakeSource) -> std::borrow::Cow<'_, IntakeSource> {
+    if !source.key.contains('\0') && !source.name.contains('\0') {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let mut source = source.clone();
+    clean(&mut source.key);
+    clean(&mut source.name);
+    std::borrow::Cow::Owned(source)
+}
+
+/// An event as it can be stored.
+pub(crate) fn storable_event(event: &NewEvent) -> std::borrow::Cow<'_, NewEvent> {
+    let has =
+        event.message.contains('\0') || event.process.as_deref().is_some_and(|p| p.contains('\0'));
+    if !has {
+        return std::borrow::Cow::Borrowed(event);
+    }
+    let mut event = event.clone();
+    clean(&mut event.message);
+    clean_opt(&mut event.process);
+    std::borrow::Cow::Owned(event)
 }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use ideamill_core::machine::{NextJob, Transition};
 use ideamill_core::{ItemId, Millis};
 
-pub use common::day_start;
+pub use common::{NUL_NOTE, day_start};
 pub use dashboard::search_terms;
 pub use error::StoreError;
 pub use types::*;

@@ -591,6 +591,8 @@ impl Store for PostgresStore {
         first: &NextJob,
         now: Millis,
     ) -> Result<Vec<ItemId>> {
+        let items = common::storable_items(items);
+        let items: &[NewItem] = &items;
         let mut tx = self.tx().await?;
         let ids = insert_new_items(&mut tx, items, first, now).await?;
         notify_in(&mut tx).await?;
@@ -659,6 +661,8 @@ impl Store for PostgresStore {
     }
 
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>> {
+        let finishes = common::storable_finishes(finishes);
+        let finishes: &[Finish] = &finishes;
         if finishes.is_empty() {
             return Ok(Vec::new());
         }
@@ -1360,6 +1364,8 @@ impl Store for PostgresStore {
     }
 
     async fn record_event(&self, event: &NewEvent) -> Result<()> {
+        let event = common::storable_event(event);
+        let event: &NewEvent = &event;
         let mut tx = self.tx().await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
@@ -1576,6 +1582,11 @@ impl Store for PostgresStore {
         first: &NextJob,
         now: Millis,
     ) -> Result<AddOutcome> {
+        let (source, items) = (
+            common::storable_source(source),
+            common::storable_items(items),
+        );
+        let (source, items): (&IntakeSource, &[NewItem]) = (&source, &items);
         let mut tx = self.tx().await?;
         if let Some(record) = take_source(&mut tx, source, now).await? {
             tx.rollback().await?;
@@ -1593,6 +1604,8 @@ impl Store for PostgresStore {
         items: &[ImportedItem],
         now: Millis,
     ) -> Result<Vec<ImportOutcome>> {
+        let items = common::storable_imports(items);
+        let items: &[ImportedItem] = &items;
         let mut tx = self.tx().await?;
         let mut outcomes = Vec::with_capacity(items.len());
         let mut queued = false;

@@ -397,6 +397,8 @@ impl Store for SqliteStore {
         first: &NextJob,
         now: Millis,
     ) -> Result<Vec<ItemId>> {
+        let items = common::storable_items(items);
+        let items: &[NewItem] = &items;
         let mut tx = self.write_tx().await?;
         let ids = insert_new_items(&mut tx, items, first, now).await?;
         tx.commit().await?;
@@ -470,6 +472,8 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>> {
+        let finishes = common::storable_finishes(finishes);
+        let finishes: &[Finish] = &finishes;
         let mut tx = self.write_tx().await?;
         let mut results = Vec::with_capacity(finishes.len());
         // Rows common to most finishes are gathered and inserted a chunk at
@@ -833,7 +837,7 @@ impl Store for SqliteStore {
     async fn retry_item(&self, id: ItemId, next: &NextJob, now: Millis) -> Result<RetryEffect> {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
-            "SELECT i.state, j.id AS job_id, j.state AS job_state FROM items i
+            "SELECT i.state, j.id AS job_id, j.state AS job_state, j.stage AS job_stage FROM items i
              LEFT JOIN jobs j ON j.id = i.current_job_id WHERE i.id = ?",
         )
         .bind(id)
@@ -846,6 +850,26 @@ impl Store for SqliteStore {
             return Err(refusal);
         }
         let event = match state.as_str() {
+            "active"
+                if row
+                    .try_get::<Option<String>, _>("job_stage")?
+                    .is_some_and(|stage| stage != next.stage) =>
+            {
+                // Waiting on another stage (one the config may no longer
+                // have): that job is cancelled, the named stage runs.
+                let job_id: Option<JobId> = row.try_get("job_id")?;
+                let from: String = row.try_get("job_stage")?;
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', updated_at = ?
+                     WHERE id = ? AND state IN ('queued', 'paused')",
+                )
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+                insert_job(&mut tx, id, next, now, now).await?;
+                common::retried_moved(id, &from, next, now)
+            }
             "active" => {
                 // Waiting for a backoff or a budget: run it now, without a
                 // new job.
@@ -1108,6 +1132,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_event(&self, event: &NewEvent) -> Result<()> {
+        let event = common::storable_event(event);
+        let event: &NewEvent = &event;
         let mut tx = self.write_tx().await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await?;
@@ -1300,6 +1326,11 @@ impl Store for SqliteStore {
         first: &NextJob,
         now: Millis,
     ) -> Result<AddOutcome> {
+        let (source, items) = (
+            common::storable_source(source),
+            common::storable_items(items),
+        );
+        let (source, items): (&IntakeSource, &[NewItem]) = (&source, &items);
         // The write lock is taken first, so two processes taking the same
         // content at once cannot both find it new.
         let mut tx = self.write_tx().await?;
@@ -1319,6 +1350,8 @@ impl Store for SqliteStore {
         items: &[ImportedItem],
         now: Millis,
     ) -> Result<Vec<ImportOutcome>> {
+        let items = common::storable_imports(items);
+        let items: &[ImportedItem] = &items;
         let mut tx = self.write_tx().await?;
         let mut outcomes = Vec::with_capacity(items.len());
         let mut queued = false;

@@ -397,6 +397,9 @@ pub mod event_kind {
     pub const BUDGET_RESUMED: &str = "budget_resumed";
     /// An engine could not reach the store for a while, then reconnected.
     pub const STORE_OUTAGE: &str = "store_outage";
+    /// The store refused to record an attempt's result (data it cannot
+    /// hold, a constraint); the attempt was recorded as an error instead.
+    pub const RESULT_REFUSED: &str = "result_refused";
     /// An inbox file became items (`ideamill run`'s inbox watcher).
     pub const INBOX_TAKEN: &str = "inbox_taken";
     /// An inbox file held content taken before; it created nothing.

@@ -429,3 +429,68 @@ fn tls_follows_the_urls_sslmode() {
     p.run_until_idle(Duration::from_secs(60));
     assert_eq!(p.show(id)["item"]["state"], "done");
 }
+
+/// PostgreSQL refuses NUL bytes in text. A stage that prints one (on
+/// stdout and stderr) and an inbox idea that spells one `\u0000` are stored
+/// with each NUL replaced by U+FFFD: the item ends `done`, the file is
+/// taken, and the engine still stops on SIGTERM. (Before, the finish failed
+/// the same way on every try and was retried forever, leaving the item
+/// `running` and the engine deaf to SIGTERM.)
+#[test]
+fn nul_bytes_in_results_and_inbox_ideas_are_stored_replaced() {
+    let pg = cluster();
+    let nul =
+        "import sys\nsys.stdin.read()\nsys.stdout.write('a\\0b')\nsys.stderr.write('e\\0f')\n";
+    let p = Project::new(&config(&pg.url("postgres"), &py_stage("one", nul, "")));
+    let id = p.add("an idea");
+    let mut run = Reaped(worker(&p));
+    assert!(
+        wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
+            == "done"),
+        "the item never finished: {:#}\n{}",
+        p.show(id),
+        p.logs()
+    );
+    let item = p.show(id);
+    assert_eq!(item["outputs"][0]["output"], "a\u{FFFD}b", "{item:#}");
+    let attempt = &item["attempts"][0];
+    assert_eq!(attempt["outcome"], "succeeded", "{item:#}");
+    assert_eq!(attempt["stderr"], "e\u{FFFD}f", "{item:#}");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NUL bytes replaced")),
+        "the attempt says its texts changed: {item:#}"
+    );
+
+    // An inbox file whose idea holds `\u0000` is taken, not left behind.
+    std::fs::write(
+        p.file("inbox/nul.json.tmp"),
+        r#"{"text": "an inbox \u0000 idea"}"#,
+    )
+    .unwrap();
+    std::fs::rename(p.file("inbox/nul.json.tmp"), p.file("inbox/nul.json")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || p
+            .file("inbox/processed/nul.json")
+            .exists()),
+        "the inbox file was neither taken nor rejected\n{}",
+        p.logs()
+    );
+    let taken = items(&p)
+        .into_iter()
+        .find(|i| i["text"] == "an inbox \u{FFFD} idea")
+        .unwrap_or_else(|| panic!("no item from the inbox file: {:#?}", items(&p)));
+    let taken = taken["id"].as_i64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || p.show(taken)["item"]["state"]
+            == "done"),
+        "{:#}\n{}",
+        p.show(taken),
+        p.logs()
+    );
+
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(30)).expect("the engine stops on SIGTERM");
+    assert!(status.success(), "{status}\n{}", p.logs());
+}

@@ -364,3 +364,106 @@ pub async fn send_back_and_fail_keep_feedback_in_order(s: &dyn Store) {
     let p = s.pending(now + 10).await.unwrap();
     assert_eq!((p.soon, p.running, p.later), (0, 0, 0));
 }
+
+/// A NUL byte, which PostgreSQL refuses in text, anywhere a finish stores
+/// text: the finish commits, with each NUL replaced by U+FFFD, and the
+/// attempt says so. Both stores behave the same.
+pub async fn nul_bytes_in_results_are_replaced(s: &dyn Store) {
+    const NOTE: &str = "NUL bytes replaced with U+FFFD";
+    let id = add_one(s, "an idea", &next("draft", 1, 3), T0).await;
+
+    // A passing attempt: its output and stderr.
+    let draft = claim_one(s, "draft", "w1", T0 + 10).await;
+    let mut f = finish(
+        &draft,
+        "w1",
+        T0 + 20,
+        advance("a\0b", Some(next("review", 1, 2))),
+    );
+    f.stderr = Some("warn\0ing".into());
+    assert_eq!(finish_ok(s, f).await, ACTIVE_ENQUEUED);
+    let ctx = s.context(id).await.unwrap();
+    assert_eq!(ctx.outputs.len(), 1);
+    assert_eq!(ctx.outputs[0].output, "a\u{FFFD}b");
+    let d = s.item(id).await.unwrap();
+    let a = &d.attempts[0];
+    assert_eq!(a.outcome, AttemptOutcome::Succeeded);
+    assert_eq!(a.stderr.as_deref(), Some("warn\u{FFFD}ing"));
+    assert_eq!(a.error.as_deref(), Some(NOTE), "the attempt says so");
+
+    // A gate's feedback.
+    let review = claim_one(s, "review", "w2", T0 + 30).await;
+    finish_ok(
+        s,
+        finish(
+            &review,
+            "w2",
+            T0 + 40,
+            Transition::SendBack {
+                feedback: "too\0vague".into(),
+                to: next("draft", 2, 3),
+            },
+        ),
+    )
+    .await;
+    let ctx = s.context(id).await.unwrap();
+    assert_eq!(ctx.feedback.len(), 1);
+    assert_eq!(ctx.feedback[0].feedback, "too\u{FFFD}vague");
+
+    // An error message, on the attempt, the job and the item.
+    let again = claim_one(s, "draft", "w1", T0 + 50).await;
+    let mut f = finish(
+        &again,
+        "w1",
+        T0 + 60,
+        Transition::RetryAt {
+            run_at: T0 + 1_000,
+            error: "exit\0 1".into(),
+        },
+    );
+    f.output = Some("half\0done".into());
+    assert_eq!(finish_ok(s, f).await, ACTIVE_ENQUEUED);
+    let d = s.item(id).await.unwrap();
+    assert_eq!(d.item.last_error.as_deref(), Some("exit\u{FFFD} 1"));
+    let last = d.attempts.last().unwrap();
+    assert_eq!(last.outcome, AttemptOutcome::Error);
+    assert_eq!(
+        last.error.as_deref(),
+        Some(format!("exit\u{FFFD} 1; {NOTE}").as_str())
+    );
+    assert_eq!(last.output.as_deref(), Some("half\u{FFFD}done"));
+    let draft_job = d.jobs.iter().find(|j| j.id == again.id).unwrap();
+    assert_eq!(draft_job.last_error.as_deref(), Some("exit\u{FFFD} 1"));
+    let retried = events_of(s, Some(id), event_kind::RETRY_SCHEDULED).await;
+    assert!(
+        retried.iter().all(|e| !e.message.contains('\0')),
+        "{retried:?}"
+    );
+
+    // The item fails with a reason holding one.
+    let last_try = claim_one(s, "draft", "w1", T0 + 1_000).await;
+    let effect = finish_ok(
+        s,
+        finish(
+            &last_try,
+            "w1",
+            T0 + 1_010,
+            Transition::FailItem {
+                reason: "bad\0input".into(),
+                feedback: None,
+            },
+        ),
+    )
+    .await;
+    assert_eq!(effect.item_state, ItemState::Failed);
+    let d = s.item(id).await.unwrap();
+    assert_eq!(d.item.last_error.as_deref(), Some("bad\u{FFFD}input"));
+
+    // Text without a NUL is stored as it is, with no note.
+    let plain = add_one(s, "plain", &next("draft", 1, 3), T0).await;
+    let job = claim_one(s, "draft", "w1", T0 + 2_000).await;
+    assert_eq!(job.item_id, plain);
+    finish_ok(s, finish(&job, "w1", T0 + 2_010, advance("fine", None))).await;
+    let d = s.item(plain).await.unwrap();
+    assert_eq!(d.attempts[0].error, None);
+}

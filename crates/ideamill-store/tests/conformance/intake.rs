@@ -288,3 +288,65 @@ pub async fn import_items_in_their_states_once(s: &dyn Store) {
         .unwrap();
     assert!(matches!(inbox, AddOutcome::Duplicate(r) if r.item_ids == [queued]));
 }
+
+/// Items whose text or metadata holds a NUL byte (an inbox `.json` file
+/// may spell one `\u0000`) are added, each NUL replaced by U+FFFD, through
+/// every way items arrive.
+pub async fn nul_bytes_in_new_items_are_replaced(s: &dyn Store) {
+    let draft = next("draft", 1, 3);
+    let item = |text: &str| ideamill_store::NewItem {
+        text: text.to_string(),
+        metadata: serde_json::json!({ "note\0key": "a\0b", "list": ["c\0"] }),
+    };
+    let expected_meta =
+        serde_json::json!({ "note\u{FFFD}key": "a\u{FFFD}b", "list": ["c\u{FFFD}"] });
+
+    let ids = s
+        .add_items(&[item("one\0idea")], &draft, T0)
+        .await
+        .expect("add_items with a NUL byte");
+    let d = s.item(ids[0]).await.unwrap();
+    assert_eq!(d.item.text, "one\u{FFFD}idea");
+    assert_eq!(d.item.metadata, expected_meta);
+
+    let added = s
+        .add_items_once(
+            &source("sha256:nul", "nul.json"),
+            &[item("two\0ideas")],
+            &draft,
+            T0 + 1,
+        )
+        .await
+        .expect("add_items_once with a NUL byte");
+    let AddOutcome::Added(ids) = added else {
+        panic!("a new source adds its items: {added:?}");
+    };
+    let d = s.item(ids[0]).await.unwrap();
+    assert_eq!(d.item.text, "two\u{FFFD}ideas");
+    assert_eq!(d.item.metadata, expected_meta);
+    let found = s.search_items(&Default::default(), "ideas").await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+
+    let imported = s
+        .import_items(
+            &[ImportedItem {
+                source: source("legacy:nul", "legacy/nul"),
+                text: "three\0".into(),
+                metadata: serde_json::json!({}),
+                created_at: T0,
+                state: ImportedState::Failed {
+                    error: "it\0broke".into(),
+                    stage: "draft".into(),
+                },
+            }],
+            T0 + 2,
+        )
+        .await
+        .expect("import_items with a NUL byte");
+    let ImportOutcome::Imported(id) = imported[0] else {
+        panic!("{imported:?}");
+    };
+    let d = s.item(id).await.unwrap();
+    assert_eq!(d.item.text, "three\u{FFFD}");
+    assert_eq!(d.item.last_error.as_deref(), Some("it\u{FFFD}broke"));
+}
