@@ -210,6 +210,17 @@ pub trait Store: Send + Sync {
     fn is_remote(&self) -> bool {
         false
     }
+
+    /// The store's own clock, in ms since the Unix epoch, where the store
+    /// judges leases by it rather than by the `now` callers pass: on
+    /// PostgreSQL the database server's (claims, heartbeats, the reaper and
+    /// `status`'s expired leases ignore the `now` they are given, so that
+    /// machines whose clocks disagree still agree on leases). `None` where
+    /// the caller's clock is the only one (SQLite: one machine). `doctor`
+    /// compares it with this machine's.
+    async fn clock_millis(&self) -> Result<Option<Millis>> {
+        Ok(None)
+    }
 }
 
 pub use ideamill_core::JobId;

@@ -16,6 +16,15 @@
 //! - Batched writes use `UNNEST` over arrays: one statement per kind of row,
 //!   whatever the batch size.
 //!
+//! - Leases are judged by the database server's clock, not the callers':
+//!   a claim or a heartbeat leases until the server's `now()` plus the lease
+//!   the caller asked for (`lease_until - now`), and the reaper compares
+//!   with the server's `now()`. Processes on many machines then agree on
+//!   when a lease ends even if their clocks do not: a machine whose clock
+//!   runs ahead cannot reap healthy workers' jobs. The `now` the trait
+//!   passes is ignored for these; the times recorded on rows (`started_at`,
+//!   `finished_at`, events) stay the caller's.
+//!
 //! The pool reconnects by itself: after a dropped connection or a server
 //! restart, calls fail until the server answers again, then work.
 
@@ -58,8 +67,20 @@ const POOL_SIZE: u32 = 8;
 
 type Tx = Transaction<'static, Postgres>;
 
+/// The database server's clock in ms since the Unix epoch, as SQL: the
+/// transaction's start (`now()`, stable within a statement, so that the
+/// reaper's comparison can use the lease index).
+macro_rules! db_now {
+    () => {
+        "(extract(epoch from now()) * 1000)::int8"
+    };
+}
+
 pub struct PostgresStore {
     pool: PgPool,
+    /// Leases are judged by the database's clock (the default); false only
+    /// for tests that drive time through the `now` they pass.
+    db_clock: bool,
     /// Reads of jobs' contexts, gathered into one query per batch.
     contexts: Option<tokio::sync::mpsc::UnboundedSender<ContextRequest>>,
 }
@@ -121,7 +142,20 @@ impl PostgresStore {
             }
             Err(_) => None,
         };
-        Ok(PostgresStore { pool, contexts })
+        Ok(PostgresStore {
+            pool,
+            db_clock: true,
+            contexts,
+        })
+    }
+
+    /// Judge leases by the `now` callers pass, as SQLite does, instead of
+    /// the database's clock. For tests that drive time (the conformance
+    /// suite's fixed clock); never for processes sharing a database, whose
+    /// clocks may disagree.
+    pub fn with_caller_clock(mut self) -> PostgresStore {
+        self.db_clock = false;
+        self
     }
 
     /// Fold the item count deltas writers appended into the base counts.
@@ -618,23 +652,30 @@ impl Store for PostgresStore {
         // before the flush, the claim is undone and the job runs again, like
         // one whose lease expired; the token it handed out may then be handed
         // out again, which is why the fence also checks the owner.
-        let rows = sqlx::query(
+        //
+        // The lease runs from the database's clock (see the module's doc).
+        let rows = sqlx::query(concat!(
             "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
              picked AS MATERIALIZED (
                  SELECT id FROM jobs
                  WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
                  ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED)
              UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
-                    lease_owner = $1, lease_expires_at = $2, started_at = $3, updated_at = $3
+                    lease_owner = $1,
+                    lease_expires_at = CASE WHEN $6 THEN ",
+            db_now!(),
+            " + ($2 - $3) ELSE $2 END,
+                    started_at = $3, updated_at = $3
              FROM picked WHERE j.id = picked.id
              RETURNING j.id, j.item_id, j.stage, j.round, j.attempts, j.max_attempts, j.lease_token, j.run_at,
-                       j.priority",
-        )
+                       j.priority"
+        ))
         .bind(owner)
         .bind(lease_until)
         .bind(now)
         .bind(stage)
         .bind(i64::from(limit))
+        .bind(self.db_clock)
         .fetch_all(&self.pool)
         .await?;
         let mut jobs = rows
@@ -833,18 +874,22 @@ impl Store for PostgresStore {
         // One statement, so one transaction and one round trip. Like a
         // claim, a beat need not wait for its WAL flush: a beat lost in a
         // server crash only makes leases expire sooner.
-        let cancels = sqlx::query_scalar(
+        // Leases are renewed from the database's clock.
+        let cancels = sqlx::query_scalar(concat!(
             "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
              renewed AS (
-                 UPDATE jobs SET lease_expires_at = $1
+                 UPDATE jobs SET lease_expires_at = CASE WHEN $4 THEN ",
+            db_now!(),
+            " + ($1 - $3) ELSE $1 END
                  WHERE lease_owner = $2 AND state = 'running' AND EXISTS (SELECT 1 FROM relaxed)
                  RETURNING id, cancel_requested),
              beat AS (UPDATE processes SET last_beat_at = $3 WHERE id = $2)
-             SELECT id FROM renewed WHERE cancel_requested ORDER BY id",
-        )
+             SELECT id FROM renewed WHERE cancel_requested ORDER BY id"
+        ))
         .bind(lease_until)
         .bind(owner)
         .bind(now)
+        .bind(self.db_clock)
         .fetch_all(&self.pool)
         .await?;
         // Housekeeping that rides on the beat; a failure here is not the
@@ -856,11 +901,17 @@ impl Store for PostgresStore {
     }
 
     async fn reap_expired(&self, now: Millis) -> Result<Vec<ReapedJob>> {
+        // A lease has expired when the database's clock says so; `now`
+        // only dates what the reaper records.
+        //
         // A cheap read first, so that idle processes write nothing.
-        let any: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT 1",
-        )
+        let any: Option<i64> = sqlx::query_scalar(concat!(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < CASE WHEN $2 THEN ",
+            db_now!(),
+            " ELSE $1 END LIMIT 1"
+        ))
         .bind(now)
+        .bind(self.db_clock)
         .fetch_optional(&self.pool)
         .await?;
         if any.is_none() {
@@ -869,13 +920,16 @@ impl Store for PostgresStore {
         let mut tx = self.tx().await?;
         // Rows another reaper (or a late finish) holds are skipped: whoever
         // holds them deals with them.
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT id, item_id, stage, round, attempts, max_attempts, lease_token, lease_owner, cancel_requested,
                     COALESCE(started_at, updated_at) AS started_at, run_at
-             FROM jobs WHERE state = 'running' AND lease_expires_at < $1
-             ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
-        )
+             FROM jobs WHERE state = 'running' AND lease_expires_at < CASE WHEN $2 THEN ",
+            db_now!(),
+            " ELSE $1 END
+             ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED"
+        ))
         .bind(now)
+        .bind(self.db_clock)
         .fetch_all(&mut *tx)
         .await?;
         let mut reaped = Vec::with_capacity(rows.len());
@@ -930,11 +984,15 @@ impl Store for PostgresStore {
 
     async fn expire_process(&self, process: &str, now: Millis) -> Result<u64> {
         let mut tx = self.tx().await?;
-        let n = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = $1 WHERE lease_owner = $2 AND state = 'running'",
-        )
+        // Expired by the clock the reaper judges by.
+        let n = sqlx::query(concat!(
+            "UPDATE jobs SET lease_expires_at = CASE WHEN $3 THEN ",
+            db_now!(),
+            " - 1 ELSE $1 END WHERE lease_owner = $2 AND state = 'running'"
+        ))
         .bind(now - 1)
         .bind(process)
+        .bind(self.db_clock)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -1079,7 +1137,7 @@ impl Store for PostgresStore {
     async fn retry_item(&self, id: ItemId, next: &NextJob, now: Millis) -> Result<RetryEffect> {
         let mut tx = self.tx().await?;
         let row = sqlx::query(
-            "SELECT i.state, j.id AS job_id, j.state AS job_state FROM items i
+            "SELECT i.state, j.id AS job_id, j.state AS job_state, j.stage AS job_stage FROM items i
              LEFT JOIN jobs j ON j.id = i.current_job_id WHERE i.id = $1 FOR UPDATE OF i",
         )
         .bind(id)
@@ -1092,6 +1150,25 @@ impl Store for PostgresStore {
             return Err(refusal);
         }
         let event = match state.as_str() {
+            "active"
+                if row
+                    .opt_text("job_stage")?
+                    .is_some_and(|stage| stage != next.stage) =>
+            {
+                // Waiting on another stage (one the config may no longer
+                // have): that job is cancelled, the named stage runs.
+                let from = row.text("job_stage")?;
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', updated_at = $1
+                     WHERE id = $2 AND state IN ('queued', 'paused')",
+                )
+                .bind(now)
+                .bind(row.opt_int("job_id")?)
+                .execute(&mut *tx)
+                .await?;
+                insert_jobs(&mut tx, &[(id, next, now)]).await?;
+                common::retried_moved(id, &from, next, now)
+            }
             "active" => {
                 // Waiting for a backoff or a budget: run it now, without a
                 // new job.
@@ -1301,10 +1378,13 @@ impl Store for PostgresStore {
         .iter()
         .map(common::running_job)
         .collect::<Result<Vec<_>>>()?;
-        let expired_leases: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE state = 'running' AND lease_expires_at < $1",
-        )
+        let expired_leases: i64 = sqlx::query_scalar(concat!(
+            "SELECT count(*) FROM jobs WHERE state = 'running' AND lease_expires_at < CASE WHEN $2 THEN ",
+            db_now!(),
+            " ELSE $1 END"
+        ))
         .bind(now)
+        .bind(self.db_clock)
         .fetch_one(&mut *tx)
         .await?;
         let oldest_runnable_at: Option<Millis> = sqlx::query_scalar(
@@ -1744,6 +1824,14 @@ impl Store for PostgresStore {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    async fn clock_millis(&self) -> Result<Option<Millis>> {
+        let now: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch from clock_timestamp()) * 1000)::int8")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Some(now))
     }
 
     async fn change_marker(&self) -> Result<ChangeMarker> {

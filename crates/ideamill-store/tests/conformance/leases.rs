@@ -4,10 +4,18 @@
 use std::collections::HashMap;
 
 use ideamill_core::machine::LostJob;
-use ideamill_core::{AttemptOutcome, ItemState, JobState};
+use ideamill_core::{AttemptOutcome, ItemState, JobState, Millis};
 use ideamill_store::{FinishEffect, ProcessInfo, Store, event_kind};
 
 use crate::support::*;
+
+/// This machine's clock, in ms since the Unix epoch.
+fn local_clock() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as Millis
+}
 
 pub async fn reap_requeues_fails_or_cancels_expired_jobs(s: &dyn Store) {
     let requeue = add_one(s, "requeue", &next("draft", 1, 3), T0).await;
@@ -365,4 +373,69 @@ pub async fn dead_process_jobs_run_again_at_once(s: &dyn Store) {
         (listed[0].id.as_str(), listed[0].stopped_at),
         (p1.id.as_str(), None)
     );
+}
+
+/// Where the store has a clock of its own (PostgreSQL, shared by many
+/// machines), leases are judged by it, not by the `now` each caller passes:
+/// a process whose clock runs an hour ahead neither reaps a job leased a
+/// moment ago nor renews a lease for an hour, and one whose clock runs
+/// behind still recovers a dead process's jobs. Where it has none (SQLite,
+/// one machine), the caller's clock is the clock.
+pub async fn leases_are_judged_by_the_store_clock(b: &dyn Backend) {
+    let s = b.open_with_store_clock().await;
+    let local = local_clock();
+    let ahead = local + 3_600_000;
+    let behind = local - 3_600_000;
+    let id = add_one(&*s, "an idea", &next("draft", 1, 3), local).await;
+    let held = s
+        .claim("draft", 1, "w1", local, local + LEASE)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let reaped = s.reap_expired(ahead).await.unwrap();
+
+    let Some(clock) = s.clock_millis().await.unwrap() else {
+        assert_eq!(
+            reaped.len(),
+            1,
+            "the caller's clock is the clock: {reaped:?}"
+        );
+        s.close().await;
+        return;
+    };
+    assert!(
+        (clock - local).abs() < 5_000,
+        "the store's clock {clock} is this machine's {local}, give or take"
+    );
+    assert!(
+        reaped.is_empty(),
+        "a process an hour ahead reaped a fresh lease: {reaped:?}"
+    );
+    assert_eq!(s.status(ahead).await.unwrap().expired_leases, 0);
+
+    // A beat from a clock an hour ahead renews for one lease of the
+    // store's clock, not until an hour from now.
+    assert!(
+        s.heartbeat("w1", ahead, ahead + LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let lease_end = s.item(id).await.unwrap().jobs[0]
+        .lease_expires_at
+        .expect("a running job's lease");
+    let clock = s.clock_millis().await.unwrap().unwrap();
+    assert!(
+        lease_end > clock && lease_end <= clock + LEASE,
+        "the lease ends at {lease_end}, the store's clock is {clock}"
+    );
+    assert!(s.reap_expired(ahead).await.unwrap().is_empty());
+
+    // A dead process's jobs are recovered at once, even by a process whose
+    // clock runs an hour behind.
+    assert_eq!(s.expire_process("w1", behind).await.unwrap(), 1);
+    let reaped = s.reap_expired(behind).await.unwrap();
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    assert_eq!(reaped[0].job_id, held[0].id);
+    s.close().await;
 }

@@ -36,6 +36,14 @@ pub trait Backend {
         }
     }
 
+    /// Open a handle as processes do, judging leases by the store's own
+    /// clock where it has one (PostgreSQL), whatever `now` callers pass.
+    /// `open` judges them by the callers' `now` everywhere, so that tests
+    /// can drive time.
+    async fn open_with_store_clock(&self) -> Box<dyn Store> {
+        self.open().await
+    }
+
     /// Whether the database exists at all.
     async fn exists(&self) -> bool;
 
@@ -397,7 +405,21 @@ impl Backend for PostgresBackend {
             wake_dir: None,
             must_exist,
         };
-        ideamill_store::open(&self.url, &options).await
+        // The suite drives time through the `now` it passes (`T0`), so
+        // leases are judged by it here, as on SQLite;
+        // `open_with_store_clock` opens the store as processes do.
+        let store = ideamill_store::postgres::PostgresStore::open(&self.url, &options).await?;
+        Ok(Box::new(store.with_caller_clock()))
+    }
+
+    async fn open_with_store_clock(&self) -> Box<dyn Store> {
+        let options = OpenOptions {
+            wake_dir: None,
+            must_exist: false,
+        };
+        ideamill_store::open(&self.url, &options)
+            .await
+            .unwrap_or_else(|e| panic!("open the test store: {e}"))
     }
 
     async fn exists(&self) -> bool {

@@ -285,6 +285,28 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
                 .join(", ")
         },
     });
+    // Leases on a shared store are judged by its clock; a machine whose
+    // clock is off misdates what it records and misjudges other machines.
+    if let Ok(store) = project::open_existing_store(&config).await {
+        let before = now_millis();
+        if let Ok(Some(clock)) = store.clock_millis().await {
+            let skew = clock - (before + now_millis()) / 2;
+            checks.push(Check {
+                name: "clock",
+                ok: skew.abs() <= 1_000,
+                detail: if skew.abs() <= 1_000 {
+                    format!("this machine's clock agrees with the store's ({skew} ms)")
+                } else {
+                    format!(
+                        "this machine's clock differs from the store's by {} ms (it runs {})",
+                        skew.abs(),
+                        if skew > 0 { "behind" } else { "ahead" }
+                    )
+                },
+            });
+        }
+        store.close().await;
+    }
     let sandbox = {
         let sandbox_config = config.sandbox.clone();
         tokio::task::spawn_blocking(move || Sandbox::probe(&sandbox_config)).await?
