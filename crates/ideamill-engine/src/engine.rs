@@ -724,6 +724,16 @@ async fn dispatch(
                 }
                 break;
             }
+            if pending.running == 0
+                && let Some(stranded) = only_stranded_work(&shared, config, now).await
+            {
+                tracing::warn!(
+                    "Idle: what is left waits on stages the config no longer has: {stranded}; \
+                     exiting. `ideamill list --stage NAME` lists those items, \
+                     `ideamill retry ID --from STAGE` moves one"
+                );
+                break;
+            }
         }
         // With wake-ups on, the heartbeat nudges the dispatcher every beat,
         // so it needs no timer of its own but the next scheduled job's.
@@ -933,6 +943,25 @@ async fn commit_batch(shared: &Shared, batch: Vec<Finish>) {
 /// leases expire and the work runs again elsewhere, so nothing is lost.
 /// Returns the error of a request the store refuses
 /// ([`StoreError::is_refusal`]): retrying that cannot help.
+/// When every waiting job belongs to a stage the config no longer has (so
+/// none can ever run here), those stages with their job counts.
+async fn only_stranded_work(shared: &Shared, config: &Config, now: Millis) -> Option<String> {
+    let status = shared.store.status(now).await.ok()?;
+    let (known, removed): (Vec<_>, Vec<_>) = status
+        .stages
+        .iter()
+        .partition(|c| config.stage(&c.stage).is_some());
+    if known.iter().any(|c| c.queued + c.scheduled + c.running > 0) {
+        return None;
+    }
+    let removed: Vec<String> = removed
+        .iter()
+        .filter(|c| c.queued + c.scheduled > 0)
+        .map(|c| format!("`{}` ({} job(s))", c.stage, c.queued + c.scheduled))
+        .collect();
+    (!removed.is_empty()).then(|| removed.join(", "))
+}
+
 async fn finish_waiting(
     shared: &Shared,
     batch: &[Finish],

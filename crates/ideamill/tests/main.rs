@@ -754,6 +754,16 @@ fn items_of_a_removed_stage_are_shown_and_can_be_moved() {
     let listed = p.json(&["list", "--stage", "old"]);
     assert_eq!(listed[0]["id"], id, "{listed:#}");
 
+    // --until-idle ends, saying what it left.
+    p.run_until_idle(Duration::from_secs(30));
+    assert!(
+        p.logs()
+            .contains("waits on stages the config no longer has: `old` (1 job(s))"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.show(id)["display_state"], "queued");
+
     p.ok(&["retry", &id.to_string(), "--from", "new"]);
     p.run_until_idle(Duration::from_secs(30));
     let item = p.show(id);
