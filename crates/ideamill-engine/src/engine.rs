@@ -725,7 +725,7 @@ async fn dispatch(
                 break;
             }
             if pending.running == 0
-                && let Some(stranded) = only_stranded_work(&shared, config, now).await
+                && let Some(stranded) = only_stranded_work(shared, config, now).await
             {
                 tracing::warn!(
                     "Idle: what is left waits on stages the config no longer has: {stranded}; \
