@@ -145,6 +145,28 @@ pub fn context_json(
     })
 }
 
+/// [`prepare_workspace`] on the blocking pool; a failure is the attempt's.
+pub async fn prepare(
+    workspace: &Path,
+    item: &ideamill_store::ItemRow,
+) -> Result<PathBuf, Execution> {
+    let (root, row) = (workspace.to_path_buf(), item.clone());
+    let prepared = tokio::task::spawn_blocking(move || prepare_workspace(&root, &row)).await;
+    match prepared
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+    {
+        Ok(dir) => Ok(dir),
+        Err(e) => Err(Execution::failed(
+            AttemptOutcome::Error,
+            format!(
+                "cannot prepare the item's workspace {}: {e}",
+                item_workspace(workspace, item.id).display()
+            ),
+        )),
+    }
+}
+
 /// Opens `path` for reading only if it is a regular file: never blocks on a
 /// FIFO or a device a stage left behind (`O_NONBLOCK`), never follows a
 /// symlink in its last component (`O_NOFOLLOW`). Read it bounded (`take`).
@@ -182,7 +204,9 @@ pub fn workspace_files(dir: &Path, max: usize) -> Vec<String> {
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(path),
                 Ok(t) if t.is_file() => {
-                    if let Ok(rel) = path.strip_prefix(dir) {
+                    if let Ok(rel) = path.strip_prefix(dir)
+                        && rel != Path::new(OWNER_FILE)
+                    {
                         files.push(rel.display().to_string());
                     }
                 }
@@ -197,6 +221,64 @@ pub fn workspace_files(dir: &Path, max: usize) -> Vec<String> {
 /// The item's own folder: `<workspace>/<item-id>/`.
 pub fn item_workspace(workspace: &Path, item: i64) -> PathBuf {
     workspace.join(item.to_string())
+}
+
+/// The file in an item's folder that says whose it is: `<id> <created_at>`.
+pub const OWNER_FILE: &str = ".ideamill-item";
+
+/// The item's folder, made if missing and marked as this item's. A folder
+/// already there that belongs to another item (an id reused by an older
+/// store, a folder left by a pruned item or copied in by hand) is moved
+/// aside to `<id>.stale-<ms>`, never inherited and never deleted. A folder
+/// without the mark is this item's if it changed after the item was made
+/// (it predates the mark), another's if not. Blocking.
+pub fn prepare_workspace(
+    workspace: &Path,
+    item: &ideamill_store::ItemRow,
+) -> std::io::Result<PathBuf> {
+    let dir = item_workspace(workspace, item.id);
+    let mark = format!("{} {}", item.id, item.created_at);
+    let owner = dir.join(OWNER_FILE);
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) => {
+            let ours = if !meta.is_dir() {
+                false
+            } else {
+                match open_regular(&owner) {
+                    Ok(mut f) => {
+                        use std::io::Read;
+                        let mut text = String::new();
+                        let _ = (&mut f).take(256).read_to_string(&mut text);
+                        text.trim() == mark
+                    }
+                    Err(_) => meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .is_some_and(|t| t.as_millis() as i64 + 1000 >= item.created_at),
+                }
+            };
+            if ours {
+                if !owner.exists() {
+                    std::fs::write(&owner, &mark)?;
+                }
+                return Ok(dir);
+            }
+            let aside = workspace.join(format!("{}.stale-{}", item.id, crate::now_millis()));
+            std::fs::rename(&dir, &aside)?;
+            tracing::warn!(
+                item = item.id,
+                "The folder {} belonged to another item; moved aside to {}",
+                dir.display(),
+                aside.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(&owner, &mark)?;
+    Ok(dir)
 }
 
 /// Workspace folders removed with their pruned items.
@@ -302,13 +384,10 @@ impl Executor for CommandExecutor {
         context: &ItemContext,
         cancel: &CancellationToken,
     ) -> Execution {
-        let dir = item_workspace(&self.workspace, job.item_id);
-        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            return Execution::failed(
-                AttemptOutcome::Error,
-                format!("cannot create the item's workspace {}: {e}", dir.display()),
-            );
-        }
+        let dir = match prepare(&self.workspace, &context.item).await {
+            Ok(dir) => dir,
+            Err(failed) => return failed,
+        };
         let stdin = context_json(job, context, &dir).to_string().into_bytes();
         let confined = self.command.sandbox == SandboxMode::On;
         let mut context_env = vec![
@@ -542,5 +621,71 @@ impl Executor for NoopExecutor {
             error: None,
             usage: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: i64, created_at: i64) -> ideamill_store::ItemRow {
+        ideamill_store::ItemRow {
+            id,
+            text: String::new(),
+            metadata: serde_json::json!({}),
+            state: ideamill_core::ItemState::Active,
+            stage: None,
+            round: 1,
+            last_error: None,
+            created_at,
+            updated_at: created_at,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn a_workspace_is_never_inherited_from_another_item() {
+        let root = tempfile::tempdir().unwrap();
+        let now = crate::now_millis();
+        // Item 7 runs and writes a file; its folder is marked as its own.
+        let first = prepare_workspace(root.path(), &item(7, now - 60_000)).unwrap();
+        std::fs::write(first.join("main.py"), "old").unwrap();
+        assert_eq!(
+            workspace_files(&first, 10),
+            ["main.py"],
+            "the mark is not listed"
+        );
+        assert_eq!(
+            prepare_workspace(root.path(), &item(7, now - 60_000)).unwrap(),
+            first
+        );
+        assert!(first.join("main.py").exists(), "its own folder is kept");
+        // A new item 7 (the id reused): the old folder is moved aside.
+        let second = prepare_workspace(root.path(), &item(7, now)).unwrap();
+        assert_eq!(second, first);
+        assert!(!second.join("main.py").exists(), "nothing inherited");
+        let aside: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("7.stale-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join(&aside[0]).join("main.py")).unwrap(),
+            "old",
+            "moved aside, never deleted"
+        );
+        // An unmarked folder older than the item is another's too.
+        let unmarked = root.path().join("8");
+        std::fs::create_dir(&unmarked).unwrap();
+        std::fs::write(unmarked.join("x"), "").unwrap();
+        prepare_workspace(root.path(), &item(8, now + 60_000)).unwrap();
+        assert!(!unmarked.join("x").exists());
+        // An unmarked folder changed after the item was made is its own.
+        std::fs::create_dir(root.path().join("9")).unwrap();
+        std::fs::write(root.path().join("9/y"), "").unwrap();
+        prepare_workspace(root.path(), &item(9, now - 60_000)).unwrap();
+        assert!(root.path().join("9/y").exists());
     }
 }

@@ -16,7 +16,7 @@ use ideamill_llm::{ChatRequest, ErrorClass, FileLimits, LlmError, Price, Provide
 use ideamill_store::{ClaimedJob, ItemContext, Spend, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Execution, Executor, context_json, item_workspace, workspace_files};
+use crate::executor::{Execution, Executor, context_json, workspace_files};
 
 /// Build one [`Provider`] per `[providers.NAME]`, resolving API keys. Errors
 /// name the provider and what is missing, never a key.
@@ -264,7 +264,10 @@ impl Executor for LlmExecutor {
             Ok(None) => {}
             Err(e) => return Execution::failed(AttemptOutcome::Error, e),
         }
-        let dir = item_workspace(&self.workspace, job.item_id);
+        let dir = match crate::executor::prepare(&self.workspace, &context.item).await {
+            Ok(dir) => dir,
+            Err(failed) => return failed,
+        };
         let mut vars = context_json(job, context, &dir);
         vars["idea"] = serde_json::json!(context.item.text);
         vars["metadata"] = context.item.metadata.clone();
