@@ -176,16 +176,37 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
         );
     }
 
-    let mut child = match build_command(spec).spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            let message = spawn_error_message(spec, &err);
-            tracing::debug!(program = %spec.program, error = %err, "Command failed to start.");
-            return finish(
-                CommandEnd::SpawnFailed(message),
-                Capture::default(),
-                Capture::default(),
-            );
+    // A start that fails for lack of resources (file descriptors, processes,
+    // memory) is the engine's trouble, not the item's: wait and try again
+    // within this attempt, and say so where health is judged.
+    let mut pause = Duration::from_millis(100);
+    let mut child = loop {
+        match injected_spawn_failure().map_or_else(|| build_command(spec).spawn(), Err) {
+            Ok(child) => break child,
+            Err(err) if is_lack_of_resources(&err) && started.elapsed() + pause < spec.timeout => {
+                note_spawn_trouble(format!("cannot start `{}`: {err}", spec.program));
+                tracing::warn!(
+                    program = %spec.program,
+                    error = %err,
+                    "DEGRADED: a stage's program cannot start for lack of resources; waiting {pause:?} and trying again"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = cancel.cancelled() => {
+                        return finish(CommandEnd::Cancelled, Capture::default(), Capture::default());
+                    }
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => {
+                let message = spawn_error_message(spec, &err);
+                tracing::debug!(program = %spec.program, error = %err, "Command failed to start.");
+                return finish(
+                    CommandEnd::SpawnFailed(message),
+                    Capture::default(),
+                    Capture::default(),
+                );
+            }
         }
     };
     // A pid of 0 or 1 would turn `kill(-pgid)` into "our own group" or
@@ -294,6 +315,65 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
     let result = finish(end, stdout, stderr);
     tracing::debug!(program = %spec.program, end = %result.end, duration = ?result.duration, "Command finished.");
     result
+}
+
+/// Test-only (debug builds): `IDEAMILL_TEST_SPAWN_EMFILE=n` makes the first
+/// n starts fail with EMFILE, as a process out of file descriptors would.
+#[cfg(debug_assertions)]
+fn injected_spawn_failure() -> Option<io::Error> {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LEFT: AtomicI64 = AtomicI64::new(-1);
+    if LEFT.load(Ordering::SeqCst) == -1 {
+        let n = std::env::var("IDEAMILL_TEST_SPAWN_EMFILE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let _ = LEFT.compare_exchange(-1, n, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    (LEFT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        (n > 0).then(|| n - 1)
+    }))
+    .is_ok()
+    .then(|| io::Error::from_raw_os_error(libc::EMFILE))
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_spawn_failure() -> Option<io::Error> {
+    None
+}
+
+/// EMFILE, ENFILE, EAGAIN, ENOMEM: the machine (or this process) is short
+/// of something, and waiting may fix it.
+fn is_lack_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+    )
+}
+
+/// The last time a program could not start for lack of resources, and why
+/// (wall ms; 0 when never): shown in the status file, judged by the verdict.
+static SPAWN_TROUBLE_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static SPAWN_TROUBLE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn note_spawn_trouble(message: String) {
+    if let Ok(mut last) = SPAWN_TROUBLE.try_lock() {
+        *last = message;
+    }
+    SPAWN_TROUBLE_AT.store(crate::now_millis(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// When a program last could not start for lack of resources, and why;
+/// `None` if never. Never waits for a lock.
+pub fn spawn_trouble() -> Option<(ideamill_core::Millis, String)> {
+    let at = SPAWN_TROUBLE_AT.load(std::sync::atomic::Ordering::Relaxed);
+    (at > 0).then(|| {
+        let message = SPAWN_TROUBLE
+            .try_lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        (at, message)
+    })
 }
 
 fn build_command(spec: &CommandSpec) -> Command {

@@ -770,3 +770,32 @@ fn items_of_a_removed_stage_are_shown_and_can_be_moved() {
     assert_eq!(item["item"]["state"], "done", "{item:#}");
     assert_eq!(outputs_by_stage(&item)["new"], vec!["new"]);
 }
+
+/// A program that cannot start for lack of resources (EMFILE here, from a
+/// debug-build hook) is the engine's trouble: the job waits and tries again
+/// without using up the item's attempts, and the engine says DEGRADED.
+#[test]
+fn a_start_that_fails_for_lack_of_resources_uses_no_attempt() {
+    let p = Project::new(&format!(
+        "{ENGINE}{}",
+        py_stage("only", "print('ran')", "max_attempts = 1")
+    ));
+    let id = p.add("starts on the fourth try");
+    let mut child = p
+        .cmd(&["run", "--until-idle"])
+        .env("IDEAMILL_TEST_SPAWN_EMFILE", "3")
+        .stdout(std::fs::File::create(p.file("run-emfile.log")).unwrap())
+        .stderr(std::fs::File::create(p.file("run-emfile.err.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60)).expect("run ends");
+    assert!(status.success(), "{}", p.logs());
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(item["attempts"].as_array().unwrap().len(), 1, "{item:#}");
+    let log = std::fs::read_to_string(p.file("run-emfile.err.log")).unwrap();
+    assert!(
+        log.contains("DEGRADED: a stage's program cannot start for lack of resources"),
+        "{log}"
+    );
+}

@@ -46,6 +46,10 @@ pub struct StatusFile {
     pub supervisor_pid: Option<u32>,
     pub rss_bytes: u64,
     pub written_at: Millis,
+    /// When a stage's program last could not start for lack of resources
+    /// (file descriptors, processes, memory), and the error.
+    #[serde(default)]
+    pub spawn_trouble: Option<(Millis, String)>,
 }
 
 pub fn path_for(data_dir: &Path, pid: u32) -> PathBuf {

@@ -153,6 +153,25 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
         );
     }
 
+    // Programs that cannot start for lack of resources: the engine waits and
+    // tries again, so items lose nothing, but the machine needs a look.
+    for e in &f.engines {
+        if let Some((at, message)) = &e.file.spawn_trouble
+            && e.alive
+            && f.now - at <= health.failure_window.as_millis() as Millis
+        {
+            say(
+                Level::Degraded,
+                "spawn_failing",
+                format!(
+                    "engine pid {}: a stage's program could not start for lack of resources {} ago ({message}); its job waits and tries again",
+                    e.file.pid,
+                    short(f.now - at)
+                ),
+            );
+        }
+    }
+
     // Engines that stopped beating while their process still exists are hung.
     for e in &f.engines {
         let limit = e.file.stall_after_ms as Millis;
