@@ -96,6 +96,9 @@ pub struct Confinement {
     /// `cgroup.procs` files open for writing: the child writes "0" to each
     /// to join the job's control groups.
     pub cgroup_procs: Vec<RawFd>,
+    /// Fds the program must inherit (everything else above stderr is
+    /// closed at exec).
+    pub keep_fds: Vec<RawFd>,
 }
 
 /// How a command ended.
@@ -447,6 +450,12 @@ fn build_command(spec: &CommandSpec) -> Command {
             }
         }
         close_inherited_fds();
+        for &fd in &confine.keep_fds {
+            // SAFETY: fcntl on an fd opened before the fork.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         arm_parent_death_signal()
     };
     // SAFETY: the hook runs in the forked child before exec, where only

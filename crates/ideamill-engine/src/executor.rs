@@ -416,6 +416,8 @@ impl Executor for CommandExecutor {
             confine: Confinement::default(),
         };
         let mut group = None;
+        // Open until the program has started (it inherits them).
+        let mut inherited: Vec<std::os::fd::OwnedFd> = Vec::new();
         if confined {
             if let Some(missing) = self.missing_in_sandbox(&program, &spec.env) {
                 return Execution::failed(AttemptOutcome::Error, missing);
@@ -455,6 +457,12 @@ impl Executor for CommandExecutor {
             spec.program = plan.program;
             spec.args = plan.args;
             spec.confine = confinement;
+            spec.confine.keep_fds = plan
+                .keep
+                .iter()
+                .map(std::os::fd::AsRawFd::as_raw_fd)
+                .collect();
+            inherited = plan.keep;
             group = job_group;
         } else {
             tracing::warn!(
@@ -484,6 +492,7 @@ impl Executor for CommandExecutor {
             done = run_command(&spec, &run_cancel) => done,
             () = watch_limits => unreachable_pending(),
         };
+        drop(inherited);
         let mut done = done;
         if confined {
             // bubblewrap reports a program killed by a signal as 128 + it.

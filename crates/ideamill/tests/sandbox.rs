@@ -74,6 +74,16 @@ elif kind == "linger":
         os._exit(0)
     os.wait()
     blocked("left processes behind, which must not outlive the job")
+elif kind == "syscalls":
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) == 0: escaped("unshare(CLONE_NEWUSER)")
+    if libc.ptrace(0, 0, 0, 0) == 0: escaped("ptrace(PTRACE_TRACEME)")
+    if subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode == 0:
+        escaped("unshare -U true")
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        escaped("unshare -n true")
+    blocked("no new namespace, no ptrace")
 elif kind == "forkbomb":
     while True:
         try:
@@ -217,12 +227,13 @@ fn a_hostile_test_suite_reaches_nothing_and_limits_say_what_ended_it() {
         json!({"attack": "signal", "pids": [engine_pid, supervisor_pid]}),
     );
     let linger = attack(&p, json!({"attack": "linger", "marker": marker}));
+    let syscalls = attack(&p, json!({"attack": "syscalls"}));
     let forkbomb = attack(&p, json!({"attack": "forkbomb"}));
     let memory = attack(&p, json!({"attack": "memory"}));
     let bigfile = attack(&p, json!({"attack": "bigfile"}));
 
     let all = [
-        env, read, write, connect, signal, linger, forkbomb, memory, bigfile,
+        env, read, write, connect, signal, linger, syscalls, forkbomb, memory, bigfile,
     ];
     let finished = wait_until(Duration::from_secs(240), || {
         all.iter()
@@ -238,7 +249,7 @@ fn a_hostile_test_suite_reaches_nothing_and_limits_say_what_ended_it() {
     );
 
     // Blocked, each of them: the gate passed with what the program saw.
-    for id in [env, read, write, connect, signal, linger] {
+    for id in [env, read, write, connect, signal, linger, syscalls] {
         let item = p.show(id);
         assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
         let out = output(&item);

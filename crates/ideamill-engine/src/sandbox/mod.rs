@@ -19,9 +19,11 @@
 //! set-up, the riskiest code, out of ours.
 
 pub mod cgroup;
+pub mod seccomp;
 
 use std::fmt::Write as _;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +53,8 @@ pub struct Sandbox {
     /// the program to `nobody`.
     as_root: bool,
     cgroups: Option<CgroupHost>,
+    /// The seccomp programs, when they could be built for this machine.
+    filters: Option<seccomp::Filters>,
     report: SandboxReport,
 }
 
@@ -94,9 +98,20 @@ impl Sandbox {
                     .to_owned()
             },
             limits: String::new(),
-            seccomp: "not applied: bubblewrap gets no seccomp filter; the namespaces, \
-                      the dropped user and no-new-privs confine the program"
-                .to_owned(),
+            seccomp: String::new(),
+        };
+        let filters = match seccomp::Filters::build() {
+            Ok(filters) => {
+                report.seccomp = "a filter denies new namespaces (clone, unshare, setns), \
+                                  ptrace, keyrings, bpf, perf events, userfaultfd, io_uring, \
+                                  modules, kexec, mounts, reboot, swap, the clock and TIOCSTI"
+                    .to_owned();
+                Some(filters)
+            }
+            Err(why) => {
+                report.seccomp = format!("not applied ({why})");
+                None
+            }
         };
         let cgroups = match CgroupHost::detect() {
             Ok(host) => {
@@ -131,6 +146,7 @@ impl Sandbox {
                     program: None,
                     as_root,
                     cgroups,
+                    filters,
                     report,
                 };
             }
@@ -147,6 +163,7 @@ impl Sandbox {
             program: Some(program),
             as_root,
             cgroups,
+            filters,
             report,
         };
         match sandbox.try_true() {
@@ -179,13 +196,25 @@ impl Sandbox {
         let plan = self
             .plan(&probe_stage(), &dir, "true", &[])
             .map_err(|e| e.to_string())?;
-        let out = Command::new(&plan.program)
+        let keep: Vec<i32> = plan.keep.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut command = Command::new(&plan.program);
+        command
             .args(&plan.args)
             .env_clear()
             .env("PATH", DEFAULT_PATH)
             .current_dir(&dir)
-            .stdin(Stdio::null())
-            .output();
+            .stdin(Stdio::null());
+        // SAFETY: only fcntl on fds that are open, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                for &fd in &keep {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
+                Ok(())
+            });
+        }
+        let out = command.output();
+        drop(plan);
         let _ = std::fs::remove_dir(&dir);
         match out {
             Ok(out) if out.status.success() => Ok(()),
@@ -311,6 +340,13 @@ impl Sandbox {
             a.extend([(*how).to_owned(), shown.clone(), shown]);
         }
         a.extend(["--chdir".to_owned(), workspace.display().to_string()]);
+        let keep = match &self.filters {
+            Some(filters) => filters.pipes()?,
+            None => Vec::new(),
+        };
+        for fd in &keep {
+            a.extend(["--add-seccomp-fd".to_owned(), fd.as_raw_fd().to_string()]);
+        }
         a.push("--".to_owned());
         if self.as_root {
             let id = NOBODY.to_string();
@@ -335,6 +371,7 @@ impl Sandbox {
         Ok(Plan {
             program: sandbox.display().to_string(),
             args: a,
+            keep,
         })
     }
 
@@ -377,6 +414,7 @@ impl Sandbox {
         let confinement = Confinement {
             rlimits,
             cgroup_procs: group.as_ref().map(JobCgroup::procs_fds).unwrap_or_default(),
+            keep_fds: Vec::new(),
         };
         (confinement, group)
     }
@@ -403,11 +441,13 @@ pub fn stages_with(config: &ideamill_core::Config, mode: SandboxMode) -> Vec<&st
         .collect()
 }
 
-/// The program to start and its arguments.
-#[derive(Debug, Clone)]
+/// The program to start and its arguments, and the fds it must inherit
+/// (the seccomp programs' pipes), open until it has started.
+#[derive(Debug)]
 pub struct Plan {
     pub program: String,
     pub args: Vec<String>,
+    pub keep: Vec<OwnedFd>,
 }
 
 /// `PATH` when the engine has none.
