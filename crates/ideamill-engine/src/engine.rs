@@ -420,7 +420,7 @@ async fn reap(shared: &Shared) {
     }
 }
 
-/// One beat per `heartbeat`: renew every lease this process holds, deliver
+/// One beat per `heartbeat`: renew the leases of the jobs this process runs, deliver
 /// cancellations, reap other processes' expired leases, prune old rows.
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let engine = &shared.config.engine;
@@ -442,9 +442,23 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = now_millis();
+        // Only the jobs whose work still goes on here: a job whose task ended
+        // but whose result is not committed must not be held forever.
+        let running: Vec<JobId> = shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
         match shared
             .store
-            .heartbeat(&shared.owner, now, now + engine.lease.as_millis() as Millis)
+            .heartbeat(
+                &shared.owner,
+                now,
+                now + engine.lease.as_millis() as Millis,
+                &running,
+            )
             .await
         {
             Ok(cancels) => {

@@ -88,9 +88,19 @@ pub trait Store: Send + Sync {
     /// an event); its slot in the result is `Err(StoreError::LeaseLost)`.
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>>;
 
-    /// Renew every lease `owner` holds and beat its process row. Returns the
-    /// held jobs someone asked to cancel.
-    async fn heartbeat(&self, owner: &str, now: Millis, lease_until: Millis) -> Result<Vec<JobId>>;
+    /// Renew the leases of the jobs in `running` that `owner` holds, and beat
+    /// its process row. `running` names the jobs whose work is still going on
+    /// in the process: a job it holds but no longer runs (its task ended and
+    /// its result was never committed) is not renewed, so that its lease
+    /// expires and the reaper gives it back. Returns the renewed jobs someone
+    /// asked to cancel.
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        running: &[JobId],
+    ) -> Result<Vec<JobId>>;
 
     /// Make jobs whose leases expired runnable again (or fail or cancel
     /// them), recording an event for each. Safe to run in every process.

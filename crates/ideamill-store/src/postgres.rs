@@ -870,7 +870,13 @@ impl Store for PostgresStore {
         Ok(results)
     }
 
-    async fn heartbeat(&self, owner: &str, now: Millis, lease_until: Millis) -> Result<Vec<JobId>> {
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        running: &[JobId],
+    ) -> Result<Vec<JobId>> {
         // One statement, so one transaction and one round trip. Like a
         // claim, a beat need not wait for its WAL flush: a beat lost in a
         // server crash only makes leases expire sooner.
@@ -881,7 +887,8 @@ impl Store for PostgresStore {
                  UPDATE jobs SET lease_expires_at = CASE WHEN $4 THEN ",
             db_now!(),
             " + ($1 - $3) ELSE $1 END
-                 WHERE lease_owner = $2 AND state = 'running' AND EXISTS (SELECT 1 FROM relaxed)
+                 WHERE id = ANY($5) AND lease_owner = $2 AND state = 'running'
+                   AND EXISTS (SELECT 1 FROM relaxed)
                  RETURNING id, cancel_requested),
              beat AS (UPDATE processes SET last_beat_at = $3 WHERE id = $2)
              SELECT id FROM renewed WHERE cancel_requested ORDER BY id"
@@ -890,6 +897,7 @@ impl Store for PostgresStore {
         .bind(owner)
         .bind(now)
         .bind(self.db_clock)
+        .bind(running)
         .fetch_all(&self.pool)
         .await?;
         // Housekeeping that rides on the beat; a failure here is not the

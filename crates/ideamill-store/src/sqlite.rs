@@ -593,27 +593,39 @@ impl Store for SqliteStore {
         Ok(results)
     }
 
-    async fn heartbeat(&self, owner: &str, now: Millis, lease_until: Millis) -> Result<Vec<JobId>> {
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        running: &[JobId],
+    ) -> Result<Vec<JobId>> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND state = 'running'",
+        // Only the jobs the process still runs: one it holds but no longer
+        // runs must be left to expire.
+        let renewed = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ?1
+             WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3 AND state = 'running'
+             RETURNING id, cancel_requested",
         )
         .bind(lease_until)
+        .bind(serde_json::Value::from(running).to_string())
         .bind(owner)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         sqlx::query("UPDATE processes SET last_beat_at = ? WHERE id = ?")
             .bind(now)
             .bind(owner)
             .execute(&mut *tx)
             .await?;
-        let cancels = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE lease_owner = ? AND state = 'running' AND cancel_requested = 1",
-        )
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
         tx.commit().await?;
+        let mut cancels = Vec::new();
+        for r in &renewed {
+            if r.int("cancel_requested")? != 0 {
+                cancels.push(r.int("id")?);
+            }
+        }
+        cancels.sort_unstable();
         Ok(cancels)
     }
 

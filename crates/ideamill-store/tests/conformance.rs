@@ -78,6 +78,7 @@ macro_rules! conformance_suite {
                     finishes::nul_bytes_in_results_are_replaced,
                     leases::reap_requeues_fails_or_cancels_expired_jobs,
                     leases::heartbeat_renews_leases_and_reports_cancels,
+                    leases::heartbeat_renews_only_the_jobs_named_running,
                     leases::release_gives_jobs_back_uncounted,
                     leases::dead_process_jobs_run_again_at_once,
                     admin::retry_and_cancel_by_hand,

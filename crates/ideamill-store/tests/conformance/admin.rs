@@ -276,9 +276,13 @@ pub async fn prune_deletes_only_old_finished_items(b: &dyn Backend) {
     assert_eq!(status.items, items(1, 2, 0, 0));
     // A beat may fold count deltas into the base counts (PostgreSQL): the
     // counts stay the same, and stay right for what comes next.
-    s.heartbeat("w2", T0 + 6_000, T0 + 9_000).await.unwrap();
+    s.heartbeat("w2", T0 + 6_000, T0 + 9_000, &[])
+        .await
+        .unwrap();
     assert_eq!(s.status(T0 + 6_000).await.unwrap().items, items(1, 2, 0, 0));
-    s.heartbeat("w2", T0 + 6_000, T0 + 9_000).await.unwrap();
+    s.heartbeat("w2", T0 + 6_000, T0 + 9_000, &[])
+        .await
+        .unwrap();
     add_one(s, "after the fold", &next("queued", 1, 3), T0 + 7_000).await;
     assert_eq!(s.status(T0 + 7_000).await.unwrap().items, items(2, 2, 0, 0));
     store.close().await;

@@ -110,14 +110,14 @@ pub async fn heartbeat_renews_leases_and_reports_cancels(s: &dyn Store) {
     let (job_a, job_b) = (held[0].clone(), held[1].clone());
 
     assert!(
-        s.heartbeat("w1", T0 + 50, T0 + 1_000)
+        s.heartbeat("w1", T0 + 50, T0 + 1_000, &[job_a.id, job_b.id])
             .await
             .unwrap()
             .is_empty()
     );
     // Another owner's beat renews nothing of w1's.
     assert!(
-        s.heartbeat("w2", T0 + 50, T0 + 99_999)
+        s.heartbeat("w2", T0 + 50, T0 + 99_999, &[job_a.id, job_b.id])
             .await
             .unwrap()
             .is_empty()
@@ -148,7 +148,9 @@ pub async fn heartbeat_renews_leases_and_reports_cancels(s: &dyn Store) {
     );
 
     assert_eq!(
-        s.heartbeat("w1", T0 + 70, T0 + 1_100).await.unwrap(),
+        s.heartbeat("w1", T0 + 70, T0 + 1_100, &[job_a.id, job_b.id])
+            .await
+            .unwrap(),
         [job_a.id]
     );
     assert_eq!(s.cancel_requests("w1").await.unwrap(), [job_a.id]);
@@ -306,7 +308,7 @@ pub async fn dead_process_jobs_run_again_at_once(s: &dyn Store) {
         .unwrap();
     assert_eq!(held.len(), 2);
     assert!(
-        s.heartbeat(&p1.id, T0 + 30, T0 + LEASE + 30)
+        s.heartbeat(&p1.id, T0 + 30, T0 + LEASE + 30, &[held[0].id, held[1].id])
             .await
             .unwrap()
             .is_empty()
@@ -416,7 +418,7 @@ pub async fn leases_are_judged_by_the_store_clock(b: &dyn Backend) {
     // A beat from a clock an hour ahead renews for one lease of the
     // store's clock, not until an hour from now.
     assert!(
-        s.heartbeat("w1", ahead, ahead + LEASE)
+        s.heartbeat("w1", ahead, ahead + LEASE, &[held[0].id])
             .await
             .unwrap()
             .is_empty()
@@ -438,4 +440,54 @@ pub async fn leases_are_judged_by_the_store_clock(b: &dyn Backend) {
     assert_eq!(reaped.len(), 1, "{reaped:?}");
     assert_eq!(reaped[0].job_id, held[0].id);
     s.close().await;
+}
+
+pub async fn heartbeat_renews_only_the_jobs_named_running(s: &dyn Store) {
+    let ids = s
+        .add_items(&new_items(&["runs", "ended"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    let held = s.claim("draft", 2, "w1", T0, T0 + 100).await.unwrap();
+    assert_eq!(held.iter().map(|j| j.item_id).collect::<Vec<_>>(), ids);
+    let (runs, ended) = (held[0].clone(), held[1].clone());
+
+    // The process still runs `runs`; `ended`'s task is over but its result
+    // was never committed: only `runs` is renewed.
+    assert!(
+        s.heartbeat("w1", T0 + 50, T0 + 1_000, &[runs.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let d = s.item(runs.item_id).await.unwrap();
+    assert_eq!(d.jobs[0].lease_expires_at, Some(T0 + 1_000));
+    let d = s.item(ended.item_id).await.unwrap();
+    assert_eq!(
+        d.jobs[0].lease_expires_at,
+        Some(T0 + 100),
+        "a job the process does not run keeps its old lease"
+    );
+
+    let reaped = s.reap_expired(T0 + 500).await.unwrap();
+    assert_eq!(
+        reaped.iter().map(|r| r.job_id).collect::<Vec<_>>(),
+        [ended.id],
+        "the reaper returns the job no one runs, and only it: {reaped:?}"
+    );
+    assert_eq!(reaped[0].action, LostJob::Requeue);
+    let d = s.item(runs.item_id).await.unwrap();
+    assert_eq!(d.jobs[0].state, JobState::Running);
+    assert_eq!(d.jobs[0].lease_owner.as_deref(), Some("w1"));
+    let again = claim_one(s, "draft", "w2", T0 + 500).await;
+    assert_eq!((again.id, again.attempt), (ended.id, 2));
+
+    // A beat naming no job renews nothing, but still beats the process.
+    assert!(
+        s.heartbeat("w1", T0 + 600, T0 + 2_000, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let d = s.item(runs.item_id).await.unwrap();
+    assert_eq!(d.jobs[0].lease_expires_at, Some(T0 + 1_000));
 }
