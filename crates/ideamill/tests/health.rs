@@ -156,7 +156,10 @@ fn the_watchdog_acts_while_the_hung_loop_holds_any_lock_it_reads() {
     let runs: Vec<_> = locks
         .iter()
         .map(|lock| {
-            let p = Project::new(&format!("{FAST}{}", slow_stage(0.1)));
+            // Secrets the evidence must not show.
+            let secrets = "[[alerts]]\nkind = \"slack\"\nurl = \"http://127.0.0.1:9/services/hook-secret-123\"\n";
+            let stage = slow_stage(0.1) + "env = { TOKEN = \"env-secret-456\" }\n";
+            let p = Project::new(&format!("{FAST}{secrets}{stage}"));
             p.add("keeps the loop busy");
             let run = spawn_with_env(
                 &p,
@@ -182,6 +185,14 @@ fn the_watchdog_acts_while_the_hung_loop_holds_any_lock_it_reads() {
         assert_eq!(mode(&dirs[0]), 0o700, "holding `{lock}`");
         for file in std::fs::read_dir(&dirs[0]).unwrap().flatten() {
             assert_eq!(mode(&file.path()), 0o600, "{}", file.path().display());
+            let text = String::from_utf8_lossy(&std::fs::read(file.path()).unwrap()).into_owned();
+            for secret in ["hook-secret-123", "env-secret-456"] {
+                assert!(
+                    !text.contains(secret),
+                    "{secret} in {}",
+                    file.path().display()
+                );
+            }
         }
     }
 }
