@@ -78,17 +78,8 @@ pub type Executors = Vec<(String, Arc<dyn Executor>)>;
 pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Executors, String> {
     let providers = crate::llm_stage::providers(config)?;
     let sandbox = Arc::new(Sandbox::probe(&config.sandbox));
-    let confined = sandbox::stages_with(config, SandboxMode::On);
-    if !confined.is_empty() && !sandbox.works() {
-        return Err(format!(
-            "stages {} must run confined, but {}",
-            confined.join(", "),
-            sandbox
-                .report()
-                .problem
-                .as_deref()
-                .unwrap_or("the sandbox does not work here")
-        ));
+    if let Some(refusal) = sandbox::refusal(config, &sandbox) {
+        return Err(refusal);
     }
     config
         .stages

@@ -441,6 +441,23 @@ pub fn stages_with(config: &ideamill_core::Config, mode: SandboxMode) -> Vec<&st
         .collect()
 }
 
+/// Why the confined stages of `config` cannot run here, when they cannot:
+/// `run` refuses to start them, `validate` and `doctor` say so.
+pub fn refusal(config: &ideamill_core::Config, sandbox: &Sandbox) -> Option<String> {
+    let confined = stages_with(config, SandboxMode::On);
+    (!confined.is_empty() && !sandbox.works()).then(|| {
+        format!(
+            "stages {} must run confined, but {}",
+            confined.join(", "),
+            sandbox
+                .report()
+                .problem
+                .as_deref()
+                .unwrap_or("the sandbox does not work here")
+        )
+    })
+}
+
 /// The program to start and its arguments, and the fds it must inherit
 /// (the seccomp programs' pipes), open until it has started.
 #[derive(Debug)]

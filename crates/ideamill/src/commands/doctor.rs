@@ -16,7 +16,6 @@ use ideamill_store::StoreError;
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
-use crate::commands::validate::sandbox_problem;
 use crate::{output, project};
 use ideamill_engine::sandbox::Sandbox;
 
@@ -311,7 +310,7 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         let sandbox_config = config.sandbox.clone();
         tokio::task::spawn_blocking(move || Sandbox::probe(&sandbox_config)).await?
     };
-    let problem = sandbox_problem(&config, &sandbox);
+    let problem = ideamill_engine::sandbox::refusal(&config, &sandbox);
     checks.push(Check {
         name: "sandbox",
         ok: problem.is_none(),

@@ -19,7 +19,7 @@ mod service;
 mod show;
 mod status;
 mod store_copy;
-pub mod validate;
+mod validate;
 
 use std::process::ExitCode;
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ideamill_core::Config;
 use ideamill_core::config::{SandboxMode, StageKind};
-use ideamill_engine::sandbox::{Sandbox, stages_with};
+use ideamill_engine::sandbox::{self, Sandbox, stages_with};
 
 use crate::cli::ValidateArgs;
 use crate::{exit, output, project};
@@ -45,7 +45,7 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
     } else {
         let sandbox = Sandbox::probe(&config.sandbox);
         let mut problems = environment_problems(&config);
-        if let Some(problem) = sandbox_problem(&config, &sandbox) {
+        if let Some(problem) = sandbox::refusal(&config, &sandbox) {
             problems.push(problem);
         }
         (problems, Some(sandbox))
@@ -81,22 +81,6 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
     } else {
         exit::CONFIG
     }))
-}
-
-/// Why confined stages cannot run here, if they cannot.
-pub fn sandbox_problem(config: &Config, sandbox: &Sandbox) -> Option<String> {
-    let confined = stages_with(config, SandboxMode::On);
-    (!confined.is_empty() && !sandbox.works()).then(|| {
-        format!(
-            "stages {} must run confined, and `run` will refuse them: {}",
-            confined.join(", "),
-            sandbox
-                .report()
-                .problem
-                .as_deref()
-                .unwrap_or("the sandbox does not work here")
-        )
-    })
 }
 
 /// What would stop the config from running here: missing programs,
