@@ -136,19 +136,7 @@ async fn throughput(
     if processes > 1 {
         return throughput_processes(&config, &store, items, enqueue, processes, &url).await;
     }
-    let engine = Engine::new(
-        config.clone(),
-        store.clone(),
-        noop_executors(&config),
-        EngineOptions {
-            until_idle: true,
-            ..EngineOptions::default()
-        },
-    );
-    let clock = Instant::now();
-    let summary = engine.run(CancellationToken::new()).await?;
-    let took = clock.elapsed();
-    store.close().await;
+    let (summary, took) = until_idle(&config, &store, noop_executors(&config)).await?;
     report_throughput(
         &url,
         concurrency,
@@ -248,10 +236,29 @@ async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
             now_millis(),
         )
         .await?;
+    let executors = executors_for(&config, &store).map_err(|e| anyhow::anyhow!(e))?;
+    let (summary, took) = until_idle(&config, &store, executors).await?;
+    println!(
+        "  engine, 3 confined no-op stages, concurrency 4 each: {} jobs in {:.2}s = {:.0} jobs/s ({} items done)",
+        summary.attempts,
+        took.as_secs_f64(),
+        summary.attempts as f64 / took.as_secs_f64(),
+        summary.items_done
+    );
+    Ok(())
+}
+
+/// One engine on `store` until nothing is left to do; the store is closed
+/// after. Its summary and how long it ran.
+async fn until_idle(
+    config: &Arc<Config>,
+    store: &Arc<dyn ideamill_store::Store>,
+    executors: Vec<(String, Arc<dyn Executor>)>,
+) -> anyhow::Result<(ideamill_engine::RunSummary, Duration)> {
     let engine = Engine::new(
         config.clone(),
         store.clone(),
-        executors_for(&config, &store).map_err(|e| anyhow::anyhow!(e))?,
+        executors,
         EngineOptions {
             until_idle: true,
             ..EngineOptions::default()
@@ -261,14 +268,7 @@ async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
     let summary = engine.run(CancellationToken::new()).await?;
     let took = clock.elapsed();
     store.close().await;
-    println!(
-        "  engine, 3 confined no-op stages, concurrency 4 each: {} jobs in {:.2}s = {:.0} jobs/s ({} items done)",
-        summary.attempts,
-        took.as_secs_f64(),
-        summary.attempts as f64 / took.as_secs_f64(),
-        summary.items_done
-    );
-    Ok(())
+    Ok((summary, took))
 }
 
 async fn pickup(samples: u32, url: Option<String>) -> anyhow::Result<()> {
