@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/sqlite/0004_status_reads.sql"),
     ),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_id_high_water.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -1385,10 +1389,12 @@ impl Store for SqliteStore {
                     Some(now),
                 ),
             };
-            let id: ItemId = sqlx::query_scalar(
-                "INSERT INTO items (text, metadata, state, stage, round, last_error, created_at, updated_at, finished_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            let id = next_item_id(&mut tx).await?;
+            sqlx::query(
+                "INSERT INTO items (id, text, metadata, state, stage, round, last_error, created_at, updated_at, finished_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
+            .bind(id)
             .bind(&item.text)
             .bind(item.metadata.to_string())
             .bind(state)
@@ -1398,7 +1404,7 @@ impl Store for SqliteStore {
             .bind(item.created_at)
             .bind(now)
             .bind(finished_at)
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await?;
             if let ImportedState::Rejected { rejections, .. } = &item.state {
                 // Each rejection is a finished gate job with its feedback,
@@ -1561,6 +1567,19 @@ async fn insert_intake_record(
     Ok(())
 }
 
+/// The id the next new item gets: above every id in use and every id ever
+/// deleted (`id_high_water`), so that no id is given twice, even after the
+/// newest items were pruned. Read inside the write transaction that inserts.
+async fn next_item_id(tx: &mut Transaction<'static, Sqlite>) -> Result<ItemId> {
+    let id: ItemId = sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT MAX(id) FROM items), 0),
+                    COALESCE((SELECT id FROM id_high_water WHERE name = 'items'), 0)) + 1",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
 /// New active items, each with its first job `first`; ids in input order.
 async fn insert_new_items(
     tx: &mut Transaction<'static, Sqlite>,
@@ -1568,13 +1587,15 @@ async fn insert_new_items(
     first: &NextJob,
     now: Millis,
 ) -> Result<Vec<ItemId>> {
-    let mut ids = Vec::with_capacity(items.len());
-    for chunk in items.chunks(CHUNK) {
+    let first_id = next_item_id(tx).await?;
+    let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
+    for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at) ",
+            "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at) ",
         );
-        q.push_values(chunk, |mut b, item| {
-            b.push_bind(&item.text)
+        q.push_values(chunk.iter().zip(chunk_ids), |mut b, (item, id)| {
+            b.push_bind(*id)
+                .push_bind(&item.text)
                 .push_bind(item.metadata.to_string())
                 .push_bind("active")
                 .push_bind(&first.stage)
@@ -1582,11 +1603,7 @@ async fn insert_new_items(
                 .push_bind(now)
                 .push_bind(now);
         });
-        q.push(" RETURNING id");
-        let mut chunk_ids: Vec<ItemId> = q.build_query_scalar().fetch_all(&mut **tx).await?;
-        // RETURNING's order is unspecified; new rowids grow in VALUES order.
-        chunk_ids.sort_unstable();
-        ids.extend(chunk_ids);
+        q.build().execute(&mut **tx).await?;
     }
     let jobs: Vec<(ItemId, &NextJob, Millis)> = ids.iter().map(|id| (*id, first, now)).collect();
     insert_jobs(tx, &jobs).await?;

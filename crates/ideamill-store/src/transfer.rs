@@ -7,7 +7,9 @@
 //! row counts of every table are compared before the commit. Triggers are
 //! off while the rows go in (they would rewrite copied items), foreign keys
 //! are checked at the end, and PostgreSQL's id sequences are moved past the
-//! copied ids.
+//! copied ids. Item ids are never given twice: the target gives new items
+//! ids above every item id the source or the target ever gave, even those of
+//! items since pruned (SQLite's `id_high_water`, PostgreSQL's sequence).
 //!
 //! Both stores must have been opened (and so migrated) by this build first;
 //! the caller also makes sure no engine is running on the source.
@@ -107,6 +109,12 @@ async fn copy_between(source: &mut Db, target: &mut Db, replace: bool) -> Result
     }
 
     let triggers = target.begin_write().await?;
+    // Before anything of the target is replaced: its own items may have
+    // workspace folders too.
+    let item_floor = source
+        .item_id_floor()
+        .await?
+        .max(target.item_id_floor().await?);
     let mut held = Vec::new();
     for table in &tables {
         let n = target.count(table).await?;
@@ -147,7 +155,7 @@ async fn copy_between(source: &mut Db, target: &mut Db, replace: bool) -> Result
             rows: copied,
         });
     }
-    target.finish_write(&tables, &triggers).await?;
+    target.finish_write(&tables, &triggers, item_floor).await?;
     source.execute("COMMIT").await?;
     Ok(report)
 }
@@ -365,6 +373,7 @@ impl Db {
         &mut self,
         tables: &[String],
         triggers: &[(String, String)],
+        item_floor: i64,
     ) -> Result<()> {
         match self {
             Db::Sqlite(c) => {
@@ -393,6 +402,16 @@ impl Db {
                     sqlx::raw_sql(
                         "UPDATE item_counts SET n = (SELECT count(*) FROM items WHERE items.state = item_counts.state)",
                     )
+                    .execute(&mut *c)
+                    .await?;
+                }
+                // New items get ids above every item id ever given.
+                if sqlite_has_table(c, "id_high_water").await? {
+                    sqlx::query(
+                        "INSERT INTO id_high_water (name, id) VALUES ('items', ?)
+                         ON CONFLICT (name) DO UPDATE SET id = MAX(id, excluded.id)",
+                    )
+                    .bind(item_floor)
                     .execute(&mut *c)
                     .await?;
                 }
@@ -441,7 +460,8 @@ impl Db {
                     .execute(&mut *c)
                     .await?;
                 }
-                // Identity columns: the next id follows the copied ones.
+                // Identity columns: the next id follows the copied ones, and
+                // for items every item id ever given.
                 let identities: Vec<(String, String)> = sqlx::query_as(
                     "SELECT table_name::text, column_name::text FROM information_schema.columns
                      WHERE table_schema = current_schema()
@@ -450,12 +470,19 @@ impl Db {
                 .fetch_all(&mut *c)
                 .await?;
                 for (table, column) in identities.iter().filter(|(t, _)| tables.contains(t)) {
+                    let floor = if (table.as_str(), column.as_str()) == ("items", "id") {
+                        item_floor
+                    } else {
+                        0
+                    };
                     sqlx::query(&format!(
-                        "SELECT setval(pg_get_serial_sequence($1, $2), COALESCE(MAX(\"{column}\"), 0) + 1, false)
+                        "SELECT setval(pg_get_serial_sequence($1, $2),
+                                       GREATEST(COALESCE(MAX(\"{column}\"), 0), $3) + 1, false)
                          FROM \"{table}\""
                     ))
                     .bind(table)
                     .bind(column)
+                    .bind(floor)
                     .execute(&mut *c)
                     .await?;
                 }
@@ -463,6 +490,41 @@ impl Db {
             }
         }
         Ok(())
+    }
+
+    /// The highest item id this database ever gave: the ids in use and those
+    /// of items since deleted (SQLite's `id_high_water`, what PostgreSQL's
+    /// sequence handed out).
+    async fn item_id_floor(&mut self) -> Result<i64> {
+        match self {
+            Db::Sqlite(c) => {
+                let sql = if sqlite_has_table(c, "id_high_water").await? {
+                    "SELECT MAX(COALESCE((SELECT MAX(id) FROM items), 0),
+                                COALESCE((SELECT id FROM id_high_water WHERE name = 'items'), 0))"
+                } else {
+                    "SELECT COALESCE(MAX(id), 0) FROM items"
+                };
+                Ok(sqlx::query_scalar(sql).fetch_one(&mut *c).await?)
+            }
+            Db::Postgres(c) => {
+                let in_use: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM items")
+                    .fetch_one(&mut *c)
+                    .await?;
+                let sequence: Option<String> =
+                    sqlx::query_scalar("SELECT pg_get_serial_sequence('items', 'id')")
+                        .fetch_one(&mut *c)
+                        .await?;
+                let Some(sequence) = sequence else {
+                    return Ok(in_use);
+                };
+                // `last_value` was handed out only once `is_called`.
+                let (last, called): (i64, bool) =
+                    sqlx::query_as(&format!("SELECT last_value, is_called FROM {sequence}"))
+                        .fetch_one(&mut *c)
+                        .await?;
+                Ok(in_use.max(if called { last } else { last - 1 }))
+            }
+        }
     }
 
     /// The store's tables (not the schema table, not the database's own).
@@ -473,8 +535,11 @@ impl Db {
                     // The text-search index (`items_fts` and its shadow
                     // tables) and the counts per state are derived from
                     // `items`: rebuilt, not copied.
+                    // `id_high_water` is SQLite's own and copied as a whole
+                    // (`item_id_floor`).
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
-                       AND name NOT LIKE 'items_fts%' AND name <> 'item_counts' ORDER BY name",
+                       AND name NOT LIKE 'items_fts%' AND name NOT IN ('item_counts', 'id_high_water')
+                     ORDER BY name",
                 )
                 .fetch_all(c)
                 .await?
@@ -578,6 +643,15 @@ impl Db {
             }
         }
     }
+}
+
+async fn sqlite_has_table(c: &mut SqliteConnection, name: &str) -> Result<bool> {
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .bind(name)
+            .fetch_optional(c)
+            .await?;
+    Ok(found.is_some())
 }
 
 /// A value typed for a PostgreSQL column (a NULL keeps the column's type).

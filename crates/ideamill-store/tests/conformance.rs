@@ -82,6 +82,7 @@ macro_rules! conformance_suite {
                     leases::release_gives_jobs_back_uncounted,
                     leases::dead_process_jobs_run_again_at_once,
                     admin::retry_and_cancel_by_hand,
+                    admin::item_ids_are_never_given_twice,
                     queries::list_items_filters_and_pages,
                     queries::status_counts_stages_leases_and_items,
                     queries::events_filter_by_item_kind_and_since,
@@ -95,6 +96,7 @@ macro_rules! conformance_suite {
                 backend: [
                     claims::concurrent_claims_never_share_a_job,
                     admin::prune_deletes_only_old_finished_items,
+                    admin::store_copy_gives_no_item_id_twice,
                     migrations::reopening_is_idempotent,
                     migrations::newer_schema_is_refused_untouched,
                     migrations::foreign_database_is_refused_untouched,

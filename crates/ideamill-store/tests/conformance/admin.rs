@@ -287,3 +287,137 @@ pub async fn prune_deletes_only_old_finished_items(b: &dyn Backend) {
     assert_eq!(s.status(T0 + 7_000).await.unwrap().items, items(2, 2, 0, 0));
     store.close().await;
 }
+
+pub async fn item_ids_are_never_given_twice(s: &dyn Store) {
+    use ideamill_store::{AddOutcome, ImportOutcome, ImportedItem, ImportedState, IntakeSource};
+    let draft = next("draft", 1, 3);
+    let ids = s
+        .add_items(&new_items(&["a", "b", "c"]), &draft, T0)
+        .await
+        .unwrap();
+    let mut given = ids.clone();
+    let held = s.claim("draft", 3, "w1", T0, T0 + LEASE).await.unwrap();
+    assert_eq!(held.len(), 3);
+    // The newest two finish and are pruned; the oldest stays.
+    for job in &held[1..] {
+        finish_ok(s, finish(job, "w1", T0 + 10, advance("out", None))).await;
+    }
+    let mut pruned = s.prune(T0 + 1_000).await.unwrap().item_ids;
+    pruned.sort_unstable();
+    assert_eq!(pruned, ids[1..]);
+
+    let highest = |given: &[i64]| *given.iter().max().unwrap();
+    let added = add_one(s, "d", &draft, T0 + 2_000).await;
+    assert!(
+        added > highest(&given),
+        "item {added} was given after ids up to {} (pruned: {pruned:?})",
+        highest(&given)
+    );
+    given.push(added);
+
+    // Every way in gives new ids: a file of the inbox, an import.
+    let AddOutcome::Added(once) = s
+        .add_items_once(
+            &IntakeSource {
+                key: "sha256:ids".into(),
+                name: "inbox/ids.txt".into(),
+            },
+            &new_items(&["e", "f"]),
+            &draft,
+            T0 + 2_000,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("a new source adds its items");
+    };
+    assert!(once[0] > highest(&given) && once[1] > once[0], "{once:?}");
+    given.extend(&once);
+
+    // Everything finished and pruned: the table is empty, and still no id
+    // comes back.
+    for job in [held[0].clone()].into_iter().chain(
+        s.claim("draft", 10, "w1", T0 + 3_000, T0 + LEASE)
+            .await
+            .unwrap(),
+    ) {
+        finish_ok(s, finish(&job, "w1", T0 + 3_000, advance("out", None))).await;
+    }
+    assert_eq!(s.prune(T0 + 4_000).await.unwrap().items, 4);
+    let imported = s
+        .import_items(
+            &[ImportedItem {
+                source: IntakeSource {
+                    key: "legacy:ids".into(),
+                    name: "legacy/ids".into(),
+                },
+                text: "g".into(),
+                metadata: serde_json::json!({}),
+                created_at: T0,
+                state: ImportedState::Done,
+            }],
+            T0 + 5_000,
+        )
+        .await
+        .unwrap();
+    let [ImportOutcome::Imported(g)] = imported[..] else {
+        panic!("imported: {imported:?}");
+    };
+    assert!(g > highest(&given), "imported item {g} after {given:?}");
+    given.push(g);
+    let after = s
+        .add_items(&new_items(&["h", "i"]), &draft, T0 + 5_000)
+        .await
+        .unwrap();
+    assert!(
+        after[0] > highest(&given) && after[1] > after[0],
+        "{after:?}"
+    );
+}
+
+pub async fn store_copy_gives_no_item_id_twice(b: &dyn Backend) {
+    let draft = next("draft", 1, 3);
+    let s = b.open().await;
+    let ids = s
+        .add_items(&new_items(&["a", "b", "c"]), &draft, T0)
+        .await
+        .unwrap();
+    let held = s.claim("draft", 3, "w1", T0, T0 + LEASE).await.unwrap();
+    for job in &held[1..] {
+        finish_ok(&*s, finish(job, "w1", T0 + 10, advance("out", None))).await;
+    }
+    assert_eq!(s.prune(T0 + 1_000).await.unwrap().items, 2);
+    s.close().await;
+
+    // Into the other kind of store: the pruned ids stay given.
+    let other = b.other_kind().await;
+    other.open().await.close().await;
+    ideamill_store::transfer::copy(&b.url(), &other.url(), false)
+        .await
+        .unwrap();
+    let t = other.open().await;
+    assert_eq!(t.item(ids[0]).await.unwrap().item.text, "a");
+    let added = add_one(&*t, "d", &draft, T0 + 2_000).await;
+    assert!(
+        added > ids[2],
+        "the copy gave item {added} after ids up to {}",
+        ids[2]
+    );
+    // The newest item goes too, before the copy back.
+    let job = claim_one(&*t, "draft", "w1", T0 + 2_000).await;
+    finish_ok(&*t, finish(&job, "w1", T0 + 2_010, advance("out", None))).await;
+    assert_eq!(t.prune(T0 + 3_000).await.unwrap().items, 1);
+    t.close().await;
+
+    // And back, replacing what the first store held.
+    ideamill_store::transfer::copy(&other.url(), &b.url(), true)
+        .await
+        .unwrap();
+    let s = b.open().await;
+    let again = add_one(&*s, "e", &draft, T0 + 4_000).await;
+    assert!(
+        again > added,
+        "the copy back gave item {again} after ids up to {added}"
+    );
+    s.close().await;
+}

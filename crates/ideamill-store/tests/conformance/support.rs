@@ -61,6 +61,13 @@ pub trait Backend {
     /// Rows in one of the store's tables, for what the trait cannot show
     /// (rows of pruned items).
     async fn count_rows(&self, table: &str) -> i64;
+
+    /// The URL that names this test's database (`ideamill store copy`).
+    fn url(&self) -> String;
+
+    /// A fresh, empty database of the other backend, for copies between
+    /// the two.
+    async fn other_kind(&self) -> Box<dyn Backend>;
 }
 
 /// SQLite: one database file in a temp dir, wake sockets next to it.
@@ -149,6 +156,14 @@ impl Backend for SqliteBackend {
             .expect("count rows");
         conn.close().await.expect("close the plain connection");
         n
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.db().display())
+    }
+
+    async fn other_kind(&self) -> Box<dyn Backend> {
+        Box::new(PostgresBackend::create().await)
     }
 }
 
@@ -505,5 +520,13 @@ impl Backend for PostgresBackend {
             .expect("count rows");
         let _ = conn.close().await;
         n
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn other_kind(&self) -> Box<dyn Backend> {
+        Box::new(SqliteBackend::create().await)
     }
 }
