@@ -707,16 +707,29 @@ pub(crate) fn process_stopped(id: &str, now: Millis) -> NewEvent {
 }
 
 /// Why `retry_item` refuses, given the item's state and its current job's.
+///
+/// A job still `running` is still held by a process, whatever the item's
+/// state: after a cancel, its process is being killed (SIGTERM, the stage's
+/// kill grace, SIGKILL) until the engine records the cancelled attempt, or
+/// its lease expires if that engine died. A new job of the item could start
+/// next to it, in the same workspace, so the retry waits for it to end.
 pub(crate) fn retry_refusal(
     id: ItemId,
     state: &str,
     job_state: Option<&str>,
 ) -> Option<StoreError> {
-    (state == "active" && job_state == Some("running")).then(|| {
-        StoreError::InvalidRequest(format!(
-            "item {id} is running now; wait for it or cancel it first"
-        ))
-    })
+    if job_state != Some("running") {
+        return None;
+    }
+    Some(StoreError::InvalidRequest(match state {
+        "active" => format!("item {id} is running now; wait for it or cancel it first"),
+        "cancelled" => format!(
+            "item {id}'s cancelled job is still stopping (its process is being killed); retry in a moment"
+        ),
+        other => format!(
+            "item {id} is {other} but its job is still held by a process; retry in a moment"
+        ),
+    }))
 }
 
 pub(crate) fn retried_waiting(id: ItemId, now: Millis) -> NewEvent {

@@ -83,6 +83,7 @@ macro_rules! conformance_suite {
                     leases::dead_process_jobs_run_again_at_once,
                     admin::retry_and_cancel_by_hand,
                     admin::item_ids_are_never_given_twice,
+                    admin::retry_waits_until_a_cancelled_job_has_ended,
                     queries::list_items_filters_and_pages,
                     queries::status_counts_stages_leases_and_items,
                     queries::events_filter_by_item_kind_and_since,

@@ -799,3 +799,91 @@ fn a_start_that_fails_for_lack_of_resources_uses_no_attempt() {
         "{log}"
     );
 }
+
+#[test]
+fn retry_waits_until_a_cancelled_job_has_stopped() {
+    // The job ignores SIGTERM, so its process lives through the kill grace;
+    // two slots, so that a second job of the item could start at once.
+    let stage = "[[stages]]\nname = \"stubborn\"\nkind = \"command\"\n\
+                 command = [\"sh\", \"-c\", \"trap '' TERM; echo $$ >> job.pids; sleep 1000\"]\n\
+                 timeout = \"10m\"\nkill_grace = \"3s\"\nconcurrency = 2\n\
+                 sandbox = \"off\"\n"; // host pids: sandbox.rs tests confined jobs
+    let p = Project::new(&format!("{ENGINE}{stage}"));
+    let id = p.add("cancel me, then retry me");
+    let pids_file = p.file(&format!("workspace/{id}/job.pids"));
+    let pids = || -> Vec<i32> {
+        std::fs::read_to_string(&pids_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let mut run = Reaped(p.spawn_run(&[]));
+    assert!(
+        wait_until(Duration::from_secs(20), || pids().len() == 1),
+        "the job never started\n{}",
+        p.logs()
+    );
+    let first = pids()[0];
+
+    p.ok(&["cancel", &id.to_string()]);
+    let out = p.run(&["retry", &id.to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a retry while the cancelled job's process is being killed is refused\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("item {id}'s cancelled job is still stopping"))
+            && stderr.contains("retry in a moment"),
+        "{stderr}"
+    );
+    assert!(
+        alive(first),
+        "the refusal was tested while the old process still ran"
+    );
+    assert_eq!(pids().len(), 1, "no second job started");
+
+    // Once the old process is gone (SIGKILL after the grace) and its
+    // attempt recorded, the retry goes through.
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(first)),
+        "the cancelled job's process outlived its kill grace\n{}",
+        p.logs()
+    );
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let out = p.run(&["retry", &id.to_string()]);
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success()
+        }),
+        "the retry was still refused after the old job ended: {last}\n{}",
+        p.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || pids().len() == 2),
+        "the retried job never started\n{}",
+        p.logs()
+    );
+    let second = pids()[1];
+    assert_ne!(second, first);
+    assert!(!alive(first), "two processes of one item at once");
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "active", "{item:#}");
+    assert_eq!(
+        item["attempts"][0]["outcome"], "cancelled",
+        "the first job ended as cancelled: {item:#}"
+    );
+
+    p.ok(&["cancel", &id.to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(second)),
+        "{}",
+        p.logs()
+    );
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(20)).expect("run stops on SIGTERM");
+    assert!(status.success(), "{status}\n{}", p.logs());
+}

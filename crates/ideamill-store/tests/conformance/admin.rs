@@ -421,3 +421,54 @@ pub async fn store_copy_gives_no_item_id_twice(b: &dyn Backend) {
     );
     s.close().await;
 }
+
+pub async fn retry_waits_until_a_cancelled_job_has_ended(s: &dyn Store) {
+    let draft = next("draft", 1, 3);
+    let ids = s
+        .add_items(&new_items(&["killed", "engine died"]), &draft, T0)
+        .await
+        .unwrap();
+    let held = s.claim("draft", 2, "w1", T0, T0 + LEASE).await.unwrap();
+    assert_eq!(held.len(), 2);
+    for id in &ids {
+        assert!(s.cancel_item(*id, T0 + 10).await.unwrap().was_running);
+    }
+
+    // The cancelled jobs are still held by w1, whose processes are being
+    // killed: no retry may start a second job of the item next to them.
+    for id in &ids {
+        let err = expect_err(s.retry_item(*id, &draft, T0 + 20).await, "retry");
+        assert!(
+            matches!(&err, StoreError::InvalidRequest(m)
+                if m == &format!("item {id}'s cancelled job is still stopping (its process is being killed); retry in a moment")),
+            "{err:?}"
+        );
+        let d = s.item(*id).await.unwrap();
+        assert_eq!(d.item.state, ItemState::Cancelled, "nothing changed");
+        assert_eq!(d.jobs.len(), 1, "nothing enqueued");
+    }
+    assert!(
+        s.claim("draft", 10, "w2", T0 + 20, T0 + LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The engine records the cancelled attempt once the process is gone.
+    finish_ok(s, finish(&held[0], "w1", T0 + 3_000, Transition::Cancel)).await;
+    s.retry_item(ids[0], &draft, T0 + 3_010).await.unwrap();
+    // The other one's engine died: its lease expires and the reaper ends it.
+    let err = expect_err(s.retry_item(ids[1], &draft, T0 + 3_010).await, "retry");
+    assert!(matches!(err, StoreError::InvalidRequest(_)), "{err:?}");
+    let reaped = s.reap_expired(T0 + LEASE + 1).await.unwrap();
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    s.retry_item(ids[1], &draft, T0 + LEASE + 2).await.unwrap();
+
+    let again = s
+        .claim("draft", 10, "w2", T0 + LEASE + 2, T0 + 2 * LEASE)
+        .await
+        .unwrap();
+    let mut items: Vec<_> = again.iter().map(|j| j.item_id).collect();
+    items.sort_unstable();
+    assert_eq!(items, ids, "both items run again, once each");
+}
