@@ -46,6 +46,25 @@ pub struct SqliteStore {
     wake: Option<WakeDir>,
 }
 
+/// The database private to the mill's user (0600): created so when new
+/// (SQLite gives its -wal and -shm files the same mode), narrowed when not.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop),
+        Err(e) => Err(e),
+    }
+}
+
 impl SqliteStore {
     pub async fn open(url: &str, options: &OpenOptions) -> Result<SqliteStore> {
         let path = PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url));
@@ -53,13 +72,18 @@ impl SqliteStore {
             return Err(StoreError::Missing(path.display().to_string()));
         }
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
         }
         // Look before touching: a database from a newer build, or another
         // program's, must be refused before any pragma (WAL) changes its file.
         if path.exists() {
             inspect(&path).await?;
         }
+        private_file(&path)?;
         let connect = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

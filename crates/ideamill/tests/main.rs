@@ -887,3 +887,23 @@ fn retry_waits_until_a_cancelled_job_has_stopped() {
     let status = wait_exit(&mut run, Duration::from_secs(20)).expect("run stops on SIGTERM");
     assert!(status.success(), "{status}\n{}", p.logs());
 }
+
+/// The store, the status files and the data folder are private to the
+/// mill's user.
+#[test]
+fn the_store_and_status_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new(&format!("{ENGINE}{}", py_stage("a", "print('a')", "")));
+    p.add("one");
+    p.run_until_idle(Duration::from_secs(30));
+    let mode = |rel: &str| std::fs::metadata(p.file(rel)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(".ideamill"), 0o700);
+    assert_eq!(mode(".ideamill/ideamill.db"), 0o600);
+    for f in std::fs::read_dir(p.file(".ideamill")).unwrap().flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ideamill.db") {
+            let m = f.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(m & 0o077, 0, "{name} is {m:o}");
+        }
+    }
+}
