@@ -82,9 +82,9 @@ print("Ran 1 test: OK")
 fn config() -> String {
     format!(
         "{ENGINE}[health]\nlisten = \"127.0.0.1:0\"\n\
-         [[stages]]\nname = \"outline\"\nkind = \"command\"\ncommand = [\"python3\", \"../../stages/outline.py\"]\n\
-         [[stages]]\nname = \"implement\"\nkind = \"command\"\ncommand = [\"python3\", \"../../stages/implement.py\"]\nmax_attempts = 1\n\
-         [[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"python3\", \"../../stages/qa.py\"]\n\
+         [[stages]]\nname = \"outline\"\nkind = \"command\"\ncommand = [\"python3\", \"../../stages/outline.py\"]\nread_only = [\"stages\"]\n\
+         [[stages]]\nname = \"implement\"\nkind = \"command\"\ncommand = [\"python3\", \"../../stages/implement.py\"]\nread_only = [\"stages\"]\nmax_attempts = 1\n\
+         [[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"python3\", \"../../stages/qa.py\"]\nread_only = [\"stages\"]\n\
          gate = {{ retry_from = \"implement\", max_rounds = 3 }}\n"
     )
 }
