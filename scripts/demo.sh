@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end: build ideamill, start a real local model
-# (SmolLM2-135M on llama.cpp, no API key), create a demo project, run sample
+# The main job, end to end: build ideamill, start a real local coding model
+# (Qwen2.5-Coder-1.5B on llama.cpp, no API key), create a demo project, run sample
 # ideas through outline -> implement -> qa, and show where the results are.
 #
 # Any other OpenAI-compatible endpoint works the same way:
@@ -32,9 +32,9 @@ if [ -n "${IDEAMILL_PROVIDER_URL:-}" ]; then
   init_args+=(--provider "$IDEAMILL_PROVIDER_URL" --model "${IDEAMILL_MODEL:?set IDEAMILL_MODEL too}")
   if [ -n "${IDEAMILL_API_KEY_ENV:-}" ]; then init_args+=(--api-key-env "$IDEAMILL_API_KEY_ENV"); fi
 else
-  echo "Starting the local model (the first time builds llama.cpp: 5-7 minutes)..." >&2
-  url=$(bash "$root/scripts/llm-server.sh" start)
-  init_args+=(--provider "$url" --model smollm2)
+  echo "Starting the local model (the first time builds llama.cpp, 5-7 minutes, and downloads the 1.1 GB model)..." >&2
+  url=$(bash "$root/scripts/llm-server.sh" start --model qwen-coder-1.5b)
+  init_args+=(--provider "$url" --model qwen-coder-1.5b)
 fi
 
 if [ ! -f "$demo/ideamill.toml" ]; then
