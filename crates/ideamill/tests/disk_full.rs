@@ -115,7 +115,7 @@ fn a_full_disk_pauses_the_mill_loudly_and_it_resumes_when_space_returns() {
     // store. It waits, DEGRADED, and its supervisor does not take the
     // silence of its status file for a hang (the beats also go down a pipe).
     let ballast = disk.fill();
-    let mut run = Reaped(p.spawn_run(&[]));
+    let mut run = p.spawn_run(&[]);
     assert!(
         wait_until(Duration::from_secs(30), || p
             .logs()

@@ -8,7 +8,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -98,13 +98,13 @@ fn assert_done_once(p: &Project, ids: &[i64]) {
     }
 }
 
-fn stop(p: &Project, mut run: Child) {
+fn stop(p: &Project, mut run: Reaped) {
     signal(&run, libc::SIGTERM);
     let status = wait_exit(&mut run, Duration::from_secs(30)).expect("run stops on SIGTERM");
     assert!(status.success(), "{status}\n{}", p.logs());
 }
 
-fn spawn_with_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Child {
+fn spawn_with_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Reaped {
     let mut all = vec!["run"];
     all.extend_from_slice(args);
     let log = std::fs::File::create(p.file(&format!("run-env-{}.log", next()))).unwrap();
@@ -112,10 +112,12 @@ fn spawn_with_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn ideamill run")
+    Reaped(
+        cmd.stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ideamill run"),
+    )
 }
 
 fn next() -> u32 {
@@ -169,7 +171,7 @@ fn the_watchdog_acts_while_the_hung_loop_holds_any_lock_it_reads() {
                     ("IDEAMILL_TEST_BLOCK_LOOP_HOLDING", lock),
                 ],
             );
-            (lock, p, Reaped(run))
+            (lock, p, run)
         })
         .collect();
     for (lock, p, mut run) in runs {

@@ -818,7 +818,7 @@ fn retry_waits_until_a_cancelled_job_has_stopped() {
             .filter_map(|l| l.trim().parse().ok())
             .collect()
     };
-    let mut run = Reaped(p.spawn_run(&[]));
+    let mut run = p.spawn_run(&[]);
     assert!(
         wait_until(Duration::from_secs(20), || pids().len() == 1),
         "the job never started\n{}",

@@ -43,7 +43,7 @@ fn two_stages() -> String {
 }
 
 /// A worker: the engine alone, no supervisor, no HTTP listener.
-fn worker(p: &Project) -> std::process::Child {
+fn worker(p: &Project) -> Reaped {
     p.spawn_run(&["--role", "worker", "--no-supervisor"])
 }
 
@@ -86,7 +86,7 @@ fn assert_all_done_once(p: &Project, ids: &[i64]) {
     }
 }
 
-fn stop(p: &Project, children: &mut [std::process::Child]) {
+fn stop(p: &Project, children: &mut [Reaped]) {
     for c in children.iter() {
         signal(c, libc::SIGTERM);
     }
@@ -381,7 +381,7 @@ fn tls_follows_the_urls_sslmode() {
     let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
     let p = Project::new(&config(&url, &quick));
     let id = p.add("over tls");
-    let mut run = Reaped(worker(&p));
+    let mut run = worker(&p);
     assert!(
         wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
             == "done"),
@@ -443,7 +443,7 @@ fn nul_bytes_in_results_and_inbox_ideas_are_stored_replaced() {
         "import sys\nsys.stdin.read()\nsys.stdout.write('a\\0b')\nsys.stderr.write('e\\0f')\n";
     let p = Project::new(&config(&pg.url("postgres"), &py_stage("one", nul, "")));
     let id = p.add("an idea");
-    let mut run = Reaped(worker(&p));
+    let mut run = worker(&p);
     assert!(
         wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
             == "done"),

@@ -102,17 +102,20 @@ impl Project {
         self.json(&["show", &id.to_string()])
     }
 
-    /// `ideamill run` in the background, its output kept in files.
-    pub fn spawn_run(&self, extra: &[&str]) -> Child {
+    /// `ideamill run` in the background, its output kept in files; killed
+    /// when dropped, so that a failing test leaves no mill running.
+    pub fn spawn_run(&self, extra: &[&str]) -> Reaped {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
         let log =
             std::fs::File::create(self.file(&format!("run-{}.log", unique()))).expect("log file");
-        self.cmd(&args)
-            .stdout(log.try_clone().expect("clone"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn ideamill run")
+        Reaped(
+            self.cmd(&args)
+                .stdout(log.try_clone().expect("clone"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn ideamill run"),
+        )
     }
 
     /// Every `run-*.log` written so far, for failure messages.
