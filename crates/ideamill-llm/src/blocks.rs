@@ -11,6 +11,12 @@
 //! the same character at least as long, so a ```` ```` ```` block may
 //! contain ```` ``` ```` lines.
 //! Names are taken as written: [`crate::write_files`] refuses the hostile ones.
+//!
+//! Small models format loosely, so two repairs are made, each noted in
+//! `problems`: a Python block that names no file becomes `test_main.py` if
+//! it imports a test framework and `main.py` otherwise (the first such
+//! block, and only when no block names that file); and a named block left
+//! open when the next named block opens is closed there.
 
 use std::collections::HashMap;
 
@@ -41,6 +47,8 @@ pub fn extract_files(text: &str) -> Extraction {
     let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
     // Labels are only looked for after the end of the previous block.
     let mut free_from = 0;
+    // Python blocks that name no file: (line, content, lang), named at the end.
+    let mut unnamed = Vec::new();
     let mut i = 0;
     while i < lines.len() {
         let Some(fence) = Fence::open(strip_eol(lines[i])) else {
@@ -54,15 +62,32 @@ pub fn extract_files(text: &str) -> Extraction {
             .or_else(|| label_before(&lines, i, free_from));
         let mut content = String::new();
         let mut close = None;
+        // Where a block left open ends because the next named one opens.
+        let mut cut = None;
         for (j, line) in lines.iter().enumerate().skip(i + 1) {
             if fence.closes(strip_eol(line)) {
                 close = Some(j);
+                break;
+            }
+            if path.is_some()
+                && let Some(next) = Fence::open(strip_eol(line))
+                && next.ch == fence.ch
+                && parse_info(next.info).path.is_some()
+            {
+                cut = Some(j);
                 break;
             }
             content.push_str(dedent(line, fence.indent));
         }
         let path = path.or_else(|| comment_label(content.lines().next().unwrap_or("")));
         let line_no = i + 1;
+        if let (Some(next), Some(p)) = (cut, &path) {
+            out.problems.push(format!(
+                "line {line_no}: the code block for {p} was not closed before the next named block opened (line {}): closed there",
+                next + 1
+            ));
+        }
+        let close = close.or(cut.map(|next| next - 1));
         let Some(close) = close else {
             out.problems.push(match &path {
                 Some(p) => {
@@ -91,6 +116,7 @@ pub fn extract_files(text: &str) -> Extraction {
                     out.files.push(block);
                 }
             }
+            None if is_python(info.lang.as_deref()) => unnamed.push((line_no, content, info.lang)),
             None => out.problems.push(format!(
                 "line {line_no}: a code block names no file: not written"
             )),
@@ -98,7 +124,50 @@ pub fn extract_files(text: &str) -> Extraction {
         free_from = close + 1;
         i = close + 1;
     }
+    name_python_blocks(&mut out, &mut seen, unnamed);
     out
+}
+
+fn is_python(lang: Option<&str>) -> bool {
+    matches!(
+        lang.map(str::to_ascii_lowercase).as_deref(),
+        Some("python" | "py" | "python3")
+    )
+}
+
+/// Unnamed Python blocks: the first that imports a test framework becomes
+/// `test_main.py`, the first other one `main.py`, each only when no block
+/// named that file; the rest stay unwritten.
+fn name_python_blocks(
+    out: &mut Extraction,
+    seen: &mut HashMap<String, (usize, usize)>,
+    unnamed: Vec<(usize, String, Option<String>)>,
+) {
+    for (line_no, content, lang) in unnamed {
+        let tests = content.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("import unittest")
+                || l.starts_with("from unittest")
+                || l.starts_with("import pytest")
+                || l.starts_with("from pytest")
+        });
+        let name = if tests { "test_main.py" } else { "main.py" };
+        if seen.contains_key(name) {
+            out.problems.push(format!(
+                "line {line_no}: a code block names no file: not written"
+            ));
+            continue;
+        }
+        out.problems.push(format!(
+            "line {line_no}: a Python code block names no file: written as {name}"
+        ));
+        seen.insert(name.to_owned(), (line_no, out.files.len()));
+        out.files.push(FileBlock {
+            path: name.to_owned(),
+            content,
+            lang,
+        });
+    }
 }
 
 struct Fence<'a> {
@@ -513,7 +582,8 @@ mod tests {
             "// returns e.g. 3",
             "x = 1  # main.py",
         ] {
-            check(&format!("```python\n{first}\nx\n```\n"), unnamed);
+            // No language: a Python block would be named main.py by default.
+            check(&format!("```\n{first}\nx\n```\n"), unnamed);
         }
     }
 
@@ -530,16 +600,16 @@ mod tests {
             "python3",
             "v1.2",
         ] {
-            check(&format!("{line}\n```python\nx\n```\n"), unnamed);
+            check(&format!("{line}\n```\nx\n```\n"), unnamed);
         }
         // Two blank lines is too far.
         check(
-            "app/main.py\n\n\n```python\nx\n```\n",
+            "app/main.py\n\n\n```\nx\n```\n",
             "!! line 4: a code block names no file: not written\n",
         );
         // A label must come after the previous block.
         check(
-            "```python a.py\nx\n```\n```python\ny\n```\n",
+            "```python a.py\nx\n```\n```\ny\n```\n",
             "== a.py [python]\nx\n!! line 4: a code block names no file: not written\n",
         );
     }
@@ -575,6 +645,28 @@ mod tests {
         check(
             "```python a.py\n~~~\n",
             "!! line 1: the code block for a.py is not closed: not written\n",
+        );
+    }
+
+    #[test]
+    fn small_models_loose_formatting_is_repaired() {
+        // Unnamed Python blocks: the tests and the code, each noted.
+        check(
+            "```python\ndef f():\n    return 1\n```\n```python\nimport unittest\nfrom main import f\n```\n",
+            "== main.py [python]\ndef f():\n    return 1\n== test_main.py [python]\nimport unittest\nfrom main import f\n\
+             !! line 1: a Python code block names no file: written as main.py\n\
+             !! line 5: a Python code block names no file: written as test_main.py\n",
+        );
+        // A named main.py wins over an unnamed block; another language is not guessed.
+        check(
+            "```python\nx = 1\n```\n```python main.py\ny = 2\n```\n```js\nz\n```\n",
+            "== main.py [python]\ny = 2\n!! line 7: a code block names no file: not written\n!! line 1: a code block names no file: not written\n",
+        );
+        // A named block left open when the next named block opens: two files.
+        check(
+            "```python main.py\ndef f(): pass\n```python test_main.py\nimport unittest\n```\n",
+            "== main.py [python]\ndef f(): pass\n== test_main.py [python]\nimport unittest\n\
+             !! line 1: the code block for main.py was not closed before the next named block opened (line 3): closed there\n",
         );
     }
 
