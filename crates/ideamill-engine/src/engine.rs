@@ -15,8 +15,8 @@ use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, Store
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Execution, Executor};
 use crate::health::Health;
+use ideamill_stages::executor::{Execution, Executor};
 
 /// How a run should behave beyond what the config says.
 #[derive(Clone)]
@@ -136,12 +136,7 @@ impl Shared {
     }
 }
 
-pub fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
+pub use ideamill_stages::now_millis;
 
 /// This machine's name, for process rows and events.
 pub fn hostname() -> String {
@@ -231,7 +226,8 @@ impl Engine {
             h.set_process(&self.process);
         }
         recover_dead_processes(&shared, &self.process).await;
-        crate::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref()).await;
+        ideamill_stages::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref())
+            .await;
 
         let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finish>();
         let completer = tokio::spawn(complete(shared.clone(), finish_rx));
@@ -500,7 +496,8 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         // Items paused by a budget resume once it allows (a raised cap, a
         // new day); checking once a minute is plenty.
         if now / 60_000 != (now - engine.heartbeat.as_millis() as Millis) / 60_000 {
-            crate::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref()).await;
+            ideamill_stages::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref())
+                .await;
         }
         reap(&shared).await;
         if let Some(h) = &shared.health {
@@ -533,7 +530,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 Ok(c) if c.items > 0 || c.events > 0 => {
                     let workspace = engine.workspace.clone();
                     let removed = tokio::task::spawn_blocking(move || {
-                        crate::executor::remove_item_workspaces(&workspace, &c.item_ids)
+                        ideamill_stages::executor::remove_item_workspaces(&workspace, &c.item_ids)
                     })
                     .await
                     .unwrap_or_default();

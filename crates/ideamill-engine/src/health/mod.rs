@@ -321,7 +321,7 @@ impl Health {
             supervisor_pid: self.supervisor_pid,
             rss_bytes: clock::rss_bytes(),
             written_at: now,
-            spawn_trouble: crate::command::spawn_trouble(),
+            spawn_trouble: ideamill_stages::command::spawn_trouble(),
         }
     }
 }

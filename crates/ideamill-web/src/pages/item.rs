@@ -402,7 +402,7 @@ async fn files(s: &AppState, v: &ItemView) -> Vec<File> {
 fn read_prefix(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    ideamill_engine::executor::open_regular(path)?
+    ideamill_stages::executor::open_regular(path)?
         .take(max)
         .read_to_end(&mut bytes)?;
     Ok(bytes)

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use ideamill_core::Config;
 use ideamill_core::machine::first_job;
-use ideamill_engine::executor::{Executor, NoopExecutor, executors_for};
 use ideamill_engine::{CancellationToken, Engine, EngineOptions, Progress, now_millis};
+use ideamill_stages::executor::{Executor, NoopExecutor, executors_for};
 use ideamill_store::{ClaimedJob, ItemContext, ItemRow, NewItem};
 use tokio::sync::mpsc;
 

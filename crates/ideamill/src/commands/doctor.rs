@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::cli::DoctorArgs;
 use crate::{output, project};
-use ideamill_engine::sandbox::Sandbox;
+use ideamill_stages::sandbox::Sandbox;
 
 // The facts `status` shares with `doctor` (and the dashboard and the alert
 // monitor): in the engine crate, so that all of them judge the same things.
@@ -29,7 +29,7 @@ const QUICK_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Whether each configured model provider answers: a cheap request (its
 /// model list) with a short timeout, all providers at once.
 async fn check_providers(config: &Config) -> Vec<ProviderCheck> {
-    let providers = match ideamill_engine::llm_stage::providers(config) {
+    let providers = match ideamill_stages::llm_stage::providers(config) {
         Ok(p) => p,
         // A missing key: every call would fail, so say so for each provider.
         Err(e) => {
@@ -310,7 +310,7 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         let sandbox_config = config.sandbox.clone();
         tokio::task::spawn_blocking(move || Sandbox::probe(&sandbox_config)).await?
     };
-    let problem = ideamill_engine::sandbox::refusal(&config, &sandbox);
+    let problem = ideamill_stages::sandbox::refusal(&config, &sandbox);
     checks.push(Check {
         name: "sandbox",
         ok: problem.is_none(),

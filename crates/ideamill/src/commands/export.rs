@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use ideamill_core::Millis;
 use ideamill_core::duration::parse_duration;
-use ideamill_engine::executor::{item_workspace, workspace_files};
+use ideamill_stages::executor::{item_workspace, workspace_files};
 use ideamill_store::{
     AttemptRow, FeedbackRow, ItemDetail, ItemFilter, ItemRow, OutputRow, StoreError, UsageTotals,
 };

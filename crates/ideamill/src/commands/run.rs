@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use ideamill_core::{Config, ItemState};
 use ideamill_engine::CancellationToken;
-use ideamill_engine::executor::executors_for;
 use ideamill_engine::health::{self, Health};
 use ideamill_engine::{Engine, EngineOptions, Progress, now_millis};
+use ideamill_stages::executor::executors_for;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ideamill_core::Config;
 use ideamill_core::config::{SandboxMode, StageKind};
-use ideamill_engine::sandbox::{self, Sandbox, stages_with};
+use ideamill_stages::sandbox::{self, Sandbox, stages_with};
 
 use crate::cli::ValidateArgs;
 use crate::{exit, output, project};
@@ -107,7 +107,7 @@ fn environment_problems(config: &Config) -> Vec<String> {
                         .unwrap_or(&llm.prompt)
                         .display()
                         .to_string();
-                    if let Err(e) = ideamill_engine::prompt::check(&name, &source) {
+                    if let Err(e) = ideamill_stages::prompt::check(&name, &source) {
                         problems.push(format!("stage `{}`: {e}", stage.name));
                     }
                 }
@@ -119,7 +119,7 @@ fn environment_problems(config: &Config) -> Vec<String> {
             },
         }
     }
-    match ideamill_engine::llm_stage::providers(config) {
+    match ideamill_stages::llm_stage::providers(config) {
         Err(e) => problems.push(e),
         Ok(providers) if !providers.is_empty() => {
             // Whether each endpoint answers, within a few seconds.

@@ -1,0 +1,18 @@
+//! ideamill's stage kinds: what one attempt of a stage does. The engine
+//! decides when a job runs, for how long and what its outcome means for the
+//! item; this crate runs it: a program in the sandbox (`command`), a model
+//! call (`llm`). The engine knows them only through [`executor::Executor`].
+
+pub mod command;
+pub mod executor;
+pub mod llm_stage;
+pub mod prompt;
+pub mod sandbox;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> ideamill_core::Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as ideamill_core::Millis)
+        .unwrap_or(0)
+}
