@@ -73,6 +73,7 @@ fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
     let config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
     let config = config
         .replace("max_tokens = 400", "max_tokens = 120")
+        .replace("max_tokens = 800", "max_tokens = 200")
         .replace("max_tokens = 1500", "max_tokens = 300");
     std::fs::write(root.join("ideamill.toml"), config).unwrap();
     let p = Project::at(root);
