@@ -13,6 +13,7 @@ use ideamill_engine::health::free_disk_bytes;
 use ideamill_engine::health::verdict::{self, Facts, Level, ProviderCheck, Reason, Verdict};
 use ideamill_engine::now_millis;
 use ideamill_store::StoreError;
+use ideamill_web::api::wire::Health;
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
@@ -65,7 +66,7 @@ async fn check_providers(config: &Config) -> Vec<ProviderCheck> {
 #[derive(Debug, Serialize)]
 struct Report {
     #[serde(flatten)]
-    verdict: Verdict,
+    health: Health,
     exit_code: u8,
     checks: Vec<Check>,
 }
@@ -333,7 +334,7 @@ fn print(verdict: Verdict, checks: Vec<Check>, json: bool) -> anyhow::Result<Exi
     let code = verdict.verdict.exit_code();
     if json {
         output::json(&Report {
-            verdict,
+            health: verdict.into(),
             exit_code: code,
             checks,
         })?;
