@@ -8,6 +8,7 @@ mod common;
 mod dashboard;
 mod error;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 pub mod transfer;
 mod types;
