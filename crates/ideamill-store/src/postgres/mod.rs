@@ -35,6 +35,7 @@
 //! `open.rs`.
 
 mod context;
+mod copy;
 mod finish;
 mod leases;
 mod open;
@@ -52,6 +53,7 @@ use crate::shared::Backend;
 use crate::wake::WorkSignal;
 use crate::*;
 
+pub(crate) use copy::copy_endpoint;
 pub use open::{ScratchDatabase, with_database};
 
 common::impl_row_ext!(PgRow);

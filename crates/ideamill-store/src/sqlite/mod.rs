@@ -9,6 +9,7 @@
 //! queue reads), `finish.rs` (finish, context), `write.rs` (the rows written
 //! many at a time), `open.rs`.
 
+mod copy;
 mod finish;
 mod leases;
 mod open;
@@ -28,6 +29,7 @@ use crate::wake::{NeverSignal, WakeDir, WorkSignal};
 use crate::*;
 
 pub use crate::common::day_start;
+pub(crate) use copy::copy_endpoint;
 
 common::impl_row_ext!(SqliteRow);
 
