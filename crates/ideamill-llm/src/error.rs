@@ -12,28 +12,37 @@ pub enum LlmError {
     /// the server said how long, else after the caller's backoff.
     #[error("rate limited (http 429): {message}{}", fmt_retry_after(*.retry_after))]
     RateLimited {
+        /// The server's `retry-after` (or the error's own delay), if it gave one.
         retry_after: Option<Duration>,
+        /// What the server said, without the key.
         message: String,
     },
     /// A failure that may not happen again: 408, 409, 5xx, a connection
     /// error, a malformed answer.
     #[error("temporary failure{}: {message}", fmt_status(*.status))]
     Retryable {
+        /// The HTTP status; `None` for a connection error or an error event
+        /// inside a stream.
         status: Option<u16>,
+        /// What went wrong, or what the server said, without the key.
         message: String,
     },
     /// A failure that will happen again with the same request and config:
     /// 400, 401, 403, 404, an exhausted quota.
     #[error("permanent failure{}: {message}", fmt_status(*.status))]
     Permanent {
+        /// The HTTP status; `None` for an error event inside a stream.
         status: Option<u16>,
+        /// What went wrong, or what the server said, without the key.
         message: String,
     },
     /// One of the provider's timeouts fired: `which` is `connect`, `idle`
     /// (no bytes for that long) or `total`.
     #[error("{which} timeout: {}", fmt_timeout(which, *.after))]
     Timeout {
+        /// `connect`, `idle` or `total`.
         which: &'static str,
+        /// The configured timeout that fired.
         after: Duration,
     },
     /// The stream ended before its end marker (`[DONE]` or `message_stop`):
@@ -41,7 +50,10 @@ pub enum LlmError {
     #[error(
         "stream truncated after {received_chars} characters: the connection ended before the end of the answer"
     )]
-    Truncated { received_chars: usize },
+    Truncated {
+        /// Characters of text received before the stream ended.
+        received_chars: usize,
+    },
     /// The caller's cancellation token fired.
     #[error("cancelled")]
     Cancelled,
@@ -181,7 +193,9 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("provider {provider}: {message}")]
 pub struct ConfigError {
+    /// The provider's name in the config.
     pub provider: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
