@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ideamill_core::duration::format_duration;
+
 use crate::secret::{Secret, redact};
 
 /// Why a model call failed. [`LlmError::class`] tells the caller whether to
@@ -153,39 +155,16 @@ fn fmt_status(status: Option<u16>) -> String {
 
 fn fmt_retry_after(retry_after: Option<Duration>) -> String {
     retry_after
-        .map(|d| format!("; retry after {}", fmt_duration(d)))
+        .map(|d| format!("; retry after {}", format_duration(d)))
         .unwrap_or_default()
 }
 
 fn fmt_timeout(which: &str, after: Duration) -> String {
-    let after = fmt_duration(after);
+    let after = format_duration(after);
     match which {
         "connect" => format!("no connection after {after}"),
         "idle" => format!("no bytes received for {after}"),
         _ => format!("no complete answer after {after}"),
-    }
-}
-
-/// `1.5s`, `250ms`, `2m5s`: short and exact enough for a message.
-pub(crate) fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        let s = d.as_secs_f64();
-        if ms.is_multiple_of(1000) {
-            format!("{}s", ms / 1000)
-        } else {
-            format!("{s:.1}s")
-        }
-    } else {
-        let secs = d.as_secs();
-        let (m, s) = (secs / 60, secs % 60);
-        if s == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{s}s")
-        }
     }
 }
 
@@ -253,9 +232,9 @@ mod tests {
         check(
             LlmError::Timeout {
                 which: "total",
-                after: Duration::from_secs(125),
+                after: Duration::from_secs(3_725),
             },
-            "total timeout: no complete answer after 2m5s",
+            "total timeout: no complete answer after 1h2m5s",
             ErrorClass::Retryable,
         );
         check(
