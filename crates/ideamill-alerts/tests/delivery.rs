@@ -2,6 +2,10 @@
 //! the receiver fails, recorded as events; and the monitor turning recorded
 //! events and verdicts into alerts.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
