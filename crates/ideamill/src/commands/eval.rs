@@ -71,6 +71,10 @@ pub async fn run(config: Option<&Path>, args: EvalArgs) -> anyhow::Result<ExitCo
     let base_text = std::fs::read_to_string(&base.path)
         .with_context(|| format!("cannot read {}", base.path.display()))?;
 
+    // A change that cannot apply is found before anything runs.
+    for o in &compares {
+        overrides::apply(&base_text, o).map_err(|e| anyhow::anyhow!("--compare {e}"))?;
+    }
     let judge = Judge::new(&base, args.unconfined).await?;
     let scratch = match &args.dir {
         Some(dir) => {
@@ -183,13 +187,18 @@ fn scratch_project(
     Ok(ideamill_core::config::parse(&text, &path)?)
 }
 
-/// Copies files and folders; links and special files are left out.
+/// Copies files and folders; links, special files and Python's bytecode
+/// caches are left out (a cache as new as a rewritten source of the same
+/// size would be taken for it).
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         let target = to.join(entry.file_name());
+        if entry.file_name() == "__pycache__" {
+            continue;
+        }
         if kind.is_dir() {
             copy_tree(&entry.path(), &target)?;
         } else if kind.is_file() {
@@ -351,7 +360,7 @@ impl Judge {
     }
 
     /// Runs the hidden tests in `dir`, which holds them as HIDDEN_MODULE.
-    async fn hidden_tests(&self, dir: &Path) -> anyhow::Result<Hidden> {
+    async fn hidden_tests(&self, dir: &Path) -> anyhow::Result<CommandResult> {
         let args: Vec<String> = ["-m", "unittest", "-q", HIDDEN_MODULE]
             .map(str::to_owned)
             .to_vec();
@@ -384,9 +393,7 @@ impl Judge {
             confine: Confinement::default(),
         };
         let Some(sandbox) = &self.sandbox else {
-            return Ok(Hidden::from_run(
-                &run_command(&spec, &CancellationToken::new()).await,
-            ));
+            return Ok(run_command(&spec, &CancellationToken::new()).await);
         };
         sandbox
             .hand_over(dir)
@@ -415,7 +422,7 @@ impl Judge {
         if let ideamill_stages::command::CommandEnd::Exited(code @ 129..=159) = done.end {
             done.end = ideamill_stages::command::CommandEnd::Signaled(code - 128);
         }
-        Ok(Hidden::from_run(&done))
+        Ok(done)
     }
 
     /// Writes `files` and the hidden tests into `dir` and runs them.
@@ -441,7 +448,19 @@ impl Judge {
         let tests = dir.join(format!("{HIDDEN_MODULE}.py"));
         std::fs::write(&tests, &case.tests)
             .with_context(|| format!("cannot write {}", tests.display()))?;
-        self.hidden_tests(dir).await
+        let run = self.hidden_tests(dir).await?;
+        let hidden = Hidden::from_run(&run);
+        // Next to the files, for whoever wants to know why.
+        let log = dir.with_extension("log");
+        let text = format!(
+            "{}: {}\n\n{}{}",
+            hidden.label(),
+            run.end,
+            run.stdout,
+            run.stderr
+        );
+        std::fs::write(&log, text).with_context(|| format!("cannot write {}", log.display()))?;
+        Ok(hidden)
     }
 
     /// The figures of one variant.
@@ -478,7 +497,7 @@ impl Judge {
             let base = dir.join("judge").join(&case.id);
             let mut per_round = Vec::new();
             if !files_stages.is_empty() {
-                let states = judge::round_states(&detail.attempts, &files_stages, rounds);
+                let states = judge::round_states(&detail.outputs, &files_stages, rounds);
                 let mut last: Option<(&Files, bool)> = None;
                 for (i, files) in states.iter().enumerate() {
                     // An unchanged state has the same verdict.

@@ -6,30 +6,29 @@ use std::collections::BTreeMap;
 
 use ideamill_core::{AttemptOutcome, ItemState};
 use ideamill_stages::command::{CommandEnd, CommandResult};
-use ideamill_store::{AttemptRow, ItemDetail};
+use ideamill_store::{ItemDetail, OutputRow};
 
 /// A workspace's files: path → content.
 pub type Files = BTreeMap<String, String>;
 
-/// The files after each round `1..=rounds`: the answers of the succeeded
-/// attempts of `files_stages` (llm stages with `files = true`), extracted
-/// and applied in order, later ones overwriting; a round the item never
-/// reached carries the last state forward.
-pub fn round_states(attempts: &[AttemptRow], files_stages: &[&str], rounds: u32) -> Vec<Files> {
-    let mut answers: Vec<&AttemptRow> = attempts
+/// The files after each round `1..=rounds`: the answers of `files_stages`
+/// (llm stages with `files = true`; an item's outputs are its succeeded
+/// attempts' answers), extracted and applied in order, later ones
+/// overwriting; a round the item never reached carries the last state
+/// forward.
+pub fn round_states(outputs: &[OutputRow], files_stages: &[&str], rounds: u32) -> Vec<Files> {
+    let mut answers: Vec<&OutputRow> = outputs
         .iter()
-        .filter(|a| {
-            a.outcome == AttemptOutcome::Succeeded && files_stages.contains(&a.stage.as_str())
-        })
+        .filter(|o| files_stages.contains(&o.stage.as_str()))
         .collect();
-    // Attempt ids grow with time; the round first, should a clock disagree.
-    answers.sort_by_key(|a| (a.round, a.id));
+    // Job ids grow with time; the round first, should a clock disagree.
+    answers.sort_by_key(|o| (o.round, o.job_id));
     let mut states = Vec::new();
     let mut files = Files::new();
     let mut next = answers.into_iter().peekable();
     for round in 1..=rounds {
-        while let Some(a) = next.next_if(|a| a.round <= round) {
-            let extraction = ideamill_llm::extract_files(a.output.as_deref().unwrap_or(""));
+        while let Some(o) = next.next_if(|o| o.round <= round) {
+            let extraction = ideamill_llm::extract_files(&o.output);
             files.extend(extraction.files.into_iter().map(|f| (f.path, f.content)));
         }
         states.push(files.clone());
@@ -133,28 +132,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn attempt(
-        id: i64,
-        stage: &str,
-        round: u32,
-        outcome: AttemptOutcome,
-        output: &str,
-    ) -> AttemptRow {
-        AttemptRow {
-            id,
-            job_id: id,
+    fn output(job_id: i64, stage: &str, round: u32, output: &str) -> OutputRow {
+        OutputRow {
             stage: stage.into(),
             round,
-            attempt: 1,
-            process: "p".into(),
-            outcome,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: None,
-            error: None,
-            output: Some(output.into()),
-            stderr: None,
-            usage: None,
+            job_id,
+            output: output.into(),
+            created_at: 0,
         }
     }
 
@@ -171,22 +155,18 @@ mod tests {
 
     #[test]
     fn rounds_accumulate_files_and_carry_the_last_state_forward() {
-        use AttemptOutcome::*;
-        let attempts = [
-            attempt(1, "outline", 1, Succeeded, &file("outline.py", "x")),
-            attempt(2, "implement", 1, Error, &file("main.py", "lost")),
-            attempt(
+        let outputs = [
+            output(5, "implement", 2, &file("main.py", "v2")),
+            output(1, "outline", 1, &file("outline.py", "x")),
+            output(
                 3,
                 "implement",
                 1,
-                Succeeded,
                 &(file("main.py", "v1") + &file("test_main.py", "t1")),
             ),
-            attempt(4, "qa", 1, Rejected, &file("main.py", "qa")),
-            attempt(5, "implement", 2, Succeeded, &file("main.py", "v2")),
-            attempt(6, "qa", 2, Succeeded, ""),
+            output(6, "qa", 2, &file("main.py", "qa")),
         ];
-        let states = round_states(&attempts, &["implement"], 3);
+        let states = round_states(&outputs, &["implement"], 3);
         assert_eq!(
             names(&states),
             [
@@ -196,7 +176,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            names(&round_states(&attempts, &[], 2)),
+            names(&round_states(&outputs, &[], 2)),
             [Vec::<String>::new(), vec![]],
             "no files stage: nothing to rebuild"
         );
