@@ -49,6 +49,9 @@ const CHANNEL: usize = 4096;
 const SYNC_EVERY: usize = 64;
 /// How often a process that does not hold the inbox lock tries again.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
+/// Failures in a row after which a first pass stops waiting for a file (it
+/// is still tried again, with backoff, while the engine runs).
+const GIVE_UP: u32 = 4;
 
 /// The running inbox watcher.
 pub struct InboxHandle {
@@ -158,6 +161,8 @@ struct Tracker {
     pending: HashMap<PathBuf, (Option<Stamp>, Instant)>,
     ready: VecDeque<PathBuf>,
     queued: HashSet<PathBuf>,
+    /// Files that could not be taken, with how many times in a row.
+    failures: HashMap<PathBuf, u32>,
 }
 
 impl Tracker {
@@ -167,6 +172,7 @@ impl Tracker {
             pending: HashMap::new(),
             ready: VecDeque::new(),
             queued: HashSet::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -183,6 +189,7 @@ impl Tracker {
             Signal::Changed(path) => self.changed(path, now),
             Signal::Gone(path) => {
                 self.pending.remove(&path);
+                self.failures.remove(&path);
             }
         }
     }
@@ -244,9 +251,33 @@ impl Tracker {
             .min()
     }
 
-    /// Nothing waits to settle or to be taken.
+    /// It was taken (or found gone): its failures are forgotten.
+    fn done(&mut self, path: &Path) {
+        self.failures.remove(path);
+    }
+
+    /// Taking it failed (the store or the folder refused for now): it stays
+    /// tracked and is tried again after `settle`, doubling with each failure
+    /// in a row up to `cap`, instead of waiting for the next rescan.
+    fn failed(&mut self, path: PathBuf, now: Instant, cap: Duration) {
+        let n = self.failures.entry(path.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let wait = self
+            .settle
+            .saturating_mul(1 << (*n - 1).min(16))
+            .min(cap.max(self.settle));
+        // Due once `settle` has passed since this (future) instant.
+        let since = now + wait - self.settle;
+        self.queued.remove(&path);
+        self.pending.insert(path, (None, since));
+    }
+
+    /// Nothing waits to settle or to be taken, apart from files that failed
+    /// `GIVE_UP` times in a row (they are still tried, but a first pass
+    /// does not wait for them forever).
     fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.ready.is_empty()
+        let waiting = |p: &PathBuf| self.failures.get(p).is_none_or(|n| *n < GIVE_UP);
+        !self.pending.keys().any(waiting) && !self.ready.iter().any(waiting)
     }
 
     fn next_ready(&mut self) -> Option<PathBuf> {
@@ -449,12 +480,15 @@ impl Intake {
                 match take_file(&*self.store, &self.first, &self.layout, &path, &self.limits).await
                 {
                     Ok(TakeOutcome::Changing) => self.tracker.changed(path, Instant::now()),
-                    Ok(_) => {}
-                    // The file stays in the inbox; the next rescan tries again.
-                    Err(e) => tracing::warn!(
-                        "Cannot take {} from the inbox now ({e}); it stays there and is tried again",
-                        path.display()
-                    ),
+                    Ok(_) => self.tracker.done(&path),
+                    // The file stays in the inbox and tracked: tried again soon.
+                    Err(e) => {
+                        tracing::warn!(
+                            "Cannot take {} from the inbox now ({e}); it stays there and is tried again",
+                            path.display()
+                        );
+                        self.tracker.failed(path, Instant::now(), self.rescan);
+                    }
                 }
                 // Events that arrived meanwhile (the file's own move among them).
                 while let Ok(signal) = rx.try_recv() {
@@ -611,6 +645,42 @@ mod tests {
             ms(t0, 2500),
         );
         assert_eq!(ready(&mut t), [p]);
+    }
+
+    #[test]
+    fn a_file_that_could_not_be_taken_is_tried_again_with_backoff() {
+        let t0 = Instant::now();
+        let cap = Duration::from_secs(30);
+        let mut t = Tracker::new(SETTLE);
+        let p = PathBuf::from("/in/a.txt");
+        let old = Duration::from_secs(60);
+        t.scanned(p.clone(), stamp(5), old, t0);
+        assert_eq!(ready(&mut t), std::slice::from_ref(&p));
+        // The take failed: not forgotten, so a first pass waits for it.
+        t.failed(p.clone(), t0, cap);
+        assert!(!t.is_idle());
+        assert_eq!(t.next_check(), Some(ms(t0, 1000)));
+        t.checked(p.clone(), Some((stamp(5), old)), ms(t0, 1000));
+        assert_eq!(ready(&mut t), std::slice::from_ref(&p));
+        // Each failure in a row doubles the wait.
+        t.failed(p.clone(), ms(t0, 1000), cap);
+        assert_eq!(t.next_check(), Some(ms(t0, 3000)));
+        assert_eq!(t.due(ms(t0, 2999)), Vec::<PathBuf>::new());
+        t.checked(p.clone(), Some((stamp(5), old)), ms(t0, 3000));
+        assert_eq!(ready(&mut t), std::slice::from_ref(&p));
+        t.failed(p.clone(), ms(t0, 3000), cap);
+        t.checked(p.clone(), Some((stamp(5), old)), ms(t0, 7000));
+        assert_eq!(ready(&mut t), std::slice::from_ref(&p));
+        // After GIVE_UP failures a first pass stops waiting, but the file is
+        // still tried again.
+        t.failed(p.clone(), ms(t0, 7000), cap);
+        assert!(t.is_idle());
+        assert_eq!(t.next_check(), Some(ms(t0, 15000)));
+        t.checked(p.clone(), Some((stamp(5), old)), ms(t0, 15000));
+        assert_eq!(ready(&mut t), std::slice::from_ref(&p));
+        t.done(&p);
+        assert!(t.is_idle());
+        assert!(t.failures.is_empty());
     }
 
     #[test]

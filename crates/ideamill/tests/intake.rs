@@ -163,7 +163,7 @@ fn issue_6_files_that_arrive_while_the_engine_is_down_are_taken_when_it_starts()
     p.run_until_idle(Duration::from_secs(120));
 
     let t = texts(&p);
-    assert_eq!(t.len(), 32, "{t:?}");
+    assert_eq!(t.len(), 32, "{t:?}\n{}", p.logs());
     assert!(names(&p.file("inbox")).is_empty());
     assert_eq!(names(&p.file("inbox/processed")).len(), 64);
     assert!(items(&p).iter().all(|i| i["state"] == "done"));
