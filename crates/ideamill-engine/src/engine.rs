@@ -15,8 +15,11 @@ use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, Store
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
+use ideamill_health::Health;
 use ideamill_stages::executor::{Execution, Executor};
+use ideamill_sys::clock::now_millis;
+use ideamill_sys::hostname;
+use ideamill_sys::process::pid_alive;
 
 /// How a run should behave beyond what the config says.
 #[derive(Clone)]
@@ -134,31 +137,6 @@ impl Shared {
             }
         }
     }
-}
-
-pub use ideamill_stages::now_millis;
-
-/// This machine's name, for process rows and events.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
-    // when the name fits, and we stop at the first NUL either way.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// Whether a process with this pid exists on this machine.
-fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl Engine {
@@ -853,7 +831,7 @@ fn start_job(
                 let usage = finish.usage.as_ref();
                 h.metrics.record_llm(
                     &llm.provider,
-                    crate::health::metrics::LlmCall {
+                    ideamill_health::metrics::LlmCall {
                         ok: usage.is_some(),
                         prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
                         completion_tokens: usage.map_or(0, |u| u.completion_tokens),

@@ -14,6 +14,7 @@ use ideamill_core::machine::StageResult;
 use ideamill_core::{AttemptOutcome, Config, Millis, Usage};
 use ideamill_llm::{ChatRequest, ErrorClass, FileLimits, LlmError, Price, Provider};
 use ideamill_store::{ClaimedJob, ItemContext, Spend, Store};
+use ideamill_sys::clock::now_millis;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Execution, Executor, context_json, workspace_files};
@@ -245,10 +246,6 @@ pub async fn resume_within_budget(config: &Config, store: &dyn Store) {
         Ok(n) => tracing::info!("Resumed {n} item(s) paused by a budget that now allows them"),
         Err(e) => tracing::warn!("Could not resume paused jobs: {e}"),
     }
-}
-
-fn now_millis() -> Millis {
-    crate::now_millis()
 }
 
 #[async_trait]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use ideamill_engine::health::{Health, LogRing};
+use ideamill_health::{Health, LogRing};
 use ideamill_store::Store;
 use ideamill_web::{Access, AppState, app};
 use serde_json::{Value, json};
@@ -425,7 +425,7 @@ async fn one_item_its_files_retry_and_cancel() {
         "queued"
     );
     // A done item needs `from`.
-    let now = ideamill_engine::now_millis();
+    let now = ideamill_sys::clock::now_millis();
     let job = f
         .store
         .claim("draft", 1, "w", now, now + 60_000)

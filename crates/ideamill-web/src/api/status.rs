@@ -5,8 +5,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use ideamill_engine::now_millis;
 use ideamill_store::ProcessInfo;
+use ideamill_sys::clock::now_millis;
 use serde::Serialize;
 
 use crate::AppState;

@@ -5,9 +5,9 @@
 use axum::extract::State;
 use axum::response::Response;
 use ideamill_core::{ItemId, Millis};
-use ideamill_engine::health::verdict::{Level, Verdict};
-use ideamill_engine::now_millis;
+use ideamill_health::verdict::{Level, Verdict};
 use ideamill_store::{EventFilter, StatusSnapshot};
+use ideamill_sys::clock::now_millis;
 use serde::Serialize;
 
 use super::{PageError, WithState};

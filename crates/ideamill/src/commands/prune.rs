@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ideamill_core::duration::parse_duration;
-use ideamill_engine::now_millis;
 use ideamill_stages::executor::{WorkspacesRemoved, remove_item_workspaces};
+use ideamill_sys::clock::now_millis;
 
 use crate::cli::PruneArgs;
 use crate::{output, project};

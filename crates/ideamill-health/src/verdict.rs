@@ -7,7 +7,7 @@ use ideamill_core::{Config, Millis};
 use ideamill_store::{StageAttempts, StatusSnapshot};
 use serde::Serialize;
 
-use super::StatusFile;
+use crate::StatusFile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
