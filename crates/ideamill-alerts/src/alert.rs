@@ -16,12 +16,14 @@ pub enum Severity {
     Critical,
     /// Work goes on, but something needs a look.
     Warning,
+    /// Nothing is wrong: a test alert.
     Info,
     /// A problem alerted before is gone.
     Resolved,
 }
 
 impl Severity {
+    /// The lowercase name the webhook's `severity` field carries.
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Critical => "critical",
@@ -39,11 +41,15 @@ pub struct Alert {
     pub triggers: Vec<AlertTrigger>,
     /// Alerts with the same key are one alert for the cooldown.
     pub key: String,
+    /// How urgent it is.
     pub severity: Severity,
     /// One line, plain words.
     pub title: String,
+    /// The details: the event's message, or the verdict's reasons.
     pub message: String,
+    /// The item it concerns, for the dashboard link.
     pub item_id: Option<ItemId>,
+    /// When it happened (the event's time, or the verdict's).
     pub at: Millis,
     /// Sent by `ideamill alert test`.
     pub test: bool,
@@ -117,6 +123,7 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// What to remember of `v`.
     pub fn of(v: &Verdict) -> Seen {
         Seen {
             level: Some(v.verdict.as_str().to_string()),

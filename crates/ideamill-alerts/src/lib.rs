@@ -12,12 +12,20 @@
 //! `<data_dir>/alerts.json`, so that a restarted engine neither repeats old
 //! alerts nor misses the restart itself.
 
+#![warn(missing_docs)]
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod alert;
 mod state;
 pub mod target;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +88,8 @@ pub struct Alerts {
     state_path: PathBuf,
     state: Mutex<State>,
     in_flight: AtomicUsize,
+    /// Monitor rounds completed.
+    looks: AtomicU64,
     /// When this process's alert service began: earlier events are history.
     started_at: Millis,
 }
@@ -117,12 +127,28 @@ impl Alerts {
             state_path,
             state: Mutex::new(state),
             in_flight: AtomicUsize::new(0),
+            looks: AtomicU64::new(0),
             started_at: now_millis(),
         }))
     }
 
+    /// The configured targets, in config order.
     pub fn targets(&self) -> &[Target] {
         &self.targets
+    }
+
+    /// Deliveries running now (at most 32). Zero means every alert
+    /// dispatched so far has reached its receiver or failed for good.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// How many rounds [`Alerts::monitor`] has completed: new events read,
+    /// the verdict judged when due, their alerts dispatched and the state
+    /// saved. What has been seen can be waited on by this count instead of
+    /// by a guessed time.
+    pub fn looks(&self) -> u64 {
+        self.looks.load(Ordering::SeqCst)
     }
 
     /// Send `alert` to every target that hears it, unless its cooldown holds
@@ -268,6 +294,7 @@ impl Alerts {
                 self.look_at_verdict(now).await;
             }
             self.save().await;
+            self.looks.fetch_add(1, Ordering::SeqCst);
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(options.interval) => {}

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ideamill_core::config::{AlertKind, AlertTarget, AlertTrigger, UrlSource};
+use ideamill_core::duration::format_duration;
 
 use crate::alert::{Alert, Severity};
 
@@ -18,6 +19,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub struct Origin {
     /// The project's folder name.
     pub project: String,
+    /// The machine's hostname.
     pub host: String,
     /// The dashboard's address, for links (`[web] url`).
     pub dashboard: Option<String>,
@@ -26,31 +28,43 @@ pub struct Origin {
 /// A target ready to use: its URL read from the config or the environment.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Its `name` in the config, used in messages and events.
     pub name: String,
+    /// The request format it receives.
     pub kind: AlertKind,
     url: String,
     headers: BTreeMap<String, String>,
+    /// The triggers it hears.
     pub on: Vec<AlertTrigger>,
+    /// The same alert key is sent at most once per cooldown.
     pub cooldown: Duration,
+    /// Tries per delivery, at least 1.
     pub max_tries: u32,
+    /// The first retry's delay, doubled for each next one (at most 5 min).
     pub backoff: Duration,
+    /// One try's whole time.
     pub timeout: Duration,
 }
 
 /// A request, built without IO so that its shape is tested.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// Lowercase names; the target's own headers come last.
     pub headers: Vec<(String, String)>,
+    /// JSON for webhooks and Slack, plain text for ntfy.
     pub body: Vec<u8>,
 }
 
 /// How one delivery went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The target's name.
     pub target: String,
+    /// Requests sent, retries included.
     pub tries: u32,
     /// `Ok(status)` when delivered, else the last error (without the URL).
     pub result: Result<u16, String>,
+    /// From the first try to the last answer, backoff waits included.
     pub took: Duration,
 }
 
@@ -112,7 +126,7 @@ impl Target {
         let held_line = (held > 0).then(|| {
             format!(
                 "{held} more alert(s) like this were held back by the cooldown ({})",
-                humantime::format_duration(self.cooldown)
+                format_duration(self.cooldown)
             )
         });
         let mut headers: Vec<(String, String)> = Vec::new();
@@ -209,9 +223,10 @@ impl Target {
                 };
             }
             tracing::debug!(
-                "Alert to `{}` failed (try {tries} of {}), retrying in {wait:?}: {}",
+                "Alert to `{}` failed (try {tries} of {}), retrying in {}: {}",
                 self.name,
                 self.max_tries,
+                format_duration(wait),
                 result.as_ref().err().map_or("", String::as_str)
             );
             tokio::time::sleep(wait).await;
@@ -249,7 +264,7 @@ impl Target {
             // The error's own text would name the URL: say only what failed.
             Err(e) => {
                 let what = if e.is_timeout() {
-                    format!("no answer within {:?}", self.timeout)
+                    format!("no answer within {}", format_duration(self.timeout))
                 } else if e.is_connect() {
                     "cannot connect".to_string()
                 } else {
@@ -372,7 +387,10 @@ mod tests {
 
     #[test]
     fn ntfy_request() {
-        let r = target(AlertKind::Ntfy, "https://ntfy.sh/mill").request(&alert(), 1, &origin());
+        let mut t = target(AlertKind::Ntfy, "https://ntfy.sh/mill");
+        // The product's one duration format: "1h30m", not "1h 30m".
+        t.cooldown = Duration::from_secs(90 * 60);
+        let r = t.request(&alert(), 1, &origin());
         let header = |k: &str| {
             r.headers
                 .iter()
@@ -384,7 +402,7 @@ mod tests {
         assert_eq!(header("click"), Some("http://pi:9464/items/7"));
         assert_eq!(
             String::from_utf8(r.body).unwrap(),
-            "Item 7 failed: <boom> & more\n1 more alert(s) like this were held back by the cooldown (10m)"
+            "Item 7 failed: <boom> & more\n1 more alert(s) like this were held back by the cooldown (1h30m)"
         );
     }
 

@@ -2,6 +2,10 @@
 //! the receiver fails, recorded as events; and the monitor turning recorded
 //! events and verdicts into alerts.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -152,6 +156,31 @@ async fn wait_events(store: &dyn Store, kind: &str, n: usize) -> Vec<String> {
     }
 }
 
+/// Waits, up to a deadline, until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every delivery dispatched so far has ended: after this,
+/// whatever was going to reach the receiver has.
+async fn settled(alerts: &Alerts) {
+    until("the deliveries in flight to end", || {
+        alerts.in_flight() == 0
+    })
+    .await;
+}
+
+/// Waits until the monitor has made two more rounds: the second began
+/// after this call, so it saw everything that happened before it.
+async fn looked_again(alerts: &Alerts) {
+    let looks = alerts.looks();
+    until("two more monitor rounds", || alerts.looks() >= looks + 2).await;
+}
+
 #[tokio::test]
 async fn delivered_once_per_cooldown_and_retried_when_the_receiver_fails() {
     // The receiver fails twice; the third try gets through.
@@ -186,8 +215,9 @@ async fn delivered_once_per_cooldown_and_retried_when_the_receiver_fails() {
         "{sent:?}"
     );
     // Still nothing more: the two held-back alerts wait for the cooldown.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    settled(&alerts).await;
     assert_eq!(rx.bodies().len(), 2);
+    assert_eq!(rx.tries.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]
@@ -198,8 +228,14 @@ async fn held_back_alerts_are_counted_in_the_next_one() {
     alerts.dispatch(&failed_item("item_failed"));
     alerts.dispatch(&failed_item("item_failed"));
     alerts.dispatch(&failed_item("item_failed"));
+    // Each dispatch reads the clock before it returns: the cooldown ends
+    // 300 ms after this reading at the latest.
+    let dispatched = ideamill_sys::clock::now_millis();
     rx.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    until("the cooldown to end", || {
+        ideamill_sys::clock::now_millis() >= dispatched + 300
+    })
+    .await;
     alerts.dispatch(&failed_item("item_failed"));
     let got = rx.wait_for(2).await;
     assert_eq!(got[0]["held_back"], 0);
@@ -248,7 +284,7 @@ async fn targets_hear_only_their_triggers_and_the_test_reaches_all() {
     assert_eq!(test.len(), 1);
     assert_eq!(test[0].result, Ok(200));
     let got = rx.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    settled(&alerts).await;
     assert_eq!(rx.bodies().len(), 1, "only the test: {got:?}");
     assert_eq!(got[0]["test"], true);
     assert_eq!(got[0]["title"], "Test alert from ideamill");
@@ -276,18 +312,13 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
     let stop = CancellationToken::new();
     let options = MonitorOptions {
         interval: Duration::from_millis(100),
-        verdict_every: Duration::from_millis(100),
+        // Every round judges the verdict, so that one round is enough to
+        // know a verdict was judged again.
+        verdict_every: Duration::ZERO,
     };
     let monitor = tokio::spawn(alerts.clone().monitor(options, stop.clone()));
     let state = f.config.engine.data_dir.join("alerts.json");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !state.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the monitor never saved its state"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the monitor to save its state", || state.exists()).await;
     f.store
         .record_event(&event(
             "engine_restarted",
@@ -326,7 +357,8 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
         got[2]["message"].as_str().unwrap().contains("[no_engine]"),
         "{got:?}"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    looked_again(&alerts).await;
+    settled(&alerts).await;
     assert_eq!(
         rx.bodies().len(),
         3,
@@ -345,10 +377,11 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
         .unwrap();
     let alerts = Alerts::new(f.config.clone(), f.store.clone()).unwrap();
     let stop = CancellationToken::new();
-    let monitor = tokio::spawn(alerts.monitor(options, stop.clone()));
+    let monitor = tokio::spawn(alerts.clone().monitor(options, stop.clone()));
     let got = rx.wait_for(4).await;
     assert_eq!(got[3]["key"], "budget_reached");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    looked_again(&alerts).await;
+    settled(&alerts).await;
     assert_eq!(rx.bodies().len(), 4, "{:?}", rx.bodies());
     stop.cancel();
     monitor.await.unwrap();

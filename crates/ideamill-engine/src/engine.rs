@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ideamill_core::config::StageKind;
 use ideamill_core::machine::{self, Transition};
 use ideamill_core::{AttemptOutcome, Config, ItemState, JobId, Millis};
 use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, StoreError};
@@ -204,8 +203,7 @@ impl Engine {
             h.set_process(&self.process);
         }
         recover_dead_processes(&shared, &self.process).await;
-        ideamill_stages::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref())
-            .await;
+        ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref()).await;
 
         let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finish>();
         let completer = tokio::spawn(complete(shared.clone(), finish_rx));
@@ -474,7 +472,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         // Items paused by a budget resume once it allows (a raised cap, a
         // new day); checking once a minute is plenty.
         if now / 60_000 != (now - engine.heartbeat.as_millis() as Millis) / 60_000 {
-            ideamill_stages::llm_stage::resume_within_budget(&shared.config, shared.store.as_ref())
+            ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref())
                 .await;
         }
         reap(&shared).await;
@@ -827,10 +825,10 @@ fn start_job(
                 usage: execution.usage,
                 transition,
             };
-            if let (Some(h), StageKind::Llm(llm)) = (&shared.health, &stage.kind) {
+            if let (Some(h), Some(provider)) = (&shared.health, executor.provider()) {
                 let usage = finish.usage.as_ref();
                 h.metrics.record_llm(
-                    &llm.provider,
+                    provider,
                     ideamill_health::metrics::LlmCall {
                         ok: usage.is_some(),
                         prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),

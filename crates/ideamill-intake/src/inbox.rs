@@ -26,8 +26,11 @@ use crate::IntakeError;
 /// The inbox folder and the two it files things into.
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// Where new files are dropped.
     pub inbox: PathBuf,
+    /// Taken files and their sidecars.
     pub processed: PathBuf,
+    /// Refused files and their `.error.txt`.
     pub rejected: PathBuf,
 }
 
@@ -37,6 +40,7 @@ pub const SIDECAR_SUFFIX: &str = ".items.json";
 pub const ERROR_SUFFIX: &str = ".error.txt";
 
 impl Layout {
+    /// `inbox` with `processed/` and `rejected/` inside it.
     pub fn new(inbox: &Path) -> Layout {
         Layout {
             inbox: inbox.to_path_buf(),
@@ -56,6 +60,7 @@ impl Layout {
         Ok(())
     }
 
+    /// Creates the three folders where missing.
     pub fn create(&self) -> Result<(), IntakeError> {
         for dir in [&self.inbox, &self.processed, &self.rejected] {
             std::fs::create_dir_all(dir)
@@ -76,13 +81,28 @@ pub fn ignored(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakeOutcome {
     /// Its ideas are items; it sits at `file` in `processed/`.
-    Taken { file: PathBuf, ids: Vec<ItemId> },
+    Taken {
+        /// Where the file now is.
+        file: PathBuf,
+        /// The items it became, in the file's order.
+        ids: Vec<ItemId>,
+    },
     /// The same content was taken before; it sits at `file` in
     /// `processed/`, and its sidecar names the earlier file and items.
-    Duplicate { file: PathBuf, of: IntakeRecord },
+    Duplicate {
+        /// Where the file now is.
+        file: PathBuf,
+        /// The earlier intake of the same content.
+        of: IntakeRecord,
+    },
     /// It could not be taken; it sits at `file` in `rejected/`, with `reason`
     /// in its `.error.txt`.
-    Rejected { file: PathBuf, reason: String },
+    Rejected {
+        /// Where the file now is.
+        file: PathBuf,
+        /// Why, as written in its `.error.txt`.
+        reason: String,
+    },
     /// It changed while it was read: it is still being written.
     Changing,
     /// It is gone (someone moved it away), or it is a folder.
@@ -92,11 +112,14 @@ pub enum TakeOutcome {
 /// Size and modification time: what "still being written" is judged by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
+    /// Size in bytes.
     pub len: u64,
+    /// `None` where the filesystem keeps no modification time.
     pub modified: Option<SystemTime>,
 }
 
 impl Stamp {
+    /// The stamp of a file's metadata.
     pub fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
             len: meta.len(),

@@ -38,8 +38,11 @@ use sha2::{Digest, Sha256};
 use crate::IntakeError;
 use crate::parse::{decode, kind};
 
+/// The ideas file's usual name (`ideas.json` and `ideas_log.jsonl` are taken too).
 pub const IDEAS_LOG: &str = "ideas_log.json";
+/// The QA retries file's usual name (a few spellings are taken too).
 pub const QA_ISSUES: &str = "QAissue.json";
+/// The folder of task files.
 pub const IMPLEMENTATIONS: &str = "implementations";
 
 /// Fields an idea's text is taken from, in order of preference.
@@ -117,8 +120,11 @@ fn status_of(word: &str) -> Option<Status> {
 /// The whole import, as it would be applied.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The legacy folder.
     pub dir: PathBuf,
+    /// Each file found, in the order read: ideas, QA issues, tasks.
     pub files: Vec<FileReport>,
+    /// Every record of every file, in the same order.
     pub records: Vec<Record>,
 }
 
@@ -127,6 +133,7 @@ pub struct Plan {
 pub struct FileReport {
     /// Relative to the folder.
     pub file: String,
+    /// Records read from it.
     pub records: usize,
     /// Why the file could not be read at all, with its line and column.
     pub problem: Option<String>,
@@ -139,27 +146,41 @@ pub struct FileReport {
 pub struct Record {
     /// `ideas_log.json #3`, `implementations/a.json`.
     pub source: String,
+    /// What it becomes.
     pub mapping: Mapping,
     /// What was guessed or left aside while mapping it.
     pub notes: Vec<String>,
 }
 
+/// What a record becomes; serialized for `import legacy --json`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Mapping {
     /// Becomes an item in this state.
     Item {
+        /// As shown to the user: `queued`, `resumes after QA`, `done`, `failed`.
         state: &'static str,
+        /// The stage it runs next, if it is not finished.
         stage: Option<String>,
+        /// What is imported.
         #[serde(skip)]
         item: Box<ImportedItem>,
     },
     /// Folded into another record's item (a QA issue into its idea).
-    Merged { into: String },
+    Merged {
+        /// The other record's `source`.
+        into: String,
+    },
     /// Deliberately not imported (a QA issue already resolved).
-    Skipped { reason: String },
+    Skipped {
+        /// Why, for the user.
+        reason: String,
+    },
     /// Could not be mapped.
-    Unmapped { reason: String },
+    Unmapped {
+        /// Why, for the user.
+        reason: String,
+    },
 }
 
 impl Plan {

@@ -9,6 +9,14 @@
 //!   plus a slow full rescan, one file at a time.
 //! - [`legacy`]: the files of the system ideamill replaces, mapped to items.
 
+#![warn(missing_docs)]
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod inbox;
 pub mod legacy;
 pub mod parse;
@@ -22,13 +30,18 @@ pub use watch::{InboxHandle, spawn_inbox};
 /// these: it stays where it is and is tried again.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
+    /// A file or folder could not be read, written or moved.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done, naming the path.
         what: String,
+        /// Why it failed.
         source: std::io::Error,
     },
+    /// The store refused or could not be reached.
     #[error(transparent)]
     Store(#[from] ideamill_store::StoreError),
+    /// A blocking task (reading, moving files) panicked or was cancelled.
     #[error("a background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

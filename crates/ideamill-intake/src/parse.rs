@@ -38,6 +38,7 @@ impl Format {
         })
     }
 
+    /// The format `path`'s extension names, if any.
     pub fn from_path(path: &Path) -> Option<Format> {
         Format::from_extension(path.extension()?.to_str()?)
     }
@@ -46,8 +47,11 @@ impl Format {
 /// What one file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// A larger file is refused before it is read as text.
     pub max_file_bytes: u64,
+    /// A file with more ideas is refused whole.
     pub max_ideas: usize,
+    /// A file with a longer idea (its text, in bytes) is refused whole.
     pub max_idea_bytes: usize,
 }
 
@@ -77,8 +81,11 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}, column {column}: {message}")]
 pub struct ParseError {
+    /// From 1.
     pub line: usize,
+    /// From 1, in characters.
     pub column: usize,
+    /// What is wrong there, a lowercase fragment.
     pub message: String,
 }
 
@@ -286,6 +293,7 @@ pub fn idea_from_json(value: Value) -> Result<(String, Map<String, Value>), Stri
     }
 }
 
+/// The JSON type of `v` with its article ("a number"), for messages.
 pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -3,6 +3,10 @@
 //! of several shapes imported for real. Every inbox test ends with an audit
 //! that nothing was lost.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod legacy;
 mod util;
 

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 pub struct FileBlock {
     /// As named, with `./` and repeated `/` removed; not yet validated.
     pub path: String,
+    /// The lines between the fences, less the fence's indentation.
     pub content: String,
     /// The info string's language, if it gave one.
     pub lang: Option<String>,
@@ -33,6 +34,8 @@ pub struct FileBlock {
 /// The named blocks of an answer and what was wrong with the others.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Extraction {
+    /// The named blocks in the order their names first appear; a name
+    /// given twice keeps its last block.
     pub files: Vec<FileBlock>,
     /// Lowercase notes: unnamed or unterminated blocks, duplicate names.
     pub problems: Vec<String>,

@@ -19,10 +19,12 @@ pub enum ProviderKind {
 pub struct ProviderConfig {
     /// The provider's name in the config, used in messages and logs.
     pub name: String,
+    /// Which API the provider speaks.
     pub kind: ProviderKind,
     /// The API root, e.g. `https://api.openai.com/v1` or
     /// `https://api.anthropic.com/v1`; a trailing `/` is ignored.
     pub base_url: String,
+    /// The model asked for in every request, as the provider names it.
     pub model: String,
     /// Sent as `Authorization: Bearer` (OpenAI) or `x-api-key` (Anthropic).
     pub api_key: Option<Secret>,
@@ -43,6 +45,7 @@ pub struct ProviderConfig {
     pub total_timeout: Duration,
     /// Calls in flight at once, shared by every worker of the process.
     pub max_concurrency: u32,
+    /// Requests started per minute, shared like `max_concurrency`.
     pub requests_per_minute: Option<u32>,
     /// Tokens (prompt and completion) per minute: an estimate is reserved
     /// before a call and corrected with the actual usage after it.
@@ -79,8 +82,11 @@ impl ProviderConfig {
 /// One chat call: a single user turn with an optional system prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
+    /// The system prompt, if any.
     pub system: Option<String>,
+    /// The user turn.
     pub prompt: String,
+    /// Left out of the request when `None`, so the server's default applies.
     pub temperature: Option<f32>,
     /// Always sent as `max_tokens` (servers that only know that name ignore
     /// `max_completion_tokens`).
@@ -110,8 +116,11 @@ pub(crate) fn estimate_tokens(chars: usize) -> u64 {
 /// A complete answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatResponse {
+    /// The whole answer's text.
     pub text: String,
+    /// Tokens of the prompt, as the server reported them (else estimated).
     pub prompt_tokens: u64,
+    /// Tokens of the answer, as the server reported them (else estimated).
     pub completion_tokens: u64,
     /// True when the server reported no usage and the token counts are our
     /// estimate (characters / 4, rounded up).
@@ -133,7 +142,9 @@ pub struct ChatResponse {
 /// A model's price in currency units per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
+    /// Per million prompt tokens.
     pub input_per_million: f64,
+    /// Per million completion tokens.
     pub output_per_million: f64,
 }
 

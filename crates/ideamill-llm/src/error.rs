@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ideamill_core::duration::format_duration;
+
 use crate::secret::{Secret, redact};
 
 /// Why a model call failed. [`LlmError::class`] tells the caller whether to
@@ -12,28 +14,37 @@ pub enum LlmError {
     /// the server said how long, else after the caller's backoff.
     #[error("rate limited (http 429): {message}{}", fmt_retry_after(*.retry_after))]
     RateLimited {
+        /// The server's `retry-after` (or the error's own delay), if it gave one.
         retry_after: Option<Duration>,
+        /// What the server said, without the key.
         message: String,
     },
     /// A failure that may not happen again: 408, 409, 5xx, a connection
     /// error, a malformed answer.
     #[error("temporary failure{}: {message}", fmt_status(*.status))]
     Retryable {
+        /// The HTTP status; `None` for a connection error or an error event
+        /// inside a stream.
         status: Option<u16>,
+        /// What went wrong, or what the server said, without the key.
         message: String,
     },
     /// A failure that will happen again with the same request and config:
     /// 400, 401, 403, 404, an exhausted quota.
     #[error("permanent failure{}: {message}", fmt_status(*.status))]
     Permanent {
+        /// The HTTP status; `None` for an error event inside a stream.
         status: Option<u16>,
+        /// What went wrong, or what the server said, without the key.
         message: String,
     },
     /// One of the provider's timeouts fired: `which` is `connect`, `idle`
     /// (no bytes for that long) or `total`.
     #[error("{which} timeout: {}", fmt_timeout(which, *.after))]
     Timeout {
+        /// `connect`, `idle` or `total`.
         which: &'static str,
+        /// The configured timeout that fired.
         after: Duration,
     },
     /// The stream ended before its end marker (`[DONE]` or `message_stop`):
@@ -41,7 +52,10 @@ pub enum LlmError {
     #[error(
         "stream truncated after {received_chars} characters: the connection ended before the end of the answer"
     )]
-    Truncated { received_chars: usize },
+    Truncated {
+        /// Characters of text received before the stream ended.
+        received_chars: usize,
+    },
     /// The caller's cancellation token fired.
     #[error("cancelled")]
     Cancelled,
@@ -141,12 +155,12 @@ fn fmt_status(status: Option<u16>) -> String {
 
 fn fmt_retry_after(retry_after: Option<Duration>) -> String {
     retry_after
-        .map(|d| format!("; retry after {}", fmt_duration(d)))
+        .map(|d| format!("; retry after {}", format_duration(d)))
         .unwrap_or_default()
 }
 
 fn fmt_timeout(which: &str, after: Duration) -> String {
-    let after = fmt_duration(after);
+    let after = format_duration(after);
     match which {
         "connect" => format!("no connection after {after}"),
         "idle" => format!("no bytes received for {after}"),
@@ -154,34 +168,13 @@ fn fmt_timeout(which: &str, after: Duration) -> String {
     }
 }
 
-/// `1.5s`, `250ms`, `2m5s`: short and exact enough for a message.
-pub(crate) fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        let s = d.as_secs_f64();
-        if ms.is_multiple_of(1000) {
-            format!("{}s", ms / 1000)
-        } else {
-            format!("{s:.1}s")
-        }
-    } else {
-        let secs = d.as_secs();
-        let (m, s) = (secs / 60, secs % 60);
-        if s == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{s}s")
-        }
-    }
-}
-
 /// A provider configuration that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("provider {provider}: {message}")]
 pub struct ConfigError {
+    /// The provider's name in the config.
     pub provider: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -239,9 +232,9 @@ mod tests {
         check(
             LlmError::Timeout {
                 which: "total",
-                after: Duration::from_secs(125),
+                after: Duration::from_secs(3_725),
             },
-            "total timeout: no complete answer after 2m5s",
+            "total timeout: no complete answer after 1h2m5s",
             ErrorClass::Retryable,
         );
         check(

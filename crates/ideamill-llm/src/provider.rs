@@ -106,10 +106,12 @@ impl Provider {
         })
     }
 
+    /// The config it was built from.
     pub fn config(&self) -> &ProviderConfig {
         &self.inner.cfg
     }
 
+    /// The limiter its calls wait for, possibly shared with other providers.
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.inner.limiter
     }

@@ -9,6 +9,7 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a key read from the environment or the config.
     pub fn new(value: impl Into<String>) -> Secret {
         Secret(value.into())
     }

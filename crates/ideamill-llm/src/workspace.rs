@@ -21,7 +21,9 @@ use crate::blocks::FileBlock;
 /// Bounds on what one answer may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileLimits {
+    /// A larger file is refused.
     pub max_file_bytes: u64,
+    /// Files beyond this many written are refused.
     pub max_files: usize,
 }
 

@@ -2,6 +2,10 @@
 //! both wire formats, every error class, the three timeouts, truncation,
 //! cancellation and the shared limits.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::{Duration, SystemTime};

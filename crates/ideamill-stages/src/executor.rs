@@ -59,6 +59,12 @@ impl Execution {
 /// having stopped all the work it started.
 #[async_trait]
 pub trait Executor: Send + Sync {
+    /// The model provider this stage calls, for the provider metrics; None
+    /// for stages that call none.
+    fn provider(&self) -> Option<&str> {
+        None
+    }
+
     async fn run(
         &self,
         job: &ClaimedJob,

@@ -3,6 +3,7 @@
 //! item; this crate runs it: a program in the sandbox (`command`), a model
 //! call (`llm`). The engine knows them only through [`executor::Executor`].
 
+pub mod budget;
 pub mod command;
 pub mod executor;
 pub mod llm_stage;

@@ -64,25 +64,20 @@ pub(crate) const ITEM_SUMMARY_SELECT: &str = "SELECT i.id, substr(i.text, 1, 500
 
 /// Finish a page query of item summaries: `sql` ends in a WHERE condition;
 /// this adds the filter's conditions and the order, newest first by
-/// `id_column`. Parameters, numbered after `mark` (`?` or `$`): 1 the stage,
-/// 2 the id to page before, 3 the limit ([`page_limit`]).
-pub(crate) fn item_page_sql(
-    mut sql: String,
-    filter: &ItemFilter,
-    id_column: &str,
-    mark: char,
-) -> String {
+/// `id_column`. Parameters: `$1` the stage, `$2` the id to page before, `$3`
+/// the limit ([`page_limit`]).
+pub(crate) fn item_page_sql(mut sql: String, filter: &ItemFilter, id_column: &str) -> String {
     if let Some(state) = filter.state {
         sql.push_str(" AND ");
         sql.push_str(state_clause(state));
     }
     if filter.stage.is_some() {
-        sql.push_str(&format!(" AND i.stage = {mark}1"));
+        sql.push_str(" AND i.stage = $1");
     }
     if filter.before_id.is_some() {
-        sql.push_str(&format!(" AND {id_column} < {mark}2"));
+        sql.push_str(&format!(" AND {id_column} < $2"));
     }
-    sql.push_str(&format!(" ORDER BY {id_column} DESC LIMIT {mark}3"));
+    sql.push_str(&format!(" ORDER BY {id_column} DESC LIMIT $3"));
     sql
 }
 
@@ -199,6 +194,8 @@ pub(crate) fn feedback_row(r: &impl RowExt) -> Result<FeedbackRow> {
         created_at: r.int("created_at")?,
     })
 }
+
+pub(crate) const EVENT_COLUMNS: &str = "id, at, kind, item_id, job_id, process, message";
 
 pub(crate) fn event_row(r: &impl RowExt) -> Result<Event> {
     Ok(Event {

@@ -1,13 +1,17 @@
 //! ideamill's durable store. [`Store`] is the seam between the engine and a
 //! database: every state transition is one of its methods and one
-//! transaction. SQLite (`sqlite.rs`) and PostgreSQL (`postgres.rs`) implement
+//! transaction. SQLite (`sqlite/`) and PostgreSQL (`postgres/`) implement
 //! it with the same semantics, checked by one conformance suite, so nothing
-//! backend-specific may appear in its signatures.
+//! backend-specific may appear in its signatures. What both do alike is
+//! written once (`shared/`, over each backend's `Backend`); each backend
+//! keeps its hot paths (claim, finish, heartbeat, release, context, queue
+//! depth) and what only it has.
 
 mod common;
 mod dashboard;
 mod error;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 pub mod transfer;
 mod types;

@@ -178,22 +178,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every route.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/openapi.json", get(api::openapi))
-        .route("/status", get(api::status::get))
-        .route("/processes", get(api::status::processes))
-        .route("/events", get(api::events::list))
-        .route("/activity", get(api::activity::get))
-        .route("/items", get(api::items::list).post(api::items::add))
-        .route("/items/{id}", get(api::items::get))
-        .route("/items/{id}/files/{*path}", get(api::items::file))
-        .route("/items/{id}/retry", post(api::items::retry))
-        .route("/items/{id}/cancel", post(api::items::cancel))
-        .route("/stream", get(live::stream))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(auth::method_not_allowed);
     Router::new()
-        .nest("/api", api)
+        .nest("/api", api::router())
         .route("/", get(pages::overview::page))
         .route("/items", get(pages::items::page))
         .route("/items/{id}", get(pages::item::page))

@@ -84,6 +84,9 @@ pub enum Command {
     Store(StoreArgs),
     /// Measure throughput and pickup latency on a scratch store.
     Bench(BenchArgs),
+    /// Quality as a number: run a suite of ideas through the pipeline in a
+    /// scratch project and judge each by its hidden tests (sandboxed).
+    Eval(EvalArgs),
     /// Alerts: `alert test` sends a test alert to every `[[alerts]]` target.
     Alert(AlertArgs),
     /// Print shell completions.
@@ -92,7 +95,7 @@ pub enum Command {
 
 impl Command {
     pub fn is_long_running(&self) -> bool {
-        matches!(self, Command::Run(_) | Command::Bench(_))
+        matches!(self, Command::Run(_) | Command::Bench(_) | Command::Eval(_))
     }
 }
 
@@ -425,6 +428,33 @@ pub enum BenchWhat {
         #[arg(long)]
         samples: u32,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The suite: JSON lines of {"id", "idea", "tests"}, the tests a Python
+    /// unittest file that imports from `main` (see eval/README.md).
+    #[arg(long, value_name = "FILE")]
+    pub suite: PathBuf,
+    /// Run a variant with this config change side by side with the config
+    /// as it is ("loop"), e.g. `gate.max_rounds=1` (every gate),
+    /// `stages.NAME.KEY=VALUE`, `providers.main.model="m"`. VALUE is TOML.
+    /// Repeatable: one variant each.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub compare: Vec<String>,
+    /// The scratch folder, kept afterwards [default: a new one in the
+    /// system's temp folder].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Only these ideas of the suite.
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Run the hidden tests without the sandbox (generated code then has
+    /// your user's access).
+    #[arg(long)]
+    pub unconfined: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -73,6 +73,7 @@ fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
     let config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
     let config = config
         .replace("max_tokens = 400", "max_tokens = 120")
+        .replace("max_tokens = 800", "max_tokens = 200")
         .replace("max_tokens = 1500", "max_tokens = 300");
     std::fs::write(root.join("ideamill.toml"), config).unwrap();
     let p = Project::at(root);
@@ -124,6 +125,79 @@ fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
                 .as_str()
                 .unwrap()
                 .contains("rejected by gate `qa` in round 3 of 3")
+        );
+    }
+}
+
+/// Three small ideas with their hidden tests, for the eval harness.
+const SUITE: &str = r#"{"id": "reverse-text", "idea": "Write a function `reverse_text(s)` in main.py that returns the string s reversed.", "tests": "import unittest\nfrom main import reverse_text\n\nclass T(unittest.TestCase):\n    def test_reverse(self):\n        self.assertEqual(reverse_text('abc'), 'cba')\n"}
+{"id": "add-numbers", "idea": "Write a function `add(a, b)` in main.py that returns the sum of a and b.", "tests": "import unittest\nfrom main import add\n\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"}
+{"id": "is-even", "idea": "Write a function `is_even(n)` in main.py that returns True when the integer n is even.", "tests": "import unittest\nfrom main import is_even\n\nclass T(unittest.TestCase):\n    def test_even(self):\n        self.assertTrue(is_even(4))\n        self.assertFalse(is_even(3))\n"}
+"#;
+
+#[test]
+fn eval_with_the_local_model() {
+    let model = LocalModel::start();
+    let dir = tempfile::tempdir().unwrap();
+    let init = Command::new(BIN)
+        .args([
+            "init",
+            "proj",
+            "--provider",
+            &model.url,
+            "--model",
+            "smollm2",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let root = dir.path().join("proj");
+    let config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
+    let config = config
+        .replace("max_tokens = 400", "max_tokens = 80")
+        .replace("max_tokens = 1500", "max_tokens = 200");
+    std::fs::write(root.join("ideamill.toml"), config).unwrap();
+    std::fs::write(root.join("suite.jsonl"), SUITE).unwrap();
+    let p = Project::at(root);
+    // The harness end to end; no quality threshold: a 135M model may pass none.
+    let report = p.json(&[
+        "eval",
+        "--suite",
+        "suite.jsonl",
+        "--dir",
+        "scratch",
+        "--compare",
+        "gate.max_rounds=1",
+    ]);
+    let variants = report["variants"].as_array().unwrap();
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["loop", "gate.max_rounds=1"], "{report:#}");
+    for (v, rounds) in variants.iter().zip([3, 1]) {
+        assert_eq!(v["ideas"], 3, "{v:#}");
+        assert_eq!(v["final"]["total"], 3, "{v:#}");
+        assert_eq!(v["rounds"].as_array().unwrap().len(), rounds, "{v:#}");
+        assert!(
+            v["tokens"].as_u64().unwrap() > 0,
+            "the model was asked: {v:#}"
+        );
+        let classified = v["failures"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>();
+        assert_eq!(
+            classified + v["final"]["passed"].as_u64().unwrap(),
+            3,
+            "every idea passes or has a failure class: {v:#}"
         );
     }
 }

@@ -10,6 +10,7 @@ use ideamill_core::Millis;
 use ideamill_sys::clock::now_millis;
 use serde::Deserialize;
 
+use super::wire::{Activity, convert};
 use crate::error::{ApiError, ApiResult};
 use crate::view::{self, json};
 use crate::{AppState, lock};
@@ -21,7 +22,7 @@ pub const MAX_HOURS: u32 = 168;
 pub struct Cached {
     at: Instant,
     hours: u32,
-    body: serde_json::Value,
+    body: Activity,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,13 +56,13 @@ pub async fn get(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResul
     // Whole buckets, so that the same bucket always covers the same minutes.
     let since = (now - i64::from(hours) * 3_600_000) / bucket * bucket;
     let buckets = s.call(s.store.activity(since, bucket, now)).await?;
-    let body = serde_json::json!({
-        "hours": hours,
-        "bucket_ms": bucket,
-        "since": since,
-        "now": now,
-        "buckets": buckets,
-    });
+    let body = Activity {
+        hours,
+        bucket_ms: bucket,
+        since,
+        now,
+        buckets: convert(buckets),
+    };
     *lock(&s.activity) = Some(Cached {
         at: Instant::now(),
         hours,

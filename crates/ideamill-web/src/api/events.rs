@@ -8,6 +8,7 @@ use ideamill_core::{ItemId, Millis};
 use ideamill_store::EventFilter;
 use serde::Deserialize;
 
+use super::wire::{Events, convert};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::view::{self, json};
@@ -41,6 +42,8 @@ pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResu
         .await?;
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({ "events": events }),
+        &Events {
+            events: convert(events),
+        },
     ))
 }

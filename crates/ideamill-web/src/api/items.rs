@@ -11,6 +11,7 @@ use ideamill_intake::{Format, Limits, parse_ideas};
 use ideamill_sys::clock::now_millis;
 use serde::Deserialize;
 
+use super::wire::{self, Added, Cancelled, ItemView, Retried, convert};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::view::{self, ItemsQuery, json};
@@ -23,6 +24,10 @@ pub const MAX_IDEAS: usize = 10_000;
 pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
     let q: ItemsQuery = view::query(raw.as_deref())?;
     let page = view::list_items(&s, &q).await?;
+    let page = wire::ItemsPage {
+        items: convert(page.items),
+        next_before: page.next_before,
+    };
     Ok(json(StatusCode::OK, &page))
 }
 
@@ -106,15 +111,24 @@ pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult
                 .add_items(&items, &first_job(&s.config), now_millis()),
         )
         .await?;
-    Ok(json(
-        StatusCode::CREATED,
-        &serde_json::json!({ "ids": ids }),
-    ))
+    Ok(json(StatusCode::CREATED, &Added { ids }))
 }
 
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = view::item_id(&id)?;
-    Ok(json(StatusCode::OK, &view::item(&s, id).await?))
+    let v = view::item(&s, id).await?;
+    let files = v
+        .files
+        .into_iter()
+        .map(|f| wire::File {
+            path: f.path,
+            bytes: f.bytes,
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &ItemView::new(v.detail, v.workspace, files),
+    ))
 }
 
 pub async fn file(
@@ -160,18 +174,12 @@ pub async fn retry(
     };
     let effect = view::retry(&s, id, options.from.as_deref()).await?;
     s.live.poke();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "id": id, "stage": effect.stage, "round": effect.round }),
-    ))
+    Ok(json(StatusCode::OK, &Retried::new(id, effect)))
 }
 
 pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = view::item_id(&id)?;
     let effect = view::cancel(&s, id).await?;
     s.live.poke();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "id": id, "cancelled": true, "was_running": effect.was_running }),
-    ))
+    Ok(json(StatusCode::OK, &Cancelled::new(id, effect)))
 }

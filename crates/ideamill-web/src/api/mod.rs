@@ -1,4 +1,5 @@
-//! The JSON API, one file per resource; `openapi.json` describes all of it.
+//! The JSON API, one file per resource; `openapi.json` describes all of it,
+//! and `wire.rs` holds the shapes it answers with (the CLI's `--json` too).
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
 //! 4xx for bad input and a 503 when the store does not answer.
 
@@ -6,10 +7,14 @@ pub mod activity;
 pub mod events;
 pub mod items;
 pub mod status;
+pub mod wire;
 
+use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
 
+use crate::AppState;
 use crate::error::ApiError;
 
 /// The OpenAPI 3.1 document of this API.
@@ -22,6 +27,36 @@ pub async fn openapi() -> Response {
         OPENAPI,
     )
         .into_response()
+}
+
+/// Every path of the API (under `/api`) with its handlers. `openapi.json`
+/// documents each path and method; `tests/api.rs` checks that both name
+/// the same ones.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/openapi.json", get(openapi)),
+        ("/status", get(status::get)),
+        ("/processes", get(status::processes)),
+        ("/events", get(events::list)),
+        ("/activity", get(activity::get)),
+        ("/items", get(items::list).post(items::add)),
+        ("/items/{id}", get(items::get)),
+        ("/items/{id}/files/{*path}", get(items::file)),
+        ("/items/{id}/retry", post(items::retry)),
+        ("/items/{id}/cancel", post(items::cancel)),
+        ("/stream", get(crate::live::stream)),
+    ]
+}
+
+/// The API's router, to nest under `/api`.
+pub fn router() -> Router<AppState> {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handlers)| {
+            router.route(path, handlers)
+        })
+        .fallback(not_found)
+        .method_not_allowed_fallback(crate::auth::method_not_allowed)
 }
 
 pub async fn not_found() -> Response {

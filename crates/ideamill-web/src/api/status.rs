@@ -5,10 +5,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use ideamill_store::ProcessInfo;
 use ideamill_sys::clock::now_millis;
-use serde::Serialize;
 
+use super::wire::{ProcessBeat, Processes, Status};
 use crate::AppState;
 use crate::error::ApiResult;
 use crate::view::json;
@@ -16,33 +15,19 @@ use crate::view::json;
 pub async fn get(State(s): State<AppState>) -> Response {
     let now = now_millis();
     let (health, status) = s.verdict(now).await;
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "health": health, "status": status }),
-    )
-}
-
-#[derive(Serialize)]
-struct Process {
-    #[serde(flatten)]
-    info: ProcessInfo,
-    /// How long ago it last beat, ms.
-    beat_age_ms: i64,
+    json(StatusCode::OK, &Status::new(health, status))
 }
 
 pub async fn processes(State(s): State<AppState>) -> ApiResult<Response> {
     let now = now_millis();
-    let processes: Vec<Process> = s
+    let processes = s
         .call(s.store.processes())
         .await?
         .into_iter()
-        .map(|info| Process {
+        .map(|info| ProcessBeat {
             beat_age_ms: (now - info.last_beat_at).max(0),
-            info,
+            process: info.into(),
         })
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "processes": processes }),
-    ))
+    Ok(json(StatusCode::OK, &Processes { processes }))
 }

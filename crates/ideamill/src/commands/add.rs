@@ -9,6 +9,7 @@ use ideamill_core::machine::first_job;
 use ideamill_intake::{Format, Limits, parse_ideas};
 use ideamill_store::NewItem;
 use ideamill_sys::clock::now_millis;
+use ideamill_web::api::wire::Added;
 use serde_json::{Map, Value};
 
 use crate::cli::AddArgs;
@@ -66,7 +67,7 @@ pub async fn run(config: Option<&Path>, args: AddArgs) -> anyhow::Result<ExitCod
         .await?;
     store.close().await;
     if args.json {
-        output::json(&serde_json::json!({ "ids": ids }))?;
+        output::json(&Added { ids })?;
     } else if ids.len() == 1 {
         println!("Added item {}.", ids[0]);
     } else {

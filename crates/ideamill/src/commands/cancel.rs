@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use ideamill_sys::clock::now_millis;
+use ideamill_web::api::wire::Cancelled;
 
 use crate::cli::IdArgs;
 use crate::{output, project};
@@ -14,9 +15,7 @@ pub async fn run(config: Option<&Path>, args: IdArgs) -> anyhow::Result<ExitCode
     let store = project::open_existing_store(&config).await?;
     let effect = store.cancel_item(id, now_millis()).await?;
     if args.json {
-        output::json(
-            &serde_json::json!({ "id": id, "cancelled": true, "was_running": effect.was_running }),
-        )?;
+        output::json(&Cancelled::new(id, effect))?;
     } else if effect.was_running {
         println!("Cancelled item {id}; its running job is being stopped.");
     } else {

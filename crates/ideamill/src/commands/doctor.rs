@@ -13,6 +13,7 @@ use ideamill_health::verdict::{self, Facts, Level, ProviderCheck, Reason, Verdic
 use ideamill_store::StoreError;
 use ideamill_sys::clock::now_millis;
 use ideamill_sys::fs::free_bytes;
+use ideamill_web::api::wire::Health;
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
@@ -20,7 +21,7 @@ use crate::{output, project};
 use ideamill_stages::sandbox::Sandbox;
 
 // The facts `status` shares with `doctor` (and the dashboard and the alert
-// monitor): in the engine crate, so that all of them judge the same things.
+// monitor): in ideamill-health, so that all of them judge the same things.
 pub use ideamill_health::facts::{engine_files, gather};
 
 /// How long the store's consistency check may take.
@@ -65,7 +66,7 @@ async fn check_providers(config: &Config) -> Vec<ProviderCheck> {
 #[derive(Debug, Serialize)]
 struct Report {
     #[serde(flatten)]
-    verdict: Verdict,
+    health: Health,
     exit_code: u8,
     checks: Vec<Check>,
 }
@@ -333,7 +334,7 @@ fn print(verdict: Verdict, checks: Vec<Check>, json: bool) -> anyhow::Result<Exi
     let code = verdict.verdict.exit_code();
     if json {
         output::json(&Report {
-            verdict,
+            health: verdict.into(),
             exit_code: code,
             checks,
         })?;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use ideamill_store::EventFilter;
 use ideamill_sys::clock::now_millis;
+use ideamill_web::api::wire::{Event, convert};
 
 use crate::cli::EventsArgs;
 use crate::output::{self, Table};
@@ -23,7 +24,7 @@ pub async fn run(config: Option<&Path>, args: EventsArgs) -> anyhow::Result<Exit
         .await?;
     store.close().await;
     if args.json {
-        output::json(&events)?;
+        output::json(&convert::<_, Event>(events))?;
         return Ok(ExitCode::SUCCESS);
     }
     let now = now_millis();

@@ -15,9 +15,8 @@ use anyhow::{Context, bail};
 use ideamill_core::Millis;
 use ideamill_core::duration::parse_duration;
 use ideamill_stages::executor::{item_workspace, workspace_files};
-use ideamill_store::{
-    AttemptRow, FeedbackRow, ItemDetail, ItemFilter, ItemRow, OutputRow, StoreError, UsageTotals,
-};
+use ideamill_store::{AttemptRow, ItemDetail, ItemFilter, StoreError};
+use ideamill_web::api::wire::{Feedback, Item, Output, Usage, UsageTotals, convert};
 use serde::Serialize;
 
 use crate::cli::{ExportArgs, ExportFormat};
@@ -80,7 +79,7 @@ pub async fn run(config: Option<&Path>, args: ExportArgs) -> anyhow::Result<Exit
                 Err(StoreError::NoSuchItem(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let record = exported(&detail, &config.engine.workspace);
+            let record = exported(detail, &config.engine.workspace);
             if json {
                 out.write_all(if written == 0 { b"\n" } else { b",\n" })?;
             }
@@ -140,17 +139,18 @@ fn millis(t: SystemTime) -> Millis {
         .unwrap_or(0)
 }
 
-/// One exported item. Field names are part of the interface.
+/// One exported item: the API's shapes (`ideamill_web::api::wire`), but
+/// attempts without their output. Field names are part of the interface.
 #[derive(Serialize)]
-struct Exported<'a> {
+struct Exported {
     #[serde(flatten)]
-    item: &'a ItemRow,
-    display_state: &'a str,
+    item: Item,
+    display_state: String,
     /// Every stage output, oldest first (one per passed job).
-    outputs: &'a [OutputRow],
+    outputs: Vec<Output>,
     /// Every QA rejection, oldest first.
-    feedback: &'a [FeedbackRow],
-    attempts: Vec<ExportedAttempt<'a>>,
+    feedback: Vec<Feedback>,
+    attempts: Vec<ExportedAttempt>,
     /// Tokens and cost of every attempt.
     usage: UsageTotals,
     /// The item's workspace, when it has one.
@@ -161,35 +161,35 @@ struct Exported<'a> {
 
 /// An attempt without its (possibly large) stdout and stderr.
 #[derive(Serialize)]
-struct ExportedAttempt<'a> {
-    stage: &'a str,
+struct ExportedAttempt {
+    stage: String,
     round: u32,
     attempt: u32,
-    outcome: ideamill_core::AttemptOutcome,
+    outcome: &'static str,
     started_at: Millis,
     finished_at: Millis,
     exit_code: Option<i32>,
-    error: Option<&'a str>,
-    usage: Option<&'a ideamill_core::Usage>,
+    error: Option<String>,
+    usage: Option<Usage>,
 }
 
-impl<'a> From<&'a AttemptRow> for ExportedAttempt<'a> {
-    fn from(a: &'a AttemptRow) -> Self {
+impl From<AttemptRow> for ExportedAttempt {
+    fn from(a: AttemptRow) -> Self {
         ExportedAttempt {
-            stage: &a.stage,
+            stage: a.stage,
             round: a.round,
             attempt: a.attempt,
-            outcome: a.outcome,
+            outcome: a.outcome.as_str(),
             started_at: a.started_at,
             finished_at: a.finished_at,
             exit_code: a.exit_code,
-            error: a.error.as_deref(),
-            usage: a.usage.as_ref(),
+            error: a.error,
+            usage: a.usage.map(Usage::from),
         }
     }
 }
 
-fn exported<'a>(d: &'a ItemDetail, workspace: &Path) -> Exported<'a> {
+fn exported(d: ItemDetail, workspace: &Path) -> Exported {
     let dir = item_workspace(workspace, d.item.id);
     let (workspace, files) = if dir.is_dir() {
         let files = workspace_files(&dir, MAX_FILES);
@@ -198,12 +198,12 @@ fn exported<'a>(d: &'a ItemDetail, workspace: &Path) -> Exported<'a> {
         (None, Vec::new())
     };
     Exported {
-        item: &d.item,
-        display_state: &d.display_state,
-        outputs: &d.outputs,
-        feedback: &d.feedback,
-        attempts: d.attempts.iter().map(ExportedAttempt::from).collect(),
-        usage: d.usage,
+        item: d.item.into(),
+        display_state: d.display_state,
+        outputs: convert(d.outputs),
+        feedback: convert(d.feedback),
+        attempts: convert(d.attempts),
+        usage: d.usage.into(),
         workspace,
         files,
     }

@@ -7,8 +7,9 @@ use anyhow::{Context, bail};
 
 use crate::cli::InitArgs;
 
-/// The model pipeline: outline (llm) -> implement (llm, files) -> qa (a
-/// command gate running the generated tests).
+/// The model pipeline: outline (llm) -> tests (llm: acceptance tests from
+/// the idea) -> implement (llm, files) -> qa (a command gate that writes the
+/// acceptance tests into the workspace and runs them with the generated ones).
 const CONFIG: &str = include_str!("../scaffold/ideamill.toml");
 /// The default: placeholder programs instead of a model, so that a pipeline
 /// runs end to end anywhere.
@@ -20,6 +21,7 @@ const PLACEHOLDER_STAGES: &[(&str, &str)] = &[
 ];
 const PROMPTS: &[(&str, &str)] = &[
     ("outline.md", include_str!("../scaffold/outline.md")),
+    ("tests.md", include_str!("../scaffold/tests.md")),
     ("implement.md", include_str!("../scaffold/implement.md")),
 ];
 const GITIGNORE: &str = "# ideamill's data: the store, status files, evidence\n.ideamill/\n";

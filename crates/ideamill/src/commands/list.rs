@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use ideamill_store::ItemFilter;
 use ideamill_sys::clock::now_millis;
+use ideamill_web::api::wire::{ItemSummary, convert};
 
 use crate::cli::ListArgs;
 use crate::output::{self, Table};
@@ -24,7 +25,7 @@ pub async fn run(config: Option<&Path>, args: ListArgs) -> anyhow::Result<ExitCo
         .await?;
     store.close().await;
     if args.json {
-        output::json(&items)?;
+        output::json(&convert::<_, ItemSummary>(items))?;
         return Ok(ExitCode::SUCCESS);
     }
     if items.is_empty() {

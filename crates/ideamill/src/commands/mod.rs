@@ -7,6 +7,7 @@ mod bench_health;
 mod bench_web;
 mod cancel;
 mod doctor;
+mod eval;
 mod events;
 mod export;
 mod import;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::cli::StoreWhat::Copy(args) => block_on(store_copy::run(args)),
         },
         Command::Bench(args) => block_on(bench::run(args)),
+        Command::Eval(args) => block_on(eval::run(config, args)),
         Command::Alert(args) => match args.what {
             crate::cli::AlertWhat::Test(args) => block_on(alert::test(config, args)),
         },

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use ideamill_core::machine::{RetryRefused, retry_job};
 use ideamill_sys::clock::now_millis;
+use ideamill_web::api::wire::Retried;
 
 use crate::cli::RetryArgs;
 use crate::{output, project};
@@ -34,9 +35,7 @@ pub async fn run(config: Option<&Path>, args: RetryArgs) -> anyhow::Result<ExitC
     })?;
     let effect = store.retry_item(id, &next, now_millis()).await?;
     if args.json {
-        output::json(
-            &serde_json::json!({ "id": id, "stage": effect.stage, "round": effect.round }),
-        )?;
+        output::json(&Retried::new(id, effect))?;
     } else {
         println!(
             "Item {id} will run stage `{}` again (round {}).",

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use ideamill_core::JobState;
 use ideamill_stages::executor::{item_workspace, workspace_files};
 use ideamill_sys::clock::now_millis;
+use ideamill_web::api::wire::ItemView;
 
 use crate::cli::ShowArgs;
 use crate::output::{self, Table};
@@ -21,10 +22,8 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
     let workspace = item_workspace(&config.engine.workspace, id);
     let files = workspace_files(&workspace, 200);
     if args.json {
-        let mut value = serde_json::to_value(&d)?;
-        value["workspace"] = serde_json::json!(workspace);
-        value["files"] = serde_json::json!(files);
-        output::json(&value)?;
+        // Files by path only, where the API gives their sizes too.
+        output::json(&ItemView::new(d, workspace, files))?;
         return Ok(ExitCode::SUCCESS);
     }
     let now = now_millis();

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use ideamill_health::verdict::{self, Level};
 use ideamill_sys::clock::now_millis;
+use ideamill_web::api::wire::Status;
 
 use crate::cli::JsonArgs;
 use crate::output::{self, Table};
@@ -30,7 +31,7 @@ pub async fn run(config: Option<&Path>, args: JsonArgs) -> anyhow::Result<ExitCo
         exit::NEGATIVE
     };
     if args.json {
-        output::json(&serde_json::json!({ "health": verdict, "status": snapshot }))?;
+        output::json(&Status::new(verdict, Some(snapshot)))?;
         return Ok(ExitCode::from(code));
     }
     let mut out = std::io::stdout().lock();

@@ -1,14 +1,43 @@
 #!/usr/bin/env python3
 """Stage `qa` (a gate): run the item's tests.
 
+The acceptance tests that the `tests` stage wrote (its output, on stdin with
+the rest of the item's context) are written into the workspace first, as
+test_acceptance.py, over whatever is there: the implementation can read them
+but never weaken them. Then every test_*.py runs.
+
 Exit 0 passes. Exit 1 rejects: what this prints goes back to `implement` as
 feedback. Any other failure is an error that ideamill retries.
 """
 import glob
+import json
+import os
+import re
 import subprocess
 import sys
 
-sys.stdin.read()
+ACCEPTANCE = "test_acceptance.py"
+
+
+def acceptance_tests(text):
+    """The first fenced code block of `text`, else `text` if it is code."""
+    match = re.search(r"```[^\n]*\n(.*?)(?:```|\Z)", text, re.S)
+    if match:
+        return match.group(1)
+    return text if "import unittest" in text else None
+
+
+context = json.loads(sys.stdin.read() or "{}")
+written = (context.get("outputs") or {}).get("tests")
+if written:
+    code = acceptance_tests(written)
+    if code:
+        if os.path.lexists(ACCEPTANCE):
+            os.unlink(ACCEPTANCE)
+        with open(ACCEPTANCE, "w", encoding="utf-8") as f:
+            f.write(code)
+    else:
+        print("The acceptance tests had no code block; running the item's own tests only.", file=sys.stderr)
 if not glob.glob("test_*.py") and not glob.glob("**/test_*.py", recursive=True):
     print("No tests found: write the tests in a file named test_main.py, in a fenced")
     print("code block whose opening line is: ```python test_main.py")

@@ -1,0 +1,187 @@
+//! PostgreSQL's finish: the whole batch fenced in one statement, then one
+//! statement per kind of row it writes.
+
+use async_trait::async_trait;
+use ideamill_core::{ItemId, JobId, Millis};
+
+use super::PostgresStore;
+use super::write::{RoundText, insert_round_texts, notify_in};
+use crate::common::{self, RowExt};
+use crate::shared::{Backend, Rows, Stages};
+use crate::*;
+
+#[async_trait]
+impl Stages for PostgresStore {
+    async fn context(&self, item: ItemId) -> Result<ItemContext> {
+        self.item_context(item).await
+    }
+
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>> {
+        let finishes = common::storable_finishes(finishes);
+        let finishes: &[Finish] = &finishes;
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `id = ANY($1)` lets the planner find the rows through the primary
+        // key whatever it guesses about the arrays (fresh tables have no
+        // statistics).
+        //
+        // The fence, for the whole batch in one statement: only the holder
+        // of a job's current token may finish it, once. A finish repeated
+        // within the batch is stale, as it would be one after another.
+        let mut seen = std::collections::HashSet::new();
+        let sent: Vec<(usize, &Finish, common::Fence<'_>)> = finishes
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| seen.insert((f.job.id, f.job.lease_token)))
+            .map(|(n, f)| (n, f, common::fence(f)))
+            .collect();
+        let mut tx = self.write_tx().await?;
+        let fenced = sqlx::query(
+            "UPDATE jobs j SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE u.state END,
+                    run_at = COALESCE(u.run_at, j.run_at), last_error = COALESCE(u.error, j.last_error),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = u.at,
+                    finished_at = CASE WHEN j.cancel_requested OR u.finished THEN u.at ELSE NULL END
+             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::bool[], $8::int8[],
+                         $9::text[])
+                  AS u(id, token, state, run_at, error, at, finished, n, owner)
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.state = 'running' AND j.lease_token = u.token
+               AND j.lease_owner = u.owner
+             RETURNING u.n, j.cancel_requested",
+        )
+        .bind(sent.iter().map(|s| s.1.job.id).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.1.job.lease_token).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.state).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.run_at).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.error).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.1.finished_at).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.2.finished).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.0 as i64).collect::<Vec<_>>())
+        .bind(sent.iter().map(|s| s.1.owner.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut passed: Vec<Option<bool>> = vec![None; finishes.len()];
+        for r in &fenced {
+            let n = r.int("n")? as usize;
+            if let Some(slot) = passed.get_mut(n) {
+                *slot = Some(r.flag("cancel_requested")?);
+            }
+        }
+
+        let mut results = Vec::with_capacity(finishes.len());
+        let mut stale = Vec::new();
+        let mut plans = Vec::with_capacity(finishes.len());
+        for (f, cancelled) in finishes.iter().zip(&passed) {
+            match cancelled {
+                None => {
+                    stale.push(common::stale_completion(f));
+                    results.push(Err(StoreError::LeaseLost));
+                    plans.push(None);
+                }
+                Some(cancelled) => {
+                    let plan = common::plan(f, *cancelled);
+                    results.push(Ok(plan.effect));
+                    plans.push(Some(plan));
+                }
+            }
+        }
+        let mut attempts = Vec::new();
+        let mut outputs = Vec::new();
+        let mut feedback = Vec::new();
+        let mut next_jobs = Vec::new();
+        let mut done: Vec<(ItemId, Millis)> = Vec::new();
+        let mut uncount: Vec<JobId> = Vec::new();
+        let mut item_errors: Vec<(ItemId, &str, Millis)> = Vec::new();
+        let mut failed: Vec<(ItemId, &str, Millis)> = Vec::new();
+        let mut cancelled_items: Vec<(ItemId, Millis)> = Vec::new();
+        // Events in the order of the finishes, stale ones included.
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut stale_events = stale.into_iter();
+        for (f, plan) in finishes.iter().zip(plans) {
+            let Some(plan) = plan else {
+                events.extend(stale_events.next());
+                continue;
+            };
+            let job = &f.job;
+            let now = f.finished_at;
+            if let Some(output) = plan.output {
+                outputs.push((job, output, now));
+            }
+            if let Some(next) = plan.next {
+                next_jobs.push((job.item_id, next, now));
+            }
+            if plan.done {
+                done.push((job.item_id, now));
+            }
+            if let Some(text) = plan.feedback {
+                feedback.push((job, text, now));
+            }
+            if plan.uncount {
+                uncount.push(job.id);
+            }
+            if let Some(error) = plan.item_error {
+                item_errors.push((job.item_id, error, now));
+            }
+            if let Some(reason) = plan.fail_reason {
+                failed.push((job.item_id, reason, now));
+            }
+            if plan.cancel_item {
+                cancelled_items.push((job.item_id, now));
+            }
+            attempts.push(plan.attempt);
+            events.extend(plan.event);
+        }
+        insert_round_texts(&mut tx, RoundText::Feedback, &feedback).await?;
+        if !uncount.is_empty() {
+            // A paused try never ran: it does not count.
+            sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ANY($1)")
+                .bind(&uncount)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !item_errors.is_empty() {
+            sqlx::query(
+                "UPDATE items SET last_error = u.error, updated_at = u.at
+                 FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS u(id, error, at)
+                 WHERE items.id = ANY($1) AND items.id = u.id",
+            )
+            .bind(item_errors.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(item_errors.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(item_errors.iter().map(|r| r.2).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Self::fail_items(&mut tx, &failed).await?;
+        if !cancelled_items.is_empty() {
+            sqlx::query(
+                "UPDATE items SET state = 'cancelled', finished_at = u.at, updated_at = u.at
+                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at)
+                 WHERE items.id = ANY($1) AND items.id = u.id AND items.state = 'active'",
+            )
+            .bind(cancelled_items.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(cancelled_items.iter().map(|r| r.1).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Self::insert_events(&mut tx, &events).await?;
+        Self::insert_attempts(&mut tx, &attempts).await?;
+        insert_round_texts(&mut tx, RoundText::Output, &outputs).await?;
+        Self::insert_jobs(&mut tx, &next_jobs).await?;
+        if !done.is_empty() {
+            sqlx::query(
+                "UPDATE items SET state = 'done', last_error = NULL, finished_at = u.at, updated_at = u.at
+                 FROM UNNEST($1::int8[], $2::int8[]) AS u(id, at) WHERE items.id = ANY($1) AND items.id = u.id",
+            )
+            .bind(done.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(done.iter().map(|r| r.1).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !next_jobs.is_empty() {
+            // Other engines may run the next stage.
+            notify_in(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}

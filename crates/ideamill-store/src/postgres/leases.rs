@@ -1,0 +1,179 @@
+//! PostgreSQL's hot paths of leases: claim, heartbeat, release, and the
+//! queue reads the engine polls. Row locks (`FOR UPDATE SKIP LOCKED`) keep
+//! concurrent claimers apart; leases run from the database's clock.
+
+use async_trait::async_trait;
+use ideamill_core::{AttemptOutcome, JobId, Millis};
+use sqlx::PgConnection;
+
+use super::write::{insert_event, notify_in};
+use super::{PostgresStore, db_now};
+use crate::common::{self, AttemptRecord, RowExt};
+use crate::shared::{Backend, Leases, Rows};
+use crate::*;
+
+#[async_trait]
+impl Leases for PostgresStore {
+    async fn claim(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<ClaimedJob>> {
+        // The subquery is materialized so that it runs once: the rows it
+        // locked are exactly the rows updated.
+        //
+        // A claim commits without waiting for its WAL flush
+        // (`synchronous_commit` off for this transaction only): it is acked
+        // to no one but the claimer, and the finish that follows it commits
+        // synchronously, flushing the claim with it. If the server crashes
+        // before the flush, the claim is undone and the job runs again, like
+        // one whose lease expired; the token it handed out may then be handed
+        // out again, which is why the fence also checks the owner.
+        //
+        // The lease runs from the database's clock (see the module's doc).
+        let rows = sqlx::query(concat!(
+            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             picked AS MATERIALIZED (
+                 SELECT id FROM jobs
+                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
+                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED)
+             UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
+                    lease_owner = $1,
+                    lease_expires_at = CASE WHEN $6 THEN ",
+            db_now!(),
+            " + ($2 - $3) ELSE $2 END,
+                    started_at = $3, updated_at = $3
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.item_id, j.stage, j.round, j.attempts, j.max_attempts, j.lease_token, j.run_at,
+                       j.priority"
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(stage)
+        .bind(i64::from(limit))
+        .bind(self.db_clock)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| Ok((r.int("priority")?, common::claimed_job(r, 0, Some(now))?)))
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING does not keep the subquery's order: restore it.
+        jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
+        Ok(jobs.into_iter().map(|(_, job)| job).collect())
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        running: &[JobId],
+    ) -> Result<Vec<JobId>> {
+        // One statement, so one transaction and one round trip. Like a
+        // claim, a beat need not wait for its WAL flush: a beat lost in a
+        // server crash only makes leases expire sooner.
+        // Leases are renewed from the database's clock.
+        let cancels = sqlx::query_scalar(concat!(
+            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             renewed AS (
+                 UPDATE jobs SET lease_expires_at = CASE WHEN $4 THEN ",
+            db_now!(),
+            " + ($1 - $3) ELSE $1 END
+                 WHERE id = ANY($5) AND lease_owner = $2 AND state = 'running'
+                   AND EXISTS (SELECT 1 FROM relaxed)
+                 RETURNING id, cancel_requested),
+             beat AS (UPDATE processes SET last_beat_at = $3 WHERE id = $2)
+             SELECT id FROM renewed WHERE cancel_requested ORDER BY id"
+        ))
+        .bind(lease_until)
+        .bind(owner)
+        .bind(now)
+        .bind(self.db_clock)
+        .bind(running)
+        .fetch_all(&self.pool)
+        .await?;
+        // Housekeeping that rides on the beat; a failure here is not the
+        // store failing the engine.
+        if let Err(e) = self.fold_item_counts().await {
+            tracing::debug!("Could not fold the item count deltas: {e}");
+        }
+        Ok(cancels)
+    }
+
+    async fn release(&self, owner: &str, now: Millis) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_at = $1, lease_owner = NULL,
+                    lease_expires_at = NULL, updated_at = $1
+             WHERE lease_owner = $2 AND state = 'running'
+             RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at,
+                       COALESCE(started_at, $1) AS started_at",
+        )
+        .bind(now)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut jobs = rows
+            .iter()
+            .map(|r| common::claimed_job(r, 1, None))
+            .collect::<Result<Vec<_>>>()?;
+        jobs.sort_by_key(|j| j.id);
+        let records: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                AttemptRecord::interrupted(
+                    job,
+                    owner,
+                    AttemptOutcome::Released,
+                    now,
+                    common::RELEASED_NOTE,
+                )
+            })
+            .collect();
+        Self::insert_attempts(&mut tx, &records).await?;
+        insert_event(&mut tx, &common::jobs_released(owner, rows.len(), now)).await?;
+        notify_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND stage = ANY($1)",
+        )
+        .bind(stages)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Queued, scheduled and running jobs per stage, by stage name: one read
+    /// over the partial indexes of unfinished jobs.
+    async fn stage_counts(conn: &mut PgConnection, now: Millis) -> Result<Vec<StageCounts>> {
+        let mut counts: std::collections::BTreeMap<String, StageCounts> = Default::default();
+        for r in sqlx::query(
+            "SELECT stage, COUNT(*) FILTER (WHERE state = 'queued' AND run_at <= $1) AS queued,
+                        COUNT(*) FILTER (WHERE state = 'queued' AND run_at > $1) AS scheduled,
+                        COUNT(*) FILTER (WHERE state = 'running') AS running
+                 FROM jobs WHERE state IN ('queued', 'running') GROUP BY stage",
+        )
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let c = common::stage_counts(&mut counts, r.text("stage")?);
+            c.queued = r.count("queued")?;
+            c.scheduled = r.count("scheduled")?;
+            c.running = r.count("running")?;
+        }
+        Ok(counts.into_values().collect())
+    }
+}

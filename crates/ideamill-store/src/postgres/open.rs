@@ -1,0 +1,322 @@
+//! Opening a PostgreSQL store: a look at the database before anything is
+//! written, the migrations under an advisory lock, errors that say whether
+//! waiting helps (without a URL's password), the schema check `doctor` runs,
+//! and scratch databases for benchmarks.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+
+use super::PostgresStore;
+use super::context::read_contexts;
+use crate::common;
+use crate::*;
+
+/// Schema migrations, embedded in the binary, applied in order at open.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_intake.sql")),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_dashboard.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_item_counts.sql"),
+    ),
+];
+const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// The advisory lock that serializes migrators ("ideamill" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6964_6561_6d69_6c6c;
+
+/// Connections per process: the dispatcher, the completer, the heartbeat,
+/// the listener and job tasks reading their context share them.
+const POOL_SIZE: u32 = 8;
+
+impl PostgresStore {
+    pub async fn open(url: &str, options: &OpenOptions) -> Result<PostgresStore> {
+        let name = redact_url(url);
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::InvalidRequest(format!(
+                    "{name} is not a usable PostgreSQL URL: {}",
+                    scrub(&e.to_string(), url)
+                ))
+            })?
+            .application_name("ideamill");
+        // Look before touching, on a connection of its own: a database from
+        // a newer build, or another program's, is refused before anything is
+        // written. Then migrate on the same connection.
+        let mut conn = PgConnection::connect_with(&connect)
+            .await
+            .map_err(|e| connect_error(&name, url, e, options.must_exist))?;
+        let result = async {
+            inspect(&mut conn, &name, options.must_exist).await?;
+            migrate(&mut conn, &name).await
+        }
+        .await;
+        let _ = conn.close().await;
+        result?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            // sqlx already pings every connection it takes back; only one
+            // that sat idle may have been cut since (a server restart), so
+            // only those are checked before use.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(1) {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(connect);
+        // Jobs start in bursts (a claim hands out dozens): their context
+        // reads share one query, a round trip for the burst instead of one
+        // per job.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let contexts = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(read_contexts(pool.clone(), rx));
+                Some(tx)
+            }
+            Err(_) => None,
+        };
+        Ok(PostgresStore {
+            pool,
+            db_clock: true,
+            contexts,
+        })
+    }
+
+    /// PostgreSQL checks its own pages; what can go wrong here is the
+    /// schema: a table dropped or a version this build does not know.
+    pub(super) async fn check_schema(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::int8 FROM ideamill_schema")
+                .fetch_one(&self.pool)
+                .await?;
+        if version != SCHEMA_VERSION {
+            problems.push(format!(
+                "schema version {version}, but this build expects {SCHEMA_VERSION}"
+            ));
+        }
+        for table in [
+            "items",
+            "jobs",
+            "attempts",
+            "outputs",
+            "feedback",
+            "events",
+            "processes",
+            "intake_sources",
+        ] {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(table)
+                .fetch_one(&self.pool)
+                .await?;
+            if !exists {
+                problems.push(format!("table {table} is missing"));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// Remove a URL's password from a message.
+fn scrub(message: &str, url: &str) -> String {
+    let redacted = redact_url(url);
+    let message = message.replace(url, &redacted);
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((_, password)) if !password.is_empty() => message.replace(password, "***"),
+            _ => message,
+        },
+        _ => message,
+    }
+}
+
+fn connect_error(name: &str, url: &str, e: sqlx::Error, must_exist: bool) -> StoreError {
+    // 3D000: the database itself does not exist.
+    let missing = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"));
+    if missing && must_exist {
+        return StoreError::Missing(name.to_string());
+    }
+    // A server that does not answer (yet), or is starting or stopping: worth
+    // waiting for. A refused login or a missing database is not.
+    let unavailable = match &e {
+        // TLS failures (a certificate nobody trusts) come as InvalidData.
+        sqlx::Error::Io(io) => !matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::PermissionDenied
+        ),
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => matches!(
+            d.code().as_deref(),
+            Some("57P01" | "57P02" | "57P03" | "53300")
+        ),
+        _ => false,
+    };
+    if unavailable {
+        return StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {name}: {}",
+            scrub(&e.to_string(), url)
+        ));
+    }
+    StoreError::Unsupported(format!(
+        "cannot connect to PostgreSQL at {name}: {}{}",
+        scrub(&e.to_string(), url),
+        if missing {
+            " (create the database first, e.g. with createdb)"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Refuse a newer schema or a database that is not ours; plain reads only.
+async fn inspect(conn: &mut PgConnection, name: &str, must_exist: bool) -> Result<()> {
+    let has_meta: bool = sqlx::query_scalar("SELECT to_regclass('ideamill_schema') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if has_meta {
+        let found: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::int8 FROM ideamill_schema")
+                .fetch_one(&mut *conn)
+                .await?;
+        if found > SCHEMA_VERSION {
+            return Err(too_new(name, found));
+        }
+        return Ok(());
+    }
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if tables > 0 {
+        return Err(StoreError::Corrupt(format!(
+            "{name} is a PostgreSQL database with other tables but not an ideamill store; it was not modified"
+        )));
+    }
+    if must_exist {
+        return Err(StoreError::Missing(name.to_string()));
+    }
+    Ok(())
+}
+
+fn too_new(name: &str, found: i64) -> StoreError {
+    StoreError::TooNew {
+        path: name.to_string(),
+        found,
+        known: SCHEMA_VERSION,
+    }
+}
+
+/// Apply the migrations this build knows and the database lacks, in one
+/// transaction under an advisory lock, so that processes starting at once
+/// cannot both apply them.
+async fn migrate(conn: &mut PgConnection, name: &str) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS ideamill_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL, by TEXT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    // Another process may have migrated while we waited for the lock.
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::int8 FROM ideamill_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+    if current > SCHEMA_VERSION {
+        return Err(too_new(name, current));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO ideamill_schema (version, applied_at, by) VALUES ($1, $2, $3)")
+            .bind(version)
+            .bind(common::now_millis())
+            .bind(concat!("ideamill ", env!("CARGO_PKG_VERSION")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A database of its own next to the one a URL names, for benchmarks:
+/// created empty, dropped by [`ScratchDatabase::drop_now`]. Needs the
+/// CREATEDB privilege.
+pub struct ScratchDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    pub async fn create(url: &str) -> Result<ScratchDatabase> {
+        let name = format!(
+            "ideamill_scratch_{}_{}",
+            std::process::id(),
+            common::now_millis()
+        );
+        let mut conn = PgConnection::connect(url)
+            .await
+            .map_err(|e| connect_error(&redact_url(url), url, e, false))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(ScratchDatabase {
+            admin: url.to_string(),
+            url: with_database(url, &name),
+            name,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn drop_now(self) -> Result<()> {
+        let mut conn = PgConnection::connect(&self.admin).await?;
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+}
+
+/// `url` naming another database on the same server.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host_start..].find('/') {
+        Some(slash) => &base[..host_start + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}

@@ -1,0 +1,212 @@
+//! What people read, written once: status, events, spend, failure rates,
+//! the dashboard's activity and its change marker.
+
+use ideamill_core::{ItemId, Millis};
+
+use super::{Backend, Leases, Sql, Tx, admin, items::decode, one};
+use crate::common::{self, RowExt};
+use crate::*;
+
+pub(super) async fn status<B: Backend + Leases>(store: &B, now: Millis) -> Result<StatusSnapshot> {
+    let mut tx = store.read_tx().await?;
+    let mut items = ItemCounts::default();
+    for r in B::Db::rows(&mut tx, B::ITEM_COUNTS, &[]).await? {
+        let n = r.count("n")?;
+        match r.text("state")?.as_str() {
+            "active" => items.active = n,
+            "done" => items.done = n,
+            "failed" => items.failed = n,
+            "cancelled" => items.cancelled = n,
+            _ => {}
+        }
+    }
+    let stages = B::stage_counts(&mut tx, now).await?;
+    let running = B::Db::rows(
+        &mut tx,
+        "SELECT id, item_id, stage, round, attempts, lease_owner, COALESCE(started_at, updated_at) AS started_at,
+                lease_expires_at
+         FROM jobs WHERE state = 'running' ORDER BY started_at, id LIMIT 200",
+        &[],
+    )
+    .await?;
+    let clock = [now.into(), store.store_clock().into()];
+    let expired_leases = one::<B::Db>(&mut tx, B::EXPIRED_COUNT, &clock)
+        .await?
+        .count("n")?;
+    let oldest_runnable_at = one::<B::Db>(
+        &mut tx,
+        "SELECT MIN(run_at) AS at FROM jobs WHERE state = 'queued' AND run_at <= $1",
+        &[now.into()],
+    )
+    .await?
+    .opt_int("at")?;
+    let paused = one::<B::Db>(
+        &mut tx,
+        "SELECT count(*) AS n FROM jobs WHERE state = 'paused'",
+        &[],
+    )
+    .await?
+    .count("n")?;
+    let today = usage_since::<B>(&mut tx, common::day_start(now), None).await?;
+    tx.commit().await?;
+    Ok(StatusSnapshot {
+        now,
+        items,
+        stages,
+        running: decode(&running, common::running_job)?,
+        processes: admin::processes(store).await?,
+        expired_leases,
+        oldest_runnable_at,
+        paused,
+        today,
+    })
+}
+
+pub(super) async fn events<B: Backend>(store: &B, filter: &EventFilter) -> Result<Vec<Event>> {
+    let mut sql = format!("SELECT {} FROM events WHERE true", common::EVENT_COLUMNS);
+    if filter.item.is_some() {
+        sql.push_str(" AND item_id = $1");
+    }
+    if filter.kind.is_some() {
+        sql.push_str(" AND kind = $2");
+    }
+    if filter.since.is_some() {
+        sql.push_str(" AND at >= $3");
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT $4");
+    let limit = if filter.limit == 0 { 100 } else { filter.limit };
+    let mut conn = store.read().await?;
+    let rows = B::Db::rows(
+        &mut conn,
+        &sql,
+        &[
+            filter.item.into(),
+            (&filter.kind).into(),
+            filter.since.into(),
+            limit.into(),
+        ],
+    )
+    .await?;
+    let mut events = decode(&rows, common::event_row)?;
+    events.reverse();
+    Ok(events)
+}
+
+pub(super) async fn spend<B: Backend>(store: &B, item: ItemId, day_start: Millis) -> Result<Spend> {
+    let mut tx = store.read_tx().await?;
+    let spend = Spend {
+        item: usage_since::<B>(&mut tx, 0, Some(item)).await?,
+        day: usage_since::<B>(&mut tx, day_start, None).await?,
+    };
+    tx.commit().await?;
+    Ok(spend)
+}
+
+/// Model usage recorded on attempts since `since`, of one item or of all.
+async fn usage_since<B: Backend>(
+    tx: &mut Tx<B::Db>,
+    since: Millis,
+    item: Option<ItemId>,
+) -> Result<UsageTotals> {
+    let r = one::<B::Db>(
+        tx,
+        "SELECT CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS pt,
+                CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS ct,
+                CAST(COALESCE(SUM(cost), 0.0) AS DOUBLE PRECISION) AS cost
+         FROM attempts
+         WHERE prompt_tokens IS NOT NULL AND finished_at >= $1 AND (CAST($2 AS BIGINT) IS NULL OR item_id = $2)",
+        &[since.into(), item.into()],
+    )
+    .await?;
+    common::usage_totals(&r)
+}
+
+pub(super) async fn attempt_stats<B: Backend>(
+    store: &B,
+    since: Millis,
+) -> Result<Vec<StageAttempts>> {
+    // The newest attempts by id: bounded work however long the history.
+    let mut conn = store.read().await?;
+    let rows = B::Db::rows(
+        &mut conn,
+        "SELECT s.stage, s.worked, s.failed,
+                (SELECT a2.error FROM attempts a2
+                  WHERE a2.stage = s.stage AND a2.finished_at >= $1
+                    AND a2.outcome IN ('error', 'timeout', 'permanent', 'lost')
+                  ORDER BY a2.id DESC LIMIT 1) AS last_error
+         FROM (SELECT stage,
+                      COUNT(*) FILTER (WHERE outcome IN ('succeeded', 'rejected')) AS worked,
+                      COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'permanent', 'lost')) AS failed
+               FROM attempts
+               WHERE id > (SELECT COALESCE(MAX(id), 0) FROM attempts) - 50000 AND finished_at >= $1
+               GROUP BY stage) AS s
+         WHERE s.worked + s.failed > 0",
+        &[since.into()],
+    )
+    .await?;
+    let mut stats = decode(&rows, common::stage_attempts)?;
+    // By name as Rust orders it, whatever the database's collation.
+    stats.sort_by(|a, b| a.stage.cmp(&b.stage));
+    Ok(stats)
+}
+
+pub(super) async fn activity<B: Backend>(
+    store: &B,
+    since: Millis,
+    bucket: Millis,
+    now: Millis,
+) -> Result<Vec<ActivityBucket>> {
+    let bucket = bucket.max(1);
+    let since = since.max(now - bucket * (crate::dashboard::MAX_BUCKETS - 1));
+    let span = [since.into(), bucket.into()];
+    let mut tx = store.read_tx().await?;
+    let mut rows = Vec::new();
+    for r in B::Db::rows(
+        &mut tx,
+        "SELECT (finished_at - $1) / $2 AS b, COUNT(*) AS n,
+                COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'permanent', 'lost')) AS failed
+         FROM attempts WHERE finished_at >= $1 AND outcome NOT IN ('cancelled', 'released', 'paused')
+         GROUP BY b",
+        &span,
+    )
+    .await?
+    {
+        rows.push((r.int("b")?, r.count("n")?, r.count("failed")?, 0, 0));
+    }
+    for r in B::Db::rows(
+        &mut tx,
+        "SELECT (finished_at - $1) / $2 AS b, COUNT(*) FILTER (WHERE state = 'done') AS done,
+                COUNT(*) FILTER (WHERE state = 'failed') AS failed
+         FROM items WHERE finished_at >= $1 GROUP BY b",
+        &span,
+    )
+    .await?
+    {
+        rows.push((r.int("b")?, 0, 0, r.count("done")?, r.count("failed")?));
+    }
+    tx.commit().await?;
+    Ok(crate::dashboard::fill_buckets(since, bucket, now, &rows))
+}
+
+pub(super) async fn change_marker<B: Backend>(store: &B) -> Result<ChangeMarker> {
+    // Each MAX(id) is the last entry of the primary key; the running count
+    // reads the partial index of running jobs.
+    let mut conn = store.read().await?;
+    let r = one::<B::Db>(
+        &mut conn,
+        "SELECT (SELECT COALESCE(MAX(id), 0) FROM items) AS item,
+                (SELECT COALESCE(MAX(id), 0) FROM jobs) AS job,
+                (SELECT COALESCE(MAX(id), 0) FROM attempts) AS attempt,
+                (SELECT COALESCE(MAX(id), 0) FROM events) AS event,
+                (SELECT count(*) FROM jobs WHERE state = 'running') AS running",
+        &[],
+    )
+    .await?;
+    Ok(ChangeMarker {
+        item: r.int("item")?,
+        job: r.int("job")?,
+        attempt: r.int("attempt")?,
+        event: r.int("event")?,
+        running: r.count("running")?,
+    })
+}

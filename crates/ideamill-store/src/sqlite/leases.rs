@@ -1,0 +1,174 @@
+//! SQLite's hot paths of leases: claim, heartbeat, release, and the queue
+//! reads the engine polls. One writer connection in this process and the
+//! database's write lock keep them safe; partial indexes over unfinished
+//! jobs keep them cheap.
+
+use async_trait::async_trait;
+use ideamill_core::{AttemptOutcome, JobId, Millis};
+use sqlx::SqliteConnection;
+
+use super::SqliteStore;
+use super::write::insert_event;
+use crate::common::{self, AttemptRecord, RowExt};
+use crate::shared::{Backend, Leases, Rows};
+use crate::*;
+
+#[async_trait]
+impl Leases for SqliteStore {
+    async fn claim(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<ClaimedJob>> {
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
+                    lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND stage = ?4 AND run_at <= ?3
+                          ORDER BY priority, run_at, id LIMIT ?5)
+             RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at, priority",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(stage)
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| {
+                let job = common::claimed_job(r, 0, Some(now))?;
+                Ok((r.int("priority")?, job))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING does not keep the subquery's order: restore it.
+        jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
+        Ok(jobs.into_iter().map(|(_, job)| job).collect())
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        running: &[JobId],
+    ) -> Result<Vec<JobId>> {
+        let mut tx = self.write_tx().await?;
+        // Only the jobs the process still runs: one it holds but no longer
+        // runs must be left to expire.
+        let renewed = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ?1
+             WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3 AND state = 'running'
+             RETURNING id, cancel_requested",
+        )
+        .bind(lease_until)
+        .bind(serde_json::Value::from(running).to_string())
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE processes SET last_beat_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut cancels = Vec::new();
+        for r in &renewed {
+            if r.int("cancel_requested")? != 0 {
+                cancels.push(r.int("id")?);
+            }
+        }
+        cancels.sort_unstable();
+        Ok(cancels)
+    }
+
+    async fn release(&self, owner: &str, now: Millis) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_at = ?1, lease_owner = NULL,
+                    lease_expires_at = NULL, updated_at = ?1
+             WHERE lease_owner = ?2 AND state = 'running'
+             RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at,
+                       COALESCE(started_at, ?1) AS started_at",
+        )
+        .bind(now)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        let jobs = rows
+            .iter()
+            .map(|r| common::claimed_job(r, 1, None))
+            .collect::<Result<Vec<_>>>()?;
+        let records: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                AttemptRecord::interrupted(
+                    job,
+                    owner,
+                    AttemptOutcome::Released,
+                    now,
+                    common::RELEASED_NOTE,
+                )
+            })
+            .collect();
+        Self::insert_attempts(&mut tx, &records).await?;
+        if !rows.is_empty() {
+            insert_event(&mut tx, &common::jobs_released(owner, rows.len(), now)).await?;
+        }
+        tx.commit().await?;
+        if !rows.is_empty() {
+            Backend::notify(self);
+        }
+        Ok(rows.len() as u64)
+    }
+
+    async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>> {
+        let mut next: Option<Millis> = None;
+        let mut conn = self.reader.acquire().await?;
+        for stage in stages {
+            let at: Option<Millis> = sqlx::query_scalar(
+                "SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND stage = ?",
+            )
+            .bind(stage)
+            .fetch_one(&mut *conn)
+            .await?;
+            next = match (next, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(next)
+    }
+
+    /// Queued, scheduled and running jobs per stage, by stage name. Two reads,
+    /// each over a partial index of unfinished jobs only (`state IN (...)` would
+    /// use neither and scan every job ever run), so that a beat costs the same
+    /// with a million finished jobs as with none.
+    async fn stage_counts(conn: &mut SqliteConnection, now: Millis) -> Result<Vec<StageCounts>> {
+        let mut counts: std::collections::BTreeMap<String, StageCounts> = Default::default();
+        for r in sqlx::query(
+            "SELECT stage, COALESCE(SUM(run_at <= ?1), 0) AS queued, COALESCE(SUM(run_at > ?1), 0) AS scheduled
+             FROM jobs WHERE state = 'queued' GROUP BY stage",
+        )
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let c = common::stage_counts(&mut counts, r.text("stage")?);
+            c.queued = r.count("queued")?;
+            c.scheduled = r.count("scheduled")?;
+        }
+        for r in sqlx::query(
+            "SELECT stage, count(*) AS running FROM jobs WHERE state = 'running' GROUP BY stage",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            common::stage_counts(&mut counts, r.text("stage")?).running = r.count("running")?;
+        }
+        Ok(counts.into_values().collect())
+    }
+}

@@ -1,0 +1,157 @@
+//! The SQLite store: WAL mode, one writer connection (so writes in this
+//! process never contend with each other), a small pool of readers, and
+//! Unix-socket wake-ups for other processes. Every write transaction takes
+//! the write lock first (`BEGIN IMMEDIATE`), so a read inside it can never be
+//! invalidated by another process's commit.
+//!
+//! What is written once for both databases lives in `shared/`; here are the
+//! hooks it needs and the hot paths: `leases.rs` (claim, heartbeat, release,
+//! queue reads), `finish.rs` (finish, context), `write.rs` (the rows written
+//! many at a time), `open.rs`.
+
+mod copy;
+mod finish;
+mod leases;
+mod open;
+mod write;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use ideamill_core::Millis;
+use sqlx::Sqlite;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+
+use crate::common;
+use crate::shared::Backend;
+use crate::wake::{NeverSignal, WakeDir, WorkSignal};
+use crate::*;
+
+pub use crate::common::day_start;
+pub(crate) use copy::copy_endpoint;
+
+common::impl_row_ext!(SqliteRow);
+
+type Tx = crate::shared::Tx<Sqlite>;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: SqlitePool,
+    reader: SqlitePool,
+    wake: Option<WakeDir>,
+}
+
+impl SqliteStore {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteStore {
+    type Db = Sqlite;
+
+    // Kept by triggers (0004_status_reads.sql): four rows, not a count.
+    const ITEM_COUNTS: &'static str = "SELECT state, n FROM item_counts";
+    // The write lock is held already.
+    const LOCK_ITEM: &'static str = "";
+    // Above every id in use and every id ever deleted (`id_high_water`), so
+    // that no id is given twice, even after the newest items were pruned.
+    const NEW_ITEM_ID: &'static str = write::NEXT_ITEM_ID;
+    // One machine: the caller's clock judges leases.
+    const ANY_EXPIRED: &'static str =
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT 1";
+    const EXPIRED_JOBS: &'static str = "SELECT id, item_id, stage, round, attempts, max_attempts, lease_token, lease_owner, cancel_requested,
+                COALESCE(started_at, updated_at) AS started_at, run_at
+         FROM jobs WHERE state = 'running' AND lease_expires_at < $1 ORDER BY id LIMIT 1000";
+    const EXPIRED_COUNT: &'static str =
+        "SELECT count(*) AS n FROM jobs WHERE state = 'running' AND lease_expires_at < $1";
+    const EXPIRE_LEASES: &'static str =
+        "UPDATE jobs SET lease_expires_at = $1 WHERE lease_owner = $3 AND state = 'running'";
+
+    fn store_clock(&self) -> bool {
+        false
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Sqlite>> {
+        Ok(self.reader.acquire().await?)
+    }
+
+    async fn read_tx(&self) -> Result<Tx> {
+        Ok(self.reader.begin().await?)
+    }
+
+    /// A write transaction that takes the write lock at once, so that a read
+    /// inside it can never be invalidated by another process's commit.
+    async fn write_tx(&self) -> Result<Tx> {
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            // A write that SQLite rolled back on its own (a full disk: an
+            // error in the statement or the COMMIT) leaves sqlx counting a
+            // transaction that no longer exists, and every later BEGIN fails.
+            // Replace the writer connection: closing it also ends whatever
+            // SQLite may still hold.
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                tracing::warn!(
+                    "The SQLite writer was left inside a failed transaction; reopening it"
+                );
+                let stuck = self.writer.acquire().await?;
+                let _ = stuck.close().await;
+                Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            begun => Ok(begun?),
+        }
+    }
+
+    /// Other processes are woken once the commit made the work visible.
+    async fn commit(&self, tx: Tx, wake: bool) -> Result<()> {
+        tx.commit().await?;
+        if wake {
+            Backend::notify(self);
+        }
+        Ok(())
+    }
+
+    fn search(terms: &[String]) -> (&'static str, &'static str, String) {
+        // FTS5 hands out matches by rowid, newest first, so a page stops
+        // reading as soon as it is full.
+        (
+            "FROM items_fts f JOIN items i ON i.id = f.rowid LEFT JOIN jobs j ON j.id = i.current_job_id WHERE items_fts MATCH $4",
+            "f.rowid",
+            crate::dashboard::fts5_query(terms),
+        )
+    }
+
+    async fn quick_check(&self) -> Result<Vec<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    fn subscribe(&self) -> Result<Box<dyn WorkSignal>> {
+        match &self.wake {
+            Some(wake) => Ok(Box::new(wake.subscribe()?)),
+            None => Ok(Box::new(NeverSignal)),
+        }
+    }
+
+    fn notify(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify();
+        }
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    async fn clock_millis(&self) -> Result<Option<Millis>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,180 @@
+//! The rows SQLite writes many of: multi-row `INSERT`s a chunk at a time.
+
+use async_trait::async_trait;
+use ideamill_core::machine::NextJob;
+use ideamill_core::{ItemId, Millis};
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::{SqliteStore, Tx};
+use crate::common::AttemptRecord;
+use crate::shared::Rows;
+use crate::*;
+
+/// Rows per multi-row statement; well under SQLite's bound-parameter limit.
+pub(super) const CHUNK: usize = 64;
+
+#[async_trait]
+impl Rows for SqliteStore {
+    async fn insert_events(tx: &mut Tx, events: &[NewEvent]) -> Result<()> {
+        for event in events {
+            insert_event(tx, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Enqueue many jobs in one statement per chunk (the `jobs_set_current`
+    /// trigger keeps each item's current job).
+    async fn insert_jobs(tx: &mut Tx, jobs: &[(ItemId, &NextJob, Millis)]) -> Result<()> {
+        for chunk in jobs.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, (item, next, now)| {
+                let now = *now;
+                b.push_bind(*item)
+                    .push_bind(&next.stage)
+                    .push_bind(next.round)
+                    .push_bind("queued")
+                    .push_bind(now)
+                    .push_bind(next.max_attempts)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_attempts(tx: &mut Tx, rows: &[AttemptRecord<'_>]) -> Result<()> {
+        for chunk in rows.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at,
+                                       finished_at, exit_code, error, output, stderr, provider, model,
+                                       prompt_tokens, completion_tokens, cost, usage_counted) ",
+            );
+            q.push_values(chunk, |mut b, a| {
+                b.push_bind(a.job.id)
+                    .push_bind(a.job.item_id)
+                    .push_bind(&a.job.stage)
+                    .push_bind(a.job.round)
+                    .push_bind(a.job.attempt)
+                    .push_bind(a.process)
+                    .push_bind(a.outcome.as_str())
+                    .push_bind(a.started_at)
+                    .push_bind(a.finished_at)
+                    .push_bind(a.exit_code)
+                    .push_bind(a.error)
+                    .push_bind(a.output)
+                    .push_bind(a.stderr)
+                    .push_bind(a.usage.map(|u| u.provider.as_str()))
+                    .push_bind(a.usage.map(|u| u.model.as_str()))
+                    .push_bind(a.usage.map(|u| u.prompt_tokens as i64))
+                    .push_bind(a.usage.map(|u| u.completion_tokens as i64))
+                    .push_bind(a.usage.map(|u| u.cost))
+                    .push_bind(a.usage.map(|u| u.counted));
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, Millis)]) -> Result<()> {
+        for (item, reason, now) in rows {
+            fail_item(tx, *item, reason, *now).await?;
+        }
+        Ok(())
+    }
+
+    /// New active items, each with its first job `first`; ids in input order.
+    async fn insert_new_items(
+        tx: &mut Tx,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<Vec<ItemId>> {
+        let first_id = next_item_id(tx).await?;
+        let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
+        for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at) ",
+            );
+            q.push_values(chunk.iter().zip(chunk_ids), |mut b, (item, id)| {
+                b.push_bind(*id)
+                    .push_bind(&item.text)
+                    .push_bind(item.metadata.to_string())
+                    .push_bind("active")
+                    .push_bind(&first.stage)
+                    .push_bind(first.round)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        let jobs: Vec<(ItemId, &NextJob, Millis)> =
+            ids.iter().map(|id| (*id, first, now)).collect();
+        Self::insert_jobs(tx, &jobs).await?;
+        Ok(ids)
+    }
+}
+
+pub(super) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
+    sqlx::query("INSERT INTO events (at, kind, item_id, job_id, process, message) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(e.at)
+        .bind(e.kind)
+        .bind(e.item_id)
+        .bind(e.job_id)
+        .bind(&e.process)
+        .bind(&e.message)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn fail_item(tx: &mut Tx, item: ItemId, reason: &str, now: Millis) -> Result<()> {
+    sqlx::query(
+        "UPDATE items SET state = 'failed', last_error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'active'",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(now)
+    .bind(item)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn insert_feedback(
+    tx: &mut Tx,
+    job: &ClaimedJob,
+    feedback: &str,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query("INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(job.item_id)
+        .bind(&job.stage)
+        .bind(job.round)
+        .bind(job.id)
+        .bind(feedback)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The id the next new item gets: above every id in use and every id ever
+/// deleted (`id_high_water`), so that no id is given twice, even after the
+/// newest items were pruned. Read inside the write transaction that inserts.
+macro_rules! next_item_id {
+    () => {
+        "(SELECT MAX(COALESCE((SELECT MAX(id) FROM items), 0),
+                     COALESCE((SELECT id FROM id_high_water WHERE name = 'items'), 0)) + 1)"
+    };
+}
+pub(super) const NEXT_ITEM_ID: &str = next_item_id!();
+
+async fn next_item_id(tx: &mut Tx) -> Result<ItemId> {
+    let id: ItemId = sqlx::query_scalar(concat!("SELECT ", next_item_id!()))
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(id)
+}

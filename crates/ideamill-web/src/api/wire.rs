@@ -1,0 +1,595 @@
+//! The JSON shapes of the API and of the CLI's `--json`, and nothing else.
+//!
+//! They are types of their own, built from the store's rows, so that a
+//! column added to a row (or a field renamed in it) cannot change what
+//! scripts read without a change here. `openapi.json` describes each one;
+//! `tests/api.rs` checks every endpoint's answer against that document,
+//! and a field that is here but not there, or there but not here, fails it.
+//!
+//! Every field is always written: an absent value is `null`, never a missing
+//! key. States and levels are their stored names (`as_str`).
+
+use std::path::PathBuf;
+
+use ideamill_core::{ItemId, JobId, Millis};
+use ideamill_health::verdict::Verdict;
+use ideamill_store as store;
+use serde::Serialize;
+
+/// An item in a list: `GET /api/items`, `ideamill list --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemSummary {
+    pub id: ItemId,
+    pub text: String,
+    pub state: &'static str,
+    pub display_state: String,
+    pub stage: Option<String>,
+    pub round: u32,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl From<store::ItemSummary> for ItemSummary {
+    fn from(i: store::ItemSummary) -> ItemSummary {
+        ItemSummary {
+            id: i.id,
+            text: i.text,
+            state: i.state.as_str(),
+            display_state: i.display_state,
+            stage: i.stage,
+            round: i.round,
+            attempts: i.attempts,
+            last_error: i.last_error,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+/// One page of items: `GET /api/items`.
+#[derive(Debug, Serialize)]
+pub struct ItemsPage {
+    pub items: Vec<ItemSummary>,
+    /// Give this as `before` for the next page; `null` on the last page.
+    pub next_before: Option<ItemId>,
+}
+
+/// The item itself, the `item` of one item's story (and the top of an
+/// exported record).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub id: ItemId,
+    pub text: String,
+    /// A JSON object, `{}` when there is none.
+    pub metadata: serde_json::Value,
+    pub state: &'static str,
+    pub stage: Option<String>,
+    pub round: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+impl From<store::ItemRow> for Item {
+    fn from(i: store::ItemRow) -> Item {
+        Item {
+            id: i.id,
+            text: i.text,
+            metadata: i.metadata,
+            state: i.state.as_str(),
+            stage: i.stage,
+            round: i.round,
+            last_error: i.last_error,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+            finished_at: i.finished_at,
+        }
+    }
+}
+
+/// One execution of a stage for an item.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: JobId,
+    pub stage: String,
+    pub round: u32,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: Millis,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+impl From<store::JobRow> for Job {
+    fn from(j: store::JobRow) -> Job {
+        Job {
+            id: j.id,
+            stage: j.stage,
+            round: j.round,
+            state: j.state.as_str(),
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            run_at: j.run_at,
+            lease_owner: j.lease_owner,
+            lease_expires_at: j.lease_expires_at,
+            last_error: j.last_error,
+            created_at: j.created_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+/// What one model call used and cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Usage {
+    pub provider: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// US dollars.
+    pub cost: f64,
+    /// The server sent no usage; the tokens were counted.
+    pub counted: bool,
+}
+
+impl From<ideamill_core::Usage> for Usage {
+    fn from(u: ideamill_core::Usage) -> Usage {
+        Usage {
+            provider: u.provider,
+            model: u.model,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cost: u.cost,
+            counted: u.counted,
+        }
+    }
+}
+
+/// One finished try of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempt {
+    pub id: i64,
+    pub job_id: JobId,
+    pub stage: String,
+    pub round: u32,
+    pub attempt: u32,
+    pub process: String,
+    pub outcome: &'static str,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub output: Option<String>,
+    pub stderr: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+impl From<store::AttemptRow> for Attempt {
+    fn from(a: store::AttemptRow) -> Attempt {
+        Attempt {
+            id: a.id,
+            job_id: a.job_id,
+            stage: a.stage,
+            round: a.round,
+            attempt: a.attempt,
+            process: a.process,
+            outcome: a.outcome.as_str(),
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            exit_code: a.exit_code,
+            error: a.error,
+            output: a.output,
+            stderr: a.stderr,
+            usage: a.usage.map(Usage::from),
+        }
+    }
+}
+
+/// A stage's committed output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Output {
+    pub stage: String,
+    pub round: u32,
+    pub job_id: JobId,
+    pub output: String,
+    pub created_at: Millis,
+}
+
+impl From<store::OutputRow> for Output {
+    fn from(o: store::OutputRow) -> Output {
+        Output {
+            stage: o.stage,
+            round: o.round,
+            job_id: o.job_id,
+            output: o.output,
+            created_at: o.created_at,
+        }
+    }
+}
+
+/// A gate's rejection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Feedback {
+    pub stage: String,
+    pub round: u32,
+    pub feedback: String,
+    pub created_at: Millis,
+}
+
+impl From<store::FeedbackRow> for Feedback {
+    fn from(f: store::FeedbackRow) -> Feedback {
+        Feedback {
+            stage: f.stage,
+            round: f.round,
+            feedback: f.feedback,
+            created_at: f.created_at,
+        }
+    }
+}
+
+/// Something the mill recorded: `GET /api/events`, `ideamill events --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: Millis,
+    pub kind: String,
+    pub item_id: Option<ItemId>,
+    pub job_id: Option<JobId>,
+    pub process: Option<String>,
+    pub message: String,
+}
+
+impl From<store::Event> for Event {
+    fn from(e: store::Event) -> Event {
+        Event {
+            id: e.id,
+            at: e.at,
+            kind: e.kind,
+            item_id: e.item_id,
+            job_id: e.job_id,
+            process: e.process,
+            message: e.message,
+        }
+    }
+}
+
+/// Tokens and cost added up.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct UsageTotals {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: f64,
+}
+
+impl From<store::UsageTotals> for UsageTotals {
+    fn from(u: store::UsageTotals) -> UsageTotals {
+        UsageTotals {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cost: u.cost,
+        }
+    }
+}
+
+/// A file of an item's workspace, with its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct File {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// One item's whole story: `GET /api/items/{id}` (files as [`File`]) and
+/// `ideamill show --json` (files as paths).
+#[derive(Debug, Serialize)]
+pub struct ItemView<F> {
+    pub item: Item,
+    pub display_state: String,
+    pub jobs: Vec<Job>,
+    pub attempts: Vec<Attempt>,
+    pub outputs: Vec<Output>,
+    pub feedback: Vec<Feedback>,
+    pub events: Vec<Event>,
+    pub usage: UsageTotals,
+    /// The item's folder on the server.
+    pub workspace: PathBuf,
+    pub files: Vec<F>,
+}
+
+impl<F> ItemView<F> {
+    pub fn new(d: store::ItemDetail, workspace: PathBuf, files: Vec<F>) -> ItemView<F> {
+        ItemView {
+            item: d.item.into(),
+            display_state: d.display_state,
+            jobs: convert(d.jobs),
+            attempts: convert(d.attempts),
+            outputs: convert(d.outputs),
+            feedback: convert(d.feedback),
+            events: convert(d.events),
+            usage: d.usage.into(),
+            workspace,
+            files,
+        }
+    }
+}
+
+/// `POST /api/items`, `ideamill add --json`: the new items, in input order.
+#[derive(Debug, Serialize)]
+pub struct Added {
+    pub ids: Vec<ItemId>,
+}
+
+/// `POST /api/items/{id}/retry`, `ideamill retry --json`: what runs next.
+#[derive(Debug, Serialize)]
+pub struct Retried {
+    pub id: ItemId,
+    pub stage: String,
+    pub round: u32,
+}
+
+impl Retried {
+    pub fn new(id: ItemId, effect: store::RetryEffect) -> Retried {
+        Retried {
+            id,
+            stage: effect.stage,
+            round: effect.round,
+        }
+    }
+}
+
+/// `POST /api/items/{id}/cancel`, `ideamill cancel --json`.
+#[derive(Debug, Serialize)]
+pub struct Cancelled {
+    pub id: ItemId,
+    /// Always true: a refusal is an error instead.
+    pub cancelled: bool,
+    /// A worker was running it; it has been asked to stop.
+    pub was_running: bool,
+}
+
+impl Cancelled {
+    pub fn new(id: ItemId, effect: store::CancelEffect) -> Cancelled {
+        Cancelled {
+            id,
+            cancelled: true,
+            was_running: effect.was_running,
+        }
+    }
+}
+
+/// `GET /api/events`.
+#[derive(Debug, Serialize)]
+pub struct Events {
+    pub events: Vec<Event>,
+}
+
+/// One reason of a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub level: &'static str,
+    /// Stable; `docs/runbook.md` has a section per code.
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The health verdict with every reason, worst first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub verdict: &'static str,
+    pub reasons: Vec<Reason>,
+}
+
+impl From<Verdict> for Health {
+    fn from(v: Verdict) -> Health {
+        Health {
+            verdict: v.verdict.as_str(),
+            reasons: v
+                .reasons
+                .into_iter()
+                .map(|r| Reason {
+                    level: r.level.as_str(),
+                    code: r.code,
+                    message: r.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Items per stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ItemCounts {
+    pub active: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// Unfinished jobs of one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageCounts {
+    pub stage: String,
+    /// Runnable now.
+    pub queued: u64,
+    /// Waiting for a later `run_at` (backoff).
+    pub scheduled: u64,
+    pub running: u64,
+}
+
+/// A job a worker holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningJob {
+    pub job_id: JobId,
+    pub item_id: ItemId,
+    pub stage: String,
+    pub round: u32,
+    pub attempt: u32,
+    pub owner: String,
+    pub started_at: Millis,
+    pub lease_expires_at: Millis,
+}
+
+/// An engine process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    pub started_at: Millis,
+    pub last_beat_at: Millis,
+    pub stopped_at: Option<Millis>,
+    /// Jobs it holds now.
+    pub held_jobs: u64,
+}
+
+impl From<store::ProcessInfo> for Process {
+    fn from(p: store::ProcessInfo) -> Process {
+        Process {
+            id: p.id,
+            host: p.host,
+            pid: p.pid,
+            version: p.version,
+            started_at: p.started_at,
+            last_beat_at: p.last_beat_at,
+            stopped_at: p.stopped_at,
+            held_jobs: p.held_jobs,
+        }
+    }
+}
+
+/// What `status` counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusSnapshot {
+    pub now: Millis,
+    pub items: ItemCounts,
+    pub stages: Vec<StageCounts>,
+    pub running: Vec<RunningJob>,
+    pub processes: Vec<Process>,
+    /// Running jobs whose lease has expired and that no reaper has taken yet.
+    pub expired_leases: u64,
+    /// The oldest `run_at` among runnable queued jobs.
+    pub oldest_runnable_at: Option<Millis>,
+    /// Jobs waiting for a budget.
+    pub paused: u64,
+    /// Model usage since the start of the day (UTC).
+    pub today: UsageTotals,
+}
+
+impl From<store::StatusSnapshot> for StatusSnapshot {
+    fn from(s: store::StatusSnapshot) -> StatusSnapshot {
+        StatusSnapshot {
+            now: s.now,
+            items: ItemCounts {
+                active: s.items.active,
+                done: s.items.done,
+                failed: s.items.failed,
+                cancelled: s.items.cancelled,
+            },
+            stages: s
+                .stages
+                .into_iter()
+                .map(|c| StageCounts {
+                    stage: c.stage,
+                    queued: c.queued,
+                    scheduled: c.scheduled,
+                    running: c.running,
+                })
+                .collect(),
+            running: s
+                .running
+                .into_iter()
+                .map(|j| RunningJob {
+                    job_id: j.job_id,
+                    item_id: j.item_id,
+                    stage: j.stage,
+                    round: j.round,
+                    attempt: j.attempt,
+                    owner: j.owner,
+                    started_at: j.started_at,
+                    lease_expires_at: j.lease_expires_at,
+                })
+                .collect(),
+            processes: convert(s.processes),
+            expired_leases: s.expired_leases,
+            oldest_runnable_at: s.oldest_runnable_at,
+            paused: s.paused,
+            today: s.today.into(),
+        }
+    }
+}
+
+/// `GET /api/status`, `ideamill status --json`: the verdict, and the
+/// snapshot it was judged on (`null` when the store did not answer).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub health: Health,
+    pub status: Option<StatusSnapshot>,
+}
+
+impl Status {
+    pub fn new(verdict: Verdict, snapshot: Option<store::StatusSnapshot>) -> Status {
+        Status {
+            health: verdict.into(),
+            status: snapshot.map(StatusSnapshot::from),
+        }
+    }
+}
+
+/// An engine process with the age of its last beat.
+#[derive(Debug, Serialize)]
+pub struct ProcessBeat {
+    #[serde(flatten)]
+    pub process: Process,
+    /// How long ago it last beat, ms.
+    pub beat_age_ms: i64,
+}
+
+/// `GET /api/processes`.
+#[derive(Debug, Serialize)]
+pub struct Processes {
+    pub processes: Vec<ProcessBeat>,
+}
+
+/// One time bucket of the charts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ActivityBucket {
+    pub start: Millis,
+    pub attempts: u64,
+    pub failed_attempts: u64,
+    pub items_done: u64,
+    pub items_failed: u64,
+}
+
+impl From<store::ActivityBucket> for ActivityBucket {
+    fn from(b: store::ActivityBucket) -> ActivityBucket {
+        ActivityBucket {
+            start: b.start,
+            attempts: b.attempts,
+            failed_attempts: b.failed_attempts,
+            items_done: b.items_done,
+            items_failed: b.items_failed,
+        }
+    }
+}
+
+/// `GET /api/activity`: buckets over the last `hours`, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Activity {
+    pub hours: u32,
+    pub bucket_ms: Millis,
+    pub since: Millis,
+    pub now: Millis,
+    pub buckets: Vec<ActivityBucket>,
+}
+
+/// Rows into their wire shapes.
+pub fn convert<R, W: From<R>>(rows: Vec<R>) -> Vec<W> {
+    rows.into_iter().map(W::from).collect()
+}
