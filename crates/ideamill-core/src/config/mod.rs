@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::model::{Gate, RetryPolicy};
 
+mod section;
+
 /// A validated config. Every path is absolute, every default applied: nothing
 /// downstream validates again.
 #[derive(Debug, Clone, PartialEq)]
@@ -574,5 +576,5 @@ impl Config {
 /// Parse and validate config `text` read from `path` (used for messages and
 /// to resolve relative paths; `path` should be absolute). Pure: no IO.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    crate::config_parse::parse(text, path)
+    section::parse(text, path)
 }
