@@ -1,14 +1,68 @@
 //! `ideamill.toml`: its validated form, and the parser that turns text into it
 //! while reporting every error at once with file, line and column.
+//!
+//! One file per section holds the section's types, its defaults (a
+//! `DEFAULT_*` constant or a `Default` impl next to the field) and its
+//! parser; `section.rs` holds what they share.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use crate::model::{Gate, RetryPolicy};
+use section::{Problems, Section};
 
+mod alerts;
+mod command;
+mod engine;
+mod health;
+mod inbox;
+mod llm;
+mod providers;
+mod sandbox;
 mod section;
+mod stages;
+mod store;
+#[cfg(test)]
+mod testing;
+mod web;
+
+pub use alerts::{AlertKind, AlertTarget, AlertTrigger, UrlSource};
+pub use command::CommandStage;
+pub use engine::EngineConfig;
+pub use health::{HealthConfig, parse_listen};
+pub use inbox::InboxConfig;
+pub use llm::LlmStage;
+pub use providers::{ApiKeySource, BudgetConfig, Price, ProviderConfig, ProviderKind};
+pub use sandbox::{Limits, SandboxConfig, SandboxMode};
+pub use stages::{StageConfig, StageKind};
+pub use store::StoreConfig;
+pub use web::WebConfig;
+
+/// Each section's defaults, for whatever needs one outside the parser.
+pub mod defaults {
+    pub use super::alerts::{
+        DEFAULT_BACKOFF as ALERT_BACKOFF, DEFAULT_COOLDOWN as ALERT_COOLDOWN,
+        DEFAULT_MAX_TRIES as ALERT_MAX_TRIES, DEFAULT_TIMEOUT as ALERT_TIMEOUT,
+    };
+    pub use super::command::{DEFAULT_KILL_GRACE, DEFAULT_MAX_OUTPUT};
+    pub use super::engine::{
+        DEFAULT_DATA_DIR, DEFAULT_HEARTBEAT, DEFAULT_INBOX, DEFAULT_LEASE, DEFAULT_POLL_INTERVAL,
+        DEFAULT_SHUTDOWN_GRACE, DEFAULT_WORKSPACE,
+    };
+    pub use super::health::DEFAULT_LISTEN;
+    pub use super::llm::{DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_TOKENS};
+    pub use super::providers::{
+        DEFAULT_ANTHROPIC_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+        DEFAULT_MAX_CONCURRENCY as PROVIDER_MAX_CONCURRENCY,
+    };
+    pub use super::sandbox::DEFAULT_PROGRAM as SANDBOX_PROGRAM;
+    pub use super::stages::{
+        DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS,
+        DEFAULT_MAX_ROUNDS, DEFAULT_TIMEOUT, MAX_CONCURRENCY,
+    };
+    pub use super::store::DEFAULT_DATABASE;
+    pub use super::web::DEFAULT_TOKEN_FILE;
+}
 
 /// A validated config. Every path is absolute, every default applied: nothing
 /// downstream validates again.
@@ -37,416 +91,6 @@ pub struct Config {
     pub alerts: Vec<AlertTarget>,
     /// How command stages are confined (`[sandbox]`).
     pub sandbox: SandboxConfig,
-}
-
-/// `[sandbox]`: the program that confines command stages and the default
-/// limits of every confined stage (each stage may override them).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxConfig {
-    /// The sandbox program (bubblewrap). Default `bwrap`, looked up in `PATH`.
-    pub program: String,
-    pub limits: Limits,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        SandboxConfig {
-            program: "bwrap".to_owned(),
-            limits: Limits::default(),
-        }
-    }
-}
-
-/// What one job of a command stage may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Memory of all its processes together (a cgroup where the host has
-    /// one for us, else each process's address space). Default 2 GiB.
-    pub memory: u64,
-    /// Processes and threads at once. Default 256.
-    pub processes: u32,
-    /// CPU time of each process. Default 10m.
-    pub cpu_time: Duration,
-    /// Largest file it may write. Default 512 MiB.
-    pub file_size: u64,
-    /// The item's workspace after the stage, all files together. Default 1 GiB.
-    pub workspace_size: u64,
-    /// Its private `/tmp` (memory-backed). Default 256 MiB.
-    pub tmp_size: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory: 2 << 30,
-            processes: 256,
-            cpu_time: Duration::from_secs(10 * 60),
-            file_size: 512 << 20,
-            workspace_size: 1 << 30,
-            tmp_size: 256 << 20,
-        }
-    }
-}
-
-/// Whether a command stage runs confined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SandboxMode {
-    /// The default: confined by `[sandbox] program`.
-    On,
-    /// Unconfined, by the config's explicit choice (`sandbox = "off"`):
-    /// logged at every start and shown as a warning.
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// Any OpenAI-compatible chat-completions endpoint.
-    OpenAi,
-    /// Anthropic's Messages API.
-    Anthropic,
-}
-
-/// Where an API key comes from. The key itself is never in the config, the
-/// store or a log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiKeySource {
-    None,
-    Env(String),
-    File(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub kind: ProviderKind,
-    pub base_url: String,
-    pub model: String,
-    pub api_key: ApiKeySource,
-    pub headers: BTreeMap<String, String>,
-    /// Stream responses (SSE). Default true.
-    pub stream: bool,
-    /// Default 10s.
-    pub connect_timeout: Duration,
-    /// No bytes for this long aborts the request. Default 60s.
-    pub idle_timeout: Duration,
-    /// Requests in flight at once, shared by all workers of a process. Default 4.
-    pub max_concurrency: u32,
-    pub requests_per_minute: Option<u32>,
-    pub tokens_per_minute: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Price {
-    pub input_per_million: f64,
-    pub output_per_million: f64,
-}
-
-/// Spending caps. Reaching one pauses the affected items instead of failing them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct BudgetConfig {
-    pub item_usd: Option<f64>,
-    pub day_usd: Option<f64>,
-    pub item_tokens: Option<u64>,
-    pub day_tokens: Option<u64>,
-}
-
-impl BudgetConfig {
-    pub fn is_set(&self) -> bool {
-        self.item_usd.is_some()
-            || self.day_usd.is_some()
-            || self.item_tokens.is_some()
-            || self.day_tokens.is_some()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoreConfig {
-    /// `sqlite://<absolute path>` or `postgres://…`, as given otherwise.
-    /// Default: `sqlite://<data_dir>/ideamill.db`.
-    pub url: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineConfig {
-    /// Where the database (by default), status files and wake sockets live.
-    /// Default `<root>/.ideamill`.
-    pub data_dir: PathBuf,
-    /// Each item gets `<workspace>/<item-id>/`. Default `<root>/workspace`.
-    pub workspace: PathBuf,
-    /// Default `<root>/inbox`.
-    pub inbox: PathBuf,
-    /// A job whose process stops renewing its lease for this long runs again. Default 15s.
-    pub lease: Duration,
-    /// How often a process renews its leases and beats. Default 2s; must be below `lease`.
-    pub heartbeat: Duration,
-    /// On SIGINT/SIGTERM, how long in-flight work may finish. Default 30s.
-    pub shutdown_grace: Duration,
-    /// The slow safety-net poll for work; wake-ups normally come sooner. Default 1s.
-    pub poll_interval: Duration,
-    /// Finished items older than this are pruned. Default: never.
-    pub retention: Option<Duration>,
-}
-
-/// `[health]`: hang detection, the supervisor, the HTTP probes, and the
-/// thresholds of the health verdict.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    /// An engine whose event loop has not beaten for this long is stalled:
-    /// its watchdog saves evidence and ends it, and the supervisor restarts
-    /// it. Default 5s.
-    pub stall_after: Duration,
-    /// The loopback HTTP listener for /healthz, /readyz and /metrics; `None`
-    /// when set to "off". Default `127.0.0.1:9464`.
-    pub listen: Option<String>,
-    /// Free space on the data folder's disk below which health is degraded.
-    /// Default 256 MiB.
-    pub min_free_disk_mb: u64,
-    /// Runnable work older than this while engines have free slots is "not
-    /// moving". Default 2m.
-    pub stuck_after: Duration,
-    /// The window over which failure rates and restarts are judged. Default 15m.
-    pub failure_window: Duration,
-    /// The supervisor gives up after this many restarts within
-    /// `restart_window`. Default 5 in 60s.
-    pub max_restarts: u32,
-    pub restart_window: Duration,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            stall_after: Duration::from_secs(5),
-            listen: Some("127.0.0.1:9464".to_owned()),
-            min_free_disk_mb: 256,
-            stuck_after: Duration::from_secs(120),
-            failure_window: Duration::from_secs(15 * 60),
-            max_restarts: 5,
-            restart_window: Duration::from_secs(60),
-        }
-    }
-}
-
-/// `[inbox]`: how `ideamill run` takes idea files dropped into the inbox
-/// folder (`engine.inbox`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxConfig {
-    /// Watch and take the inbox at all. Default true.
-    pub enabled: bool,
-    /// Learn of new files from filesystem events (inotify) at once. Without
-    /// them (network filesystems, where events of other machines never
-    /// arrive) only the rescan finds files. Default true.
-    pub events: bool,
-    /// A file written in place is taken once its size and modification time
-    /// have not changed for this long; a file renamed in is taken at once.
-    /// Default 1s.
-    pub settle: Duration,
-    /// The full rescan of the folder, the safety net for missed events.
-    /// Default 30s.
-    pub rescan: Duration,
-    /// Larger files are rejected unread. Default 16 MiB.
-    pub max_file_bytes: u64,
-    /// Files with more ideas are rejected. Default 10,000.
-    pub max_ideas: u32,
-    /// Files with a longer idea are rejected. Default 256 KiB.
-    pub max_idea_bytes: u64,
-}
-
-impl Default for InboxConfig {
-    fn default() -> Self {
-        InboxConfig {
-            enabled: true,
-            events: true,
-            settle: Duration::from_secs(1),
-            rescan: Duration::from_secs(30),
-            max_file_bytes: 16 * 1024 * 1024,
-            max_ideas: 10_000,
-            max_idea_bytes: 256 * 1024,
-        }
-    }
-}
-
-/// `[web]`: the dashboard and the HTTP API, served by `ideamill run` on
-/// `[health] listen`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebConfig {
-    /// The access token (`ideamill init` writes one, mode 0600). Required
-    /// when the listener is not on a loopback address. Default
-    /// `<data_dir>/token`.
-    pub token_file: PathBuf,
-    /// Ask for the token on loopback too. Default false.
-    pub require_token: bool,
-    /// The dashboard's address as people reach it (e.g. behind a proxy), for
-    /// links in alerts. Optional.
-    pub url: Option<String>,
-}
-
-/// What an alert target speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlertKind {
-    /// A JSON object POSTed to any URL.
-    Webhook,
-    /// A Slack-compatible incoming webhook (`{"text": ...}`): Slack,
-    /// Mattermost, Rocket.Chat, Discord's `/slack` endpoint.
-    Slack,
-    /// An ntfy topic URL (`https://ntfy.sh/<topic>`).
-    Ntfy,
-}
-
-impl AlertKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertKind::Webhook => "webhook",
-            AlertKind::Slack => "slack",
-            AlertKind::Ntfy => "ntfy",
-        }
-    }
-}
-
-/// What raises an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AlertTrigger {
-    /// An engine's event loop stopped beating (`engine_stalled`).
-    Stall,
-    /// The supervisor restarted the engine, or gave up.
-    Restart,
-    /// An item ended `failed`.
-    ItemFailed,
-    /// Runnable work is not moving (`queue_not_moving`).
-    QueueStuck,
-    /// A budget cap paused work.
-    Budget,
-    /// The health verdict changed (HEALTHY, DEGRADED, STALLED, DOWN).
-    Verdict,
-}
-
-impl AlertTrigger {
-    pub const ALL: &'static [AlertTrigger] = &[
-        AlertTrigger::Stall,
-        AlertTrigger::Restart,
-        AlertTrigger::ItemFailed,
-        AlertTrigger::QueueStuck,
-        AlertTrigger::Budget,
-        AlertTrigger::Verdict,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertTrigger::Stall => "stall",
-            AlertTrigger::Restart => "restart",
-            AlertTrigger::ItemFailed => "item_failed",
-            AlertTrigger::QueueStuck => "queue_stuck",
-            AlertTrigger::Budget => "budget",
-            AlertTrigger::Verdict => "verdict",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<AlertTrigger> {
-        AlertTrigger::ALL.iter().copied().find(|t| t.as_str() == s)
-    }
-}
-
-/// Where a target's URL comes from. A webhook URL is often a secret (Slack's
-/// are): `url_env` keeps it out of the config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UrlSource {
-    Literal(String),
-    Env(String),
-}
-
-/// One `[[alerts]]` target.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlertTarget {
-    /// Unique; default `<kind>` or `<kind>-<n>`.
-    pub name: String,
-    pub kind: AlertKind,
-    pub url: UrlSource,
-    /// Extra request headers (e.g. an `Authorization` for ntfy).
-    pub headers: BTreeMap<String, String>,
-    /// What this target hears about. Default: everything.
-    pub on: Vec<AlertTrigger>,
-    /// The same alert is not sent again within this long; what happens
-    /// meanwhile is counted and said in the next one. Default 10m.
-    pub cooldown: Duration,
-    /// Tries per alert before its failure becomes an event. Default 5.
-    pub max_tries: u32,
-    /// The first retry's delay, doubled for each next one. Default 2s.
-    pub backoff: Duration,
-    /// One request's whole time. Default 10s.
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageConfig {
-    pub name: String,
-    pub kind: StageKind,
-    /// Default 10m.
-    pub timeout: Duration,
-    /// Defaults: max_attempts 3, backoff 2s, backoff_max 10m.
-    pub retry: RetryPolicy,
-    /// Jobs of this stage one process runs at once. Default 1.
-    pub concurrency: u32,
-    pub gate: Option<Gate>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum StageKind {
-    Command(CommandStage),
-    Llm(LlmStage),
-}
-
-impl StageKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            StageKind::Command(_) => "command",
-            StageKind::Llm(_) => "llm",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlmStage {
-    /// A key of `Config::providers`.
-    pub provider: String,
-    /// The prompt template (minijinja), absolute.
-    pub prompt: PathBuf,
-    /// A system prompt template, if any: inline text.
-    pub system: Option<String>,
-    pub temperature: Option<f32>,
-    /// Always sent. Default 1024.
-    pub max_tokens: u32,
-    /// Write fenced code blocks that name a file into the item's workspace.
-    pub files: bool,
-    /// Default 50.
-    pub max_files: usize,
-    /// Default 256 KiB.
-    pub max_file_bytes: usize,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommandStage {
-    /// `command[0]`.
-    pub program: String,
-    /// `command[1..]`.
-    pub args: Vec<String>,
-    /// Extra environment variables (`env = { K = "v" }`).
-    pub env: BTreeMap<String, String>,
-    /// Between SIGTERM and SIGKILL of the process group. Default 5s.
-    pub kill_grace: Duration,
-    /// Stdout kept as the stage's output. Default 1 MiB.
-    pub max_output: usize,
-    /// Confined (default) or not.
-    pub sandbox: SandboxMode,
-    /// A network of its own (`network = true`) instead of none. Default false.
-    pub network: bool,
-    /// Variables of the engine's environment passed through by name, on top
-    /// of the allowlist (`PATH`, `LANG`, `LC_*`, `TERM`, `HOME`, `IDEAMILL_*`
-    /// context). Default none.
-    pub pass_env: Vec<String>,
-    /// Host paths (absolute) the stage may read, mounted read-only at the
-    /// same place. Default none.
-    pub read_only: Vec<PathBuf>,
-    /// `[sandbox]`'s limits with this stage's `limits = { ... }` applied.
-    pub limits: Limits,
 }
 
 /// `scheme://user:***@host/…`: a URL's password hidden.
@@ -576,5 +220,532 @@ impl Config {
 /// Parse and validate config `text` read from `path` (used for messages and
 /// to resolve relative paths; `path` should be absolute). Pure: no IO.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    section::parse(text, path)
+    let root = section::normalize(path.parent().unwrap_or(Path::new("")));
+    let mut problems = Problems::default();
+    let document = match toml_span::parse(text) {
+        Ok(document) => document,
+        Err(e) => {
+            // Without a tree there is nothing more to check.
+            problems.add(e.span, format!("invalid toml: {e}"));
+            return Err(problems.into_errors(text, path));
+        }
+    };
+    let mut top = Section::top(document);
+    // Read in the order the documentation shows them, the order an unknown
+    // key's message lists them in.
+    let store = top.section("store", "[store]");
+    let engine = top.section("engine", "[engine]");
+    let health = top.section("health", "[health]");
+    let inbox = top.section("inbox", "[inbox]");
+    let providers = top.section("providers", "[providers]");
+    let prices = top.section("prices", "[prices]");
+    let budget = top.section("budget", "[budget]");
+    let stages = top.array("stages", "an array of tables ([[stages]])");
+    let web = top.section("web", "[web]");
+    let alerts = top.array("alerts", "an array of tables ([[alerts]])");
+    let sandbox = top.section("sandbox", "[sandbox]");
+    problems.absorb(top);
+
+    // [engine] comes first because the default store url and token file
+    // live in its data_dir.
+    let engine = read(engine, "[engine]", &mut problems, |s| {
+        engine::parse(s, &root)
+    });
+    let store = read(store, "[store]", &mut problems, |s| {
+        store::parse(s, &root, &engine.data_dir)
+    });
+    let providers = read(providers, "[providers]", &mut problems, |s| {
+        providers::parse(s, &root)
+    });
+    let prices = read(prices, "[prices]", &mut problems, providers::prices);
+    let budget = read(budget, "[budget]", &mut problems, providers::budget);
+    let sandbox = read(sandbox, "[sandbox]", &mut problems, sandbox::parse);
+    let context = stages::Context {
+        root: &root,
+        providers: &providers,
+        limits: &sandbox.limits,
+    };
+    let stages = stages::parse(stages, &context, &mut problems);
+    let health = read(health, "[health]", &mut problems, health::parse);
+    let inbox = read(inbox, "[inbox]", &mut problems, inbox::parse);
+    let web = read(web, "[web]", &mut problems, |s| {
+        web::parse(s, &root, &engine.data_dir)
+    });
+    let alerts = alerts::parse(alerts, &mut problems);
+
+    if !problems.is_empty() {
+        return Err(problems.into_errors(text, path));
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        root,
+        store,
+        engine,
+        stages,
+        providers,
+        prices,
+        budget,
+        health,
+        inbox,
+        web,
+        alerts,
+        sandbox,
+    })
+}
+
+/// Reads one section with `parse`. An absent table (or one of the wrong
+/// type, already reported) reads as empty: every key takes its default, so
+/// that each default is written once, in its section's parser.
+fn read<'de, T>(
+    section: Option<Section<'de>>,
+    label: &str,
+    problems: &mut Problems,
+    parse: impl FnOnce(&mut Section<'de>) -> T,
+) -> T {
+    let mut section = section.unwrap_or_else(|| Section::empty(label));
+    let value = parse(&mut section);
+    problems.absorb(section);
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::testing::{FILE, STAGE, check_errors, config};
+    use super::*;
+    use crate::model::{Gate, RetryPolicy};
+
+    #[test]
+    fn full_example_with_defaults() {
+        let text = r#"
+[store]
+url = "sqlite://.ideamill/ideamill.db"
+[engine]
+data_dir = ".ideamill"
+workspace = "workspace"
+inbox = "inbox"
+lease = "15s"
+heartbeat = "2s"
+shutdown_grace = "30s"
+poll_interval = "1s"
+retention = "30d"
+
+[[stages]]
+name = "implement"
+kind = "command"
+command = ["sh", "-c", "echo hi"]
+env = { KEY = "value" }
+timeout = "10m"
+kill_grace = "5s"
+max_output = 1048576
+max_attempts = 3
+backoff = "2s"
+backoff_max = "10m"
+concurrency = 1
+
+[[stages]]
+name = "review"
+kind = "command"
+command = ["./review.sh"]
+gate = { retry_from = "implement" }
+"#;
+        let root = PathBuf::from("/proj");
+        let expected = Config {
+            path: PathBuf::from(FILE),
+            root: root.clone(),
+            health: HealthConfig::default(),
+            inbox: InboxConfig::default(),
+            web: WebConfig {
+                token_file: root.join(".ideamill/token"),
+                require_token: false,
+                url: None,
+            },
+            alerts: Vec::new(),
+            sandbox: SandboxConfig::default(),
+            providers: BTreeMap::new(),
+            prices: BTreeMap::new(),
+            budget: BudgetConfig::default(),
+            store: StoreConfig {
+                url: "sqlite:///proj/.ideamill/ideamill.db".to_owned(),
+            },
+            engine: EngineConfig {
+                data_dir: root.join(".ideamill"),
+                workspace: root.join("workspace"),
+                inbox: root.join("inbox"),
+                lease: Duration::from_secs(15),
+                heartbeat: Duration::from_secs(2),
+                shutdown_grace: Duration::from_secs(30),
+                poll_interval: Duration::from_secs(1),
+                retention: Some(Duration::from_secs(30 * 86_400)),
+            },
+            stages: vec![
+                StageConfig {
+                    name: "implement".to_owned(),
+                    kind: StageKind::Command(CommandStage {
+                        program: "sh".to_owned(),
+                        args: vec!["-c".to_owned(), "echo hi".to_owned()],
+                        env: BTreeMap::from([("KEY".to_owned(), "value".to_owned())]),
+                        kill_grace: Duration::from_secs(5),
+                        max_output: 1024 * 1024,
+                        sandbox: SandboxMode::On,
+                        network: false,
+                        pass_env: Vec::new(),
+                        read_only: Vec::new(),
+                        limits: Limits::default(),
+                    }),
+                    timeout: Duration::from_secs(600),
+                    retry: RetryPolicy {
+                        max_attempts: 3,
+                        backoff: Duration::from_secs(2),
+                        backoff_max: Duration::from_secs(600),
+                    },
+                    concurrency: 1,
+                    gate: None,
+                },
+                StageConfig {
+                    name: "review".to_owned(),
+                    kind: StageKind::Command(CommandStage {
+                        program: "./review.sh".to_owned(),
+                        args: Vec::new(),
+                        env: BTreeMap::new(),
+                        kill_grace: Duration::from_secs(5),
+                        max_output: 1024 * 1024,
+                        sandbox: SandboxMode::On,
+                        network: false,
+                        pass_env: Vec::new(),
+                        read_only: Vec::new(),
+                        limits: Limits::default(),
+                    }),
+                    timeout: Duration::from_secs(600),
+                    retry: RetryPolicy {
+                        max_attempts: 3,
+                        backoff: Duration::from_secs(2),
+                        backoff_max: Duration::from_secs(600),
+                    },
+                    concurrency: 1,
+                    gate: Some(Gate {
+                        retry_from: "implement".to_owned(),
+                        max_rounds: 3,
+                    }),
+                },
+            ],
+        };
+        assert_eq!(config(text), expected);
+
+        // The same file with every optional key left out means the same thing,
+        // except for retention, which defaults to never.
+        let minimal = r#"
+[[stages]]
+name = "implement"
+kind = "command"
+command = ["sh", "-c", "echo hi"]
+env = { KEY = "value" }
+
+[[stages]]
+name = "review"
+kind = "command"
+command = ["./review.sh"]
+gate = { retry_from = "implement" }
+"#;
+        let mut expected = expected;
+        expected.engine.retention = None;
+        assert_eq!(config(minimal), expected);
+    }
+
+    #[test]
+    fn every_error_is_reported_in_file_order() {
+        check_errors(
+            r#"[engine]
+lease = 15
+heartbeat = "2x"
+
+[[stages]]
+name = "build"
+kind = "command"
+command = []
+  max_attempts = 0
+"#,
+            &[
+                r#"2:9: [engine]: `lease` must be a duration string like "15s", found integer"#,
+                r#"3:13: [engine]: `heartbeat`: invalid duration "2x": unknown unit "x" (use ms, s, m, h or d)"#,
+                r#"8:11: [[stages]] #1 ("build"): `command` must not be empty: its first element is the program to run"#,
+                r#"9:18: [[stages]] #1 ("build"): `max_attempts` must be an integer >= 1, found 0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        check_errors(
+            &format!("{STAGE}env = {{ \"é\" = \"x\", K = 1 }}\n"),
+            &[r#"5:24: [[stages]] #1 ("build"): `env.K` must be a string, found integer"#],
+        );
+    }
+
+    #[test]
+    fn unknown_keys() {
+        check_errors(
+            &format!("colour = \"red\"\n{STAGE}"),
+            &[
+                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages, web, alerts, sandbox",
+            ],
+        );
+        check_errors(
+            &format!("{STAGE}retries = 3\n"),
+            &[
+                "5:1: unknown key `retries` in [[stages]] #1 (\"build\"); expected one of: \
+                 name, kind, timeout, max_attempts, backoff, backoff_max, concurrency, gate, \
+                 command, env, kill_grace, max_output, sandbox, network, pass_env, read_only, limits",
+            ],
+        );
+        check_errors(
+            &format!("[engine]\nfoo = 1\n[store]\nuri = \"x\"\n{STAGE}"),
+            &[
+                "2:1: unknown key `foo` in [engine]; expected one of: data_dir, workspace, \
+                 inbox, lease, heartbeat, shutdown_grace, poll_interval, retention",
+                "4:1: unknown key `uri` in [store]; expected one of: url",
+            ],
+        );
+        check_errors(
+            &format!("{STAGE}gate = {{ retry_from = \"build\", rounds = 2 }}\n"),
+            &[
+                "5:23: [[stages]] #1 (\"build\"): gate.retry_from \"build\" is this stage itself; \
+                 a gate sends work back to an earlier stage; earlier stages: none, so the first \
+                 stage cannot be a gate",
+                "5:32: unknown key `gate.rounds` in [[stages]] #1 (\"build\"); expected one of: \
+                 gate.retry_from, gate.max_rounds",
+            ],
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        check_errors(
+            &format!("engine = \"fast\"\nstore = 1\n{STAGE}"),
+            &[
+                "1:10: `engine` must be a table ([engine]), found string",
+                "2:9: `store` must be a table ([store]), found integer",
+            ],
+        );
+        check_errors(
+            "[stages]\nname = \"x\"\n",
+            &["1:1: `stages` must be an array of tables ([[stages]]), found table"],
+        );
+        check_errors(
+            "stages = [\"build\"]\n",
+            &["1:11: [[stages]] #1 must be a table, found string"],
+        );
+        check_errors(
+            "[[stages]]\nname = 1\nkind = \"command\"\ncommand = \"make\"\nenv = []\nconcurrency = \"2\"\ngate = \"build\"\n",
+            &[
+                "2:8: [[stages]] #1: `name` must be a string, found integer",
+                "4:11: [[stages]] #1: `command` must be an array of strings like [\"sh\", \"-c\", \"make\"], found string",
+                "5:7: [[stages]] #1: `env` must be a table like { KEY = \"value\" }, found array",
+                "6:15: [[stages]] #1: `concurrency` must be an integer, found string",
+                "7:8: [[stages]] #1: `gate` must be a table like { retry_from = \"implement\", max_rounds = 3 }, found string",
+            ],
+        );
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = \"command\"\ncommand = [\"\", 2]\nmax_output = 1.5\n",
+            &[
+                "4:12: [[stages]] #1 (\"a\"): `command[0]` (the program) must not be empty",
+                "4:16: [[stages]] #1 (\"a\"): `command[1]` must be a string, found integer",
+                "5:14: [[stages]] #1 (\"a\"): `max_output` must be an integer, found float",
+            ],
+        );
+    }
+
+    #[test]
+    fn missing_keys_and_stages() {
+        check_errors(
+            "",
+            &["1:1: no [[stages]]: a pipeline needs at least one stage"],
+        );
+        check_errors(
+            "[engine]\nlease = \"20s\"\n",
+            &["1:1: no [[stages]]: a pipeline needs at least one stage"],
+        );
+        check_errors(
+            "stages = []\n",
+            &["1:10: no [[stages]]: a pipeline needs at least one stage"],
+        );
+        check_errors(
+            &format!("{STAGE}\n[[stages]]\ntimeout = \"1m\"\n"),
+            &[
+                "6:1: [[stages]] #2: missing required key `name`",
+                "6:1: [[stages]] #2: missing required key `kind`",
+            ],
+        );
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = \"command\"\n",
+            &["1:1: [[stages]] #1 (\"a\"): missing required key `command`"],
+        );
+        check_errors(
+            &format!("{STAGE}gate = {{ max_rounds = 2 }}\n"),
+            &["5:8: [[stages]] #1 (\"build\"): missing required key `gate.retry_from`"],
+        );
+    }
+
+    fn check_durations(engine: &str, stage: &str, expected: &[&str]) {
+        check_errors(&format!("[engine]\n{engine}\n{STAGE}{stage}\n"), expected);
+    }
+
+    #[test]
+    fn bad_durations() {
+        check_durations(
+            "lease = \"15\"",
+            "",
+            &[
+                r#"2:9: [engine]: `lease`: invalid duration "15": missing unit (did you mean "15s"?)"#,
+            ],
+        );
+        check_durations(
+            "poll_interval = \"0s\"",
+            "timeout = \"0ms\"",
+            &[
+                "2:17: [engine]: `poll_interval` must be greater than 0s",
+                "7:11: [[stages]] #1 (\"build\"): `timeout` must be greater than 0s",
+            ],
+        );
+        check_durations(
+            "heartbeat = \"0s\"",
+            "kill_grace = \"-1s\"",
+            &[
+                "2:13: [engine]: `heartbeat` must be greater than 0s",
+                r#"7:14: [[stages]] #1 ("build"): `kill_grace`: invalid duration "-1s": negative durations are not allowed"#,
+            ],
+        );
+        check_durations(
+            "heartbeat = \"15s\"",
+            "",
+            &["2:13: [engine]: `heartbeat` (15s) must be less than `lease` (default 15s)"],
+        );
+        // Located at heartbeat when it is written, even if lease comes later.
+        check_durations(
+            "heartbeat = \"5s\"\nlease = \"3s\"",
+            "",
+            &["2:13: [engine]: `heartbeat` (5s) must be less than `lease` (3s)"],
+        );
+        check_durations(
+            "lease = \"1s\"",
+            "",
+            &["2:9: [engine]: `heartbeat` (default 2s) must be less than `lease` (1s)"],
+        );
+        // An invalid lease is one error, not two.
+        check_durations(
+            "lease = \"1\"",
+            "",
+            &[r#"2:9: [engine]: `lease`: invalid duration "1": missing unit (did you mean "1s"?)"#],
+        );
+        check_durations(
+            "",
+            "backoff = \"1m\"\nbackoff_max = \"30s\"",
+            &[
+                "8:15: [[stages]] #1 (\"build\"): `backoff_max` (30s) must be at least `backoff` (1m)",
+            ],
+        );
+        check_durations(
+            "",
+            "backoff = \"1h\"",
+            &[
+                "7:11: [[stages]] #1 (\"build\"): `backoff_max` (default 10m) must be at least `backoff` (1h)",
+            ],
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error() {
+        check_errors(
+            "[engine]\nlease = \"15s\"\nheartbeat = 2s\n",
+            &["3:13: invalid toml: invalid number"],
+        );
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = command\n",
+            &["3:8: invalid toml: invalid TOML value, did you mean to use a quoted string?"],
+        );
+        check_errors(
+            "[engine]\nlease = \"15s\"\nlease = \"16s\"\n",
+            &["3:1: invalid toml: duplicate key: `lease`"],
+        );
+        check_errors(
+            "[engine\n",
+            &["1:8: invalid toml: expected a right bracket, found a newline"],
+        );
+    }
+
+    #[test]
+    fn redacted_configs_hold_no_secret() {
+        let c = config(&format!(
+            "[store]\nurl = \"postgres://mill:pw-secret@db.example/mill\"\n\
+             [providers.p]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n\
+             headers = {{ Authorization = \"Bearer hdr-secret\" }}\n\
+             [[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/hook-secret\"\n\
+             headers = {{ X = \"alert-secret\" }}\n\
+             {STAGE}env = {{ TOKEN = \"env-secret\" }}\n"
+        ));
+        let shown = format!("{:#?}", c.redacted());
+        for secret in [
+            "pw-secret",
+            "hdr-secret",
+            "hook-secret",
+            "alert-secret",
+            "env-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://mill:***@db.example/mill"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://hooks.slack.com/***"), "{shown}");
+    }
+
+    /// Each parser reads its keys in the order the documentation shows
+    /// them, and an unknown key's message lists them in that order: a
+    /// parser that reads a key earlier or later changes the list.
+    #[test]
+    fn unknown_keys_list_each_sections_keys_in_documented_order() {
+        let cases = [
+            (
+                "[[alerts]]\nkind = \"slack\"\nurl = \"https://x/y\"\nzz = 1\n",
+                "4:1: unknown key `zz` in [[alerts]] #1; expected one of: name, kind, url, \
+                 url_env, headers, on, cooldown, max_tries, backoff, timeout",
+            ),
+            (
+                "[providers.p]\nkind = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\nzz = 1\n",
+                "5:1: unknown key `zz` in [providers.p]; expected one of: kind, base_url, model, \
+                 api_key_env, api_key_file, headers, stream, connect_timeout, idle_timeout, \
+                 max_concurrency, requests_per_minute, tokens_per_minute",
+            ),
+            (
+                "[prices]\nm = { input = 1, output = 2, zz = 1 }\n",
+                "2:30: unknown key `zz` in [prices] \"m\"; expected one of: input, output",
+            ),
+            (
+                "[budget]\nzz = 1\n",
+                "2:1: unknown key `zz` in [budget]; expected one of: item_usd, day_usd, \
+                 item_tokens, day_tokens",
+            ),
+            (
+                "[sandbox]\nzz = 1\n",
+                "2:1: unknown key `zz` in [sandbox]; expected one of: program, memory, \
+                 processes, cpu_time, file_size, workspace_size, tmp_size",
+            ),
+        ];
+        for (text, expected) in cases {
+            check_errors(&format!("{text}{STAGE}"), &[expected]);
+        }
+        check_errors(
+            "[providers.p]\nkind = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\n\
+             [[stages]]\nname = \"a\"\nkind = \"llm\"\nprovider = \"p\"\nprompt = \"x\"\nzz = 1\n",
+            &[
+                "10:1: unknown key `zz` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
+               timeout, max_attempts, backoff, backoff_max, concurrency, gate, provider, prompt, \
+               system, temperature, max_tokens, files, max_files, max_file_bytes",
+            ],
+        );
+    }
 }
