@@ -159,7 +159,7 @@ impl Alerts {
             if !target.hears(alert) {
                 continue;
             }
-            let cooldown = target.cooldown.as_millis() as Millis;
+            let cooldown = ideamill_core::duration::millis(target.cooldown);
             let Some(held) = lock(&self.state).admit(&target.name, &alert.key, cooldown, now)
             else {
                 tracing::debug!(

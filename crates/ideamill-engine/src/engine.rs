@@ -354,7 +354,7 @@ async fn recover_dead_processes(shared: &Shared, me: &ProcessInfo) {
 /// (killed, powered off, cut off): mark it so, so that status stops counting
 /// it as running. Its jobs are already handled by the lease rules.
 async fn expire_silent_processes(shared: &Shared, now: Millis) {
-    let silent_for = 4 * shared.config.engine.lease.as_millis() as Millis;
+    let silent_for = 4 * ideamill_core::duration::millis(shared.config.engine.lease);
     let Ok(processes) = shared.store.processes().await else {
         return;
     };
@@ -428,7 +428,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .heartbeat(
                 &shared.owner,
                 now,
-                now + engine.lease.as_millis() as Millis,
+                now + ideamill_core::duration::millis(engine.lease),
                 &running,
             )
             .await
@@ -471,7 +471,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         // Items paused by a budget resume once it allows (a raised cap, a
         // new day); checking once a minute is plenty.
-        if now / 60_000 != (now - engine.heartbeat.as_millis() as Millis) / 60_000 {
+        if now / 60_000 != (now - ideamill_core::duration::millis(engine.heartbeat)) / 60_000 {
             ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref())
                 .await;
         }
@@ -500,7 +500,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             last_prune = Some(Instant::now());
             match shared
                 .store
-                .prune(now - retention.as_millis() as Millis)
+                .prune(now - ideamill_core::duration::millis(retention))
                 .await
             {
                 Ok(c) if c.items > 0 || c.events > 0 => {
@@ -606,7 +606,7 @@ async fn dispatch(
             None
         }
     };
-    let lease = config.engine.lease.as_millis() as Millis;
+    let lease = ideamill_core::duration::millis(config.engine.lease);
     let mut store_errors = 0u32;
     // Stages that may have runnable jobs: on a database server, a claim
     // that gets fewer jobs than it asked for drains its stage until new work
@@ -688,7 +688,7 @@ async fn dispatch(
         if options.until_idle && shared.in_flight.load(Ordering::SeqCst) == 0 {
             let pending = match shared
                 .store
-                .pending(now + options.idle_horizon.as_millis() as Millis)
+                .pending(now + ideamill_core::duration::millis(options.idle_horizon))
                 .await
             {
                 Ok(p) => p,

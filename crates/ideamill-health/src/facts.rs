@@ -15,7 +15,7 @@ use crate::verdict::{EngineFile, Facts};
 /// The cheap facts that `status` shares with `doctor`: status files, failure
 /// rates, free disk, recent restarts. Failures to read them are left out.
 pub async fn gather(config: &Config, store: &dyn Store, now: Millis) -> Facts {
-    let window = config.health.failure_window.as_millis() as Millis;
+    let window = ideamill_core::duration::millis(config.health.failure_window);
     let attempts = store.attempt_stats(now - window).await.unwrap_or_default();
     let restarts = store
         .events(&EventFilter {

@@ -121,7 +121,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
         not_before = not_before.max(
             CONTINUED_AT
                 .load(Ordering::SeqCst)
-                .saturating_add(limit.as_millis() as Millis),
+                .saturating_add(ideamill_core::duration::millis(limit)),
         );
         let stale = age >= limit && now >= not_before;
         if stale && !suspected {
@@ -130,7 +130,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
             std::thread::sleep(CONFIRM);
             if slept.elapsed() > CONFIRM + Duration::from_secs(1) {
                 // Paused again while confirming: the silence is not the loop's.
-                not_before = mono_millis() + limit.as_millis() as Millis;
+                not_before = mono_millis() + ideamill_core::duration::millis(limit);
             }
             continue;
         }
@@ -180,7 +180,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
             .watchdog_wakeups
             .fetch_add(1, Ordering::Relaxed);
         if slept.elapsed() > wait + Duration::from_secs(1) {
-            not_before = mono_millis() + limit.as_millis() as Millis;
+            not_before = mono_millis() + ideamill_core::duration::millis(limit);
         }
     }
 }

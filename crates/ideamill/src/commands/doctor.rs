@@ -243,7 +243,9 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         detail: if facts.attempts.is_empty() {
             format!(
                 "no attempts in the last {}",
-                verdict::short(config.health.failure_window.as_millis() as Millis)
+                verdict::short(ideamill_core::duration::millis(
+                    config.health.failure_window
+                ))
             )
         } else {
             facts

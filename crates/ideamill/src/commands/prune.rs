@@ -18,7 +18,9 @@ pub async fn run(config: Option<&Path>, args: PruneArgs) -> anyhow::Result<ExitC
         .context("--older-than")?;
     let config = project::load_config(config)?;
     let store = project::open_existing_store(&config).await?;
-    let counts = store.prune(now_millis() - age.as_millis() as i64).await?;
+    let counts = store
+        .prune(now_millis() - ideamill_core::duration::millis(age))
+        .await?;
     store.close().await;
     let removed = if args.keep_workspaces {
         WorkspacesRemoved::default()

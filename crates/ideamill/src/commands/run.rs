@@ -68,9 +68,9 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     let listen = match args.listen.as_deref() {
         // A worker-only process leaves HTTP to the `web` (or `all`) ones.
         _ if args.role == Role::Worker => None,
-        Some("off") => None,
-        Some(addr) => Some(addr.to_string()),
-        None => config.health.listen.clone(),
+        Some(text) => ideamill_core::config::parse_listen(text)
+            .map_err(|why| anyhow::anyhow!("--listen {why}"))?,
+        None => config.health.listen,
     };
     if args.role == Role::Web {
         anyhow::ensure!(
@@ -85,9 +85,6 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     // The dashboard, the API and the probes: one server, loopback unless
     // told otherwise, and then only with the access token.
     if let Some(addr) = listen {
-        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
-            anyhow::anyhow!("--listen {addr:?} must be IP:PORT (e.g. 127.0.0.1:9464) or `off`")
-        })?;
         let access = ideamill_web::Access::for_listen(&config, &addr)
             .map_err(|e| project::config_problem(&config, e))?;
         let state =
