@@ -4,7 +4,7 @@
 
 use ideamill_core::config::AlertTrigger;
 use ideamill_core::{ItemId, Millis};
-use ideamill_engine::health::verdict::{Level, Verdict};
+use ideamill_health::verdict::{Level, Verdict};
 use ideamill_store::{Event, event_kind};
 use serde::{Deserialize, Serialize};
 
@@ -222,7 +222,7 @@ pub fn test_alert(at: Millis) -> Alert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ideamill_engine::health::verdict::Reason;
+    use ideamill_health::verdict::Reason;
 
     fn event(kind: &str, message: &str) -> Event {
         Event {

@@ -30,10 +30,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ideamill_core::{Config, Millis};
-use ideamill_engine::health::facts;
-use ideamill_engine::health::verdict::judge;
-use ideamill_engine::{CancellationToken, hostname, now_millis};
+use ideamill_health::facts;
+use ideamill_health::verdict::judge;
 use ideamill_store::{EventFilter, NewEvent, Store};
+use ideamill_sys::clock::now_millis;
+use ideamill_sys::hostname;
+use tokio_util::sync::CancellationToken;
 
 pub use alert::{Alert, Severity};
 use state::State;
@@ -157,7 +159,7 @@ impl Alerts {
             if !target.hears(alert) {
                 continue;
             }
-            let cooldown = target.cooldown.as_millis() as Millis;
+            let cooldown = ideamill_core::duration::millis(target.cooldown);
             let Some(held) = lock(&self.state).admit(&target.name, &alert.key, cooldown, now)
             else {
                 tracing::debug!(

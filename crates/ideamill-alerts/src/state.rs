@@ -4,7 +4,6 @@
 //! temp → fsync → rename → fsync of the folder.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use ideamill_core::Millis;
@@ -54,16 +53,10 @@ impl State {
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        // 0o666 less the umask, as `File::create` would.
+        ideamill_sys::fs::write_atomic(path, &text, 0o666)
     }
 
     /// Whether an alert with `key` goes to `target` now: `Some(held)` (how

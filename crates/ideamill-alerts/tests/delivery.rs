@@ -16,8 +16,8 @@ use axum::http::{HeaderMap, StatusCode};
 use ideamill_alerts::{Alert, Alerts, MonitorOptions, Severity};
 use ideamill_core::Config;
 use ideamill_core::config::AlertTrigger;
-use ideamill_engine::CancellationToken;
 use ideamill_store::{EventFilter, NewEvent, OpenOptions, Store};
+use tokio_util::sync::CancellationToken;
 
 /// A webhook receiver on 127.0.0.1 that answers 503 to its first
 /// `fail_first` requests and 200 after, and keeps every request.
@@ -230,10 +230,10 @@ async fn held_back_alerts_are_counted_in_the_next_one() {
     alerts.dispatch(&failed_item("item_failed"));
     // Each dispatch reads the clock before it returns: the cooldown ends
     // 300 ms after this reading at the latest.
-    let dispatched = ideamill_engine::now_millis();
+    let dispatched = ideamill_sys::clock::now_millis();
     rx.wait_for(1).await;
     until("the cooldown to end", || {
-        ideamill_engine::now_millis() >= dispatched + 300
+        ideamill_sys::clock::now_millis() >= dispatched + 300
     })
     .await;
     alerts.dispatch(&failed_item("item_failed"));
@@ -297,7 +297,7 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
     let f = fixture(&webhook(&rx.url, "")).await;
     // History is not news: an event from before the first look is not sent.
     let event = |kind: &'static str, message: &str| NewEvent {
-        at: ideamill_engine::now_millis(),
+        at: ideamill_sys::clock::now_millis(),
         kind,
         item_id: Some(1),
         job_id: None,
@@ -347,7 +347,7 @@ async fn the_monitor_alerts_new_events_and_verdict_changes() {
                 metadata: serde_json::json!({}),
             }],
             &ideamill_core::machine::first_job(&f.config),
-            ideamill_engine::now_millis(),
+            ideamill_sys::clock::now_millis(),
         )
         .await
         .unwrap();

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::model::Millis;
+
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// Units from largest to smallest; a compound duration must use them in this
@@ -148,6 +150,15 @@ pub fn format_duration(d: Duration) -> String {
         }
     }
     out
+}
+
+/// `d` in whole milliseconds, the unit of every timestamp ([`Millis`]): the
+/// one conversion from a config's durations to the numbers that are added
+/// to and compared with timestamps. Durations stay [`Duration`] until then.
+/// One too long for it (some 292 million years) saturates instead of
+/// wrapping around to a negative number.
+pub fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 #[cfg(test)]
@@ -301,5 +312,12 @@ mod tests {
         for d in [MS(250), MS(1_500), S(15), S(90), S(3_900), S(93_784)] {
             check_parse(&format_duration(d), Ok(d));
         }
+    }
+
+    #[test]
+    fn millis_saturate() {
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::from_micros(1999)), 1);
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), Millis::MAX);
     }
 }

@@ -3,7 +3,6 @@
 //! argument, so every rule is tested without a runtime.
 
 pub mod config;
-mod config_parse;
 pub mod duration;
 pub mod machine;
 pub mod model;

@@ -149,7 +149,7 @@ pub fn decide(
             match retry_or_fail(stage, attempt, message, now, jitter) {
                 // Never sooner than the server asked.
                 Transition::RetryAt { run_at, error } => Transition::RetryAt {
-                    run_at: run_at.max(now + retry_after.map_or(0, |d| d.as_millis() as Millis)),
+                    run_at: run_at.max(now + retry_after.map_or(0, crate::duration::millis)),
                     error,
                 },
                 other => other,
@@ -183,7 +183,7 @@ fn retry_or_fail(
     } else {
         let delay = backoff(&stage.retry, attempt, jitter);
         Transition::RetryAt {
-            run_at: now + delay.as_millis() as Millis,
+            run_at: now + crate::duration::millis(delay),
             error,
         }
     }

@@ -14,8 +14,11 @@ use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, Store
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
+use ideamill_health::Health;
 use ideamill_stages::executor::{Execution, Executor};
+use ideamill_sys::clock::now_millis;
+use ideamill_sys::hostname;
+use ideamill_sys::process::pid_alive;
 
 /// How a run should behave beyond what the config says.
 #[derive(Clone)]
@@ -133,31 +136,6 @@ impl Shared {
             }
         }
     }
-}
-
-pub use ideamill_stages::now_millis;
-
-/// This machine's name, for process rows and events.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
-    // when the name fits, and we stop at the first NUL either way.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// Whether a process with this pid exists on this machine.
-fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl Engine {
@@ -376,7 +354,7 @@ async fn recover_dead_processes(shared: &Shared, me: &ProcessInfo) {
 /// (killed, powered off, cut off): mark it so, so that status stops counting
 /// it as running. Its jobs are already handled by the lease rules.
 async fn expire_silent_processes(shared: &Shared, now: Millis) {
-    let silent_for = 4 * shared.config.engine.lease.as_millis() as Millis;
+    let silent_for = 4 * ideamill_core::duration::millis(shared.config.engine.lease);
     let Ok(processes) = shared.store.processes().await else {
         return;
     };
@@ -450,7 +428,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .heartbeat(
                 &shared.owner,
                 now,
-                now + engine.lease.as_millis() as Millis,
+                now + ideamill_core::duration::millis(engine.lease),
                 &running,
             )
             .await
@@ -493,7 +471,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         // Items paused by a budget resume once it allows (a raised cap, a
         // new day); checking once a minute is plenty.
-        if now / 60_000 != (now - engine.heartbeat.as_millis() as Millis) / 60_000 {
+        if now / 60_000 != (now - ideamill_core::duration::millis(engine.heartbeat)) / 60_000 {
             ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref())
                 .await;
         }
@@ -522,7 +500,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             last_prune = Some(Instant::now());
             match shared
                 .store
-                .prune(now - retention.as_millis() as Millis)
+                .prune(now - ideamill_core::duration::millis(retention))
                 .await
             {
                 Ok(c) if c.items > 0 || c.events > 0 => {
@@ -628,7 +606,7 @@ async fn dispatch(
             None
         }
     };
-    let lease = config.engine.lease.as_millis() as Millis;
+    let lease = ideamill_core::duration::millis(config.engine.lease);
     let mut store_errors = 0u32;
     // Stages that may have runnable jobs: on a database server, a claim
     // that gets fewer jobs than it asked for drains its stage until new work
@@ -710,7 +688,7 @@ async fn dispatch(
         if options.until_idle && shared.in_flight.load(Ordering::SeqCst) == 0 {
             let pending = match shared
                 .store
-                .pending(now + options.idle_horizon.as_millis() as Millis)
+                .pending(now + ideamill_core::duration::millis(options.idle_horizon))
                 .await
             {
                 Ok(p) => p,
@@ -851,7 +829,7 @@ fn start_job(
                 let usage = finish.usage.as_ref();
                 h.metrics.record_llm(
                     provider,
-                    crate::health::metrics::LlmCall {
+                    ideamill_health::metrics::LlmCall {
                         ok: usage.is_some(),
                         prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
                         completion_tokens: usage.map_or(0, |u| u.completion_tokens),

@@ -5,5 +5,5 @@
 mod engine;
 pub mod health;
 
-pub use engine::{Engine, EngineOptions, Progress, RunSummary, hostname, now_millis};
+pub use engine::{Engine, EngineOptions, Progress, RunSummary};
 pub use tokio_util::sync::CancellationToken;

@@ -6,8 +6,8 @@
 //! sidecar listing its items) or in `rejected/` (with an `.error.txt` that
 //! names the line and column of the problem).
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -19,7 +19,9 @@ use ideamill_store::{
 use sha2::{Digest, Sha256};
 
 use crate::parse::{Format, Limits, parse_ideas};
-use crate::{IntakeError, now_millis};
+use ideamill_sys::clock::now_millis;
+
+use crate::IntakeError;
 
 /// The inbox folder and the two it files things into.
 #[derive(Debug, Clone)]
@@ -386,29 +388,17 @@ fn free_name(dir: &Path, name: &str, suffix: &str) -> PathBuf {
     }
 }
 
-/// Write a file whole or not at all: temp file, fsync, rename.
+/// Write a file whole or not at all: temp file, fsync, rename. The folder
+/// is synced by the caller, once per batch ([`Layout::sync`]).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IntakeError> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let dest = dir.join(name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &dest)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        IntakeError::io(format!("cannot write {}", dest.display()))(e)
-    })
+    // 0o666 less the umask, as `File::create` would.
+    ideamill_sys::fs::write_atomic_batched(&dest, bytes, 0o666)
+        .map_err(IntakeError::io(format!("cannot write {}", dest.display())))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), IntakeError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+    ideamill_sys::fs::sync_dir(dir)
         .map_err(IntakeError::io(format!("cannot sync {}", dir.display())))
 }
 

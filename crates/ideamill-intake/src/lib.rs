@@ -52,11 +52,3 @@ impl IntakeError {
         move |source| IntakeError::Io { what, source }
     }
 }
-
-/// Milliseconds since the Unix epoch, as the store keeps time.
-pub fn now_millis() -> ideamill_core::Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as ideamill_core::Millis)
-        .unwrap_or(0)
-}

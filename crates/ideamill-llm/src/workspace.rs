@@ -9,13 +9,12 @@
 //! replaces a symlink or hard link there rather than writing through it),
 //! and the directory is fsynced.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, fsync, openat, renameat, unlinkat};
+use rustix::fs::{CWD, Mode, OFlags, openat};
 
 use crate::blocks::FileBlock;
 
@@ -126,7 +125,8 @@ pub fn write_files(
             }
             Err(e) => return Err(io_err(&dir)(e)),
         };
-        write_atomic_at(&handle, &name[0], file.content.as_bytes()).map_err(io_err(&target))?;
+        ideamill_sys::fs::write_atomic_at(&handle, &name[0], file.content.as_bytes(), 0o644)
+            .map_err(io_err(&target))?;
         report.written.push(parts.join("/"));
     }
     Ok(report)
@@ -241,7 +241,7 @@ fn directory_inside(root: &Path, dirs: &[String]) -> Result<Result<PathBuf, Stri
                     Err(e) => return Err(err(&next)(e)),
                 }
                 // The new entry must survive a crash like the files in it.
-                sync_dir(&dir).map_err(err(&dir))?;
+                ideamill_sys::fs::sync_dir(&dir).map_err(err(&dir))?;
                 dir = next;
             }
             Err(e) => return Err(err(&next)(e)),
@@ -269,42 +269,6 @@ fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
         dir = openat(&dir, part.as_os_str(), flags, Mode::empty())?;
     }
     Ok(dir)
-}
-
-/// temp file in `dir` → write → fsync → rename to `name` → fsync `dir`, all
-/// relative to the directory's handle; the temp file is created new
-/// (never an existing entry, never through a link).
-fn write_atomic_at(dir: &OwnedFd, name: &str, content: &[u8]) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let temp = format!(
-        ".ideamill-{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let result = (|| -> io::Result<()> {
-        let fd = openat(
-            dir,
-            temp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )?;
-        let mut file = File::from(fd);
-        file.write_all(content)?;
-        file.sync_all()?;
-        drop(file);
-        renameat(dir, temp.as_str(), dir, name)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = unlinkat(dir, temp.as_str(), AtFlags::empty());
-        return Err(e);
-    }
-    fsync(dir)?;
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -495,7 +459,7 @@ mod tests {
         fs::write(outside.join("target"), "keep").unwrap();
         symlink(outside.join("target"), root.join("main.py")).unwrap();
         let handle = open_dir_beneath(&root, Path::new("")).unwrap();
-        write_atomic_at(&handle, "main.py", b"new").unwrap();
+        ideamill_sys::fs::write_atomic_at(&handle, "main.py", b"new", 0o644).unwrap();
         assert_eq!(fs::read_to_string(outside.join("target")).unwrap(), "keep");
         assert!(
             !fs::symlink_metadata(root.join("main.py"))

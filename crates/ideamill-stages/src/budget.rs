@@ -6,8 +6,7 @@
 use ideamill_core::Config;
 use ideamill_core::config::BudgetConfig;
 use ideamill_store::{Spend, Store};
-
-use crate::now_millis;
+use ideamill_sys::clock::now_millis;
 
 /// The first cap that `spend` has reached, as a reason people can read.
 pub fn reached(budget: &BudgetConfig, spend: &Spend) -> Option<String> {

@@ -29,7 +29,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -363,7 +363,10 @@ fn note_spawn_trouble(message: String) {
     if let Ok(mut last) = SPAWN_TROUBLE.try_lock() {
         *last = message;
     }
-    SPAWN_TROUBLE_AT.store(crate::now_millis(), std::sync::atomic::Ordering::Relaxed);
+    SPAWN_TROUBLE_AT.store(
+        ideamill_sys::clock::now_millis(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// When a program last could not start for lack of resources, and why;
@@ -586,12 +589,8 @@ struct ExitWatch {
 
 impl ExitWatch {
     fn new(pid: i32) -> ExitWatch {
-        // SAFETY: `pidfd_open` takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let pidfd = match i32::try_from(fd) {
-            Ok(fd) if fd >= 0 => {
-                // SAFETY: the syscall succeeded, so `fd` is a fresh fd we own.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let pidfd = match u32::try_from(pid).map(ideamill_sys::process::pidfd_open) {
+            Ok(Ok(owned)) => {
                 // SAFETY: an `OwnedFd` stays open, and is the same fd, until
                 // the `AsyncFd` that owns it is dropped.
                 unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }

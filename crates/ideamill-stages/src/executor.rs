@@ -164,24 +164,6 @@ pub async fn prepare(
     }
 }
 
-/// Opens `path` for reading only if it is a regular file: never blocks on a
-/// FIFO or a device a stage left behind (`O_NONBLOCK`), never follows a
-/// symlink in its last component (`O_NOFOLLOW`). Read it bounded (`take`).
-pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    Ok(file)
-}
-
 /// The regular files under `dir`, relative, sorted; at most `max`. FIFOs,
 /// sockets, devices and symlinks are left out: nothing reads them.
 pub fn workspace_files(dir: &Path, max: usize) -> Vec<String> {
@@ -243,7 +225,7 @@ pub fn prepare_workspace(
             let ours = if !meta.is_dir() {
                 false
             } else {
-                match open_regular(&owner) {
+                match ideamill_sys::fs::open_regular(&owner) {
                     Ok(mut f) => {
                         use std::io::Read;
                         let mut text = String::new();
@@ -263,7 +245,11 @@ pub fn prepare_workspace(
                 }
                 return Ok(dir);
             }
-            let aside = workspace.join(format!("{}.stale-{}", item.id, crate::now_millis()));
+            let aside = workspace.join(format!(
+                "{}.stale-{}",
+                item.id,
+                ideamill_sys::clock::now_millis()
+            ));
             std::fs::rename(&dir, &aside)?;
             tracing::warn!(
                 item = item.id,
@@ -652,7 +638,7 @@ mod tests {
     #[test]
     fn a_workspace_is_never_inherited_from_another_item() {
         let root = tempfile::tempdir().unwrap();
-        let now = crate::now_millis();
+        let now = ideamill_sys::clock::now_millis();
         // Item 7 runs and writes a file; its folder is marked as its own.
         let first = prepare_workspace(root.path(), &item(7, now - 60_000)).unwrap();
         std::fs::write(first.join("main.py"), "old").unwrap();

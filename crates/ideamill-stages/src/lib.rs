@@ -9,11 +9,3 @@ pub mod executor;
 pub mod llm_stage;
 pub mod prompt;
 pub mod sandbox;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> ideamill_core::Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as ideamill_core::Millis)
-        .unwrap_or(0)
-}

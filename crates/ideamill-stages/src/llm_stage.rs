@@ -14,6 +14,7 @@ use ideamill_core::machine::StageResult;
 use ideamill_core::{AttemptOutcome, Config, Millis, Usage};
 use ideamill_llm::{ChatRequest, ErrorClass, FileLimits, LlmError, Price, Provider};
 use ideamill_store::{ClaimedJob, ItemContext, Store};
+use ideamill_sys::clock::now_millis;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Execution, Executor, context_json, workspace_files};
@@ -175,10 +176,6 @@ impl LlmExecutor {
             counted,
         }
     }
-}
-
-fn now_millis() -> Millis {
-    crate::now_millis()
 }
 
 #[async_trait]

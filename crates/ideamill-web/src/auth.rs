@@ -14,9 +14,9 @@
 //!   (`Authorization`, `HX-Request`, `X-Requested-With`, a JSON body).
 //!   `Sec-Fetch-Site: cross-site` is refused outright.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use axum::body::Body;
@@ -159,14 +159,9 @@ pub fn create_token_file(path: &Path) -> std::io::Result<bool> {
     }
     let mut random = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(f, "{}", hex(&random))?;
-    f.sync_all()?;
-    Ok(true)
+    // Whole or not at all: a crash never leaves an empty token file, which
+    // would stop the next `init` from writing one.
+    ideamill_sys::fs::create_atomic(path, format!("{}\n", hex(&random)).as_bytes(), 0o600)
 }
 
 /// Compare without leaking, through timing, how much of a guess was right.

@@ -35,9 +35,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use ideamill_core::{Config, Millis};
-use ideamill_engine::health::Health;
-use ideamill_engine::health::facts;
-use ideamill_engine::health::verdict::{Verdict, judge};
+use ideamill_health::Health;
+use ideamill_health::facts;
+use ideamill_health::verdict::{Verdict, judge};
 use ideamill_store::{StatusSnapshot, Store};
 
 pub use auth::Access;
@@ -160,7 +160,7 @@ impl AppState {
             f
         })
         .await;
-        let f = gathered.unwrap_or_else(|_| ideamill_engine::health::verdict::Facts {
+        let f = gathered.unwrap_or_else(|_| ideamill_health::verdict::Facts {
             now,
             store_error: Some(format!(
                 "the store did not answer within {} s",
@@ -235,16 +235,8 @@ pub async fn start(addr: SocketAddr, state: AppState) -> Option<SocketAddr> {
 /// that is less; more wait in the kernel's backlog, so that idle clients
 /// can never use up the file descriptors stages need.
 pub fn max_connections() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
-    };
+    let files = ideamill_sys::process::open_files_limit()
+        .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX));
     (files / 4).clamp(4, 256)
 }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use futures_util::Stream;
-use ideamill_engine::now_millis;
 use ideamill_store::ChangeMarker;
+use ideamill_sys::clock::now_millis;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 

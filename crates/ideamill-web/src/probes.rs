@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ideamill_engine::health::metrics::Live;
-use ideamill_engine::now_millis;
+use ideamill_health::metrics::Live;
+use ideamill_sys::clock::now_millis;
 
 use crate::AppState;
 

@@ -8,9 +8,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ideamill_core::ItemId;
 use ideamill_core::machine::{RetryRefused, retry_job};
-use ideamill_engine::now_millis;
-use ideamill_stages::executor::{item_workspace, open_regular, workspace_files};
+use ideamill_stages::executor::{item_workspace, workspace_files};
 use ideamill_store::{CancelEffect, ItemDetail, ItemFilter, ItemSummary, RetryEffect, StateFilter};
+use ideamill_sys::clock::now_millis;
+use ideamill_sys::fs::open_regular;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

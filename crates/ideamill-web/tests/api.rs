@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use ideamill_engine::health::{Health, LogRing};
+use ideamill_health::{Health, LogRing};
 use ideamill_store::Store;
 use ideamill_web::{Access, AppState, app};
 use serde_json::{Value, json};
@@ -434,7 +434,7 @@ async fn one_item_its_files_retry_and_cancel() {
         "queued"
     );
     // A done item needs `from`.
-    let now = ideamill_engine::now_millis();
+    let now = ideamill_sys::clock::now_millis();
     let job = f
         .store
         .claim("draft", 1, "w", now, now + 60_000)
@@ -928,7 +928,7 @@ async fn populate(f: &Fixture) {
         f.add(&["csv to json", "a moon page", "a timer"]).await,
         [1, 2, 3]
     );
-    let now = ideamill_engine::now_millis();
+    let now = ideamill_sys::clock::now_millis();
     let process = ideamill_store::ProcessInfo {
         id: "p1".into(),
         host: "here".into(),
@@ -943,7 +943,7 @@ async fn populate(f: &Fixture) {
     let claim = |stage: &'static str, limit| {
         let store = f.store.clone();
         async move {
-            let now = ideamill_engine::now_millis();
+            let now = ideamill_sys::clock::now_millis();
             store
                 .claim(stage, limit, "p1", now, now + 60_000)
                 .await

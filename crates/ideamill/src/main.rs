@@ -24,7 +24,7 @@ pub mod exit {
     /// The engine's watchdog found its event loop stalled, saved evidence and
     /// ended the engine (EX_SOFTWARE). The supervisor restarts it.
     #[allow(dead_code)]
-    pub const STALLED: u8 = ideamill_engine::health::STALL_EXIT_CODE as u8;
+    pub const STALLED: u8 = ideamill_health::STALL_EXIT_CODE as u8;
     /// The supervisor gave up: too many restarts in too short a time
     /// (EX_UNAVAILABLE).
     pub const GAVE_UP: u8 = 69;
@@ -98,6 +98,6 @@ fn init_tracing(cli: &cli::Cli) {
                 .with_target(false),
         )
         // The last lines stay in memory for the watchdog's evidence bundle.
-        .with(ideamill_engine::health::logring::global().layer())
+        .with(ideamill_health::logring::global().layer())
         .init();
 }

@@ -20,7 +20,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus};
@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 use ideamill_core::Config;
 use ideamill_engine::health::beat_pipe;
 use ideamill_engine::health::watchdog::{self, StallSummary};
-use ideamill_engine::health::{
-    ENV_RESTARTS, ENV_STALLS, ENV_SUPERVISOR, STALL_EXIT_CODE, StatusFile, mono_millis,
-    status_file, wall_millis,
+use ideamill_health::{
+    ENV_RESTARTS, ENV_STALLS, ENV_SUPERVISOR, STALL_EXIT_CODE, StatusFile, status_file,
 };
 use ideamill_store::{NewEvent, event_kind};
+use ideamill_sys::clock::{mono_millis, now_millis as wall_millis};
 
 use crate::{exit, project};
 
@@ -224,18 +224,8 @@ fn spawn_engine(restarts: u64, stalls: u64) -> anyhow::Result<(Child, std::fs::F
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     args.push("--no-supervisor".into());
     let parent = std::process::id() as libc::pid_t;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: a valid array for pipe2's two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: both ends are ours from here on.
-    let (read, write) = unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
+    let (read, write) = ideamill_sys::pipe::nonblocking_pipe()?;
+    let read = std::fs::File::from(read);
     let write_fd = write.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.args(args)
@@ -299,7 +289,7 @@ fn watch(
     let data_dir = &config.engine.data_dir;
     let status_path = status_file::path_for(data_dir, pid);
     let stall_limit = config.health.stall_after + MARGIN;
-    let pidfd = pidfd_open(pid);
+    let pidfd = ideamill_sys::process::pidfd_open(pid).ok();
     let spawned_mono = mono_millis();
     let mut ever_beat = false;
     // Whether the engine got as far as registering with the store: one
@@ -450,23 +440,22 @@ fn save_evidence(
 /// one still being written.
 fn find_evidence(data_dir: &Path, pid: u32, partial: bool) -> Option<PathBuf> {
     let tag = format!("-pid{pid}");
-    let mut found: Vec<PathBuf> =
-        std::fs::read_dir(ideamill_engine::health::evidence_dir(data_dir))
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    let n = match n.strip_suffix(".partial") {
-                        Some(n) if partial => n,
-                        Some(_) => return false,
-                        None => &n,
-                    };
-                    n.ends_with(&tag) || n.contains(&format!("{tag}-"))
-                })
+    let mut found: Vec<PathBuf> = std::fs::read_dir(ideamill_health::evidence_dir(data_dir))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                let n = match n.strip_suffix(".partial") {
+                    Some(n) if partial => n,
+                    Some(_) => return false,
+                    None => &n,
+                };
+                n.ends_with(&tag) || n.contains(&format!("{tag}-"))
             })
-            .collect();
+        })
+        .collect();
     found.sort();
     found.pop()
 }
@@ -526,16 +515,6 @@ fn record_event(config: &Config, kind: &'static str, message: String) {
     }
 }
 
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh fd that we own.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 struct Woke {
     signal: Option<i32>,
 }
@@ -580,12 +559,10 @@ struct SignalPipe {
 
 impl SignalPipe {
     fn install() -> std::io::Result<SignalPipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: a valid array for pipe2's two fds.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
+        let (read, write) = ideamill_sys::pipe::nonblocking_pipe()?;
+        // The write end stays open for the life of the process: the
+        // handler may run at any time.
+        SIGNAL_PIPE.store(write.into_raw_fd(), Ordering::Relaxed);
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: installing a handler that only calls write(2).
             unsafe {
@@ -597,8 +574,7 @@ impl SignalPipe {
             }
         }
         Ok(SignalPipe {
-            // SAFETY: the read end is ours from here on.
-            read: unsafe { std::fs::File::from_raw_fd(fds[0]) },
+            read: std::fs::File::from(read),
         })
     }
 

@@ -104,13 +104,7 @@ fn three_workers_share_one_database_and_a_sigkilled_one_loses_nothing() {
     let mut workers: Vec<_> = (0..3).map(|_| worker(&p)).collect();
 
     // All three appear in `status`, with their host and heartbeat.
-    let host = {
-        let mut buf = [0u8; 256];
-        // SAFETY: the buffer is valid for its length.
-        unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    };
+    let host = ideamill_sys::hostname();
     assert!(
         wait_until(Duration::from_secs(30), || {
             let s = p.status();

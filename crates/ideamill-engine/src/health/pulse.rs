@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::systemd::Notifier;
-use super::{Health, mono_millis};
+use ideamill_health::Health;
+use ideamill_sys::clock::{mono_micros, mono_millis, now_millis};
 
 /// The next instant on the beat grid shared with the engine's heartbeat, so
 /// that both wake the loop at once instead of twice.
@@ -84,9 +85,7 @@ pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: Cancella
 
 fn systemd_status(health: &Health) -> String {
     let queued: u64 = health.queue().iter().map(|c| c.queued).sum();
-    let running = health
-        .in_flight(super::wall_millis())
-        .map_or(0, |j| j.len());
+    let running = health.in_flight(now_millis()).map_or(0, |j| j.len());
     if health.process().is_none() {
         "Starting".to_string()
     } else {
@@ -105,7 +104,7 @@ fn systemd_status(health: &Health) -> String {
 #[cfg(debug_assertions)]
 pub fn spawn_test_hooks(health: &Arc<Health>) {
     let number = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    let restarts = number(super::ENV_RESTARTS).unwrap_or(0);
+    let restarts = number(ideamill_health::ENV_RESTARTS).unwrap_or(0);
     if number("IDEAMILL_TEST_BLOCK_LOOP_COUNT").is_some_and(|n| restarts >= n) {
         return;
     }
@@ -137,17 +136,17 @@ pub fn count_wakeup(health: &Arc<Health>) {
     let m = &health.metrics;
     m.loop_wakeups.fetch_add(1, Relaxed);
     let parked = m.loop_parked_at_us.load(Relaxed);
-    if super::clock::mono_micros().saturating_sub(parked) >= 10_000 {
+    if mono_micros().saturating_sub(parked) >= 10_000 {
         m.loop_idle_wakeups.fetch_add(1, Relaxed);
     }
 }
 
 /// The runtime's park hook.
 pub fn note_park(health: &Arc<Health>) {
-    health.metrics.loop_parked_at_us.store(
-        super::clock::mono_micros(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    health
+        .metrics
+        .loop_parked_at_us
+        .store(mono_micros(), std::sync::atomic::Ordering::Relaxed);
 }
 
 fn send_beat(pipe: &mut std::fs::File, health: &Health) {

@@ -11,7 +11,7 @@
 //! block.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use ideamill_core::Millis;
 use serde::{Deserialize, Serialize};
 
-use super::{Health, STALL_EXIT_CODE, evidence_dir, mono_millis, wall_millis};
+use ideamill_health::{Health, STALL_EXIT_CODE, evidence_dir};
+use ideamill_sys::clock::{mono_millis, now_millis as wall_millis, utc_stamp};
 
 /// What a stall looked like; `summary.json` in the evidence bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +73,8 @@ const CONFIRM: Duration = Duration::from_millis(250);
 static CONTINUED_AT: AtomicI64 = AtomicI64::new(i64::MIN);
 
 extern "C" fn on_continue(_: libc::c_int) {
-    // clock_gettime is async-signal-safe.
+    // clock_gettime is async-signal-safe (the clock was read before the
+    // handler was installed: see `spawn`).
     CONTINUED_AT.store(mono_millis(), Ordering::SeqCst);
 }
 
@@ -95,6 +97,9 @@ pub fn spawn(
     runtime: Option<tokio::runtime::Handle>,
     on_stall: OnStall,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // The first reading of the monotonic clock looks up the vDSO; doing it
+    // here, before the handler exists, keeps the handler async-signal-safe.
+    mono_millis();
     watch_continues();
     std::thread::Builder::new()
         .name("ideamill-watchdog".into())
@@ -116,7 +121,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
         not_before = not_before.max(
             CONTINUED_AT
                 .load(Ordering::SeqCst)
-                .saturating_add(limit.as_millis() as Millis),
+                .saturating_add(ideamill_core::duration::millis(limit)),
         );
         let stale = age >= limit && now >= not_before;
         if stale && !suspected {
@@ -125,7 +130,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
             std::thread::sleep(CONFIRM);
             if slept.elapsed() > CONFIRM + Duration::from_secs(1) {
                 // Paused again while confirming: the silence is not the loop's.
-                not_before = mono_millis() + limit.as_millis() as Millis;
+                not_before = mono_millis() + ideamill_core::duration::millis(limit);
             }
             continue;
         }
@@ -175,7 +180,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
             .watchdog_wakeups
             .fetch_add(1, Ordering::Relaxed);
         if slept.elapsed() > wait + Duration::from_secs(1) {
-            not_before = mono_millis() + limit.as_millis() as Millis;
+            not_before = mono_millis() + ideamill_core::duration::millis(limit);
         }
     }
 }
@@ -185,7 +190,7 @@ fn watch(health: &Health, runtime: Option<&tokio::runtime::Handle>, on_stall: On
 /// reader never sees half a bundle.
 pub fn evidence_folder(data_dir: &Path, pid: u32) -> std::io::Result<PathBuf> {
     let base = evidence_dir(data_dir);
-    let stamp = super::clock::utc_stamp(wall_millis());
+    let stamp = utc_stamp(wall_millis());
     let mut name = format!("{stamp}-pid{pid}");
     let mut n = 1;
     while base.join(&name).exists() || base.join(format!("{name}.partial")).exists() {
@@ -212,22 +217,13 @@ pub fn finish_folder(partial: &Path) -> std::io::Result<PathBuf> {
 
 /// Write one file of a bundle and sync it.
 pub fn write_synced(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(dir.join(name))?;
-    f.write_all(content)?;
-    f.sync_all()
+    ideamill_sys::fs::write_synced(&dir.join(name), content, 0o600)
 }
 
 /// Sync a bundle's folder and its parent, so that the bundle survives a crash.
 pub fn sync_dirs(dir: &Path) {
     for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        if let Ok(f) = std::fs::File::open(d) {
-            let _ = f.sync_all();
-        }
+        let _ = ideamill_sys::fs::sync_dir(d);
     }
 }
 

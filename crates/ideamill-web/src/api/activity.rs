@@ -7,7 +7,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use ideamill_core::Millis;
-use ideamill_engine::now_millis;
+use ideamill_sys::clock::now_millis;
 use serde::Deserialize;
 
 use super::wire::{Activity, convert};

@@ -7,8 +7,8 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ideamill_core::machine::first_job;
-use ideamill_engine::now_millis;
 use ideamill_intake::{Format, Limits, parse_ideas};
+use ideamill_sys::clock::now_millis;
 use serde::Deserialize;
 
 use super::wire::{self, Added, Cancelled, ItemView, Retried, convert};

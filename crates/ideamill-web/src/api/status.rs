@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use ideamill_engine::now_millis;
+use ideamill_sys::clock::now_millis;
 
 use super::wire::{ProcessBeat, Processes, Status};
 use crate::AppState;

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use ideamill_core::{ItemId, JobId, Millis};
-use ideamill_engine::health::verdict::Verdict;
+use ideamill_health::verdict::Verdict;
 use ideamill_store as store;
 use serde::Serialize;
 

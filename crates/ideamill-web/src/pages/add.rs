@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use ideamill_core::machine::first_job;
-use ideamill_engine::now_millis;
+use ideamill_sys::clock::now_millis;
 use serde::{Deserialize, Serialize};
 
 use super::{PageError, WithState};

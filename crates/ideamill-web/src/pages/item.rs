@@ -12,8 +12,8 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobState, Millis};
-use ideamill_engine::now_millis;
 use ideamill_store::{AttemptRow, JobRow};
+use ideamill_sys::clock::now_millis;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -402,7 +402,7 @@ async fn files(s: &AppState, v: &ItemView) -> Vec<File> {
 fn read_prefix(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    ideamill_stages::executor::open_regular(path)?
+    ideamill_sys::fs::open_regular(path)?
         .take(max)
         .read_to_end(&mut bytes)?;
     Ok(bytes)

@@ -5,8 +5,8 @@
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use ideamill_core::Millis;
-use ideamill_engine::now_millis;
 use ideamill_store::{ItemSummary, StateFilter};
+use ideamill_sys::clock::now_millis;
 use serde::Serialize;
 
 use super::{PageError, WithState};

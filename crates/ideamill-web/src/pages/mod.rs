@@ -12,7 +12,7 @@ pub mod overview;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ideamill_core::Millis;
-use ideamill_engine::health::verdict::short;
+use ideamill_health::verdict::short;
 use minijinja::{Environment, Value};
 use serde::Serialize;
 

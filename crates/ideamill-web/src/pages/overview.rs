@@ -5,9 +5,9 @@
 use axum::extract::State;
 use axum::response::Response;
 use ideamill_core::{ItemId, Millis};
-use ideamill_engine::health::verdict::{Level, Verdict};
-use ideamill_engine::now_millis;
+use ideamill_health::verdict::{Level, Verdict};
 use ideamill_store::{EventFilter, StatusSnapshot};
+use ideamill_sys::clock::now_millis;
 use serde::Serialize;
 
 use super::{PageError, WithState};
@@ -198,7 +198,7 @@ async fn render(s: &AppState) -> Result<String, PageError> {
     let ((verdict, snapshot), events) =
         tokio::join!(s.verdict(now), s.call(s.store.events(&recent)));
     let events = events.unwrap_or_default();
-    let stale_after = (s.config.engine.heartbeat.as_millis() as Millis * 3).max(10_000);
+    let stale_after = (ideamill_core::duration::millis(s.config.engine.heartbeat) * 3).max(10_000);
     let engines: Vec<Engine> = snapshot
         .as_ref()
         .map(|sn| {
@@ -284,10 +284,9 @@ async fn render(s: &AppState) -> Result<String, PageError> {
             .running
             .iter()
             .map(|j| {
-                let limit = s
-                    .config
-                    .stage(&j.stage)
-                    .map_or(Millis::MAX, |st| st.timeout.as_millis() as Millis);
+                let limit = s.config.stage(&j.stage).map_or(Millis::MAX, |st| {
+                    ideamill_core::duration::millis(st.timeout)
+                });
                 Running {
                     text: None,
                     job_id: j.job_id,

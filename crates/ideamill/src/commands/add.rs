@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use ideamill_core::machine::first_job;
-use ideamill_engine::now_millis;
 use ideamill_intake::{Format, Limits, parse_ideas};
 use ideamill_store::NewItem;
+use ideamill_sys::clock::now_millis;
 use ideamill_web::api::wire::Added;
 use serde_json::{Map, Value};
 

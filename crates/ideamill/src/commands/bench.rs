@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use ideamill_core::Config;
 use ideamill_core::machine::first_job;
-use ideamill_engine::{CancellationToken, Engine, EngineOptions, Progress, now_millis};
+use ideamill_engine::{CancellationToken, Engine, EngineOptions, Progress};
 use ideamill_stages::executor::{Executor, NoopExecutor, executors_for};
 use ideamill_store::{ClaimedJob, ItemContext, ItemRow, NewItem};
+use ideamill_sys::clock::now_millis;
 use tokio::sync::mpsc;
 
 use crate::cli::{BenchArgs, BenchWhat};

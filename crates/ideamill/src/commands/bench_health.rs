@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ideamill_core::machine::first_job;
-use ideamill_engine::health::watchdog::StallSummary;
-use ideamill_engine::health::{self, Health, LogRing, StatusFile};
-use ideamill_engine::now_millis;
+use ideamill_engine::health::pulse;
+use ideamill_engine::health::watchdog::{self, StallSummary};
+use ideamill_health::{self as health, Health, LogRing, StatusFile};
 use ideamill_store::NewItem;
+use ideamill_sys::clock::now_millis;
 
 use crate::project;
 
@@ -59,7 +60,7 @@ fn blocked_loop_in_process() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    health::watchdog::spawn(
+    watchdog::spawn(
         health.clone(),
         Some(rt.handle().clone()),
         Box::new(move |_, _| {
@@ -71,7 +72,7 @@ fn blocked_loop_in_process() -> anyhow::Result<()> {
     std::thread::spawn(move || {
         rt.block_on(async move {
             let stop = ideamill_engine::CancellationToken::new();
-            tokio::spawn(health::pulse::run(h, None, stop));
+            tokio::spawn(pulse::run(h, None, stop));
             // Let it beat for a while, then block the loop's only thread.
             tokio::time::sleep(Duration::from_millis(3300)).await;
             let _ = blocked_tx.send(Instant::now());
@@ -110,10 +111,9 @@ fn spawn_run(dir: &Path) -> anyhow::Result<Child> {
 fn wait_engine(data_dir: &Path, not: Option<u32>, limit: Duration) -> anyhow::Result<StatusFile> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(f) = StatusFile::read_all(data_dir)
-            .into_iter()
-            .find(|f| Some(f.pid) != not && f.process_id.is_some() && health::pid_alive(f.pid))
-        {
+        if let Some(f) = StatusFile::read_all(data_dir).into_iter().find(|f| {
+            Some(f.pid) != not && f.process_id.is_some() && ideamill_sys::process::pid_alive(f.pid)
+        }) {
             return Ok(f);
         }
         anyhow::ensure!(

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ideamill_core::machine::{NextJob, Transition, first_job};
 use ideamill_core::{AttemptOutcome, Config, Millis};
-use ideamill_engine::health::{Health, LogRing};
-use ideamill_engine::now_millis;
+use ideamill_health::{Health, LogRing};
 use ideamill_store::{ClaimedJob, Finish, NewItem, Store};
+use ideamill_sys::clock::now_millis;
 
 use crate::project;
 
@@ -233,7 +233,7 @@ pub async fn run(items: u32, requests: u32) -> anyhow::Result<ExitCode> {
     store.attempt_stats(now - 15 * 60_000).await?;
     let stats = t.elapsed();
     let t = Instant::now();
-    let _ = ideamill_engine::health::facts::gather(&config, &*store, now).await;
+    let _ = ideamill_health::facts::gather(&config, &*store, now).await;
     let gather = t.elapsed();
     eprintln!(
         "  the verdict's reads: status {:.1} ms, attempt stats {:.1} ms, all facts {:.1} ms",

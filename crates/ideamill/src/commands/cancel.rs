@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use ideamill_engine::now_millis;
+use ideamill_sys::clock::now_millis;
 use ideamill_web::api::wire::Cancelled;
 
 use crate::cli::IdArgs;

@@ -1,6 +1,6 @@
 //! `ideamill doctor`: every health check, the verdict (HEALTHY, DEGRADED,
 //! STALLED, DOWN) with every reason, and an exit code for scripts: 0, 1, 2, 3.
-//! The rules are `ideamill_engine::health::verdict`, shared with `status`;
+//! The rules are `ideamill_health::verdict`, shared with `status`;
 //! `docs/runbook.md` says what each reason means and what to do.
 
 use std::io::Write;
@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ideamill_core::{Config, Millis};
-use ideamill_engine::health::free_disk_bytes;
-use ideamill_engine::health::verdict::{self, Facts, Level, ProviderCheck, Reason, Verdict};
-use ideamill_engine::now_millis;
+use ideamill_health::verdict::{self, Facts, Level, ProviderCheck, Reason, Verdict};
 use ideamill_store::StoreError;
+use ideamill_sys::clock::now_millis;
+use ideamill_sys::fs::free_bytes;
 use ideamill_web::api::wire::Health;
 use serde::Serialize;
 
@@ -21,8 +21,8 @@ use crate::{output, project};
 use ideamill_stages::sandbox::Sandbox;
 
 // The facts `status` shares with `doctor` (and the dashboard and the alert
-// monitor): in the engine crate, so that all of them judge the same things.
-pub use ideamill_engine::health::facts::{engine_files, gather};
+// monitor): in ideamill-health, so that all of them judge the same things.
+pub use ideamill_health::facts::{engine_files, gather};
 
 /// How long the store's consistency check may take.
 const QUICK_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -146,7 +146,7 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         {
             // A project nobody has run yet: nothing is wrong, nothing to check.
             facts.engines = engine_files(&config);
-            facts.free_disk = free_disk_bytes(&config.engine.data_dir);
+            facts.free_disk = free_bytes(&config.engine.data_dir);
             checks.push(Check {
                 name: "store",
                 ok: true,
@@ -158,7 +158,7 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         Err(e) => {
             facts.store_error = Some(format!("{e:#}"));
             facts.engines = engine_files(&config);
-            facts.free_disk = free_disk_bytes(&config.engine.data_dir);
+            facts.free_disk = free_bytes(&config.engine.data_dir);
             checks.push(Check {
                 name: "store",
                 ok: false,
@@ -243,7 +243,9 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         detail: if facts.attempts.is_empty() {
             format!(
                 "no attempts in the last {}",
-                verdict::short(config.health.failure_window.as_millis() as Millis)
+                verdict::short(ideamill_core::duration::millis(
+                    config.health.failure_window
+                ))
             )
         } else {
             facts

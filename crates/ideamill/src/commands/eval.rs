@@ -267,7 +267,7 @@ async fn run_pipeline(
             break status;
         }
         if let Some(bar) = &bar
-            && let Ok(s) = store.status(ideamill_stages::now_millis()).await
+            && let Ok(s) = store.status(ideamill_sys::clock::now_millis()).await
         {
             bar.set_position(s.items.done + s.items.failed + s.items.cancelled);
         }

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use ideamill_engine::now_millis;
 use ideamill_store::EventFilter;
+use ideamill_sys::clock::now_millis;
 use ideamill_web::api::wire::{Event, convert};
 
 use crate::cli::EventsArgs;

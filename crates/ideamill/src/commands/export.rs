@@ -100,6 +100,13 @@ pub async fn run(config: Option<&Path>, args: ExportArgs) -> anyhow::Result<Exit
         tmp.as_file().sync_all().context("cannot sync the export")?;
         tmp.persist(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        // The rename survives a crash only once its folder is synced.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        ideamill_sys::fs::sync_dir(dir)
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
         eprintln!("Exported {written} item(s) to {}.", path.display());
     }
     Ok(ExitCode::SUCCESS)

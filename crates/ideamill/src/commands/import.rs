@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ideamill_engine::now_millis;
 use ideamill_intake::legacy::{Mapping, Plan};
 use ideamill_store::{ImportOutcome, NewEvent, event_kind};
+use ideamill_sys::clock::now_millis;
 use serde_json::json;
 
 use crate::cli::ImportLegacyArgs;

@@ -1,6 +1,5 @@
 //! `ideamill init [DIR]`: scaffold a project that runs as it is.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -107,13 +106,10 @@ fn toml_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// Write through a temp file and a rename, so a crash leaves no half file.
+/// Write crash-safely (temp, fsync, rename, fsync of the folder), so a
+/// crash leaves no half file and a finished `init` stays finished.
 fn write_file(path: &Path, text: &str, executable: bool) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    if executable {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    let mode = if executable { 0o755 } else { 0o666 };
+    ideamill_sys::fs::write_atomic(path, text.as_bytes(), mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

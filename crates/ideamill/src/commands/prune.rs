@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ideamill_core::duration::parse_duration;
-use ideamill_engine::now_millis;
 use ideamill_stages::executor::{WorkspacesRemoved, remove_item_workspaces};
+use ideamill_sys::clock::now_millis;
 
 use crate::cli::PruneArgs;
 use crate::{output, project};
@@ -18,7 +18,9 @@ pub async fn run(config: Option<&Path>, args: PruneArgs) -> anyhow::Result<ExitC
         .context("--older-than")?;
     let config = project::load_config(config)?;
     let store = project::open_existing_store(&config).await?;
-    let counts = store.prune(now_millis() - age.as_millis() as i64).await?;
+    let counts = store
+        .prune(now_millis() - ideamill_core::duration::millis(age))
+        .await?;
     store.close().await;
     let removed = if args.keep_workspaces {
         WorkspacesRemoved::default()

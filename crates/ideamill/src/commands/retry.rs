@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use ideamill_core::machine::{RetryRefused, retry_job};
-use ideamill_engine::now_millis;
+use ideamill_sys::clock::now_millis;
 use ideamill_web::api::wire::Retried;
 
 use crate::cli::RetryArgs;

@@ -17,9 +17,11 @@ use std::time::Duration;
 
 use ideamill_core::{Config, ItemState};
 use ideamill_engine::CancellationToken;
-use ideamill_engine::health::{self, Health};
-use ideamill_engine::{Engine, EngineOptions, Progress, now_millis};
+use ideamill_engine::health::{pulse, systemd, watchdog};
+use ideamill_engine::{Engine, EngineOptions, Progress};
+use ideamill_health::{self as health, Health};
 use ideamill_stages::executor::executors_for;
+use ideamill_sys::clock::now_millis;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
@@ -34,17 +36,20 @@ pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
         return crate::supervisor::run(config);
     }
     let config = Arc::new(project::load_config(config)?);
-    let health = Arc::new(Health::new(&config, health::logring::global()));
+    let health = Arc::new(
+        Health::new(&config, health::logring::global())
+            .with_spawn_trouble(ideamill_stages::command::spawn_trouble),
+    );
     let (counted, parked) = (health.clone(), health.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .on_thread_park(move || health::pulse::note_park(&parked))
-        .on_thread_unpark(move || health::pulse::count_wakeup(&counted))
+        .on_thread_park(move || pulse::note_park(&parked))
+        .on_thread_unpark(move || pulse::count_wakeup(&counted))
         .build()?;
-    health::watchdog::spawn(
+    watchdog::spawn(
         health.clone(),
         Some(runtime.handle().clone()),
-        health::watchdog::exit_on_stall(),
+        watchdog::exit_on_stall(),
     )?;
     runtime.block_on(run(config, args, health))
 }
@@ -53,19 +58,19 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     // The pulse starts first, so that the watchdog guards the start too.
     health::status_file::remove_dead(&config.engine.data_dir);
     let pulse_stop = CancellationToken::new();
-    let pulse = tokio::spawn(health::pulse::run(
+    let pulse = tokio::spawn(pulse::run(
         health.clone(),
-        health::systemd::Notifier::from_env(),
+        systemd::Notifier::from_env(),
         pulse_stop.clone(),
     ));
-    health::pulse::spawn_test_hooks(&health);
+    pulse::spawn_test_hooks(&health);
     let store = open_store_waiting(&config).await?;
     let listen = match args.listen.as_deref() {
         // A worker-only process leaves HTTP to the `web` (or `all`) ones.
         _ if args.role == Role::Worker => None,
-        Some("off") => None,
-        Some(addr) => Some(addr.to_string()),
-        None => config.health.listen.clone(),
+        Some(text) => ideamill_core::config::parse_listen(text)
+            .map_err(|why| anyhow::anyhow!("--listen {why}"))?,
+        None => config.health.listen,
     };
     if args.role == Role::Web {
         anyhow::ensure!(
@@ -80,9 +85,6 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     // The dashboard, the API and the probes: one server, loopback unless
     // told otherwise, and then only with the access token.
     if let Some(addr) = listen {
-        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
-            anyhow::anyhow!("--listen {addr:?} must be IP:PORT (e.g. 127.0.0.1:9464) or `off`")
-        })?;
         let access = ideamill_web::Access::for_listen(&config, &addr)
             .map_err(|e| project::config_problem(&config, e))?;
         let state =

@@ -4,7 +4,6 @@
 //! (the engine's event loop sends WATCHDOG=1 every beat), `Restart=on-failure`.
 //! It never runs systemctl; it says what to run.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -165,14 +164,7 @@ WantedBy={wanted}
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("service.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    // 0o666 less the umask, as `File::create` would.
+    ideamill_sys::fs::write_atomic(path, bytes, 0o666)
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use ideamill_core::JobState;
-use ideamill_engine::now_millis;
 use ideamill_stages::executor::{item_workspace, workspace_files};
+use ideamill_sys::clock::now_millis;
 use ideamill_web::api::wire::ItemView;
 
 use crate::cli::ShowArgs;

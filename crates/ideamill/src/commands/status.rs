@@ -1,13 +1,13 @@
 //! `ideamill status`: the verdict first, then counts per stage, running
 //! jobs and engine processes. Exit 0 when healthy, 1 when not. The verdict
-//! is `doctor`'s (`ideamill_engine::health::verdict`), from its cheap checks.
+//! is `doctor`'s (`ideamill_health::verdict`), from its cheap checks.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use ideamill_engine::health::verdict::{self, Level};
-use ideamill_engine::now_millis;
+use ideamill_health::verdict::{self, Level};
+use ideamill_sys::clock::now_millis;
 use ideamill_web::api::wire::Status;
 
 use crate::cli::JsonArgs;

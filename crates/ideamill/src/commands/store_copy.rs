@@ -6,9 +6,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ideamill_engine::health::pid_alive;
-use ideamill_engine::{hostname, now_millis};
 use ideamill_store::{OpenOptions, redact_url, transfer};
+use ideamill_sys::clock::now_millis;
+use ideamill_sys::hostname;
+use ideamill_sys::process::pid_alive;
 
 use crate::cli::StoreCopyArgs;
 use crate::output::{self, Table};

@@ -103,10 +103,10 @@ impl Visit for Line {
 impl<S: Subscriber> Layer<S> for LogRingLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let now = crate::now_millis();
+        let now = ideamill_sys::clock::now_millis();
         let mut line = Line(format!(
             "{}.{:03} {:>5} {}",
-            super::clock::utc_stamp(now),
+            ideamill_sys::clock::utc_stamp(now),
             now.rem_euclid(1000),
             meta.level(),
             meta.target()

@@ -3,15 +3,14 @@
 //! that a supervisor, `doctor` or a person can see, without the store, that
 //! the loop is alive and what it is doing.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ideamill_core::Millis;
 use ideamill_store::StageCounts;
 use serde::{Deserialize, Serialize};
 
-use super::InFlight;
-use super::metrics::Counters;
+use crate::InFlight;
+use crate::metrics::Counters;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusFile {
@@ -53,13 +52,13 @@ pub struct StatusFile {
 }
 
 pub fn path_for(data_dir: &Path, pid: u32) -> PathBuf {
-    super::status_dir(data_dir).join(format!("engine-{pid}.json"))
+    crate::status_dir(data_dir).join(format!("engine-{pid}.json"))
 }
 
 impl StatusFile {
     /// How old the beat is, by the monotonic clock.
     pub fn beat_age_ms(&self) -> Millis {
-        (super::mono_millis() - self.beat_mono).max(0)
+        (ideamill_sys::clock::mono_millis() - self.beat_mono).max(0)
     }
 
     pub fn read(path: &Path) -> std::io::Result<StatusFile> {
@@ -71,7 +70,7 @@ impl StatusFile {
     /// Every status file in a data folder (unreadable ones skipped: a file
     /// is replaced atomically, so a bad one is not ours).
     pub fn read_all(data_dir: &Path) -> Vec<StatusFile> {
-        let Ok(entries) = std::fs::read_dir(super::status_dir(data_dir)) else {
+        let Ok(entries) = std::fs::read_dir(crate::status_dir(data_dir)) else {
             return Vec::new();
         };
         let mut files: Vec<StatusFile> = entries
@@ -90,34 +89,24 @@ impl StatusFile {
     /// Write atomically: a reader sees the old file or the new one, never a
     /// part, and the new one survives a crash once this returns.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         let dir = path.parent().unwrap_or(Path::new("."));
         // Private to the mill's user: it names jobs, items and addresses.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
-        let tmp = path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            serde_json::to_writer_pretty(&mut f, self)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        let mut text = serde_json::to_vec_pretty(self)?;
+        text.push(b'\n');
+        ideamill_sys::fs::write_atomic(path, &text, 0o600)
     }
 }
 
 /// Remove the status files of processes on this machine that are gone.
 pub fn remove_dead(data_dir: &Path) {
+    let host = ideamill_sys::hostname();
     for f in StatusFile::read_all(data_dir) {
-        if f.host == crate::hostname() && !super::pid_alive(f.pid) {
+        if f.host == host && !ideamill_sys::process::pid_alive(f.pid) {
             let _ = std::fs::remove_file(path_for(data_dir, f.pid));
         }
     }

@@ -5,14 +5,17 @@
 use ideamill_core::{Config, Millis};
 use ideamill_store::{EventFilter, Store, event_kind};
 
-use super::verdict::{EngineFile, Facts};
-use super::{StatusFile, free_disk_bytes, pid_alive};
-use crate::hostname;
+use ideamill_sys::fs::free_bytes;
+use ideamill_sys::hostname;
+use ideamill_sys::process::pid_alive;
+
+use crate::StatusFile;
+use crate::verdict::{EngineFile, Facts};
 
 /// The cheap facts that `status` shares with `doctor`: status files, failure
 /// rates, free disk, recent restarts. Failures to read them are left out.
 pub async fn gather(config: &Config, store: &dyn Store, now: Millis) -> Facts {
-    let window = config.health.failure_window.as_millis() as Millis;
+    let window = ideamill_core::duration::millis(config.health.failure_window);
     let attempts = store.attempt_stats(now - window).await.unwrap_or_default();
     let restarts = store
         .events(&EventFilter {
@@ -57,7 +60,7 @@ pub async fn gather(config: &Config, store: &dyn Store, now: Millis) -> Facts {
         dead_processes,
         engines: engine_files(config),
         attempts,
-        free_disk: free_disk_bytes(&config.engine.data_dir),
+        free_disk: free_bytes(&config.engine.data_dir),
         recent_restarts: restarts,
         gave_up,
         store_outages,

@@ -7,7 +7,7 @@ use ideamill_core::{Config, Millis};
 use ideamill_store::{StageAttempts, StatusSnapshot};
 use serde::Serialize;
 
-use super::StatusFile;
+use crate::StatusFile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -126,7 +126,7 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
         })
     };
     let health = &config.health;
-    let window = short(health.failure_window.as_millis() as Millis);
+    let window = short(ideamill_core::duration::millis(health.failure_window));
 
     if let Some(e) = &f.store_error {
         say(
@@ -158,7 +158,7 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
     for e in &f.engines {
         if let Some((at, message)) = &e.file.spawn_trouble
             && e.alive
-            && f.now - at <= health.failure_window.as_millis() as Millis
+            && f.now - at <= ideamill_core::duration::millis(health.failure_window)
         {
             say(
                 Level::Degraded,
@@ -204,7 +204,8 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
     }
 
     if let Some(s) = &f.snapshot {
-        let stale_after = (config.engine.heartbeat.as_millis() as Millis * 3).max(10_000);
+        let stale_after =
+            (ideamill_core::duration::millis(config.engine.heartbeat) * 3).max(10_000);
         let silent = |p: &ideamill_store::ProcessInfo| {
             f.now - p.last_beat_at > stale_after || f.dead_processes.contains(&p.id)
         };
@@ -300,11 +301,11 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
                 continue;
             };
             let grace = match &stage.kind {
-                StageKind::Command(c) => c.kill_grace.as_millis() as Millis,
+                StageKind::Command(c) => ideamill_core::duration::millis(c.kill_grace),
                 #[allow(unreachable_patterns)]
                 _ => 0,
             };
-            let limit = stage.timeout.as_millis() as Millis + grace + 10_000;
+            let limit = ideamill_core::duration::millis(stage.timeout) + grace + 10_000;
             let elapsed = f.now - j.started_at;
             if elapsed > limit {
                 say(
@@ -316,7 +317,7 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
                         j.item_id,
                         j.stage,
                         short(elapsed),
-                        short(stage.timeout.as_millis() as Millis),
+                        short(ideamill_core::duration::millis(stage.timeout)),
                         j.owner
                     ),
                 );
@@ -324,7 +325,7 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
         }
         if live > 0
             && let Some(oldest) = s.oldest_runnable_at
-            && f.now - oldest > health.stuck_after.as_millis() as Millis
+            && f.now - oldest > ideamill_core::duration::millis(health.stuck_after)
         {
             let idle: Vec<&str> = s
                 .stages

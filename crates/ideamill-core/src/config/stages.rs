@@ -1,0 +1,468 @@
+//! `[[stages]]`: the pipeline, in order. What every stage has (name, kind,
+//! timeout, retries, concurrency, gate) is read here; each kind's own keys
+//! in `command.rs` and `llm.rs`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use toml_span::Span;
+use toml_span::value::{Table, Value, ValueInner};
+
+use std::collections::BTreeMap;
+
+use super::command::{self, CommandStage};
+use super::llm::{self, LlmStage};
+use super::providers::ProviderConfig;
+use super::sandbox::Limits;
+use super::section::{Got, Problems, Section, is_valid_name, shown};
+use crate::model::{Gate, RetryPolicy};
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(2);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_CONCURRENCY: u32 = 1;
+/// The most jobs of one stage, or requests to one provider, at once.
+pub const MAX_CONCURRENCY: i64 = 1024;
+pub const DEFAULT_MAX_ROUNDS: u32 = 3;
+
+const STAGE_KINDS: &[&str] = &["command", "llm"];
+const NO_STAGES: &str = "no [[stages]]: a pipeline needs at least one stage";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageConfig {
+    pub name: String,
+    pub kind: StageKind,
+    /// Default 10m.
+    pub timeout: Duration,
+    /// Defaults: max_attempts 3, backoff 2s, backoff_max 10m.
+    pub retry: RetryPolicy,
+    /// Jobs of this stage one process runs at once. Default 1.
+    pub concurrency: u32,
+    pub gate: Option<Gate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageKind {
+    Command(CommandStage),
+    Llm(LlmStage),
+}
+
+impl StageKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StageKind::Command(_) => "command",
+            StageKind::Llm(_) => "llm",
+        }
+    }
+}
+
+/// What a stage's checks need of the configs around it.
+pub(super) struct Context<'a> {
+    pub(super) root: &'a Path,
+    pub(super) providers: &'a BTreeMap<String, ProviderConfig>,
+    /// `[sandbox]`'s limits, which a command stage's own override.
+    pub(super) limits: &'a Limits,
+}
+
+/// A gate whose `retry_from` is checked once every stage name is known.
+struct PendingGate {
+    stage: usize,
+    label: String,
+    retry_from: String,
+    span: Span,
+}
+
+/// Every `[[stages]]` entry, and the checks across them: names unique, each
+/// gate sending work back to an earlier stage.
+pub(super) fn parse(
+    array: Got<Vec<Value<'_>>>,
+    context: &Context<'_>,
+    problems: &mut Problems,
+) -> Vec<StageConfig> {
+    let array = match array {
+        Got::Ok(array, span) => {
+            if array.is_empty() {
+                problems.add(span, NO_STAGES.to_owned());
+            }
+            array
+        }
+        Got::Absent => {
+            problems.add(Span::default(), NO_STAGES.to_owned());
+            return Vec::new();
+        }
+        Got::Bad => return Vec::new(),
+    };
+
+    let mut stages = Vec::new();
+    // Each stage's name, as written, even if invalid, so that later checks
+    // do not pile spurious errors on an already reported one.
+    let mut names: Vec<Option<String>> = Vec::new();
+    let mut first_use: HashMap<String, usize> = HashMap::new();
+    let mut gates = Vec::new();
+    for (i, mut value) in array.into_iter().enumerate() {
+        let number = i + 1;
+        let table = match value.take() {
+            ValueInner::Table(table) => table,
+            other => {
+                problems.add(
+                    value.span,
+                    format!(
+                        "[[stages]] #{number} must be a table, found {}",
+                        other.type_str()
+                    ),
+                );
+                names.push(None);
+                continue;
+            }
+        };
+        let mut s = Section::new(table, value.span, format!("[[stages]] #{number}"));
+        let (stage, name, gate) = stage(number, &mut s, context);
+        problems.absorb(s);
+        if let Some((name, span)) = &name {
+            if let Some(first) = first_use.get(name) {
+                problems.add(
+                    *span,
+                    format!(
+                        "[[stages]] #{number} ({name:?}): duplicate stage name {name:?}; \
+                         [[stages]] #{first} already has it"
+                    ),
+                );
+            } else {
+                first_use.insert(name.clone(), number);
+            }
+        }
+        names.push(name.map(|(name, _)| name));
+        gates.extend(gate);
+        stages.push(stage);
+    }
+
+    for gate in gates {
+        let earlier: Vec<&str> = names[..gate.stage]
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if earlier.contains(&gate.retry_from.as_str()) {
+            continue;
+        }
+        let why = if names[gate.stage].as_ref() == Some(&gate.retry_from) {
+            "is this stage itself; a gate sends work back to an earlier stage"
+        } else if names.contains(&Some(gate.retry_from.clone())) {
+            "is not an earlier stage"
+        } else {
+            "is not a stage"
+        };
+        let earlier = if earlier.is_empty() {
+            "none, so the first stage cannot be a gate".to_owned()
+        } else {
+            earlier.join(", ")
+        };
+        problems.add(
+            gate.span,
+            format!(
+                "{}: gate.retry_from {:?} {why}; earlier stages: {earlier}",
+                gate.label, gate.retry_from
+            ),
+        );
+    }
+    stages
+}
+
+/// One `[[stages]]` entry; also returns its name and its gate's target for
+/// the checks across stages. Its keys are read in the order the
+/// documentation shows them: every stage's, then its kind's.
+fn stage(
+    number: usize,
+    s: &mut Section<'_>,
+    context: &Context<'_>,
+) -> (StageConfig, Option<(String, Span)>, Option<PendingGate>) {
+    let name = match s.required_string("name") {
+        Got::Ok(name, span) => {
+            s.label = format!("[[stages]] #{number} ({name:?})");
+            if !is_valid_name(&name) {
+                s.invalid(
+                    "name",
+                    span,
+                    format_args!(
+                        "{name:?} must be 1 to 63 lowercase letters, digits, `_` or `-`, \
+                         starting with a letter or digit"
+                    ),
+                );
+            }
+            Some((name.into_owned(), span))
+        }
+        Got::Absent | Got::Bad => None,
+    };
+    let kind_name = s.required_string("kind");
+    let timeout = s.nonzero_duration("timeout").or(DEFAULT_TIMEOUT);
+    let max_attempts = s.count("max_attempts", i64::MAX, DEFAULT_MAX_ATTEMPTS);
+    let backoff = s.duration("backoff").checkable(DEFAULT_BACKOFF);
+    let backoff_max = s.duration("backoff_max").checkable(DEFAULT_BACKOFF_MAX);
+    if let (Some((backoff, backoff_span)), Some((backoff_max, backoff_max_span))) =
+        (backoff, backoff_max)
+    {
+        // A cap below the first delay would silently replace it, which is
+        // surely not what was meant.
+        if backoff_max < backoff {
+            let span = backoff_max_span.or(backoff_span).unwrap_or(s.span);
+            s.invalid(
+                "backoff_max",
+                span,
+                format_args!(
+                    "({}) must be at least `backoff` ({})",
+                    shown(backoff_max, backoff_max_span),
+                    shown(backoff, backoff_span)
+                ),
+            );
+        }
+    }
+    let concurrency = s.count("concurrency", MAX_CONCURRENCY, DEFAULT_CONCURRENCY);
+    let (gate, pending) = match gate(s) {
+        Some((gate, Some((retry_from, span)))) => {
+            let pending = PendingGate {
+                stage: number - 1,
+                label: s.label.clone(),
+                retry_from,
+                span,
+            };
+            (Some(gate), Some(pending))
+        }
+        Some((gate, None)) => (Some(gate), None),
+        None => (None, None),
+    };
+
+    let kind = match &kind_name {
+        Got::Ok(kind, _) if kind == "command" => Some(StageKind::Command(command::parse(
+            s,
+            context.root,
+            context.limits,
+        ))),
+        Got::Ok(kind, _) if kind == "llm" => Some(StageKind::Llm(llm::parse(
+            s,
+            context.root,
+            context.providers,
+        ))),
+        other => {
+            if let Got::Ok(other, span) = other {
+                let known = STAGE_KINDS.join(", ");
+                let message = s.say(format_args!(
+                    "unknown stage kind {other:?}; known kinds: {known}"
+                ));
+                s.report(*span, message);
+            }
+            // With the kind unknown, any kind's key is known, and what its
+            // value says is not: the stage is already in error.
+            let found = s.problems_found();
+            command::parse(s, context.root, context.limits);
+            llm::parse(s, context.root, context.providers);
+            s.drop_problems_since(found);
+            None
+        }
+    };
+    // The placeholder is never returned: the stage is already in error.
+    let kind = kind.unwrap_or_else(|| StageKind::Command(command::placeholder()));
+
+    let stage = StageConfig {
+        name: name
+            .as_ref()
+            .map_or_else(String::new, |(name, _)| name.clone()),
+        kind,
+        timeout,
+        retry: RetryPolicy {
+            max_attempts,
+            backoff: backoff.map_or(DEFAULT_BACKOFF, |(d, _)| d),
+            backoff_max: backoff_max.map_or(DEFAULT_BACKOFF_MAX, |(d, _)| d),
+        },
+        concurrency,
+        gate,
+    };
+    (stage, name, pending)
+}
+
+/// The stage's gate, if it has one, and where its `retry_from` was written.
+fn gate(stage: &mut Section<'_>) -> Option<(Gate, Option<(String, Span)>)> {
+    let mut value = stage.take("gate")?;
+    let table: Table<'_> = match value.take() {
+        ValueInner::Table(table) => table,
+        other => {
+            stage.wrong_type(
+                "gate",
+                "a table like { retry_from = \"implement\", max_rounds = 3 }",
+                &other,
+                value.span,
+            );
+            return None;
+        }
+    };
+    let mut g = Section::new(table, value.span, stage.label.clone()).with_prefix("gate.");
+    let retry_from = match g.required_string("retry_from") {
+        Got::Ok(name, span) => Some((name.into_owned(), span)),
+        Got::Absent | Got::Bad => None,
+    };
+    let max_rounds = g.count("max_rounds", i64::MAX, DEFAULT_MAX_ROUNDS);
+    stage.absorb(g);
+    let gate = Gate {
+        retry_from: retry_from
+            .as_ref()
+            .map_or_else(String::new, |(name, _)| name.clone()),
+        max_rounds,
+    };
+    Some((gate, retry_from))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{STAGE, check_errors, command, config, stage_named};
+    use crate::model::Gate;
+
+    #[test]
+    fn stage_kinds_and_names() {
+        check_errors(
+            "[[stages]]\nname = \"a\"\nkind = \"wasm\"\nmodel = \"x\"\n",
+            &[
+                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm",
+                "4:1: unknown key `model` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
+                 timeout, max_attempts, backoff, backoff_max, concurrency, gate, command, env, \
+                 kill_grace, max_output, sandbox, network, pass_env, read_only, limits, provider, prompt, system, temperature, max_tokens, files, \
+                 max_files, max_file_bytes",
+            ],
+        );
+        for bad in ["Build", "-x", "a b", "", &"a".repeat(64)] {
+            let text =
+                format!("[[stages]]\nname = {bad:?}\nkind = \"command\"\ncommand = [\"x\"]\n");
+            check_errors(
+                &text,
+                &[&format!(
+                    "2:8: [[stages]] #1 ({bad:?}): `name` {bad:?} must be 1 to 63 lowercase \
+                     letters, digits, `_` or `-`, starting with a letter or digit"
+                )],
+            );
+        }
+        for good in ["a", "0", "build-2_x", &"a".repeat(63)] {
+            let text =
+                format!("[[stages]]\nname = {good:?}\nkind = \"command\"\ncommand = [\"x\"]\n");
+            assert_eq!(config(&text).stages[0].name, good);
+        }
+    }
+
+    #[test]
+    fn duplicate_stage_names() {
+        check_errors(
+            &format!("{STAGE}{STAGE}{STAGE}"),
+            &[
+                "6:8: [[stages]] #2 (\"build\"): duplicate stage name \"build\"; [[stages]] #1 already has it",
+                "10:8: [[stages]] #3 (\"build\"): duplicate stage name \"build\"; [[stages]] #1 already has it",
+            ],
+        );
+    }
+
+    #[test]
+    fn integer_ranges() {
+        check_errors(
+            &format!(
+                "{STAGE}concurrency = 1025\nmax_output = 0\ngate = {{ retry_from = \"x\", max_rounds = 0 }}\n"
+            ),
+            &[
+                "5:15: [[stages]] #1 (\"build\"): `concurrency` must be an integer from 1 to 1024, found 1025",
+                "6:14: [[stages]] #1 (\"build\"): `max_output` must be an integer >= 1, found 0",
+                "7:23: [[stages]] #1 (\"build\"): gate.retry_from \"x\" is not a stage; earlier stages: none, so the first stage cannot be a gate",
+                "7:41: [[stages]] #1 (\"build\"): `gate.max_rounds` must be an integer >= 1, found 0",
+            ],
+        );
+        check_errors(
+            &format!("{STAGE}max_attempts = 4294967296\n"),
+            &[
+                "5:16: [[stages]] #1 (\"build\"): `max_attempts` must be an integer <= 4294967295, found 4294967296",
+            ],
+        );
+        let text = format!("{STAGE}concurrency = 1024\nmax_attempts = 1\nmax_output = 10\n");
+        let stage = &config(&text).stages[0];
+        assert_eq!(
+            (
+                stage.concurrency,
+                stage.retry.max_attempts,
+                command(stage).max_output
+            ),
+            (1024, 1, 10)
+        );
+    }
+
+    fn check_gate(retry_from: &str, expected: &[&str]) {
+        let text = format!(
+            "{}\n{}\n[[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"qa\"]\ngate = {{ retry_from = {retry_from:?} }}\n{}",
+            stage_named("outline"),
+            stage_named("implement"),
+            stage_named("deploy"),
+        );
+        if expected.is_empty() {
+            let config = config(&text);
+            let gate = config.stage("qa").and_then(|s| s.gate.clone());
+            assert_eq!(
+                gate,
+                Some(Gate {
+                    retry_from: retry_from.to_owned(),
+                    max_rounds: 3
+                })
+            );
+        } else {
+            check_errors(&text, expected);
+        }
+    }
+
+    #[test]
+    fn gate_retry_from() {
+        check_gate("outline", &[]);
+        check_gate("implement", &[]);
+        check_gate(
+            "deploy",
+            &[
+                "13:23: [[stages]] #3 (\"qa\"): gate.retry_from \"deploy\" is not an earlier stage; earlier stages: outline, implement",
+            ],
+        );
+        check_gate(
+            "nope",
+            &[
+                "13:23: [[stages]] #3 (\"qa\"): gate.retry_from \"nope\" is not a stage; earlier stages: outline, implement",
+            ],
+        );
+        check_gate(
+            "qa",
+            &[
+                "13:23: [[stages]] #3 (\"qa\"): gate.retry_from \"qa\" is this stage itself; a gate sends work back to an earlier stage; earlier stages: outline, implement",
+            ],
+        );
+    }
+
+    /// A gate may be written as an inline table, with dotted keys or as a
+    /// sub-table; all mean the same.
+    fn check_gate_form(gate: &str, expected: Result<Gate, &str>) {
+        let text = format!("{}\n{STAGE}{gate}\n", stage_named("draft"));
+        match expected {
+            Ok(gate) => assert_eq!(config(&text).stages[1].gate, Some(gate), "config:\n{text}"),
+            Err(message) => check_errors(&text, &[message]),
+        }
+    }
+
+    #[test]
+    fn gate_forms() {
+        let gate = |max_rounds| Gate {
+            retry_from: "draft".to_owned(),
+            max_rounds,
+        };
+        check_gate_form("gate = { retry_from = \"draft\" }", Ok(gate(3)));
+        check_gate_form(
+            "gate.retry_from = \"draft\"\ngate.max_rounds = 5",
+            Ok(gate(5)),
+        );
+        check_gate_form(
+            "[stages.gate]\nretry_from = \"draft\"\nmax_rounds = 2",
+            Ok(gate(2)),
+        );
+        check_gate_form(
+            "[stages.gate]\nmax_rounds = 2",
+            Err("9:1: [[stages]] #2 (\"build\"): missing required key `gate.retry_from`"),
+        );
+    }
+}
