@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::{Config, StageConfig};
-use crate::model::{AttemptOutcome, ItemState, Millis, RetryPolicy};
+use crate::model::{AttemptOutcome, FailureClass, ItemState, Millis, RetryPolicy};
 
 /// What a stage's executor reports for one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,13 +13,19 @@ pub enum StageResult {
     Passed { output: String },
     /// A gate rejected the work; `feedback` goes back to `retry_from`.
     Rejected { feedback: String },
-    /// A retryable failure: crash, bad exit, signal (`Error`) or `Timeout`.
+    /// A retryable failure: crash, bad exit, signal (`Error`) or `Timeout`;
+    /// `class` says whether the work or the machinery failed, should it be
+    /// the item's last.
     Failed {
         outcome: AttemptOutcome,
+        class: FailureClass,
         message: String,
     },
     /// A failure that retrying cannot fix.
-    Permanent { message: String },
+    Permanent {
+        class: FailureClass,
+        message: String,
+    },
     /// The provider asked us to slow down, and maybe said for how long.
     RateLimited {
         message: String,
@@ -77,11 +83,12 @@ pub enum Transition {
     SendBack { feedback: String, to: NextJob },
     /// Run the same job again at `run_at`.
     RetryAt { run_at: Millis, error: String },
-    /// The item ends `failed` with `reason`; a gate's last rejection keeps
-    /// its `feedback` with the others.
+    /// The item ends `failed` with `reason`, of `class`; a gate's last
+    /// rejection keeps its `feedback` with the others.
     FailItem {
         reason: String,
         feedback: Option<String>,
+        class: FailureClass,
     },
     /// The item was cancelled; nothing follows.
     Cancel,
@@ -122,6 +129,7 @@ pub fn decide(
                     first_line(&feedback)
                 ),
                 feedback: Some(feedback),
+                class: FailureClass::Quality,
             },
             Some(gate) => match config.stage(&gate.retry_from) {
                 Some(to) => Transition::SendBack {
@@ -130,23 +138,29 @@ pub fn decide(
                 },
                 // Validation guarantees `retry_from` exists; a config edited
                 // under a running item fails the item loudly instead of looping.
+                // The work was never judged on its merits: infrastructure.
                 None => Transition::FailItem {
                     reason: format!(
                         "gate `{}` sends work back to unknown stage `{}`",
                         stage.name, gate.retry_from
                     ),
                     feedback: Some(feedback),
+                    class: FailureClass::Infra,
                 },
             },
             // Only gates reject; anything else that "rejects" failed.
-            None => retry_or_fail(stage, attempt, feedback, now, jitter),
+            None => retry_or_fail(stage, attempt, feedback, FailureClass::Quality, now, jitter),
         },
-        StageResult::Failed { message, .. } => retry_or_fail(stage, attempt, message, now, jitter),
+        StageResult::Failed { class, message, .. } => {
+            retry_or_fail(stage, attempt, message, class, now, jitter)
+        }
+        // A rate limit is the provider's, never the model's: once the tries
+        // run out, the item failed for infrastructure.
         StageResult::RateLimited {
             message,
             retry_after,
         } => {
-            match retry_or_fail(stage, attempt, message, now, jitter) {
+            match retry_or_fail(stage, attempt, message, FailureClass::Infra, now, jitter) {
                 // Never sooner than the server asked.
                 Transition::RetryAt { run_at, error } => Transition::RetryAt {
                     run_at: run_at.max(now + retry_after.map_or(0, crate::duration::millis)),
@@ -155,9 +169,10 @@ pub fn decide(
                 other => other,
             }
         }
-        StageResult::Permanent { message } => Transition::FailItem {
+        StageResult::Permanent { class, message } => Transition::FailItem {
             reason: format!("stage `{}` failed permanently: {message}", stage.name),
             feedback: None,
+            class,
         },
         StageResult::Cancelled => Transition::Cancel,
         StageResult::Paused { reason } => Transition::Pause { reason },
@@ -168,6 +183,7 @@ fn retry_or_fail(
     stage: &StageConfig,
     attempt: u32,
     error: String,
+    class: FailureClass,
     now: Millis,
     jitter: f64,
 ) -> Transition {
@@ -179,6 +195,7 @@ fn retry_or_fail(
                 if attempt == 1 { "" } else { "s" }
             ),
             feedback: None,
+            class,
         }
     } else {
         let delay = backoff(&stage.retry, attempt, jitter);
@@ -327,6 +344,7 @@ gate = { retry_from = "implement", max_rounds = 3 }
     fn error(s: &str) -> StageResult {
         StageResult::Failed {
             outcome: AttemptOutcome::Error,
+            class: FailureClass::Quality,
             message: s.into(),
         }
     }
@@ -395,6 +413,7 @@ gate = { retry_from = "implement", max_rounds = 3 }
             Transition::FailItem {
                 reason: "rejected by gate `qa` in round 3 of 3: still".into(),
                 feedback: Some("still\nbroken".into()),
+                class: FailureClass::Quality,
             },
         );
     }
@@ -443,6 +462,7 @@ gate = { retry_from = "implement", max_rounds = 3 }
             Transition::FailItem {
                 reason: "stage `implement` failed after 3 attempts: e3".into(),
                 feedback: None,
+                class: FailureClass::Quality,
             },
         );
         check(
@@ -451,6 +471,7 @@ gate = { retry_from = "implement", max_rounds = 3 }
             1,
             StageResult::Failed {
                 outcome: AttemptOutcome::Timeout,
+                class: FailureClass::Quality,
                 message: "timed out".into(),
             },
             Transition::RetryAt {
@@ -461,17 +482,61 @@ gate = { retry_from = "implement", max_rounds = 3 }
     }
 
     #[test]
+    fn a_failed_item_keeps_the_class_of_its_last_failure() {
+        let last = |result: StageResult| {
+            let config = config();
+            match decide(
+                &config,
+                config.stage("implement").unwrap(),
+                3,
+                1,
+                result,
+                0,
+                0.5,
+            ) {
+                Transition::FailItem { class, .. } => class,
+                other => panic!("expected FailItem, got {other:?}"),
+            }
+        };
+        let failed = |class| StageResult::Failed {
+            outcome: AttemptOutcome::Error,
+            class,
+            message: "m".into(),
+        };
+        assert_eq!(last(failed(FailureClass::Infra)), FailureClass::Infra);
+        assert_eq!(last(failed(FailureClass::Quality)), FailureClass::Quality);
+        assert_eq!(
+            last(StageResult::RateLimited {
+                message: "429".into(),
+                retry_after: None,
+            }),
+            FailureClass::Infra
+        );
+        // A stage that is not a gate "rejecting" failed on its own.
+        assert_eq!(last(rejected("no")), FailureClass::Quality);
+        assert_eq!(
+            last(StageResult::Permanent {
+                class: FailureClass::Quality,
+                message: "m".into(),
+            }),
+            FailureClass::Quality
+        );
+    }
+
+    #[test]
     fn permanent_errors_and_cancellation_end_at_once() {
         check(
             "outline",
             1,
             1,
             StageResult::Permanent {
+                class: FailureClass::Infra,
                 message: "bad".into(),
             },
             Transition::FailItem {
                 reason: "stage `outline` failed permanently: bad".into(),
                 feedback: None,
+                class: FailureClass::Infra,
             },
         );
         check("outline", 1, 1, StageResult::Cancelled, Transition::Cancel);
@@ -534,6 +599,7 @@ gate = { retry_from = "implement", max_rounds = 3 }
             Transition::FailItem {
                 reason: "stage `implement` failed after 3 attempts: 429".into(),
                 feedback: None,
+                class: FailureClass::Infra,
             },
         );
     }

@@ -103,6 +103,43 @@ impl fmt::Display for JobState {
     }
 }
 
+/// Why an item failed, as far as what to do about it goes: `Quality` when
+/// the work itself was judged and found wanting (a gate rejected its last
+/// round, a stage program or the model's answer failed on its own), `Infra`
+/// when the machinery never let the work be judged (the provider's rate
+/// limits, 5xx answers, timeouts and dropped connections; the host's
+/// sandbox limits, spawn errors, a store that refused the result, a lost
+/// worker). An `Infra` failure says nothing about the model, so a benchmark
+/// counts it apart and `retry --failed infra` runs it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureClass {
+    Quality,
+    Infra,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Quality => "quality",
+            FailureClass::Infra => "infra",
+        }
+    }
+    pub fn parse(s: &str) -> Option<FailureClass> {
+        Some(match s {
+            "quality" => FailureClass::Quality,
+            "infra" => FailureClass::Infra,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How one attempt ended, as recorded on the attempt row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ideamill_core::machine::{self, Transition};
-use ideamill_core::{AttemptOutcome, Config, ItemState, JobId, Millis};
+use ideamill_core::{AttemptOutcome, Config, FailureClass, ItemState, JobId, Millis};
 use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, StoreError};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -781,10 +781,7 @@ fn start_job(
         let clock = Instant::now();
         let execution = match shared.store.context(job.item_id).await {
             Ok(context) => executor.run(&job, &context, &token).await,
-            Err(e) => Execution::failed(
-                AttemptOutcome::Error,
-                format!("could not load the item's context: {e}"),
-            ),
+            Err(e) => Execution::infra(format!("could not load the item's context: {e}")),
         };
         let by_user = shared
             .cancelled_by_user
@@ -972,7 +969,8 @@ async fn finish_waiting(
 
 /// The store refused to record `f`: record the attempt as an error that
 /// names the store's message instead (retried or failed like any error,
-/// without the refused texts), with an event, and go on.
+/// without the refused texts, and of the infrastructure: the work was never
+/// judged), with an event, and go on.
 async fn refused(
     shared: &Shared,
     f: Finish,
@@ -994,6 +992,7 @@ async fn refused(
             job.round,
             machine::StageResult::Failed {
                 outcome: AttemptOutcome::Error,
+                class: FailureClass::Infra,
                 message: message.clone(),
             },
             f.finished_at,
@@ -1002,6 +1001,7 @@ async fn refused(
         None => Transition::FailItem {
             reason: message.clone(),
             feedback: None,
+            class: FailureClass::Infra,
         },
     };
     let fallback = Finish {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use ideamill_core::config::{CommandStage, SandboxMode, StageConfig, StageKind};
 use ideamill_core::duration::format_duration;
 use ideamill_core::machine::StageResult;
-use ideamill_core::{AttemptOutcome, Config, Usage};
+use ideamill_core::{AttemptOutcome, Config, FailureClass, Usage};
 use ideamill_store::{ClaimedJob, ItemContext, Store};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -44,14 +44,22 @@ impl Execution {
         }
     }
 
-    pub fn failed(outcome: AttemptOutcome, message: String) -> Execution {
+    /// A retryable failure of `class` with only its message to show.
+    pub fn failed(outcome: AttemptOutcome, class: FailureClass, message: String) -> Execution {
         Execution::noted(
             StageResult::Failed {
                 outcome,
+                class,
                 message: message.clone(),
             },
             message,
         )
+    }
+
+    /// A retryable error of the machinery around the work (the host, the
+    /// store, the sandbox), never of the work itself.
+    pub fn infra(message: String) -> Execution {
+        Execution::failed(AttemptOutcome::Error, FailureClass::Infra, message)
     }
 }
 
@@ -154,13 +162,10 @@ pub async fn prepare(
         .and_then(|r| r)
     {
         Ok(dir) => Ok(dir),
-        Err(e) => Err(Execution::failed(
-            AttemptOutcome::Error,
-            format!(
-                "cannot prepare the item's workspace {}: {e}",
-                item_workspace(workspace, item.id).display()
-            ),
-        )),
+        Err(e) => Err(Execution::infra(format!(
+            "cannot prepare the item's workspace {}: {e}",
+            item_workspace(workspace, item.id).display()
+        ))),
     }
 }
 
@@ -403,7 +408,7 @@ impl Executor for CommandExecutor {
         let mut inherited: Vec<std::os::fd::OwnedFd> = Vec::new();
         if confined {
             if let Some(missing) = self.missing_in_sandbox(&program, &spec.env) {
-                return Execution::failed(AttemptOutcome::Error, missing);
+                return Execution::infra(missing);
             }
             let handed = {
                 let sandbox = self.sandbox.clone();
@@ -414,13 +419,10 @@ impl Executor for CommandExecutor {
                 .map_err(|e| std::io::Error::other(e.to_string()))
                 .and_then(|r| r)
             {
-                return Execution::failed(
-                    AttemptOutcome::Error,
-                    format!(
-                        "cannot hand the workspace {} to the sandbox: {e}",
-                        dir.display()
-                    ),
-                );
+                return Execution::infra(format!(
+                    "cannot hand the workspace {} to the sandbox: {e}",
+                    dir.display()
+                ));
             }
             let plan = match self
                 .sandbox
@@ -428,10 +430,7 @@ impl Executor for CommandExecutor {
             {
                 Ok(plan) => plan,
                 Err(e) => {
-                    return Execution::failed(
-                        AttemptOutcome::Error,
-                        format!("cannot start the sandbox: {e}"),
-                    );
+                    return Execution::infra(format!("cannot start the sandbox: {e}"));
                 }
             };
             let (confinement, job_group) = self
@@ -503,9 +502,10 @@ impl Executor for CommandExecutor {
             None
         };
         // A limit is an error of the attempt (retried like others), never a
-        // gate's rejection; a cancel by hand stays a cancel.
+        // gate's rejection; a cancel by hand stays a cancel. It is the host's
+        // (the sandbox's limits), not a verdict on the work.
         if let Some(reason) = limit.filter(|_| !cancel.is_cancelled()) {
-            let mut execution = Execution::failed(AttemptOutcome::Error, reason);
+            let mut execution = Execution::infra(reason);
             execution.exit_code = match done.end {
                 CommandEnd::Exited(code) => Some(code),
                 _ => None,
@@ -548,9 +548,12 @@ impl Executor for CommandExecutor {
                 };
                 (StageResult::Rejected { feedback }, Some(1))
             }
+            // The program's own exit, crash or hang is the work's failure;
+            // a program that could not be started is the host's.
             CommandEnd::Exited(code) => (
                 StageResult::Failed {
                     outcome: AttemptOutcome::Error,
+                    class: FailureClass::Quality,
                     message: with_stderr(format!(
                         "`{}` exited with code {code}",
                         self.command.program
@@ -561,6 +564,7 @@ impl Executor for CommandExecutor {
             CommandEnd::TimedOut => (
                 StageResult::Failed {
                     outcome: AttemptOutcome::Timeout,
+                    class: FailureClass::Quality,
                     message: format!(
                         "timed out after {}; the process group was killed",
                         format_duration(self.stage.timeout)
@@ -569,9 +573,18 @@ impl Executor for CommandExecutor {
                 None,
             ),
             CommandEnd::Cancelled => (StageResult::Cancelled, None),
-            other => (
+            other @ CommandEnd::SpawnFailed(_) => (
                 StageResult::Failed {
                     outcome: AttemptOutcome::Error,
+                    class: FailureClass::Infra,
+                    message: with_stderr(other.describe()),
+                },
+                None,
+            ),
+            other @ CommandEnd::Signaled(_) => (
+                StageResult::Failed {
+                    outcome: AttemptOutcome::Error,
+                    class: FailureClass::Quality,
                     message: with_stderr(other.describe()),
                 },
                 None,
@@ -629,6 +642,7 @@ mod tests {
             stage: None,
             round: 1,
             last_error: None,
+            failure_class: None,
             created_at,
             updated_at: created_at,
             finished_at: None,

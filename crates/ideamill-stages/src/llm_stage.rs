@@ -11,7 +11,7 @@ use ideamill_core::config::{
 };
 use ideamill_core::duration::format_duration;
 use ideamill_core::machine::StageResult;
-use ideamill_core::{AttemptOutcome, Config, Millis, Usage};
+use ideamill_core::{AttemptOutcome, Config, FailureClass, Millis, Usage};
 use ideamill_llm::{ChatRequest, ErrorClass, FileLimits, LlmError, Price, Provider};
 use ideamill_store::{ClaimedJob, ItemContext, Store};
 use ideamill_sys::clock::now_millis;
@@ -193,7 +193,7 @@ impl Executor for LlmExecutor {
         match self.over_budget(job.item_id, now_millis()).await {
             Ok(Some(reason)) => return paused(reason),
             Ok(None) => {}
-            Err(e) => return Execution::failed(AttemptOutcome::Error, e),
+            Err(e) => return Execution::infra(e),
         }
         let dir = match crate::executor::prepare(&self.workspace, &context.item).await {
             Ok(dir) => dir,
@@ -276,19 +276,13 @@ impl Executor for LlmExecutor {
                     }
                 }
                 Ok(Err(e)) => {
-                    let mut failed = Execution::failed(
-                        AttemptOutcome::Error,
-                        format!("cannot write generated files: {e}"),
-                    );
+                    let mut failed = Execution::infra(format!("cannot write generated files: {e}"));
                     failed.output = Some(response.text);
                     failed.usage = Some(usage);
                     return failed;
                 }
                 Err(e) => {
-                    return Execution::failed(
-                        AttemptOutcome::Error,
-                        format!("file writer crashed: {e}"),
-                    );
+                    return Execution::infra(format!("file writer crashed: {e}"));
                 }
             }
         }
@@ -314,9 +308,12 @@ fn paused(reason: String) -> Execution {
     )
 }
 
+/// A prompt that cannot be rendered is the config's fault (its template),
+/// not the model's: the model never saw the work.
 fn permanent(message: String) -> Execution {
     Execution::noted(
         StageResult::Permanent {
+            class: FailureClass::Infra,
             message: message.clone(),
         },
         message,
@@ -324,7 +321,9 @@ fn permanent(message: String) -> Execution {
 }
 
 /// Map a failed call to the state machine's terms; a rate limit also slows
-/// every worker of this provider down.
+/// every worker of this provider down. Every [`LlmError`] is the provider's
+/// (or the connection's), never the model's work: its class is `Infra`. A
+/// poor answer arrives as an answer and is judged by a gate instead.
 fn failure(e: LlmError, provider: &Provider, stage_timeout: std::time::Duration) -> Execution {
     let message = match &e {
         LlmError::Timeout { which: "stage", .. } => {
@@ -351,9 +350,11 @@ fn failure(e: LlmError, provider: &Provider, stage_timeout: std::time::Duration)
             } else {
                 AttemptOutcome::Error
             },
+            class: FailureClass::Infra,
             message: message.clone(),
         },
         ErrorClass::Permanent => StageResult::Permanent {
+            class: FailureClass::Infra,
             message: message.clone(),
         },
         ErrorClass::Cancelled => StageResult::Cancelled,

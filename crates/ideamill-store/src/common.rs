@@ -4,7 +4,9 @@
 //! its SQL; everything here is backend-neutral and does no IO.
 
 use ideamill_core::machine::{LostJob, NextJob, Transition};
-use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, Usage};
+use ideamill_core::{
+    AttemptOutcome, FailureClass, ItemId, ItemState, JobId, JobState, Millis, Usage,
+};
 
 use crate::types::event_kind as ek;
 use crate::*;
@@ -59,8 +61,10 @@ pub(crate) fn state_clause(filter: StateFilter) -> &'static str {
 
 /// The columns of an item summary (decoded by [`item_summary`]), over
 /// `items i` joined to its current job `j`.
-pub(crate) const ITEM_SUMMARY_SELECT: &str = "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round,
-        i.last_error, i.created_at, i.updated_at, j.state AS job_state, COALESCE(j.attempts, 0) AS attempts";
+pub(crate) const ITEM_SUMMARY_SELECT: &str =
+    "SELECT i.id, substr(i.text, 1, 500) AS text, i.state, i.stage, i.round,
+        i.last_error, i.failure_class, i.created_at, i.updated_at, j.state AS job_state,
+        COALESCE(j.attempts, 0) AS attempts";
 
 /// Finish a page query of item summaries: `sql` ends in a WHERE condition;
 /// this adds the filter's conditions and the order, newest first by
@@ -73,6 +77,13 @@ pub(crate) fn item_page_sql(mut sql: String, filter: &ItemFilter, id_column: &st
     }
     if filter.stage.is_some() {
         sql.push_str(" AND i.stage = $1");
+    }
+    if let Some(class) = filter.failure {
+        // A fixed word of our own enum, not user text: safe to inline.
+        sql.push_str(&format!(
+            " AND i.state = 'failed' AND i.failure_class = '{}'",
+            class.as_str()
+        ));
     }
     if filter.before_id.is_some() {
         sql.push_str(&format!(" AND {id_column} < $2"));
@@ -157,8 +168,18 @@ macro_rules! impl_row_ext {
 }
 pub(crate) use impl_row_ext;
 
-pub(crate) const ITEM_COLUMNS: &str =
-    "id, text, metadata, state, stage, round, last_error, created_at, updated_at, finished_at";
+pub(crate) const ITEM_COLUMNS: &str = "id, text, metadata, state, stage, round, last_error, failure_class, created_at, updated_at, finished_at";
+
+/// The `failure_class` column: `None` when NULL, an error when a word we do
+/// not know (the column's CHECK keeps those out).
+pub(crate) fn failure_class(r: &impl RowExt) -> Result<Option<FailureClass>> {
+    r.opt_text("failure_class")?
+        .map(|s| {
+            FailureClass::parse(&s)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown failure class {s:?}")))
+        })
+        .transpose()
+}
 
 pub(crate) fn item_row(r: &impl RowExt) -> Result<ItemRow> {
     let metadata = r.text("metadata")?;
@@ -170,6 +191,7 @@ pub(crate) fn item_row(r: &impl RowExt) -> Result<ItemRow> {
         stage: r.opt_text("stage")?,
         round: r.u32("round")?,
         last_error: r.opt_text("last_error")?,
+        failure_class: failure_class(r)?,
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
         finished_at: r.opt_int("finished_at")?,
@@ -416,8 +438,8 @@ pub(crate) struct Plan<'a> {
     pub feedback: Option<&'a str>,
     /// A new `last_error` for the item (retry scheduled, paused).
     pub item_error: Option<&'a str>,
-    /// The item fails with this reason.
-    pub fail_reason: Option<&'a str>,
+    /// The item fails with this reason, of this class.
+    pub fail_reason: Option<(&'a str, FailureClass)>,
     /// The try does not count (paused before it ran).
     pub uncount: bool,
     /// The item is cancelled (the stage asked to cancel it).
@@ -527,9 +549,13 @@ pub(crate) fn plan(f: &Finish, cancelled: bool) -> Plan<'_> {
             ));
             plan.effect = ACTIVE_ENQUEUED;
         }
-        Transition::FailItem { reason, feedback } => {
+        Transition::FailItem {
+            reason,
+            feedback,
+            class,
+        } => {
             plan.feedback = feedback.as_deref();
-            plan.fail_reason = Some(reason);
+            plan.fail_reason = Some((reason, *class));
             plan.event = Some(event(
                 ek::ITEM_FAILED,
                 format!("Item {} failed: {}", job.item_id, one_line(reason)),
@@ -591,7 +617,8 @@ pub(crate) struct Reap {
     pub run_at: Millis,
     /// The job's and the lost attempt's error.
     pub error: String,
-    /// The item fails with this reason.
+    /// The item fails with this reason (of the infrastructure: a lost
+    /// worker is the host's failure, never the work's).
     pub fail_reason: Option<String>,
     pub event: NewEvent,
 }
@@ -872,6 +899,7 @@ pub(crate) fn item_summary(r: &impl RowExt) -> Result<ItemSummary> {
         round: r.u32("round")?,
         attempts,
         last_error: r.opt_text("last_error")?,
+        failure_class: failure_class(r)?,
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
     })
@@ -962,7 +990,9 @@ fn finish_has_nul(f: &Finish) -> bool {
         Transition::Advance { output, .. } => output.contains('\0'),
         Transition::SendBack { feedback, .. } => feedback.contains('\0'),
         Transition::RetryAt { error, .. } => error.contains('\0'),
-        Transition::FailItem { reason, feedback } => reason.contains('\0') || has(feedback),
+        Transition::FailItem {
+            reason, feedback, ..
+        } => reason.contains('\0') || has(feedback),
         Transition::Pause { reason } => reason.contains('\0'),
         Transition::Cancel => false,
     };
@@ -1000,7 +1030,9 @@ pub(crate) fn storable_finishes(finishes: &[Finish]) -> std::borrow::Cow<'_, [Fi
                     Transition::RetryAt { error, .. } => {
                         clean(error);
                     }
-                    Transition::FailItem { reason, feedback } => {
+                    Transition::FailItem {
+                        reason, feedback, ..
+                    } => {
                         clean(reason);
                         clean_opt(feedback);
                     }

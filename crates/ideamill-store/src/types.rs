@@ -2,7 +2,9 @@
 //! `--json` output, so field names are part of the interface.
 
 use ideamill_core::machine::{LostJob, NextJob, Transition};
-use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, Usage};
+use ideamill_core::{
+    AttemptOutcome, FailureClass, ItemId, ItemState, JobId, JobState, Millis, Usage,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +50,10 @@ pub struct ItemRow {
     pub stage: Option<String>,
     pub round: u32,
     pub last_error: Option<String>,
+    /// Why a failed item failed; `None` unless it is failed (or when it
+    /// failed before the store kept this).
+    #[serde(default)]
+    pub failure_class: Option<FailureClass>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
@@ -269,6 +275,8 @@ impl StateFilter {
 pub struct ItemFilter {
     pub state: Option<StateFilter>,
     pub stage: Option<String>,
+    /// Only failed items whose failure is of this class.
+    pub failure: Option<FailureClass>,
     /// Items with an id below this (pages go newest first).
     pub before_id: Option<ItemId>,
     pub limit: u32,
@@ -284,6 +292,8 @@ pub struct ItemSummary {
     pub round: u32,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// Why a failed item failed (see [`ItemRow::failure_class`]).
+    pub failure_class: Option<FailureClass>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

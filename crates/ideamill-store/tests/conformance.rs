@@ -84,6 +84,7 @@ macro_rules! conformance_suite {
                     admin::retry_and_cancel_by_hand,
                     admin::item_ids_are_never_given_twice,
                     admin::retry_waits_until_a_cancelled_job_has_ended,
+                    admin::failure_class_is_kept_filtered_and_cleared_by_retry,
                     queries::list_items_filters_and_pages,
                     queries::status_counts_stages_leases_and_items,
                     queries::events_filter_by_item_kind_and_since,

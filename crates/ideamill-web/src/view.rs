@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ideamill_core::ItemId;
 use ideamill_core::machine::{RetryRefused, retry_job};
+use ideamill_core::{FailureClass, ItemId};
 use ideamill_stages::executor::{item_workspace, workspace_files};
 use ideamill_store::{CancelEffect, ItemDetail, ItemFilter, ItemSummary, RetryEffect, StateFilter};
 use ideamill_sys::clock::now_millis;
@@ -65,6 +65,8 @@ pub struct ItemsQuery {
     /// active, queued, running, retrying, paused, done, failed, cancelled.
     pub state: Option<String>,
     pub stage: Option<String>,
+    /// Failed items whose failure is of this class: quality, infra.
+    pub failed: Option<String>,
     /// Words the idea's text holds (each as the start of a word).
     pub q: Option<String>,
     /// Items with an id below this one: the next page.
@@ -90,6 +92,7 @@ impl ItemsQuery {
                 ))
             })?),
         };
+        let failure = self.failed.as_deref().map(failure_class).transpose()?;
         let limit = self.limit.unwrap_or(PAGE);
         if limit == 0 || limit > MAX_PAGE {
             return Err(ApiError::bad_request(format!(
@@ -104,6 +107,7 @@ impl ItemsQuery {
         Ok(ItemFilter {
             state,
             stage: self.stage.clone(),
+            failure,
             before_id: self.before,
             limit,
         })
@@ -199,11 +203,37 @@ fn read_inside(dir: &Path, rel: &str) -> ApiResult<(Vec<u8>, bool)> {
     Ok((bytes, meta.len() > MAX_FILE_BYTES))
 }
 
+/// A failure class as the API names it (`quality`, `infra`).
+pub fn failure_class(s: &str) -> ApiResult<FailureClass> {
+    FailureClass::parse(s).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "`{s}` is not a failure class; classes: quality, infra"
+        ))
+    })
+}
+
 /// Run an item again, as `ideamill retry` does: where it stopped, or from
-/// `from`; a done item needs `from`.
-pub async fn retry(s: &AppState, id: ItemId, from: Option<&str>) -> ApiResult<RetryEffect> {
+/// `from`; a done item needs `from`. With `failed`, only an item that
+/// failed of that class runs again; any other is a conflict.
+pub async fn retry(
+    s: &AppState,
+    id: ItemId,
+    from: Option<&str>,
+    failed: Option<FailureClass>,
+) -> ApiResult<RetryEffect> {
     let detail = s.call(s.store.item(id)).await?;
     let item = &detail.item;
+    if let Some(class) = failed
+        && item.failure_class != Some(class)
+    {
+        return Err(ApiError::conflict(format!(
+            "item {id} did not fail for {class} (it is {}{})",
+            item.state,
+            item.failure_class
+                .map(|c| format!(", failed for {c}"))
+                .unwrap_or_default()
+        )));
+    }
     let next = retry_job(
         &s.config,
         item.state,
@@ -224,6 +254,39 @@ pub async fn retry(s: &AppState, id: ItemId, from: Option<&str>) -> ApiResult<Re
     s.call(s.store.retry_item(id, &next, now_millis())).await
 }
 
+/// Run every item that failed of `class` again, where each stopped; newest
+/// first. An item another hand retried meanwhile is left as it is.
+pub async fn retry_failed(
+    s: &AppState,
+    class: FailureClass,
+) -> ApiResult<Vec<(ItemId, RetryEffect)>> {
+    let mut filter = ItemFilter {
+        state: Some(StateFilter::Failed),
+        failure: Some(class),
+        limit: MAX_PAGE,
+        ..ItemFilter::default()
+    };
+    let mut ids = Vec::new();
+    loop {
+        let page = s.call(s.store.list_items(&filter)).await?;
+        ids.extend(page.iter().map(|i| i.id));
+        match page.last() {
+            Some(last) if page.len() as u32 == filter.limit => filter.before_id = Some(last.id),
+            _ => break,
+        }
+    }
+    let mut retried = Vec::with_capacity(ids.len());
+    for id in ids {
+        match retry(s, id, None, Some(class)).await {
+            Ok(effect) => retried.push((id, effect)),
+            // Retried or removed by another hand since the list was read.
+            Err(e) if e.status == StatusCode::CONFLICT || e.status == StatusCode::NOT_FOUND => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(retried)
+}
+
 pub async fn cancel(s: &AppState, id: ItemId) -> ApiResult<CancelEffect> {
     s.call(s.store.cancel_item(id, now_millis())).await
 }
@@ -241,6 +304,7 @@ mod tests {
             ItemsQuery {
                 state: Some("failed".into()),
                 stage: None,
+                failed: None,
                 q: Some("csv json".into()),
                 before: Some(10),
                 limit: Some(5),

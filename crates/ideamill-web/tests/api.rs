@@ -459,6 +459,99 @@ async fn one_item_its_files_retry_and_cancel() {
     assert_eq!(a.json(), json!({"id": 1, "stage": "review", "round": 1}));
 }
 
+/// Issue 13: an item failed for the infrastructure says so in lists and in
+/// its story, lists filter by it, and `POST /api/items/retry` with
+/// `{"failed": "infra"}` runs only those again.
+#[tokio::test]
+async fn issue_13_infra_failures_are_marked_and_retried_alone() {
+    use ideamill_core::machine::Transition;
+    use ideamill_core::{AttemptOutcome, FailureClass};
+    let f = fixture().await;
+    assert_eq!(f.add(&["infra", "quality", "done"]).await, [1, 2, 3]);
+    let now = ideamill_sys::clock::now_millis();
+    let jobs = f
+        .store
+        .claim("draft", 3, "w", now, now + 60_000)
+        .await
+        .unwrap();
+    for job in jobs {
+        let class = match job.item_id {
+            1 => FailureClass::Infra,
+            2 => FailureClass::Quality,
+            _ => {
+                finish_done(&*f.store, job).await;
+                continue;
+            }
+        };
+        let end = Ending {
+            outcome: AttemptOutcome::Error,
+            transition: Transition::FailItem {
+                reason: format!("failed for {class}"),
+                feedback: None,
+                class,
+            },
+            error: Some("e"),
+            usage: None,
+        };
+        settle(&*f.store, job, end).await;
+    }
+    let classes = |page: Value| -> Vec<(i64, Value)> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].as_i64().unwrap(), i["failure_class"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        classes(f.get("/api/items").await.json()),
+        [(3, Value::Null), (2, json!("quality")), (1, json!("infra"))]
+    );
+    assert_eq!(
+        classes(f.get("/api/items?failed=infra").await.json()),
+        [(1, json!("infra"))]
+    );
+    assert_eq!(
+        f.get("/api/items/2").await.json()["item"]["failure_class"],
+        "quality"
+    );
+    let a = f.get("/api/items?failed=model").await;
+    assert_eq!(a.error(), (StatusCode::BAD_REQUEST, "bad_request".into()));
+
+    // One item, only if it failed of the class named.
+    let a = f
+        .post_json("/api/items/2/retry", json!({"failed": "infra"}))
+        .await;
+    assert_eq!(a.error(), (StatusCode::CONFLICT, "conflict".into()));
+    assert!(a.body.contains("failed for quality"), "{}", a.body);
+
+    let a = f
+        .post_json("/api/items/retry", json!({"failed": "infra"}))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        a.json(),
+        json!({"retried": [{"id": 1, "stage": "draft", "round": 1}]})
+    );
+    let one = f.get("/api/items/1").await.json();
+    assert_eq!(
+        (&one["item"]["state"], &one["item"]["failure_class"]),
+        (&json!("active"), &Value::Null)
+    );
+    let two = f.get("/api/items/2").await.json();
+    assert_eq!(
+        (&two["item"]["state"], &two["item"]["failure_class"]),
+        (&json!("failed"), &json!("quality"))
+    );
+    // Nothing left to retry: an empty list, not an error.
+    let a = f
+        .post_json("/api/items/retry", json!({"failed": "infra"}))
+        .await;
+    assert_eq!(a.json(), json!({"retried": []}));
+    let a = f.post_json("/api/items/retry", json!({})).await;
+    assert_eq!(a.error(), (StatusCode::BAD_REQUEST, "bad_request".into()));
+}
+
 #[tokio::test]
 async fn status_processes_events_activity_and_the_document() {
     let f = fixture().await;
@@ -979,6 +1072,7 @@ async fn populate(f: &Fixture) {
                 transition: Transition::FailItem {
                     reason: "boom".into(),
                     feedback: None,
+                    class: ideamill_core::FailureClass::Infra,
                 },
                 error: Some("boom"),
                 usage: None,
@@ -1070,6 +1164,8 @@ async fn exercise(f: &Fixture) -> Vec<Call> {
         "/api/items",
         "/api/items?limit=2",
         "/api/items?state=failed",
+        "/api/items?failed=infra",
+        "/api/items?failed=nope",
         "/api/items?q=moon",
         "/api/items?state=nope",
         "/api/items?colour=red",
@@ -1098,6 +1194,35 @@ async fn exercise(f: &Fixture) -> Vec<Call> {
     }
 
     let retry = "/api/items/{id}/retry";
+    call(
+        "POST",
+        retry,
+        "/api/items/2/retry",
+        json(json!({"failed": "quality"})),
+    )
+    .await;
+    call(
+        "POST",
+        retry,
+        "/api/items/2/retry",
+        json(json!({"failed": "nope"})),
+    )
+    .await;
+    let retry_all = "/api/items/retry";
+    call(
+        "POST",
+        retry_all,
+        retry_all,
+        json(json!({"failed": "nope"})),
+    )
+    .await;
+    call(
+        "POST",
+        retry_all,
+        retry_all,
+        json(json!({"failed": "infra"})),
+    )
+    .await;
     call("POST", retry, "/api/items/2/retry", None).await;
     call("POST", retry, "/api/items/1/retry", None).await;
     call("POST", retry, "/api/items/3/retry", None).await;

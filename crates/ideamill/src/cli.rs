@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ideamill_core::FailureClass;
 use ideamill_store::StateFilter;
 
 #[derive(Debug, Parser)]
@@ -175,6 +176,10 @@ pub struct ListArgs {
     /// Items whose current (or last) stage is this one.
     #[arg(long)]
     pub stage: Option<String>,
+    /// Failed items whose failure is of this class: `quality` (the work was
+    /// found wanting) or `infra` (the provider or the host failed).
+    #[arg(long, value_parser = parse_failure_class, value_name = "CLASS")]
+    pub failed: Option<FailureClass>,
     /// At most this many items.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
@@ -204,10 +209,18 @@ pub struct IdArgs {
 
 #[derive(Debug, Args)]
 pub struct RetryArgs {
-    pub id: String,
+    /// The item; without it, `--failed CLASS` runs every item failed of
+    /// that class again.
+    #[arg(required_unless_present = "failed")]
+    pub id: Option<String>,
     /// Start again at this stage (needed for an item that is done).
-    #[arg(long)]
+    #[arg(long, requires = "id")]
     pub from: Option<String>,
+    /// Only items that failed of this class: `infra` (the provider or the
+    /// host failed: rate limits, 5xx, timeouts, sandbox limits, ...) or
+    /// `quality`. With an ID, that item only if it did; without, every one.
+    #[arg(long, value_parser = parse_failure_class, value_name = "CLASS")]
+    pub failed: Option<FailureClass>,
     #[arg(long)]
     pub json: bool,
 }
@@ -533,6 +546,11 @@ pub enum ExportFormat {
 }
 
 /// `--state`: one of [`StateFilter::ALL`].
+fn parse_failure_class(s: &str) -> Result<FailureClass, String> {
+    FailureClass::parse(s)
+        .ok_or_else(|| format!("unknown failure class `{s}`; classes: quality, infra"))
+}
+
 fn parse_state(s: &str) -> Result<StateFilter, String> {
     StateFilter::parse(s).ok_or_else(|| {
         format!(

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use ideamill_core::Millis;
 use ideamill_core::duration::format_duration;
+use ideamill_core::{FailureClass, Millis};
 
 /// Print `value` as pretty JSON on stdout.
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -81,6 +81,25 @@ pub fn ago(at: Millis, now: Millis) -> String {
             "in {}",
             format_duration(round(Duration::from_millis((-d) as u64)))
         )
+    }
+}
+
+/// An item's state as people read it, with a failed item's class:
+/// `failed (infra)`, `failed (quality)`.
+pub fn state_with_class(display_state: &str, class: Option<FailureClass>) -> String {
+    match class {
+        Some(class) => format!("{display_state} ({class})"),
+        None => display_state.to_string(),
+    }
+}
+
+/// What a failure class means for the person reading `show`.
+pub fn failure_meaning(class: FailureClass) -> &'static str {
+    match class {
+        FailureClass::Infra => {
+            "infra: the provider or the host failed, not the work (`ideamill retry --failed infra` runs such items again)"
+        }
+        FailureClass::Quality => "quality: the work itself failed or was rejected",
     }
 }
 

@@ -92,7 +92,7 @@ impl Stages for PostgresStore {
         let mut done: Vec<(ItemId, Millis)> = Vec::new();
         let mut uncount: Vec<JobId> = Vec::new();
         let mut item_errors: Vec<(ItemId, &str, Millis)> = Vec::new();
-        let mut failed: Vec<(ItemId, &str, Millis)> = Vec::new();
+        let mut failed: Vec<(ItemId, &str, ideamill_core::FailureClass, Millis)> = Vec::new();
         let mut cancelled_items: Vec<(ItemId, Millis)> = Vec::new();
         // Events in the order of the finishes, stale ones included.
         let mut events: Vec<NewEvent> = Vec::new();
@@ -122,8 +122,8 @@ impl Stages for PostgresStore {
             if let Some(error) = plan.item_error {
                 item_errors.push((job.item_id, error, now));
             }
-            if let Some(reason) = plan.fail_reason {
-                failed.push((job.item_id, reason, now));
+            if let Some((reason, class)) = plan.fail_reason {
+                failed.push((job.item_id, reason, class, now));
             }
             if plan.cancel_item {
                 cancelled_items.push((job.item_id, now));

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
-use ideamill_core::{ItemId, Millis, Usage};
+use ideamill_core::{FailureClass, ItemId, Millis, Usage};
 
 use super::{CHANNEL, PostgresStore, Tx};
 use crate::common::AttemptRecord;
@@ -115,18 +115,20 @@ impl Rows for PostgresStore {
     }
 
     /// Fail active items, each with its reason.
-    async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, Millis)]) -> Result<()> {
+    async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, FailureClass, Millis)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "UPDATE items SET state = 'failed', last_error = u.reason, finished_at = u.at, updated_at = u.at
-             FROM UNNEST($1::int8[], $2::text[], $3::int8[]) AS u(id, reason, at)
+            "UPDATE items SET state = 'failed', last_error = u.reason, failure_class = u.class,
+                    finished_at = u.at, updated_at = u.at
+             FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(id, reason, class, at)
              WHERE items.id = ANY($1) AND items.id = u.id AND items.state = 'active'",
         )
         .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -235,7 +235,8 @@ pub(super) async fn retry_item<B: Backend + Rows>(
         _ => {
             B::Db::execute(
                 &mut tx,
-                "UPDATE items SET state = 'active', finished_at = NULL, last_error = NULL, updated_at = $1
+                "UPDATE items SET state = 'active', finished_at = NULL, last_error = NULL,
+                        failure_class = NULL, updated_at = $1
                  WHERE id = $2",
                 &[now.into(), id.into()],
             )

@@ -2,7 +2,7 @@
 //! requests, what is pending, and jobs paused for a budget.
 
 use ideamill_core::machine::LostJob;
-use ideamill_core::{AttemptOutcome, ItemId, JobId, Millis};
+use ideamill_core::{AttemptOutcome, FailureClass, ItemId, JobId, Millis};
 
 use super::{Backend, Rows, Sql, one};
 use crate::common::{self, AttemptRecord, RowExt};
@@ -48,7 +48,7 @@ pub(super) async fn reap_expired<B: Backend + Rows>(
         let lost = AttemptRecord::interrupted(&job, &owner, AttemptOutcome::Lost, now, &reap.error);
         B::insert_attempts(&mut tx, &[lost]).await?;
         if let Some(reason) = &reap.fail_reason {
-            B::fail_items(&mut tx, &[(job.item_id, reason, now)]).await?;
+            B::fail_items(&mut tx, &[(job.item_id, reason, FailureClass::Infra, now)]).await?;
         }
         B::insert_events(&mut tx, std::slice::from_ref(&reap.event)).await?;
         reaped.push(ReapedJob {

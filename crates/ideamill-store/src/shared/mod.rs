@@ -21,7 +21,7 @@ mod reads;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use ideamill_core::machine::NextJob;
-use ideamill_core::{ItemId, JobId, Millis};
+use ideamill_core::{FailureClass, ItemId, JobId, Millis};
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Encode, Executor, IntoArguments, Type};
 
@@ -252,7 +252,10 @@ pub(crate) trait Rows: Backend {
     async fn insert_jobs(tx: &mut Tx<Self::Db>, jobs: &[(ItemId, &NextJob, Millis)]) -> Result<()>;
     async fn insert_attempts(tx: &mut Tx<Self::Db>, rows: &[AttemptRecord<'_>]) -> Result<()>;
     /// Fail active items, each with its reason.
-    async fn fail_items(tx: &mut Tx<Self::Db>, rows: &[(ItemId, &str, Millis)]) -> Result<()>;
+    async fn fail_items(
+        tx: &mut Tx<Self::Db>,
+        rows: &[(ItemId, &str, FailureClass, Millis)],
+    ) -> Result<()>;
     /// New active items, each with its first job; ids in input order.
     async fn insert_new_items(
         tx: &mut Tx<Self::Db>,

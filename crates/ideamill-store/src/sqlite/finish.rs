@@ -113,8 +113,8 @@ impl Stages for SqliteStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            if let Some(reason) = plan.fail_reason {
-                fail_item(&mut tx, job.item_id, reason, now).await?;
+            if let Some((reason, class)) = plan.fail_reason {
+                fail_item(&mut tx, job.item_id, reason, class, now).await?;
             }
             if plan.cancel_item {
                 sqlx::query(

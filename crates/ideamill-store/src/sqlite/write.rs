@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
-use ideamill_core::{ItemId, Millis};
+use ideamill_core::{FailureClass, ItemId, Millis};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{SqliteStore, Tx};
@@ -78,9 +78,9 @@ impl Rows for SqliteStore {
         Ok(())
     }
 
-    async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, Millis)]) -> Result<()> {
-        for (item, reason, now) in rows {
-            fail_item(tx, *item, reason, *now).await?;
+    async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, FailureClass, Millis)]) -> Result<()> {
+        for (item, reason, class, now) in rows {
+            fail_item(tx, *item, reason, *class, *now).await?;
         }
         Ok(())
     }
@@ -130,11 +130,20 @@ pub(super) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
     Ok(())
 }
 
-pub(super) async fn fail_item(tx: &mut Tx, item: ItemId, reason: &str, now: Millis) -> Result<()> {
+pub(super) async fn fail_item(
+    tx: &mut Tx,
+    item: ItemId,
+    reason: &str,
+    class: FailureClass,
+    now: Millis,
+) -> Result<()> {
     sqlx::query(
-        "UPDATE items SET state = 'failed', last_error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'active'",
+        "UPDATE items SET state = 'failed', last_error = ?, failure_class = ?, finished_at = ?,
+                updated_at = ?
+         WHERE id = ? AND state = 'active'",
     )
     .bind(reason)
+    .bind(class.as_str())
     .bind(now)
     .bind(now)
     .bind(item)

@@ -1,5 +1,6 @@
 //! What people do by hand: retry and cancel items, prune old ones.
 
+use ideamill_core::FailureClass;
 use ideamill_core::machine::Transition;
 use ideamill_core::{ItemState, JobState};
 use ideamill_store::{EventFilter, ItemCounts, RetryEffect, Store, StoreError, event_kind};
@@ -31,6 +32,7 @@ pub async fn retry_and_cancel_by_hand(s: &dyn Store) {
             Transition::FailItem {
                 reason: reason.into(),
                 feedback: None,
+                class: FailureClass::Quality,
             },
         ),
     )
@@ -185,6 +187,7 @@ pub async fn prune_deletes_only_old_finished_items(b: &dyn Backend) {
     let fail = Transition::FailItem {
         reason: "rejected".into(),
         feedback: Some("bad".into()),
+        class: FailureClass::Quality,
     };
     finish_ok(s, finish(&job, "w1", T0 + 20, fail)).await;
     s.cancel_item(old_cancelled, T0 + 30).await.unwrap();
@@ -471,4 +474,132 @@ pub async fn retry_waits_until_a_cancelled_job_has_ended(s: &dyn Store) {
     let mut items: Vec<_> = again.iter().map(|j| j.item_id).collect();
     items.sort_unstable();
     assert_eq!(items, ids, "both items run again, once each");
+}
+
+/// Issue 13: a failed item keeps why it failed (the work's quality or the
+/// infrastructure), lists filter by it, and a retry clears it, so that
+/// `retry --failed infra` runs only the infrastructure's failures again.
+pub async fn failure_class_is_kept_filtered_and_cleared_by_retry(s: &dyn Store) {
+    use ideamill_store::{ItemFilter, StateFilter};
+
+    let draft = next("draft", 1, 3);
+    let ids = s
+        .add_items(&new_items(&["infra", "quality", "done"]), &draft, T0)
+        .await
+        .unwrap();
+    let (infra, quality, done) = (ids[0], ids[1], ids[2]);
+    // One more whose only try is lost: the reaper fails it, and a lost
+    // worker is the host's failure.
+    let lost = add_one(s, "lost", &next("draft", 1, 1), T0).await;
+    let held = s.claim("draft", 4, "w1", T0, T0 + LEASE).await.unwrap();
+    assert_eq!(held.len(), 4);
+    let fail = |class| Transition::FailItem {
+        reason: format!("failed: {class}"),
+        feedback: None,
+        class,
+    };
+    finish_ok(
+        s,
+        finish(&held[0], "w1", T0 + 10, fail(FailureClass::Infra)),
+    )
+    .await;
+    finish_ok(
+        s,
+        finish(&held[1], "w1", T0 + 10, fail(FailureClass::Quality)),
+    )
+    .await;
+    finish_ok(s, finish(&held[2], "w1", T0 + 10, advance("out", None))).await;
+    let reaped = s.reap_expired(T0 + LEASE + 1).await.unwrap();
+    assert_eq!(reaped.iter().map(|r| r.item_id).collect::<Vec<_>>(), [lost]);
+
+    let class_of = async |id| s.item(id).await.unwrap().item.failure_class;
+    assert_eq!(class_of(infra).await, Some(FailureClass::Infra));
+    assert_eq!(class_of(quality).await, Some(FailureClass::Quality));
+    assert_eq!(class_of(lost).await, Some(FailureClass::Infra));
+    assert_eq!(class_of(done).await, None, "only failed items have one");
+    assert_eq!(
+        s.context(infra).await.unwrap().item.failure_class,
+        Some(FailureClass::Infra)
+    );
+
+    let failed = |failure| ItemFilter {
+        failure,
+        limit: 100,
+        ..ItemFilter::default()
+    };
+    let listed = async |filter: ItemFilter| {
+        s.list_items(&filter)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| (i.id, i.failure_class))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(failed(Some(FailureClass::Infra))).await,
+        [
+            (lost, Some(FailureClass::Infra)),
+            (infra, Some(FailureClass::Infra))
+        ]
+    );
+    assert_eq!(
+        listed(failed(Some(FailureClass::Quality))).await,
+        [(quality, Some(FailureClass::Quality))]
+    );
+    assert_eq!(
+        listed(ItemFilter {
+            state: Some(StateFilter::Failed),
+            ..failed(None)
+        })
+        .await,
+        [
+            (lost, Some(FailureClass::Infra)),
+            (quality, Some(FailureClass::Quality)),
+            (infra, Some(FailureClass::Infra))
+        ]
+    );
+    // Text search honours the filter too.
+    let found = s
+        .search_items(&failed(Some(FailureClass::Infra)), "infra")
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|i| i.id).collect::<Vec<_>>(), [infra]);
+
+    // Retrying what the filter lists runs those again, and nothing else.
+    for item in s
+        .list_items(&failed(Some(FailureClass::Infra)))
+        .await
+        .unwrap()
+    {
+        s.retry_item(item.id, &draft, T0 + LEASE + 10)
+            .await
+            .unwrap();
+    }
+    assert_eq!(listed(failed(Some(FailureClass::Infra))).await, []);
+    for id in [infra, lost] {
+        let d = s.item(id).await.unwrap();
+        assert_eq!(
+            (d.item.state, d.item.failure_class, d.item.last_error),
+            (ItemState::Active, None, None),
+            "item {id} runs again with its failure forgotten"
+        );
+    }
+    assert_eq!(class_of(quality).await, Some(FailureClass::Quality));
+    assert_eq!(s.item(quality).await.unwrap().item.state, ItemState::Failed);
+    let mut again = s
+        .claim("draft", 10, "w2", T0 + LEASE + 10, T0 + 2 * LEASE)
+        .await
+        .unwrap();
+    again.sort_by_key(|j| j.item_id);
+    assert_eq!(
+        again.iter().map(|j| j.item_id).collect::<Vec<_>>(),
+        [infra, lost]
+    );
+
+    // Failing again records the new class, not the old one.
+    let at = T0 + LEASE + 20;
+    finish_ok(s, finish(&again[0], "w2", at, fail(FailureClass::Quality))).await;
+    assert_eq!(class_of(infra).await, Some(FailureClass::Quality));
+    finish_ok(s, finish(&again[1], "w2", at, advance("out", None))).await;
+    assert_eq!(class_of(lost).await, None);
 }

@@ -2,6 +2,7 @@
 //! activity per time bucket behind the charts, and the change marker behind
 //! live updates.
 
+use ideamill_core::FailureClass;
 use ideamill_core::ItemId;
 use ideamill_core::machine::Transition;
 use ideamill_store::{ActivityBucket, ItemFilter, NewEvent, StateFilter, Store};
@@ -114,6 +115,7 @@ pub async fn activity_counts_attempts_and_items_per_bucket(s: &dyn Store) {
     let fail = Transition::FailItem {
         reason: "no such program".into(),
         feedback: None,
+        class: FailureClass::Quality,
     };
     finish_ok(s, finish(&held[2], "w1", T0 + 2 * MIN + 10, fail)).await;
     // Bucket 2 too: b's second attempt succeeds.

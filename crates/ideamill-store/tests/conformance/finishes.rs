@@ -1,6 +1,7 @@
 //! Finishing attempts: each transition's effect on the item, its jobs,
 //! outputs and feedback, and the lease-token fence.
 
+use ideamill_core::FailureClass;
 use ideamill_core::machine::{LostJob, Transition};
 use ideamill_core::{AttemptOutcome, ItemState, JobState};
 use ideamill_store::{FeedbackRow, FinishEffect, OutputRow, Store, StoreError, event_kind};
@@ -280,6 +281,7 @@ pub async fn send_back_and_fail_keep_feedback_in_order(s: &dyn Store) {
             Transition::FailItem {
                 reason: "rejected by gate `review` in round 3 of 3: still no sources".into(),
                 feedback: Some(feedback.to_string()),
+                class: FailureClass::Quality,
             }
         } else {
             Transition::SendBack {
@@ -451,6 +453,7 @@ pub async fn nul_bytes_in_results_are_replaced(s: &dyn Store) {
             Transition::FailItem {
                 reason: "bad\0input".into(),
                 feedback: None,
+                class: FailureClass::Quality,
             },
         ),
     )

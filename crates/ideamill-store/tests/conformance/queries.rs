@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use ideamill_core::FailureClass;
 use ideamill_core::machine::Transition;
 use ideamill_core::{ItemId, ItemState};
 use ideamill_store::{
@@ -58,6 +59,7 @@ pub async fn list_items_filters_and_pages(s: &dyn Store) {
     let fail = Transition::FailItem {
         reason: "no such program".into(),
         feedback: None,
+        class: FailureClass::Quality,
     };
     finish_ok(s, finish(&held[1], "w1", T0 + 10, retry)).await;
     finish_ok(s, finish(&held[2], "w1", T0 + 10, advance("out", None))).await;
@@ -220,6 +222,7 @@ pub async fn status_counts_stages_leases_and_items(s: &dyn Store) {
     let fail = Transition::FailItem {
         reason: "no".into(),
         feedback: None,
+        class: FailureClass::Quality,
     };
     finish_ok(s, finish(&solos[1], "w2", T0 + 30, fail)).await;
 

@@ -1,6 +1,7 @@
 //! `/api/items`: list (filtered, searched, paginated) and add; one item with
 //! its stages, attempts, outputs, feedback rounds, files and costs; one
-//! workspace file; retry and cancel.
+//! workspace file; retry (one item, or every item failed of a class) and
+//! cancel.
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -11,7 +12,7 @@ use ideamill_intake::{Format, Limits, parse_ideas};
 use ideamill_sys::clock::now_millis;
 use serde::Deserialize;
 
-use super::wire::{self, Added, Cancelled, ItemView, Retried, convert};
+use super::wire::{self, Added, Cancelled, ItemView, Retried, RetriedAll, convert};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::view::{self, ItemsQuery, json};
@@ -156,6 +157,14 @@ pub async fn file(
 #[serde(deny_unknown_fields)]
 struct RetryBody {
     from: Option<String>,
+    /// Only if the item failed of this class (`quality`, `infra`).
+    failed: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryAllBody {
+    failed: String,
 }
 
 pub async fn retry(
@@ -169,12 +178,38 @@ pub async fn retry(
         RetryBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!("the body is not {{\"from\": \"STAGE\"}}: {e}"))
+            ApiError::bad_request(format!(
+                "the body is not {{\"from\": \"STAGE\", \"failed\": \"CLASS\"}}: {e}"
+            ))
         })?
     };
-    let effect = view::retry(&s, id, options.from.as_deref()).await?;
+    let failed = options
+        .failed
+        .as_deref()
+        .map(view::failure_class)
+        .transpose()?;
+    let effect = view::retry(&s, id, options.from.as_deref(), failed).await?;
     s.live.poke();
     Ok(json(StatusCode::OK, &Retried::new(id, effect)))
+}
+
+/// `POST /api/items/retry` with `{"failed": "infra"}`: every item that
+/// failed of that class runs again where it stopped.
+pub async fn retry_all(State(s): State<AppState>, request: Request<Body>) -> ApiResult<Response> {
+    let (_, body) = body(request).await?;
+    let options: RetryAllBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not {{\"failed\": \"CLASS\"}}: {e}"))
+    })?;
+    let class = view::failure_class(&options.failed)?;
+    let retried = view::retry_failed(&s, class).await?;
+    if !retried.is_empty() {
+        s.live.poke();
+    }
+    let retried = retried
+        .into_iter()
+        .map(|(id, effect)| Retried::new(id, effect))
+        .collect();
+    Ok(json(StatusCode::OK, &RetriedAll { retried }))
 }
 
 pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {

@@ -42,6 +42,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/items", get(items::list).post(items::add)),
         ("/items/{id}", get(items::get)),
         ("/items/{id}/files/{*path}", get(items::file)),
+        ("/items/retry", post(items::retry_all)),
         ("/items/{id}/retry", post(items::retry)),
         ("/items/{id}/cancel", post(items::cancel)),
         ("/stream", get(crate::live::stream)),

@@ -27,6 +27,9 @@ pub struct ItemSummary {
     pub round: u32,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// A failed item's class: `quality` (the work was judged and found
+    /// wanting) or `infra` (the provider or the host failed); else `null`.
+    pub failure_class: Option<&'static str>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -42,6 +45,7 @@ impl From<store::ItemSummary> for ItemSummary {
             round: i.round,
             attempts: i.attempts,
             last_error: i.last_error,
+            failure_class: i.failure_class.map(|c| c.as_str()),
             created_at: i.created_at,
             updated_at: i.updated_at,
         }
@@ -68,6 +72,8 @@ pub struct Item {
     pub stage: Option<String>,
     pub round: u32,
     pub last_error: Option<String>,
+    /// As [`ItemSummary::failure_class`].
+    pub failure_class: Option<&'static str>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
@@ -83,6 +89,7 @@ impl From<store::ItemRow> for Item {
             stage: i.stage,
             round: i.round,
             last_error: i.last_error,
+            failure_class: i.failure_class.map(|c| c.as_str()),
             created_at: i.created_at,
             updated_at: i.updated_at,
             finished_at: i.finished_at,
@@ -341,6 +348,13 @@ impl Retried {
             round: effect.round,
         }
     }
+}
+
+/// `POST /api/items/retry`, `ideamill retry --failed CLASS --json`: every
+/// item run again, newest first.
+#[derive(Debug, Serialize)]
+pub struct RetriedAll {
+    pub retried: Vec<Retried>,
 }
 
 /// `POST /api/items/{id}/cancel`, `ideamill cancel --json`.

@@ -506,7 +506,7 @@ pub async fn retry(
     let form: RetryForm = serde_urlencoded::from_bytes(&body)
         .map_err(|e| ApiError::bad_request(format!("the form does not read: {e}")))?;
     let from = form.from.filter(|f| !f.is_empty());
-    view::retry(&s, id, from.as_deref()).await?;
+    view::retry(&s, id, from.as_deref(), None).await?;
     s.live.poke();
     let (page, _) = view(&s, id).await?;
     Ok(super::fragment(s.templates.render("item.html", &page)?))

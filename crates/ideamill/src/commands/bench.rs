@@ -172,6 +172,7 @@ async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
             stage: None,
             round: 1,
             last_error: None,
+            failure_class: None,
             created_at: now,
             updated_at: now,
             finished_at: None,

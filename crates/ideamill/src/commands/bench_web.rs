@@ -136,6 +136,7 @@ async fn fill(config: &Config, store: &dyn Store, items: usize) -> anyhow::Resul
                                 "stage `implement` failed: exit status 2 (SyntaxError in main.py)"
                                     .into(),
                             feedback: None,
+                            class: ideamill_core::FailureClass::Quality,
                         }
                     } else {
                         Transition::Advance {

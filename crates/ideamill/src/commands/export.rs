@@ -63,6 +63,7 @@ pub async fn run(config: Option<&Path>, args: ExportArgs) -> anyhow::Result<Exit
             .list_items(&ItemFilter {
                 state,
                 stage: None,
+                failure: None,
                 before_id: before,
                 limit: PAGE,
             })

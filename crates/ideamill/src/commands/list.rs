@@ -1,4 +1,5 @@
-//! `ideamill list`: items, newest first, filtered by state or stage.
+//! `ideamill list`: items, newest first, filtered by state, stage or
+//! failure class.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ pub async fn run(config: Option<&Path>, args: ListArgs) -> anyhow::Result<ExitCo
         .list_items(&ItemFilter {
             state,
             stage: args.stage.clone(),
+            failure: args.failed,
             before_id: args.before,
             limit: args.limit,
         })
@@ -37,7 +39,7 @@ pub async fn run(config: Option<&Path>, args: ListArgs) -> anyhow::Result<ExitCo
     for i in &items {
         table.row(vec![
             i.id.to_string(),
-            i.display_state.clone(),
+            output::state_with_class(&i.display_state, i.failure_class),
             i.stage.clone().unwrap_or_else(|| "-".into()),
             i.round.to_string(),
             i.attempts.to_string(),

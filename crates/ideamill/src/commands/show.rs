@@ -29,7 +29,12 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
     let now = now_millis();
     let mut out = std::io::stdout().lock();
     let item = &d.item;
-    writeln!(out, "Item {}: {}", item.id, d.display_state)?;
+    writeln!(
+        out,
+        "Item {}: {}",
+        item.id,
+        output::state_with_class(&d.display_state, item.failure_class)
+    )?;
     writeln!(out, "  idea:     {}", output::first_line(&item.text, 100))?;
     if item.metadata.as_object().is_some_and(|m| !m.is_empty()) {
         writeln!(out, "  metadata: {}", item.metadata)?;
@@ -56,6 +61,9 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
     }
     if let Some(e) = &item.last_error {
         writeln!(out, "  error:    {e}")?;
+    }
+    if let Some(class) = item.failure_class {
+        writeln!(out, "  failure:  {}", output::failure_meaning(class))?;
     }
     writeln!(out, "  workspace: {}", workspace.display())?;
     if d.usage.tokens() > 0 {
