@@ -527,6 +527,7 @@ impl Judge {
                 (Some(s), Some(f)) => (f - s).max(0),
                 _ => 0,
             };
+            let infra = judge::failed_for_infra(detail);
             items.push(ItemReport {
                 id: case.id.clone(),
                 item: detail.item.id,
@@ -534,7 +535,8 @@ impl Judge {
                 rounds_run: detail.item.round,
                 rounds: (!files_stages.is_empty()).then_some(per_round),
                 passed: hidden.passed(),
-                failure: (!hidden.passed()).then(|| judge::failure_class(detail, &hidden)),
+                infra,
+                failure: (infra || !hidden.passed()).then(|| judge::failure_class(detail, &hidden)),
                 hidden: hidden.label(),
                 tokens: detail.usage.tokens(),
                 cost: detail.usage.cost,
@@ -594,9 +596,16 @@ struct VariantReport {
     change: Option<String>,
     dir: PathBuf,
     ideas: u32,
-    /// Hidden pass rate after rounds 1..=max_rounds; `None` when no stage
-    /// writes files from a model's answer (only the final workspace is judged).
+    /// Ideas whose item failed for the infrastructure (the provider or the
+    /// host, see `FailureClass::Infra`): left out of every pass rate (its
+    /// `total` is `ideas - infra_failed`), and counted here instead, so that
+    /// a rate-limit storm never scores as the model's failure.
+    infra_failed: u32,
+    /// Hidden pass rate after rounds 1..=max_rounds, over the scored ideas;
+    /// `None` when no stage writes files from a model's answer (only the
+    /// final workspace is judged).
     rounds: Option<Vec<Rate>>,
+    /// Hidden pass rate of the final workspaces, over the scored ideas.
     #[serde(rename = "final")]
     final_pass: Rate,
     /// Items the pipeline finished as done.
@@ -609,7 +618,8 @@ struct VariantReport {
     tokens_per_pass: Option<f64>,
     cost_per_pass: Option<f64>,
     wall_seconds_per_pass: Option<f64>,
-    /// Why the ideas that do not pass failed, with their counts.
+    /// Why the ideas that do not pass failed, with their counts (those that
+    /// failed for the infrastructure as `infra: ...`).
     failures: BTreeMap<String, u32>,
     /// The loop's final pass rate over this variant's (compared variants).
     lift: Option<f64>,
@@ -624,12 +634,14 @@ impl VariantReport {
         rounds: u32,
         items: Vec<ItemReport>,
     ) -> VariantReport {
-        let n = items.len();
-        let passes = items.iter().filter(|i| i.passed).count();
+        // Only ideas the infrastructure let the pipeline finish are scored.
+        let scored: Vec<&ItemReport> = items.iter().filter(|i| !i.infra).collect();
+        let n = scored.len();
+        let passes = scored.iter().filter(|i| i.passed).count();
         let per_round = items.first().and_then(|i| i.rounds.as_ref()).map(|_| {
             (0..rounds as usize)
                 .map(|r| {
-                    let passed = items
+                    let passed = scored
                         .iter()
                         .filter(|i| i.rounds.as_ref().is_some_and(|p| p[r]))
                         .count();
@@ -650,7 +662,8 @@ impl VariantReport {
             name: name.to_owned(),
             change: change.map(|c| c.text.clone()),
             dir: dir.to_path_buf(),
-            ideas: n as u32,
+            ideas: items.len() as u32,
+            infra_failed: (items.len() - n) as u32,
             rounds: per_round,
             final_pass: Rate::of(passes, n),
             gate_done: done.len() as u32,
@@ -679,6 +692,8 @@ struct ItemReport {
     /// Hidden tests passed after each round.
     rounds: Option<Vec<bool>>,
     passed: bool,
+    /// The item failed for the infrastructure: not scored.
+    infra: bool,
     hidden: String,
     failure: Option<String>,
     tokens: u64,
@@ -717,6 +732,9 @@ fn print_report(report: &Report, out: &mut impl std::io::Write) -> std::io::Resu
     };
     let or_na = |x: Option<String>| x.unwrap_or_else(|| "n/a".to_owned());
     row("hidden pass, final", &|r| r.final_pass.to_string());
+    row("failed for infra, not scored", &|r| {
+        r.infra_failed.to_string()
+    });
     row("done by the gate", &|r| {
         format!("{}/{}", r.gate_done, r.ideas)
     });
@@ -749,7 +767,7 @@ fn print_report(report: &Report, out: &mut impl std::io::Write) -> std::io::Resu
         if r.failures.is_empty() {
             continue;
         }
-        writeln!(out, "\nNot passing, {}:", r.name)?;
+        writeln!(out, "\nNot passing (infra: not scored), {}:", r.name)?;
         for (class, n) in &r.failures {
             writeln!(out, "  {n:>3}  {class}")?;
         }
@@ -765,7 +783,9 @@ fn print_report(report: &Report, out: &mut impl std::io::Write) -> std::io::Resu
             rows.push(
                 std::iter::once(item.id.clone())
                     .chain(v.iter().map(|r| match r.items.get(i) {
-                        Some(it) if it.passed => format!("pass ({} rounds)", it.rounds_run),
+                        Some(it) if it.passed && !it.infra => {
+                            format!("pass ({} rounds)", it.rounds_run)
+                        }
                         Some(it) => it.failure.clone().unwrap_or_default(),
                         None => String::new(),
                     }))
@@ -807,6 +827,73 @@ fn print_rows(rows: &[Vec<String>], out: &mut impl std::io::Write) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(id: &str, passed: bool, infra: bool, failure: Option<&str>) -> ItemReport {
+        ItemReport {
+            id: id.into(),
+            item: 1,
+            state: if infra || !passed { "failed" } else { "done" }.into(),
+            rounds_run: 1,
+            rounds: Some(vec![passed]),
+            passed,
+            infra,
+            hidden: String::new(),
+            failure: failure.map(str::to_owned),
+            tokens: 10,
+            cost: 0.0,
+            wall_seconds: 1.0,
+        }
+    }
+
+    /// Issue 13: ideas failed for the infrastructure (a rate-limit storm)
+    /// are counted apart and left out of every pass rate.
+    #[test]
+    fn infra_failures_are_not_scored() {
+        let items = vec![
+            item("a", true, false, None),
+            item("b", false, false, Some("failed: own tests failing")),
+            item("c", false, true, Some("infra: implement (error)")),
+            // Even a workspace that happens to pass is not scored.
+            item("d", true, true, Some("infra: qa (error)")),
+        ];
+        let r = VariantReport::new("loop", None, Path::new("/x"), 1, items);
+        assert_eq!((r.ideas, r.infra_failed), (4, 2));
+        assert_eq!(r.final_pass, Rate::of(1, 2));
+        assert_eq!(r.rounds, Some(vec![Rate::of(1, 2)]));
+        assert_eq!(
+            r.failures,
+            BTreeMap::from([
+                ("failed: own tests failing".to_owned(), 1),
+                ("infra: implement (error)".to_owned(), 1),
+                ("infra: qa (error)".to_owned(), 1),
+            ])
+        );
+        let mut out = Vec::new();
+        let report = Report {
+            suite: "s".into(),
+            dir: "/x".into(),
+            confined: true,
+            variants: vec![r],
+        };
+        print_report(&report, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let line = |label: &str| {
+            out.lines()
+                .find(|l| l.starts_with(label))
+                .map(|l| l[label.len()..].trim().to_owned())
+        };
+        assert_eq!(
+            line("hidden pass, final").as_deref(),
+            Some("1/2 50.0%"),
+            "{out}"
+        );
+        assert_eq!(
+            line("failed for infra, not scored").as_deref(),
+            Some("2"),
+            "{out}"
+        );
+        assert_eq!(line("d ").as_deref(), Some("infra: qa (error)"), "{out}");
+    }
 
     #[test]
     fn variant_folders_are_plain_names() {

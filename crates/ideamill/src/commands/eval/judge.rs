@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ideamill_core::{AttemptOutcome, ItemState};
+use ideamill_core::{AttemptOutcome, FailureClass, ItemState};
 use ideamill_stages::command::{CommandEnd, CommandResult};
 use ideamill_store::{ItemDetail, OutputRow};
 
@@ -95,8 +95,28 @@ impl Hidden {
     }
 }
 
-/// Why an idea whose final workspace fails the hidden tests failed.
+/// Whether the item failed for the infrastructure (the provider's rate
+/// limits, 5xx, timeouts; the host's limits or errors): such an item says
+/// nothing about the model, so the report counts it apart from the scored
+/// ideas, whatever its workspace holds.
+pub fn failed_for_infra(detail: &ItemDetail) -> bool {
+    detail.item.state == ItemState::Failed && detail.item.failure_class == Some(FailureClass::Infra)
+}
+
+/// Why an idea failed: one whose final workspace fails the hidden tests, or
+/// one that failed for the infrastructure (`infra: ...`).
 pub fn failure_class(detail: &ItemDetail, hidden: &Hidden) -> String {
+    if failed_for_infra(detail) {
+        let last = detail
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.outcome != AttemptOutcome::Succeeded);
+        return match last {
+            Some(a) => format!("infra: {} ({})", a.stage, a.outcome.as_str()),
+            None => "infra".to_owned(),
+        };
+    }
     match detail.item.state {
         ItemState::Done => format!("done but hidden tests fail ({})", hidden.label()),
         ItemState::Cancelled => "cancelled".to_owned(),
