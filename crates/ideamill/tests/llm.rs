@@ -391,3 +391,119 @@ fn validate_refuses_templates_with_unknown_variables() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 13: an item the provider failed (429s until its tries ran out) is
+/// marked `infra`, one whose own stage failed is marked `quality`; `list`
+/// and `show` say so, and `retry --failed infra` runs only the first again.
+#[test]
+fn issue_13_a_rate_limit_storm_is_an_infra_failure_and_retried_alone() {
+    let limited = Reply::Error {
+        status: 429,
+        body: r#"{"error":{"message":"slow down","type":"rate_limit"}}"#.into(),
+        headers: vec![],
+    };
+    // The only item that reaches the model meets three 429s (its three
+    // tries), then, once retried, an answer.
+    let server = FakeProvider::start(vec![
+        limited.clone(),
+        limited.clone(),
+        limited,
+        stream(&["done at last"]),
+    ]);
+    // A stage of its own before the model: the idea "bad" fails it.
+    let check = py_stage(
+        "check",
+        "import json, sys\nidea = json.load(sys.stdin)['item']['text']\nsys.exit(3 if idea == 'bad' else 0)\n",
+        "max_attempts = 1\nsandbox = \"off\"", // reads only its stdin
+    );
+    // (`extra` comes before the llm stage, so `check` runs first.)
+    let p = project(&server, "", &check);
+    let infra = p.add("good");
+    let quality = p.add("bad");
+    run(&p);
+
+    let item = p.show(infra);
+    assert_eq!(
+        outcomes(&item)[1..],
+        ["error", "error", "error"],
+        "{item:#}"
+    );
+    assert_eq!(
+        (&item["item"]["state"], &item["item"]["failure_class"]),
+        (&Value::from("failed"), &Value::from("infra")),
+        "{item:#}"
+    );
+    let item = p.show(quality);
+    assert_eq!(
+        (&item["item"]["state"], &item["item"]["failure_class"]),
+        (&Value::from("failed"), &Value::from("quality")),
+        "{item:#}"
+    );
+    assert_eq!(
+        server.request_count(),
+        3,
+        "the bad idea never reached the model"
+    );
+
+    let classes = |args: &[&str]| -> Vec<(i64, Value)> {
+        p.json(args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].as_i64().unwrap(), i["failure_class"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        classes(&["list"]),
+        [(quality, "quality".into()), (infra, "infra".into())]
+    );
+    assert_eq!(
+        classes(&["list", "--failed", "infra"]),
+        [(infra, "infra".into())]
+    );
+    let listed = p.ok(&["list"]);
+    assert!(listed.contains("failed (infra)"), "{listed}");
+    assert!(listed.contains("failed (quality)"), "{listed}");
+    let shown = p.ok(&["show", &infra.to_string()]);
+    assert!(
+        shown.contains(&format!("Item {infra}: failed (infra)")),
+        "{shown}"
+    );
+    assert!(shown.contains("failure:  infra:"), "{shown}");
+    let exported = p.ok(&["export", "--format", "jsonl"]);
+    let exported: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        exported
+            .iter()
+            .map(|e| (e["id"].as_i64().unwrap(), e["failure_class"].clone()))
+            .collect::<Vec<_>>(),
+        [(quality, "quality".into()), (infra, "infra".into())]
+    );
+
+    // The bad idea is not the infrastructure's to retry.
+    let refused = p.run(&["retry", &quality.to_string(), "--failed", "infra"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("did not fail for infra"),
+        "{refused:?}"
+    );
+    let retried = p.json(&["retry", "--failed", "infra"]);
+    assert_eq!(
+        retried,
+        serde_json::json!({"retried": [{"id": infra, "stage": "write", "round": 1}]})
+    );
+    assert_eq!(p.show(quality)["item"]["state"], "failed");
+    assert_eq!(p.show(infra)["item"]["failure_class"], Value::Null);
+    assert_eq!(
+        p.ok(&["retry", "--failed", "infra"]).trim(),
+        "No item failed for infra."
+    );
+
+    run(&p);
+    let item = p.show(infra);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+    assert_eq!(p.show(quality)["item"]["failure_class"], "quality");
+}
