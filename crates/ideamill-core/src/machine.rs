@@ -18,11 +18,13 @@ pub enum StageResult {
     /// the item's last.
     Failed {
         outcome: AttemptOutcome,
+        /// Whether the work or the machinery around it failed.
         class: FailureClass,
         message: String,
     },
     /// A failure that retrying cannot fix.
     Permanent {
+        /// Whether the work or the machinery around it failed.
         class: FailureClass,
         message: String,
     },
@@ -88,6 +90,7 @@ pub enum Transition {
     FailItem {
         reason: String,
         feedback: Option<String>,
+        /// Why, as far as what to do about it goes.
         class: FailureClass,
     },
     /// The item was cancelled; nothing follows.

@@ -114,17 +114,21 @@ impl fmt::Display for JobState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureClass {
+    /// The work was judged and found wanting.
     Quality,
+    /// The provider or the host failed; the work was never judged.
     Infra,
 }
 
 impl FailureClass {
+    /// The stored and shown name: `quality`, `infra`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::Quality => "quality",
             FailureClass::Infra => "infra",
         }
     }
+    /// The class named `s` ([`FailureClass::as_str`]), if any.
     pub fn parse(s: &str) -> Option<FailureClass> {
         Some(match s {
             "quality" => FailureClass::Quality,

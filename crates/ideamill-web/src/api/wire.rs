@@ -354,6 +354,7 @@ impl Retried {
 /// item run again, newest first.
 #[derive(Debug, Serialize)]
 pub struct RetriedAll {
+    /// What runs next for each item run again.
     pub retried: Vec<Retried>,
 }
 
