@@ -1241,7 +1241,7 @@ async fn every_endpoint_answers_as_the_document_says() {
             || (path == "/api/stream" && stream.status().as_str() == status)
     };
     for (path, method, status) in documented(&doc) {
-        // A stalled event loop is the engine's to cause (tests/main.rs
+        // A stalled event loop is the engine's to cause (ideamill/tests/binary.rs
         // stalls one for real); here the loop is the test's.
         let exempt = path == "/healthz" && status == "503";
         if !exempt && !seen(&path, &method, &status) {

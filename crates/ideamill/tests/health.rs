@@ -3,16 +3,13 @@
 //! the metrics exposition, systemd notifications and units. Real processes,
 //! real signals; every wait has a deadline.
 
-#[path = "util.rs"]
-mod util;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use serde_json::Value;
-use util::*;
 
 /// Short beats and a 2 s stall limit, so that hangs are found quickly.
 const FAST: &str = "[engine]\nlease = \"3s\"\nheartbeat = \"500ms\"\npoll_interval = \"500ms\"\nshutdown_grace = \"5s\"\n\

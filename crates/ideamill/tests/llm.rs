@@ -4,13 +4,12 @@
 
 #[path = "support/fake_provider.rs"]
 mod fake_provider;
-mod util;
 
 use std::time::Duration;
 
+use crate::util::*;
 use fake_provider::{FakeProvider, Reply};
 use serde_json::Value;
-use util::*;
 
 const KEY: &str = "sk-test-secret-4f7a9c";
 

@@ -1,7 +1,5 @@
 //! Helpers for running the real `ideamill` binary on a temporary project:
 //! fixtures, waiting on conditions with deadlines, and JSON reads.
-// Each test binary uses a different part of these helpers.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
