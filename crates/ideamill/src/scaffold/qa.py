@@ -20,11 +20,17 @@ ACCEPTANCE = "test_acceptance.py"
 
 
 def acceptance_tests(text):
-    """The first fenced code block of `text`, else `text` if it is code."""
+    """The first fenced code block of `text`, else `text` if it is code.
+
+    A first line that is only a file name (`test_acceptance.py`, as small
+    models write it) is dropped: as code it would fail the import."""
     match = re.search(r"```[^\n]*\n(.*?)(?:```|\Z)", text, re.S)
-    if match:
-        return match.group(1)
-    return text if "import unittest" in text else None
+    code = match.group(1) if match else (text if "import unittest" in text else None)
+    if code:
+        first, _, rest = code.partition("\n")
+        if re.fullmatch(r"\s*[\w./-]+\.py\s*", first):
+            code = rest
+    return code
 
 
 context = json.loads(sys.stdin.read() or "{}")
