@@ -801,11 +801,18 @@ fn start_job(
     tokio::spawn(async move {
         let started = now_millis();
         let clock = Instant::now();
-        let execution = match shared.store.context(job.item_id).await {
-            Ok(context) => executor.run(&job, &context, &token).await,
-            Err(e) => Execution::failed(
-                AttemptOutcome::Error,
-                format!("could not load the item's context: {e}"),
+        let (execution, round) = match shared.store.context(job.item_id).await {
+            Ok(context) => {
+                let files = crate::rounds::files_before_gate(&shared.config, &job).await;
+                let execution = executor.run(&job, &context, &token).await;
+                (execution, Some((context, files)))
+            }
+            Err(e) => (
+                Execution::failed(
+                    AttemptOutcome::Error,
+                    format!("could not load the item's context: {e}"),
+                ),
+                None,
             ),
         };
         let by_user = shared
@@ -830,10 +837,20 @@ fn start_job(
                 stage,
                 job.attempt,
                 job.round,
-                execution.result,
+                execution.result.clone(),
                 now,
                 fastrand::f64(),
             );
+            let (round_hash, transition) = match &round {
+                Some((context, files)) => crate::rounds::judge(
+                    &job,
+                    context,
+                    files.as_deref(),
+                    &execution.result,
+                    transition,
+                ),
+                None => (None, transition),
+            };
             let finish = Finish {
                 job: job.clone(),
                 owner: shared.owner.clone(),
@@ -846,6 +863,7 @@ fn start_job(
                 stderr: execution.stderr,
                 usage: execution.usage,
                 transition,
+                round_hash,
             };
             if let (Some(h), Some(provider)) = (&shared.health, executor.provider()) {
                 let usage = finish.usage.as_ref();

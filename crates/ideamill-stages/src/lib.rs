@@ -7,6 +7,7 @@ pub mod budget;
 pub mod command;
 pub mod executor;
 pub mod llm_stage;
+pub mod progress;
 pub mod prompt;
 pub mod sandbox;
 
