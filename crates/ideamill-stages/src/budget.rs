@@ -58,7 +58,12 @@ pub fn reached(budget: &BudgetConfig, spend: &Spend) -> Option<String> {
 /// pass, as a reason people can read.
 pub fn would_pass(budget: &BudgetConfig, spend: &Spend, tokens: u64, cost: f64) -> Option<String> {
     let usd = [
-        (budget.item_usd, spend.item.cost, "this item", "budget.item_usd"),
+        (
+            budget.item_usd,
+            spend.item.cost,
+            "this item",
+            "budget.item_usd",
+        ),
         (budget.day_usd, spend.day.cost, "today", "budget.day_usd"),
     ];
     for (cap, spent, whose, name) in usd {
@@ -72,8 +77,18 @@ pub fn would_pass(budget: &BudgetConfig, spend: &Spend, tokens: u64, cost: f64) 
         }
     }
     let counts = [
-        (budget.item_tokens, spend.item.tokens(), "this item", "budget.item_tokens"),
-        (budget.day_tokens, spend.day.tokens(), "today", "budget.day_tokens"),
+        (
+            budget.item_tokens,
+            spend.item.tokens(),
+            "this item",
+            "budget.item_tokens",
+        ),
+        (
+            budget.day_tokens,
+            spend.day.tokens(),
+            "today",
+            "budget.day_tokens",
+        ),
     ];
     for (cap, used, whose, name) in counts {
         if let Some(cap) = cap
@@ -182,10 +197,20 @@ mod tests {
         // (spend, reserved tokens, reserved cost, the cap it would pass)
         let cases: &[(Spend, u64, f64, Option<&str>)] = &[
             (spend(0.5, 10, 5.0, 100), 990, 0.5, None),
-            (spend(0.5, 10, 5.0, 100), 991, 0.1, Some("budget.item_tokens")),
+            (
+                spend(0.5, 10, 5.0, 100),
+                991,
+                0.1,
+                Some("budget.item_tokens"),
+            ),
             (spend(0.5, 10, 5.0, 100), 10, 0.51, Some("budget.item_usd")),
             (spend(0.1, 10, 9.9, 100), 10, 0.2, Some("budget.day_usd")),
-            (spend(0.1, 10, 1.0, 4500), 501, 0.0, Some("budget.day_tokens")),
+            (
+                spend(0.1, 10, 1.0, 4500),
+                501,
+                0.0,
+                Some("budget.day_tokens"),
+            ),
             (spend(0.1, 10, 1.0, 4500), 500, 0.0, None),
         ];
         for (spend, tokens, cost, expected) in cases {

@@ -42,10 +42,8 @@ pub fn workspace_hash(dir: &Path) -> Option<String> {
             let path = e.path();
             // `file_type` does not follow links.
             match e.file_type().ok()? {
-                t if t.is_dir() => {
-                    if !SKIPPED.iter().any(|s| e.file_name() == *s) {
-                        stack.push(path);
-                    }
+                t if t.is_dir() && !SKIPPED.iter().any(|s| e.file_name() == *s) => {
+                    stack.push(path);
                 }
                 t if t.is_file() => {
                     let rel = path.strip_prefix(dir).ok()?.to_path_buf();
@@ -139,9 +137,18 @@ mod tests {
     #[test]
     fn the_hash_follows_names_and_contents_only() {
         let base = hash_of(&[("main.py", "print(1)\n"), ("t/test_main.py", "x")]);
-        assert_eq!(base, hash_of(&[("t/test_main.py", "x"), ("main.py", "print(1)\n")]));
-        assert_ne!(base, hash_of(&[("main.py", "print(2)\n"), ("t/test_main.py", "x")]));
-        assert_ne!(base, hash_of(&[("main2.py", "print(1)\n"), ("t/test_main.py", "x")]));
+        assert_eq!(
+            base,
+            hash_of(&[("t/test_main.py", "x"), ("main.py", "print(1)\n")])
+        );
+        assert_ne!(
+            base,
+            hash_of(&[("main.py", "print(2)\n"), ("t/test_main.py", "x")])
+        );
+        assert_ne!(
+            base,
+            hash_of(&[("main2.py", "print(1)\n"), ("t/test_main.py", "x")])
+        );
         assert_ne!(base, hash_of(&[("main.py", "print(1)\n")]));
         // A name and a content cannot trade bytes.
         assert_ne!(hash_of(&[("ab", "c")]), hash_of(&[("a", "bc")]));
@@ -201,8 +208,16 @@ mod tests {
             (&[feedback("qa", 1, None)], 2, false),
             // Another gate's round, or a round before the previous one.
             (&[feedback("lint", 1, Some(&h))], 2, false),
-            (&[feedback("qa", 1, Some(&h)), feedback("qa", 2, Some("x"))], 3, false),
-            (&[feedback("qa", 1, Some("x")), feedback("qa", 2, Some(&h))], 3, true),
+            (
+                &[feedback("qa", 1, Some(&h)), feedback("qa", 2, Some("x"))],
+                3,
+                false,
+            ),
+            (
+                &[feedback("qa", 1, Some("x")), feedback("qa", 2, Some(&h))],
+                3,
+                true,
+            ),
         ];
         for (earlier, round, expected) in cases {
             assert_eq!(

@@ -153,11 +153,7 @@ pub trait Store: Send + Sync {
     /// inserts `r` only if so, replacing any earlier reservation of the
     /// same job. Returns whether it was reserved and what was spent and
     /// reserved before it (reserved tokens counted as prompt tokens).
-    async fn reserve(
-        &self,
-        r: &Reservation,
-        caps: &dyn Caps,
-    ) -> Result<(bool, Spend)>;
+    async fn reserve(&self, r: &Reservation, caps: &dyn Caps) -> Result<(bool, Spend)>;
 
     /// Jobs waiting for a budget.
     async fn paused_jobs(&self) -> Result<Vec<PausedJob>>;

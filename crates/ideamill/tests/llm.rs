@@ -446,8 +446,12 @@ fn issue_13_a_round_that_changes_nothing_ends_the_loop_as_no_progress() {
     assert_eq!(item["feedback"].as_array().unwrap().len(), 2, "{item:#}");
     let events = p.json(&["events", "--item", &id.to_string()]);
     assert!(
-        events.as_array().unwrap().iter().any(|e| e["kind"] == "item_failed"
-            && e["message"].as_str().unwrap().contains("no_progress")),
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "item_failed"
+                && e["message"].as_str().unwrap().contains("no_progress")),
         "{events:#}"
     );
 }

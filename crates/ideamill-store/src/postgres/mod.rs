@@ -153,8 +153,7 @@ impl Backend for PostgresStore {
     );
 
     /// Held to the end of the transaction ("budget" in ASCII).
-    const LOCK_BUDGET: Option<&'static str> =
-        Some("SELECT pg_advisory_xact_lock(108256335193460)");
+    const LOCK_BUDGET: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(108256335193460)");
 
     fn store_clock(&self) -> bool {
         self.db_clock

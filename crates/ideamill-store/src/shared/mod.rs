@@ -413,11 +413,7 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
         reads::spend(self, item, day_start).await
     }
 
-    async fn reserve(
-        &self,
-        r: &Reservation,
-        caps: &dyn Caps,
-    ) -> Result<(bool, Spend)> {
+    async fn reserve(&self, r: &Reservation, caps: &dyn Caps) -> Result<(bool, Spend)> {
         budget::reserve(self, r, caps).await
     }
 

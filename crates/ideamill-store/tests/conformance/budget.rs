@@ -49,7 +49,11 @@ pub async fn concurrent_reservations_never_pass_a_cap(b: &dyn Backend) {
                 let store = store.clone();
                 async move {
                     let r = reservation(caller * 100 + n, item, 100, T0);
-                    store.reserve(&r, &ItemTokens(1_000)).await.expect("reserve").0
+                    store
+                        .reserve(&r, &ItemTokens(1_000))
+                        .await
+                        .expect("reserve")
+                        .0
                 }
             });
             let taken = futures_util::future::join_all(calls).await;
@@ -78,11 +82,26 @@ pub async fn a_finish_releases_its_reservation_and_records_the_usage(s: &dyn Sto
     let item = add_one(s, "an idea", &next("draft", 1, 3), T0).await;
     let job = claim_one(s, "draft", "w1", T0).await;
     let cap = ItemTokens(1_000);
-    assert!(s.reserve(&reservation(job.id, item, 800, T0), &cap).await.unwrap().0);
+    assert!(
+        s.reserve(&reservation(job.id, item, 800, T0), &cap)
+            .await
+            .unwrap()
+            .0
+    );
     // Another call of the item does not fit beside the first one's worst case.
-    assert!(!s.reserve(&reservation(job.id + 1, item, 300, T0), &cap).await.unwrap().0);
+    assert!(
+        !s.reserve(&reservation(job.id + 1, item, 300, T0), &cap)
+            .await
+            .unwrap()
+            .0
+    );
     // A job's new reservation replaces its own earlier one.
-    assert!(s.reserve(&reservation(job.id, item, 900, T0), &cap).await.unwrap().0);
+    assert!(
+        s.reserve(&reservation(job.id, item, 900, T0), &cap)
+            .await
+            .unwrap()
+            .0
+    );
     let mut f = finish(&job, "w1", T0 + 10, advance("v1", None));
     f.usage = Some(Usage {
         provider: "p".into(),
