@@ -832,24 +832,23 @@ fn start_job(
         } else if let Some(stage) = shared.config.stage(&job.stage) {
             let now = now_millis();
             let outcome = execution.result.outcome();
+            let round_hash = round.as_ref().and_then(|(_, files)| {
+                crate::rounds::round_hash(files.as_deref(), &execution.result)
+            });
             let transition = machine::decide(
                 &shared.config,
                 stage,
                 job.attempt,
                 job.round,
-                execution.result.clone(),
+                execution.result,
                 now,
                 fastrand::f64(),
             );
-            let (round_hash, transition) = match &round {
-                Some((context, files)) => crate::rounds::judge(
-                    &job,
-                    context,
-                    files.as_deref(),
-                    &execution.result,
-                    transition,
-                ),
-                None => (None, transition),
+            let transition = match (&round, &round_hash) {
+                (Some((context, _)), Some(hash)) => {
+                    crate::rounds::judge(&job, context, hash, transition)
+                }
+                _ => transition,
             };
             let finish = Finish {
                 job: job.clone(),

@@ -21,25 +21,28 @@ pub(crate) async fn files_before_gate(config: &Config, job: &ClaimedJob) -> Opti
         .flatten()
 }
 
-/// A gate's rejection: the round's hash, kept with its feedback, and
-/// `transition` turned into `no_progress` when the round repeats the one
-/// before it.
+/// A gate's rejection: the round's hash (the files the gate found, and its
+/// feedback), kept with the feedback.
+pub(crate) fn round_hash(files: Option<&str>, result: &StageResult) -> Option<String> {
+    match (files, result) {
+        (Some(files), StageResult::Rejected { feedback }) => {
+            Some(progress::round_hash(files, feedback))
+        }
+        _ => None,
+    }
+}
+
+/// `transition` turned into `no_progress` when the round, whose hash is
+/// `hash`, repeats the one before it.
 pub(crate) fn judge(
     job: &ClaimedJob,
     context: &ItemContext,
-    files: Option<&str>,
-    result: &StageResult,
+    hash: &str,
     transition: Transition,
-) -> (Option<String>, Transition) {
-    let (Some(files), StageResult::Rejected { feedback }) = (files, result) else {
-        return (None, transition);
-    };
-    let hash = progress::round_hash(files, feedback);
-    let transition =
-        if progress::repeats_previous_round(&context.feedback, &job.stage, job.round, &hash) {
-            machine::no_progress(transition, job.round)
-        } else {
-            transition
-        };
-    (Some(hash), transition)
+) -> Transition {
+    if progress::repeats_previous_round(&context.feedback, &job.stage, job.round, hash) {
+        machine::no_progress(transition, job.round)
+    } else {
+        transition
+    }
 }

@@ -20,11 +20,12 @@ pub(super) async fn reserve<B: Backend>(
         B::Db::execute(&mut tx, lock, &[]).await?;
     }
     // An earlier attempt of the same job (given back at shutdown, or whose
-    // finish was lost) no longer runs: its reservation goes.
+    // finish was lost) no longer runs: its reservation goes, and so do
+    // expired ones (left by processes that died), which count no more.
     B::Db::execute(
         &mut tx,
-        "DELETE FROM budget_reservations WHERE job_id = $1",
-        &[r.job_id.into()],
+        "DELETE FROM budget_reservations WHERE job_id = $1 OR expires_at <= $2",
+        &[r.job_id.into(), r.now.into()],
     )
     .await?;
     // One statement, so that one snapshot sees each call either reserved or
