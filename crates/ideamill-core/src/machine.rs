@@ -164,6 +164,26 @@ pub fn decide(
     }
 }
 
+/// What follows a gate's rejection in `round` that changed nothing since
+/// the round before (the same files and the same feedback): the item fails
+/// as `no_progress` with the feedback kept, instead of going back for a
+/// round that would repeat it. Other transitions are left as they are.
+pub fn no_progress(transition: Transition, round: u32) -> Transition {
+    match transition {
+        Transition::SendBack { feedback, .. } => Transition::FailItem {
+            reason: format!(
+                "{NO_PROGRESS}: round {round} changed nothing: same files and same gate feedback as round {}",
+                round.saturating_sub(1)
+            ),
+            feedback: Some(feedback),
+        },
+        other => other,
+    }
+}
+
+/// How the reason of an item failed by [`no_progress`] begins.
+pub const NO_PROGRESS: &str = "no_progress";
+
 fn retry_or_fail(
     stage: &StageConfig,
     attempt: u32,
@@ -397,6 +417,28 @@ gate = { retry_from = "implement", max_rounds = 3 }
                 feedback: Some("still\nbroken".into()),
             },
         );
+    }
+
+    #[test]
+    fn a_round_that_changed_nothing_fails_the_item_as_no_progress() {
+        let send_back = Transition::SendBack {
+            feedback: "No tests found".into(),
+            to: job("implement", 3),
+        };
+        assert_eq!(
+            no_progress(send_back, 2),
+            Transition::FailItem {
+                reason: "no_progress: round 2 changed nothing: same files and same gate feedback as round 1"
+                    .into(),
+                feedback: Some("No tests found".into()),
+            }
+        );
+        // The last round's rejection already ends the item as it did.
+        let last = Transition::FailItem {
+            reason: "rejected".into(),
+            feedback: Some("f".into()),
+        };
+        assert_eq!(no_progress(last.clone(), 3), last);
     }
 
     #[test]

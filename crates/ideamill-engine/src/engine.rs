@@ -779,11 +779,18 @@ fn start_job(
     tokio::spawn(async move {
         let started = now_millis();
         let clock = Instant::now();
-        let execution = match shared.store.context(job.item_id).await {
-            Ok(context) => executor.run(&job, &context, &token).await,
-            Err(e) => Execution::failed(
-                AttemptOutcome::Error,
-                format!("could not load the item's context: {e}"),
+        let (execution, round) = match shared.store.context(job.item_id).await {
+            Ok(context) => {
+                let files = crate::rounds::files_before_gate(&shared.config, &job).await;
+                let execution = executor.run(&job, &context, &token).await;
+                (execution, Some((context, files)))
+            }
+            Err(e) => (
+                Execution::failed(
+                    AttemptOutcome::Error,
+                    format!("could not load the item's context: {e}"),
+                ),
+                None,
             ),
         };
         let by_user = shared
@@ -803,6 +810,9 @@ fn start_job(
         } else if let Some(stage) = shared.config.stage(&job.stage) {
             let now = now_millis();
             let outcome = execution.result.outcome();
+            let round_hash = round.as_ref().and_then(|(_, files)| {
+                crate::rounds::round_hash(files.as_deref(), &execution.result)
+            });
             let transition = machine::decide(
                 &shared.config,
                 stage,
@@ -812,6 +822,12 @@ fn start_job(
                 now,
                 fastrand::f64(),
             );
+            let transition = match (&round, &round_hash) {
+                (Some((context, _)), Some(hash)) => {
+                    crate::rounds::judge(&job, context, hash, transition)
+                }
+                _ => transition,
+            };
             let finish = Finish {
                 job: job.clone(),
                 owner: shared.owner.clone(),
@@ -824,6 +840,7 @@ fn start_job(
                 stderr: execution.stderr,
                 usage: execution.usage,
                 transition,
+                round_hash,
             };
             if let (Some(h), Some(provider)) = (&shared.health, executor.provider()) {
                 let usage = finish.usage.as_ref();

@@ -192,6 +192,7 @@ pub(crate) fn feedback_row(r: &impl RowExt) -> Result<FeedbackRow> {
         round: r.u32("round")?,
         feedback: r.text("feedback")?,
         created_at: r.int("created_at")?,
+        round_hash: r.opt_text("round_hash")?,
     })
 }
 

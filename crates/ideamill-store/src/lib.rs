@@ -145,6 +145,16 @@ pub trait Store: Send + Sync {
     /// Model usage of `item`, and of everything since `day_start`.
     async fn spend(&self, item: ItemId, day_start: Millis) -> Result<Spend>;
 
+    /// Reserve a model call's worst case unless it would pass a cap: one
+    /// transaction that concurrent callers, in every process, take one at a
+    /// time. It reads, in one snapshot, what is spent (recorded attempts)
+    /// and reserved (live reservations) for `r`'s item and for the day since
+    /// `r.day_start`, asks `caps` whether `r` may be added, and
+    /// inserts `r` only if so, replacing any earlier reservation of the
+    /// same job. Returns whether it was reserved and what was spent and
+    /// reserved before it (reserved tokens counted as prompt tokens).
+    async fn reserve(&self, r: &Reservation, caps: &dyn Caps) -> Result<(bool, Spend)>;
+
     /// Jobs waiting for a budget.
     async fn paused_jobs(&self) -> Result<Vec<PausedJob>>;
 

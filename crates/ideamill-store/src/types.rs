@@ -69,6 +69,11 @@ pub struct FeedbackRow {
     pub round: u32,
     pub feedback: String,
     pub created_at: Millis,
+    /// The round's hash, when the engine took one: the item's workspace as
+    /// the gate found it (names and contents of its regular files) and the
+    /// feedback. The same hash in two rounds in a row is no progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_hash: Option<String>,
 }
 
 /// One finished attempt and what follows it.
@@ -87,6 +92,37 @@ pub struct Finish {
     /// Tokens and cost, for attempts that called a model.
     pub usage: Option<Usage>,
     pub transition: Transition,
+    /// A gate's rejection: the round's hash (the workspace as the gate found
+    /// it and the feedback), stored with the feedback.
+    pub round_hash: Option<String>,
+}
+
+/// The budget's rule, for [`crate::Store::reserve`]: whether a reservation
+/// may be added to what is spent and reserved.
+pub trait Caps: Send + Sync {
+    fn admit(&self, spend: &Spend, r: &Reservation) -> bool;
+}
+
+/// A model call's worst case, held against the budget caps while the call
+/// runs ([`crate::Store::reserve`]). The finish of its job deletes it, in
+/// the transaction that records the attempt's actual usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub job_id: JobId,
+    pub item_id: ItemId,
+    /// Estimated prompt tokens plus the stage's `max_tokens`.
+    pub tokens: u64,
+    /// `tokens` at the model's price (prompt at the input price, the rest
+    /// at the output price).
+    pub cost: f64,
+    /// Now, by the caller's clock: reservations whose `expires_at` has
+    /// passed no longer count.
+    pub now: Millis,
+    /// When the reservation stops counting if its job never finishes (a
+    /// process that died): after the stage's timeout.
+    pub expires_at: Millis,
+    /// The start of the day the day caps count from.
+    pub day_start: Millis,
 }
 
 /// What a finish did.

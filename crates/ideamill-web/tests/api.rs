@@ -146,6 +146,7 @@ async fn finish_done(store: &dyn Store, job: ideamill_store::ClaimedJob) {
             output: "ok".into(),
             next: None,
         },
+        round_hash: None,
         job,
     };
     store.finish(&[finish]).await.unwrap().remove(0).unwrap();
@@ -913,6 +914,7 @@ async fn settle(store: &dyn Store, job: ideamill_store::ClaimedJob, end: Ending)
         stderr: end.error.map(|_| "a trace".to_string()),
         usage: end.usage,
         transition: end.transition,
+        round_hash: None,
         job,
     };
     store.finish(&[finish]).await.unwrap().remove(0).unwrap();

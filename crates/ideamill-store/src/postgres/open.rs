@@ -26,6 +26,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_item_counts.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_loop_rules.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

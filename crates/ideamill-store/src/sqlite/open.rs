@@ -31,6 +31,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_id_high_water.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_loop_rules.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
