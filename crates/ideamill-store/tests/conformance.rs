@@ -93,6 +93,7 @@ macro_rules! conformance_suite {
                     dashboard::search_items_matches_word_prefixes_with_filters_and_pages,
                     dashboard::activity_counts_attempts_and_items_per_bucket,
                     dashboard::change_marker_moves_with_work,
+                    dashboard::gate_tallies_count_each_judgement_by_round_and_model,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,
