@@ -38,7 +38,7 @@ use ideamill_core::{Config, Millis};
 use ideamill_health::Health;
 use ideamill_health::facts;
 use ideamill_health::verdict::{Verdict, judge};
-use ideamill_store::{StatusSnapshot, Store};
+use ideamill_store::{GateLift, StatusSnapshot, Store};
 
 pub use auth::Access;
 pub use error::{ApiError, ApiResult};
@@ -67,6 +67,9 @@ pub struct Inner {
     /// while nothing changed, for a little while (heartbeats age without
     /// changing the marker).
     judged: Mutex<Option<Judged>>,
+    /// The QA lift (`/metrics`, the dashboard, `/api/qa`), reused for a
+    /// few seconds: it reads every finished gate job.
+    gates: Mutex<Option<(std::time::Instant, Vec<GateLift>)>>,
 }
 
 #[derive(Clone)]
@@ -79,6 +82,9 @@ struct Judged {
 
 /// How long a verdict is reused while the store's marker stays the same.
 const JUDGED_FRESH: Duration = Duration::from_secs(2);
+
+/// How long the QA lift is reused.
+const GATES_FRESH: Duration = Duration::from_secs(10);
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -104,6 +110,7 @@ impl AppState {
                 templates: pages::Templates::new(),
                 activity: Mutex::new(None),
                 judged: Mutex::new(None),
+                gates: Mutex::new(None),
             }),
         }
     }
@@ -114,6 +121,28 @@ impl AppState {
     pub fn forget_cached(&self) {
         *lock(&self.judged) = None;
         *lock(&self.activity) = None;
+        *lock(&self.gates) = None;
+    }
+
+    /// The QA lift of the configured gates per model, from the store (so
+    /// every engine sharing it shows the same), reused for [`GATES_FRESH`].
+    async fn gate_lift(&self) -> ApiResult<Vec<GateLift>> {
+        if let Some((at, lifts)) = lock(&self.gates).as_ref()
+            && at.elapsed() < GATES_FRESH
+        {
+            return Ok(lifts.clone());
+        }
+        let gates: Vec<String> = self
+            .config
+            .stages
+            .iter()
+            .filter(|s| s.gate.is_some())
+            .map(|s| s.name.clone())
+            .collect();
+        let tallies = self.call(self.store.gate_tallies(&gates)).await?;
+        let lifts = ideamill_store::gate_lift(&tallies);
+        *lock(&self.gates) = Some((std::time::Instant::now(), lifts.clone()));
+        Ok(lifts)
     }
 
     /// A store call with the request deadline.
