@@ -67,9 +67,9 @@ pub struct Inner {
     /// while nothing changed, for a little while (heartbeats age without
     /// changing the marker).
     judged: Mutex<Option<Judged>>,
-    /// The QA lift (`/metrics`, the dashboard, `/api/qa`), reused for a
-    /// few seconds: it reads every finished gate job.
-    gates: Mutex<Option<(std::time::Instant, Vec<GateLift>)>>,
+    /// The QA lift (`/metrics`, the dashboard, `/api/qa`), reused while no
+    /// attempt was added: it reads every finished gate job.
+    gates: Mutex<Option<GatesCached>>,
 }
 
 #[derive(Clone)]
@@ -83,8 +83,16 @@ struct Judged {
 /// How long a verdict is reused while the store's marker stays the same.
 const JUDGED_FRESH: Duration = Duration::from_secs(2);
 
-/// How long the QA lift is reused.
-const GATES_FRESH: Duration = Duration::from_secs(10);
+/// The QA lift as of the store's newest attempt.
+struct GatesCached {
+    at: std::time::Instant,
+    attempt: i64,
+    lifts: Vec<GateLift>,
+}
+
+/// How long the QA lift is reused at most while no attempt was added (so
+/// that a prune shows).
+const GATES_FRESH: Duration = Duration::from_secs(60);
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -125,12 +133,18 @@ impl AppState {
     }
 
     /// The QA lift of the configured gates per model, from the store (so
-    /// every engine sharing it shows the same), reused for [`GATES_FRESH`].
+    /// every engine sharing it shows the same). Every gate judgement adds
+    /// an attempt, so the last answer is reused while the store's newest
+    /// attempt is the same (one cheap read), for at most [`GATES_FRESH`]:
+    /// never stale after a judgement, and read at most once per change
+    /// however many pages and scrapers ask.
     async fn gate_lift(&self) -> ApiResult<Vec<GateLift>> {
-        if let Some((at, lifts)) = lock(&self.gates).as_ref()
-            && at.elapsed() < GATES_FRESH
+        let attempt = self.call(self.store.change_marker()).await?.attempt;
+        if let Some(c) = lock(&self.gates).as_ref()
+            && c.attempt == attempt
+            && c.at.elapsed() < GATES_FRESH
         {
-            return Ok(lifts.clone());
+            return Ok(c.lifts.clone());
         }
         let gates: Vec<String> = self
             .config
@@ -141,7 +155,11 @@ impl AppState {
             .collect();
         let tallies = self.call(self.store.gate_tallies(&gates)).await?;
         let lifts = ideamill_store::gate_lift(&tallies);
-        *lock(&self.gates) = Some((std::time::Instant::now(), lifts.clone()));
+        *lock(&self.gates) = Some(GatesCached {
+            at: std::time::Instant::now(),
+            attempt,
+            lifts: lifts.clone(),
+        });
         Ok(lifts)
     }
 

@@ -1151,8 +1151,6 @@ async fn exercise(f: &Fixture) -> Vec<Call> {
     call("GET", "/api/processes", "/api/processes", None).await;
     call("GET", "/readyz", "/readyz", None).await;
     call("GET", "/api/status", "/api/status", None).await;
-    // The QA lift is reused for a while: forget it, so the store is asked.
-    f.state.forget_cached();
     call("GET", "/api/qa", "/api/qa", None).await;
     calls
 }
@@ -1419,8 +1417,6 @@ async fn qa_lift_on_metrics_the_api_and_the_overview() {
     let gate = claim("review").await;
     assert_eq!((gate.len(), gate[0].round), (1, 2));
     settle(&*f.store, gate.into_iter().next().unwrap(), passed()).await;
-    // What the empty page above read is reused for a while.
-    f.state.forget_cached();
 
     let metrics = f.get("/metrics").await.body;
     for series in [

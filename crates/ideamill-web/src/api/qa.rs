@@ -1,7 +1,7 @@
 //! `/api/qa`: the QA lift, per gate and model: items passing at round 1,
 //! at later rounds, failing after the last round, and the lift (the pass
 //! rate after the last round over the pass rate at round 1). Read from the
-//! store, reused for a few seconds; the dashboard's "QA lift" panel and
+//! store, reused until the next attempt; the dashboard's "QA lift" panel and
 //! `/metrics` show the same figures.
 
 use axum::extract::State;
