@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ideamill_core::{AttemptOutcome, Config};
-use ideamill_store::{ItemCounts, StageCounts};
+use ideamill_store::{GateLift, ItemCounts, LIFT_ROUNDS, StageCounts, round_label};
 use serde::{Deserialize, Serialize};
 
 /// Stage durations: from 100 ms to an hour.
@@ -126,6 +126,9 @@ pub struct Live {
     pub loop_lag_max: Duration,
     pub in_flight: u64,
     pub started_at_secs: f64,
+    /// The QA lift per gate and model, read from the store; `None` when
+    /// the store did not answer (the series are left out).
+    pub gates: Option<Vec<GateLift>>,
 }
 
 impl Metrics {
@@ -397,6 +400,10 @@ impl Metrics {
             let _ = writeln!(o, "{name} {v}");
         }
 
+        if let Some(gates) = &live.gates {
+            gate_series(o, gates);
+        }
+
         // LLM series: registered for every configured provider, zero until
         // the LLM executor reports calls through `record_llm`.
         let providers = self.providers();
@@ -441,6 +448,62 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The QA lift's series. They are gauges, not counters: they are read from
+/// the store (so every engine sharing it reports the same figures, across
+/// restarts), and pruning old items lowers them.
+fn gate_series(o: &mut String, gates: &[GateLift]) {
+    let model = |g: &GateLift| escape(g.model.as_deref().unwrap_or("none"));
+    header(
+        o,
+        "ideamill_gate_passed_items",
+        "gauge",
+        "Items a gate passed, per gate stage, model (of the item's newest model call before the gate; none without one) and round (1, 2, 3, 4+), over the items the store holds.",
+    );
+    for g in gates {
+        for (i, n) in g.passed.iter().enumerate().take(LIFT_ROUNDS) {
+            let _ = writeln!(
+                o,
+                "ideamill_gate_passed_items{{stage=\"{}\",model=\"{}\",round=\"{}\"}} {n}",
+                escape(&g.stage),
+                model(g),
+                round_label(i as u32 + 1),
+            );
+        }
+    }
+    header(
+        o,
+        "ideamill_gate_failed_items",
+        "gauge",
+        "Items failed at a gate, per gate stage, model and reason: last_round (rejected in the last round) or no_progress (a round changed nothing).",
+    );
+    for g in gates {
+        for (reason, n) in [("last_round", g.failed), ("no_progress", g.no_progress)] {
+            let _ = writeln!(
+                o,
+                "ideamill_gate_failed_items{{stage=\"{}\",model=\"{}\",reason=\"{reason}\"}} {n}",
+                escape(&g.stage),
+                model(g),
+            );
+        }
+    }
+    header(
+        o,
+        "ideamill_gate_lift_ratio",
+        "gauge",
+        "The QA lift per gate stage and model: the pass rate after the last round over the pass rate at round 1 (absent until an item passes at round 1).",
+    );
+    for g in gates {
+        if let Some(lift) = g.lift() {
+            let _ = writeln!(
+                o,
+                "ideamill_gate_lift_ratio{{stage=\"{}\",model=\"{}\"}} {lift}",
+                escape(&g.stage),
+                model(g),
+            );
+        }
     }
 }
 
@@ -489,6 +552,34 @@ mod tests {
             "x_seconds_bucket{stage=\"s\",le=\"1\"} 1\nx_seconds_bucket{stage=\"s\",le=\"5\"} 2\n\
              x_seconds_bucket{stage=\"s\",le=\"+Inf\"} 3\nx_seconds_sum{stage=\"s\"} 9.5\n\
              x_seconds_count{stage=\"s\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn gate_series_per_gate_model_and_round() {
+        let mut out = String::new();
+        gate_series(
+            &mut out,
+            &[GateLift {
+                stage: "qa".into(),
+                model: None,
+                passed: [1, 1, 0, 0],
+                failed: 2,
+                no_progress: 0,
+            }],
+        );
+        let series: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            series,
+            [
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"1\"} 1",
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"2\"} 1",
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"3\"} 0",
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"4+\"} 0",
+                "ideamill_gate_failed_items{stage=\"qa\",model=\"none\",reason=\"last_round\"} 2",
+                "ideamill_gate_failed_items{stage=\"qa\",model=\"none\",reason=\"no_progress\"} 0",
+                "ideamill_gate_lift_ratio{stage=\"qa\",model=\"none\"} 2",
+            ]
         );
     }
 

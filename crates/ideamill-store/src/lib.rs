@@ -22,7 +22,7 @@ use ideamill_core::machine::{NextJob, Transition};
 use ideamill_core::{ItemId, Millis};
 
 pub use common::{NUL_NOTE, day_start};
-pub use dashboard::search_terms;
+pub use dashboard::{GateLift, LIFT_ROUNDS, gate_lift, round_label, search_terms};
 pub use error::StoreError;
 pub use types::*;
 pub use wake::WorkSignal;
@@ -222,6 +222,14 @@ pub trait Store: Send + Sync {
         bucket: Millis,
         now: Millis,
     ) -> Result<Vec<ActivityBucket>>;
+
+    /// Gate jobs that ended, per gate stage, model, round and outcome
+    /// (passed; rejected in the last round; ended early as `no_progress`),
+    /// over every item the store holds, for the QA lift. `gates` names the
+    /// gate stages: the store does not know which stages are gates. A job
+    /// counts once, so an item run again by hand is judged again. Reads every
+    /// finished job of those stages, so callers reuse the answer for a while.
+    async fn gate_tallies(&self, gates: &[String]) -> Result<Vec<GateTally>>;
 
     /// Marks that change whenever something people see changes (an item,
     /// job, attempt or event added, a job claimed or given back), read in

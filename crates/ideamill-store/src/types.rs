@@ -539,6 +539,42 @@ pub enum ImportOutcome {
     Skipped(IntakeRecord),
 }
 
+/// How a gate's judgement of an item ended, as the QA lift counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateOutcome {
+    /// The gate passed the item (its job succeeded).
+    Passed,
+    /// The gate rejected the item's last round: the item failed there.
+    Failed,
+    /// The loop ended early because a round changed nothing (its job's
+    /// reason begins with `no_progress`).
+    NoProgress,
+}
+
+impl GateOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateOutcome::Passed => "passed",
+            GateOutcome::Failed => "failed",
+            GateOutcome::NoProgress => "no_progress",
+        }
+    }
+}
+
+/// Gate jobs that ended one way, of one gate stage, in one round, after one
+/// model's work: a row of [`Store::gate_tallies`](crate::Store::gate_tallies).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct GateTally {
+    pub stage: String,
+    /// The model of the item's newest model call before the gate judged it
+    /// (what wrote the work judged); `None` when no stage called one.
+    pub model: Option<String>,
+    pub round: u32,
+    pub outcome: GateOutcome,
+    pub items: u64,
+}
+
 /// One time bucket of the dashboard's charts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ActivityBucket {

@@ -97,6 +97,7 @@ macro_rules! conformance_suite {
                     dashboard::change_marker_moves_with_work,
                     budget::a_finish_releases_its_reservation_and_records_the_usage,
                     budget::a_gates_round_hash_is_kept_with_its_feedback,
+                    dashboard::gate_tallies_count_each_judgement_by_round_and_model,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,

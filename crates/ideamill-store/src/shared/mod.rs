@@ -485,6 +485,10 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
         reads::activity(self, since, bucket, now).await
     }
 
+    async fn gate_tallies(&self, gates: &[String]) -> Result<Vec<GateTally>> {
+        reads::gate_tallies(self, gates).await
+    }
+
     async fn change_marker(&self) -> Result<ChangeMarker> {
         reads::change_marker(self).await
     }

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod events;
 pub mod items;
+pub mod qa;
 pub mod status;
 pub mod wire;
 
@@ -39,6 +40,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/processes", get(status::processes)),
         ("/events", get(events::list)),
         ("/activity", get(activity::get)),
+        ("/qa", get(qa::get)),
         ("/items", get(items::list).post(items::add)),
         ("/items/{id}", get(items::get)),
         ("/items/{id}/files/{*path}", get(items::file)),

@@ -589,6 +589,52 @@ pub struct Activity {
     pub buckets: Vec<ActivityBucket>,
 }
 
+/// The QA lift of one gate for the items one model worked on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateLift {
+    pub stage: String,
+    /// The model of the item's newest model call before the gate judged;
+    /// `null` when no stage called one.
+    pub model: Option<String>,
+    /// Passed at round 1, 2, 3 and 4 or later.
+    pub passed_by_round: [u64; store::LIFT_ROUNDS],
+    pub passed_first: u64,
+    pub passed_later: u64,
+    /// Rejected in the last round.
+    pub failed: u64,
+    pub no_progress: u64,
+    pub judged: u64,
+    pub first_pass_rate: Option<f64>,
+    pub final_pass_rate: Option<f64>,
+    /// `final_pass_rate / first_pass_rate`; `null` until an item passes at
+    /// round 1.
+    pub lift: Option<f64>,
+}
+
+impl From<store::GateLift> for GateLift {
+    fn from(g: store::GateLift) -> GateLift {
+        GateLift {
+            passed_by_round: g.passed,
+            passed_first: g.passed_first(),
+            passed_later: g.passed_later(),
+            judged: g.judged(),
+            first_pass_rate: g.first_pass_rate(),
+            final_pass_rate: g.final_pass_rate(),
+            lift: g.lift(),
+            failed: g.failed,
+            no_progress: g.no_progress,
+            stage: g.stage,
+            model: g.model,
+        }
+    }
+}
+
+/// `GET /api/qa`: the QA lift per gate and model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QaLift {
+    pub gates: Vec<GateLift>,
+}
+
 /// Rows into their wire shapes.
 pub fn convert<R, W: From<R>>(rows: Vec<R>) -> Vec<W> {
     rows.into_iter().map(W::from).collect()
