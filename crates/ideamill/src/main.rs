@@ -14,6 +14,7 @@ use clap::Parser;
 
 /// Exit codes, documented in the README.
 pub mod exit {
+    /// Success.
     pub const OK: u8 = 0;
     /// A negative answer: unhealthy, or work left undone.
     pub const NEGATIVE: u8 = 1;

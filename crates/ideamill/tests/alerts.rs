@@ -3,6 +3,10 @@
 //! several failed items (the cooldown), retried while the receiver fails,
 //! with its delivery recorded as an event.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "util.rs"]
 mod util;
 

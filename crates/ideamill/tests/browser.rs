@@ -8,6 +8,10 @@
 //! `npm ci` in `tests/browser/`. Without them the test says so and passes,
 //! except in CI (`CI` set), where it fails: `.ci/run` installs them.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "util.rs"]
 mod util;
 

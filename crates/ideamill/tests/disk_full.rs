@@ -3,6 +3,10 @@
 //! by a ballast file. Mounting needs root; CI runs as root and `.ci/run`
 //! sets CI, which makes a failed mount fail the test instead of skipping it.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use std::io::Write;

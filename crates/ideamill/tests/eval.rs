@@ -2,6 +2,10 @@
 //! model on loopback that answers by the idea it is asked about, so that
 //! every figure is known in advance.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};

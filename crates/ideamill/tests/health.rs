@@ -3,6 +3,10 @@
 //! the metrics exposition, systemd notifications and units. Real processes,
 //! real signals; every wait has a deadline.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "util.rs"]
 mod util;
 

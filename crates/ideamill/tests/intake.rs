@@ -3,6 +3,10 @@
 //! arrive), `ideamill add --file`, `ideamill import legacy` and
 //! `ideamill export`. Each checks that nothing was lost.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,10 @@
 //! provider on loopback, one fault per test, asserting each attempt's
 //! recorded outcome and the item's final state.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "support/fake_provider.rs"]
 mod fake_provider;
 mod util;

@@ -3,6 +3,10 @@
 //! the shapes (non-empty outputs, token counts, rounds), never the model's
 //! exact text.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use std::path::PathBuf;

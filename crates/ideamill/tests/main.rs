@@ -1,6 +1,10 @@
 //! End-to-end tests of the `ideamill` binary: real processes, a real SQLite
 //! store in a temp folder, real signals.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use std::collections::HashMap;

@@ -5,6 +5,10 @@
 //! stopping it disturbs nobody; without the PostgreSQL binaries these tests
 //! fail, they are never skipped.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 #[path = "../../ideamill-store/tests/conformance/cluster.rs"]
