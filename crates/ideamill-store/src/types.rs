@@ -163,7 +163,7 @@ pub struct Pending {
     pub running: u64,
     /// Queued jobs scheduled after the horizon.
     pub later: u64,
-    /// The earliest `run_at` of the jobs scheduled after the horizon.
+    /// The earliest `run_at` of any queued job.
     pub next_run_at: Option<Millis>,
 }
 
@@ -385,7 +385,7 @@ impl StateFilter {
 pub struct ItemFilter {
     /// Only items in this state.
     pub state: Option<StateFilter>,
-    /// Only items whose current job is of this stage.
+    /// Only items whose current (or last) job is of this stage.
     pub stage: Option<String>,
     /// Items with an id below this (pages go newest first).
     pub before_id: Option<ItemId>,

@@ -6,6 +6,8 @@ mod commands;
 mod output;
 mod project;
 mod supervisor;
+#[cfg(test)]
+mod tidy;
 
 use std::io::Write;
 use std::process::ExitCode;
