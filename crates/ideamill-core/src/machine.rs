@@ -10,25 +10,41 @@ use crate::model::{AttemptOutcome, ItemState, Millis, RetryPolicy};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StageResult {
     /// The stage passed; `output` is stored as its result.
-    Passed { output: String },
+    Passed {
+        /// What the stage produced (stdout, or the model's answer).
+        output: String,
+    },
     /// A gate rejected the work; `feedback` goes back to `retry_from`.
-    Rejected { feedback: String },
+    Rejected {
+        /// Why the gate rejected, for the stage the work goes back to.
+        feedback: String,
+    },
     /// A retryable failure: crash, bad exit, signal (`Error`) or `Timeout`.
     Failed {
+        /// `Error` or `Timeout`.
         outcome: AttemptOutcome,
+        /// What went wrong, for the attempt's record.
         message: String,
     },
     /// A failure that retrying cannot fix.
-    Permanent { message: String },
+    Permanent {
+        /// What went wrong, for the attempt's record.
+        message: String,
+    },
     /// The provider asked us to slow down, and maybe said for how long.
     RateLimited {
+        /// What the provider said, for the attempt's record.
         message: String,
+        /// The wait the provider asked for, if it named one.
         retry_after: Option<Duration>,
     },
     /// The work was stopped because someone cancelled the item.
     Cancelled,
     /// A budget was reached before the work started: the item waits.
-    Paused { reason: String },
+    Paused {
+        /// Which budget was reached, for people.
+        reason: String,
+    },
 }
 
 impl StageResult {
@@ -49,8 +65,11 @@ impl StageResult {
 /// A job to enqueue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextJob {
+    /// The stage the job runs.
     pub stage: String,
+    /// The gate round it belongs to, from 1.
     pub round: u32,
+    /// Tries before the job fails, from the stage's retry policy.
     pub max_attempts: u32,
 }
 
@@ -70,23 +89,40 @@ impl NextJob {
 pub enum Transition {
     /// Store the output; enqueue `next`, or finish the item `done` when `None`.
     Advance {
+        /// The finished stage's output.
         output: String,
+        /// The next stage's job; `None` after the last stage.
         next: Option<NextJob>,
     },
     /// A gate rejected: store the feedback and enqueue `to` (a later round).
-    SendBack { feedback: String, to: NextJob },
+    SendBack {
+        /// The gate's reasons, for the stage the work goes back to.
+        feedback: String,
+        /// The job of the `retry_from` stage, in the next round.
+        to: NextJob,
+    },
     /// Run the same job again at `run_at`.
-    RetryAt { run_at: Millis, error: String },
+    RetryAt {
+        /// When the job becomes claimable again.
+        run_at: Millis,
+        /// What went wrong this time.
+        error: String,
+    },
     /// The item ends `failed` with `reason`; a gate's last rejection keeps
     /// its `feedback` with the others.
     FailItem {
+        /// Why the item failed, for people.
         reason: String,
+        /// The gate's last rejection, if a gate ended it.
         feedback: Option<String>,
     },
     /// The item was cancelled; nothing follows.
     Cancel,
     /// Park the job (not claimable, the try not counted) until resumed.
-    Pause { reason: String },
+    Pause {
+        /// Which budget was reached, for people.
+        reason: String,
+    },
 }
 
 /// The first job of a new item.
@@ -258,7 +294,12 @@ pub enum RetryRefused {
     /// The item records no stage to resume at.
     NoStage,
     /// The stage named (or recorded) is not in the config.
-    UnknownStage { name: String, stages: Vec<String> },
+    UnknownStage {
+        /// The stage asked for.
+        name: String,
+        /// The stages the config has, for the message.
+        stages: Vec<String>,
+    },
 }
 
 /// The job that runs an item again by hand (`retry`, the dashboard's

@@ -25,6 +25,7 @@ use ideamill_sys::process::pid_alive;
 pub struct EngineOptions {
     /// Stop once nothing is runnable or scheduled within `idle_horizon`.
     pub until_idle: bool,
+    /// With `until_idle`: how far ahead a scheduled job still counts as work to wait for.
     pub idle_horizon: Duration,
     /// Receives a [`Progress`] for every claim and finish.
     pub progress: Option<mpsc::UnboundedSender<Progress>>,
@@ -46,17 +47,27 @@ impl Default for EngineOptions {
 /// What the engine did, for progress bars and benchmarks.
 #[derive(Debug, Clone)]
 pub enum Progress {
+    /// A job was claimed and is starting.
     Claimed {
+        /// The job claimed.
         job: ClaimedJob,
+        /// When it was claimed.
         at: Instant,
     },
+    /// An attempt ended and its result was committed.
     Finished {
+        /// The job that ran.
         job: ClaimedJob,
+        /// How the attempt ended.
         outcome: AttemptOutcome,
+        /// What the store did with the result, or why it could not.
         effect: Result<FinishEffect, String>,
+        /// How long the attempt ran.
         elapsed: Duration,
     },
+    /// Jobs of a dead process were recovered.
     Recovered {
+        /// What was recovered, for people.
         message: String,
     },
 }
@@ -64,12 +75,17 @@ pub enum Progress {
 /// Totals of one run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunSummary {
+    /// Attempts finished.
     pub attempts: u64,
+    /// Items that ended `done`.
     pub items_done: u64,
+    /// Items that ended `failed`.
     pub items_failed: u64,
+    /// Jobs given back unfinished at shutdown.
     pub released: u64,
 }
 
+/// The engine: claims jobs, runs their stages and commits the results.
 pub struct Engine {
     config: Arc<Config>,
     store: Arc<dyn Store>,
@@ -139,6 +155,7 @@ impl Shared {
 }
 
 impl Engine {
+    /// An engine for `config`, with an executor per stage; it registers as a process when it runs.
     pub fn new(
         config: Arc<Config>,
         store: Arc<dyn Store>,
@@ -167,6 +184,7 @@ impl Engine {
         }
     }
 
+    /// This process's id in the store (`<host>-<pid>-<random>`).
     pub fn process_id(&self) -> &str {
         &self.process.id
     }
@@ -919,8 +937,11 @@ async fn commit_batch(shared: &Shared, batch: Vec<Finish>) {
     {
         Ok(results) => batch.into_iter().zip(results).collect(),
         Err(e) if batch.len() == 1 => {
-            let f = batch.into_iter().next().expect("one finish");
-            vec![refused(shared, f, e).await]
+            let mut committed = Vec::with_capacity(1);
+            if let Some(f) = batch.into_iter().next() {
+                committed.push(refused(shared, f, e).await);
+            }
+            committed
         }
         Err(e) => {
             tracing::warn!(

@@ -72,43 +72,63 @@ impl StageMetrics {
 /// Model calls of one provider.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProviderMetrics {
+    /// Calls made.
     pub requests: u64,
+    /// Calls that failed.
     pub errors: u64,
+    /// Prompt (input) tokens used.
     pub prompt_tokens: u64,
+    /// Completion (output) tokens used.
     pub completion_tokens: u64,
+    /// What the calls cost, in US dollars.
     pub cost_usd: f64,
 }
 
 /// One finished model call, as the LLM executor reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LlmCall {
+    /// Whether the call succeeded.
     pub ok: bool,
+    /// Prompt (input) tokens used.
     pub prompt_tokens: u64,
+    /// Completion (output) tokens used.
     pub completion_tokens: u64,
+    /// What the call cost, in US dollars.
     pub cost_usd: f64,
 }
 
 /// Totals kept in the status file, so that they survive a scrape-less life.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
+    /// Jobs claimed and started.
     pub jobs_started: u64,
+    /// Attempts that ended succeeded or rejected.
     pub jobs_completed: u64,
+    /// Attempts that ended in an error, a timeout, a permanent error or a lost lease.
     pub jobs_failed: u64,
+    /// Stalls of the event loop detected, across restarts.
     pub stalls_detected: u64,
+    /// Engine restarts by the supervisor.
     pub restarts: u64,
+    /// Evidence bundles in the data folder.
     pub evidence_bundles: u64,
 }
 
+/// The metrics registry of one engine process.
 pub struct Metrics {
     stages: Mutex<BTreeMap<String, StageMetrics>>,
     providers: Mutex<BTreeMap<String, ProviderMetrics>>,
+    /// Stalls of the event loop detected, across restarts.
     pub stalls_detected: AtomicU64,
+    /// Engine restarts by the supervisor.
     pub restarts: AtomicU64,
+    /// Evidence bundles in the data folder.
     pub evidence_bundles: AtomicU64,
     /// Times the event loop's thread was unparked (counted by the runtime's
     /// unpark hook), and how many of those ended a sleep of 10 ms or more: a
     /// wake-up from idle, as opposed to a store reply arriving at once.
     pub loop_wakeups: AtomicU64,
+    /// Wake-ups that ended a sleep of 10 ms or more.
     pub loop_idle_wakeups: AtomicU64,
     /// CLOCK_MONOTONIC µs when the loop last parked.
     pub loop_parked_at_us: AtomicU64,
@@ -119,12 +139,19 @@ pub struct Metrics {
 /// What a scrape adds from the store and the beat.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
+    /// Items by state; `None` when the store did not answer.
     pub items: Option<ItemCounts>,
+    /// Jobs by stage and state.
     pub queue: Vec<StageCounts>,
+    /// How old the last beat is.
     pub heartbeat_age: Duration,
+    /// How late the loop's last timer fired.
     pub loop_lag: Duration,
+    /// The worst loop lag since start.
     pub loop_lag_max: Duration,
+    /// Jobs this process is running.
     pub in_flight: u64,
+    /// When this process started, in seconds since the epoch.
     pub started_at_secs: f64,
     /// The QA lift per gate and model, read from the store; `None` when
     /// the store did not answer (the series are left out).
@@ -132,6 +159,7 @@ pub struct Live {
 }
 
 impl Metrics {
+    /// A registry with series for every stage and provider of `config`.
     pub fn new(config: &Config) -> Metrics {
         let stages = config
             .stages
@@ -165,6 +193,7 @@ impl Metrics {
         }
     }
 
+    /// A job of `stage` started, `pickup` after it became runnable.
     pub fn job_started(&self, stage: &str, pickup: Duration) {
         self.with_stage(stage, |m| {
             m.started += 1;
@@ -172,6 +201,7 @@ impl Metrics {
         });
     }
 
+    /// An attempt of `stage` ended with `outcome` after running for `took`.
     pub fn job_finished(&self, stage: &str, outcome: AttemptOutcome, took: Duration) {
         use AttemptOutcome as O;
         self.with_stage(stage, |m| {
@@ -198,6 +228,7 @@ impl Metrics {
         }
     }
 
+    /// Totals per provider.
     pub fn providers(&self) -> BTreeMap<String, ProviderMetrics> {
         self.providers
             .lock()
@@ -221,6 +252,7 @@ impl Metrics {
         }
     }
 
+    /// The counters, waiting for the stage table's lock.
     pub fn counters(&self) -> Counters {
         let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
         self.counters_of(&stages)

@@ -86,6 +86,7 @@ fn provider(p: &ProviderConfig) -> Result<Provider, String> {
     Provider::new(cfg).map_err(|e| format!("provider `{}`: {e}", p.name))
 }
 
+/// Runs an `llm` stage: renders the prompt, calls the model and writes the files of its answer.
 pub struct LlmExecutor {
     stage: StageConfig,
     llm: LlmStage,
@@ -100,6 +101,8 @@ pub struct LlmExecutor {
 }
 
 impl LlmExecutor {
+    /// The executor of `stage`, with its provider from `providers` and its
+    /// template read and checked.
     pub fn new(
         config: &Config,
         stage: &StageConfig,

@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 use crate::executor::OWNER_FILE;
 
 /// Beyond these, a workspace is not hashed (and the rule does not apply):
-/// the hash must stay cheap next to a gate's run.
+/// the hash must stay cheap next to a gate's run. Files:
 pub const MAX_FILES: usize = 10_000;
+/// Bytes (see [`MAX_FILES`]).
 pub const MAX_BYTES: u64 = 256 << 20;
 
 /// Folders that tools write as a side effect of running the code (a gate's
@@ -176,6 +177,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("s")).unwrap();
         let fifo = std::ffi::CString::new(dir.path().join("pipe").to_str().unwrap()).unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         // Would block forever if the FIFO were opened for reading.
         assert_eq!(workspace_hash(dir.path()).unwrap(), plain);

@@ -9,12 +9,7 @@ use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobId, JobState, Millis, 
 use crate::types::event_kind as ek;
 use crate::*;
 
-pub(crate) fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
+pub(crate) use ideamill_sys::clock::now_millis;
 
 /// Midnight UTC of the day holding `now`.
 pub fn day_start(now: Millis) -> Millis {

@@ -102,6 +102,7 @@ pub fn round_label(round: u32) -> String {
 /// What one gate made of the items one model worked on: the QA lift.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateLift {
+    /// The gate stage's name.
     pub stage: String,
     /// `None`: no stage called a model before the gate judged.
     pub model: Option<String>,
@@ -114,6 +115,7 @@ pub struct GateLift {
 }
 
 impl GateLift {
+    /// Items that passed at round 1.
     pub fn passed_first(&self) -> u64 {
         self.passed[0]
     }

@@ -27,6 +27,7 @@ pub use error::StoreError;
 pub use types::*;
 pub use wake::WorkSignal;
 
+/// A store call's result.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Open the store a URL names, applying migrations.
@@ -126,7 +127,9 @@ pub trait Store: Send + Sync {
     /// Queued jobs runnable by `horizon` plus running jobs, for `--until-idle`.
     async fn pending(&self, horizon: Millis) -> Result<Pending>;
 
+    /// Record a starting process (its row, and a `process_started` event).
     async fn register_process(&self, process: &ProcessInfo) -> Result<()>;
+    /// Mark the process stopped at `now`.
     async fn stop_process(&self, id: &str, now: Millis) -> Result<()>;
     /// Processes that have not stopped, newest first.
     async fn processes(&self) -> Result<Vec<ProcessInfo>>;
@@ -134,12 +137,18 @@ pub trait Store: Send + Sync {
     /// Run a failed, cancelled or done item again as `next`, or make an
     /// item waiting for its backoff runnable now.
     async fn retry_item(&self, id: ItemId, next: &NextJob, now: Millis) -> Result<RetryEffect>;
+    /// Cancel an item: its queued jobs at once, a running one by asking its worker to stop.
     async fn cancel_item(&self, id: ItemId, now: Millis) -> Result<CancelEffect>;
 
+    /// One item with its jobs, attempts, outputs, feedback and events.
     async fn item(&self, id: ItemId) -> Result<ItemDetail>;
+    /// A page of items, newest first.
     async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>>;
+    /// Item and job counts, running jobs and processes, as of `now`.
     async fn status(&self, now: Millis) -> Result<StatusSnapshot>;
+    /// Events matching `filter`, newest first.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+    /// Record one event.
     async fn record_event(&self, event: &NewEvent) -> Result<()>;
 
     /// Model usage of `item`, and of everything since `day_start`.
@@ -171,6 +180,7 @@ pub trait Store: Send + Sync {
     /// Wake every engine (after a change made outside `add_items`).
     fn notify(&self);
 
+    /// Close the connections; later calls fail.
     async fn close(&self);
 
     /// The database's own consistency check (SQLite: `PRAGMA quick_check`).

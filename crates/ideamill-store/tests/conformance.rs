@@ -8,6 +8,10 @@
 //! to look under the trait (migrations, pruned rows). `conformance_suite!`
 //! instantiates every test once per backend, as `<backend>::<test>`.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "conformance/support.rs"]
 mod support;
 

@@ -102,6 +102,7 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The state of a server over `store`, judged by `config`, with `access` deciding who may call.
     pub fn new(
         config: Arc<Config>,
         store: Arc<dyn Store>,

@@ -2,6 +2,10 @@
 //! link, one build of the helpers): each module is one concern, `util` the
 //! helpers they share.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod alerts;
 mod binary;
 mod browser;

@@ -81,6 +81,7 @@ macro_rules! lease_clock {
     };
 }
 
+/// The PostgreSQL store: a connection pool to one database.
 pub struct PostgresStore {
     pool: PgPool,
     /// Leases are judged by the database's clock (the default); false only

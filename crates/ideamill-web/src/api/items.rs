@@ -21,6 +21,7 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Ideas one request may add.
 pub const MAX_IDEAS: usize = 10_000;
 
+/// `GET /api/items`: a page of items, newest first, filtered by state, stage or text.
 pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
     let q: ItemsQuery = view::query(raw.as_deref())?;
     let page = view::list_items(&s, &q).await?;
@@ -102,6 +103,7 @@ pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, Vec<u8>)
     Ok((content_type, bytes.to_vec()))
 }
 
+/// `POST /api/items`: add ideas sent as JSON, JSON lines, plain text or Markdown.
 pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult<Response> {
     let (content_type, body) = body(request).await?;
     let items = ideas_from(content_type.as_deref(), &body)?;
@@ -114,6 +116,7 @@ pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult
     Ok(json(StatusCode::CREATED, &Added { ids }))
 }
 
+/// `GET /api/items/{id}`: one item's whole story.
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = view::item_id(&id)?;
     let v = view::item(&s, id).await?;
@@ -131,6 +134,7 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
     ))
 }
 
+/// `GET /api/items/{id}/files/{path}`: one file of an item's workspace, as text.
 pub async fn file(
     State(s): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -158,6 +162,7 @@ struct RetryBody {
     from: Option<String>,
 }
 
+/// `POST /api/items/{id}/retry`: run a finished item again, or a waiting one now.
 pub async fn retry(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -177,6 +182,7 @@ pub async fn retry(
     Ok(json(StatusCode::OK, &Retried::new(id, effect)))
 }
 
+/// `POST /api/items/{id}/cancel`: cancel an unfinished item.
 pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = view::item_id(&id)?;
     let effect = view::cancel(&s, id).await?;

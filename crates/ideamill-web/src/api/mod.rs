@@ -21,6 +21,7 @@ use crate::error::ApiError;
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// `GET /api/openapi.json`: the OpenAPI document.
 pub async fn openapi() -> Response {
     (
         StatusCode::OK,
@@ -61,6 +62,7 @@ pub fn router() -> Router<AppState> {
         .method_not_allowed_fallback(crate::auth::method_not_allowed)
 }
 
+/// The answer for an unknown API path: 404 in the API's JSON shape.
 pub async fn not_found() -> Response {
     ApiError::not_found("no such API path; /api/openapi.json lists them").into_response()
 }

@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::error::ApiResult;
 use crate::view::json;
 
+/// `GET /api/qa`: the QA lift per gate and model.
 pub async fn get(State(s): State<AppState>) -> ApiResult<Response> {
     let gates = convert(s.gate_lift().await?);
     Ok(json(StatusCode::OK, &QaLift { gates }))

@@ -33,16 +33,33 @@ def acceptance_tests(text):
     return code
 
 
+def foreign_names(code, idea):
+    """Names the tests import from main that the idea never mentions (a
+    small model may copy a prompt's example): such tests judge nothing."""
+    names = []
+    for line in re.findall(r"^\s*from main import (.+)$", code, re.M):
+        names += [n.strip(" ()") for n in line.split(",")]
+    return [n for n in names if n and n != "*" and not re.search(r"\b%s\b" % re.escape(n), idea)]
+
+
 context = json.loads(sys.stdin.read() or "{}")
+idea = (context.get("item") or {}).get("text") or ""
 written = (context.get("outputs") or {}).get("tests")
 if written:
     code = acceptance_tests(written)
+    foreign = foreign_names(code, idea) if code else []
+    if foreign:
+        print("The acceptance tests import %s, which the idea does not name; running the item's own tests only."
+              % ", ".join(foreign), file=sys.stderr)
+        code = None
+        if os.path.lexists(ACCEPTANCE):
+            os.unlink(ACCEPTANCE)
     if code:
         if os.path.lexists(ACCEPTANCE):
             os.unlink(ACCEPTANCE)
         with open(ACCEPTANCE, "w", encoding="utf-8") as f:
             f.write(code)
-    else:
+    elif not foreign:
         print("The acceptance tests had no code block; running the item's own tests only.", file=sys.stderr)
 if not glob.glob("test_*.py") and not glob.glob("**/test_*.py", recursive=True):
     print("No tests found: write the tests in a file named test_main.py, in a fenced")
