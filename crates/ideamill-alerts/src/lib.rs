@@ -12,14 +12,6 @@
 //! `<data_dir>/alerts.json`, so that a restarted engine neither repeats old
 //! alerts nor misses the restart itself.
 
-#![warn(missing_docs)]
-#![warn(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::undocumented_unsafe_blocks
-)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
-
 pub mod alert;
 mod state;
 pub mod target;

@@ -10,33 +10,47 @@ use crate::model::{AttemptOutcome, FailureClass, ItemState, Millis, RetryPolicy}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StageResult {
     /// The stage passed; `output` is stored as its result.
-    Passed { output: String },
+    Passed {
+        /// What the stage produced (stdout, or the model's answer).
+        output: String,
+    },
     /// A gate rejected the work; `feedback` goes back to `retry_from`.
-    Rejected { feedback: String },
+    Rejected {
+        /// Why the gate rejected, for the stage the work goes back to.
+        feedback: String,
+    },
     /// A retryable failure: crash, bad exit, signal (`Error`) or `Timeout`;
     /// `class` says whether the work or the machinery failed, should it be
     /// the item's last.
     Failed {
+        /// `Error` or `Timeout`.
         outcome: AttemptOutcome,
         /// Whether the work or the machinery around it failed.
         class: FailureClass,
+        /// What went wrong, for the attempt's record.
         message: String,
     },
     /// A failure that retrying cannot fix.
     Permanent {
         /// Whether the work or the machinery around it failed.
         class: FailureClass,
+        /// What went wrong, for the attempt's record.
         message: String,
     },
     /// The provider asked us to slow down, and maybe said for how long.
     RateLimited {
+        /// What the provider said, for the attempt's record.
         message: String,
+        /// The wait the provider asked for, if it named one.
         retry_after: Option<Duration>,
     },
     /// The work was stopped because someone cancelled the item.
     Cancelled,
     /// A budget was reached before the work started: the item waits.
-    Paused { reason: String },
+    Paused {
+        /// Which budget was reached, for people.
+        reason: String,
+    },
 }
 
 impl StageResult {
@@ -57,8 +71,11 @@ impl StageResult {
 /// A job to enqueue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextJob {
+    /// The stage the job runs.
     pub stage: String,
+    /// The gate round it belongs to, from 1.
     pub round: u32,
+    /// Tries before the job fails, from the stage's retry policy.
     pub max_attempts: u32,
 }
 
@@ -78,17 +95,31 @@ impl NextJob {
 pub enum Transition {
     /// Store the output; enqueue `next`, or finish the item `done` when `None`.
     Advance {
+        /// The finished stage's output.
         output: String,
+        /// The next stage's job; `None` after the last stage.
         next: Option<NextJob>,
     },
     /// A gate rejected: store the feedback and enqueue `to` (a later round).
-    SendBack { feedback: String, to: NextJob },
+    SendBack {
+        /// The gate's reasons, for the stage the work goes back to.
+        feedback: String,
+        /// The job of the `retry_from` stage, in the next round.
+        to: NextJob,
+    },
     /// Run the same job again at `run_at`.
-    RetryAt { run_at: Millis, error: String },
+    RetryAt {
+        /// When the job becomes claimable again.
+        run_at: Millis,
+        /// What went wrong this time.
+        error: String,
+    },
     /// The item ends `failed` with `reason`, of `class`; a gate's last
     /// rejection keeps its `feedback` with the others.
     FailItem {
+        /// Why the item failed, for people.
         reason: String,
+        /// The gate's last rejection, if a gate ended it.
         feedback: Option<String>,
         /// Why, as far as what to do about it goes.
         class: FailureClass,
@@ -96,7 +127,10 @@ pub enum Transition {
     /// The item was cancelled; nothing follows.
     Cancel,
     /// Park the job (not claimable, the try not counted) until resumed.
-    Pause { reason: String },
+    Pause {
+        /// Which budget was reached, for people.
+        reason: String,
+    },
 }
 
 /// The first job of a new item.
@@ -182,6 +216,28 @@ pub fn decide(
     }
 }
 
+/// What follows a gate's rejection in `round` that changed nothing since
+/// the round before (the same files and the same feedback): the item fails
+/// as `no_progress` with the feedback kept, instead of going back for a
+/// round that would repeat it. Other transitions are left as they are.
+pub fn no_progress(transition: Transition, round: u32) -> Transition {
+    match transition {
+        Transition::SendBack { feedback, .. } => Transition::FailItem {
+            reason: format!(
+                "{NO_PROGRESS}: round {round} changed nothing: same files and same gate feedback as round {}",
+                round.saturating_sub(1)
+            ),
+            feedback: Some(feedback),
+            // The work was judged, twice alike: the model's failure.
+            class: FailureClass::Quality,
+        },
+        other => other,
+    }
+}
+
+/// How the reason of an item failed by [`no_progress`] begins.
+pub const NO_PROGRESS: &str = "no_progress";
+
 fn retry_or_fail(
     stage: &StageConfig,
     attempt: u32,
@@ -258,7 +314,12 @@ pub enum RetryRefused {
     /// The item records no stage to resume at.
     NoStage,
     /// The stage named (or recorded) is not in the config.
-    UnknownStage { name: String, stages: Vec<String> },
+    UnknownStage {
+        /// The stage asked for.
+        name: String,
+        /// The stages the config has, for the message.
+        stages: Vec<String>,
+    },
 }
 
 /// The job that runs an item again by hand (`retry`, the dashboard's
@@ -419,6 +480,30 @@ gate = { retry_from = "implement", max_rounds = 3 }
                 class: FailureClass::Quality,
             },
         );
+    }
+
+    #[test]
+    fn a_round_that_changed_nothing_fails_the_item_as_no_progress() {
+        let send_back = Transition::SendBack {
+            feedback: "No tests found".into(),
+            to: job("implement", 3),
+        };
+        assert_eq!(
+            no_progress(send_back, 2),
+            Transition::FailItem {
+                reason: "no_progress: round 2 changed nothing: same files and same gate feedback as round 1"
+                    .into(),
+                feedback: Some("No tests found".into()),
+                class: FailureClass::Quality,
+            }
+        );
+        // The last round's rejection already ends the item as it did.
+        let last = Transition::FailItem {
+            reason: "rejected".into(),
+            feedback: Some("f".into()),
+            class: FailureClass::Quality,
+        };
+        assert_eq!(no_progress(last.clone(), 3), last);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch. Every timestamp in the store is one.
 pub type Millis = i64;
+/// An item's id in the store.
 pub type ItemId = i64;
+/// A job's id in the store.
 pub type JobId = i64;
 
 /// The stored state of an item. `Active` items have exactly one unfinished
@@ -16,13 +18,18 @@ pub type JobId = i64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ItemState {
+    /// Moving through the pipeline: it has a queued, running or paused job.
     Active,
+    /// Every stage passed.
     Done,
+    /// A stage failed for good, or a gate rejected it `max_rounds` times.
     Failed,
+    /// Someone cancelled it.
     Cancelled,
 }
 
 impl ItemState {
+    /// The name stored and shown for this state.
     pub fn as_str(self) -> &'static str {
         match self {
             ItemState::Active => "active",
@@ -31,6 +38,7 @@ impl ItemState {
             ItemState::Cancelled => "cancelled",
         }
     }
+    /// The state named `s`, as stored; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<ItemState> {
         Some(match s {
             "active" => ItemState::Active,
@@ -40,6 +48,7 @@ impl ItemState {
             _ => return None,
         })
     }
+    /// Whether the item has ended (done, failed or cancelled).
     pub fn is_finished(self) -> bool {
         self != ItemState::Active
     }
@@ -65,6 +74,7 @@ pub enum JobState {
     Rejected,
     /// Attempts exhausted or a permanent error.
     Failed,
+    /// Its item was cancelled.
     Cancelled,
     /// Waiting for a budget: not claimable until resumed (`retry`, or a
     /// raised cap).
@@ -72,6 +82,7 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The name stored and shown for this state.
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -83,6 +94,7 @@ impl JobState {
             JobState::Paused => "paused",
         }
     }
+    /// The state named `s`, as stored; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<JobState> {
         Some(match s {
             "queued" => JobState::Queued,
@@ -148,13 +160,17 @@ impl fmt::Display for FailureClass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttemptOutcome {
+    /// The stage passed.
     Succeeded,
+    /// A gate rejected the work.
     Rejected,
     /// A retryable error: crash, non-zero exit, signal.
     Error,
+    /// The attempt ran longer than the stage's `timeout`.
     Timeout,
     /// An error that retrying cannot fix (bad config, missing program).
     Permanent,
+    /// The item was cancelled while the attempt ran.
     Cancelled,
     /// The worker's lease expired (process killed, machine gone).
     Lost,
@@ -165,6 +181,7 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// The name stored and shown for this outcome.
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Succeeded => "succeeded",
@@ -178,6 +195,7 @@ impl AttemptOutcome {
             AttemptOutcome::Paused => "paused",
         }
     }
+    /// The outcome named `s`, as stored; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<AttemptOutcome> {
         Some(match s {
             "succeeded" => AttemptOutcome::Succeeded,
@@ -214,6 +232,7 @@ pub struct RetryPolicy {
 /// A gate: a stage whose rejection sends the item back to `retry_from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gate {
+    /// The stage a rejection sends the work back to.
     pub retry_from: String,
     /// Rounds are counted from 1; a rejection in round `max_rounds` fails the item.
     pub max_rounds: u32,
@@ -222,9 +241,13 @@ pub struct Gate {
 /// What one model call used and cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
+    /// The `[providers]` key of the endpoint called.
     pub provider: String,
+    /// The model name the endpoint was called with.
     pub model: String,
+    /// Tokens of the prompt (input).
     pub prompt_tokens: u64,
+    /// Tokens of the answer (output).
     pub completion_tokens: u64,
     /// US dollars, from `[prices]`; 0 when the model has no price.
     pub cost: f64,

@@ -25,6 +25,7 @@ use ideamill_sys::process::pid_alive;
 pub struct EngineOptions {
     /// Stop once nothing is runnable or scheduled within `idle_horizon`.
     pub until_idle: bool,
+    /// With `until_idle`: how far ahead a scheduled job still counts as work to wait for.
     pub idle_horizon: Duration,
     /// Receives a [`Progress`] for every claim and finish.
     pub progress: Option<mpsc::UnboundedSender<Progress>>,
@@ -46,17 +47,27 @@ impl Default for EngineOptions {
 /// What the engine did, for progress bars and benchmarks.
 #[derive(Debug, Clone)]
 pub enum Progress {
+    /// A job was claimed and is starting.
     Claimed {
+        /// The job claimed.
         job: ClaimedJob,
+        /// When it was claimed.
         at: Instant,
     },
+    /// An attempt ended and its result was committed.
     Finished {
+        /// The job that ran.
         job: ClaimedJob,
+        /// How the attempt ended.
         outcome: AttemptOutcome,
+        /// What the store did with the result, or why it could not.
         effect: Result<FinishEffect, String>,
+        /// How long the attempt ran.
         elapsed: Duration,
     },
+    /// Jobs of a dead process were recovered.
     Recovered {
+        /// What was recovered, for people.
         message: String,
     },
 }
@@ -64,12 +75,17 @@ pub enum Progress {
 /// Totals of one run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunSummary {
+    /// Attempts finished.
     pub attempts: u64,
+    /// Items that ended `done`.
     pub items_done: u64,
+    /// Items that ended `failed`.
     pub items_failed: u64,
+    /// Jobs given back unfinished at shutdown.
     pub released: u64,
 }
 
+/// The engine: claims jobs, runs their stages and commits the results.
 pub struct Engine {
     config: Arc<Config>,
     store: Arc<dyn Store>,
@@ -139,6 +155,7 @@ impl Shared {
 }
 
 impl Engine {
+    /// An engine for `config`, with an executor per stage; it registers as a process when it runs.
     pub fn new(
         config: Arc<Config>,
         store: Arc<dyn Store>,
@@ -167,6 +184,7 @@ impl Engine {
         }
     }
 
+    /// This process's id in the store (`<host>-<pid>-<random>`).
     pub fn process_id(&self) -> &str {
         &self.process.id
     }
@@ -779,9 +797,16 @@ fn start_job(
     tokio::spawn(async move {
         let started = now_millis();
         let clock = Instant::now();
-        let execution = match shared.store.context(job.item_id).await {
-            Ok(context) => executor.run(&job, &context, &token).await,
-            Err(e) => Execution::infra(format!("could not load the item's context: {e}")),
+        let (execution, round) = match shared.store.context(job.item_id).await {
+            Ok(context) => {
+                let files = crate::rounds::files_before_gate(&shared.config, &job).await;
+                let execution = executor.run(&job, &context, &token).await;
+                (execution, Some((context, files)))
+            }
+            Err(e) => (
+                Execution::infra(format!("could not load the item's context: {e}")),
+                None,
+            ),
         };
         let by_user = shared
             .cancelled_by_user
@@ -800,6 +825,9 @@ fn start_job(
         } else if let Some(stage) = shared.config.stage(&job.stage) {
             let now = now_millis();
             let outcome = execution.result.outcome();
+            let round_hash = round.as_ref().and_then(|(_, files)| {
+                crate::rounds::round_hash(files.as_deref(), &execution.result)
+            });
             let transition = machine::decide(
                 &shared.config,
                 stage,
@@ -809,6 +837,12 @@ fn start_job(
                 now,
                 fastrand::f64(),
             );
+            let transition = match (&round, &round_hash) {
+                (Some((context, _)), Some(hash)) => {
+                    crate::rounds::judge(&job, context, hash, transition)
+                }
+                _ => transition,
+            };
             let finish = Finish {
                 job: job.clone(),
                 owner: shared.owner.clone(),
@@ -821,6 +855,7 @@ fn start_job(
                 stderr: execution.stderr,
                 usage: execution.usage,
                 transition,
+                round_hash,
             };
             if let (Some(h), Some(provider)) = (&shared.health, executor.provider()) {
                 let usage = finish.usage.as_ref();
@@ -899,8 +934,11 @@ async fn commit_batch(shared: &Shared, batch: Vec<Finish>) {
     {
         Ok(results) => batch.into_iter().zip(results).collect(),
         Err(e) if batch.len() == 1 => {
-            let f = batch.into_iter().next().expect("one finish");
-            vec![refused(shared, f, e).await]
+            let mut committed = Vec::with_capacity(1);
+            if let Some(f) = batch.into_iter().next() {
+                committed.push(refused(shared, f, e).await);
+            }
+            committed
         }
         Err(e) => {
             tracing::warn!(

@@ -4,6 +4,7 @@
 
 mod engine;
 pub mod health;
+mod rounds;
 
 pub use engine::{Engine, EngineOptions, Progress, RunSummary};
 pub use tokio_util::sync::CancellationToken;

@@ -39,15 +39,21 @@ pub const ENV_SUPERVISOR: &str = "IDEAMILL_SUPERVISOR_PID";
 /// Set by the supervisor: restarts and stalls so far, so that the engine's
 /// metrics count across restarts.
 pub const ENV_RESTARTS: &str = "IDEAMILL_RESTARTS";
+/// Set by the supervisor: stalls detected so far (see [`ENV_RESTARTS`]).
 pub const ENV_STALLS: &str = "IDEAMILL_STALLS";
 
 /// A job this process is running, for status files and evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InFlight {
+    /// The job's id in the store.
     pub job_id: JobId,
+    /// Its item's id.
     pub item_id: i64,
+    /// The stage it runs.
     pub stage: String,
+    /// Its try, from 1.
     pub attempt: u32,
+    /// Its gate round, from 1.
     pub round: u32,
     /// Wall-clock start, ms since the epoch.
     pub started_at: Millis,
@@ -70,6 +76,7 @@ pub fn evidence_dir(data_dir: &Path) -> PathBuf {
 /// (which write it) and the watchdog thread (which only reads it, and never
 /// waits for a lock the runtime might hold).
 pub struct Health {
+    /// `health.stall_after`: a loop that has not beaten for this long is stalled.
     pub stall_after: Duration,
     /// How often the pulse beats: the heartbeat, but at least twice per
     /// `stall_after`.
@@ -77,21 +84,27 @@ pub struct Health {
     /// The monotonic instant (ms) from which beats are counted, shared by the
     /// pulse and the engine's heartbeat so that their ticks coincide.
     pub origin_mono: Millis,
+    /// The data folder, where status files and evidence bundles go.
     pub data_dir: PathBuf,
+    /// Wall clock when this process started, ms since the epoch.
     pub started_at: Millis,
+    /// The HTTP listener's address, once it is bound.
     pub listen: Mutex<Option<String>>,
     last_beat_mono: AtomicU64,
     last_beat_wall: AtomicU64,
     beats: AtomicU64,
     lag_last_us: AtomicU64,
     lag_max_us: AtomicU64,
+    /// Counters and histograms for `/metrics`.
     pub metrics: Metrics,
     in_flight: Mutex<BTreeMap<JobId, InFlight>>,
     queue: Mutex<Vec<StageCounts>>,
     process: Mutex<Option<ProcessInfo>>,
+    /// The last log lines, for evidence bundles.
     pub log: std::sync::Arc<LogRing>,
     /// The config in force, as shown in evidence bundles.
     pub config_text: String,
+    /// The supervisor's pid, when a supervisor started this engine.
     pub supervisor_pid: Option<u32>,
     /// When a stage's program last could not start for lack of resources,
     /// and why: the stage runner's record, read without waiting.
@@ -179,6 +192,7 @@ impl Health {
         self.last_beat_mono.load(Ordering::SeqCst) as Millis
     }
 
+    /// Wall clock of the last beat, ms since the epoch.
     pub fn last_beat_wall(&self) -> Millis {
         self.last_beat_wall.load(Ordering::SeqCst) as Millis
     }
@@ -188,6 +202,7 @@ impl Health {
         Duration::from_millis((mono_millis() - self.last_beat_mono()).max(0) as u64)
     }
 
+    /// Beats since the process started.
     pub fn beats(&self) -> u64 {
         self.beats.load(Ordering::Relaxed)
     }
@@ -201,18 +216,22 @@ impl Health {
         )
     }
 
+    /// Record the process row this engine registered.
     pub fn set_process(&self, p: &ProcessInfo) {
         *lock(&self.process) = Some(p.clone());
     }
 
+    /// The process row, if registered and the lock is free (never waits).
     pub fn process(&self) -> Option<ProcessInfo> {
         self.process.try_lock().ok().and_then(|p| p.clone())
     }
 
+    /// Record the queue's counts per stage, as last read from the store.
     pub fn set_queue(&self, queue: Vec<StageCounts>) {
         *lock(&self.queue) = queue;
     }
 
+    /// The queue's counts per stage, as last read from the store.
     pub fn queue(&self) -> Vec<StageCounts> {
         lock(&self.queue).clone()
     }

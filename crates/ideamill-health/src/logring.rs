@@ -17,6 +17,7 @@ pub struct LogRing {
 }
 
 impl LogRing {
+    /// A ring that keeps the last `capacity` lines.
     pub fn new(capacity: usize) -> Arc<LogRing> {
         Arc::new(LogRing {
             lines: Mutex::new(VecDeque::with_capacity(capacity)),
@@ -24,6 +25,7 @@ impl LogRing {
         })
     }
 
+    /// Add a line, dropping the oldest when full.
     pub fn push(&self, line: String) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if lines.len() == self.capacity {
@@ -76,6 +78,7 @@ impl LogRing {
     }
 }
 
+/// The `tracing` layer that writes into a [`LogRing`].
 pub struct LogRingLayer {
     ring: Arc<LogRing>,
 }

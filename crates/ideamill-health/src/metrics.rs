@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ideamill_core::{AttemptOutcome, Config};
-use ideamill_store::{ItemCounts, StageCounts};
+use ideamill_store::{GateLift, ItemCounts, LIFT_ROUNDS, StageCounts, round_label};
 use serde::{Deserialize, Serialize};
 
 /// Stage durations: from 100 ms to an hour.
@@ -72,43 +72,63 @@ impl StageMetrics {
 /// Model calls of one provider.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProviderMetrics {
+    /// Calls made.
     pub requests: u64,
+    /// Calls that failed.
     pub errors: u64,
+    /// Prompt (input) tokens used.
     pub prompt_tokens: u64,
+    /// Completion (output) tokens used.
     pub completion_tokens: u64,
+    /// What the calls cost, in US dollars.
     pub cost_usd: f64,
 }
 
 /// One finished model call, as the LLM executor reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LlmCall {
+    /// Whether the call succeeded.
     pub ok: bool,
+    /// Prompt (input) tokens used.
     pub prompt_tokens: u64,
+    /// Completion (output) tokens used.
     pub completion_tokens: u64,
+    /// What the call cost, in US dollars.
     pub cost_usd: f64,
 }
 
 /// Totals kept in the status file, so that they survive a scrape-less life.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
+    /// Jobs claimed and started.
     pub jobs_started: u64,
+    /// Attempts that ended succeeded or rejected.
     pub jobs_completed: u64,
+    /// Attempts that ended in an error, a timeout, a permanent error or a lost lease.
     pub jobs_failed: u64,
+    /// Stalls of the event loop detected, across restarts.
     pub stalls_detected: u64,
+    /// Engine restarts by the supervisor.
     pub restarts: u64,
+    /// Evidence bundles in the data folder.
     pub evidence_bundles: u64,
 }
 
+/// The metrics registry of one engine process.
 pub struct Metrics {
     stages: Mutex<BTreeMap<String, StageMetrics>>,
     providers: Mutex<BTreeMap<String, ProviderMetrics>>,
+    /// Stalls of the event loop detected, across restarts.
     pub stalls_detected: AtomicU64,
+    /// Engine restarts by the supervisor.
     pub restarts: AtomicU64,
+    /// Evidence bundles in the data folder.
     pub evidence_bundles: AtomicU64,
     /// Times the event loop's thread was unparked (counted by the runtime's
     /// unpark hook), and how many of those ended a sleep of 10 ms or more: a
     /// wake-up from idle, as opposed to a store reply arriving at once.
     pub loop_wakeups: AtomicU64,
+    /// Wake-ups that ended a sleep of 10 ms or more.
     pub loop_idle_wakeups: AtomicU64,
     /// CLOCK_MONOTONIC µs when the loop last parked.
     pub loop_parked_at_us: AtomicU64,
@@ -119,16 +139,27 @@ pub struct Metrics {
 /// What a scrape adds from the store and the beat.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
+    /// Items by state; `None` when the store did not answer.
     pub items: Option<ItemCounts>,
+    /// Jobs by stage and state.
     pub queue: Vec<StageCounts>,
+    /// How old the last beat is.
     pub heartbeat_age: Duration,
+    /// How late the loop's last timer fired.
     pub loop_lag: Duration,
+    /// The worst loop lag since start.
     pub loop_lag_max: Duration,
+    /// Jobs this process is running.
     pub in_flight: u64,
+    /// When this process started, in seconds since the epoch.
     pub started_at_secs: f64,
+    /// The QA lift per gate and model, read from the store; `None` when
+    /// the store did not answer (the series are left out).
+    pub gates: Option<Vec<GateLift>>,
 }
 
 impl Metrics {
+    /// A registry with series for every stage and provider of `config`.
     pub fn new(config: &Config) -> Metrics {
         let stages = config
             .stages
@@ -162,6 +193,7 @@ impl Metrics {
         }
     }
 
+    /// A job of `stage` started, `pickup` after it became runnable.
     pub fn job_started(&self, stage: &str, pickup: Duration) {
         self.with_stage(stage, |m| {
             m.started += 1;
@@ -169,6 +201,7 @@ impl Metrics {
         });
     }
 
+    /// An attempt of `stage` ended with `outcome` after running for `took`.
     pub fn job_finished(&self, stage: &str, outcome: AttemptOutcome, took: Duration) {
         use AttemptOutcome as O;
         self.with_stage(stage, |m| {
@@ -195,6 +228,7 @@ impl Metrics {
         }
     }
 
+    /// Totals per provider.
     pub fn providers(&self) -> BTreeMap<String, ProviderMetrics> {
         self.providers
             .lock()
@@ -218,6 +252,7 @@ impl Metrics {
         }
     }
 
+    /// The counters, waiting for the stage table's lock.
     pub fn counters(&self) -> Counters {
         let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
         self.counters_of(&stages)
@@ -397,6 +432,10 @@ impl Metrics {
             let _ = writeln!(o, "{name} {v}");
         }
 
+        if let Some(gates) = &live.gates {
+            gate_series(o, gates);
+        }
+
         // LLM series: registered for every configured provider, zero until
         // the LLM executor reports calls through `record_llm`.
         let providers = self.providers();
@@ -441,6 +480,62 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The QA lift's series. They are gauges, not counters: they are read from
+/// the store (so every engine sharing it reports the same figures, across
+/// restarts), and pruning old items lowers them.
+fn gate_series(o: &mut String, gates: &[GateLift]) {
+    let model = |g: &GateLift| escape(g.model.as_deref().unwrap_or("none"));
+    header(
+        o,
+        "ideamill_gate_passed_items",
+        "gauge",
+        "Items a gate passed, per gate stage, model (of the item's newest model call before the gate; none without one) and round (1, 2, 3, 4+), over the items the store holds.",
+    );
+    for g in gates {
+        for (i, n) in g.passed.iter().enumerate().take(LIFT_ROUNDS) {
+            let _ = writeln!(
+                o,
+                "ideamill_gate_passed_items{{stage=\"{}\",model=\"{}\",round=\"{}\"}} {n}",
+                escape(&g.stage),
+                model(g),
+                round_label(i as u32 + 1),
+            );
+        }
+    }
+    header(
+        o,
+        "ideamill_gate_failed_items",
+        "gauge",
+        "Items failed at a gate, per gate stage, model and reason: last_round (rejected in the last round) or no_progress (a round changed nothing).",
+    );
+    for g in gates {
+        for (reason, n) in [("last_round", g.failed), ("no_progress", g.no_progress)] {
+            let _ = writeln!(
+                o,
+                "ideamill_gate_failed_items{{stage=\"{}\",model=\"{}\",reason=\"{reason}\"}} {n}",
+                escape(&g.stage),
+                model(g),
+            );
+        }
+    }
+    header(
+        o,
+        "ideamill_gate_lift_ratio",
+        "gauge",
+        "The QA lift per gate stage and model: the pass rate after the last round over the pass rate at round 1 (absent until an item passes at round 1).",
+    );
+    for g in gates {
+        if let Some(lift) = g.lift() {
+            let _ = writeln!(
+                o,
+                "ideamill_gate_lift_ratio{{stage=\"{}\",model=\"{}\"}} {lift}",
+                escape(&g.stage),
+                model(g),
+            );
+        }
     }
 }
 
@@ -489,6 +584,34 @@ mod tests {
             "x_seconds_bucket{stage=\"s\",le=\"1\"} 1\nx_seconds_bucket{stage=\"s\",le=\"5\"} 2\n\
              x_seconds_bucket{stage=\"s\",le=\"+Inf\"} 3\nx_seconds_sum{stage=\"s\"} 9.5\n\
              x_seconds_count{stage=\"s\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn gate_series_per_gate_model_and_round() {
+        let mut out = String::new();
+        gate_series(
+            &mut out,
+            &[GateLift {
+                stage: "qa".into(),
+                model: None,
+                passed: [1, 1, 0, 0],
+                failed: 2,
+                no_progress: 0,
+            }],
+        );
+        let series: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            series,
+            [
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"1\"} 1",
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"2\"} 1",
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"3\"} 0",
+                "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"4+\"} 0",
+                "ideamill_gate_failed_items{stage=\"qa\",model=\"none\",reason=\"last_round\"} 2",
+                "ideamill_gate_failed_items{stage=\"qa\",model=\"none\",reason=\"no_progress\"} 0",
+                "ideamill_gate_lift_ratio{stage=\"qa\",model=\"none\"} 2",
+            ]
         );
     }
 

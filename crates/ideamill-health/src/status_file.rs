@@ -12,12 +12,16 @@ use serde::{Deserialize, Serialize};
 use crate::InFlight;
 use crate::metrics::Counters;
 
+/// What `<data_dir>/status/engine-<pid>.json` holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusFile {
+    /// The engine's OS process id.
     pub pid: u32,
     /// The engine's process id in the store, once registered.
     pub process_id: Option<String>,
+    /// The host name.
     pub host: String,
+    /// `ideamill <version>` of the binary.
     pub version: String,
     /// Wall clock, ms since the epoch.
     pub started_at: Millis,
@@ -26,24 +30,36 @@ pub struct StatusFile {
     /// CLOCK_MONOTONIC ms of the last beat: what ages are computed from on
     /// this machine, immune to clock changes.
     pub beat_mono: Millis,
+    /// Beats since start.
     pub beats: u64,
+    /// How often the loop beats, in ms.
     pub pulse_ms: u64,
+    /// `health.stall_after` in ms.
     pub stall_after_ms: u64,
     /// How late the loop's last timer fired, and the worst since start.
     pub loop_lag_ms: f64,
+    /// The worst loop lag since start, in ms.
     pub loop_lag_max_ms: f64,
     /// Times the event loop and the watchdog thread woke (idle cost).
     pub loop_wakeups: u64,
+    /// Loop wake-ups that ended a sleep of 10 ms or more.
     #[serde(default)]
     pub loop_idle_wakeups: u64,
+    /// Times the watchdog thread woke.
     pub watchdog_wakeups: u64,
+    /// Jobs by stage and state, as last read from the store.
     pub queue: Vec<StageCounts>,
+    /// Jobs this process is running.
     pub in_flight: Vec<InFlight>,
+    /// Totals since start, across restarts.
     pub counters: Counters,
     /// The HTTP listener's address, if it runs.
     pub listen: Option<String>,
+    /// The supervisor's pid, when a supervisor started this engine.
     pub supervisor_pid: Option<u32>,
+    /// Resident memory, in bytes.
     pub rss_bytes: u64,
+    /// Wall clock when the file was written, ms since the epoch.
     pub written_at: Millis,
     /// When a stage's program last could not start for lack of resources
     /// (file descriptors, processes, memory), and the error.
@@ -51,6 +67,7 @@ pub struct StatusFile {
     pub spawn_trouble: Option<(Millis, String)>,
 }
 
+/// The status file of engine `pid` in `data_dir`.
 pub fn path_for(data_dir: &Path, pid: u32) -> PathBuf {
     crate::status_dir(data_dir).join(format!("engine-{pid}.json"))
 }
@@ -61,6 +78,7 @@ impl StatusFile {
         (ideamill_sys::clock::mono_millis() - self.beat_mono).max(0)
     }
 
+    /// Read and parse one status file.
     pub fn read(path: &Path) -> std::io::Result<StatusFile> {
         let bytes = std::fs::read(path)?;
         serde_json::from_slice(&bytes)

@@ -9,16 +9,22 @@ use serde::Serialize;
 
 use crate::StatusFile;
 
+/// How healthy the installation is, from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Level {
+    /// Everything works.
     Healthy,
+    /// It works, with problems worth a look.
     Degraded,
+    /// An engine is alive but its event loop has stopped.
     Stalled,
+    /// Nothing can run: no engine, the supervisor gave up, or the store is unreadable or corrupt.
     Down,
 }
 
 impl Level {
+    /// The name shown (`HEALTHY`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Healthy => "HEALTHY",
@@ -43,18 +49,25 @@ impl std::fmt::Display for Level {
 /// One reason, with a stable code that `docs/runbook.md` explains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reason {
+    /// How bad this reason is.
     pub level: Level,
+    /// A stable code, explained in `docs/runbook.md`.
     pub code: &'static str,
+    /// What was found, for people.
     pub message: String,
 }
 
+/// The verdict and every reason for it, worst first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
+    /// The worst level among the reasons; healthy when there are none.
     pub verdict: Level,
+    /// Every reason, worst first.
     pub reasons: Vec<Reason>,
 }
 
 impl Verdict {
+    /// The verdict of `reasons`, sorted worst first.
     pub fn from_reasons(mut reasons: Vec<Reason>) -> Verdict {
         // The worst first, so that the first reason explains the verdict.
         reasons.sort_by_key(|r| std::cmp::Reverse(r.level));
@@ -72,6 +85,7 @@ impl Verdict {
 /// A status file as found on this machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineFile {
+    /// What the file says.
     pub file: StatusFile,
     /// The process still exists (and is an ideamill).
     pub alive: bool,
@@ -82,8 +96,11 @@ pub struct EngineFile {
 /// Whether a model provider answered (filled by the LLM work; empty until then).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProviderCheck {
+    /// The `[providers]` key.
     pub name: String,
+    /// Whether it answered.
     pub ok: bool,
+    /// What it answered, or why it did not.
     pub message: String,
 }
 
@@ -92,14 +109,19 @@ pub struct ProviderCheck {
 pub struct Facts {
     /// Wall clock, ms.
     pub now: Millis,
+    /// The store's view: items, queue and processes; `None` if it could not be read.
     pub snapshot: Option<StatusSnapshot>,
     /// The store could not be opened or read.
     pub store_error: Option<String>,
     /// `quick_check` problems; `None` when not checked.
     pub store_problems: Option<Vec<String>>,
+    /// Status files found on this machine.
     pub engines: Vec<EngineFile>,
+    /// Attempts per stage within the failure window.
     pub attempts: Vec<StageAttempts>,
+    /// Free space on the data folder's disk, in bytes; `None` if unknown.
     pub free_disk: Option<u64>,
+    /// Model providers checked.
     pub providers: Vec<ProviderCheck>,
     /// Supervisor restarts within the failure window.
     pub recent_restarts: u64,
@@ -116,6 +138,7 @@ pub struct Facts {
 /// Loop lag above this in a live engine's last beat is worth saying.
 const LAG_WARN_MS: f64 = 500.0;
 
+/// The verdict on `f`, judged by `config`'s health settings.
 pub fn judge(config: &Config, f: &Facts) -> Verdict {
     let mut reasons = Vec::new();
     let mut say = |level, code, message: String| {
@@ -302,8 +325,8 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
             };
             let grace = match &stage.kind {
                 StageKind::Command(c) => ideamill_core::duration::millis(c.kill_grace),
-                #[allow(unreachable_patterns)]
-                _ => 0,
+                // No process group to signal: the timeout ends the request at once.
+                StageKind::Llm(_) => 0,
             };
             let limit = ideamill_core::duration::millis(stage.timeout) + grace + 10_000;
             let elapsed = f.now - j.started_at;

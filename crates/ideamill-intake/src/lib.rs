@@ -9,14 +9,6 @@
 //!   plus a slow full rescan, one file at a time.
 //! - [`legacy`]: the files of the system ideamill replaces, mapped to items.
 
-#![warn(missing_docs)]
-#![warn(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::undocumented_unsafe_blocks
-)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
-
 pub mod inbox;
 pub mod legacy;
 pub mod parse;

@@ -12,8 +12,10 @@
 //! contain ```` ``` ```` lines.
 //! Names are taken as written: [`crate::write_files`] refuses the hostile ones.
 //!
-//! Small models format loosely, so two repairs are made, each noted in
-//! `problems`: a Python block that names no file becomes `test_main.py` if
+//! Small models format loosely, so three repairs are made, each noted in
+//! `problems`: a block whose first line is only a file name (`main.py`)
+//! takes that name, the line dropped; a Python block that names no file
+//! becomes `test_main.py` if
 //! it imports a test framework and `main.py` otherwise (the first such
 //! block, and only when no block names that file); and a named block left
 //! open when the next named block opens is closed there.
@@ -84,6 +86,20 @@ pub fn extract_files(text: &str) -> Extraction {
         }
         let path = path.or_else(|| comment_label(content.lines().next().unwrap_or("")));
         let line_no = i + 1;
+        // A bare file name as the block's first line is a name, not code
+        // (seen with small models: ```` ```python ```` then `main.py`).
+        let (path, content) = match path {
+            Some(p) => (Some(p), content),
+            None => match bare_name_line(&content) {
+                Some((name, rest)) => {
+                    out.problems.push(format!(
+                        "line {line_no}: the code block gave its file name {name} as its first line: taken as the name, the line dropped"
+                    ));
+                    (Some(name), rest)
+                }
+                None => (None, content),
+            },
+        };
         if let (Some(next), Some(p)) = (cut, &path) {
             out.problems.push(format!(
                 "line {line_no}: the code block for {p} was not closed before the next named block opened (line {}): closed there",
@@ -339,6 +355,21 @@ fn comment_label(line: &str) -> Option<String> {
     let inner = line[open.len()..].trim_start_matches(open.chars().next()?);
     let inner = inner.strip_suffix(close).unwrap_or(inner);
     label_path(inner)
+}
+
+/// A block's first line that is only a file name with a source or text
+/// extension (`test_main.py`, `src/app.js`), and the content after it.
+fn bare_name_line(content: &str) -> Option<(String, String)> {
+    const EXTENSIONS: &[&str] = &[
+        "py", "js", "mjs", "ts", "tsx", "jsx", "rs", "go", "java", "kt", "c", "h", "cc", "cpp",
+        "hpp", "cs", "rb", "php", "sh", "bash", "toml", "json", "yaml", "yml", "md", "txt", "html",
+        "css", "sql", "cfg", "ini",
+    ];
+    let (first, rest) = content.split_once('\n').unwrap_or((content, ""));
+    let name = first.trim();
+    let ext = name.rsplit_once('.')?.1;
+    (EXTENSIONS.contains(&ext) && looks_like_path(name, false))
+        .then(|| (name.to_string(), rest.to_string()))
 }
 
 fn strip_list_marker(s: &str) -> &str {
@@ -670,6 +701,14 @@ mod tests {
             "```python main.py\ndef f(): pass\n```python test_main.py\nimport unittest\n```\n",
             "== main.py [python]\ndef f(): pass\n== test_main.py [python]\nimport unittest\n\
              !! line 1: the code block for main.py was not closed before the next named block opened (line 3): closed there\n",
+        );
+        // A file name as the block's first line (seen with the 1.5B coder):
+        // the name, not code; a lone expression like `x.y` is left alone.
+        check(
+            "```python\ntest_acceptance.py\nimport unittest\n```\n```python\nos.path\nx = 1\n```\n",
+            "== test_acceptance.py [python]\nimport unittest\n== main.py [python]\nos.path\nx = 1\n\
+             !! line 1: the code block gave its file name test_acceptance.py as its first line: taken as the name, the line dropped\n\
+             !! line 5: a Python code block names no file: written as main.py\n",
         );
     }
 

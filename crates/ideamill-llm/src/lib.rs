@@ -9,14 +9,6 @@
 //! - [`extract_files`] finds fenced code blocks that name a file, and
 //!   [`write_files`] writes them atomically inside a workspace, never outside.
 
-#![warn(missing_docs)]
-#![warn(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::undocumented_unsafe_blocks
-)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
-
 mod answer;
 mod anthropic;
 mod blocks;

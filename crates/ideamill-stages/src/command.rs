@@ -143,6 +143,7 @@ impl fmt::Display for CommandEnd {
 /// What a command produced.
 #[derive(Debug, Clone)]
 pub struct CommandResult {
+    /// How the process ended.
     pub end: CommandEnd,
     /// Lossy UTF-8 of the first `max_stdout` bytes.
     pub stdout: String,
@@ -490,8 +491,8 @@ fn close_inherited_fds() {
     } == 0;
     if !marked {
         // Kernels before 5.11: one fcntl per possible fd.
-        // SAFETY: fcntl on an fd that may not be open just fails with EBADF.
         for fd in 3..65_536 {
+            // SAFETY: fcntl on an fd that may not be open just fails with EBADF.
             unsafe {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }

@@ -20,10 +20,13 @@ use crate::sandbox::{self, Sandbox};
 /// What one attempt produced, for the attempt row and the state machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Execution {
+    /// How the attempt ended, for the state machine.
     pub result: StageResult,
+    /// The process's exit code, when a process ran and exited.
     pub exit_code: Option<i32>,
     /// The raw output, kept on the attempt whatever the outcome.
     pub output: Option<String>,
+    /// What the process wrote to stderr, if anything.
     pub stderr: Option<String>,
     /// A note for the attempt (an error, or a truncation warning).
     pub error: Option<String>,
@@ -44,7 +47,8 @@ impl Execution {
         }
     }
 
-    /// A retryable failure of `class` with only its message to show.
+    /// A retryable failure of `class` whose message is also the attempt's
+    /// note.
     pub fn failed(outcome: AttemptOutcome, class: FailureClass, message: String) -> Execution {
         Execution::noted(
             StageResult::Failed {
@@ -73,6 +77,7 @@ pub trait Executor: Send + Sync {
         None
     }
 
+    /// Run the attempt of `job` on `context`'s item; the outcome, never a panic or an error.
     async fn run(
         &self,
         job: &ClaimedJob,
@@ -272,6 +277,7 @@ pub fn prepare_workspace(
 /// Workspace folders removed with their pruned items.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WorkspacesRemoved {
+    /// Folders removed.
     pub folders: u64,
     /// What could not be removed, each with its reason.
     pub failed: Vec<String>,
@@ -298,6 +304,7 @@ pub fn remove_item_workspaces(workspace: &Path, items: &[i64]) -> WorkspacesRemo
     out
 }
 
+/// Runs a `command` stage's program, in the sandbox unless the stage turns it off.
 pub struct CommandExecutor {
     stage: StageConfig,
     command: CommandStage,

@@ -7,5 +7,6 @@ pub mod budget;
 pub mod command;
 pub mod executor;
 pub mod llm_stage;
+pub mod progress;
 pub mod prompt;
 pub mod sandbox;

@@ -1,5 +1,6 @@
-//! The `llm` stage kind: render the prompt template, check the budget, call
-//! the provider, write the generated files, and record tokens and cost.
+//! The `llm` stage kind: render the prompt template, reserve the call's
+//! worst case against the budget, call the provider, write the generated
+//! files, and record tokens and cost.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ fn provider(p: &ProviderConfig) -> Result<Provider, String> {
     Provider::new(cfg).map_err(|e| format!("provider `{}`: {e}", p.name))
 }
 
+/// Runs an `llm` stage: renders the prompt, calls the model and writes the files of its answer.
 pub struct LlmExecutor {
     stage: StageConfig,
     llm: LlmStage,
@@ -99,6 +101,8 @@ pub struct LlmExecutor {
 }
 
 impl LlmExecutor {
+    /// The executor of `stage`, with its provider from `providers` and its
+    /// template read and checked.
     pub fn new(
         config: &Config,
         stage: &StageConfig,
@@ -145,17 +149,44 @@ impl LlmExecutor {
         })
     }
 
-    /// Why this item may not spend more now, if it may not.
-    async fn over_budget(&self, item: i64, now: Millis) -> Result<Option<String>, String> {
+    /// Reserve this call's worst case against the caps; why it may not be
+    /// made, if it may not. The finish of the job releases the reservation
+    /// and records what the call actually used.
+    async fn reserve(
+        &self,
+        job: &ClaimedJob,
+        request: &ChatRequest,
+        now: Millis,
+    ) -> Result<Option<String>, String> {
         if !self.budget.is_set() {
             return Ok(None);
         }
-        let spend = self
+        let prompt_tokens = request
+            .estimated_tokens()
+            .saturating_sub(u64::from(request.max_tokens));
+        let (tokens, cost) =
+            crate::budget::worst_case(prompt_tokens, request.max_tokens, self.price.as_ref());
+        let reservation = ideamill_store::Reservation {
+            job_id: job.id,
+            item_id: job.item_id,
+            tokens,
+            cost,
+            now,
+            // Past the stage's timeout the call is over: a reservation its
+            // finish never deleted (a process that died) stops counting.
+            expires_at: now + self.stage.timeout.as_millis() as Millis + 10 * 60_000,
+            day_start: ideamill_store::sqlite::day_start(now),
+        };
+        let rule = crate::budget::Reserve(&self.budget);
+        let (reserved, spend) = self
             .store
-            .spend(item, ideamill_store::sqlite::day_start(now))
+            .reserve(&reservation, &rule)
             .await
-            .map_err(|e| format!("cannot read the spending so far: {e}"))?;
-        Ok(crate::budget::reached(&self.budget, &spend))
+            .map_err(|e| format!("cannot reserve this call's budget: {e}"))?;
+        Ok((!reserved).then(|| {
+            rule.refusal(&spend, &reservation)
+                .unwrap_or_else(|| "budget reached".into())
+        }))
     }
 
     fn usage(
@@ -190,11 +221,6 @@ impl Executor for LlmExecutor {
         context: &ItemContext,
         cancel: &CancellationToken,
     ) -> Execution {
-        match self.over_budget(job.item_id, now_millis()).await {
-            Ok(Some(reason)) => return paused(reason),
-            Ok(None) => {}
-            Err(e) => return Execution::infra(e),
-        }
         let dir = match crate::executor::prepare(&self.workspace, &context.item).await {
             Ok(dir) => dir,
             Err(failed) => return failed,
@@ -220,6 +246,11 @@ impl Executor for LlmExecutor {
             temperature: self.llm.temperature,
             max_tokens: self.llm.max_tokens,
         };
+        match self.reserve(job, &request, now_millis()).await {
+            Ok(Some(reason)) => return paused(reason),
+            Ok(None) => {}
+            Err(e) => return Execution::infra(e),
+        }
         let call = self.provider.chat(&request, cancel);
         let answer = match tokio::time::timeout(self.stage.timeout, call).await {
             Ok(answer) => answer,

@@ -11,12 +11,7 @@ use ideamill_core::{
 use crate::types::event_kind as ek;
 use crate::*;
 
-pub(crate) fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
+pub(crate) use ideamill_sys::clock::now_millis;
 
 /// Midnight UTC of the day holding `now`.
 pub fn day_start(now: Millis) -> Millis {
@@ -214,6 +209,7 @@ pub(crate) fn feedback_row(r: &impl RowExt) -> Result<FeedbackRow> {
         round: r.u32("round")?,
         feedback: r.text("feedback")?,
         created_at: r.int("created_at")?,
+        round_hash: r.opt_text("round_hash")?,
     })
 }
 

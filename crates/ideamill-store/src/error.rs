@@ -2,35 +2,49 @@
 
 use ideamill_core::ItemId;
 
+/// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The item asked for does not exist (or was pruned).
     #[error("no item with id {0}")]
     NoSuchItem(ItemId),
+    /// The request makes no sense for the data as it is (e.g. retrying an active item).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The job's lease token no longer matches: the job was reaped, so its result is discarded.
     #[error("the lease on this job was lost: another process may run it")]
     LeaseLost,
+    /// The database's schema is newer than this build knows.
     #[error(
         "the database at {path} was written by a newer ideamill (schema version {found}; this build knows up to {known}); \
          upgrade ideamill: the database was not modified"
     )]
     TooNew {
+        /// Where the database is (a URL's password redacted).
         path: String,
+        /// Its schema version.
         found: i64,
+        /// The newest schema version this build knows.
         known: i64,
     },
+    /// No database exists where the config points (the location, redacted).
     #[error("no store at {0}: run `ideamill run` or `ideamill add` first, or check store.url")]
     Missing(String),
+    /// The store cannot serve this as set up (e.g. a database it cannot
+    /// connect to); waiting will not help.
     #[error("{0}")]
     Unsupported(String),
+    /// Rows that break the store's own rules: a bug or a hand edit.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// The store cannot be used now but may be later: a database server
     /// that does not answer, a full disk. Worth waiting for.
     #[error("{0}")]
     Unavailable(String),
+    /// Any other database error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A file or socket error.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

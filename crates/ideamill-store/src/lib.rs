@@ -22,11 +22,12 @@ use ideamill_core::machine::{NextJob, Transition};
 use ideamill_core::{ItemId, Millis};
 
 pub use common::{NUL_NOTE, day_start};
-pub use dashboard::search_terms;
+pub use dashboard::{GateLift, LIFT_ROUNDS, gate_lift, round_label, search_terms};
 pub use error::StoreError;
 pub use types::*;
 pub use wake::WorkSignal;
 
+/// A store call's result.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Open the store a URL names, applying migrations.
@@ -126,7 +127,9 @@ pub trait Store: Send + Sync {
     /// Queued jobs runnable by `horizon` plus running jobs, for `--until-idle`.
     async fn pending(&self, horizon: Millis) -> Result<Pending>;
 
+    /// Record a starting process (its row, and a `process_started` event).
     async fn register_process(&self, process: &ProcessInfo) -> Result<()>;
+    /// Mark the process stopped at `now`.
     async fn stop_process(&self, id: &str, now: Millis) -> Result<()>;
     /// Processes that have not stopped, newest first.
     async fn processes(&self) -> Result<Vec<ProcessInfo>>;
@@ -134,16 +137,32 @@ pub trait Store: Send + Sync {
     /// Run a failed, cancelled or done item again as `next`, or make an
     /// item waiting for its backoff runnable now.
     async fn retry_item(&self, id: ItemId, next: &NextJob, now: Millis) -> Result<RetryEffect>;
+    /// Cancel an item: its queued jobs at once, a running one by asking its worker to stop.
     async fn cancel_item(&self, id: ItemId, now: Millis) -> Result<CancelEffect>;
 
+    /// One item with its jobs, attempts, outputs, feedback and events.
     async fn item(&self, id: ItemId) -> Result<ItemDetail>;
+    /// A page of items, newest first.
     async fn list_items(&self, filter: &ItemFilter) -> Result<Vec<ItemSummary>>;
+    /// Item and job counts, running jobs and processes, as of `now`.
     async fn status(&self, now: Millis) -> Result<StatusSnapshot>;
+    /// Events matching `filter`, newest first.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+    /// Record one event.
     async fn record_event(&self, event: &NewEvent) -> Result<()>;
 
     /// Model usage of `item`, and of everything since `day_start`.
     async fn spend(&self, item: ItemId, day_start: Millis) -> Result<Spend>;
+
+    /// Reserve a model call's worst case unless it would pass a cap: one
+    /// transaction that concurrent callers, in every process, take one at a
+    /// time. It reads, in one snapshot, what is spent (recorded attempts)
+    /// and reserved (live reservations) for `r`'s item and for the day since
+    /// `r.day_start`, asks `caps` whether `r` may be added, and
+    /// inserts `r` only if so, replacing any earlier reservation of the
+    /// same job. Returns whether it was reserved and what was spent and
+    /// reserved before it (reserved tokens counted as prompt tokens).
+    async fn reserve(&self, r: &Reservation, caps: &dyn Caps) -> Result<(bool, Spend)>;
 
     /// Jobs waiting for a budget.
     async fn paused_jobs(&self) -> Result<Vec<PausedJob>>;
@@ -161,6 +180,7 @@ pub trait Store: Send + Sync {
     /// Wake every engine (after a change made outside `add_items`).
     fn notify(&self);
 
+    /// Close the connections; later calls fail.
     async fn close(&self);
 
     /// The database's own consistency check (SQLite: `PRAGMA quick_check`).
@@ -212,6 +232,14 @@ pub trait Store: Send + Sync {
         bucket: Millis,
         now: Millis,
     ) -> Result<Vec<ActivityBucket>>;
+
+    /// Gate jobs that ended, per gate stage, model, round and outcome
+    /// (passed; rejected in the last round; ended early as `no_progress`),
+    /// over every item the store holds, for the QA lift. `gates` names the
+    /// gate stages: the store does not know which stages are gates. A job
+    /// counts once, so an item run again by hand is judged again. Reads every
+    /// finished job of those stages, so callers reuse the answer for a while.
+    async fn gate_tallies(&self, gates: &[String]) -> Result<Vec<GateTally>>;
 
     /// Marks that change whenever something people see changes (an item,
     /// job, attempt or event added, a job claimed or given back), read in

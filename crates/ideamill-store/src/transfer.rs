@@ -41,12 +41,16 @@ const CHUNK: usize = 500;
 /// Rows copied, per table, in copy order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CopyReport {
+    /// One entry per table.
     pub tables: Vec<TableCopy>,
 }
 
+/// Rows copied into one table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TableCopy {
+    /// The table's name.
     pub table: String,
+    /// Rows copied.
     pub rows: u64,
 }
 

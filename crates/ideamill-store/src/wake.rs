@@ -36,6 +36,7 @@ pub struct WakeDir {
 const MAX_SOCKET_PATH: usize = 100;
 
 impl WakeDir {
+    /// The wake sockets of `dir`.
     pub fn new(dir: &Path) -> WakeDir {
         WakeDir {
             dir: dir.to_path_buf(),

@@ -8,6 +8,10 @@
 //! to look under the trait (migrations, pruned rows). `conformance_suite!`
 //! instantiates every test once per backend, as `<backend>::<test>`.
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "conformance/support.rs"]
 mod support;
 
@@ -16,6 +20,8 @@ mod cluster;
 
 #[path = "conformance/admin.rs"]
 mod admin;
+#[path = "conformance/budget.rs"]
+mod budget;
 #[path = "conformance/claims.rs"]
 mod claims;
 #[path = "conformance/dashboard.rs"]
@@ -94,6 +100,9 @@ macro_rules! conformance_suite {
                     dashboard::search_items_matches_word_prefixes_with_filters_and_pages,
                     dashboard::activity_counts_attempts_and_items_per_bucket,
                     dashboard::change_marker_moves_with_work,
+                    budget::a_finish_releases_its_reservation_and_records_the_usage,
+                    budget::a_gates_round_hash_is_kept_with_its_feedback,
+                    dashboard::gate_tallies_count_each_judgement_by_round_and_model,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,
@@ -105,6 +114,7 @@ macro_rules! conformance_suite {
                     migrations::must_exist_refuses_a_missing_store,
                     wake::add_items_wakes_another_handle,
                     leases::leases_are_judged_by_the_store_clock,
+                    budget::concurrent_reservations_never_pass_a_cap,
                 ]
             }
         }

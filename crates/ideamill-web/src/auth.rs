@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// The login cookie's name.
 pub const COOKIE: &str = "ideamill_session";
 
 /// How requests are let in.
@@ -38,7 +39,10 @@ pub enum Access {
     /// Loopback without a token: this machine only.
     Open,
     /// The token, as a bearer header or the login cookie's hash of it.
-    Token { token: String },
+    Token {
+        /// The token itself, as read from `[web] token_file`.
+        token: String,
+    },
 }
 
 impl std::fmt::Debug for Access {
@@ -85,10 +89,12 @@ impl Access {
         }
     }
 
+    /// Access by `token`.
     pub fn with_token(token: String) -> Access {
         Access::Token { token }
     }
 
+    /// Whether requests need no token.
     pub fn is_open(&self) -> bool {
         matches!(self, Access::Open)
     }
@@ -225,6 +231,7 @@ pub fn login_cookie(access: &Access, secure: bool) -> Option<String> {
     }
 }
 
+/// The cookie that ends a login.
 pub fn logout_cookie() -> String {
     format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }

@@ -8,11 +8,14 @@ use axum::response::{IntoResponse, Response};
 use ideamill_store::StoreError;
 use serde::Serialize;
 
+/// An API error: an HTTP status and a JSON body `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
     /// Stable, for scripts: `bad_request`, `not_found`, `conflict`, ...
     pub code: &'static str,
+    /// What is wrong, for people; never an internal error's text.
     pub message: String,
 }
 
@@ -28,6 +31,7 @@ struct Inner<'a> {
 }
 
 impl ApiError {
+    /// An error with any status and code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -36,22 +40,27 @@ impl ApiError {
         }
     }
 
+    /// 400 `bad_request`: the request cannot be read.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 409 `conflict`: the item's state does not allow it.
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 422 `invalid`: the request is well-formed but its content is not acceptable.
     pub fn unprocessable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
     }
 
+    /// 401 `unauthorized`, saying where the token is.
     pub fn unauthorized() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -61,6 +70,7 @@ impl ApiError {
         )
     }
 
+    /// 403 with its own `code`.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, code, message)
     }
@@ -85,6 +95,7 @@ impl ApiError {
         )
     }
 
+    /// The JSON answer, whatever the request asked for.
     pub fn into_json(self) -> Response {
         let body = serde_json::to_vec(&Body {
             error: Inner {
@@ -138,4 +149,5 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// A handler's result.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -275,6 +275,7 @@ pub fn knows(path: &str) -> bool {
     lang_for(path).is_some()
 }
 
+/// `s` with `&`, `<`, `>`, `"` and `'` escaped for HTML.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + s.len() / 8);
     push_escaped(&mut out, s);

@@ -38,7 +38,7 @@ use ideamill_core::{Config, Millis};
 use ideamill_health::Health;
 use ideamill_health::facts;
 use ideamill_health::verdict::{Verdict, judge};
-use ideamill_store::{StatusSnapshot, Store};
+use ideamill_store::{GateLift, StatusSnapshot, Store};
 
 pub use auth::Access;
 pub use error::{ApiError, ApiResult};
@@ -67,6 +67,9 @@ pub struct Inner {
     /// while nothing changed, for a little while (heartbeats age without
     /// changing the marker).
     judged: Mutex<Option<Judged>>,
+    /// The QA lift (`/metrics`, the dashboard, `/api/qa`), reused while no
+    /// attempt was added: it reads every finished gate job.
+    gates: Mutex<Option<GatesCached>>,
 }
 
 #[derive(Clone)]
@@ -80,6 +83,17 @@ struct Judged {
 /// How long a verdict is reused while the store's marker stays the same.
 const JUDGED_FRESH: Duration = Duration::from_secs(2);
 
+/// The QA lift as of the store's newest attempt.
+struct GatesCached {
+    at: std::time::Instant,
+    attempt: i64,
+    lifts: Vec<GateLift>,
+}
+
+/// How long the QA lift is reused at most while no attempt was added (so
+/// that a prune shows).
+const GATES_FRESH: Duration = Duration::from_secs(60);
+
 impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
@@ -88,6 +102,7 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The state of a server over `store`, judged by `config`, with `access` deciding who may call.
     pub fn new(
         config: Arc<Config>,
         store: Arc<dyn Store>,
@@ -104,6 +119,7 @@ impl AppState {
                 templates: pages::Templates::new(),
                 activity: Mutex::new(None),
                 judged: Mutex::new(None),
+                gates: Mutex::new(None),
             }),
         }
     }
@@ -114,6 +130,38 @@ impl AppState {
     pub fn forget_cached(&self) {
         *lock(&self.judged) = None;
         *lock(&self.activity) = None;
+        *lock(&self.gates) = None;
+    }
+
+    /// The QA lift of the configured gates per model, from the store (so
+    /// every engine sharing it shows the same). Every gate judgement adds
+    /// an attempt, so the last answer is reused while the store's newest
+    /// attempt is the same (one cheap read), for at most [`GATES_FRESH`]:
+    /// never stale after a judgement, and read at most once per change
+    /// however many pages and scrapers ask.
+    async fn gate_lift(&self) -> ApiResult<Vec<GateLift>> {
+        let attempt = self.call(self.store.change_marker()).await?.attempt;
+        if let Some(c) = lock(&self.gates).as_ref()
+            && c.attempt == attempt
+            && c.at.elapsed() < GATES_FRESH
+        {
+            return Ok(c.lifts.clone());
+        }
+        let gates: Vec<String> = self
+            .config
+            .stages
+            .iter()
+            .filter(|s| s.gate.is_some())
+            .map(|s| s.name.clone())
+            .collect();
+        let tallies = self.call(self.store.gate_tallies(&gates)).await?;
+        let lifts = ideamill_store::gate_lift(&tallies);
+        *lock(&self.gates) = Some(GatesCached {
+            at: std::time::Instant::now(),
+            attempt,
+            lifts: lifts.clone(),
+        });
+        Ok(lifts)
     }
 
     /// A store call with the request deadline.

@@ -74,7 +74,11 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let now = now_millis();
-    let items = match tokio::time::timeout(STORE_TIMEOUT, s.store.status(now)).await {
+    let (status, gates) = tokio::join!(
+        tokio::time::timeout(STORE_TIMEOUT, s.store.status(now)),
+        tokio::time::timeout(STORE_TIMEOUT, s.gate_lift()),
+    );
+    let items = match status {
         Ok(Ok(snapshot)) => Some(snapshot.items),
         _ => None,
     };
@@ -87,6 +91,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         loop_lag_max: lag_max,
         in_flight: s.health.in_flight(now).map_or(0, |j| j.len() as u64),
         started_at_secs: s.health.started_at as f64 / 1000.0,
+        gates: gates.ok().and_then(Result::ok),
     };
     (
         StatusCode::OK,

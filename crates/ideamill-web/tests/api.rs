@@ -4,6 +4,10 @@
 //! pages and their live fragments, the probes; and every endpoint's answers
 //! against `openapi.json` (`schema/` checks them).
 
+// A failed test is a panic: unwrap and expect are how these tests say so,
+// helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod schema;
 
 use std::sync::Arc;
@@ -26,7 +30,8 @@ struct Fixture {
 
 const CONFIG: &str = "[engine]\nheartbeat = \"500ms\"\n\
     [[stages]]\nname = \"draft\"\nkind = \"command\"\ncommand = [\"true\"]\n\
-    [[stages]]\nname = \"review\"\nkind = \"command\"\ncommand = [\"true\"]\n";
+    [[stages]]\nname = \"review\"\nkind = \"command\"\ncommand = [\"true\"]\n\
+    gate = { retry_from = \"draft\", max_rounds = 3 }\n";
 
 async fn fixture_with(access: Access) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -146,6 +151,7 @@ async fn finish_done(store: &dyn Store, job: ideamill_store::ClaimedJob) {
             output: "ok".into(),
             next: None,
         },
+        round_hash: None,
         job,
     };
     store.finish(&[finish]).await.unwrap().remove(0).unwrap();
@@ -1006,6 +1012,7 @@ async fn settle(store: &dyn Store, job: ideamill_store::ClaimedJob, end: Ending)
         stderr: end.error.map(|_| "a trace".to_string()),
         usage: end.usage,
         transition: end.transition,
+        round_hash: None,
         job,
     };
     store.finish(&[finish]).await.unwrap().remove(0).unwrap();
@@ -1266,6 +1273,7 @@ async fn exercise(f: &Fixture) -> Vec<Call> {
     ] {
         call("GET", "/api/activity", path, None).await;
     }
+    call("GET", "/api/qa", "/api/qa", None).await;
     call("GET", "/api/processes", "/api/processes", None).await;
     f.health.set_process(&f.store.processes().await.unwrap()[0]);
     call("GET", "/readyz", "/readyz", None).await;
@@ -1274,6 +1282,7 @@ async fn exercise(f: &Fixture) -> Vec<Call> {
     call("GET", "/api/processes", "/api/processes", None).await;
     call("GET", "/readyz", "/readyz", None).await;
     call("GET", "/api/status", "/api/status", None).await;
+    call("GET", "/api/qa", "/api/qa", None).await;
     calls
 }
 
@@ -1366,7 +1375,7 @@ async fn every_endpoint_answers_as_the_document_says() {
             || (path == "/api/stream" && stream.status().as_str() == status)
     };
     for (path, method, status) in documented(&doc) {
-        // A stalled event loop is the engine's to cause (tests/main.rs
+        // A stalled event loop is the engine's to cause (ideamill/tests/binary.rs
         // stalls one for real); here the loop is the test's.
         let exempt = path == "/healthz" && status == "503";
         if !exempt && !seen(&path, &method, &status) {
@@ -1448,5 +1457,151 @@ async fn the_router_and_the_document_name_the_same_paths_and_methods() {
                 "{method} {path}: routed {allowed}, documented {listed}"
             );
         }
+    }
+}
+
+/// Issue 13's QA lift: one item passes the `review` gate at round 1, one at
+/// round 2 (after a rejection sent it back to `draft`, where another model
+/// worked on it), one is rejected in its last round. `/metrics`, `/api/qa`
+/// and the overview's "QA lift" panel show the same figures.
+#[tokio::test]
+async fn qa_lift_on_metrics_the_api_and_the_overview() {
+    use ideamill_core::AttemptOutcome;
+    use ideamill_core::machine::{NextJob, Transition};
+    let doc: Value = serde_json::from_str(ideamill_web::api::OPENAPI).unwrap();
+    let f = fixture().await;
+    assert!(
+        f.get("/")
+            .await
+            .body
+            .contains("No gate has passed or failed an item yet")
+    );
+    assert_eq!(f.add(&["first", "second", "third"]).await, [1, 2, 3]);
+    let next = |stage: &str, round| NextJob {
+        stage: stage.into(),
+        round,
+        max_attempts: 3,
+    };
+    let claim = async |stage: &str| {
+        let now = ideamill_sys::clock::now_millis();
+        f.store
+            .claim(stage, 3, "p1", now, now + 60_000)
+            .await
+            .unwrap()
+    };
+    let drafted = |model: &str, round| Ending {
+        outcome: AttemptOutcome::Succeeded,
+        transition: Transition::Advance {
+            output: "a draft".into(),
+            next: Some(next("review", round)),
+        },
+        error: None,
+        usage: Some(ideamill_core::Usage {
+            provider: "local".into(),
+            model: model.into(),
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cost: 0.0,
+            counted: false,
+        }),
+    };
+    let rejected = |transition| Ending {
+        outcome: AttemptOutcome::Rejected,
+        transition,
+        error: None,
+        usage: None,
+    };
+    let passed = || Ending {
+        outcome: AttemptOutcome::Succeeded,
+        transition: Transition::Advance {
+            output: "ok".into(),
+            next: None,
+        },
+        error: None,
+        usage: None,
+    };
+    for job in claim("draft").await {
+        settle(&*f.store, job, drafted("small", 1)).await;
+    }
+    for job in claim("review").await {
+        let end = match job.item_id {
+            1 => passed(),
+            2 => rejected(Transition::SendBack {
+                feedback: "needs tests".into(),
+                to: next("draft", 2),
+            }),
+            _ => rejected(Transition::FailItem {
+                reason: "rejected by gate `review` in round 1 of 1: no tests".into(),
+                feedback: Some("no tests".into()),
+                class: ideamill_core::FailureClass::Quality,
+            }),
+        };
+        settle(&*f.store, job, end).await;
+    }
+    let again = claim("draft").await;
+    assert_eq!(again.len(), 1);
+    settle(
+        &*f.store,
+        again.into_iter().next().unwrap(),
+        drafted("big", 2),
+    )
+    .await;
+    let gate = claim("review").await;
+    assert_eq!((gate.len(), gate[0].round), (1, 2));
+    settle(&*f.store, gate.into_iter().next().unwrap(), passed()).await;
+
+    let metrics = f.get("/metrics").await.body;
+    for series in [
+        "# TYPE ideamill_gate_passed_items gauge",
+        "ideamill_gate_passed_items{stage=\"review\",model=\"small\",round=\"1\"} 1",
+        "ideamill_gate_passed_items{stage=\"review\",model=\"small\",round=\"2\"} 0",
+        "ideamill_gate_passed_items{stage=\"review\",model=\"big\",round=\"1\"} 0",
+        "ideamill_gate_passed_items{stage=\"review\",model=\"big\",round=\"2\"} 1",
+        "ideamill_gate_failed_items{stage=\"review\",model=\"small\",reason=\"last_round\"} 1",
+        "ideamill_gate_failed_items{stage=\"review\",model=\"small\",reason=\"no_progress\"} 0",
+        "ideamill_gate_lift_ratio{stage=\"review\",model=\"small\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("ideamill_gate_lift_ratio{stage=\"review\",model=\"big\"}"),
+        "no lift without a pass at round 1:\n{metrics}"
+    );
+
+    let answer = f.get("/api/qa").await;
+    let call = Call {
+        method: "GET",
+        template: "/api/qa",
+        path: "/api/qa".into(),
+        answer,
+    };
+    assert_eq!(conformance(&doc, &call), [] as [String; 0]);
+    let qa = call.answer.json();
+    assert_eq!(
+        qa["gates"],
+        json!([
+            {"stage": "review", "model": "big", "passed_by_round": [0, 1, 0, 0],
+             "passed_first": 0, "passed_later": 1, "failed": 0, "no_progress": 0, "judged": 1,
+             "first_pass_rate": 0.0, "final_pass_rate": 1.0, "lift": null},
+            {"stage": "review", "model": "small", "passed_by_round": [1, 0, 0, 0],
+             "passed_first": 1, "passed_later": 0, "failed": 1, "no_progress": 0, "judged": 2,
+             "first_pass_rate": 0.5, "final_pass_rate": 0.5, "lift": 1.0},
+        ])
+    );
+
+    let page = f.get("/").await.body;
+    let panel = &page[page.find("id=\"qa-lift\"").expect("the QA lift panel")..];
+    let panel = &panel[..panel.find("</section>").unwrap()];
+    for cell in [
+        "data-gate=\"review\" data-model=\"small\"",
+        "<td class=\"num\" data-k=\"passed_first\">1</td>",
+        "<td class=\"num\" data-k=\"failed\">1</td>",
+        "50% → 50%",
+        "×1.00",
+        "data-gate=\"review\" data-model=\"big\"",
+        "<td class=\"num\" data-k=\"passed_later\">1</td>",
+        "0% → 100%",
+    ] {
+        assert!(panel.contains(cell), "{cell} missing:\n{panel}");
     }
 }

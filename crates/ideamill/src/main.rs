@@ -6,6 +6,8 @@ mod commands;
 mod output;
 mod project;
 mod supervisor;
+#[cfg(test)]
+mod tidy;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use clap::Parser;
 
 /// Exit codes, documented in the README.
 pub mod exit {
+    /// Success.
     pub const OK: u8 = 0;
     /// A negative answer: unhealthy, or work left undone.
     pub const NEGATIVE: u8 = 1;

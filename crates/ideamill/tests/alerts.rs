@@ -3,17 +3,14 @@
 //! several failed items (the cooldown), retried while the receiver fails,
 //! with its delivery recorded as an event.
 
-#[path = "util.rs"]
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::util::*;
 use serde_json::Value;
-use util::*;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]

@@ -8,14 +8,11 @@
 //! `npm ci` in `tests/browser/`. Without them the test says so and passes,
 //! except in CI (`CI` set), where it fails: `.ci/run` installs them.
 
-#[path = "util.rs"]
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use util::*;
+use crate::util::*;
 
 /// `outline` and `implement` sleep so that people (and the test) see them
 /// run. An idea with "flaky" in it fails its first `implement` (one attempt

@@ -3,15 +3,13 @@
 //! by a ballast file. Mounting needs root; CI runs as root and `.ci/run`
 //! sets CI, which makes a failed mount fail the test instead of skipping it.
 
-mod util;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::util::*;
 use serde_json::Value;
-use util::*;
 
 /// A tmpfs mounted on a temp folder, unmounted when dropped.
 struct SmallDisk {

@@ -2,13 +2,11 @@
 //! model on loopback that answers by the idea it is asked about, so that
 //! every figure is known in advance.
 
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 
+use crate::util::*;
 use serde_json::{Value, json};
-use util::*;
 
 /// `main.py` and the model's own `test_main.py`, as a fenced answer.
 fn answer(main: &str, own_test: &str) -> String {

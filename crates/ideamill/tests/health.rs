@@ -3,16 +3,13 @@
 //! the metrics exposition, systemd notifications and units. Real processes,
 //! real signals; every wait has a deadline.
 
-#[path = "util.rs"]
-mod util;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use serde_json::Value;
-use util::*;
 
 /// Short beats and a 2 s stall limit, so that hangs are found quickly.
 const FAST: &str = "[engine]\nlease = \"3s\"\nheartbeat = \"500ms\"\npoll_interval = \"500ms\"\nshutdown_grace = \"5s\"\n\
@@ -554,6 +551,56 @@ fn probes_answer_and_the_metrics_pass_promtool() {
         "ideamill_pickup_latency_seconds_count{stage=\"work\"} 1",
         "ideamill_heartbeat_age_seconds ",
         "ideamill_loop_lag_seconds ",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    stop(&p, run);
+    promtool_check(&metrics);
+}
+
+/// Issue 13's QA lift from a real run: a command gate passes one item at
+/// round 1, rejects another's first round and passes its second, and
+/// rejects a third in both of its rounds. `/metrics` carries the figures
+/// (no stage calls a model: `model="none"`), read from the store.
+#[test]
+fn the_qa_lift_of_a_run_is_on_the_metrics() {
+    let qa = "import json, sys\nctx = json.load(sys.stdin)\ntext = ctx['item']['text']\n\
+              if text == 'never' or (text == 'later' and ctx['round'] < 2):\n    print('fix it')\n    sys.exit(1)\n\
+              print('good')\n";
+    let config = format!(
+        "{FAST}{}{}",
+        py_stage("implement", "print('code')", ""),
+        py_stage(
+            "qa",
+            qa,
+            "gate = { retry_from = \"implement\", max_rounds = 2 }"
+        )
+    );
+    let p = Project::new(&config);
+    let ids = [p.add("first"), p.add("later"), p.add("never")];
+    let run = p.spawn_run(&["--no-supervisor"]);
+    wait_engine(&p, None);
+    let finished = |id: &i64| {
+        let state = p.show(*id)["item"]["state"].clone();
+        state == "done" || state == "failed"
+    };
+    assert!(wait_until(Duration::from_secs(60), || ids
+        .iter()
+        .all(finished)));
+    let addr = engines(&p)[0].1["listen"]
+        .as_str()
+        .expect("listening")
+        .to_string();
+    let (code, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    for series in [
+        "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"1\"} 1",
+        "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"2\"} 1",
+        "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"3\"} 0",
+        "ideamill_gate_passed_items{stage=\"qa\",model=\"none\",round=\"4+\"} 0",
+        "ideamill_gate_failed_items{stage=\"qa\",model=\"none\",reason=\"last_round\"} 1",
+        "ideamill_gate_failed_items{stage=\"qa\",model=\"none\",reason=\"no_progress\"} 0",
+        "ideamill_gate_lift_ratio{stage=\"qa\",model=\"none\"} 2",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

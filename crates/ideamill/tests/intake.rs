@@ -3,13 +3,11 @@
 //! arrive), `ideamill add --file`, `ideamill import legacy` and
 //! `ideamill export`. Each checks that nothing was lost.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::util::*;
 use serde_json::Value;
-use util::*;
 
 /// Engine settings plus no HTTP listener (tests run in parallel) and a
 /// short settle time.

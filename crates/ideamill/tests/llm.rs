@@ -4,13 +4,12 @@
 
 #[path = "support/fake_provider.rs"]
 mod fake_provider;
-mod util;
 
 use std::time::Duration;
 
+use crate::util::*;
 use fake_provider::{FakeProvider, Reply};
 use serde_json::Value;
-use util::*;
 
 const KEY: &str = "sk-test-secret-4f7a9c";
 
@@ -326,14 +325,20 @@ fn reaching_a_budget_pauses_the_item_and_raising_it_resumes() {
         Reply::Json { text: "two".into() },
     ]);
     let two_stages = "[[stages]]\nname = \"more\"\nkind = \"llm\"\nprovider = \"fake\"\nprompt = \"prompt.md\"\n";
-    let p = project(&server, two_stages, "[budget]\nitem_tokens = 10\n");
+    // The first call reserves 5 + 20 tokens and uses 18; the second would
+    // reserve 5 + 1024 (the default max_tokens), past the cap of 30.
+    let p = project(
+        &server,
+        &format!("max_tokens = 20\n{two_stages}"),
+        "[budget]\nitem_tokens = 30\n",
+    );
     without_streaming(&p);
     let id = p.add("x");
     run(&p);
     let item = p.show(id);
     assert_eq!(
         item["display_state"], "paused",
-        "18 tokens used, the cap is 10: {item:#}"
+        "18 tokens used, and the next call may use 1029, past the cap of 30: {item:#}"
     );
     assert!(
         item["item"]["last_error"]
@@ -349,7 +354,7 @@ fn reaching_a_budget_pauses_the_item_and_raising_it_resumes() {
     let config = std::fs::read_to_string(p.file("ideamill.toml")).unwrap();
     std::fs::write(
         p.file("ideamill.toml"),
-        config.replace("item_tokens = 10", "item_tokens = 1000"),
+        config.replace("item_tokens = 30", "item_tokens = 2000"),
     )
     .unwrap();
     run(&p);
@@ -367,6 +372,113 @@ fn reaching_a_budget_pauses_the_item_and_raising_it_resumes() {
             && kinds.contains(&"budget_resumed".to_string()),
         "{kinds:?}"
     );
+}
+
+#[test]
+fn issue_13_concurrent_calls_never_pass_a_budget_cap() {
+    // Every call reserves about 6 + 20 tokens and uses 18 (the fake's usage):
+    // with the day capped at 100, however many of the 8 items run at once,
+    // the calls made never use more than the cap.
+    let server = FakeProvider::start(vec![Reply::Json { text: "ok".into() }]);
+    let p = project(
+        &server,
+        "max_tokens = 20\nconcurrency = 8",
+        "max_concurrency = 8\n[budget]\nday_tokens = 100\n",
+    );
+    without_streaming(&p);
+    let ids: Vec<i64> = (0..8).map(|i| p.add(&format!("idea {i}"))).collect();
+    run(&p);
+    let mut used = 0;
+    let mut paused = 0;
+    for id in &ids {
+        let item = p.show(*id);
+        for a in item["attempts"].as_array().unwrap() {
+            let u = &a["usage"];
+            used += u["prompt_tokens"].as_u64().unwrap_or(0)
+                + u["completion_tokens"].as_u64().unwrap_or(0);
+        }
+        if item["display_state"] == "paused" {
+            paused += 1;
+            assert!(
+                item["item"]["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("budget.day_tokens"),
+                "{item:#}"
+            );
+        }
+    }
+    let calls = server.request_count() as u64;
+    assert!(calls >= 1, "calls that fit are made");
+    assert_eq!(used, 18 * calls, "every call made is recorded");
+    assert!(used <= 100, "{used} tokens used, past the cap of 100");
+    assert_eq!(paused as u64, 8 - calls, "the calls that did not fit wait");
+}
+
+#[test]
+fn issue_13_a_round_that_changes_nothing_ends_the_loop_as_no_progress() {
+    // The model gives the same answer every round and the gate the same
+    // report: round 2 repeats round 1, so the item fails there, not after
+    // all 5 rounds.
+    let answer = "```python main.py\nprint('hi')\n```\n";
+    let server = FakeProvider::start(vec![Reply::Json {
+        text: answer.into(),
+    }]);
+    let qa = "[[stages]]\nname = \"qa\"\nkind = \"command\"\n\
+              command = [\"sh\", \"-c\", \"echo No tests found; exit 1\"]\n\
+              sandbox = \"off\"\n\
+              gate = { retry_from = \"write\", max_rounds = 5 }\n";
+    let p = project(&server, &format!("files = true\n{qa}"), "");
+    without_streaming(&p);
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "failed", "{item:#}");
+    let reason = item["item"]["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains(
+            "no_progress: round 2 changed nothing: same files and same gate feedback as round 1"
+        ),
+        "{reason}"
+    );
+    assert_eq!(server.request_count(), 2, "no round is spent after round 2");
+    assert_eq!(item["feedback"].as_array().unwrap().len(), 2, "{item:#}");
+    let events = p.json(&["events", "--item", &id.to_string()]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "item_failed"
+                && e["message"].as_str().unwrap().contains("no_progress")),
+        "{events:#}"
+    );
+}
+
+#[test]
+fn issue_13_a_round_that_changes_its_files_is_not_cut_short() {
+    // The answers differ each round while the report stays the same: every
+    // round is progress, so the gate's rounds run out as before.
+    let reply = |n: u32| Reply::Json {
+        text: format!("```python main.py\nprint({n})\n```\n"),
+    };
+    let server = FakeProvider::start(vec![reply(1), reply(2), reply(3)]);
+    let qa = "[[stages]]\nname = \"qa\"\nkind = \"command\"\n\
+              command = [\"sh\", \"-c\", \"echo No tests found; exit 1\"]\n\
+              sandbox = \"off\"\n\
+              gate = { retry_from = \"write\", max_rounds = 3 }\n";
+    let p = project(&server, &format!("files = true\n{qa}"), "");
+    without_streaming(&p);
+    let id = p.add("x");
+    run(&p);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "failed", "{item:#}");
+    let reason = item["item"]["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("rejected by gate `qa` in round 3 of 3"),
+        "{reason}"
+    );
+    assert_eq!(server.request_count(), 3);
 }
 
 #[test]

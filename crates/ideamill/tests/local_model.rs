@@ -3,13 +3,11 @@
 //! the shapes (non-empty outputs, token counts, rounds), never the model's
 //! exact text.
 
-mod util;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use util::*;
+use crate::util::*;
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llm-server.sh")
@@ -129,11 +127,9 @@ fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
     }
 }
 
-/// Three small ideas with their hidden tests, for the eval harness.
-const SUITE: &str = r#"{"id": "reverse-text", "idea": "Write a function `reverse_text(s)` in main.py that returns the string s reversed.", "tests": "import unittest\nfrom main import reverse_text\n\nclass T(unittest.TestCase):\n    def test_reverse(self):\n        self.assertEqual(reverse_text('abc'), 'cba')\n"}
-{"id": "add-numbers", "idea": "Write a function `add(a, b)` in main.py that returns the sum of a and b.", "tests": "import unittest\nfrom main import add\n\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"}
-{"id": "is-even", "idea": "Write a function `is_even(n)` in main.py that returns True when the integer n is even.", "tests": "import unittest\nfrom main import is_even\n\nclass T(unittest.TestCase):\n    def test_even(self):\n        self.assertTrue(is_even(4))\n        self.assertFalse(is_even(3))\n"}
-"#;
+/// The shipped smoke suite (`eval/smoke.jsonl`): three easy ideas of the
+/// real suite with their hidden tests, for the eval harness end to end.
+const SUITE: &str = include_str!("../../../eval/smoke.jsonl");
 
 #[test]
 fn eval_with_the_local_model() {

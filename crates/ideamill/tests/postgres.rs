@@ -5,18 +5,16 @@
 //! stopping it disturbs nobody; without the PostgreSQL binaries these tests
 //! fail, they are never skipped.
 
-mod util;
-
 #[path = "../../ideamill-store/tests/conformance/cluster.rs"]
 mod cluster;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::util::*;
 use serde_json::Value;
-use util::*;
 
-use crate::cluster::Cluster;
+use self::cluster::Cluster;
 
 /// A stage that takes a moment and says what it ran on.
 const SLOW: &str = r#"

@@ -3,15 +3,13 @@
 //! not; every try must fail, leave no trace on the host, and leave the mill
 //! healthy, and a try stopped by a limit must say which.
 
-mod util;
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::util::*;
 use serde_json::{Value, json};
-use util::*;
 
 /// The hostile program: reads its attack from the item's text (JSON) and
 /// prints `BLOCKED: ...` when the sandbox stopped it, `ESCAPED: ...` (and
@@ -312,7 +310,7 @@ fn a_hostile_test_suite_reaches_nothing_and_limits_say_what_ended_it() {
 }
 
 fn signal_and_wait(run: &mut Reaped) {
-    util::signal(run, libc::SIGTERM);
+    crate::util::signal(run, libc::SIGTERM);
     let status = wait_exit(run, Duration::from_secs(30)).expect("run stops");
     assert!(status.success(), "run exited with {status}");
 }

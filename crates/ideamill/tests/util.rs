@@ -1,7 +1,5 @@
 //! Helpers for running the real `ideamill` binary on a temporary project:
 //! fixtures, waiting on conditions with deadlines, and JSON reads.
-// Each test binary uses a different part of these helpers.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -9,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The `ideamill` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ideamill");
 
 /// A project in a temp folder with the given `ideamill.toml`.
@@ -23,6 +22,7 @@ enum Dir {
 }
 
 impl Project {
+    /// A project in a new temp folder, with `config` as its `ideamill.toml`.
     pub fn new(config: &str) -> Project {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("ideamill.toml"), config).expect("write config");
@@ -36,6 +36,7 @@ impl Project {
         Project { dir: Dir::At(root) }
     }
 
+    /// The project's folder.
     pub fn path(&self) -> &Path {
         match &self.dir {
             Dir::Temp(t) => t.path(),
@@ -43,10 +44,12 @@ impl Project {
         }
     }
 
+    /// A path inside the project's folder.
     pub fn file(&self, rel: &str) -> PathBuf {
         self.path().join(rel)
     }
 
+    /// An `ideamill` command in the project, with a clean environment for its logs.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
@@ -58,6 +61,7 @@ impl Project {
         cmd
     }
 
+    /// Run `ideamill` with `args` and wait for it.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run ideamill")
     }
@@ -75,6 +79,7 @@ impl Project {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Run with `--json` and insist on exit 0; the JSON printed.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
@@ -94,10 +99,12 @@ impl Project {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// Add one idea; its item id.
     pub fn add(&self, text: &str) -> i64 {
         self.json(&["add", text])["ids"][0].as_i64().expect("an id")
     }
 
+    /// `show --json` of item `id`.
     pub fn show(&self, id: i64) -> Value {
         self.json(&["show", &id.to_string()])
     }
@@ -175,6 +182,7 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Wait for `child` to exit within `limit`; its status, or `None` if it still runs.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let mut status = None;
     wait_until(limit, || {
@@ -184,6 +192,7 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::Exi
     status
 }
 
+/// Send `sig` to `child`.
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: plain kill(2) on a pid we spawned.
     unsafe {

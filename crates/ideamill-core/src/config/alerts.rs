@@ -8,9 +8,13 @@ use toml_span::value::{Value, ValueInner};
 
 use super::section::{Got, Problems, Section, is_http_url, is_valid_name};
 
+/// Default `cooldown` of an alert target.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(10 * 60);
+/// Default `max_tries` of an alert target.
 pub const DEFAULT_MAX_TRIES: u32 = 5;
+/// Default `backoff` of an alert target: the first retry's delay.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(2);
+/// Default `timeout` of an alert target: one request's whole time.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const ALERT_KINDS: &[&str] = &["webhook", "slack", "ntfy"];
@@ -28,6 +32,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// The `kind` value naming this kind in the config.
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::Webhook => "webhook",
@@ -55,6 +60,7 @@ pub enum AlertTrigger {
 }
 
 impl AlertTrigger {
+    /// Every trigger, in the order the config documents them.
     pub const ALL: &'static [AlertTrigger] = &[
         AlertTrigger::Stall,
         AlertTrigger::Restart,
@@ -64,6 +70,7 @@ impl AlertTrigger {
         AlertTrigger::Verdict,
     ];
 
+    /// The name of this trigger in `on = [...]`.
     pub fn as_str(self) -> &'static str {
         match self {
             AlertTrigger::Stall => "stall",
@@ -75,6 +82,7 @@ impl AlertTrigger {
         }
     }
 
+    /// The trigger named `s` in `on = [...]`, if any.
     pub fn parse(s: &str) -> Option<AlertTrigger> {
         AlertTrigger::ALL.iter().copied().find(|t| t.as_str() == s)
     }
@@ -84,7 +92,9 @@ impl AlertTrigger {
 /// are): `url_env` keeps it out of the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UrlSource {
+    /// The URL itself (`url`).
     Literal(String),
+    /// The name of an environment variable holding the URL (`url_env`).
     Env(String),
 }
 
@@ -93,7 +103,9 @@ pub enum UrlSource {
 pub struct AlertTarget {
     /// Unique; default `<kind>` or `<kind>-<n>`.
     pub name: String,
+    /// What the target speaks.
     pub kind: AlertKind,
+    /// Where the URL comes from.
     pub url: UrlSource,
     /// Extra request headers (e.g. an `Authorization` for ntfy).
     pub headers: BTreeMap<String, String>,

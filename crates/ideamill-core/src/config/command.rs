@@ -10,9 +10,12 @@ use toml_span::value::ValueInner;
 use super::sandbox::{self, Limits, SandboxMode};
 use super::section::{Got, Section, resolve};
 
+/// Default `kill_grace` of a command stage.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+/// Default `max_output` of a command stage, in bytes.
 pub const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
 
+/// A `kind = "command"` stage: a program run in the workspace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandStage {
     /// `command[0]`.

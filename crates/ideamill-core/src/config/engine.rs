@@ -6,14 +6,22 @@ use std::time::Duration;
 
 use super::section::{Section, shown};
 
+/// Default `engine.data_dir`, relative to the config's folder.
 pub const DEFAULT_DATA_DIR: &str = ".ideamill";
+/// Default `engine.workspace`, relative to the config's folder.
 pub const DEFAULT_WORKSPACE: &str = "workspace";
+/// Default `engine.inbox`, relative to the config's folder.
 pub const DEFAULT_INBOX: &str = "inbox";
+/// Default `engine.lease`.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+/// Default `engine.heartbeat`.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Default `engine.shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default `engine.poll_interval`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// `[engine]`: folders, leases and timing of the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// Where the database (by default), status files and wake sockets live.

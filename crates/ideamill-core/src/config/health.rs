@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::section::{Got, Section};
 
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(5);
+/// Default `health.listen`: the loopback address, port 9464.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
 pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
 pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(120);
@@ -36,6 +37,7 @@ pub struct HealthConfig {
     /// The supervisor gives up after this many restarts within
     /// `restart_window`. Default 5 in 60s.
     pub max_restarts: u32,
+    /// The window `max_restarts` is counted over.
     pub restart_window: Duration,
 }
 

@@ -11,6 +11,7 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_IDEAS: u32 = 10_000;
 pub const DEFAULT_MAX_IDEA_BYTES: u64 = 256 * 1024;
 
+/// `[inbox]`: how the inbox folder is watched and read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxConfig {
     /// Watch and take the inbox at all. Default true.

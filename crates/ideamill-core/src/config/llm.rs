@@ -7,10 +7,14 @@ use std::path::{Path, PathBuf};
 use super::providers::ProviderConfig;
 use super::section::{Got, Section, resolve};
 
+/// Default `max_tokens` of an `llm` stage.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+/// Default `max_files` of an `llm` stage.
 pub const DEFAULT_MAX_FILES: u32 = 50;
+/// Default `max_file_bytes` of an `llm` stage.
 pub const DEFAULT_MAX_FILE_BYTES: usize = 256 * 1024;
 
+/// A `kind = "llm"` stage: a model call whose answer's files are written to the workspace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmStage {
     /// A key of `Config::providers`.
@@ -19,6 +23,7 @@ pub struct LlmStage {
     pub prompt: PathBuf,
     /// A system prompt template, if any: inline text.
     pub system: Option<String>,
+    /// Sampling temperature; the provider's default when absent.
     pub temperature: Option<f32>,
     /// Always sent. Default 1024.
     pub max_tokens: u32,

@@ -72,7 +72,9 @@ pub struct Config {
     pub path: PathBuf,
     /// The folder holding the config file; relative paths resolve against it.
     pub root: PathBuf,
+    /// `[store]`: the database.
     pub store: StoreConfig,
+    /// `[engine]`: folders, leases and timing.
     pub engine: EngineConfig,
     /// In pipeline order; at least one; names unique.
     pub stages: Vec<StageConfig>,
@@ -80,6 +82,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Prices per model, in US dollars per million tokens.
     pub prices: BTreeMap<String, Price>,
+    /// `[budget]`: spending caps.
     pub budget: BudgetConfig,
     /// Hang detection, the supervisor, probes and the health verdict.
     pub health: HealthConfig,
@@ -127,11 +130,13 @@ pub fn redact_url_path(url: &str) -> String {
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The config file the problem is in.
     pub file: PathBuf,
     /// 1-based; 0 when the error has no place in the file (e.g. it is missing).
     pub line: usize,
     /// 1-based, in characters.
     pub column: usize,
+    /// What is wrong, as a lowercase fragment.
     pub message: String,
 }
 
@@ -204,9 +209,11 @@ impl Config {
         c
     }
 
+    /// The stage called `name`, if any.
     pub fn stage(&self, name: &str) -> Option<&StageConfig> {
         self.stages.iter().find(|s| s.name == name)
     }
+    /// The pipeline's first stage, where new items start (a config has at least one).
     pub fn first_stage(&self) -> &StageConfig {
         &self.stages[0]
     }

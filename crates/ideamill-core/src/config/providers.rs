@@ -10,13 +10,18 @@ use toml_span::value::ValueInner;
 use super::section::{Got, Section, is_http_url, is_valid_name, resolve};
 use super::stages::MAX_CONCURRENCY;
 
+/// Default `base_url` of an `anthropic` provider.
 pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com/v1";
+/// Default `connect_timeout` of a provider.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `idle_timeout` of a provider.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `max_concurrency` of a provider.
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
 
 const PROVIDER_KINDS: &[&str] = &["openai", "anthropic"];
 
+/// Which API a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     /// Any OpenAI-compatible chat-completions endpoint.
@@ -29,18 +34,28 @@ pub enum ProviderKind {
 /// store or a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiKeySource {
+    /// No key: the endpoint needs none (e.g. a local model).
     None,
+    /// The name of an environment variable holding the key (`api_key_env`).
     Env(String),
+    /// A file holding the key (`api_key_file`), absolute.
     File(PathBuf),
 }
 
+/// One `[providers.<name>]` model endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
+    /// The key of this provider in `[providers]`.
     pub name: String,
+    /// Which API the endpoint speaks.
     pub kind: ProviderKind,
+    /// The API's base URL, without the endpoint's path.
     pub base_url: String,
+    /// The model name sent with each request.
     pub model: String,
+    /// Where the API key comes from.
     pub api_key: ApiKeySource,
+    /// Extra request headers.
     pub headers: BTreeMap<String, String>,
     /// Stream responses (SSE). Default true.
     pub stream: bool,
@@ -50,26 +65,36 @@ pub struct ProviderConfig {
     pub idle_timeout: Duration,
     /// Requests in flight at once, shared by all workers of a process. Default 4.
     pub max_concurrency: u32,
+    /// Requests started per minute, shared by all workers of a process; no limit when absent.
     pub requests_per_minute: Option<u32>,
+    /// Tokens used per minute, shared by all workers of a process; no limit when absent.
     pub tokens_per_minute: Option<u32>,
 }
 
+/// A model's price, in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
+    /// Per million prompt (input) tokens.
     pub input_per_million: f64,
+    /// Per million completion (output) tokens.
     pub output_per_million: f64,
 }
 
 /// Spending caps. Reaching one pauses the affected items instead of failing them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BudgetConfig {
+    /// The most one item may cost, in US dollars.
     pub item_usd: Option<f64>,
+    /// The most all items may cost in one UTC day, in US dollars.
     pub day_usd: Option<f64>,
+    /// The most tokens (prompt and completion) one item may use.
     pub item_tokens: Option<u64>,
+    /// The most tokens all items may use in one UTC day.
     pub day_tokens: Option<u64>,
 }
 
 impl BudgetConfig {
+    /// Whether any cap is set.
     pub fn is_set(&self) -> bool {
         self.item_usd.is_some()
             || self.day_usd.is_some()

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use super::section::{Got, Section};
 
+/// Default `sandbox.program`.
 pub const DEFAULT_PROGRAM: &str = "bwrap";
 
+/// `[sandbox]`: the program and default limits of sandboxed command stages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
     /// The sandbox program (bubblewrap). Default `bwrap`, looked up in `PATH`.
     pub program: String,
+    /// Resource limits applied to sandboxed commands unless a stage sets its own.
     pub limits: Limits,
 }
 

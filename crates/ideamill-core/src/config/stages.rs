@@ -18,21 +18,30 @@ use super::sandbox::Limits;
 use super::section::{Got, Problems, Section, is_valid_name, shown};
 use crate::model::{Gate, RetryPolicy};
 
+/// Default `timeout` of a stage.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Default `retry.max_attempts` of a stage.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default `retry.backoff` of a stage: the first retry's delay.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(2);
+/// Default `retry.backoff_max` of a stage: the longest retry delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
+/// Default `concurrency` of a stage.
 pub const DEFAULT_CONCURRENCY: u32 = 1;
 /// The most jobs of one stage, or requests to one provider, at once.
 pub const MAX_CONCURRENCY: i64 = 1024;
+/// Default `gate.max_rounds` of a stage.
 pub const DEFAULT_MAX_ROUNDS: u32 = 3;
 
 const STAGE_KINDS: &[&str] = &["command", "llm"];
 const NO_STAGES: &str = "no [[stages]]: a pipeline needs at least one stage";
 
+/// One `[[stages]]` entry: a step of the pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageConfig {
+    /// Unique among the stages; names the stage in the store, the CLI and the web.
     pub name: String,
+    /// What the stage runs, with its kind's settings.
     pub kind: StageKind,
     /// Default 10m.
     pub timeout: Duration,
@@ -40,16 +49,22 @@ pub struct StageConfig {
     pub retry: RetryPolicy,
     /// Jobs of this stage one process runs at once. Default 1.
     pub concurrency: u32,
+    /// A QA gate: the stage judges the work and a rejection sends it back;
+    /// `None` if the stage is not a gate.
     pub gate: Option<Gate>,
 }
 
+/// What a stage runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageKind {
+    /// `kind = "command"`: a program.
     Command(CommandStage),
+    /// `kind = "llm"`: a model call.
     Llm(LlmStage),
 }
 
 impl StageKind {
+    /// The `kind` value naming this kind in the config.
     pub fn name(&self) -> &'static str {
         match self {
             StageKind::Command(_) => "command",

@@ -7,6 +7,7 @@ use super::section::{Got, Section, resolve};
 /// The default database file, in `engine.data_dir`.
 pub const DEFAULT_DATABASE: &str = "ideamill.db";
 
+/// `[store]`: which database holds the items and jobs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     /// `sqlite://<absolute path>` or `postgres://…`, as given otherwise.

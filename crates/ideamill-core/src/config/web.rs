@@ -8,6 +8,7 @@ use super::section::{Got, Section, is_http_url};
 /// The access token's file, in `engine.data_dir`.
 pub const DEFAULT_TOKEN_FILE: &str = "token";
 
+/// `[web]`: access to the dashboard and API: token and public URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebConfig {
     /// The access token (`ideamill init` writes one, mode 0600). Required

@@ -40,7 +40,9 @@ pub fn from_env() -> Option<std::fs::File> {
 /// started failed to start, and its supervisor does not try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Beat {
+    /// CLOCK_MONOTONIC, in milliseconds.
     pub mono: Millis,
+    /// Whether the engine had registered with the store.
     pub started: bool,
 }
 

@@ -8,6 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Sends systemd notify-protocol datagrams to `$NOTIFY_SOCKET`.
 pub struct Notifier {
     socket: UnixDatagram,
     target: Target,

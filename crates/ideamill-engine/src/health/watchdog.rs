@@ -28,14 +28,19 @@ use ideamill_sys::clock::{mono_millis, now_millis as wall_millis, utc_stamp};
 pub struct StallSummary {
     /// "watchdog" (the engine saw its own loop stop) or "supervisor".
     pub detected_by: String,
+    /// What was seen, for people.
     pub reason: String,
+    /// The stalled engine's pid.
     pub pid: u32,
+    /// The stalled engine's process id in the store, if it had registered.
     pub process_id: Option<String>,
+    /// Wall clock when the stall was detected.
     pub detected_at: Millis,
     /// Wall clock of the last beat.
     pub last_beat_at: Millis,
     /// How long the loop had not beaten when the stall was detected.
     pub stall_ms: u64,
+    /// `health.stall_after` then, in milliseconds.
     pub stall_after_ms: u64,
 }
 

@@ -19,9 +19,17 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum CgroupHost {
     /// v1: the engine's group in the `memory` and in the `pids` hierarchy.
-    V1 { memory: PathBuf, pids: PathBuf },
+    V1 {
+        /// The engine's group in the `memory` hierarchy.
+        memory: PathBuf,
+        /// The engine's group in the `pids` hierarchy.
+        pids: PathBuf,
+    },
     /// v2: a group whose subtree has the `memory` and `pids` controllers.
-    V2 { parent: PathBuf },
+    V2 {
+        /// The group under which job groups are made.
+        parent: PathBuf,
+    },
 }
 
 impl CgroupHost {

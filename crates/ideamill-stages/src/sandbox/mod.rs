@@ -182,10 +182,12 @@ impl Sandbox {
         sandbox
     }
 
+    /// What was found out about the sandbox on this host.
     pub fn report(&self) -> &SandboxReport {
         &self.report
     }
 
+    /// Whether a confined command can run here.
     pub fn works(&self) -> bool {
         self.program.is_some()
     }
@@ -462,8 +464,11 @@ pub fn refusal(config: &ideamill_core::Config, sandbox: &Sandbox) -> Option<Stri
 /// (the seccomp programs' pipes), open until it has started.
 #[derive(Debug)]
 pub struct Plan {
+    /// The program to run (the sandbox, or the command itself).
     pub program: String,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// File descriptors the program inherits, kept open until it has started.
     pub keep: Vec<OwnedFd>,
 }
 

@@ -44,7 +44,8 @@ async fn contexts_of(
                AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
             ) AS outputs_json,
             (SELECT COALESCE(json_agg(json_build_object('stage', f.stage, 'round', f.round, 'feedback', f.feedback,
-                                                       'created_at', f.created_at) ORDER BY f.id), '[]')::text
+                                                       'created_at', f.created_at,
+                                                       'round_hash', f.round_hash) ORDER BY f.id), '[]')::text
              FROM feedback f WHERE f.item_id = items.id
             ) AS feedback_json
          FROM items WHERE id = ANY($1)"

@@ -132,6 +132,37 @@ impl Stages for PostgresStore {
             events.extend(plan.event);
         }
         insert_round_texts(&mut tx, RoundText::Feedback, &feedback).await?;
+        // A gate's round hash, kept with its feedback (a finish that
+        // stored none updates nothing).
+        let hashed: Vec<(JobId, &str)> = finishes
+            .iter()
+            .zip(&passed)
+            .filter(|(_, p)| p.is_some())
+            .filter_map(|(f, _)| Some((f.job.id, f.round_hash.as_deref()?)))
+            .collect();
+        if !hashed.is_empty() {
+            sqlx::query(
+                "UPDATE feedback SET round_hash = u.hash
+                 FROM UNNEST($1::int8[], $2::text[]) AS u(job_id, hash)
+                 WHERE feedback.job_id = ANY($1) AND feedback.job_id = u.job_id",
+            )
+            .bind(hashed.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(hashed.iter().map(|r| r.1).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // The attempts' actual usage is recorded: their budget reservations
+        // go in the same transaction.
+        let settled: Vec<JobId> = finishes
+            .iter()
+            .zip(&passed)
+            .filter(|(_, p)| p.is_some())
+            .map(|(f, _)| f.job.id)
+            .collect();
+        sqlx::query("DELETE FROM budget_reservations WHERE job_id = ANY($1)")
+            .bind(&settled)
+            .execute(&mut *tx)
+            .await?;
         if !uncount.is_empty() {
             // A paused try never ran: it does not count.
             sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ANY($1)")

@@ -81,6 +81,7 @@ macro_rules! lease_clock {
     };
 }
 
+/// The PostgreSQL store: a connection pool to one database.
 pub struct PostgresStore {
     pool: PgPool,
     /// Leases are judged by the database's clock (the default); false only
@@ -151,6 +152,9 @@ impl Backend for PostgresStore {
         db_now!(),
         " - 1 ELSE $1 END WHERE lease_owner = $3 AND state = 'running'"
     );
+
+    /// Held to the end of the transaction ("budget" in ASCII).
+    const LOCK_BUDGET: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(108256335193460)");
 
     fn store_clock(&self) -> bool {
         self.db_clock

@@ -28,7 +28,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         5,
-        include_str!("../../migrations/postgres/0005_failure_class.sql"),
+        include_str!("../../migrations/postgres/0005_loop_rules.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_failure_class.sql"),
     ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -41,6 +45,7 @@ const MIGRATION_LOCK: i64 = 0x6964_6561_6d69_6c6c;
 const POOL_SIZE: u32 = 8;
 
 impl PostgresStore {
+    /// Connect to the database at `url` and migrate it as `options` allow.
     pub async fn open(url: &str, options: &OpenOptions) -> Result<PostgresStore> {
         let name = redact_url(url);
         let connect = PgConnectOptions::from_str(url)
@@ -271,6 +276,7 @@ pub struct ScratchDatabase {
 }
 
 impl ScratchDatabase {
+    /// Create an empty database next to the one `url` names.
     pub async fn create(url: &str) -> Result<ScratchDatabase> {
         let name = format!(
             "ideamill_scratch_{}_{}",
@@ -291,10 +297,12 @@ impl ScratchDatabase {
         })
     }
 
+    /// Its URL.
     pub fn url(&self) -> &str {
         &self.url
     }
 
+    /// Drop the database (it must have no connections left).
     pub async fn drop_now(self) -> Result<()> {
         let mut conn = PgConnection::connect(&self.admin).await?;
         sqlx::raw_sql(&format!(

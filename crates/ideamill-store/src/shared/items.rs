@@ -337,7 +337,7 @@ pub(super) async fn item<B: Backend>(store: &B, id: ItemId) -> Result<ItemDetail
     )
     .await?;
     let feedback = of_item(
-        "SELECT stage, round, feedback, created_at FROM feedback WHERE item_id = $1 ORDER BY id"
+        "SELECT stage, round, feedback, created_at, round_hash FROM feedback WHERE item_id = $1 ORDER BY id"
             .into(),
     )
     .await?;

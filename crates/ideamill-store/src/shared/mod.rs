@@ -14,6 +14,7 @@
 //! ([`Backend::write_tx`]) and end with [`Backend::commit`].
 
 mod admin;
+mod budget;
 mod items;
 mod jobs;
 mod reads;
@@ -217,6 +218,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     const EXPIRED_COUNT: &'static str;
     /// Expire the leases of process `$3` at once.
     const EXPIRE_LEASES: &'static str;
+    /// Run first in [`Store::reserve`]'s transaction: what makes concurrent
+    /// reservations wait for each other, if taking the write transaction
+    /// does not already (PostgreSQL's advisory lock; SQLite's
+    /// `BEGIN IMMEDIATE` already does).
+    const LOCK_BUDGET: Option<&'static str> = None;
 
     /// Whether leases are judged by the database's clock (bound as `$2` of
     /// the lease statements).
@@ -410,6 +416,10 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
         reads::spend(self, item, day_start).await
     }
 
+    async fn reserve(&self, r: &Reservation, caps: &dyn Caps) -> Result<(bool, Spend)> {
+        budget::reserve(self, r, caps).await
+    }
+
     async fn paused_jobs(&self) -> Result<Vec<PausedJob>> {
         jobs::paused_jobs(self).await
     }
@@ -476,6 +486,10 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
         now: Millis,
     ) -> Result<Vec<ActivityBucket>> {
         reads::activity(self, since, bucket, now).await
+    }
+
+    async fn gate_tallies(&self, gates: &[String]) -> Result<Vec<GateTally>> {
+        reads::gate_tallies(self, gates).await
     }
 
     async fn change_marker(&self) -> Result<ChangeMarker> {

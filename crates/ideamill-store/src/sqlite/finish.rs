@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
-use ideamill_core::{ItemId, Millis};
+use ideamill_core::{ItemId, JobId, Millis};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::SqliteStore;
@@ -25,7 +25,8 @@ impl Stages for SqliteStore {
                    AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
                 ) AS outputs_json,
                 (SELECT json_group_array(json_object('stage', stage, 'round', round, 'feedback', feedback,
-                                                     'created_at', created_at))
+                                                     'created_at', created_at,
+                                                     'round_hash', round_hash))
                  FROM (SELECT * FROM feedback f WHERE f.item_id = items.id ORDER BY f.id)
                 ) AS feedback_json
              FROM items WHERE id = ?"
@@ -56,6 +57,7 @@ impl Stages for SqliteStore {
         let mut outputs: Vec<(&ClaimedJob, &str, Millis)> = Vec::new();
         let mut next_jobs: Vec<(ItemId, &NextJob, Millis)> = Vec::new();
         let mut done: Vec<(ItemId, Millis)> = Vec::new();
+        let mut settled: Vec<JobId> = Vec::new();
         for f in finishes {
             let now = f.finished_at;
             let job = &f.job;
@@ -85,6 +87,7 @@ impl Stages for SqliteStore {
                 continue;
             };
             let plan = common::plan(f, cancelled);
+            settled.push(job.id);
             attempts.push(plan.attempt);
             if let Some(output) = plan.output {
                 outputs.push((job, output, now));
@@ -96,7 +99,7 @@ impl Stages for SqliteStore {
                 done.push((job.item_id, now));
             }
             if let Some(feedback) = plan.feedback {
-                insert_feedback(&mut tx, job, feedback, now).await?;
+                insert_feedback(&mut tx, job, feedback, f.round_hash.as_deref(), now).await?;
             }
             if plan.uncount {
                 // A paused try never ran: it does not count.
@@ -147,6 +150,18 @@ impl Stages for SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         Self::insert_jobs(&mut tx, &next_jobs).await?;
+        // The attempts' actual usage is recorded: their budget reservations
+        // go in the same transaction.
+        for chunk in settled.chunks(CHUNK) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("DELETE FROM budget_reservations WHERE job_id IN (");
+            let mut ids = q.separated(", ");
+            for id in chunk {
+                ids.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
         for chunk in done.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "UPDATE items SET state = 'done', last_error = NULL, finished_at = v.column2,

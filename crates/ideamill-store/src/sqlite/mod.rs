@@ -35,6 +35,7 @@ common::impl_row_ext!(SqliteRow);
 
 type Tx = crate::shared::Tx<Sqlite>;
 
+/// The SQLite store: one database file, written by one connection at a time.
 pub struct SqliteStore {
     path: PathBuf,
     writer: SqlitePool,
@@ -43,6 +44,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -33,7 +33,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         6,
-        include_str!("../../migrations/sqlite/0006_failure_class.sql"),
+        include_str!("../../migrations/sqlite/0006_loop_rules.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_failure_class.sql"),
     ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -58,6 +62,7 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 }
 
 impl SqliteStore {
+    /// Open (or create) the database of a `sqlite://` URL and migrate it as `options` allow.
     pub async fn open(url: &str, options: &OpenOptions) -> Result<SqliteStore> {
         let path = PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url));
         if options.must_exist && !path.exists() {
@@ -133,15 +138,7 @@ fn open_error(path: &Path, e: sqlx::Error) -> StoreError {
 
 /// Free space, in KiB, on the file system holding `path`'s folder.
 fn free_disk_kib(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = path.parent()?;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct it is given; `c` outlives the call.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(c.as_ptr(), &mut st) == 0)
-            .then(|| st.f_bavail as u64 * st.f_frsize as u64 / 1024)
-    }
+    ideamill_sys::fs::free_bytes(path.parent()?).map(|b| b / 1024)
 }
 
 /// Check an existing database through a read-only connection that sets no

@@ -156,15 +156,17 @@ pub(super) async fn insert_feedback(
     tx: &mut Tx,
     job: &ClaimedJob,
     feedback: &str,
+    round_hash: Option<&str>,
     now: Millis,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO feedback (item_id, stage, round, job_id, feedback, created_at, round_hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
         .bind(job.item_id)
         .bind(&job.stage)
         .bind(job.round)
         .bind(job.id)
         .bind(feedback)
         .bind(now)
+        .bind(round_hash)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -180,3 +180,105 @@ pub async fn change_marker_moves_with_work(s: &dyn Store) {
         s.change_marker().await.unwrap()
     );
 }
+
+/// One `implement` attempt by `model` (a model call), then the item's `qa`
+/// job is claimed and finished with `qa`'s transition and outcome.
+async fn implement_then_qa(
+    s: &dyn Store,
+    at: ideamill_core::Millis,
+    model: Option<&str>,
+    round: u32,
+    qa: Transition,
+    qa_outcome: ideamill_core::AttemptOutcome,
+) {
+    let job = claim_one(s, "implement", "w1", at).await;
+    assert_eq!(job.round, round);
+    let mut f = finish(
+        &job,
+        "w1",
+        at + 1,
+        advance("code", Some(next("qa", round, 3))),
+    );
+    f.usage = model.map(|m| ideamill_core::Usage {
+        provider: "local".into(),
+        model: m.into(),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cost: 0.0,
+        counted: false,
+    });
+    finish_ok(s, f).await;
+    let gate = claim_one(s, "qa", "w1", at + 2).await;
+    let mut f = finish(&gate, "w1", at + 3, qa);
+    f.outcome = qa_outcome;
+    finish_ok(s, f).await;
+}
+
+pub async fn gate_tallies_count_each_judgement_by_round_and_model(s: &dyn Store) {
+    use ideamill_core::AttemptOutcome::{Error, Rejected, Succeeded};
+    use ideamill_store::{GateOutcome, GateTally, gate_lift};
+    let gates = ["qa".to_string()];
+    assert_eq!(s.gate_tallies(&gates).await.unwrap(), []);
+    let implement = next("implement", 1, 3);
+    let done = || advance("ok", None);
+    let last = |reason: &str| Transition::FailItem {
+        reason: reason.into(),
+        feedback: Some("tests fail".into()),
+        class: ideamill_core::FailureClass::Quality,
+    };
+    // a: passes at round 1 (model m1).
+    add_one(s, "a", &implement, T0).await;
+    implement_then_qa(s, T0, Some("m1"), 1, done(), Succeeded).await;
+    // b: rejected at round 1, passes at round 2 after m2 worked on it.
+    add_one(s, "b", &implement, T0 + 10).await;
+    let back = Transition::SendBack {
+        feedback: "tests fail".into(),
+        to: next("implement", 2, 3),
+    };
+    implement_then_qa(s, T0 + 10, Some("m1"), 1, back, Rejected).await;
+    implement_then_qa(s, T0 + 20, Some("m2"), 2, done(), Succeeded).await;
+    // c: rejected in its last round (1); d: ended as no_progress.
+    add_one(s, "c", &implement, T0 + 30).await;
+    let fail = last("rejected by gate `qa` in round 1 of 1: tests fail");
+    implement_then_qa(s, T0 + 30, Some("m1"), 1, fail, Rejected).await;
+    add_one(s, "d", &implement, T0 + 40).await;
+    let stuck = last("no_progress: round 1 changed nothing");
+    implement_then_qa(s, T0 + 40, Some("m1"), 1, stuck, Rejected).await;
+    // e: no model call, passes at round 1; f: the gate itself broke (no
+    // feedback): no judgement.
+    add_one(s, "e", &implement, T0 + 50).await;
+    implement_then_qa(s, T0 + 50, None, 1, done(), Succeeded).await;
+    add_one(s, "f", &implement, T0 + 60).await;
+    let broke = Transition::FailItem {
+        reason: "stage `qa` failed after 1 attempt: no such program".into(),
+        feedback: None,
+        class: ideamill_core::FailureClass::Quality,
+    };
+    implement_then_qa(s, T0 + 60, Some("m1"), 1, broke, Error).await;
+
+    let t = |model: Option<&str>, round, outcome, items| GateTally {
+        stage: "qa".into(),
+        model: model.map(Into::into),
+        round,
+        outcome,
+        items,
+    };
+    let tallies = s.gate_tallies(&gates).await.unwrap();
+    assert_eq!(
+        tallies,
+        [
+            t(None, 1, GateOutcome::Passed, 1),
+            t(Some("m1"), 1, GateOutcome::Passed, 1),
+            t(Some("m1"), 1, GateOutcome::Failed, 1),
+            t(Some("m1"), 1, GateOutcome::NoProgress, 1),
+            t(Some("m2"), 2, GateOutcome::Passed, 1),
+        ]
+    );
+    let lifts = gate_lift(&tallies);
+    assert_eq!(lifts.len(), 3);
+    assert_eq!(lifts[1].model.as_deref(), Some("m1"));
+    assert_eq!(lifts[1].first_pass_rate(), Some(1.0 / 3.0));
+    // Only the stages named are counted.
+    assert_eq!(s.gate_tallies(&["review".into()]).await.unwrap(), []);
+    assert_eq!(s.gate_tallies(&[]).await.unwrap(), []);
+}

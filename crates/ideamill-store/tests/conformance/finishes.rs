@@ -314,6 +314,7 @@ pub async fn send_back_and_fail_keep_feedback_in_order(s: &dyn Store) {
                 stage: "review".into(),
                 round: k as u32 + 1,
                 feedback: rejections[k].into(),
+                round_hash: None,
                 created_at: T0 + 100 * (k as i64 + 1) + 3,
             })
             .collect();

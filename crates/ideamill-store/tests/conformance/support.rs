@@ -248,6 +248,7 @@ pub fn finish(job: &ClaimedJob, owner: &str, at: Millis, transition: Transition)
         stderr: None,
         usage: None,
         transition,
+        round_hash: None,
     }
 }
 

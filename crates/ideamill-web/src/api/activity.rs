@@ -17,8 +17,10 @@ use crate::{AppState, lock};
 
 /// How long an answer is reused.
 const FRESH: Duration = Duration::from_secs(10);
+/// The longest window `hours` may ask for: a week.
 pub const MAX_HOURS: u32 = 168;
 
+/// The last answer, reused while fresh for the same window.
 pub struct Cached {
     at: Instant,
     hours: u32,
@@ -37,6 +39,7 @@ pub fn bucket_for(hours: u32) -> Millis {
     minutes * 60_000
 }
 
+/// `GET /api/activity?hours=`: attempts and items over time, for the charts.
 pub async fn get(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
     let q: ActivityQuery = view::query(raw.as_deref())?;
     let hours = q.hours.unwrap_or(6);

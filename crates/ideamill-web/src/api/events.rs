@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::view::{self, json};
 
+/// The most events one request may ask for.
 pub const MAX_EVENTS: u32 = 1000;
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +25,7 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
+/// `GET /api/events`: newest first, filtered by item, kind and time.
 pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
     let q: EventsQuery = view::query(raw.as_deref())?;
     let limit = q.limit.unwrap_or(50);

@@ -22,6 +22,7 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Ideas one request may add.
 pub const MAX_IDEAS: usize = 10_000;
 
+/// `GET /api/items`: a page of items, newest first, filtered by state, stage or text.
 pub async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
     let q: ItemsQuery = view::query(raw.as_deref())?;
     let page = view::list_items(&s, &q).await?;
@@ -103,6 +104,7 @@ pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, Vec<u8>)
     Ok((content_type, bytes.to_vec()))
 }
 
+/// `POST /api/items`: add ideas sent as JSON, JSON lines, plain text or Markdown.
 pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult<Response> {
     let (content_type, body) = body(request).await?;
     let items = ideas_from(content_type.as_deref(), &body)?;
@@ -115,6 +117,7 @@ pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult
     Ok(json(StatusCode::CREATED, &Added { ids }))
 }
 
+/// `GET /api/items/{id}`: one item's whole story.
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = view::item_id(&id)?;
     let v = view::item(&s, id).await?;
@@ -132,6 +135,7 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
     ))
 }
 
+/// `GET /api/items/{id}/files/{path}`: one file of an item's workspace, as text.
 pub async fn file(
     State(s): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -167,6 +171,7 @@ struct RetryAllBody {
     failed: String,
 }
 
+/// `POST /api/items/{id}/retry`: run a finished item again, or a waiting one now.
 pub async fn retry(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -212,6 +217,7 @@ pub async fn retry_all(State(s): State<AppState>, request: Request<Body>) -> Api
     Ok(json(StatusCode::OK, &RetriedAll { retried }))
 }
 
+/// `POST /api/items/{id}/cancel`: cancel an unfinished item.
 pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = view::item_id(&id)?;
     let effect = view::cancel(&s, id).await?;

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod events;
 pub mod items;
+pub mod qa;
 pub mod status;
 pub mod wire;
 
@@ -20,6 +21,7 @@ use crate::error::ApiError;
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// `GET /api/openapi.json`: the OpenAPI document.
 pub async fn openapi() -> Response {
     (
         StatusCode::OK,
@@ -39,6 +41,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/processes", get(status::processes)),
         ("/events", get(events::list)),
         ("/activity", get(activity::get)),
+        ("/qa", get(qa::get)),
         ("/items", get(items::list).post(items::add)),
         ("/items/{id}", get(items::get)),
         ("/items/{id}/files/{*path}", get(items::file)),
@@ -60,6 +63,7 @@ pub fn router() -> Router<AppState> {
         .method_not_allowed_fallback(crate::auth::method_not_allowed)
 }
 
+/// The answer for an unknown API path: 404 in the API's JSON shape.
 pub async fn not_found() -> Response {
     ApiError::not_found("no such API path; /api/openapi.json lists them").into_response()
 }

@@ -12,12 +12,14 @@ use crate::AppState;
 use crate::error::ApiResult;
 use crate::view::json;
 
+/// `GET /api/status`: the health verdict and the store's snapshot.
 pub async fn get(State(s): State<AppState>) -> Response {
     let now = now_millis();
     let (health, status) = s.verdict(now).await;
     json(StatusCode::OK, &Status::new(health, status))
 }
 
+/// `GET /api/processes`: engine processes with the age of their last beat.
 pub async fn processes(State(s): State<AppState>) -> ApiResult<Response> {
     let now = now_millis();
     let processes = s

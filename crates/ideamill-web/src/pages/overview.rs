@@ -1,6 +1,7 @@
 //! `/`: the overview. First the verdict, in colour and plain words, with its
 //! reasons; then counts, the charts, the queue per stage, the engines and
-//! their heartbeats, the running jobs and the latest events.
+//! their heartbeats, the QA lift of each gate, the running jobs and the
+//! latest events.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -98,6 +99,48 @@ pub struct EventView {
     pub message: String,
 }
 
+/// One gate and model in the "QA lift" panel, with its figures as shown.
+#[derive(Serialize)]
+struct QaRow {
+    stage: String,
+    model: String,
+    passed_first: u64,
+    passed_later: u64,
+    failed: u64,
+    no_progress: u64,
+    judged: u64,
+    first_rate: String,
+    final_rate: String,
+    lift: String,
+}
+
+impl From<ideamill_store::GateLift> for QaRow {
+    fn from(g: ideamill_store::GateLift) -> QaRow {
+        let pct = |r: Option<f64>| r.map_or("—".into(), |r| format!("{:.0}%", r * 100.0));
+        QaRow {
+            first_rate: pct(g.first_pass_rate()),
+            final_rate: pct(g.final_pass_rate()),
+            lift: g.lift().map_or("—".into(), |l| format!("×{l:.2}")),
+            passed_first: g.passed_first(),
+            passed_later: g.passed_later(),
+            judged: g.judged(),
+            failed: g.failed,
+            no_progress: g.no_progress,
+            model: g.model.unwrap_or_else(|| "no model".into()),
+            stage: g.stage,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Qa {
+    /// The config has a gate: the panel is shown.
+    shown: bool,
+    /// The store answered.
+    ok: bool,
+    rows: Vec<QaRow>,
+}
+
 #[derive(Serialize)]
 struct Overview {
     now: Millis,
@@ -107,6 +150,7 @@ struct Overview {
     running: Vec<Running>,
     engines: Vec<Engine>,
     events: Vec<EventView>,
+    qa: Qa,
     store_ok: bool,
 }
 
@@ -195,9 +239,21 @@ async fn render(s: &AppState) -> Result<String, PageError> {
         limit: 12,
         ..EventFilter::default()
     };
-    let ((verdict, snapshot), events) =
-        tokio::join!(s.verdict(now), s.call(s.store.events(&recent)));
+    let ((verdict, snapshot), events, gates) = tokio::join!(
+        s.verdict(now),
+        s.call(s.store.events(&recent)),
+        s.gate_lift()
+    );
     let events = events.unwrap_or_default();
+    let qa = Qa {
+        shown: s.config.stages.iter().any(|st| st.gate.is_some()),
+        ok: gates.is_ok(),
+        rows: gates
+            .unwrap_or_default()
+            .into_iter()
+            .map(QaRow::from)
+            .collect(),
+    };
     let stale_after = (ideamill_core::duration::millis(s.config.engine.heartbeat) * 3).max(10_000);
     let engines: Vec<Engine> = snapshot
         .as_ref()
@@ -324,6 +380,7 @@ async fn render(s: &AppState) -> Result<String, PageError> {
         running,
         engines,
         events: events.into_iter().rev().map(event_view).collect(),
+        qa,
         store_ok: snapshot.is_some(),
     };
     s.templates.render("overview.html", view).framed(s)

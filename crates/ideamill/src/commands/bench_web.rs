@@ -96,6 +96,7 @@ fn finish(job: ClaimedJob, at: Millis, transition: Transition) -> Finish {
         stderr: None,
         usage: None,
         transition,
+        round_hash: None,
         job,
     }
 }

@@ -20,23 +20,46 @@ ACCEPTANCE = "test_acceptance.py"
 
 
 def acceptance_tests(text):
-    """The first fenced code block of `text`, else `text` if it is code."""
+    """The first fenced code block of `text`, else `text` if it is code.
+
+    A first line that is only a file name (`test_acceptance.py`, as small
+    models write it) is dropped: as code it would fail the import."""
     match = re.search(r"```[^\n]*\n(.*?)(?:```|\Z)", text, re.S)
-    if match:
-        return match.group(1)
-    return text if "import unittest" in text else None
+    code = match.group(1) if match else (text if "import unittest" in text else None)
+    if code:
+        first, _, rest = code.partition("\n")
+        if re.fullmatch(r"\s*[\w./-]+\.py\s*", first):
+            code = rest
+    return code
+
+
+def foreign_names(code, idea):
+    """Names the tests import from main that the idea never mentions (a
+    small model may copy a prompt's example): such tests judge nothing."""
+    names = []
+    for line in re.findall(r"^\s*from main import (.+)$", code, re.M):
+        names += [n.strip(" ()") for n in line.split(",")]
+    return [n for n in names if n and n != "*" and not re.search(r"\b%s\b" % re.escape(n), idea)]
 
 
 context = json.loads(sys.stdin.read() or "{}")
+idea = (context.get("item") or {}).get("text") or ""
 written = (context.get("outputs") or {}).get("tests")
 if written:
     code = acceptance_tests(written)
+    foreign = foreign_names(code, idea) if code else []
+    if foreign:
+        print("The acceptance tests import %s, which the idea does not name; running the item's own tests only."
+              % ", ".join(foreign), file=sys.stderr)
+        code = None
+        if os.path.lexists(ACCEPTANCE):
+            os.unlink(ACCEPTANCE)
     if code:
         if os.path.lexists(ACCEPTANCE):
             os.unlink(ACCEPTANCE)
         with open(ACCEPTANCE, "w", encoding="utf-8") as f:
             f.write(code)
-    else:
+    elif not foreign:
         print("The acceptance tests had no code block; running the item's own tests only.", file=sys.stderr)
 if not glob.glob("test_*.py") and not glob.glob("**/test_*.py", recursive=True):
     print("No tests found: write the tests in a file named test_main.py, in a fenced")

@@ -10,7 +10,8 @@
 // on its page, live (server-sent events, no reload); it fails (its first
 // `implement` fails on purpose); retry it with the button; watch QA send it
 // back once and then pass; check the timeline, the feedback and the
-// highlighted files; search for it; take screenshots.
+// highlighted files; search for it; see the QA lift panel on the overview;
+// take screenshots.
 
 import { chromium } from "playwright-core";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
@@ -158,6 +159,14 @@ try {
   await page.locator("#live.on").waitFor();
   await page.locator("#chart-throughput .uplot").waitFor();
   await page.locator(".events li", { hasText: "item retried" }).first().waitFor();
+  // The QA lift: QA rejects every item's first round and passes its second
+  // (the flaky one's after its retry), so all three pass at a later round.
+  const qa = page.locator("#qa-lift tr[data-gate='qa'][data-model='no model']");
+  await qa.locator("td[data-k='passed_later']", { hasText: /^3$/ }).waitFor();
+  expect((await qa.locator("td[data-k='passed_first']").textContent()).trim() === "0", "no item passed QA at round 1");
+  expect((await qa.locator("td[data-k='rates']").textContent()).includes("0% → 100%"), "pass rate 0% at round 1, 100% after the last");
+  expect((await qa.locator("td[data-k='lift']").textContent()).trim() === "—", "no lift without a first-round pass");
+  log("the QA lift panel shows 3 items passing QA at a later round");
   const timing = await page.evaluate(() => {
     const n = performance.getEntriesByType("navigation")[0];
     return { dom: n.domContentLoadedEventEnd, load: n.loadEventEnd, ttfb: n.responseStart - n.requestStart };

@@ -1,13 +1,11 @@
 //! End-to-end tests of the `ideamill` binary: real processes, a real SQLite
 //! store in a temp folder, real signals.
 
-mod util;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::util::*;
 use serde_json::Value;
-use util::*;
 
 const PASS_CONTEXT: &str = r#"
 import json, sys
