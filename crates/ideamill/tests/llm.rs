@@ -434,6 +434,8 @@ fn issue_13_a_round_that_changes_nothing_ends_the_loop_as_no_progress() {
     run(&p);
     let item = p.show(id);
     assert_eq!(item["item"]["state"], "failed", "{item:#}");
+    // The work was judged, twice alike: a quality failure, not infra.
+    assert_eq!(item["item"]["failure_class"], "quality", "{item:#}");
     let reason = item["item"]["last_error"].as_str().unwrap();
     assert!(
         reason.contains(
