@@ -524,6 +524,54 @@ async fn issue_13_infra_failures_are_marked_and_retried_alone() {
     let a = f.get("/api/items?failed=model").await;
     assert_eq!(a.error(), (StatusCode::BAD_REQUEST, "bad_request".into()));
 
+    // The pages say it too: the list's badge, the state filter's choice and
+    // the item's own page.
+    let list = f.get("/items").await;
+    assert_eq!(list.status, StatusCode::OK);
+    for class in ["infra", "quality"] {
+        assert!(
+            list.body.contains(&format!(">failed ({class})</span>")),
+            "{}",
+            list.body
+        );
+    }
+    let infra = f.get("/items?state=failed:infra").await;
+    assert_eq!(infra.status, StatusCode::OK, "{}", infra.body);
+    assert!(infra.body.contains("href=\"/items/1\""), "{}", infra.body);
+    assert!(!infra.body.contains("href=\"/items/2\""), "{}", infra.body);
+    assert!(
+        infra
+            .body
+            .contains("<option value=\"failed:infra\" selected>failed: infra</option>"),
+        "{}",
+        infra.body
+    );
+    assert!(!infra.body.contains("<option value=\"failed\" selected>"));
+    let results = f.get("/ui/items?state=failed:infra").await;
+    assert_eq!(
+        results.headers["hx-replace-url"],
+        "/items?state=failed&failed=infra"
+    );
+    assert!(
+        !results.body.contains("href=\"/items/2\""),
+        "{}",
+        results.body
+    );
+    assert_eq!(
+        f.get("/items?state=failed:model").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let page = f.get("/items/1").await;
+    assert!(
+        page.body.contains(
+            "failure: infra — the provider or the host failed, not the model&#x27;s work"
+        ),
+        "{}",
+        page.body
+    );
+    assert!(f.get("/items/2").await.body.contains("failure: quality — "));
+    assert!(!f.get("/items/3").await.body.contains("failure: "));
+
     // One item, only if it failed of the class named.
     let a = f
         .post_json("/api/items/2/retry", json!({"failed": "infra"}))
@@ -544,6 +592,7 @@ async fn issue_13_infra_failures_are_marked_and_retried_alone() {
         (&one["item"]["state"], &one["item"]["failure_class"]),
         (&json!("active"), &Value::Null)
     );
+    assert!(!f.get("/items/1").await.body.contains("failure: "));
     let two = f.get("/api/items/2").await.json();
     assert_eq!(
         (&two["item"]["state"], &two["item"]["failure_class"]),

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ideamill_core::{AttemptOutcome, ItemId, ItemState, JobState, Millis};
+use ideamill_core::{AttemptOutcome, FailureClass, ItemId, ItemState, JobState, Millis};
 use ideamill_store::{AttemptRow, JobRow};
 use ideamill_sys::clock::now_millis;
 use serde::{Deserialize, Serialize};
@@ -127,6 +127,9 @@ struct ItemPage {
     stage: Option<String>,
     round: u32,
     last_error: Option<String>,
+    /// A failed item's failure class and what it means.
+    failure_class: Option<&'static str>,
+    failure_meaning: Option<&'static str>,
     created_at: Millis,
     finished_at: Option<Millis>,
     steps: Vec<Step>,
@@ -425,6 +428,10 @@ async fn view(s: &AppState, id: ItemId) -> ApiResult<(ItemPage, String)> {
         .as_object()
         .filter(|m| !m.is_empty())
         .and_then(|m| serde_json::to_string_pretty(m).ok());
+    let failure = d
+        .item
+        .failure_class
+        .filter(|_| d.item.state == ItemState::Failed);
     let page = ItemPage {
         now: now_millis(),
         id,
@@ -436,6 +443,8 @@ async fn view(s: &AppState, id: ItemId) -> ApiResult<(ItemPage, String)> {
         stage: d.item.stage.clone(),
         round: d.item.round,
         last_error: d.item.last_error.clone(),
+        failure_class: failure.map(FailureClass::as_str),
+        failure_meaning: failure.map(super::items::failure_meaning),
         created_at: d.item.created_at,
         finished_at: d.item.finished_at,
         steps: steps(s, &v),

@@ -4,7 +4,7 @@
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use ideamill_core::Millis;
+use ideamill_core::{FailureClass, Millis};
 use ideamill_store::{ItemSummary, StateFilter};
 use ideamill_sys::clock::now_millis;
 use serde::Serialize;
@@ -18,6 +18,8 @@ struct Row {
     #[serde(flatten)]
     item: ItemSummary,
     class: &'static str,
+    /// What a failed item's failure class means, for the badge's title.
+    failure_meaning: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +37,27 @@ struct ItemsView {
     states: &'static [&'static str],
     stages: Vec<String>,
     searching: bool,
+}
+
+/// What a failure class says about the work, as the pages explain it.
+pub fn failure_meaning(class: FailureClass) -> &'static str {
+    match class {
+        FailureClass::Infra => "the provider or the host failed, not the model's work",
+        FailureClass::Quality => {
+            "the work was judged and found wanting (a gate rejected it, or a stage or the model's answer failed)"
+        }
+    }
+}
+
+/// The state filter's choice `failed:CLASS` read as `state=failed` and
+/// `failed=CLASS`, the filters the API takes, so that one select offers
+/// both.
+fn split_failed(mut q: ItemsQuery) -> ItemsQuery {
+    if let Some(class) = q.state.as_deref().and_then(|s| s.strip_prefix("failed:")) {
+        q.failed = Some(class.to_string());
+        q.state = Some("failed".into());
+    }
+    q
 }
 
 /// A state's badge colour.
@@ -55,7 +78,7 @@ fn query_string(q: &ItemsQuery) -> String {
 }
 
 async fn render(s: &AppState, raw: Option<&str>, fragment: bool) -> Result<String, PageError> {
-    let q: ItemsQuery = view::query(raw).framed(s)?;
+    let q = split_failed(view::query(raw).framed(s)?);
     let page = view::list_items(s, &q).await.framed(s)?;
     let older = page.next_before.map(|before| {
         query_string(&ItemsQuery {
@@ -70,6 +93,7 @@ async fn render(s: &AppState, raw: Option<&str>, fragment: bool) -> Result<Strin
             .into_iter()
             .map(|item| Row {
                 class: state_class(&item.display_state),
+                failure_meaning: item.failure_class.map(failure_meaning),
                 item,
             })
             .collect(),
@@ -107,7 +131,7 @@ pub async fn fragment(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let mut r = super::fragment(render(&s, raw.as_deref(), true).await?);
-    let q: ItemsQuery = view::query(raw.as_deref()).framed(&s)?;
+    let q = split_failed(view::query(raw.as_deref()).framed(&s)?);
     if let Ok(url) = format!("/items?{}", query_string(&q)).parse() {
         r.headers_mut().insert("hx-replace-url", url);
     }
