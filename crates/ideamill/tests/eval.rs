@@ -19,7 +19,9 @@ fn answer(main: &str, own_test: &str) -> String {
 
 /// The model: `alpha` (add) is wrong until the gate's report comes back,
 /// then right; `beta` (mul) is always wrong, with a test of its own too
-/// weak to notice (2 + 2 == 2 * 2), so the gate is fooled.
+/// weak to notice (2 + 2 == 2 * 2), so the gate is fooled; `gamma` (sub) is
+/// always right, with a wrong test of its own, so the gate rejects it every
+/// round while the hidden tests pass.
 fn reply(prompt: &str) -> String {
     if prompt.contains("alpha") && prompt.contains("FEEDBACK") {
         answer(
@@ -32,6 +34,11 @@ fn reply(prompt: &str) -> String {
         answer(
             "def add(a, b):\n    return a - b",
             "self.assertEqual(add(2, 2), 4)",
+        )
+    } else if prompt.contains("gamma") {
+        answer(
+            "def sub(a, b):\n    return a - b",
+            "self.assertEqual(sub(2, 2), 1)",
         )
     } else {
         answer(
@@ -95,6 +102,8 @@ fn suite_line(id: &str, idea: &str, tests: &str) -> String {
 
 const HIDDEN_ADD: &str = "import unittest\nfrom main import add\n\nclass H(unittest.TestCase):\n    \
                           def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n";
+const HIDDEN_SUB: &str = "import unittest\nfrom main import sub\n\nclass H(unittest.TestCase):\n    \
+                          def test_sub(self):\n        self.assertEqual(sub(5, 3), 2)\n";
 const HIDDEN_MUL: &str = "import unittest\nfrom main import mul\n\nclass H(unittest.TestCase):\n    \
                           def test_mul(self):\n        self.assertEqual(mul(3, 4), 12)\n";
 
@@ -118,7 +127,8 @@ fn eval_measures_pass_rates_per_round_against_the_single_shot_baseline() {
     )
     .unwrap();
     let suite = suite_line("alpha", "alpha: add(a, b) in main.py", HIDDEN_ADD)
-        + &suite_line("beta", "beta: mul(a, b) in main.py", HIDDEN_MUL);
+        + &suite_line("beta", "beta: mul(a, b) in main.py", HIDDEN_MUL)
+        + &suite_line("gamma", "gamma: sub(a, b) in main.py", HIDDEN_SUB);
     std::fs::write(p.file("suite.jsonl"), suite).unwrap();
     let args = [
         "eval",
@@ -142,15 +152,17 @@ fn eval_measures_pass_rates_per_round_against_the_single_shot_baseline() {
     let figures = |v: &Value| {
         json!({
             "name": v["name"], "ideas": v["ideas"], "rounds": v["rounds"], "final": v["final"],
-            "gate_done": v["gate_done"], "gate_fooled": v["gate_fooled"], "tokens": v["tokens"],
+            "gate_done": v["gate_done"], "gate_fooled": v["gate_fooled"],
+            "gate_rejected_passing": v["gate_rejected_passing"], "tokens": v["tokens"],
             "tokens_per_pass": v["tokens_per_pass"], "failures": v["failures"], "lift": v["lift"],
         })
     };
     assert_eq!(
         figures(&v[0]),
         json!({
-            "name": "loop", "ideas": 2, "rounds": [rate(0, 2), rate(1, 2)], "final": rate(1, 2),
-            "gate_done": 2, "gate_fooled": 1, "tokens": 54, "tokens_per_pass": 54.0,
+            "name": "loop", "ideas": 3, "rounds": [rate(1, 3), rate(2, 3)], "final": rate(2, 3),
+            "gate_done": 2, "gate_fooled": 1, "gate_rejected_passing": 1,
+            "tokens": 90, "tokens_per_pass": 45.0,
             "failures": {"done but hidden tests fail (hidden: assertion failures)": 1},
             "lift": null,
         }),
@@ -159,13 +171,14 @@ fn eval_measures_pass_rates_per_round_against_the_single_shot_baseline() {
     assert_eq!(
         figures(&v[1]),
         json!({
-            "name": "gate.max_rounds=1", "ideas": 2, "rounds": [rate(0, 2)], "final": rate(0, 2),
-            "gate_done": 1, "gate_fooled": 1, "tokens": 36, "tokens_per_pass": null,
+            "name": "gate.max_rounds=1", "ideas": 3, "rounds": [rate(1, 3)], "final": rate(1, 3),
+            "gate_done": 1, "gate_fooled": 1, "gate_rejected_passing": 1,
+            "tokens": 54, "tokens_per_pass": 54.0,
             "failures": {
                 "done but hidden tests fail (hidden: assertion failures)": 1,
                 "failed: own tests failing": 1,
             },
-            "lift": null,
+            "lift": 2.0,
         }),
         "{report:#}"
     );
@@ -181,14 +194,16 @@ fn eval_measures_pass_rates_per_round_against_the_single_shot_baseline() {
         items(&v[0]),
         [
             json!(["alpha", "done", [false, true], true]),
-            json!(["beta", "done", [false, false], false])
+            json!(["beta", "done", [false, false], false]),
+            json!(["gamma", "failed", [true, true], true])
         ]
     );
     assert_eq!(
         items(&v[1]),
         [
             json!(["alpha", "failed", [false], false]),
-            json!(["beta", "done", [false], false])
+            json!(["beta", "done", [false], false]),
+            json!(["gamma", "failed", [true], true])
         ]
     );
     // Each round's files are kept where people can look at them.
@@ -201,7 +216,9 @@ fn eval_measures_pass_rates_per_round_against_the_single_shot_baseline() {
     let baseline =
         std::fs::read_to_string(p.file("scratch/gate.max_rounds-1/ideamill.toml")).unwrap();
     assert!(baseline.contains("max_rounds = 1 }"), "{baseline}");
-    assert!(text.contains("hidden pass, round 2  1/2 50.0%"), "{text}");
+    assert!(text.contains("hidden pass, round 2    2/3 66.7%"), "{text}");
+    assert!(text.contains("gate rejected, passing"), "{text}");
+    assert!(text.contains("loop / gate.max_rounds=1): 2.00x"), "{text}");
     assert!(text.contains("gate fooled"), "{text}");
 }
 

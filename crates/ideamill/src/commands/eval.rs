@@ -612,6 +612,9 @@ struct VariantReport {
     gate_done: u32,
     /// Done, but failing the hidden tests.
     gate_fooled: u32,
+    /// Failed by the gate (not for the infrastructure), yet passing the
+    /// hidden tests: the gate's false rejections, the other side of fooled.
+    gate_rejected_passing: u32,
     tokens: u64,
     cost: f64,
     wall_seconds: f64,
@@ -668,6 +671,10 @@ impl VariantReport {
             final_pass: Rate::of(passes, n),
             gate_done: done.len() as u32,
             gate_fooled: done.iter().filter(|i| !i.passed).count() as u32,
+            gate_rejected_passing: scored
+                .iter()
+                .filter(|i| i.state == "failed" && i.passed)
+                .count() as u32,
             tokens,
             cost,
             wall_seconds: wall,
@@ -737,6 +744,9 @@ fn print_report(report: &Report, out: &mut impl std::io::Write) -> std::io::Resu
         format!("{}/{}", r.gate_done, r.ideas)
     });
     row("gate fooled", &|r| r.gate_fooled.to_string());
+    row("gate rejected, passing", &|r| {
+        r.gate_rejected_passing.to_string()
+    });
     row("tokens per pass", &|r| {
         or_na(r.tokens_per_pass.map(|t| format!("{t:.0}")))
     });
