@@ -3,7 +3,7 @@
 //! the shapes (non-empty outputs, token counts, rounds), never the model's
 //! exact text.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -51,14 +51,12 @@ impl Drop for LocalModel {
     }
 }
 
-#[test]
-fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
-    let model = LocalModel::start();
-    let url = model.url.clone();
-    let dir = tempfile::tempdir().unwrap();
+/// `ideamill init proj` in `dir` against the local model at `url`, with
+/// `edits` (text replacements) made to its config; the project's folder.
+fn scaffold(dir: &Path, url: &str, edits: &[(&str, &str)]) -> PathBuf {
     let init = Command::new(BIN)
-        .args(["init", "proj", "--provider", &url, "--model", "smollm2"])
-        .current_dir(dir.path())
+        .args(["init", "proj", "--provider", url, "--model", "smollm2"])
+        .current_dir(dir)
         .output()
         .unwrap();
     assert!(
@@ -66,14 +64,29 @@ fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let root = dir.path().join("proj");
-    // Shorter answers keep the test quick; the pipeline is the scaffold's.
-    let config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
-    let config = config
-        .replace("max_tokens = 400", "max_tokens = 120")
-        .replace("max_tokens = 800", "max_tokens = 200")
-        .replace("max_tokens = 1500", "max_tokens = 300");
+    let root = dir.join("proj");
+    let mut config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
+    for (from, to) in edits {
+        config = config.replace(from, to);
+    }
     std::fs::write(root.join("ideamill.toml"), config).unwrap();
+    root
+}
+
+#[test]
+fn ideas_go_through_outline_implement_and_qa_with_a_real_model() {
+    let model = LocalModel::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Shorter answers keep the test quick; the pipeline is the scaffold's.
+    let root = scaffold(
+        dir.path(),
+        &model.url,
+        &[
+            ("max_tokens = 400", "max_tokens = 120"),
+            ("max_tokens = 800", "max_tokens = 200"),
+            ("max_tokens = 1500", "max_tokens = 300"),
+        ],
+    );
     let p = Project::at(root);
     p.ok(&["validate"]);
     let id = p.add("a function that reverses a string");
@@ -135,29 +148,14 @@ const SUITE: &str = include_str!("../../../eval/smoke.jsonl");
 fn eval_with_the_local_model() {
     let model = LocalModel::start();
     let dir = tempfile::tempdir().unwrap();
-    let init = Command::new(BIN)
-        .args([
-            "init",
-            "proj",
-            "--provider",
-            &model.url,
-            "--model",
-            "smollm2",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
+    let root = scaffold(
+        dir.path(),
+        &model.url,
+        &[
+            ("max_tokens = 400", "max_tokens = 80"),
+            ("max_tokens = 1500", "max_tokens = 200"),
+        ],
     );
-    let root = dir.path().join("proj");
-    let config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
-    let config = config
-        .replace("max_tokens = 400", "max_tokens = 80")
-        .replace("max_tokens = 1500", "max_tokens = 200");
-    std::fs::write(root.join("ideamill.toml"), config).unwrap();
     std::fs::write(root.join("suite.jsonl"), SUITE).unwrap();
     let p = Project::at(root);
     // The harness end to end; no quality threshold: a 135M model may pass none.
