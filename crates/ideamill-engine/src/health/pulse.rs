@@ -127,6 +127,7 @@ pub fn spawn_test_hooks(health: &Arc<Health>) {
     }
 }
 
+/// Release builds have no test hooks: nothing to start.
 #[cfg(not(debug_assertions))]
 pub fn spawn_test_hooks(_health: &Arc<Health>) {}
 
