@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end: build ideamill, start a real local coding model
 # (Qwen2.5-Coder-1.5B on llama.cpp, no API key), create a demo project, run sample
-# ideas through outline -> tests -> implement -> qa, and show where the results are.
+# ideas through outline -> tests -> reference -> implement -> qa, and show where the results are.
 #
 # Any other OpenAI-compatible endpoint works the same way:
 #   IDEAMILL_PROVIDER_URL=https://api.openai.com/v1 IDEAMILL_MODEL=gpt-4o-mini \

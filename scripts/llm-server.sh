@@ -181,14 +181,14 @@ do_setup() {
   require_flock
   if setup_done; then
     say "setup already done ($VENV)"
-    say "model: $(model_path_from_marker)"
+    say "the default model (SmolLM2): $(model_path_from_marker)"
     return 0
   fi
   take_lock 8 "$LLM_HOME/setup.lock" setup
   if setup_done; then # another process finished it while we waited
     release_lock 8
     say "setup already done ($VENV)"
-    say "model: $(model_path_from_marker)"
+    say "the default model (SmolLM2): $(model_path_from_marker)"
     return 0
   fi
   local t0; t0=$(date +%s)
@@ -360,10 +360,14 @@ do_start() {
     return 0
   fi
   log=$(log_file "$port")
+  local started=0
   if pid=$(our_pid "$port"); then
-    # Ours but not answering yet (e.g. still loading): wait for it, don't start a second.
+    # Ours but not answering yet (still loading, or busy with a long answer:
+    # one thread serves one request at a time): wait for it, don't start a
+    # second, and never kill it for being slow.
     say "server pid $pid on port $port is running but not answering yet; waiting ..."
   else
+    started=1
     rm -f "$(pid_file "$port")"
     model=$(model_file)
     if port_in_use "$port"; then
@@ -386,10 +390,14 @@ do_start() {
     echo "$pid" >"$(pid_file "$port")"
   fi
   if ! wait_ready "$port" "$pid"; then
-    kill "$pid" 2>/dev/null || true
-    rm -f "$(pid_file "$port")"
+    if [ "$started" = 1 ]; then
+      kill "$pid" 2>/dev/null || true
+      rm -f "$(pid_file "$port")"
+      release_lock 9
+      die "server failed to start on port $port"
+    fi
     release_lock 9
-    die "server failed to start on port $port"
+    die "server pid $pid on port $port runs but did not answer (busy with other requests?); left running: try again later, or '$0 stop --port $port'"
   fi
   release_lock 9
   say "server ready (pid $pid) in $(( $(date +%s) - t0 )) s"

@@ -17,5 +17,6 @@ mod layering;
 mod llm;
 mod local_model;
 mod postgres;
+mod qa_gate;
 mod sandbox;
 mod util;

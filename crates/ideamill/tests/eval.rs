@@ -2,9 +2,6 @@
 //! model on loopback that answers by the idea it is asked about, so that
 //! every figure is known in advance.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-
 use crate::util::*;
 use serde_json::{Value, json};
 
@@ -48,54 +45,6 @@ fn reply(prompt: &str) -> String {
     }
 }
 
-/// A non-streaming OpenAI-compatible server on loopback, answering with
-/// [`reply`] and 11 + 7 tokens of usage.
-fn serve_model() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut length = 0;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let prompt = request["messages"].to_string();
-                let body = json!({
-                    "model": "fake",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply(&prompt)}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-                })
-                .to_string();
-                let mut conn = conn;
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    url
-}
-
 fn suite_line(id: &str, idea: &str, tests: &str) -> String {
     json!({"id": id, "idea": idea, "tests": tests}).to_string() + "\n"
 }
@@ -109,7 +58,7 @@ const HIDDEN_MUL: &str = "import unittest\nfrom main import mul\n\nclass H(unitt
 
 #[test]
 fn eval_measures_pass_rates_per_round_against_the_single_shot_baseline() {
-    let url = serve_model();
+    let url = serve_openai(reply);
     let config = format!(
         "{ENGINE}\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"fake\"\n\
          stream = false\nidle_timeout = \"5s\"\n\n\

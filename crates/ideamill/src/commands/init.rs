@@ -8,8 +8,10 @@ use anyhow::{Context, bail};
 use crate::cli::InitArgs;
 
 /// The model pipeline: outline (llm) -> tests (llm: acceptance tests from
-/// the idea) -> implement (llm, files) -> qa (a command gate that writes the
-/// acceptance tests into the workspace and runs them with the generated ones).
+/// the idea) -> reference (llm: an independent main.py from the idea alone)
+/// -> implement (llm, files) -> qa (a command gate that writes the acceptance
+/// tests into the workspace, runs them with the generated ones, and sets
+/// aside any test the reference fails the same way).
 const CONFIG: &str = include_str!("../scaffold/ideamill.toml");
 /// The default: placeholder programs instead of a model, so that a pipeline
 /// runs end to end anywhere.
@@ -22,6 +24,7 @@ const PLACEHOLDER_STAGES: &[(&str, &str)] = &[
 const PROMPTS: &[(&str, &str)] = &[
     ("outline.md", include_str!("../scaffold/outline.md")),
     ("tests.md", include_str!("../scaffold/tests.md")),
+    ("reference.md", include_str!("../scaffold/reference.md")),
     ("implement.md", include_str!("../scaffold/implement.md")),
 ];
 const GITIGNORE: &str = "# ideamill's data: the store, status files, evidence\n.ideamill/\n";

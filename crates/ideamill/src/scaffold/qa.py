@@ -6,6 +6,18 @@ the rest of the item's context) are written into the workspace first, as
 test_acceptance.py, over whatever is there: the implementation can read them
 but never weaken them. Then every test_*.py runs.
 
+A small model's tests are often wrong (a hand-worked expected value off),
+the acceptance tests and the implementation's own alike. When the
+`reference` stage wrote an independent main.py (from the idea alone, never
+seeing any test), a test that fails on the item's code is set aside if it
+fails the same way, with the same values, on the reference: two programs
+written apart agree and the test does not. Every other failure rejects. A
+test is never set aside on the implementation's word alone, so a wrong
+implementation gains nothing from it unless the reference has the same bug.
+
+`qa.py --trust-tests` never sets a test aside (the gate as it was
+before the reference stage; `ideamill eval --compare` measures the two).
+
 Exit 0 passes. Exit 1 rejects: what this prints goes back to `implement` as
 feedback. Any other failure is an error that ideamill retries.
 """
@@ -13,19 +25,69 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 ACCEPTANCE = "test_acceptance.py"
+TIMEOUT = 100
+
+# Runs unittest discovery in the current folder and writes every test's
+# outcome, as {id: [status, one-line error, traceback]}, to argv[2].
+RUNNER = r"""
+import json, sys, traceback, unittest
+
+class Result(unittest.TextTestResult):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outcomes = {}
+
+    def record(self, test, status, err=None):
+        line = "".join(traceback.format_exception_only(err[0], err[1])).strip() if err else ""
+        if self.outcomes.get(test.id(), ["pass"])[0] == "pass":
+            self.outcomes[test.id()] = [status, line, self._exc_info_to_string(err, test) if err else ""]
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self.record(test, "pass")
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self.record(test, "fail", err)
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self.record(test, "error", err)
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self.record(test, "fail", err)
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self.record(test, "skip")
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self.record(test, "fail")
+
+suite = unittest.defaultTestLoader.discover(".", pattern=sys.argv[1])
+result = unittest.TextTestRunner(stream=sys.stderr, resultclass=Result, verbosity=1).run(suite)
+with open(sys.argv[2], "w", encoding="utf-8") as out:
+    json.dump(result.outcomes, out)
+"""
 
 
-def acceptance_tests(text):
-    """The first fenced code block of `text`, else `text` if it is code.
+def fenced_code(text, marker=None):
+    """The first fenced code block of `text` (or, when `text` has none but
+    contains `marker`, all of it).
 
     A first line that is only a file name (`test_acceptance.py`, as small
     models write it) is dropped: as code it would fail the import."""
     match = re.search(r"```[^\n]*\n(.*?)(?:```|\Z)", text, re.S)
-    code = match.group(1) if match else (text if "import unittest" in text else None)
+    code = match.group(1) if match else (text if marker and marker in text else None)
     if code:
         first, _, rest = code.partition("\n")
         if re.fullmatch(r"\s*[\w./-]+\.py\s*", first):
@@ -42,46 +104,116 @@ def foreign_names(code, idea):
     return [n for n in names if n and n != "*" and not re.search(r"\b%s\b" % re.escape(n), idea)]
 
 
-context = json.loads(sys.stdin.read() or "{}")
-idea = (context.get("item") or {}).get("text") or ""
-written = (context.get("outputs") or {}).get("tests")
-if written:
-    code = acceptance_tests(written)
-    foreign = foreign_names(code, idea) if code else []
-    if foreign:
-        print("The acceptance tests import %s, which the idea does not name; running the item's own tests only."
-              % ", ".join(foreign), file=sys.stderr)
-        code = None
-        if os.path.lexists(ACCEPTANCE):
-            os.unlink(ACCEPTANCE)
-    if code:
-        if os.path.lexists(ACCEPTANCE):
-            os.unlink(ACCEPTANCE)
-        with open(ACCEPTANCE, "w", encoding="utf-8") as f:
-            f.write(code)
-    elif not foreign:
-        print("The acceptance tests had no code block; running the item's own tests only.", file=sys.stderr)
-if not glob.glob("test_*.py") and not glob.glob("**/test_*.py", recursive=True):
-    print("No tests found: write the tests in a file named test_main.py, in a fenced")
-    print("code block whose opening line is: ```python test_main.py")
-    sys.exit(1)
-# -B: no __pycache__, so a main.py rewritten within the same second and at the
-# same size as last round's is never run from last round's bytecode.
-try:
-    result = subprocess.run(
-        [sys.executable, "-B", "-m", "unittest", "discover", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-except subprocess.TimeoutExpired:
-    print("The tests did not finish within 100 seconds: look for an infinite loop or input().")
-    sys.exit(1)
-report = (result.stdout + result.stderr).strip()
-if result.returncode == 0 and "Ran 0 tests" not in report:
-    print("Tests passed.")
-    print(report)
-    sys.exit(0)
-print("Tests failed:" if "Ran 0 tests" not in report else "No test ran:")
-print(report[-4000:])
-sys.exit(1)
+def run_tests(folder, pattern):
+    """Every test's outcome in `folder`, and the runner's own report; the
+    outcomes are None when the run crashed or timed out."""
+    scratch = tempfile.mkdtemp(prefix="qa-")
+    out = os.path.join(scratch, "outcomes.json")
+    report = ""
+    try:
+        # -B: no __pycache__, so a main.py rewritten within the same second
+        # and at the same size as last round's never runs as last round's.
+        result = subprocess.run(
+            [sys.executable, "-B", "-c", RUNNER, pattern, out],
+            cwd=folder, capture_output=True, text=True, timeout=TIMEOUT,
+        )
+        report = (result.stdout + result.stderr).strip()
+        with open(out, encoding="utf-8") as f:
+            return json.load(f), report
+    except subprocess.TimeoutExpired:
+        return None, "The tests did not finish within %d seconds: look for an infinite loop or input()." % TIMEOUT
+    except (OSError, ValueError):
+        return None, report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def disputed_by_reference(reference, failing):
+    """The failing tests that fail the same way, with a message that shows
+    values, on the independent reference implementation (run beside copies
+    of the workspace's top-level test files, and nothing else of it)."""
+    folder = tempfile.mkdtemp(prefix="qa-reference-")
+    try:
+        with open(os.path.join(folder, "main.py"), "w", encoding="utf-8") as f:
+            f.write(reference)
+        for test_file in glob.glob("test_*.py"):
+            if os.path.isfile(test_file) and not os.path.islink(test_file):
+                shutil.copyfile(test_file, os.path.join(folder, test_file))
+        outcomes, _ = run_tests(folder, "test_*.py")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    disputed = {}
+    for test, (status, line, _) in failing.items():
+        theirs = (outcomes or {}).get(test)
+        # A bare `AssertionError` shows no value: agreeing on it proves nothing.
+        if theirs and theirs[:2] == [status, line] and ":" in line:
+            disputed[test] = line
+    return disputed
+
+
+def main():
+    context = json.loads(sys.stdin.read() or "{}")
+    idea = (context.get("item") or {}).get("text") or ""
+    outputs = context.get("outputs") or {}
+    written = outputs.get("tests")
+    if written:
+        code = fenced_code(written, "import unittest")
+        foreign = foreign_names(code, idea) if code else []
+        if foreign:
+            print("The acceptance tests import %s, which the idea does not name; running the item's own tests only."
+                  % ", ".join(foreign), file=sys.stderr)
+            code = None
+            if os.path.lexists(ACCEPTANCE):
+                os.unlink(ACCEPTANCE)
+        if code:
+            if os.path.lexists(ACCEPTANCE):
+                os.unlink(ACCEPTANCE)
+            with open(ACCEPTANCE, "w", encoding="utf-8") as f:
+                f.write(code)
+        elif not foreign:
+            print("The acceptance tests had no code block; running the item's own tests only.", file=sys.stderr)
+    if not glob.glob("test_*.py") and not glob.glob("**/test_*.py", recursive=True):
+        print("No tests found: write the tests in a file named test_main.py, in a fenced")
+        print("code block whose opening line is: ```python test_main.py")
+        return 1
+
+    outcomes, report = run_tests(".", "test_*.py")
+    if outcomes is None:
+        print("The tests did not run to the end:")
+        print(report[-4000:])
+        return 1
+    if not outcomes:
+        print("No test ran:")
+        print(report[-4000:])
+        return 1
+    failing = {t: o for t, o in outcomes.items() if o[0] in ("fail", "error")}
+    reference = fenced_code(outputs.get("reference") or "")
+    trusted = "--trust-tests" in sys.argv[1:]
+    disputed = {}
+    if reference and failing and not trusted:
+        disputed = disputed_by_reference(reference, failing)
+    genuine = {t: o for t, o in failing.items() if t not in disputed}
+    passed = sum(1 for o in outcomes.values() if o[0] == "pass")
+
+    summary = "Ran %d tests: %d passed, %d failed" % (len(outcomes), passed, len(genuine))
+    if disputed:
+        summary += ", %d set aside" % len(disputed)
+    if not genuine and passed:
+        print("Tests passed. " + summary + ".")
+        print("\n".join("  ok: " + t for t, o in sorted(outcomes.items()) if o[0] == "pass"))
+    elif not genuine:
+        print("No test passed. " + summary + ": write your own tests of the idea in test_main.py.")
+    else:
+        print("Tests failed. " + summary + ".")
+    for test, (status, _, trace) in sorted(genuine.items()):
+        print("\n%s: %s\n%s" % ("FAIL" if status == "fail" else "ERROR", test, trace.strip()[-1500:]))
+    if disputed:
+        print("\nSet aside: these tests fail the same way on an independent implementation")
+        print("of the idea, so their expected values are likely wrong:")
+        for test, line in sorted(disputed.items()):
+            print("  %s: %s" % (test, line))
+    return 0 if not genuine and passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

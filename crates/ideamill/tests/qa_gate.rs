@@ -1,0 +1,138 @@
+//! The scaffolded model pipeline's gate (`stages/qa.py`) end to end: the
+//! real binary, the project `init` writes, and a model on loopback that
+//! answers each stage's prompt with known code, so that which acceptance
+//! tests the gate sets aside is known in advance.
+
+use std::time::Duration;
+
+use crate::util::*;
+use serde_json::Value;
+
+/// Acceptance tests with one wrong expected value (-10 °C is 14 °F) and one
+/// right, for `c2f`; one right test for `half`.
+const TESTS_C2F: &str = "```python test_acceptance.py\nimport unittest\nfrom main import c2f\n\n\
+    class TestAcceptance(unittest.TestCase):\n    def test_minus_ten(self):\n        \
+    self.assertEqual(c2f(-10), -14)\n\n    def test_boiling(self):\n        \
+    self.assertEqual(c2f(100), 212)\n```\n";
+const TESTS_HALF: &str = "```python test_acceptance.py\nimport unittest\nfrom main import half\n\n\
+    class TestAcceptance(unittest.TestCase):\n    def test_four(self):\n        \
+    self.assertEqual(half(4), 2)\n```\n";
+
+fn main_py(code: &str) -> String {
+    format!("```python main.py\n{code}\n```\n")
+}
+
+fn implementation(code: &str, own_test: &str) -> String {
+    format!(
+        "{}\n```python test_main.py\nimport unittest\nfrom main import *\n\n\
+         class T(unittest.TestCase):\n    def test_own(self):\n        {own_test}\n```\n",
+        main_py(code)
+    )
+}
+
+/// The model, by stage (each scaffold prompt has its own wording) and idea.
+/// `c2f`: both implementations are right, so the wrong acceptance test and
+/// the implementation's own wrong test fail the same way on both and are
+/// set aside. `half`: the reference is right
+/// and the first implementation wrong, so its failure is the item's own and
+/// rejects the round; with the report, the implementation is right.
+fn reply(prompt: &str) -> String {
+    let c2f = prompt.contains("c2f");
+    if prompt.contains("writing the acceptance tests") {
+        (if c2f { TESTS_C2F } else { TESTS_HALF }).to_owned()
+    } else if prompt.contains("Use exactly the names the idea gives") {
+        main_py(if c2f {
+            "def c2f(c):\n    return c * 9 / 5 + 32"
+        } else {
+            "def half(n):\n    return n / 2"
+        })
+    } else if prompt.contains("acceptance tests will be run") {
+        if c2f {
+            // Its own test is wrong too (0 °C is 32 °F).
+            implementation(
+                "def c2f(celsius):\n    return celsius * 1.8 + 32",
+                "self.assertEqual(c2f(0), 0)",
+            )
+        } else if prompt.contains("failed its tests") {
+            implementation(
+                "def half(n):\n    return n / 2.0",
+                "self.assertEqual(half(2), 1)",
+            )
+        } else {
+            implementation("def half(n):\n    return n * 2", "pass")
+        }
+    } else {
+        "1. Write the function.\n2. Test it.".to_owned()
+    }
+}
+
+fn qa_outputs(item: &Value) -> Vec<String> {
+    item["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["stage"] == "qa")
+        .map(|o| o["output"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_way() {
+    let url = serve_openai(reply);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["init", "proj", "--provider", &url, "--model", "fake"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = Project::at(dir.path().join("proj"));
+    // The fake model answers whole, not as a stream.
+    let config = std::fs::read_to_string(p.file("ideamill.toml")).unwrap();
+    let config = config.replacen(
+        "model = \"fake\"\n",
+        "model = \"fake\"\nstream = false\n",
+        1,
+    );
+    std::fs::write(p.file("ideamill.toml"), config).unwrap();
+
+    let c2f = p.add("a function c2f(c) that converts Celsius to Fahrenheit");
+    let half = p.add("a function half(n) that returns half of n");
+    p.run_until_idle(Duration::from_secs(120));
+
+    let item = p.show(c2f);
+    assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+    assert_eq!(item["item"]["round"], 1, "{item:#}");
+    let report = qa_outputs(&item).join("\n");
+    assert!(
+        report.contains("1 passed, 0 failed, 2 set aside"),
+        "{report}"
+    );
+    assert!(
+        report.contains("test_minus_ten: AssertionError: 14.0 != -14"),
+        "{report}"
+    );
+    assert!(
+        report.contains("test_own: AssertionError: 32.0 != 0"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ok: test_acceptance.TestAcceptance.test_boiling"),
+        "{report}"
+    );
+
+    let item = p.show(half);
+    assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+    assert_eq!(item["item"]["round"], 2, "{item:#}");
+    let rejected = &item["feedback"][0]["feedback"];
+    let rejected = rejected.as_str().unwrap_or_default();
+    assert!(
+        rejected.contains("Tests failed.") && rejected.contains("test_four"),
+        "{item:#}"
+    );
+    assert!(!rejected.contains("set aside"), "{rejected}");
+}
