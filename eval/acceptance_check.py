@@ -111,7 +111,8 @@ def main():
         last = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
         print(f"{case['id']:24} {'right' if ok else 'WRONG'}  {last}", flush=True)
         if args.set_aside:
-            model_ref = gate.fenced_code(ask(args, ref_template.replace("{{ idea }}", case["idea"]))) or ""
+            model_ref = gate.fenced_code(ask(args, ref_template.replace("{{ idea }}", case["idea"])
+                                                 .replace("{{ outputs.outline }}", "(none)"))) or ""
             on_truth = outcomes_on(gate, reference, first_block(answer))
             on_model = outcomes_on(gate, model_ref, first_block(answer))
             for test, outcome in on_truth.items():

@@ -37,6 +37,9 @@ fn implementation(code: &str, own_test: &str) -> String {
 /// and the first implementation wrong, so its failure is the item's own and
 /// rejects the round; with the report, the implementation is right.
 fn reply(prompt: &str) -> String {
+    if prompt.contains("triples") {
+        return reply_triple(prompt);
+    }
     let c2f = prompt.contains("c2f");
     if prompt.contains("writing the acceptance tests") {
         (if c2f { TESTS_C2F } else { TESTS_HALF }).to_owned()
@@ -63,6 +66,26 @@ fn reply(prompt: &str) -> String {
         }
     } else {
         "1. Write the function.\n2. Test it.".to_owned()
+    }
+}
+
+/// An idea that names no function: the plan names `triple`, and the
+/// acceptance tests may use the plan's name.
+fn reply_triple(prompt: &str) -> String {
+    if prompt.contains("writing the acceptance tests") {
+        "```python test_acceptance.py\nimport unittest\nfrom main import triple\n\n\
+         class TestAcceptance(unittest.TestCase):\n    def test_three(self):\n        \
+         self.assertEqual(triple(3), 9)\n```\n"
+            .to_owned()
+    } else if prompt.contains("Use exactly the names the idea gives") {
+        main_py("def triple(n):\n    return 3 * n")
+    } else if prompt.contains("acceptance tests will be run") {
+        implementation(
+            "def triple(n):\n    return n * 3",
+            "self.assertEqual(triple(1), 3)",
+        )
+    } else {
+        "1. Define `triple(n)` in main.py.\n2. Test it.".to_owned()
     }
 }
 
@@ -102,6 +125,7 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
 
     let c2f = p.add("a function c2f(c) that converts Celsius to Fahrenheit");
     let half = p.add("a function half(n) that returns half of n");
+    let triple = p.add("a function that triples a number");
     p.run_until_idle(Duration::from_secs(120));
 
     let item = p.show(c2f);
@@ -122,6 +146,15 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     );
     assert!(
         report.contains("ok: test_acceptance.TestAcceptance.test_boiling"),
+        "{report}"
+    );
+
+    // Tests that import the plan's name, not the idea's, still count.
+    let item = p.show(triple);
+    assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+    let report = qa_outputs(&item).join("\n");
+    assert!(
+        report.contains("ok: test_acceptance.TestAcceptance.test_three"),
         "{report}"
     );
 

@@ -96,8 +96,9 @@ def fenced_code(text, marker=None):
 
 
 def foreign_names(code, idea):
-    """Names the tests import from main that the idea never mentions (a
-    small model may copy a prompt's example): such tests judge nothing."""
+    """Names the tests import from main that neither the idea nor the plan
+    mention (a small model may copy a prompt's example): such tests judge
+    nothing."""
     names = []
     for line in re.findall(r"^\s*from main import (.+)$", code, re.M):
         names += [n.strip(" ()") for n in line.split(",")]
@@ -153,14 +154,16 @@ def disputed_by_reference(reference, failing):
 
 def main():
     context = json.loads(sys.stdin.read() or "{}")
-    idea = (context.get("item") or {}).get("text") or ""
     outputs = context.get("outputs") or {}
+    # The names the tests may use: the idea's, or the plan's when the idea
+    # names none (the plan is what the tests stage was given).
+    idea = ((context.get("item") or {}).get("text") or "") + "\n" + (outputs.get("outline") or "")
     written = outputs.get("tests")
     if written:
         code = fenced_code(written, "import unittest")
         foreign = foreign_names(code, idea) if code else []
         if foreign:
-            print("The acceptance tests import %s, which the idea does not name; running the item's own tests only."
+            print("The acceptance tests import %s, which neither the idea nor the plan names; running the item's own tests only."
                   % ", ".join(foreign), file=sys.stderr)
             code = None
             if os.path.lexists(ACCEPTANCE):
