@@ -35,7 +35,8 @@ fn implementation(code: &str, own_test: &str) -> String {
 /// the implementation's own wrong test fail the same way on both and are
 /// set aside. `half`: the reference is right
 /// and the first implementation wrong, so its failure is the item's own and
-/// rejects the round; with the report, the implementation is right.
+/// rejects the round, as does its own test's error; with the report, the
+/// implementation is right.
 fn reply(prompt: &str) -> String {
     if prompt.contains("triples") {
         return reply_triple(prompt);
@@ -62,7 +63,12 @@ fn reply(prompt: &str) -> String {
                 "self.assertEqual(half(2), 1)",
             )
         } else {
-            implementation("def half(n):\n    return n * 2", "pass")
+            // Its own test calls a name that nothing defines: an error that
+            // repeats on the reference, but the implementation's to fix.
+            implementation(
+                "def half(n):\n    return n * 2",
+                "self.assertEqual(halve(4), 2)",
+            )
         }
     } else {
         "1. Write the function.\n2. Test it.".to_owned()
@@ -164,7 +170,9 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     let rejected = &item["feedback"][0]["feedback"];
     let rejected = rejected.as_str().unwrap_or_default();
     assert!(
-        rejected.contains("Tests failed.") && rejected.contains("test_four"),
+        rejected.contains("Tests failed.")
+            && rejected.contains("test_four")
+            && rejected.contains("NameError: name 'halve' is not defined"),
         "{item:#}"
     );
     assert!(!rejected.contains("set aside"), "{rejected}");
