@@ -2,6 +2,8 @@
 //! model on loopback that answers by the idea it is asked about, so that
 //! every figure is known in advance.
 
+use std::time::Duration;
+
 use crate::util::*;
 use serde_json::{Value, json};
 
@@ -194,5 +196,68 @@ fn a_bad_suite_line_is_an_error_naming_the_file_and_line() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "error: --compare gate.max_rounds=1: no stage has a gate"
+    );
+}
+
+/// The processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_eval_leaves_no_mill_running() {
+    // A model that accepts and never answers: the mill waits on it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    let config = format!(
+        "{ENGINE}\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"fake\"\n\
+         stream = false\nidle_timeout = \"5m\"\n\n\
+         [[stages]]\nname = \"implement\"\nkind = \"llm\"\nprovider = \"fake\"\n\
+         prompt = \"prompts/implement.md\"\nfiles = true\ntimeout = \"10m\"\n"
+    );
+    let p = Project::new(&config);
+    std::fs::create_dir(p.file("prompts")).unwrap();
+    std::fs::write(p.file("prompts/implement.md"), "IDEA: {{ idea }}\n").unwrap();
+    std::fs::write(
+        p.file("suite.jsonl"),
+        suite_line("alpha", "alpha: add(a, b) in main.py", HIDDEN_ADD),
+    )
+    .unwrap();
+    let scratch = p.file("scratch");
+    let scratch = scratch.to_str().unwrap();
+    let mut eval = p
+        .cmd(&["eval", "--suite", "suite.jsonl", "--dir", scratch])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its mill (a supervisor and an engine, both named by the scratch
+    // project's config, as eval itself is) starts...
+    assert!(
+        wait_until(Duration::from_secs(30), || processes_naming(scratch).len()
+            >= 3),
+        "the eval's mill did not start"
+    );
+    // ...and stops when eval is killed outright.
+    eval.kill().unwrap();
+    eval.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || processes_naming(scratch)
+            .is_empty()),
+        "still running after eval was killed: {:?}",
+        processes_naming(scratch)
     );
 }

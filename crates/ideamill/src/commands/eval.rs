@@ -17,6 +17,7 @@ mod suite;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -248,11 +249,26 @@ async fn run_pipeline(
     }
     let log_path = dir.join("run.log");
     let log = std::fs::File::create(&log_path).context("cannot create run.log")?;
-    let mut child = ideamill(&["run", "--until-idle", "--listen", "off"])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot run ideamill run")?;
+    let mut run = ideamill(&["run", "--until-idle", "--listen", "off"]);
+    run.stdout(log.try_clone()?).stderr(log);
+    // If eval dies (Ctrl-C, kill), its mill stops too, gracefully: left
+    // running it would go on spending the model for a report nobody gets.
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between
+    // fork and exec.
+    unsafe {
+        run.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // eval may have died before the line above.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = run.spawn().context("cannot run ideamill run")?;
     let store = project::open_existing_store(config).await?;
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(cases.len() as u64);
