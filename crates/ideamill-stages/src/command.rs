@@ -328,9 +328,9 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
     .await;
 
     let status = tokio::time::timeout(REAP_LIMIT, child.wait()).await;
-    if matches!(status, Ok(Ok(_))) {
-        crate::orphans::forget_leader(leader);
-    }
+    // Reaped, or given up on (then tokio's orphan queue or the engine's
+    // reaper takes it, whichever comes first): no longer ours to wait for.
+    crate::orphans::forget_leader(leader);
     // Nobody is left to read the input (an escaped process might be, but it
     // gets no more of it).
     drop(stdin_task);

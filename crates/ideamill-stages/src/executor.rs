@@ -419,23 +419,17 @@ impl Executor for CommandExecutor {
             max_stdout: self.command.max_output,
             max_stderr: MAX_STDERR,
             confine: Confinement::default(),
-            stall: self.stage.stall_after.map(|after| StallSpec {
-                after,
-                workspace: dir.clone(),
-                evidence_dir: self.evidence.clone(),
-                label: format!("job{}-attempt{}", job.id, job.attempt),
-                about: json!({
-                    "stage": job.stage,
-                    "item": job.item_id,
-                    "job": job.id,
-                    "attempt": job.attempt,
-                    "round": job.round,
+            stall: StallSpec::for_job(
+                &self.stage,
+                job,
+                &dir,
+                &self.evidence,
+                json!({
                     "program": self.command.program,
                     "args": self.command.args,
                     "confined": confined,
-                    "timeout_ms": u64::try_from(self.stage.timeout.as_millis()).unwrap_or(u64::MAX),
                 }),
-            }),
+            ),
         };
         let mut group = None;
         // Open until the program has started (it inherits them).

@@ -62,6 +62,39 @@ pub struct StallSpec {
 }
 
 impl StallSpec {
+    /// The stall detection of `job`'s attempt of `stage` in `workspace`
+    /// (`None` when the stage's `stall_after` is off): its evidence goes to
+    /// `evidence_dir`, its summary names the job and adds `about` (the
+    /// program, its arguments, whether it is confined).
+    pub fn for_job(
+        stage: &ideamill_core::config::StageConfig,
+        job: &ideamill_store::ClaimedJob,
+        workspace: &Path,
+        evidence_dir: &Path,
+        about: serde_json::Value,
+    ) -> Option<StallSpec> {
+        let after = stage.stall_after?;
+        let mut summary = serde_json::json!({
+            "stage": job.stage,
+            "item": job.item_id,
+            "job": job.id,
+            "attempt": job.attempt,
+            "round": job.round,
+            "timeout_ms": u64::try_from(stage.timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        if let (Some(summary), serde_json::Value::Object(about)) = (summary.as_object_mut(), about)
+        {
+            summary.extend(about);
+        }
+        Some(StallSpec {
+            after,
+            workspace: workspace.to_path_buf(),
+            evidence_dir: evidence_dir.to_path_buf(),
+            label: format!("job{}-attempt{}", job.id, job.attempt),
+            about: summary,
+        })
+    }
+
     /// How often the job is sampled: an eighth of `after`, within 100 ms
     /// and 5 s. A hang is told between `after` and `after` + this.
     pub fn interval(&self) -> Duration {

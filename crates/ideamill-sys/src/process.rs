@@ -247,8 +247,11 @@ mod tests {
         assert_eq!(stat.cpu_ticks(), 13);
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 0"), None);
+        // The process's state is its main thread's, which may be waiting
+        // for this test's thread.
         let me = read_stat(own_pid()).unwrap();
-        assert_eq!((me.pid, me.state), (own_pid(), 'R'));
+        assert_eq!(me.pid, own_pid());
+        assert!("RS".contains(me.state), "{me:?}");
         assert_eq!(me.session, own_session());
         assert!(all_processes().iter().any(|p| p.pid == own_pid()));
     }
@@ -258,7 +261,7 @@ mod tests {
         become_subreaper().unwrap();
         // sh starts a grandchild and exits at once: the grandchild is ours.
         let out = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & echo $!"])
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
             .stdout(std::process::Stdio::piped())
             .output()
             .unwrap();
