@@ -93,6 +93,17 @@ pub fn from_event(e: &Event) -> Option<Alert> {
                 None => "An item failed".to_string(),
             },
         ),
+        // A job's hang is a stall too, of one job rather than the engine:
+        // a warning (the job is retried), one alert per cooldown.
+        event_kind::JOB_HUNG => (
+            vec![AlertTrigger::Stall],
+            "job_hung",
+            Severity::Warning,
+            match e.item_id {
+                Some(id) => format!("A job of item {id} hung and was killed"),
+                None => "A job hung and was killed".to_string(),
+            },
+        ),
         event_kind::BUDGET_REACHED => (
             vec![AlertTrigger::Budget],
             "budget_reached",
@@ -271,6 +282,11 @@ mod tests {
             "budget_reached",
             "Item 7 paused",
             Some((&[Budget], "budget_reached", Severity::Warning)),
+        );
+        check_event(
+            "job_hung",
+            "Job 3 (item 7, stage `impl`), attempt 1 of 3: hung: ...",
+            Some((&[Stall], "job_hung", Severity::Warning)),
         );
         check_event("retry_scheduled", "retry", None);
         check_event("alert_failed", "could not deliver", None);

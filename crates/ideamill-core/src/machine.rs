@@ -19,11 +19,12 @@ pub enum StageResult {
         /// Why the gate rejected, for the stage the work goes back to.
         feedback: String,
     },
-    /// A retryable failure: crash, bad exit, signal (`Error`) or `Timeout`;
+    /// A retryable failure: crash, bad exit, signal (`Error`), `Timeout` or
+    /// `Hung`;
     /// `class` says whether the work or the machinery failed, should it be
     /// the item's last.
     Failed {
-        /// `Error` or `Timeout`.
+        /// `Error`, `Timeout` or `Hung`.
         outcome: AttemptOutcome,
         /// Whether the work or the machinery around it failed.
         class: FailureClass,

@@ -168,6 +168,10 @@ pub enum AttemptOutcome {
     Error,
     /// The attempt ran longer than the stage's `timeout`.
     Timeout,
+    /// The attempt's processes made no progress (no output, no change in
+    /// the workspace, no CPU time) for the stage's `stall_after`: killed,
+    /// with an evidence folder, and retried.
+    Hung,
     /// An error that retrying cannot fix (bad config, missing program).
     Permanent,
     /// The item was cancelled while the attempt ran.
@@ -188,6 +192,7 @@ impl AttemptOutcome {
             AttemptOutcome::Rejected => "rejected",
             AttemptOutcome::Error => "error",
             AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Hung => "hung",
             AttemptOutcome::Permanent => "permanent",
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::Lost => "lost",
@@ -202,6 +207,7 @@ impl AttemptOutcome {
             "rejected" => AttemptOutcome::Rejected,
             "error" => AttemptOutcome::Error,
             "timeout" => AttemptOutcome::Timeout,
+            "hung" => AttemptOutcome::Hung,
             "permanent" => AttemptOutcome::Permanent,
             "cancelled" => AttemptOutcome::Cancelled,
             "lost" => AttemptOutcome::Lost,

@@ -825,6 +825,15 @@ fn start_job(
         } else if let Some(stage) = shared.config.stage(&job.stage) {
             let now = now_millis();
             let outcome = execution.result.outcome();
+            if outcome == AttemptOutcome::Hung {
+                record_hung(
+                    &shared,
+                    &job,
+                    execution.error.as_deref().unwrap_or("hung"),
+                    now,
+                )
+                .await;
+            }
             let round_hash = round.as_ref().and_then(|(_, files)| {
                 crate::rounds::round_hash(files.as_deref(), &execution.result)
             });
@@ -1084,6 +1093,26 @@ async fn refused(
         tracing::warn!("Could not record the refused result: {e}");
     }
     (fallback, result)
+}
+
+/// A `job_hung` event: the attempt's note says what was seen and where the
+/// evidence is.
+async fn record_hung(shared: &Shared, job: &ClaimedJob, note: &str, now: i64) {
+    let event = ideamill_store::NewEvent {
+        at: now,
+        kind: ideamill_store::event_kind::JOB_HUNG,
+        item_id: Some(job.item_id),
+        job_id: Some(job.id),
+        process: Some(shared.owner.clone()),
+        message: format!(
+            "Job {} (item {}, stage `{}`), attempt {} of {}: {note}",
+            job.id, job.item_id, job.stage, job.attempt, job.max_attempts
+        ),
+    };
+    tracing::warn!("{}", event.message);
+    if let Err(e) = shared.store.record_event(&event).await {
+        tracing::warn!("Could not record a hung job's event: {e}");
+    }
 }
 
 /// Count, log and report what a batch's commit did.

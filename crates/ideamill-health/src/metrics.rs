@@ -53,6 +53,10 @@ struct StageMetrics {
     started: u64,
     completed: u64,
     failed: u64,
+    /// Of `failed`: ended by the stage's `timeout`.
+    timed_out: u64,
+    /// Of `failed`: hung (no progress for `stall_after`).
+    hung: u64,
     duration: Histogram,
     pickup: Histogram,
 }
@@ -63,6 +67,8 @@ impl StageMetrics {
             started: 0,
             completed: 0,
             failed: 0,
+            timed_out: 0,
+            hung: 0,
             duration: Histogram::new(DURATION_BUCKETS),
             pickup: Histogram::new(PICKUP_BUCKETS),
         }
@@ -104,7 +110,7 @@ pub struct Counters {
     pub jobs_started: u64,
     /// Attempts that ended succeeded or rejected.
     pub jobs_completed: u64,
-    /// Attempts that ended in an error, a timeout, a permanent error or a lost lease.
+    /// Attempts that ended in an error, a timeout, a hang, a permanent error or a lost lease.
     pub jobs_failed: u64,
     /// Stalls of the event loop detected, across restarts.
     pub stalls_detected: u64,
@@ -207,7 +213,15 @@ impl Metrics {
         self.with_stage(stage, |m| {
             match outcome {
                 O::Succeeded | O::Rejected => m.completed += 1,
-                O::Error | O::Timeout | O::Permanent | O::Lost => m.failed += 1,
+                O::Error | O::Permanent | O::Lost => m.failed += 1,
+                O::Timeout => {
+                    m.failed += 1;
+                    m.timed_out += 1;
+                }
+                O::Hung => {
+                    m.failed += 1;
+                    m.hung += 1;
+                }
                 _ => {}
             }
             m.duration.observe(took.as_secs_f64());
@@ -345,8 +359,18 @@ impl Metrics {
             ),
             (
                 "ideamill_jobs_failed_total",
-                "Attempts that failed (error, timeout, permanent error, lost), per stage.",
+                "Attempts that failed (error, timeout, hung, permanent error, lost), per stage.",
                 |m| m.failed,
+            ),
+            (
+                "ideamill_jobs_timed_out_total",
+                "Attempts ended by their stage's wall-clock `timeout`, per stage.",
+                |m| m.timed_out,
+            ),
+            (
+                "ideamill_jobs_hung_total",
+                "Attempts killed as hung: no output, no change in the workspace and no CPU time for their stage's `stall_after`, per stage.",
+                |m| m.hung,
             ),
         ] {
             header(o, name, "counter", help);
@@ -613,6 +637,30 @@ mod tests {
                 "ideamill_gate_lift_ratio{stage=\"qa\",model=\"none\"} 2",
             ]
         );
+    }
+
+    #[test]
+    fn hung_and_timed_out_attempts_are_counted_apart() {
+        let config = ideamill_core::config::parse(
+            "[[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"true\"]\n",
+            std::path::Path::new("/p/ideamill.toml"),
+        )
+        .unwrap();
+        let m = Metrics::new(&config);
+        let took = Duration::from_secs(1);
+        m.job_finished("qa", AttemptOutcome::Hung, took);
+        m.job_finished("qa", AttemptOutcome::Hung, took);
+        m.job_finished("qa", AttemptOutcome::Timeout, took);
+        m.job_finished("qa", AttemptOutcome::Succeeded, took);
+        let text = m.render(&Live::default());
+        for line in [
+            "ideamill_jobs_failed_total{stage=\"qa\"} 3",
+            "ideamill_jobs_timed_out_total{stage=\"qa\"} 1",
+            "ideamill_jobs_hung_total{stage=\"qa\"} 2",
+            "ideamill_jobs_completed_total{stage=\"qa\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 
     #[test]

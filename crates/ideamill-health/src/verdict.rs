@@ -399,6 +399,18 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
                 ),
             );
         }
+        if a.hung > 0 {
+            say(
+                Level::Degraded,
+                "job_hung",
+                format!(
+                    "stage `{}` had {} hung attempt(s) in the last {window}: no output, no change in the workspace and no CPU time for its `stall_after`; each was killed, with evidence in {}",
+                    a.stage,
+                    a.hung,
+                    crate::evidence_dir(&config.engine.data_dir).display()
+                ),
+            );
+        }
     }
     // Never silently unconfined: a warning that leaves the verdict as it is.
     for stage in &config.stages {
@@ -658,6 +670,7 @@ mod tests {
                     attempts: 3,
                     worked: 0,
                     failed: 3,
+                    hung: 0,
                     last_error: Some("boom".into()),
                 },
                 StageAttempts {
@@ -665,6 +678,7 @@ mod tests {
                     attempts: 10,
                     worked: 5,
                     failed: 5,
+                    hung: 2,
                     last_error: None,
                 },
             ],
@@ -698,6 +712,7 @@ mod tests {
                 "queue_not_moving",
                 "stage_failing",
                 "failure_rate",
+                "job_hung",
                 "provider_unreachable",
                 "disk_low",
                 "engine_restarted",

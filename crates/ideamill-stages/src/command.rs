@@ -25,6 +25,13 @@
 //! cannot have been recycled for an unrelated process group in between. On
 //! kernels without `pidfd_open` we fall back to tokio's `wait`, which reaps
 //! first and leaves a tiny window for pid reuse.
+//!
+//! With a [`StallSpec`], the run is also watched for progress
+//! ([`crate::stall`]): a job hung for `stall_after` gets an evidence folder
+//! and ends [`CommandEnd::Hung`], its group killed as for a timeout. After
+//! every run, the processes of the job that left its group are killed too
+//! ([`crate::orphans::kill_leftovers`]), and the leader is registered with
+//! the engine's reaper so that only we reap it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -41,6 +48,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::stall::{Hang, OutputTap, Seen, StallSpec};
+
 /// After the group is SIGKILLed, how long the output readers get to reach end
 /// of file. Normally the pipes close at once; only a process that escaped the
 /// group (e.g. via `setsid`) and kept a pipe open makes us wait this long.
@@ -56,6 +65,11 @@ const REAP_LIMIT: Duration = Duration::from_secs(5);
 /// collect what is already buffered in the pipe. Bounded so that an escaped
 /// process writing without pause cannot keep a reader busy forever.
 const MAX_READS_AFTER_STOP: usize = 64;
+
+/// The variable of a job's environment that marks its processes: one
+/// item's workspace is one job's at a time, and a process that left the
+/// job's session usually keeps its environment.
+const JOB_MARK: &str = "IDEAMILL_WORKSPACE";
 
 /// Size of each read from the child's stdout or stderr.
 const READ_CHUNK: usize = 16 * 1024;
@@ -85,6 +99,8 @@ pub struct CommandSpec {
     pub max_stderr: usize,
     /// Limits the child sets on itself before it runs the program.
     pub confine: Confinement,
+    /// Hang detection by progress (`stall_after`); `None` when off.
+    pub stall: Option<StallSpec>,
 }
 
 /// What the child does to itself between fork and exec, where only
@@ -110,6 +126,9 @@ pub enum CommandEnd {
     Signaled(i32),
     /// The timeout elapsed and the process group was killed.
     TimedOut,
+    /// No progress for `stall_after`: the evidence was saved and the
+    /// process tree killed.
+    Hung(Hang),
     /// The cancellation token fired and the process group was killed.
     Cancelled,
     /// The program could not be started (or, very rarely, could not be
@@ -128,6 +147,7 @@ impl CommandEnd {
                 None => format!("killed by signal {signal}"),
             },
             CommandEnd::TimedOut => "timed out".to_owned(),
+            CommandEnd::Hung(hang) => hang.describe(),
             CommandEnd::Cancelled => "cancelled".to_owned(),
             CommandEnd::SpawnFailed(message) => format!("failed to start: {message}"),
         }
@@ -185,7 +205,11 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
     // within this attempt, and say so where health is judged.
     let mut pause = Duration::from_millis(100);
     let mut child = loop {
-        match injected_spawn_failure().map_or_else(|| build_command(spec).spawn(), Err) {
+        let spawned = injected_spawn_failure().map_or_else(
+            || crate::orphans::spawn_leader(|| build_command(spec).spawn(), Child::id),
+            Err,
+        );
+        match spawned {
             Ok(child) => break child,
             Err(err) if is_lack_of_resources(&err) && started.elapsed() + pause < spec.timeout => {
                 note_spawn_trouble(format!("cannot start `{}`: {err}", spec.program));
@@ -238,20 +262,30 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
     let mut group = GroupGuard { pgid, armed: true };
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
+    let tap = spec.stall.as_ref().map(|_| OutputTap::new());
+    let seen: Seen = Seen::default();
 
     let stdin_task = child.stdin.take().and_then(|pipe| {
         // An empty input needs no writer: dropping the pipe closes it now.
         (!spec.stdin.is_empty())
             .then(|| AbortOnDrop(tokio::spawn(write_stdin(pipe, spec.stdin.clone()))))
     });
-    let stdout_task = child
-        .stdout
-        .take()
-        .map(|pipe| tokio::spawn(read_capped(pipe, Keep::Head(spec.max_stdout), stop.clone())));
-    let stderr_task = child
-        .stderr
-        .take()
-        .map(|pipe| tokio::spawn(read_capped(pipe, Keep::Tail(spec.max_stderr), stop.clone())));
+    let stdout_task = child.stdout.take().map(|pipe| {
+        tokio::spawn(read_capped(
+            pipe,
+            Keep::Head(spec.max_stdout),
+            stop.clone(),
+            tap.clone(),
+        ))
+    });
+    let stderr_task = child.stderr.take().map(|pipe| {
+        tokio::spawn(read_capped(
+            pipe,
+            Keep::Tail(spec.max_stderr),
+            stop.clone(),
+            tap.clone(),
+        ))
+    });
 
     let watch = ExitWatch::new(pgid);
     // Biased towards the exit so that a program finishing just as the
@@ -266,6 +300,7 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
         }
         () = tokio::time::sleep(spec.timeout) => Some(CommandEnd::TimedOut),
         () = cancel.cancelled() => Some(CommandEnd::Cancelled),
+        hang = watch_stall(spec.stall.as_ref(), pgid, tap.as_ref(), &seen) => Some(CommandEnd::Hung(hang)),
     };
 
     if let Some(reason) = &killed_for {
@@ -279,8 +314,23 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
     // running and keep our pipes open.
     signal_group(pgid, libc::SIGKILL);
     group.armed = false;
+    // What left the group (setsid, or orphaned onto the engine) dies too.
+    let seen_now = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let leader = pgid.unsigned_abs();
+    let mark = spec
+        .env
+        .iter()
+        .find(|(key, _)| key == JOB_MARK)
+        .map(|(key, value)| format!("{key}={value}"));
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::orphans::kill_leftovers(leader, &seen_now, mark.as_deref())
+    })
+    .await;
 
     let status = tokio::time::timeout(REAP_LIMIT, child.wait()).await;
+    // Reaped, or given up on (then tokio's orphan queue or the engine's
+    // reaper takes it, whichever comes first): no longer ours to wait for.
+    crate::orphans::forget_leader(leader);
     // Nobody is left to read the input (an escaped process might be, but it
     // gets no more of it).
     drop(stdin_task);
@@ -569,7 +619,26 @@ impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
             signal_group(self.pgid, libc::SIGKILL);
+            // Tokio's orphan queue reaps it (`kill_on_drop`); so may the
+            // engine's reaper now, whichever comes first.
+            crate::orphans::forget_leader(self.pgid.unsigned_abs());
         }
+    }
+}
+
+/// The stall watcher of a run, or a future that never completes when the
+/// run has none.
+async fn watch_stall(
+    stall: Option<&StallSpec>,
+    leader: i32,
+    tap: Option<&std::sync::Arc<OutputTap>>,
+    seen: &Seen,
+) -> Hang {
+    match (stall, tap) {
+        (Some(spec), Some(tap)) => {
+            crate::stall::watch(spec, leader.unsigned_abs(), tap, seen).await
+        }
+        _ => std::future::pending().await,
     }
 }
 
@@ -652,6 +721,7 @@ async fn read_capped(
     mut pipe: impl AsyncRead + Unpin,
     keep: Keep,
     stop: CancellationToken,
+    tap: Option<std::sync::Arc<OutputTap>>,
 ) -> Capture {
     let mut head = Vec::new();
     let mut tail = VecDeque::new();
@@ -675,6 +745,9 @@ async fn read_capped(
                 break;
             }
         };
+        if let Some(tap) = &tap {
+            tap.record(chunk);
+        }
         match keep {
             Keep::Head(max) => {
                 let take = chunk.len().min(max.saturating_sub(head.len()));
@@ -762,6 +835,7 @@ mod tests {
             max_stdout: 64 * 1024,
             max_stderr: 64 * 1024,
             confine: Confinement::default(),
+            stall: None,
         }
     }
 
@@ -1079,6 +1153,83 @@ mod tests {
         let result = run_command(&sh(r#"touch "$1""#, &[marker.to_str().unwrap()]), &cancel).await;
         assert_eq!(result.end, CommandEnd::Cancelled);
         assert!(!marker.exists());
+    }
+
+    fn stalling(script: &str, dir: &Path, timeout: Duration) -> CommandSpec {
+        let mut spec = sh(script, &[]);
+        spec.cwd = dir.to_owned();
+        spec.timeout = timeout;
+        spec.stall = Some(StallSpec {
+            after: Duration::from_secs(1),
+            workspace: dir.to_owned(),
+            evidence_dir: dir.join("evidence"),
+            label: "job1-attempt1".to_owned(),
+            about: serde_json::json!({"stage": "test"}),
+        });
+        spec
+    }
+
+    #[tokio::test]
+    async fn a_quiet_idle_program_is_hung_with_evidence_and_its_tree_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"sleep 1000 & echo $! > grandchild.pid; echo "one line"; exec sleep 1000"#;
+        let result = run(&stalling(script, dir.path(), Duration::from_secs(30))).await;
+        let CommandEnd::Hung(hang) = &result.end else {
+            panic!("not hung: {:?}", result.end);
+        };
+        assert!(hang.quiet_for >= Duration::from_secs(1), "{hang:?}");
+        assert!(
+            result.duration < Duration::from_secs(10),
+            "{:?}",
+            result.duration
+        );
+        assert!(hang.wrote_output);
+        assert_eq!(result.stdout, "one line\n");
+        let evidence = hang.evidence.clone().unwrap();
+        assert!(
+            evidence
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .ends_with("-job1-attempt1")
+        );
+        assert_eq!(
+            fs::read_to_string(evidence.join("output.txt")).unwrap(),
+            "one line\n"
+        );
+        let processes = fs::read_to_string(evidence.join("processes.txt")).unwrap();
+        assert!(processes.matches("=== pid").count() >= 2, "{processes}");
+        assert!(
+            result
+                .end
+                .describe()
+                .starts_with("hung: no output, no change"),
+            "{}",
+            result.end
+        );
+        let grandchild = read_pid(&dir.path().join("grandchild.pid"));
+        assert!(
+            eventually(|| is_dead(grandchild)).await,
+            "grandchild {grandchild} survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_program_is_not_hung_and_a_writing_one_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = run(&stalling(
+            "while :; do :; done",
+            dir.path(),
+            Duration::from_secs(3),
+        ))
+        .await;
+        assert_eq!(busy.end, CommandEnd::TimedOut);
+        // Quiet on its pipes, but it keeps changing the workspace.
+        // (One process: a new one would count as progress by itself.)
+        let writing = "exec python3 -c 'import time\nfor i in range(6): time.sleep(0.4); open(\"progress\", \"w\").write(str(i))'";
+        let result = run(&stalling(writing, dir.path(), Duration::from_secs(30))).await;
+        assert_eq!(result.end, CommandEnd::Exited(0));
+        assert!(!dir.path().join("evidence").exists());
     }
 
     #[tokio::test]

@@ -16,6 +16,13 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{CommandEnd, CommandSpec, Confinement, run_command};
 use crate::llm_stage::LlmExecutor;
 use crate::sandbox::{self, Sandbox};
+use crate::stall::StallSpec;
+
+/// Where evidence bundles of a data folder live: `<data_dir>/evidence`, as
+/// `ideamill_health::evidence_dir` says (this crate may not depend on it).
+fn evidence_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("evidence")
+}
 
 /// What one attempt produced, for the attempt row and the state machine.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +117,7 @@ pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Exe
                     command: command.clone(),
                     root: config.root.clone(),
                     workspace: config.engine.workspace.clone(),
+                    evidence: evidence_dir(&config.engine.data_dir),
                     sandbox: sandbox.clone(),
                 }),
                 StageKind::Llm(llm) => Arc::new(LlmExecutor::new(
@@ -312,6 +320,8 @@ pub struct CommandExecutor {
     /// means a file there, not in the item's workspace where it runs.
     root: PathBuf,
     workspace: PathBuf,
+    /// Where a hung job's evidence folder goes.
+    evidence: PathBuf,
     sandbox: Arc<Sandbox>,
 }
 
@@ -409,6 +419,17 @@ impl Executor for CommandExecutor {
             max_stdout: self.command.max_output,
             max_stderr: MAX_STDERR,
             confine: Confinement::default(),
+            stall: StallSpec::for_job(
+                &self.stage,
+                job,
+                &dir,
+                &self.evidence,
+                json!({
+                    "program": self.command.program,
+                    "args": self.command.args,
+                    "confined": confined,
+                }),
+            ),
         };
         let mut group = None;
         // Open until the program has started (it inherits them).
@@ -576,6 +597,15 @@ impl Executor for CommandExecutor {
                         "timed out after {}; the process group was killed",
                         format_duration(self.stage.timeout)
                     ),
+                },
+                None,
+            ),
+            // Like a timeout, the work's: it stopped moving.
+            CommandEnd::Hung(hang) => (
+                StageResult::Failed {
+                    outcome: AttemptOutcome::Hung,
+                    class: FailureClass::Quality,
+                    message: hang.describe(),
                 },
                 None,
             ),

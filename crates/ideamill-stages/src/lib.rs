@@ -2,11 +2,16 @@
 //! decides when a job runs, for how long and what its outcome means for the
 //! item; this crate runs it: a program in the sandbox (`command`), a model
 //! call (`llm`). The engine knows them only through [`executor::Executor`].
+//! Processes are watched for hangs by progress (`stall`, with `evidence`),
+//! and none is left behind (`orphans`: the engine's subreaper).
 
 pub mod budget;
 pub mod command;
+pub mod evidence;
 pub mod executor;
 pub mod llm_stage;
+pub mod orphans;
 pub mod progress;
 pub mod prompt;
 pub mod sandbox;
+pub mod stall;

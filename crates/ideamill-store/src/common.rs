@@ -351,6 +351,7 @@ pub(crate) fn stage_attempts(r: &impl RowExt) -> Result<StageAttempts> {
         attempts: worked + failed,
         worked,
         failed,
+        hung: r.count("hung")?,
         last_error: r.opt_text("last_error")?.map(|e| one_line(&e)),
     })
 }

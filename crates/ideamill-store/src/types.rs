@@ -614,6 +614,9 @@ pub mod event_kind {
     pub const STALE_COMPLETION: &str = "stale_completion";
     /// A try failed and the job will run again after its backoff.
     pub const RETRY_SCHEDULED: &str = "retry_scheduled";
+    /// A job's processes made no progress for its stage's `stall_after`:
+    /// killed, with an evidence folder (the message says where).
+    pub const JOB_HUNG: &str = "job_hung";
     /// A gate rejected an item and sent it back.
     pub const GATE_REJECTED: &str = "gate_rejected";
     /// An item ended failed.
@@ -658,8 +661,10 @@ pub struct StageAttempts {
     pub attempts: u64,
     /// Succeeded or rejected by a gate: the stage itself worked.
     pub worked: u64,
-    /// Error, timeout, permanent error or lost.
+    /// Error, timeout, hung, permanent error or lost.
     pub failed: u64,
+    /// Of those, hung: killed for making no progress (`stall_after`).
+    pub hung: u64,
     /// The newest failure's error, if any.
     pub last_error: Option<String>,
 }

@@ -1,5 +1,7 @@
 //! Processes on this machine: whether one is alive, a pidfd to learn when it
-//! exits, and how much memory this process holds.
+//! exits, how much memory this process holds, what `/proc/<pid>/stat` says
+//! of a process, and the calls of a child subreaper (become one, reap a
+//! zombie, kill a process).
 //!
 //! "Alive" has one meaning everywhere (engine recovery, `doctor`, `status`,
 //! `store copy`, status-file cleanup): the process exists **and is not a
@@ -64,10 +66,218 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * rustix::param::page_size() as u64)
 }
 
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): a
+/// descendant orphaned by its parent is reparented to us rather than to
+/// init, so that we can find it, kill it and reap it.
+pub fn become_subreaper() -> io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    Ok(())
+}
+
+/// Reaps child `pid` if it has exited (`waitpid(pid, WNOHANG)`): true if it
+/// was reaped now. Only for children nobody else waits for: reaping one
+/// steals its exit status from whoever does.
+pub fn reap_exited(pid: u32) -> bool {
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return false;
+    };
+    matches!(
+        rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG),
+        Ok(Some(_))
+    )
+}
+
+/// Sends SIGKILL to process `pid` (never a group, never pid 0 or 1); false
+/// when it is already gone or not ours to signal.
+pub fn kill(pid: u32) -> bool {
+    match i32::try_from(pid)
+        .ok()
+        .filter(|&p| p > 1)
+        .and_then(Pid::from_raw)
+    {
+        Some(p) => rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok(),
+        None => false,
+    }
+}
+
+/// This process's id.
+pub fn own_pid() -> u32 {
+    rustix::process::getpid()
+        .as_raw_nonzero()
+        .get()
+        .unsigned_abs()
+}
+
+/// This process's session id.
+pub fn own_session() -> u32 {
+    rustix::process::getsid(None).map_or(0, |p| p.as_raw_nonzero().get().unsigned_abs())
+}
+
+/// Clock ticks per second: the unit of [`ProcStat`]'s CPU times.
+pub fn clock_ticks_per_second() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
+/// What `/proc/<pid>/stat` says of one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Its id.
+    pub pid: u32,
+    /// Its command name (at most 15 bytes, as the kernel keeps it).
+    pub comm: String,
+    /// `R` running, `S` sleeping, `D` in uninterruptible wait, `Z` zombie,
+    /// `T` stopped, ...
+    pub state: char,
+    /// Its parent's id.
+    pub ppid: u32,
+    /// Its process group.
+    pub pgrp: u32,
+    /// Its session.
+    pub session: u32,
+    /// CPU time in user mode, in clock ticks.
+    pub utime: u64,
+    /// CPU time in kernel mode, in clock ticks.
+    pub stime: u64,
+    /// CPU time of its reaped children, user and kernel, in clock ticks.
+    pub children_time: u64,
+    /// Threads.
+    pub threads: u64,
+    /// When it started, in clock ticks after boot: with the pid, it names
+    /// one process even after the pid is reused.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Its own CPU time and its reaped children's, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.utime + self.stime + self.children_time
+    }
+}
+
+/// Parses a `/proc/<pid>/stat` line; `None` if it is not one. The command
+/// name is in parentheses and may itself hold spaces and parentheses, so
+/// the fields are counted from the last `)`.
+pub fn parse_stat(line: &str) -> Option<ProcStat> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let pid = line[..open].trim().parse().ok()?;
+    let comm = line.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field n is rest[n - 3].
+    let field = |n: usize| rest.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let id = |n: usize| field(n).and_then(|v| u32::try_from(v).ok());
+    Some(ProcStat {
+        pid,
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: id(4)?,
+        pgrp: id(5)?,
+        session: id(6)?,
+        utime: field(14)?,
+        stime: field(15)?,
+        children_time: field(16)?.saturating_add(field(17)?),
+        threads: field(20)?,
+        start_time: field(22)?,
+    })
+}
+
+/// `/proc/<pid>/stat`, parsed; `None` when the process is gone.
+pub fn read_stat(pid: u32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process on this machine (as this process's PID namespace sees it).
+pub fn all_processes() -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(read_stat)
+        .collect()
+}
+
+/// This process's children, from `/proc/self/task/*/children` (each thread
+/// lists the children it forked, or adopted as a subreaper).
+pub fn own_children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    children
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustix::process::{WaitId, WaitIdOptions, waitid};
+
+    #[test]
+    fn stat_lines() {
+        let line = "4242 (a (b) c) S 17 4242 4242 0 -1 4194560 100 0 0 0 \
+                    7 3 2 1 20 0 3 0 98765 1000 50 18446744073709551615";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(
+            stat,
+            ProcStat {
+                pid: 4242,
+                comm: "a (b) c".to_owned(),
+                state: 'S',
+                ppid: 17,
+                pgrp: 4242,
+                session: 4242,
+                utime: 7,
+                stime: 3,
+                children_time: 3,
+                threads: 3,
+                start_time: 98765,
+            }
+        );
+        assert_eq!(stat.cpu_ticks(), 13);
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 0"), None);
+        // The process's state is its main thread's, which may be waiting
+        // for this test's thread.
+        let me = read_stat(own_pid()).unwrap();
+        assert_eq!(me.pid, own_pid());
+        assert!("RS".contains(me.state), "{me:?}");
+        assert_eq!(me.session, own_session());
+        assert!(all_processes().iter().any(|p| p.pid == own_pid()));
+    }
+
+    #[test]
+    fn a_subreaper_adopts_and_reaps_an_orphan() {
+        become_subreaper().unwrap();
+        // sh starts a grandchild and exits at once: the grandchild is ours.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let orphan: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_eq!(read_stat(orphan).unwrap().ppid, own_pid());
+        assert!(own_children().contains(&orphan));
+        assert!(!reap_exited(orphan), "it still runs");
+        assert!(kill(orphan));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !reap_exited(orphan) {
+            assert!(std::time::Instant::now() < deadline, "never reaped");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(read_stat(orphan).is_none(), "reaped, gone");
+        assert!(!kill(1) && !kill(0), "never init, never a group");
+    }
 
     #[test]
     fn zombie_stat_lines() {

@@ -11,6 +11,7 @@ mod binary;
 mod browser;
 mod disk_full;
 mod eval;
+mod hang;
 mod health;
 mod intake;
 mod layering;

@@ -404,6 +404,7 @@ gate = { retry_from = "implement" }
                         limits: Limits::default(),
                     }),
                     timeout: Duration::from_secs(600),
+                    stall_after: None,
                     retry: RetryPolicy {
                         max_attempts: 3,
                         backoff: Duration::from_secs(2),
@@ -427,6 +428,7 @@ gate = { retry_from = "implement" }
                         limits: Limits::default(),
                     }),
                     timeout: Duration::from_secs(600),
+                    stall_after: None,
                     retry: RetryPolicy {
                         max_attempts: 3,
                         backoff: Duration::from_secs(2),
@@ -504,7 +506,7 @@ command = []
             &format!("{STAGE}retries = 3\n"),
             &[
                 "5:1: unknown key `retries` in [[stages]] #1 (\"build\"); expected one of: \
-                 name, kind, timeout, max_attempts, backoff, backoff_max, concurrency, gate, \
+                 name, kind, timeout, stall_after, max_attempts, backoff, backoff_max, concurrency, gate, \
                  command, env, kill_grace, max_output, sandbox, network, pass_env, read_only, limits",
             ],
         );
@@ -750,7 +752,7 @@ command = []
              [[stages]]\nname = \"a\"\nkind = \"llm\"\nprovider = \"p\"\nprompt = \"x\"\nzz = 1\n",
             &[
                 "10:1: unknown key `zz` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
-               timeout, max_attempts, backoff, backoff_max, concurrency, gate, provider, prompt, \
+               timeout, stall_after, max_attempts, backoff, backoff_max, concurrency, gate, provider, prompt, \
                system, temperature, max_tokens, files, max_files, max_file_bytes",
             ],
         );

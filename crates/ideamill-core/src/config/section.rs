@@ -401,6 +401,41 @@ impl<'de> Section<'de> {
         }
     }
 
+    /// A duration greater than zero, or "off" (`Ok(None, _)`).
+    pub(super) fn nonzero_duration_or_off(&mut self, key: &'static str) -> Got<Option<Duration>> {
+        let Some(mut value) = self.take(key) else {
+            return Got::Absent;
+        };
+        let span = value.span;
+        let text = match value.take() {
+            ValueInner::String(text) => text,
+            other => {
+                self.wrong_type(
+                    key,
+                    "a duration string like \"5m\", or \"off\"",
+                    &other,
+                    span,
+                );
+                return Got::Bad;
+            }
+        };
+        if text == "off" {
+            return Got::Ok(None, span);
+        }
+        match parse_duration(&text) {
+            Ok(duration) if duration.is_zero() => {
+                self.invalid(key, span, "must be greater than 0s (or \"off\")");
+                Got::Bad
+            }
+            Ok(duration) => Got::Ok(Some(duration), span),
+            Err(why) => {
+                let message = self.say(format!("{}: {why}", self.key(key)));
+                self.report(span, message);
+                Got::Bad
+            }
+        }
+    }
+
     /// A duration for which zero makes no sense (a timeout, a poll interval).
     pub(super) fn nonzero_duration(&mut self, key: &'static str) -> Got<Duration> {
         match self.duration(key) {

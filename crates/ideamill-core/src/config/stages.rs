@@ -45,6 +45,11 @@ pub struct StageConfig {
     pub kind: StageKind,
     /// Default 10m.
     pub timeout: Duration,
+    /// A job whose processes make no progress for this long (no byte of
+    /// output, no change in the workspace, next to no CPU time) is *hung*:
+    /// it is killed with an evidence folder and retried. `None` when off.
+    /// Command stages: off unless set (see [`default_stall_after`]).
+    pub stall_after: Option<Duration>,
     /// Defaults: max_attempts 3, backoff 2s, backoff_max 10m.
     pub retry: RetryPolicy,
     /// Jobs of this stage one process runs at once. Default 1.
@@ -212,6 +217,7 @@ fn stage(
     };
     let kind_name = s.required_string("kind");
     let timeout = s.nonzero_duration("timeout").or(DEFAULT_TIMEOUT);
+    let stall_after = s.nonzero_duration_or_off("stall_after");
     let max_attempts = s.count("max_attempts", i64::MAX, DEFAULT_MAX_ATTEMPTS);
     let backoff = s.duration("backoff").checkable(DEFAULT_BACKOFF);
     let backoff_max = s.duration("backoff_max").checkable(DEFAULT_BACKOFF_MAX);
@@ -278,6 +284,18 @@ fn stage(
     };
     // The placeholder is never returned: the stage is already in error.
     let kind = kind.unwrap_or_else(|| StageKind::Command(command::placeholder()));
+    let stall_after = match (stall_after, &kind) {
+        (Got::Ok(_, span), StageKind::Llm(_)) => {
+            s.invalid(
+                "stall_after",
+                span,
+                "applies to stages that run processes; an llm stage's provider has `idle_timeout`",
+            );
+            None
+        }
+        (Got::Ok(after, _), _) => after,
+        (Got::Absent | Got::Bad, kind) => default_stall_after(kind),
+    };
 
     let stage = StageConfig {
         name: name
@@ -285,6 +303,7 @@ fn stage(
             .map_or_else(String::new, |(name, _)| name.clone()),
         kind,
         timeout,
+        stall_after,
         retry: RetryPolicy {
             max_attempts,
             backoff: backoff.map_or(DEFAULT_BACKOFF, |(d, _)| d),
@@ -294,6 +313,18 @@ fn stage(
         gate,
     };
     (stage, name, pending)
+}
+
+/// A stage kind's `stall_after` when the stage sets none. Plain command
+/// stages: off. A build, a test suite or a download may legitimately sit
+/// quiet and idle (a test's `sleep`, a lock, a slow server), the
+/// wall-clock `timeout` already bounds them, and a pipeline that ran before
+/// must not start killing its jobs on an upgrade; a stage opts in.
+pub fn default_stall_after(kind: &StageKind) -> Option<Duration> {
+    match kind {
+        StageKind::Command(_) => None,
+        StageKind::Llm(_) => None,
+    }
 }
 
 /// The stage's gate, if it has one, and where its `retry_from` was written.
@@ -333,13 +364,44 @@ mod tests {
     use crate::model::Gate;
 
     #[test]
+    fn stall_after_is_a_duration_or_off_and_off_by_default_for_commands() {
+        use std::time::Duration;
+        let stall = |extra: &str| config(&format!("{STAGE}{extra}\n")).stages[0].stall_after;
+        assert_eq!(stall(""), None);
+        assert_eq!(stall("stall_after = \"off\""), None);
+        assert_eq!(
+            stall("stall_after = \"90s\""),
+            Some(Duration::from_secs(90))
+        );
+        check_errors(
+            &format!("{STAGE}stall_after = \"0s\"\n"),
+            &[
+                "5:15: [[stages]] #1 (\"build\"): `stall_after` must be greater than 0s (or \"off\")",
+            ],
+        );
+        check_errors(
+            &format!("{STAGE}stall_after = 5\n"),
+            &[
+                "5:15: [[stages]] #1 (\"build\"): `stall_after` must be a duration string like \"5m\", or \"off\", found integer",
+            ],
+        );
+        check_errors(
+            "[providers.p]\nkind = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\n\
+             [[stages]]\nname = \"a\"\nkind = \"llm\"\nprovider = \"p\"\nprompt = \"x\"\nstall_after = \"1m\"\n",
+            &[
+                "10:15: [[stages]] #1 (\"a\"): `stall_after` applies to stages that run processes; an llm stage's provider has `idle_timeout`",
+            ],
+        );
+    }
+
+    #[test]
     fn stage_kinds_and_names() {
         check_errors(
             "[[stages]]\nname = \"a\"\nkind = \"wasm\"\nmodel = \"x\"\n",
             &[
                 "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm",
                 "4:1: unknown key `model` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
-                 timeout, max_attempts, backoff, backoff_max, concurrency, gate, command, env, \
+                 timeout, stall_after, max_attempts, backoff, backoff_max, concurrency, gate, command, env, \
                  kill_grace, max_output, sandbox, network, pass_env, read_only, limits, provider, prompt, system, temperature, max_tokens, files, \
                  max_files, max_file_bytes",
             ],

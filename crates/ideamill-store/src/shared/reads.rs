@@ -129,14 +129,15 @@ pub(super) async fn attempt_stats<B: Backend>(
     let mut conn = store.read().await?;
     let rows = B::Db::rows(
         &mut conn,
-        "SELECT s.stage, s.worked, s.failed,
+        "SELECT s.stage, s.worked, s.failed, s.hung,
                 (SELECT a2.error FROM attempts a2
                   WHERE a2.stage = s.stage AND a2.finished_at >= $1
-                    AND a2.outcome IN ('error', 'timeout', 'permanent', 'lost')
+                    AND a2.outcome IN ('error', 'timeout', 'hung', 'permanent', 'lost')
                   ORDER BY a2.id DESC LIMIT 1) AS last_error
          FROM (SELECT stage,
                       COUNT(*) FILTER (WHERE outcome IN ('succeeded', 'rejected')) AS worked,
-                      COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'permanent', 'lost')) AS failed
+                      COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'hung', 'permanent', 'lost')) AS failed,
+                      COUNT(*) FILTER (WHERE outcome = 'hung') AS hung
                FROM attempts
                WHERE id > (SELECT COALESCE(MAX(id), 0) FROM attempts) - 50000 AND finished_at >= $1
                GROUP BY stage) AS s
@@ -164,7 +165,7 @@ pub(super) async fn activity<B: Backend>(
     for r in B::Db::rows(
         &mut tx,
         "SELECT (finished_at - $1) / $2 AS b, COUNT(*) AS n,
-                COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'permanent', 'lost')) AS failed
+                COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'hung', 'permanent', 'lost')) AS failed
          FROM attempts WHERE finished_at >= $1 AND outcome NOT IN ('cancelled', 'released', 'paused')
          GROUP BY b",
         &span,

@@ -152,7 +152,10 @@ fn outcome_class(o: AttemptOutcome) -> &'static str {
     match o {
         AttemptOutcome::Succeeded => "done",
         AttemptOutcome::Rejected => "rejected",
-        AttemptOutcome::Error | AttemptOutcome::Timeout | AttemptOutcome::Lost => "retrying",
+        AttemptOutcome::Error
+        | AttemptOutcome::Timeout
+        | AttemptOutcome::Hung
+        | AttemptOutcome::Lost => "retrying",
         AttemptOutcome::Permanent => "failed",
         AttemptOutcome::Cancelled | AttemptOutcome::Released => "cancelled",
         AttemptOutcome::Paused => "paused",

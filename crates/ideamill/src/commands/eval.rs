@@ -407,6 +407,7 @@ impl Judge {
             max_stdout: stage.max_output,
             max_stderr: stage.max_output,
             confine: Confinement::default(),
+            stall: None,
         };
         let Some(sandbox) = &self.sandbox else {
             return Ok(run_command(&spec, &CancellationToken::new()).await);

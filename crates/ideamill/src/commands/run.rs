@@ -106,6 +106,11 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         return serve_only(store, &health, pulse_stop, pulse).await;
     }
     std::fs::create_dir_all(&config.engine.workspace).ok();
+    // A child subreaper: a job's orphaned descendants land on this process,
+    // which kills what a job leaves behind and reaps every zombie.
+    if let Err(e) = ideamill_stages::orphans::start_reaper() {
+        tracing::warn!(error = %e, "DEGRADED: cannot become a child subreaper; a job's orphans go to init");
+    }
 
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let options = EngineOptions {
