@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ideamill_core::config::{CommandStage, SandboxMode, StageConfig, StageKind};
+use ideamill_core::config::{CommandStage, SandboxMode, StageConfig};
 use ideamill_core::duration::format_duration;
 use ideamill_core::machine::StageResult;
 use ideamill_core::{AttemptOutcome, Config, FailureClass, Usage};
@@ -14,7 +14,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{CommandEnd, CommandSpec, Confinement, run_command};
-use crate::llm_stage::LlmExecutor;
 use crate::sandbox::{self, Sandbox};
 
 /// What one attempt produced, for the attempt row and the state machine.
@@ -100,26 +99,17 @@ pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Exe
     if let Some(refusal) = sandbox::refusal(config, &sandbox) {
         return Err(refusal);
     }
+    let build = crate::kind::Build {
+        config,
+        store,
+        providers: &providers,
+        sandbox: &sandbox,
+    };
     config
         .stages
         .iter()
         .map(|stage| {
-            let executor: Arc<dyn Executor> = match &stage.kind {
-                StageKind::Command(command) => Arc::new(CommandExecutor {
-                    stage: stage.clone(),
-                    command: command.clone(),
-                    root: config.root.clone(),
-                    workspace: config.engine.workspace.clone(),
-                    sandbox: sandbox.clone(),
-                }),
-                StageKind::Llm(llm) => Arc::new(LlmExecutor::new(
-                    config,
-                    stage,
-                    llm,
-                    &providers,
-                    store.clone(),
-                )?),
-            };
+            let executor = crate::kind::of(&stage.kind).executor(stage, &build)?;
             Ok((stage.name.clone(), executor))
         })
         .collect()
@@ -371,6 +361,25 @@ impl CommandExecutor {
 // Stderr is diagnostics: its tail is enough.
 const MAX_STDERR: usize = 64 * 1024;
 
+impl CommandExecutor {
+    /// The executor of a stage that runs `command`.
+    pub(crate) fn new(
+        stage: &StageConfig,
+        command: &CommandStage,
+        root: &Path,
+        workspace: &Path,
+        sandbox: &Arc<Sandbox>,
+    ) -> CommandExecutor {
+        CommandExecutor {
+            stage: stage.clone(),
+            command: command.clone(),
+            root: root.to_path_buf(),
+            workspace: workspace.to_path_buf(),
+            sandbox: sandbox.clone(),
+        }
+    }
+}
+
 #[async_trait]
 impl Executor for CommandExecutor {
     async fn run(
@@ -608,6 +617,36 @@ impl Executor for CommandExecutor {
             error: (!notes.is_empty()).then(|| notes.join("; ")),
             usage: None,
         }
+    }
+}
+
+/// The `command` kind: a program, confined unless the stage says otherwise.
+impl crate::kind::Kind for CommandStage {
+    fn executor(
+        &self,
+        stage: &StageConfig,
+        build: &crate::kind::Build<'_>,
+    ) -> Result<Arc<dyn Executor>, String> {
+        let config = build.config;
+        Ok(Arc::new(CommandExecutor::new(
+            stage,
+            self,
+            &config.root,
+            &config.engine.workspace,
+            build.sandbox,
+        )))
+    }
+
+    fn environment(&self, stage: &StageConfig, config: &Config) -> Vec<String> {
+        if crate::kind::find_program(&self.program, &config.root).is_some() {
+            return Vec::new();
+        }
+        vec![format!(
+            "stage `{}`: program `{}` not found (relative paths are from {}; bare names are looked up in PATH)",
+            stage.name,
+            self.program,
+            config.root.display()
+        )]
     }
 }
 

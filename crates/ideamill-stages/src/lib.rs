@@ -1,11 +1,14 @@
 //! ideamill's stage kinds: what one attempt of a stage does. The engine
 //! decides when a job runs, for how long and what its outcome means for the
 //! item; this crate runs it: a program in the sandbox (`command`), a model
-//! call (`llm`). The engine knows them only through [`executor::Executor`].
+//! call (`llm`). The engine knows them only through
+//! [`executor::Executor`]; [`kind`] is the contract each kind implements and
+//! the registry that lists them.
 
 pub mod budget;
 pub mod command;
 pub mod executor;
+pub mod kind;
 pub mod llm_stage;
 pub mod progress;
 pub mod prompt;

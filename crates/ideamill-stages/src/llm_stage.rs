@@ -205,6 +205,7 @@ impl LlmExecutor {
                 ideamill_llm::cost(prompt_tokens, completion_tokens, &p)
             }),
             counted,
+            unknown: false,
         }
     }
 }
@@ -251,14 +252,9 @@ impl Executor for LlmExecutor {
             Ok(None) => {}
             Err(e) => return Execution::infra(e),
         }
-        let call = self.provider.chat(&request, cancel);
-        let answer = match tokio::time::timeout(self.stage.timeout, call).await {
-            Ok(answer) => answer,
-            Err(_) => Err(LlmError::Timeout {
-                which: "stage",
-                after: self.stage.timeout,
-            }),
-        };
+        // The engine holds the call to the stage's timeout: at the deadline
+        // `cancel` fires and the call ends as cancelled.
+        let answer = self.provider.chat(&request, cancel).await;
         let response = match answer {
             Ok(r) => r,
             Err(e) => return failure(e, &self.provider, self.stage.timeout),
@@ -327,6 +323,30 @@ impl Executor for LlmExecutor {
             error: (!notes.is_empty()).then(|| notes.join("; ")),
             usage: Some(usage),
         }
+    }
+}
+
+/// The `llm` kind: a model call of `[providers]`.
+impl crate::kind::Kind for LlmStage {
+    fn executor(
+        &self,
+        stage: &StageConfig,
+        build: &crate::kind::Build<'_>,
+    ) -> Result<Arc<dyn crate::executor::Executor>, String> {
+        Ok(Arc::new(LlmExecutor::new(
+            build.config,
+            stage,
+            self,
+            build.providers,
+            build.store.clone(),
+        )?))
+    }
+
+    fn environment(&self, stage: &StageConfig, config: &Config) -> Vec<String> {
+        crate::kind::read_template(stage, &self.prompt, &config.root)
+            .err()
+            .into_iter()
+            .collect()
     }
 }
 

@@ -43,6 +43,11 @@ pub struct CommandStage {
     pub limits: Limits,
 }
 
+impl CommandStage {
+    /// The `kind` value of a command stage.
+    pub const KIND: &str = "command";
+}
+
 /// Stands in for the command of a stage whose kind is unknown; that stage
 /// is already in error, so it is never returned.
 pub(super) fn placeholder() -> CommandStage {

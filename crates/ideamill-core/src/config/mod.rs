@@ -34,7 +34,7 @@ pub use inbox::InboxConfig;
 pub use llm::LlmStage;
 pub use providers::{ApiKeySource, BudgetConfig, Price, ProviderConfig, ProviderKind};
 pub use sandbox::{Limits, SandboxConfig, SandboxMode};
-pub use stages::{StageConfig, StageKind};
+pub use stages::{KindConfig, KindFacts, StageConfig, StageKind};
 pub use store::StoreConfig;
 pub use web::WebConfig;
 
@@ -199,12 +199,7 @@ impl Config {
             }
         }
         for stage in &mut c.stages {
-            if let StageKind::Command(command) = &mut stage.kind {
-                command
-                    .env
-                    .values_mut()
-                    .for_each(|v| *v = REDACTED.to_owned());
-            }
+            stage.kind.redact(REDACTED);
         }
         c
     }
