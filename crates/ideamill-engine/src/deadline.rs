@@ -99,6 +99,10 @@ mod tests {
                 "kind = \"llm\"\nprovider = \"p\"\nprompt = \"p.md\"",
                 FailureClass::Infra,
             ),
+            (
+                "kind = \"agent\"\npreset = \"claude\"\nprompt = \"p.md\"",
+                FailureClass::Quality,
+            ),
         ] {
             let stage = stage(kind, 100);
             let cancel = CancellationToken::new();

@@ -361,8 +361,16 @@ impl CommandExecutor {
 // Stderr is diagnostics: its tail is enough.
 const MAX_STDERR: usize = 64 * 1024;
 
+/// What one run of a stage's program is given: its arguments after the
+/// program, and its stdin (empty: /dev/null).
+pub(crate) struct Invocation {
+    pub(crate) args: Vec<String>,
+    pub(crate) stdin: Vec<u8>,
+}
+
 impl CommandExecutor {
-    /// The executor of a stage that runs `command`.
+    /// The executor of a stage that runs `command` (a `command` stage, or
+    /// the program of another kind, like an `agent` stage's CLI).
     pub(crate) fn new(
         stage: &StageConfig,
         command: &CommandStage,
@@ -378,21 +386,18 @@ impl CommandExecutor {
             sandbox: sandbox.clone(),
         }
     }
-}
 
-#[async_trait]
-impl Executor for CommandExecutor {
-    async fn run(
+    /// Run the program once in the item's folder `dir` (prepared), confined
+    /// unless the stage turns it off.
+    pub(crate) async fn run_in(
         &self,
         job: &ClaimedJob,
-        context: &ItemContext,
+        dir: &Path,
+        invocation: Invocation,
         cancel: &CancellationToken,
     ) -> Execution {
-        let dir = match prepare(&self.workspace, &context.item).await {
-            Ok(dir) => dir,
-            Err(failed) => return failed,
-        };
-        let stdin = context_json(job, context, &dir).to_string().into_bytes();
+        let dir = dir.to_path_buf();
+        let Invocation { args, stdin } = invocation;
         let confined = self.command.sandbox == SandboxMode::On;
         let mut context_env = vec![
             ("IDEAMILL_ITEM_ID".to_owned(), job.item_id.to_string()),
@@ -409,7 +414,7 @@ impl Executor for CommandExecutor {
         let program = self.program();
         let mut spec = CommandSpec {
             program: program.clone(),
-            args: self.command.args.clone(),
+            args: args.clone(),
             cwd: dir.clone(),
             env,
             stdin,
@@ -440,10 +445,7 @@ impl Executor for CommandExecutor {
                     dir.display()
                 ));
             }
-            let plan = match self
-                .sandbox
-                .plan(&self.command, &dir, &program, &self.command.args)
-            {
+            let plan = match self.sandbox.plan(&self.command, &dir, &program, &args) {
                 Ok(plan) => plan,
                 Err(e) => {
                     return Execution::infra(format!("cannot start the sandbox: {e}"));
@@ -617,6 +619,27 @@ impl Executor for CommandExecutor {
             error: (!notes.is_empty()).then(|| notes.join("; ")),
             usage: None,
         }
+    }
+}
+
+#[async_trait]
+impl Executor for CommandExecutor {
+    async fn run(
+        &self,
+        job: &ClaimedJob,
+        context: &ItemContext,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        let dir = match prepare(&self.workspace, &context.item).await {
+            Ok(dir) => dir,
+            Err(failed) => return failed,
+        };
+        let stdin = context_json(job, context, &dir).to_string().into_bytes();
+        let invocation = Invocation {
+            args: self.command.args.clone(),
+            stdin,
+        };
+        self.run_in(job, &dir, invocation, cancel).await
     }
 }
 

@@ -54,6 +54,7 @@ pub fn of(kind: &StageKind) -> &dyn Kind {
     match kind {
         StageKind::Command(c) => c,
         StageKind::Llm(c) => c,
+        StageKind::Agent(c) => c,
     }
 }
 

@@ -1,10 +1,11 @@
 //! ideamill's stage kinds: what one attempt of a stage does. The engine
 //! decides when a job runs, for how long and what its outcome means for the
 //! item; this crate runs it: a program in the sandbox (`command`), a model
-//! call (`llm`). The engine knows them only through
-//! [`executor::Executor`]; [`kind`] is the contract each kind implements and
-//! the registry that lists them.
+//! call (`llm`), a coding-agent CLI in the sandbox (`agent`). The engine
+//! knows them only through [`executor::Executor`]; [`kind`] is the
+//! contract each kind implements and the registry that lists them.
 
+pub mod agent;
 pub mod budget;
 pub mod command;
 pub mod executor;

@@ -226,10 +226,7 @@ impl Executor for LlmExecutor {
             Ok(dir) => dir,
             Err(failed) => return failed,
         };
-        let mut vars = context_json(job, context, &dir);
-        vars["idea"] = serde_json::json!(context.item.text);
-        vars["metadata"] = context.item.metadata.clone();
-        vars["files"] = serde_json::json!(workspace_files(&dir, 500));
+        let vars = prompt_vars(job, context, &dir);
         let prompt = match crate::prompt::render(&self.template_name, &self.template, &vars) {
             Ok(p) => p,
             Err(e) => return permanent(format!("cannot render the prompt: {e}")),
@@ -326,6 +323,21 @@ impl Executor for LlmExecutor {
     }
 }
 
+/// The variables of a prompt template ([`crate::prompt::VARIABLES`]) for
+/// an attempt of `job` in the item's folder `dir`: what `llm` and `agent`
+/// stages render their prompts with.
+pub(crate) fn prompt_vars(
+    job: &ClaimedJob,
+    context: &ItemContext,
+    dir: &std::path::Path,
+) -> serde_json::Value {
+    let mut vars = context_json(job, context, dir);
+    vars["idea"] = serde_json::json!(context.item.text);
+    vars["metadata"] = context.item.metadata.clone();
+    vars["files"] = serde_json::json!(workspace_files(dir, 500));
+    vars
+}
+
 /// The `llm` kind: a model call of `[providers]`.
 impl crate::kind::Kind for LlmStage {
     fn executor(
@@ -350,7 +362,7 @@ impl crate::kind::Kind for LlmStage {
     }
 }
 
-fn paused(reason: String) -> Execution {
+pub(crate) fn paused(reason: String) -> Execution {
     Execution::noted(
         StageResult::Paused {
             reason: reason.clone(),
@@ -361,7 +373,7 @@ fn paused(reason: String) -> Execution {
 
 /// A prompt that cannot be rendered is the config's fault (its template),
 /// not the model's: the model never saw the work.
-fn permanent(message: String) -> Execution {
+pub(crate) fn permanent(message: String) -> Execution {
     Execution::noted(
         StageResult::Permanent {
             class: FailureClass::Infra,

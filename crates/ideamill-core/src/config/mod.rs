@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use section::{Problems, Section};
 
+mod agent;
 mod alerts;
 mod command;
 mod engine;
@@ -26,6 +27,7 @@ mod store;
 mod testing;
 mod web;
 
+pub use agent::{AgentOutput, AgentPreset, AgentStage, PromptVia, preset_names};
 pub use alerts::{AlertKind, AlertTarget, AlertTrigger, UrlSource};
 pub use command::CommandStage;
 pub use engine::EngineConfig;

@@ -1,6 +1,6 @@
 //! `[[stages]]`: the pipeline, in order. What every stage has (name, kind,
 //! timeout, retries, concurrency, gate) is read here; each kind's own keys
-//! in its module (`command.rs`, `llm.rs`), listed in [`KINDS`].
+//! in its module (`command.rs`, `llm.rs`, `agent.rs`), listed in [`KINDS`].
 //!
 //! # The stage-kind contract
 //!
@@ -19,6 +19,7 @@ use toml_span::value::{Table, Value, ValueInner};
 
 use std::collections::BTreeMap;
 
+use super::agent::{self, AgentStage};
 use super::command::{self, CommandStage};
 use super::llm::{self, LlmStage};
 use super::providers::ProviderConfig;
@@ -68,6 +69,8 @@ pub enum StageKind {
     Command(CommandStage),
     /// `kind = "llm"`: a model call.
     Llm(LlmStage),
+    /// `kind = "agent"`: a coding-agent CLI.
+    Agent(AgentStage),
 }
 
 /// The registry of stage kinds: each `kind = "..."` value and its parser.
@@ -80,6 +83,10 @@ const KINDS: &[Kind] = &[
     Kind {
         name: LlmStage::KIND,
         parse: |s, cx| StageKind::Llm(llm::parse(s, cx.root, cx.providers)),
+    },
+    Kind {
+        name: AgentStage::KIND,
+        parse: |s, cx| StageKind::Agent(agent::parse(s, cx.root, cx.limits)),
     },
 ];
 
@@ -97,6 +104,7 @@ impl StageKind {
         match self {
             StageKind::Command(c) => c,
             StageKind::Llm(c) => c,
+            StageKind::Agent(c) => c,
         }
     }
 
@@ -104,6 +112,7 @@ impl StageKind {
         match self {
             StageKind::Command(c) => c,
             StageKind::Llm(c) => c,
+            StageKind::Agent(c) => c,
         }
     }
 
@@ -193,6 +202,24 @@ impl KindConfig for LlmStage {
         }
     }
     fn redact(&mut self, _replacement: &str) {}
+}
+
+impl KindConfig for AgentStage {
+    fn name(&self) -> &'static str {
+        AgentStage::KIND
+    }
+    fn facts(&self) -> KindFacts<'_> {
+        KindFacts {
+            process: Some(&self.process),
+            provider: None,
+            prompt: Some(&self.prompt),
+            writes_files: true,
+            timeout_class: FailureClass::Quality,
+        }
+    }
+    fn redact(&mut self, replacement: &str) {
+        self.process.redact(replacement);
+    }
 }
 
 /// What a stage's checks need of the configs around it.
@@ -458,11 +485,11 @@ mod tests {
         check_errors(
             "[[stages]]\nname = \"a\"\nkind = \"wasm\"\nflavour = \"x\"\n",
             &[
-                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm",
+                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm, agent",
                 "4:1: unknown key `flavour` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
                  timeout, max_attempts, backoff, backoff_max, concurrency, gate, command, env, \
                  kill_grace, max_output, sandbox, network, pass_env, read_only, limits, provider, prompt, system, temperature, max_tokens, files, \
-                 max_files, max_file_bytes",
+                 max_files, max_file_bytes, preset, model, prompt_via, output",
             ],
         );
         for bad in ["Build", "-x", "a b", "", &"a".repeat(64)] {
