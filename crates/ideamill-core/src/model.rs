@@ -259,4 +259,15 @@ pub struct Usage {
     pub cost: f64,
     /// The server sent no usage, so the tokens were counted here.
     pub counted: bool,
+    /// Nothing was reported (an agent CLI that prints no usage): tokens and
+    /// cost are unknown, stored as NULL and shown as "unknown", never as 0.
+    #[serde(default)]
+    pub unknown: bool,
+}
+
+impl Usage {
+    /// Tokens in, tokens out and cost, when they are known.
+    pub fn known(&self) -> Option<(u64, u64, f64)> {
+        (!self.unknown).then_some((self.prompt_tokens, self.completion_tokens, self.cost))
+    }
 }

@@ -800,7 +800,11 @@ fn start_job(
         let (execution, round) = match shared.store.context(job.item_id).await {
             Ok(context) => {
                 let files = crate::rounds::files_before_gate(&shared.config, &job).await;
-                let execution = executor.run(&job, &context, &token).await;
+                let run = executor.run(&job, &context, &token);
+                let execution = match shared.config.stage(&job.stage) {
+                    Some(stage) => crate::deadline::bounded(run, &token, stage).await,
+                    None => run.await,
+                };
                 (execution, Some((context, files)))
             }
             Err(e) => (

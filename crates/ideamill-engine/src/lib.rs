@@ -2,6 +2,7 @@
 //! their outcomes, and keeps leases alive. It knows the store only through
 //! the `Store` trait and stages only through the `Executor` trait.
 
+mod deadline;
 mod engine;
 pub mod health;
 mod rounds;

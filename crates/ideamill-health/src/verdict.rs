@@ -2,7 +2,6 @@
 //! Pure: the callers (`status`, `doctor`, `/healthz`) gather the facts, this
 //! judges them, so that every rule is tested without a process or a store.
 
-use ideamill_core::config::StageKind;
 use ideamill_core::{Config, Millis};
 use ideamill_store::{StageAttempts, StatusSnapshot};
 use serde::Serialize;
@@ -323,11 +322,9 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
             let Some(stage) = config.stage(&j.stage) else {
                 continue;
             };
-            let grace = match &stage.kind {
-                StageKind::Command(c) => ideamill_core::duration::millis(c.kill_grace),
-                // No process group to signal: the timeout ends the request at once.
-                StageKind::Llm(_) => 0,
-            };
+            // A kind without a process group to signal has no grace: the
+            // timeout ends its work at once.
+            let grace = ideamill_core::duration::millis(stage.kind.facts().kill_grace());
             let limit = ideamill_core::duration::millis(stage.timeout) + grace + 10_000;
             let elapsed = f.now - j.started_at;
             if elapsed > limit {
@@ -414,7 +411,7 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
     }
     // Never silently unconfined: a warning that leaves the verdict as it is.
     for stage in &config.stages {
-        if let ideamill_core::config::StageKind::Command(c) = &stage.kind
+        if let Some(c) = stage.kind.facts().process
             && c.sandbox == ideamill_core::config::SandboxMode::Off
         {
             say(

@@ -86,7 +86,8 @@ pub struct CommandSpec {
     pub cwd: PathBuf,
     /// The child's whole environment: nothing of the engine's is inherited.
     pub env: Vec<(String, String)>,
-    /// Written to the child's stdin, which is then closed.
+    /// Written to the child's stdin, which is then closed; empty: stdin is
+    /// /dev/null.
     pub stdin: Vec<u8>,
     /// How long the child may run before the group is terminated.
     pub timeout: Duration,
@@ -440,7 +441,12 @@ fn build_command(spec: &CommandSpec) -> Command {
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(key, value)| (key, value)))
-        .stdin(Stdio::piped())
+        // Nothing to write: /dev/null, never a pipe the child could wait on.
+        .stdin(if spec.stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A last resort only: it signals the leader, not the group. The

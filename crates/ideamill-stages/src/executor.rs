@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ideamill_core::config::{CommandStage, SandboxMode, StageConfig, StageKind};
+use ideamill_core::config::{CommandStage, SandboxMode, StageConfig};
 use ideamill_core::duration::format_duration;
 use ideamill_core::machine::StageResult;
 use ideamill_core::{AttemptOutcome, Config, FailureClass, Usage};
@@ -14,7 +14,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{CommandEnd, CommandSpec, Confinement, run_command};
-use crate::llm_stage::LlmExecutor;
 use crate::sandbox::{self, Sandbox};
 use crate::stall::StallSpec;
 
@@ -107,27 +106,17 @@ pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Exe
     if let Some(refusal) = sandbox::refusal(config, &sandbox) {
         return Err(refusal);
     }
+    let build = crate::kind::Build {
+        config,
+        store,
+        providers: &providers,
+        sandbox: &sandbox,
+    };
     config
         .stages
         .iter()
         .map(|stage| {
-            let executor: Arc<dyn Executor> = match &stage.kind {
-                StageKind::Command(command) => Arc::new(CommandExecutor {
-                    stage: stage.clone(),
-                    command: command.clone(),
-                    root: config.root.clone(),
-                    workspace: config.engine.workspace.clone(),
-                    evidence: evidence_dir(&config.engine.data_dir),
-                    sandbox: sandbox.clone(),
-                }),
-                StageKind::Llm(llm) => Arc::new(LlmExecutor::new(
-                    config,
-                    stage,
-                    llm,
-                    &providers,
-                    store.clone(),
-                )?),
-            };
+            let executor = crate::kind::of(&stage.kind).executor(stage, &build)?;
             Ok((stage.name.clone(), executor))
         })
         .collect()
@@ -381,19 +370,43 @@ impl CommandExecutor {
 // Stderr is diagnostics: its tail is enough.
 const MAX_STDERR: usize = 64 * 1024;
 
-#[async_trait]
-impl Executor for CommandExecutor {
-    async fn run(
+/// What one run of a stage's program is given: its arguments after the
+/// program, and its stdin (empty: /dev/null).
+pub(crate) struct Invocation {
+    pub(crate) args: Vec<String>,
+    pub(crate) stdin: Vec<u8>,
+}
+
+impl CommandExecutor {
+    /// The executor of a stage that runs `command` (a `command` stage, or
+    /// the program of another kind, like an `agent` stage's CLI).
+    pub(crate) fn new(
+        stage: &StageConfig,
+        command: &CommandStage,
+        config: &Config,
+        sandbox: &Arc<Sandbox>,
+    ) -> CommandExecutor {
+        CommandExecutor {
+            stage: stage.clone(),
+            command: command.clone(),
+            root: config.root.clone(),
+            workspace: config.engine.workspace.clone(),
+            evidence: evidence_dir(&config.engine.data_dir),
+            sandbox: sandbox.clone(),
+        }
+    }
+
+    /// Run the program once in the item's folder `dir` (prepared), confined
+    /// unless the stage turns it off.
+    pub(crate) async fn run_in(
         &self,
         job: &ClaimedJob,
-        context: &ItemContext,
+        dir: &Path,
+        invocation: Invocation,
         cancel: &CancellationToken,
     ) -> Execution {
-        let dir = match prepare(&self.workspace, &context.item).await {
-            Ok(dir) => dir,
-            Err(failed) => return failed,
-        };
-        let stdin = context_json(job, context, &dir).to_string().into_bytes();
+        let dir = dir.to_path_buf();
+        let Invocation { args, stdin } = invocation;
         let confined = self.command.sandbox == SandboxMode::On;
         let mut context_env = vec![
             ("IDEAMILL_ITEM_ID".to_owned(), job.item_id.to_string()),
@@ -410,7 +423,7 @@ impl Executor for CommandExecutor {
         let program = self.program();
         let mut spec = CommandSpec {
             program: program.clone(),
-            args: self.command.args.clone(),
+            args: args.clone(),
             cwd: dir.clone(),
             env,
             stdin,
@@ -452,10 +465,7 @@ impl Executor for CommandExecutor {
                     dir.display()
                 ));
             }
-            let plan = match self
-                .sandbox
-                .plan(&self.command, &dir, &program, &self.command.args)
-            {
+            let plan = match self.sandbox.plan(&self.command, &dir, &program, &args) {
                 Ok(plan) => plan,
                 Err(e) => {
                     return Execution::infra(format!("cannot start the sandbox: {e}"));
@@ -638,6 +648,56 @@ impl Executor for CommandExecutor {
             error: (!notes.is_empty()).then(|| notes.join("; ")),
             usage: None,
         }
+    }
+}
+
+#[async_trait]
+impl Executor for CommandExecutor {
+    async fn run(
+        &self,
+        job: &ClaimedJob,
+        context: &ItemContext,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        let dir = match prepare(&self.workspace, &context.item).await {
+            Ok(dir) => dir,
+            Err(failed) => return failed,
+        };
+        let stdin = context_json(job, context, &dir).to_string().into_bytes();
+        let invocation = Invocation {
+            args: self.command.args.clone(),
+            stdin,
+        };
+        self.run_in(job, &dir, invocation, cancel).await
+    }
+}
+
+/// The `command` kind: a program, confined unless the stage says otherwise.
+impl crate::kind::Kind for CommandStage {
+    fn executor(
+        &self,
+        stage: &StageConfig,
+        build: &crate::kind::Build<'_>,
+    ) -> Result<Arc<dyn Executor>, String> {
+        let config = build.config;
+        Ok(Arc::new(CommandExecutor::new(
+            stage,
+            self,
+            config,
+            build.sandbox,
+        )))
+    }
+
+    fn environment(&self, stage: &StageConfig, config: &Config) -> Vec<String> {
+        if crate::kind::find_program(&self.program, &config.root).is_some() {
+            return Vec::new();
+        }
+        vec![format!(
+            "stage `{}`: program `{}` not found (relative paths are from {}; bare names are looked up in PATH)",
+            stage.name,
+            self.program,
+            config.root.display()
+        )]
     }
 }
 

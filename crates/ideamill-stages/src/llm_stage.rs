@@ -205,6 +205,7 @@ impl LlmExecutor {
                 ideamill_llm::cost(prompt_tokens, completion_tokens, &p)
             }),
             counted,
+            unknown: false,
         }
     }
 }
@@ -225,10 +226,7 @@ impl Executor for LlmExecutor {
             Ok(dir) => dir,
             Err(failed) => return failed,
         };
-        let mut vars = context_json(job, context, &dir);
-        vars["idea"] = serde_json::json!(context.item.text);
-        vars["metadata"] = context.item.metadata.clone();
-        vars["files"] = serde_json::json!(workspace_files(&dir, 500));
+        let vars = prompt_vars(job, context, &dir);
         let prompt = match crate::prompt::render(&self.template_name, &self.template, &vars) {
             Ok(p) => p,
             Err(e) => return permanent(format!("cannot render the prompt: {e}")),
@@ -251,14 +249,9 @@ impl Executor for LlmExecutor {
             Ok(None) => {}
             Err(e) => return Execution::infra(e),
         }
-        let call = self.provider.chat(&request, cancel);
-        let answer = match tokio::time::timeout(self.stage.timeout, call).await {
-            Ok(answer) => answer,
-            Err(_) => Err(LlmError::Timeout {
-                which: "stage",
-                after: self.stage.timeout,
-            }),
-        };
+        // The engine holds the call to the stage's timeout: at the deadline
+        // `cancel` fires and the call ends as cancelled.
+        let answer = self.provider.chat(&request, cancel).await;
         let response = match answer {
             Ok(r) => r,
             Err(e) => return failure(e, &self.provider, self.stage.timeout),
@@ -330,7 +323,46 @@ impl Executor for LlmExecutor {
     }
 }
 
-fn paused(reason: String) -> Execution {
+/// The variables of a prompt template ([`crate::prompt::VARIABLES`]) for
+/// an attempt of `job` in the item's folder `dir`: what `llm` and `agent`
+/// stages render their prompts with.
+pub(crate) fn prompt_vars(
+    job: &ClaimedJob,
+    context: &ItemContext,
+    dir: &std::path::Path,
+) -> serde_json::Value {
+    let mut vars = context_json(job, context, dir);
+    vars["idea"] = serde_json::json!(context.item.text);
+    vars["metadata"] = context.item.metadata.clone();
+    vars["files"] = serde_json::json!(workspace_files(dir, 500));
+    vars
+}
+
+/// The `llm` kind: a model call of `[providers]`.
+impl crate::kind::Kind for LlmStage {
+    fn executor(
+        &self,
+        stage: &StageConfig,
+        build: &crate::kind::Build<'_>,
+    ) -> Result<Arc<dyn crate::executor::Executor>, String> {
+        Ok(Arc::new(LlmExecutor::new(
+            build.config,
+            stage,
+            self,
+            build.providers,
+            build.store.clone(),
+        )?))
+    }
+
+    fn environment(&self, stage: &StageConfig, config: &Config) -> Vec<String> {
+        crate::kind::read_template(stage, &self.prompt, &config.root)
+            .err()
+            .into_iter()
+            .collect()
+    }
+}
+
+pub(crate) fn paused(reason: String) -> Execution {
     Execution::noted(
         StageResult::Paused {
             reason: reason.clone(),
@@ -341,7 +373,7 @@ fn paused(reason: String) -> Execution {
 
 /// A prompt that cannot be rendered is the config's fault (its template),
 /// not the model's: the model never saw the work.
-fn permanent(message: String) -> Execution {
+pub(crate) fn permanent(message: String) -> Execution {
     Execution::noted(
         StageResult::Permanent {
             class: FailureClass::Infra,

@@ -275,13 +275,18 @@ fn usage_of(r: &impl RowExt) -> Result<Option<Usage>> {
     let Some(provider) = r.opt_text("provider")? else {
         return Ok(None);
     };
+    let prompt_tokens = r.opt_int("prompt_tokens")?;
+    let completion_tokens = r.opt_int("completion_tokens")?;
+    let cost = r.opt_real("cost")?;
     Ok(Some(Usage {
         provider,
         model: r.opt_text("model")?.unwrap_or_default(),
-        prompt_tokens: r.opt_int("prompt_tokens")?.unwrap_or(0) as u64,
-        completion_tokens: r.opt_int("completion_tokens")?.unwrap_or(0) as u64,
-        cost: r.opt_real("cost")?.unwrap_or(0.0),
+        prompt_tokens: prompt_tokens.unwrap_or(0) as u64,
+        completion_tokens: completion_tokens.unwrap_or(0) as u64,
+        cost: cost.unwrap_or(0.0),
         counted: r.opt_flag("usage_counted")?.unwrap_or(false),
+        // A usage row whose figures are all NULL was written as unknown.
+        unknown: prompt_tokens.is_none() && completion_tokens.is_none() && cost.is_none(),
     }))
 }
 

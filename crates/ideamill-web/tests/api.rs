@@ -1120,6 +1120,7 @@ async fn populate(f: &Fixture) {
                     completion_tokens: 5,
                     cost: 0.25,
                     counted: false,
+                    unknown: false,
                 }),
             }
         } else {
@@ -1552,6 +1553,7 @@ async fn qa_lift_on_metrics_the_api_and_the_overview() {
             completion_tokens: 5,
             cost: 0.0,
             counted: false,
+            unknown: false,
         }),
     };
     let rejected = |transition| Ending {

@@ -126,6 +126,11 @@ pub struct InitArgs {
     /// Placeholder programs instead of a model (the default; kept for scripts).
     #[arg(long, conflicts_with_all = ["provider", "model", "api_key_env", "local_model"])]
     pub no_model: bool,
+    /// A coding-agent CLI does the work: outline (agent, or llm with
+    /// --provider/--local-model) -> implement (agent) -> qa (sandboxed gate).
+    #[arg(long, value_name = "PRESET", conflicts_with = "no_model",
+          value_parser = ["claude", "codex", "aider", "gemini", "opencode"])]
+    pub agent: Option<String>,
 }
 
 impl InitArgs {

@@ -6,6 +6,7 @@
 // helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent;
 mod alerts;
 mod binary;
 mod browser;

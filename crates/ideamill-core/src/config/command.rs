@@ -43,6 +43,11 @@ pub struct CommandStage {
     pub limits: Limits,
 }
 
+impl CommandStage {
+    /// The `kind` value of a command stage.
+    pub const KIND: &str = "command";
+}
+
 /// Stands in for the command of a stage whose kind is unknown; that stage
 /// is already in error, so it is never returned.
 pub(super) fn placeholder() -> CommandStage {
@@ -62,7 +67,26 @@ pub(super) fn placeholder() -> CommandStage {
 
 /// The command stage's own keys, after those every stage has.
 pub(super) fn parse(s: &mut Section<'_>, root: &Path, sandbox_limits: &Limits) -> CommandStage {
-    let command = command(s);
+    let command = match command(s) {
+        Some(command) => command,
+        None => {
+            s.missing("command");
+            Vec::new()
+        }
+    };
+    process(s, root, sandbox_limits, command, false)
+}
+
+/// The keys of a stage that runs a program (`command` and `agent` stages),
+/// after its program and arguments: environment, output, confinement.
+/// `network` defaults to `network_default`.
+pub(super) fn process(
+    s: &mut Section<'_>,
+    root: &Path,
+    sandbox_limits: &Limits,
+    command: Vec<String>,
+    network_default: bool,
+) -> CommandStage {
     let env = env(s);
     let kill_grace = s.duration("kill_grace").or(DEFAULT_KILL_GRACE);
     let max_output = match s.integer("max_output", 1, i64::MAX) {
@@ -85,7 +109,7 @@ pub(super) fn parse(s: &mut Section<'_>, root: &Path, sandbox_limits: &Limits) -
         },
         Got::Absent | Got::Bad => SandboxMode::On,
     };
-    let network = s.boolean("network").or(false);
+    let network = s.boolean("network").or(network_default);
     let mut pass_env = Vec::new();
     for (name, span) in s.string_list("pass_env") {
         if name.is_empty() || name.contains(['=', '\0']) {
@@ -132,8 +156,8 @@ pub(super) fn parse(s: &mut Section<'_>, root: &Path, sandbox_limits: &Limits) -
     }
 }
 
-/// `command = ["program", "arg", ...]`.
-fn command(s: &mut Section<'_>) -> Vec<String> {
+/// `command = ["program", "arg", ...]`; None when absent.
+pub(super) fn command(s: &mut Section<'_>) -> Option<Vec<String>> {
     let mut command = Vec::new();
     let items = match s.array(
         "command",
@@ -145,14 +169,11 @@ fn command(s: &mut Section<'_>) -> Vec<String> {
                 span,
                 "must not be empty: its first element is the program to run",
             );
-            return command;
+            return Some(command);
         }
         Got::Ok(items, _) => items,
-        Got::Absent => {
-            s.missing("command");
-            return command;
-        }
-        Got::Bad => return command,
+        Got::Absent => return None,
+        Got::Bad => return Some(command),
     };
     for (i, mut item) in items.into_iter().enumerate() {
         let key = format!("command[{i}]");
@@ -168,7 +189,7 @@ fn command(s: &mut Section<'_>) -> Vec<String> {
             other => s.wrong_type(&key, "a string", &other, item.span),
         }
     }
-    command
+    Some(command)
 }
 
 /// `env = { KEY = "value" }`.

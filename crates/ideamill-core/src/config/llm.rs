@@ -35,6 +35,11 @@ pub struct LlmStage {
     pub max_file_bytes: usize,
 }
 
+impl LlmStage {
+    /// The `kind` value of an llm stage.
+    pub const KIND: &str = "llm";
+}
+
 /// The llm stage's own keys, after those every stage has.
 pub(super) fn parse(
     s: &mut Section<'_>,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use section::{Problems, Section};
 
+mod agent;
 mod alerts;
 mod command;
 mod engine;
@@ -26,6 +27,7 @@ mod store;
 mod testing;
 mod web;
 
+pub use agent::{AgentOutput, AgentPreset, AgentStage, PromptVia, preset_names};
 pub use alerts::{AlertKind, AlertTarget, AlertTrigger, UrlSource};
 pub use command::CommandStage;
 pub use engine::EngineConfig;
@@ -34,7 +36,7 @@ pub use inbox::InboxConfig;
 pub use llm::LlmStage;
 pub use providers::{ApiKeySource, BudgetConfig, Price, ProviderConfig, ProviderKind};
 pub use sandbox::{Limits, SandboxConfig, SandboxMode};
-pub use stages::{StageConfig, StageKind};
+pub use stages::{KindConfig, KindFacts, StageConfig, StageKind};
 pub use store::StoreConfig;
 pub use web::WebConfig;
 
@@ -199,12 +201,7 @@ impl Config {
             }
         }
         for stage in &mut c.stages {
-            if let StageKind::Command(command) = &mut stage.kind {
-                command
-                    .env
-                    .values_mut()
-                    .for_each(|v| *v = REDACTED.to_owned());
-            }
+            stage.kind.redact(REDACTED);
         }
         c
     }

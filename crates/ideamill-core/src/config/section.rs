@@ -289,8 +289,12 @@ impl<'de> Section<'de> {
                     } else {
                         format!("in {label}")
                     };
+                    // Kinds that share keys (`command` and `agent`) ask for
+                    // them each: name each once, where first asked.
+                    let mut seen = std::collections::HashSet::new();
                     let expected = expected
                         .iter()
+                        .filter(|k| seen.insert(*k))
                         .map(|k| format!("{prefix}{k}"))
                         .collect::<Vec<_>>()
                         .join(", ");

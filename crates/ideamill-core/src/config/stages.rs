@@ -1,6 +1,14 @@
 //! `[[stages]]`: the pipeline, in order. What every stage has (name, kind,
 //! timeout, retries, concurrency, gate) is read here; each kind's own keys
-//! in `command.rs` and `llm.rs`.
+//! in its module (`command.rs`, `llm.rs`, `agent.rs`), listed in [`KINDS`].
+//!
+//! # The stage-kind contract
+//!
+//! A kind is a config type with a parser (its keys and their checks) and a
+//! [`KindConfig`] implementation (the facts the rest of ideamill needs about
+//! it); `ideamill-stages` adds how it runs (`ideamill_stages::kind`). Every
+//! match on [`StageKind`] is exhaustive, so a new variant makes the compiler
+//! point at each place that must say what the kind does.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,12 +19,13 @@ use toml_span::value::{Table, Value, ValueInner};
 
 use std::collections::BTreeMap;
 
+use super::agent::{self, AgentStage};
 use super::command::{self, CommandStage};
 use super::llm::{self, LlmStage};
 use super::providers::ProviderConfig;
 use super::sandbox::Limits;
 use super::section::{Got, Problems, Section, is_valid_name, shown};
-use crate::model::{Gate, RetryPolicy};
+use crate::model::{FailureClass, Gate, RetryPolicy};
 
 /// Default `timeout` of a stage.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -33,7 +42,6 @@ pub const MAX_CONCURRENCY: i64 = 1024;
 /// Default `gate.max_rounds` of a stage.
 pub const DEFAULT_MAX_ROUNDS: u32 = 3;
 
-const STAGE_KINDS: &[&str] = &["command", "llm"];
 const NO_STAGES: &str = "no [[stages]]: a pipeline needs at least one stage";
 
 /// One `[[stages]]` entry: a step of the pipeline.
@@ -48,7 +56,8 @@ pub struct StageConfig {
     /// A job whose processes make no progress for this long (no byte of
     /// output, no change in the workspace, next to no CPU time) is *hung*:
     /// it is killed with an evidence folder and retried. `None` when off.
-    /// Command stages: off unless set (see [`default_stall_after`]).
+    /// Command stages: off unless set; agent stages: 5 minutes (see
+    /// [`default_stall_after`]).
     pub stall_after: Option<Duration>,
     /// Defaults: max_attempts 3, backoff 2s, backoff_max 10m.
     pub retry: RetryPolicy,
@@ -59,22 +68,163 @@ pub struct StageConfig {
     pub gate: Option<Gate>,
 }
 
-/// What a stage runs.
+/// What a stage runs: one variant per kind, each holding its kind's config.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageKind {
     /// `kind = "command"`: a program.
     Command(CommandStage),
     /// `kind = "llm"`: a model call.
     Llm(LlmStage),
+    /// `kind = "agent"`: a coding-agent CLI.
+    Agent(AgentStage),
+}
+
+/// The registry of stage kinds: each `kind = "..."` value and its parser.
+/// With [`StageKind`] and its two accessors below, the only list of kinds.
+const KINDS: &[Kind] = &[
+    Kind {
+        name: CommandStage::KIND,
+        parse: |s, cx| StageKind::Command(command::parse(s, cx.root, cx.limits)),
+    },
+    Kind {
+        name: LlmStage::KIND,
+        parse: |s, cx| StageKind::Llm(llm::parse(s, cx.root, cx.providers)),
+    },
+    Kind {
+        name: AgentStage::KIND,
+        parse: |s, cx| StageKind::Agent(agent::parse(s, cx.root, cx.limits)),
+    },
+];
+
+/// One entry of [`KINDS`].
+struct Kind {
+    name: &'static str,
+    /// Reads the kind's own keys (after those every stage has), reporting
+    /// every problem in the section.
+    parse: fn(&mut Section<'_>, &Context<'_>) -> StageKind,
 }
 
 impl StageKind {
+    /// The kind's config, as the facts every kind gives.
+    pub fn config(&self) -> &dyn KindConfig {
+        match self {
+            StageKind::Command(c) => c,
+            StageKind::Llm(c) => c,
+            StageKind::Agent(c) => c,
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut dyn KindConfig {
+        match self {
+            StageKind::Command(c) => c,
+            StageKind::Llm(c) => c,
+            StageKind::Agent(c) => c,
+        }
+    }
+
     /// The `kind` value naming this kind in the config.
     pub fn name(&self) -> &'static str {
-        match self {
-            StageKind::Command(_) => "command",
-            StageKind::Llm(_) => "llm",
+        self.config().name()
+    }
+
+    /// What the rest of ideamill needs to know of this stage's kind.
+    pub fn facts(&self) -> KindFacts<'_> {
+        self.config().facts()
+    }
+
+    /// Secrets (`env` values) replaced by `replacement`, for evidence and logs.
+    pub fn redact(&mut self, replacement: &str) {
+        self.config_mut().redact(replacement);
+    }
+}
+
+/// What every stage kind's config tells the engine, health, the sandbox and
+/// the tools. The engine owns what every stage has (timeout, retries,
+/// cancellation, the recording of outcomes); a kind says only what differs.
+pub trait KindConfig {
+    /// The `kind = "..."` value.
+    fn name(&self) -> &'static str;
+    /// The facts about this stage that do not depend on the kind's name.
+    fn facts(&self) -> KindFacts<'_>;
+    /// Its secrets (`env` values) replaced by `replacement`.
+    fn redact(&mut self, replacement: &str);
+}
+
+/// What a stage's kind says about it to the rest of ideamill.
+#[derive(Debug, Clone, Copy)]
+pub struct KindFacts<'a> {
+    /// The program it runs and how it is confined, for kinds that run one.
+    pub process: Option<&'a CommandStage>,
+    /// The `[providers]` key it calls, for kinds that call one.
+    pub provider: Option<&'a str>,
+    /// Its prompt template, for kinds that render one.
+    pub prompt: Option<&'a Path>,
+    /// Whether its work is files in the workspace (what `eval` keeps).
+    pub writes_files: bool,
+    /// What a timeout says about the work: a program that hangs is the
+    /// work's failure, a model that does not answer in time is the host's.
+    pub timeout_class: FailureClass,
+}
+
+impl KindFacts<'_> {
+    /// Between the stop signal and the kill, for kinds that run a process;
+    /// zero for the others (their work ends when they are told to stop).
+    pub fn kill_grace(&self) -> Duration {
+        self.process.map_or(Duration::ZERO, |p| p.kill_grace)
+    }
+}
+
+impl KindConfig for CommandStage {
+    fn name(&self) -> &'static str {
+        CommandStage::KIND
+    }
+    fn facts(&self) -> KindFacts<'_> {
+        KindFacts {
+            process: Some(self),
+            provider: None,
+            prompt: None,
+            writes_files: false,
+            timeout_class: FailureClass::Quality,
         }
+    }
+    fn redact(&mut self, replacement: &str) {
+        self.env
+            .values_mut()
+            .for_each(|v| *v = replacement.to_owned());
+    }
+}
+
+impl KindConfig for LlmStage {
+    fn name(&self) -> &'static str {
+        LlmStage::KIND
+    }
+    fn facts(&self) -> KindFacts<'_> {
+        KindFacts {
+            process: None,
+            provider: Some(&self.provider),
+            prompt: Some(&self.prompt),
+            writes_files: self.files,
+            timeout_class: FailureClass::Infra,
+        }
+    }
+    fn redact(&mut self, _replacement: &str) {}
+}
+
+impl KindConfig for AgentStage {
+    fn name(&self) -> &'static str {
+        AgentStage::KIND
+    }
+    fn facts(&self) -> KindFacts<'_> {
+        KindFacts {
+            process: Some(&self.process),
+            provider: None,
+            prompt: Some(&self.prompt),
+            writes_files: true,
+            timeout_class: FailureClass::Quality,
+        }
+    }
+    fn redact(&mut self, replacement: &str) {
+        self.process.redact(replacement);
     }
 }
 
@@ -255,37 +405,36 @@ fn stage(
     };
 
     let kind = match &kind_name {
-        Got::Ok(kind, _) if kind == "command" => Some(StageKind::Command(command::parse(
-            s,
-            context.root,
-            context.limits,
-        ))),
-        Got::Ok(kind, _) if kind == "llm" => Some(StageKind::Llm(llm::parse(
-            s,
-            context.root,
-            context.providers,
-        ))),
-        other => {
-            if let Got::Ok(other, span) = other {
-                let known = STAGE_KINDS.join(", ");
+        Got::Ok(name, span) => match KINDS.iter().find(|k| k.name == name) {
+            Some(kind) => Some((kind.parse)(s, context)),
+            None => {
+                let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
                 let message = s.say(format_args!(
-                    "unknown stage kind {other:?}; known kinds: {known}"
+                    "unknown stage kind {name:?}; known kinds: {}",
+                    known.join(", ")
                 ));
                 s.report(*span, message);
+                None
             }
+        },
+        Got::Absent | Got::Bad => None,
+    };
+    let kind = match kind {
+        Some(kind) => kind,
+        None => {
             // With the kind unknown, any kind's key is known, and what its
             // value says is not: the stage is already in error.
             let found = s.problems_found();
-            command::parse(s, context.root, context.limits);
-            llm::parse(s, context.root, context.providers);
+            for kind in KINDS {
+                (kind.parse)(s, context);
+            }
             s.drop_problems_since(found);
-            None
+            // The placeholder is never returned: the stage is already in error.
+            StageKind::Command(command::placeholder())
         }
     };
-    // The placeholder is never returned: the stage is already in error.
-    let kind = kind.unwrap_or_else(|| StageKind::Command(command::placeholder()));
-    let stall_after = match (stall_after, &kind) {
-        (Got::Ok(_, span), StageKind::Llm(_)) => {
+    let stall_after = match (stall_after, kind.facts().process) {
+        (Got::Ok(_, span), None) => {
             s.invalid(
                 "stall_after",
                 span,
@@ -293,8 +442,8 @@ fn stage(
             );
             None
         }
-        (Got::Ok(after, _), _) => after,
-        (Got::Absent | Got::Bad, kind) => default_stall_after(kind),
+        (Got::Ok(after, _), Some(_)) => after,
+        (Got::Absent | Got::Bad, _) => default_stall_after(&kind),
     };
 
     let stage = StageConfig {
@@ -324,6 +473,9 @@ pub fn default_stall_after(kind: &StageKind) -> Option<Duration> {
     match kind {
         StageKind::Command(_) => None,
         StageKind::Llm(_) => None,
+        // An agent CLI that is silent, idle and leaves the workspace alone
+        // for five minutes is waiting on something that will not come.
+        StageKind::Agent(_) => Some(Duration::from_secs(300)),
     }
 }
 
@@ -397,13 +549,13 @@ mod tests {
     #[test]
     fn stage_kinds_and_names() {
         check_errors(
-            "[[stages]]\nname = \"a\"\nkind = \"wasm\"\nmodel = \"x\"\n",
+            "[[stages]]\nname = \"a\"\nkind = \"wasm\"\nflavour = \"x\"\n",
             &[
-                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm",
-                "4:1: unknown key `model` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
+                "3:8: [[stages]] #1 (\"a\"): unknown stage kind \"wasm\"; known kinds: command, llm, agent",
+                "4:1: unknown key `flavour` in [[stages]] #1 (\"a\"); expected one of: name, kind, \
                  timeout, stall_after, max_attempts, backoff, backoff_max, concurrency, gate, command, env, \
                  kill_grace, max_output, sandbox, network, pass_env, read_only, limits, provider, prompt, system, temperature, max_tokens, files, \
-                 max_files, max_file_bytes",
+                 max_files, max_file_bytes, preset, model, prompt_via, output",
             ],
         );
         for bad in ["Build", "-x", "a b", "", &"a".repeat(64)] {

@@ -37,7 +37,9 @@ pub(super) fn config(text: &str) -> Config {
 pub(super) fn command(stage: &StageConfig) -> &CommandStage {
     match &stage.kind {
         StageKind::Command(command) => command,
-        StageKind::Llm(_) => panic!("stage {} is not a command stage", stage.name),
+        StageKind::Llm(_) | StageKind::Agent(_) => {
+            panic!("stage {} is not a command stage", stage.name)
+        }
     }
 }
 

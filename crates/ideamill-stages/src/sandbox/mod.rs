@@ -431,14 +431,13 @@ impl Sandbox {
     }
 }
 
-/// The names of the command stages whose sandbox is `mode`.
+/// The names of the stages that run a program (command and agent stages)
+/// whose sandbox is `mode`.
 pub fn stages_with(config: &ideamill_core::Config, mode: SandboxMode) -> Vec<&str> {
     config
         .stages
         .iter()
-        .filter(|s| {
-            matches!(&s.kind, ideamill_core::config::StageKind::Command(c) if c.sandbox == mode)
-        })
+        .filter(|s| s.kind.facts().process.is_some_and(|c| c.sandbox == mode))
         .map(|s| s.name.as_str())
         .collect()
 }

@@ -73,7 +73,9 @@ impl Rows for PostgresStore {
             return Ok(());
         }
         let usage = |f: &dyn Fn(&Usage) -> Option<i64>| -> Vec<Option<i64>> {
-            rows.iter().map(|a| a.usage.and_then(f)).collect()
+            rows.iter()
+                .map(|a| a.usage.filter(|u| !u.unknown).and_then(f))
+                .collect()
         };
         sqlx::query(
             "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at,
@@ -107,7 +109,11 @@ impl Rows for PostgresStore {
         .bind(rows.iter().map(|a| a.usage.map(|u| u.model.as_str())).collect::<Vec<_>>())
         .bind(usage(&|u| Some(u.prompt_tokens as i64)))
         .bind(usage(&|u| Some(u.completion_tokens as i64)))
-        .bind(rows.iter().map(|a| a.usage.map(|u| u.cost)).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|a| a.usage.and_then(|u| u.known()).map(|(_, _, cost)| cost))
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|a| a.usage.map(|u| u.counted)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;

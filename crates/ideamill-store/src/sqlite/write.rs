@@ -68,9 +68,9 @@ impl Rows for SqliteStore {
                     .push_bind(a.stderr)
                     .push_bind(a.usage.map(|u| u.provider.as_str()))
                     .push_bind(a.usage.map(|u| u.model.as_str()))
-                    .push_bind(a.usage.map(|u| u.prompt_tokens as i64))
-                    .push_bind(a.usage.map(|u| u.completion_tokens as i64))
-                    .push_bind(a.usage.map(|u| u.cost))
+                    .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.0 as i64))
+                    .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.1 as i64))
+                    .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.2))
                     .push_bind(a.usage.map(|u| u.counted));
             });
             q.build().execute(&mut **tx).await?;

@@ -110,6 +110,7 @@ pub async fn a_finish_releases_its_reservation_and_records_the_usage(s: &dyn Sto
         completion_tokens: 50,
         cost: 0.0,
         counted: false,
+        unknown: false,
     });
     finish_ok(s, f).await;
     // The call used 200 of its 900: the rest is free again.

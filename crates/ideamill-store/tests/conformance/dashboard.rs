@@ -206,6 +206,7 @@ async fn implement_then_qa(
         completion_tokens: 5,
         cost: 0.0,
         counted: false,
+        unknown: false,
     });
     finish_ok(s, f).await;
     let gate = claim_one(s, "qa", "w1", at + 2).await;

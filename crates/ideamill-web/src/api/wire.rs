@@ -172,24 +172,26 @@ pub struct Usage {
     pub provider: String,
     /// The model name it was called with.
     pub model: String,
-    /// Prompt (input) tokens.
-    pub prompt_tokens: u64,
-    /// Completion (output) tokens.
-    pub completion_tokens: u64,
-    /// US dollars.
-    pub cost: f64,
+    /// Prompt (input) tokens; null when the stage reported none (an agent
+    /// CLI that prints no usage): unknown, not 0.
+    pub prompt_tokens: Option<u64>,
+    /// Completion (output) tokens; null when unknown.
+    pub completion_tokens: Option<u64>,
+    /// US dollars; null when unknown.
+    pub cost: Option<f64>,
     /// The server sent no usage; the tokens were counted.
     pub counted: bool,
 }
 
 impl From<ideamill_core::Usage> for Usage {
     fn from(u: ideamill_core::Usage) -> Usage {
+        let known = u.known();
         Usage {
             provider: u.provider,
             model: u.model,
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            cost: u.cost,
+            prompt_tokens: known.map(|k| k.0),
+            completion_tokens: known.map(|k| k.1),
+            cost: known.map(|k| k.2),
             counted: u.counted,
         }
     }

@@ -252,15 +252,15 @@ fn attempt_entry(a: &AttemptRow, feedback_shown: bool) -> Entry {
             .as_deref()
             .filter(|o| !o.trim().is_empty())
             .map(text),
-        tokens: a.usage.as_ref().map(|u| {
-            format!(
-                "{}{} in, {} out",
+        tokens: a.usage.as_ref().map(|u| match u.known() {
+            Some((prompt, completion, _)) => format!(
+                "{}{prompt} in, {completion} out",
                 if u.counted { "~" } else { "" },
-                u.prompt_tokens,
-                u.completion_tokens
-            )
+            ),
+            // Never 0: the stage reported nothing.
+            None => "unknown".to_owned(),
         }),
-        cost: a.usage.as_ref().map(|u| u.cost),
+        cost: a.usage.as_ref().and_then(|u| u.known()).map(|k| k.2),
         model: a.usage.as_ref().map(|u| u.model.clone()),
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ideamill_core::Config;
-use ideamill_core::config::{CommandStage, Limits, SandboxMode, StageKind};
+use ideamill_core::config::{CommandStage, Limits, SandboxMode};
 use ideamill_llm::{FileBlock, FileLimits};
 use ideamill_stages::command::{CommandResult, CommandSpec, Confinement, run_command};
 use ideamill_stages::sandbox::{self, Sandbox};
@@ -493,7 +493,7 @@ impl Judge {
         let files_stages: Vec<&str> = config
             .stages
             .iter()
-            .filter(|s| matches!(&s.kind, StageKind::Llm(l) if l.files))
+            .filter(|s| s.kind.facts().writes_files)
             .map(|s| s.name.as_str())
             .collect();
         let rounds = config

@@ -40,6 +40,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let endpoint = args.model_endpoint();
+    let agent = args.agent.as_deref();
     let text = match endpoint {
         None => CONFIG_NO_MODEL.to_owned(),
         Some((url, model)) => {
@@ -53,11 +54,12 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
                 .replace("{api_key_line}", &api_key_line)
         }
     };
+    let text = agent.map_or(text, |preset| super::init_agent::config(preset, args));
     for sub in ["stages", "prompts", "inbox", "workspace"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("cannot create {}/{sub}", dir.display()))?;
     }
-    let stages: Vec<(&str, &str)> = if endpoint.is_none() {
+    let stages: Vec<(&str, &str)> = if endpoint.is_none() && agent.is_none() {
         PLACEHOLDER_STAGES.iter().copied().chain([QA]).collect()
     } else {
         vec![QA]
@@ -67,6 +69,11 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     }
     for (name, text) in PROMPTS {
         write_file(&dir.join("prompts").join(name), text, false)?;
+    }
+    if agent.is_some() {
+        for (name, text) in super::init_agent::PROMPTS {
+            write_file(&dir.join("prompts").join(name), text, false)?;
+        }
     }
     // The config last: a project whose config exists is complete.
     write_file(&config, &text, false)?;
@@ -80,7 +87,11 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     ideamill_web::auth::create_token_file(&token)
         .with_context(|| format!("cannot write the access token {}", token.display()))?;
     println!("Created an ideamill project in {}.", dir.display());
-    if endpoint.is_none() {
+    if let Some(preset) = agent {
+        println!(
+            "Its `outline` and `implement` stages run the `{preset}` CLI, confined (`ideamill validate` checks it is installed)."
+        );
+    } else if endpoint.is_none() {
         println!(
             "Its stages are placeholder programs (stages/*.py): it runs anywhere, with no model."
         );
@@ -105,7 +116,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The inside of a TOML basic string.
-fn toml_escape(s: &str) -> String {
+pub(super) fn toml_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 

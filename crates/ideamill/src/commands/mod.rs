@@ -12,6 +12,7 @@ mod events;
 mod export;
 mod import;
 mod init;
+mod init_agent;
 mod list;
 mod prune;
 mod retry;

@@ -92,9 +92,13 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
             output::ago(a.finished_at, now),
             a.usage.as_ref().map_or_else(
                 || "-".into(),
-                |u| {
-                    let counted = if u.counted { "~" } else { "" };
-                    format!("{counted}{}/{}", u.prompt_tokens, u.completion_tokens)
+                |u| match u.known() {
+                    Some((prompt, completion, _)) => {
+                        let counted = if u.counted { "~" } else { "" };
+                        format!("{counted}{prompt}/{completion}")
+                    }
+                    // Never 0: the stage reported nothing.
+                    None => "unknown".into(),
                 },
             ),
             a.error

@@ -1,12 +1,11 @@
 //! `ideamill validate`: check the config (every error, located) and, unless
 //! told not to, the environment it needs.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use ideamill_core::Config;
-use ideamill_core::config::{SandboxMode, StageKind};
+use ideamill_core::config::SandboxMode;
 use ideamill_stages::sandbox::{self, Sandbox, stages_with};
 
 use crate::cli::ValidateArgs;
@@ -86,39 +85,8 @@ pub fn run(config: Option<&Path>, args: &ValidateArgs) -> anyhow::Result<ExitCod
 /// What would stop the config from running here: missing programs,
 /// folders that cannot be written.
 fn environment_problems(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
-    for stage in &config.stages {
-        match &stage.kind {
-            StageKind::Command(c) => {
-                if find_program(&c.program, &config.root).is_none() {
-                    problems.push(format!(
-                        "stage `{}`: program `{}` not found (relative paths are from {}; bare names are looked up in PATH)",
-                        stage.name,
-                        c.program,
-                        config.root.display()
-                    ));
-                }
-            }
-            StageKind::Llm(llm) => match std::fs::read_to_string(&llm.prompt) {
-                Ok(source) => {
-                    let name = llm
-                        .prompt
-                        .strip_prefix(&config.root)
-                        .unwrap_or(&llm.prompt)
-                        .display()
-                        .to_string();
-                    if let Err(e) = ideamill_stages::prompt::check(&name, &source) {
-                        problems.push(format!("stage `{}`: {e}", stage.name));
-                    }
-                }
-                Err(e) => problems.push(format!(
-                    "stage `{}`: cannot read the prompt template {}: {e}",
-                    stage.name,
-                    llm.prompt.display()
-                )),
-            },
-        }
-    }
+    // Each kind says what would stop its stages here.
+    let mut problems = ideamill_stages::kind::environment(config);
     match ideamill_stages::llm_stage::providers(config) {
         Err(e) => problems.push(e),
         Ok(providers) if !providers.is_empty() => {
@@ -172,21 +140,4 @@ fn environment_problems(config: &Config) -> Vec<String> {
         }
     }
     problems
-}
-
-fn find_program(program: &str, root: &Path) -> Option<PathBuf> {
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = if Path::new(program).is_absolute() {
-            PathBuf::from(program)
-        } else {
-            root.join(program)
-        };
-        return is_exec(&p).then_some(p);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| is_exec(p))
 }
