@@ -25,7 +25,7 @@ fi
 
 echo "Building ideamill (release)..." >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/ideamill
+bin=${CARGO_TARGET_DIR:-$root/target}/release/ideamill
 
 init_args=()
 if [ -n "${IDEAMILL_PROVIDER_URL:-}" ]; then

@@ -321,6 +321,44 @@ fn an_agent_past_its_timeout_is_stopped_by_the_engine_and_recorded_as_timeout() 
 }
 
 #[test]
+fn an_agent_that_stalls_after_its_first_line_is_hung_with_evidence_long_before_its_timeout() {
+    let bin = FakeBin::new(&[]);
+    let p = project(
+        &agent_stage(
+            "implement",
+            "custom",
+            "command = [\"sh\", \"-c\", \"echo thinking; exec sleep 600\"]\n\
+             stall_after = \"2s\"\nkill_grace = \"1s\"",
+        ),
+        "",
+    );
+    let id = p.add("stalls");
+    let started = std::time::Instant::now();
+    run_until_idle(&p, &bin);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "failed", "{item:#}");
+    let a = attempt(&item, "implement");
+    assert_eq!(a["outcome"], "hung", "{a:#}");
+    assert!(a["error"].as_str().unwrap().starts_with("hung: "), "{a:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "told hung by progress, not at the 60s timeout"
+    );
+    let evidence: Vec<_> = std::fs::read_dir(p.file(".ideamill/evidence"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-job"))
+        .collect();
+    assert_eq!(
+        evidence.len(),
+        1,
+        "one evidence folder for the hung attempt"
+    );
+    let output = std::fs::read_to_string(evidence[0].path().join("output.txt")).unwrap();
+    assert!(output.contains("thinking"), "{output}");
+}
+
+#[test]
 fn init_agent_projects_validate_and_run_against_the_fakes() {
     let bin = FakeBin::new(PRESETS);
     for preset in PRESETS {

@@ -41,6 +41,30 @@ fn reply(prompt: &str) -> String {
     if prompt.contains("triples") {
         return reply_triple(prompt);
     }
+    // Acceptance tests that do not parse could never pass: dropped.
+    if prompt.contains("quad(n)") && prompt.contains("writing the acceptance tests") {
+        return "```python\nimport unittest\nfrom main import quad\n\nclass T(unittest.TestCase):\n    \
+                def test_two(self):\n        self.assertEqual(quad(2), {8)\n```\n"
+            .to_owned();
+    }
+    // Acceptance tests of a module other than main.py judge nothing: dropped.
+    if prompt.contains("penta(n)") && prompt.contains("writing the acceptance tests") {
+        return "```python\nimport unittest\nfrom helpers import penta\n\nclass T(unittest.TestCase):\n    \
+                def test_two(self):\n        self.assertEqual(penta(2), 10)\n```\n"
+            .to_owned();
+    }
+    if prompt.contains("penta(n)") && prompt.contains("acceptance tests will be run") {
+        return implementation(
+            "def penta(n):\n    return 5 * n",
+            "self.assertEqual(penta(2), 10)",
+        );
+    }
+    if prompt.contains("quad(n)") && prompt.contains("acceptance tests will be run") {
+        return implementation(
+            "def quad(n):\n    return 4 * n",
+            "self.assertEqual(quad(2), 8)",
+        );
+    }
     let c2f = prompt.contains("c2f");
     if prompt.contains("writing the acceptance tests") {
         (if c2f { TESTS_C2F } else { TESTS_HALF }).to_owned()
@@ -132,6 +156,8 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     let c2f = p.add("a function c2f(c) that converts Celsius to Fahrenheit");
     let half = p.add("a function half(n) that returns half of n");
     let triple = p.add("a function that triples a number");
+    let quad = p.add("a function quad(n) that returns four times n");
+    let penta = p.add("a function penta(n) that returns five times n");
     p.run_until_idle(Duration::from_secs(120));
 
     let item = p.show(c2f);
@@ -163,6 +189,12 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
         report.contains("ok: test_acceptance.TestAcceptance.test_three"),
         "{report}"
     );
+
+    for id in [quad, penta] {
+        let item = p.show(id);
+        assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+        assert_eq!(item["item"]["round"], 1, "{item:#}");
+    }
 
     let item = p.show(half);
     assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());

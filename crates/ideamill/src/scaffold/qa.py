@@ -100,8 +100,12 @@ def foreign_names(code, idea):
     mention (a small model may copy a prompt's example): such tests judge
     nothing."""
     names = []
-    for line in re.findall(r"^\s*from main import (.+)$", code, re.M):
-        names += [n.strip(" ()") for n in line.split(",")]
+    for module, line in re.findall(r"^\s*from ([\w.]+) import (.+)$", code, re.M):
+        if module == "main":
+            names += [n.strip(" ()") for n in line.split(",")]
+        elif module.split(".")[0] not in sys.stdlib_module_names:
+            # Not the program under test: a module nobody asked for.
+            names.append("from %s" % module)
     return [n for n in names if n and n != "*" and not re.search(r"\b%s\b" % re.escape(n), idea)]
 
 
@@ -164,21 +168,25 @@ def main():
     idea = ((context.get("item") or {}).get("text") or "") + "\n" + (outputs.get("outline") or "")
     written = outputs.get("tests")
     if written:
+        # Whatever was there is replaced, or removed when the tests judge nothing.
+        if os.path.lexists(ACCEPTANCE):
+            os.unlink(ACCEPTANCE)
         code = fenced_code(written, "import unittest")
-        foreign = foreign_names(code, idea) if code else []
-        if foreign:
-            print("The acceptance tests import %s, which neither the idea nor the plan names; running the item's own tests only."
-                  % ", ".join(foreign), file=sys.stderr)
-            code = None
-            if os.path.lexists(ACCEPTANCE):
-                os.unlink(ACCEPTANCE)
+        why = None if code else "had no code block"
         if code:
-            if os.path.lexists(ACCEPTANCE):
-                os.unlink(ACCEPTANCE)
+            try:
+                compile(code, ACCEPTANCE, "exec")
+                foreign = foreign_names(code, idea)
+                if foreign:
+                    why = "import %s, which neither the idea nor the plan names" % ", ".join(foreign)
+            except (SyntaxError, ValueError) as e:
+                # Nothing the implementation does could make them pass.
+                why = "do not parse (%s)" % e
+        if why:
+            print("The acceptance tests %s; running the item's own tests only." % why, file=sys.stderr)
+        else:
             with open(ACCEPTANCE, "w", encoding="utf-8") as f:
                 f.write(code)
-        elif not foreign:
-            print("The acceptance tests had no code block; running the item's own tests only.", file=sys.stderr)
     if not glob.glob("test_*.py") and not glob.glob("**/test_*.py", recursive=True):
         print("No tests found: write the tests in a file named test_main.py, in a fenced")
         print("code block whose opening line is: ```python test_main.py")
