@@ -13,7 +13,7 @@
 
 use ideamill_core::Config;
 use ideamill_core::config::BudgetConfig;
-use ideamill_store::{Caps, Reservation, Spend, Store};
+use ideamill_store::{Caps, ClaimedJob, Reservation, Spend, Store};
 use ideamill_sys::clock::now_millis;
 
 /// The first cap that `spend` has reached, as a reason people can read.
@@ -131,6 +131,40 @@ impl Caps for Reserve<'_> {
     fn admit(&self, spend: &Spend, r: &Reservation) -> bool {
         self.refusal(spend, r).is_none()
     }
+}
+
+/// Reserve `tokens` and `cost` for `job` against the caps, until the
+/// stage's `timeout` (plus a margin) has surely passed; why the job may not
+/// spend, if it may not. The job's finish releases the reservation and
+/// records what it actually used.
+pub async fn reserve(
+    store: &dyn Store,
+    budget: &BudgetConfig,
+    job: &ClaimedJob,
+    (tokens, cost): (u64, f64),
+    timeout: std::time::Duration,
+    now: ideamill_core::Millis,
+) -> Result<Option<String>, String> {
+    let reservation = Reservation {
+        job_id: job.id,
+        item_id: job.item_id,
+        tokens,
+        cost,
+        now,
+        // Past the stage's timeout the work is over: a reservation its
+        // finish never deleted (a process that died) stops counting.
+        expires_at: now + ideamill_core::duration::millis(timeout) + 10 * 60_000,
+        day_start: ideamill_store::sqlite::day_start(now),
+    };
+    let rule = Reserve(budget);
+    let (admitted, spend) = store
+        .reserve(&reservation, &rule)
+        .await
+        .map_err(|e| format!("cannot check the budget: {e}"))?;
+    Ok((!admitted).then(|| {
+        rule.refusal(&spend, &reservation)
+            .unwrap_or_else(|| "budget reached".into())
+    }))
 }
 
 /// Resume the jobs paused by a budget that the current caps allow again.

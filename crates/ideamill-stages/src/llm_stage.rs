@@ -166,27 +166,15 @@ impl LlmExecutor {
             .saturating_sub(u64::from(request.max_tokens));
         let (tokens, cost) =
             crate::budget::worst_case(prompt_tokens, request.max_tokens, self.price.as_ref());
-        let reservation = ideamill_store::Reservation {
-            job_id: job.id,
-            item_id: job.item_id,
-            tokens,
-            cost,
+        crate::budget::reserve(
+            self.store.as_ref(),
+            &self.budget,
+            job,
+            (tokens, cost),
+            self.stage.timeout,
             now,
-            // Past the stage's timeout the call is over: a reservation its
-            // finish never deleted (a process that died) stops counting.
-            expires_at: now + self.stage.timeout.as_millis() as Millis + 10 * 60_000,
-            day_start: ideamill_store::sqlite::day_start(now),
-        };
-        let rule = crate::budget::Reserve(&self.budget);
-        let (reserved, spend) = self
-            .store
-            .reserve(&reservation, &rule)
-            .await
-            .map_err(|e| format!("cannot reserve this call's budget: {e}"))?;
-        Ok((!reserved).then(|| {
-            rule.refusal(&spend, &reservation)
-                .unwrap_or_else(|| "budget reached".into())
-        }))
+        )
+        .await
     }
 
     fn usage(

@@ -364,16 +364,7 @@ fn init_agent_projects_validate_and_run_against_the_fakes() {
     for preset in PRESETS {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("mill");
-        let out = std::process::Command::new(BIN)
-            .args(["init", dir.to_str().unwrap(), "--agent", preset])
-            .env_remove("IDEAMILL_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        init_in(root.path(), &["mill", "--agent", preset]);
         let p = Project::at(dir.clone());
         let validated = run_with(&p, &bin, &["validate"]);
         assert!(

@@ -447,17 +447,7 @@ fn retry_runs_a_failed_item_again() {
 fn init_scaffolds_a_project_that_runs_as_it_is() {
     // Without a model named, the stages are placeholder programs.
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("init")
-        .arg("demo")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_in(dir.path(), &["demo"]);
     let demo = dir.path().join("demo");
     for f in [
         "ideamill.toml",

@@ -54,16 +54,7 @@ impl Drop for LocalModel {
 /// `ideamill init proj` in `dir` against the local model at `url`, with
 /// `edits` (text replacements) made to its config; the project's folder.
 fn scaffold(dir: &Path, url: &str, edits: &[(&str, &str)]) -> PathBuf {
-    let init = Command::new(BIN)
-        .args(["init", "proj", "--provider", url, "--model", "smollm2"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    init_in(dir, &["proj", "--provider", url, "--model", "smollm2"]);
     let root = dir.join("proj");
     let mut config = std::fs::read_to_string(root.join("ideamill.toml")).unwrap();
     for (from, to) in edits {

@@ -133,16 +133,7 @@ fn qa_outputs(item: &Value) -> Vec<String> {
 fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_way() {
     let url = serve_openai(reply);
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["init", "proj", "--provider", &url, "--model", "fake"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_in(dir.path(), &["proj", "--provider", &url, "--model", "fake"]);
     let p = Project::at(dir.path().join("proj"));
     // The fake model answers whole, not as a stream.
     let config = std::fs::read_to_string(p.file("ideamill.toml")).unwrap();

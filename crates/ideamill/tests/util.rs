@@ -325,3 +325,20 @@ pub fn serve_openai(reply: fn(&str) -> String) -> String {
     });
     url
 }
+
+/// `ideamill init ARGS` run in `dir` (any `IDEAMILL_CONFIG` ignored), which
+/// must succeed.
+pub fn init_in(dir: &Path, args: &[&str]) {
+    let out = Command::new(BIN)
+        .arg("init")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("IDEAMILL_CONFIG")
+        .output()
+        .expect("run ideamill init");
+    assert!(
+        out.status.success(),
+        "init {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

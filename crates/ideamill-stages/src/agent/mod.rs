@@ -129,25 +129,15 @@ impl AgentExecutor {
         if !self.budget.is_set() {
             return Ok(None);
         }
-        let reservation = ideamill_store::Reservation {
-            job_id: job.id,
-            item_id: job.item_id,
-            tokens: 0,
-            cost: 0.0,
+        crate::budget::reserve(
+            self.store.as_ref(),
+            &self.budget,
+            job,
+            (0, 0.0),
+            self.timeout,
             now,
-            expires_at: now + ideamill_core::duration::millis(self.timeout) + 10 * 60_000,
-            day_start: ideamill_store::sqlite::day_start(now),
-        };
-        let rule = crate::budget::Reserve(&self.budget);
-        let (admitted, spend) = self
-            .store
-            .reserve(&reservation, &rule)
-            .await
-            .map_err(|e| format!("cannot check the budget: {e}"))?;
-        Ok((!admitted).then(|| {
-            rule.refusal(&spend, &reservation)
-                .unwrap_or_else(|| "budget reached".into())
-        }))
+        )
+        .await
     }
 
     /// The usage of a run, from what the CLI reported.
