@@ -100,15 +100,18 @@ fn reply(prompt: &str) -> String {
 }
 
 /// An idea that names no function: the plan names `triple`, and the
-/// acceptance tests may use the plan's name.
+/// acceptance tests may use the plan's name; the reference (which never
+/// sees the plan) calls it `times_three` and still witnesses.
 fn reply_triple(prompt: &str) -> String {
     if prompt.contains("writing the acceptance tests") {
         "```python test_acceptance.py\nimport unittest\nfrom main import triple\n\n\
          class TestAcceptance(unittest.TestCase):\n    def test_three(self):\n        \
-         self.assertEqual(triple(3), 9)\n```\n"
+         self.assertEqual(triple(3), 9)\n\n    def test_two(self):\n        \
+         self.assertEqual(triple(2), 5)\n```\n"
             .to_owned()
     } else if prompt.contains("Use exactly the names the idea gives") {
-        main_py("def triple(n):\n    return 3 * n")
+        // It names its function differently: the gate binds the tests' name.
+        main_py("def times_three(n):\n    return 3 * n")
     } else if prompt.contains("acceptance tests will be run") {
         implementation(
             "def triple(n):\n    return n * 3",
@@ -178,6 +181,10 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     let report = qa_outputs(&item).join("\n");
     assert!(
         report.contains("ok: test_acceptance.TestAcceptance.test_three"),
+        "{report}"
+    );
+    assert!(
+        report.contains("test_two: AssertionError: 6 != 5"),
         "{report}"
     );
 

@@ -133,6 +133,25 @@ def run_tests(folder, pattern):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def aliases(reference):
+    """For an idea that names no function, the reference (which sees only
+    the idea) may name its one function differently from the tests: lines
+    binding each name the tests import from main, and the reference lacks,
+    to that function."""
+    defined = set(re.findall(r"^(?:def|class)\s+(\w+)|^(\w+)\s*=", reference, re.M))
+    defined = {a or b for a, b in defined}
+    functions = re.findall(r"^def\s+(\w+)", reference, re.M)
+    if len(functions) != 1:
+        return ""
+    wanted = set()
+    for test_file in glob.glob("test_*.py"):
+        with open(test_file, encoding="utf-8", errors="replace") as f:
+            for line in re.findall(r"^\s*from main import (.+)$", f.read(), re.M):
+                wanted.update(n.strip(" ()") for n in line.split(","))
+    missing = sorted(n for n in wanted if n.isidentifier() and n not in defined)
+    return "".join("\n%s = %s\n" % (n, functions[0]) for n in missing)
+
+
 def disputed_by_reference(reference, failing):
     """The failing tests that fail the same way, with a message that shows
     values, on the independent reference implementation (run beside copies
@@ -140,7 +159,7 @@ def disputed_by_reference(reference, failing):
     folder = tempfile.mkdtemp(prefix="qa-reference-")
     try:
         with open(os.path.join(folder, "main.py"), "w", encoding="utf-8") as f:
-            f.write(reference)
+            f.write(reference + aliases(reference))
         for test_file in glob.glob("test_*.py"):
             if os.path.isfile(test_file) and not os.path.islink(test_file):
                 shutil.copyfile(test_file, os.path.join(folder, test_file))
