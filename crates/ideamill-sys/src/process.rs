@@ -108,9 +108,12 @@ pub fn own_pid() -> u32 {
         .unsigned_abs()
 }
 
-/// This process's session id.
+/// This process's session id, as `/proc/<pid>/stat` shows it, so that it
+/// compares with [`ProcStat::session`]: 0 when the session's leader is
+/// outside our PID namespace (a container whose init did not call
+/// `setsid`), where `getsid` answers 0 too.
 pub fn own_session() -> u32 {
-    rustix::process::getsid(None).map_or(0, |p| p.as_raw_nonzero().get().unsigned_abs())
+    read_stat(own_pid()).map_or(0, |s| s.session)
 }
 
 /// Clock ticks per second: the unit of [`ProcStat`]'s CPU times.
@@ -254,6 +257,53 @@ mod tests {
         assert!("RS".contains(me.state), "{me:?}");
         assert_eq!(me.session, own_session());
         assert!(all_processes().iter().any(|p| p.pid == own_pid()));
+    }
+
+    /// In a container whose init did not call `setsid`, the session's
+    /// leader is outside our PID namespace and the kernel shows our session
+    /// as 0 (CI's runner is such a place; `getsid` answered 0 there and
+    /// rustix panicked on it). The test reruns itself in a new PID namespace
+    /// with `unshare`, which needs root or user namespaces: a machine with
+    /// neither says so and passes.
+    #[test]
+    fn own_session_is_zero_when_the_leader_is_outside_our_pid_namespace() {
+        const INSIDE: &str = "IDEAMILL_TEST_INSIDE_PID_NAMESPACE";
+        if std::env::var_os(INSIDE).is_some() {
+            assert_eq!(own_session(), 0);
+            assert_eq!(read_stat(own_pid()).unwrap().session, own_session());
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let name = "process::tests::own_session_is_zero_when_the_leader_is_outside_our_pid_namespace";
+        let run = |userns: bool| {
+            let mut cmd = std::process::Command::new("unshare");
+            if userns {
+                cmd.args(["--user", "--map-root-user"]);
+            }
+            cmd.args(["--pid", "--fork", "--mount-proc"])
+                .arg(&exe)
+                .args(["--exact", name, "--test-threads=1"])
+                .env(INSIDE, "1")
+                .output()
+        };
+        let out = match run(false) {
+            Ok(out) if out.status.success() => out,
+            _ => match run(true) {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("SKIPPED: no unshare here ({e})");
+                    return;
+                }
+            },
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && text.contains("unshare failed") {
+            eprintln!("SKIPPED: no PID namespace for this user here: {text}");
+            return;
+        }
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the test did not run inside: {text}");
     }
 
     #[test]
