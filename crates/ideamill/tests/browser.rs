@@ -14,13 +14,18 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// `outline` and `implement` sleep so that people (and the test) see them
-/// run. An idea with "flaky" in it fails its first `implement` (one attempt
+/// `outline` waits until the browser script, watching the first item's
+/// page live, creates `stages/go` (so the test sees it run however slow the
+/// machine), then sleeps like `implement` so that people see them run. An
+/// idea with "flaky" in it fails its first `implement` (one attempt
 /// allowed, so the item fails), and its first QA round rejects it, so that
 /// a retry shows rounds and feedback.
 const OUTLINE: &str = r##"
-import json, sys, time
+import json, os, sys, time
 ctx = json.load(sys.stdin)
+deadline = time.time() + 120
+while not os.path.exists("../../stages/go") and time.time() < deadline:
+    time.sleep(0.05)
 time.sleep(1.2)
 print("# Plan for: " + ctx["item"]["text"])
 print("1. parse the input\n2. write the output\n3. test both")
@@ -178,6 +183,7 @@ fn dashboard_in_a_real_browser() {
         .env("BASE_URL", &base)
         .env("CHROMIUM", &chromium)
         .env("SCREENSHOT_DIR", &shots)
+        .env("GO_FILE", p.file("stages/go"))
         .output()
         .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);

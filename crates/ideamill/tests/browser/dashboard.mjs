@@ -4,6 +4,8 @@
 //   BASE_URL        the dashboard, e.g. http://127.0.0.1:41234
 //   CHROMIUM        the browser binary (default /usr/bin/chromium)
 //   SCREENSHOT_DIR  where the screenshots go
+//   GO_FILE         created once the item's page is live: until then the
+//                   `outline` stage waits, so the test sees it run
 // Exit 0 and "BROWSER TEST PASSED" on success; any step that fails throws.
 //
 // The story: add an idea through the form; watch it move through the stages
@@ -14,14 +16,15 @@
 // take screenshots.
 
 import { chromium } from "playwright-core";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const BASE = process.env.BASE_URL;
 const SHOTS = process.env.SCREENSHOT_DIR;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!BASE || !SHOTS) throw new Error("BASE_URL and SCREENSHOT_DIR must be set");
+const GO_FILE = process.env.GO_FILE;
+if (!BASE || !SHOTS || !GO_FILE) throw new Error("BASE_URL, SCREENSHOT_DIR and GO_FILE must be set");
 mkdirSync(SHOTS, { recursive: true });
 
 const STEP_TIMEOUT = 60_000;
@@ -99,6 +102,7 @@ try {
   await page.goto(`${BASE}/items/${id}`);
   await page.evaluate(() => { window.__notReloaded = true; });
   await page.locator("#live.on").waitFor();
+  writeFileSync(GO_FILE, "");
   const seen = new Set();
   const deadline = Date.now() + STEP_TIMEOUT;
   while (Date.now() < deadline) {
