@@ -274,7 +274,8 @@ mod tests {
             return;
         }
         let exe = std::env::current_exe().unwrap();
-        let name = "process::tests::own_session_is_zero_when_the_leader_is_outside_our_pid_namespace";
+        let name =
+            "process::tests::own_session_is_zero_when_the_leader_is_outside_our_pid_namespace";
         let run = |userns: bool| {
             let mut cmd = std::process::Command::new("unshare");
             if userns {
@@ -303,7 +304,10 @@ mod tests {
             return;
         }
         assert!(out.status.success(), "{text}");
-        assert!(text.contains("1 passed"), "the test did not run inside: {text}");
+        assert!(
+            text.contains("1 passed"),
+            "the test did not run inside: {text}"
+        );
     }
 
     #[test]
