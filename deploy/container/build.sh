@@ -68,31 +68,34 @@ tag="$version"
 [ "$variant" = slim ] && tag="$version-slim"
 image="${IMAGE:-localhost/ideamill:$tag}"
 
-# The rootfs is cached by everything that goes into it, so that a rebuild
-# with only a new binary takes seconds.
-recipe="v1 $mirror $suite $packages $(sha256sum "$here/build.sh" | cut -c1-16)"
-key="$(printf '%s' "$recipe" | sha256sum | cut -c1-16)"
+# Essential + our packages, no apt, no docs, locales or man pages; the user
+# ideamill (uid 10001) and /data, its volume, added by hooks (the essential
+# set has no useradd).
+mm_args=(
+  --variant=essential --format=tar --include="$packages"
+  --dpkgopt='path-exclude=/usr/share/man/*'
+  --dpkgopt='path-exclude=/usr/share/doc/*'
+  --dpkgopt='path-include=/usr/share/doc/*/copyright'
+  --dpkgopt='path-exclude=/usr/share/locale/*'
+  --dpkgopt='path-exclude=/usr/share/info/*'
+  --customize-hook='echo "ideamill:x:10001:10001:ideamill:/data:/usr/sbin/nologin" >> "$1/etc/passwd"'
+  --customize-hook='echo "ideamill:x:10001:" >> "$1/etc/group"'
+  --customize-hook='echo "ideamill:!:0:0:99999:7:::" >> "$1/etc/shadow"'
+  --customize-hook='mkdir -p "$1/data" && chown 10001:10001 "$1/data" && chmod 0750 "$1/data"'
+  --customize-hook='rm -rf "$1"/var/cache/* "$1"/var/lib/apt/lists/* "$1"/var/log/*'
+)
+
+# The rootfs is cached by everything that goes into it (not by the date:
+# delete the cache to pick up Debian's updates), so that a rebuild with
+# only a new binary takes seconds.
+key="$(printf '%s\n' "$mirror" "$suite" "${mm_args[@]}" | sha256sum | cut -c1-16)"
 rootfs="$cache_dir/rootfs-$suite-$variant-$key.tar"
 mkdir -p "$cache_dir"
 if [ ! -s "$rootfs" ]; then
   echo "Making the rootfs ($suite from $mirror: $packages) into $rootfs" >&2
   tmp="${rootfs%.tar}.tmp$$.tar"
   trap 'rm -f "$tmp"' EXIT
-  # Essential + our packages, no apt, no docs, locales or man pages; the
-  # user ideamill (uid 10001) and /data, its volume, added by hooks (the
-  # essential set has no useradd).
-  mmdebstrap --variant=essential --format=tar --include="$packages" \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --dpkgopt='path-exclude=/usr/share/info/*' \
-    --customize-hook='echo "ideamill:x:10001:10001:ideamill:/data:/usr/sbin/nologin" >> "$1/etc/passwd"' \
-    --customize-hook='echo "ideamill:x:10001:" >> "$1/etc/group"' \
-    --customize-hook='echo "ideamill:!:0:0:99999:7:::" >> "$1/etc/shadow"' \
-    --customize-hook='mkdir -p "$1/data" && chown 10001:10001 "$1/data" && chmod 0750 "$1/data"' \
-    --customize-hook='rm -rf "$1"/var/cache/* "$1"/var/lib/apt/lists/* "$1"/var/log/*' \
-    "$suite" "$tmp" "$mirror" >&2
+  mmdebstrap "${mm_args[@]}" "$suite" "$tmp" "$mirror" >&2
   mv "$tmp" "$rootfs"
   trap - EXIT
 fi
@@ -129,6 +132,7 @@ config=(
   --workingdir /data
   --volume /data
   --port 9464
+  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
   --env IDEAMILL_CONFIG=/data/ideamill.toml
   --env HOME=/data
   --env IDEAMILL_PROBE_PORT=9464

@@ -56,7 +56,7 @@ struct Podman {
 impl Podman {
     fn new() -> Podman {
         let conf = tempfile::tempdir().expect("temp dir");
-        // Ulimits no higher than ours: runc may not raise a hard limit.
+        // Explicit ulimits, none higher than ours: runc may not raise them.
         let (files, procs) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC));
         let text = format!(
             "[containers]\ndefault_ulimits = [\"nofile={files}:{files}\", \"nproc={procs}:{procs}\"]\n\
@@ -102,7 +102,8 @@ impl Podman {
     /// and `command` after it.
     fn start(&mut self, name: &str, args: &[&str], command: &[&str]) {
         let image = self.image.clone().expect("an image");
-        let mut all = vec!["run", "-d", "--name", name];
+        // Never a pull: no registry is reachable, and the image is local.
+        let mut all = vec!["run", "-d", "--pull=never", "--name", name];
         all.extend_from_slice(args);
         all.push(&image);
         all.extend_from_slice(command);
@@ -154,7 +155,9 @@ fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(resource, &mut limit) };
     assert_eq!(rc, 0, "getrlimit");
-    limit.rlim_max.min(1 << 20)
+    // Podman's runc may not set more than a few thousand processes here
+    // (EPERM on RLIMIT_NPROC above it), and no more than our hard limit.
+    limit.rlim_max.min(4096)
 }
 
 /// A fresh database: on `DATABASE_URL`'s server (dropped at the end), or a
@@ -249,6 +252,27 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
     (status, body)
 }
 
+/// The queue-depth query of the KEDA ScaledObject, run on `url`.
+fn keda_query(url: &str) -> String {
+    let path = repo().join("deploy/kubernetes/scaling/keda-scaledobject.yaml");
+    let text = std::fs::read_to_string(&path).expect("the ScaledObject");
+    let query = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("query: "))
+        .and_then(|q| q.strip_prefix('"')?.strip_suffix('"'))
+        .expect("a quoted query in the ScaledObject");
+    let out = Command::new("psql")
+        .args([url, "-tAc", query])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "the KEDA query fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -319,13 +343,19 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
     let config = &inspect[0]["Config"];
     assert_eq!(config["User"], "10001:10001", "{config:#}");
     assert!(config["Volumes"].get("/data").is_some(), "{config:#}");
+    assert!(
+        config["Env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v.as_str().is_some_and(|v| v.starts_with("PATH=")))),
+        "stages find their programs in PATH: {config:#}"
+    );
     let labels = &inspect[0]["Labels"];
     for key in ["source", "version", "licenses", "revision"] {
         let v = labels[format!("org.opencontainers.image.{key}")].as_str();
         assert!(v.is_some_and(|v| !v.is_empty()), "label {key}: {labels:#}");
     }
     assert_eq!(
-        inspect[0]["HealthCheck"]["Test"][1], "/usr/local/bin/ideamill-healthcheck",
+        inspect[0]["Healthcheck"]["Test"][1], "/usr/local/bin/ideamill-healthcheck",
         "{:#}",
         inspect[0]
     );
@@ -352,12 +382,27 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
         stages()
     ));
 
+    // Podman's seccomp profile plus sethostname, which bubblewrap calls
+    // for the stage's own UTS namespace (deploy/container/seccomp.py).
+    let seccomp = dir.path().join("seccomp-bwrap.json");
+    let out = Command::new("python3")
+        .arg(repo().join("deploy/container/seccomp.py"))
+        .output()
+        .expect("run seccomp.py");
+    assert!(
+        out.status.success(),
+        "seccomp.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&seccomp, &out.stdout).expect("write the seccomp profile");
+    let seccomp_opt = format!("--security-opt=seccomp={}", seccomp.display());
+
     let unique = suffix();
     let conf_mount = format!("{}:/etc/ideamill/ideamill.toml:ro", conf.display());
     let token_mount = format!("{}:/run/ideamill/token:ro", token_file.display());
     // Like the Kubernetes pods: read-only root, no capabilities, the token
-    // and config mounted; /proc unmasked so that bubblewrap can mount one
-    // for the stages (deploy/kubernetes/README.md says why).
+    // and config mounted; /proc unmasked and sethostname allowed so that
+    // bubblewrap can confine the stages (the README says why).
     let common = |port: u16, hostname: &str| -> Vec<String> {
         [
             "--network=host",
@@ -365,6 +410,7 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
             "--cap-drop=ALL",
             "--security-opt=no-new-privileges",
             "--security-opt=unmask=/proc/*",
+            &seccomp_opt,
             "--health-interval=disable",
             "--hostname",
             hostname,
@@ -426,6 +472,9 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
         .map(|v| v.as_i64().expect("an id"))
         .collect();
     assert_eq!(ids.len(), count);
+    // The KEDA scaler's query (deploy/kubernetes/scaling) counts them: one
+    // first-stage job per idea, runnable now.
+    assert_eq!(keda_query(&db.url), count.to_string());
 
     // Two workers, each serving its own probes.
     let started = Instant::now();
