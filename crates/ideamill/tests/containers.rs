@@ -57,7 +57,10 @@ impl Podman {
     fn new() -> Podman {
         let conf = tempfile::tempdir().expect("temp dir");
         // Explicit ulimits, none higher than ours: runc may not raise them.
-        let (files, procs) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC));
+        let (files, procs) = (
+            hard_limit(libc::RLIMIT_NOFILE),
+            hard_limit(libc::RLIMIT_NPROC),
+        );
         let text = format!(
             "[containers]\ndefault_ulimits = [\"nofile={files}:{files}\", \"nproc={procs}:{procs}\"]\n\
              [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n"
@@ -323,7 +326,11 @@ fn build_image(podman: &mut Podman) -> (String, f64) {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().last(), Some(image.as_str()), "build.sh names its image last");
+    assert_eq!(
+        stdout.lines().last(),
+        Some(image.as_str()),
+        "build.sh names its image last"
+    );
     podman.image = Some(image.clone());
     (image, took)
 }
@@ -344,9 +351,9 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
     assert_eq!(config["User"], "10001:10001", "{config:#}");
     assert!(config["Volumes"].get("/data").is_some(), "{config:#}");
     assert!(
-        config["Env"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|v| v.as_str().is_some_and(|v| v.starts_with("PATH=")))),
+        config["Env"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|v| v.as_str().is_some_and(|v| v.starts_with("PATH=")))),
         "stages find their programs in PATH: {config:#}"
     );
     let labels = &inspect[0]["Labels"];
@@ -436,11 +443,20 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
     podman.start(
         &web_name,
         &web_args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &["run", "--no-supervisor", "--role", "web", "--listen", &listen],
+        &[
+            "run",
+            "--no-supervisor",
+            "--role",
+            "web",
+            "--listen",
+            &listen,
+        ],
     );
     assert!(
-        wait_until(Duration::from_secs(60), || http(web_port, "GET", "/readyz", None, "").0
-            == 200),
+        wait_until(Duration::from_secs(60), || http(
+            web_port, "GET", "/readyz", None, ""
+        )
+        .0 == 200),
         "the web container never became ready\n{}",
         podman.logs()
     );
@@ -487,14 +503,23 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
         podman.start(
             &name,
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            &["run", "--no-supervisor", "--role", "worker", "--listen", &listen],
+            &[
+                "run",
+                "--no-supervisor",
+                "--role",
+                "worker",
+                "--listen",
+                &listen,
+            ],
         );
         workers.push((name, port));
     }
     for (name, port) in &workers {
         assert!(
-            wait_until(Duration::from_secs(60), || http(*port, "GET", "/readyz", None, "").0
-                == 200),
+            wait_until(Duration::from_secs(60), || http(
+                *port, "GET", "/readyz", None, ""
+            )
+            .0 == 200),
             "worker {name} never became ready\n{}",
             podman.logs()
         );
@@ -574,13 +599,22 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
     // grace (podman would SIGKILL it after 30 s: exit code 137).
     let (survivor, _) = workers[1].clone();
     let more: Vec<String> = (0..4).map(|i| format!("late idea {i}")).collect();
-    let (status, body) = http(web_port, "POST", "/api/items", Some(token), &more.join("\n"));
+    let (status, body) = http(
+        web_port,
+        "POST",
+        "/api/items",
+        Some(token),
+        &more.join("\n"),
+    );
     assert_eq!(status, 201, "{body}");
     assert!(
         wait_until(Duration::from_secs(60), || {
             host.status()["status"]["running"]
                 .as_array()
-                .is_some_and(|r| r.iter().any(|j| owner_host(j).starts_with(&format!("{survivor}-"))))
+                .is_some_and(|r| {
+                    r.iter()
+                        .any(|j| owner_host(j).starts_with(&format!("{survivor}-")))
+                })
         }),
         "worker b never took the late ideas\n{}",
         podman.logs()
@@ -668,7 +702,10 @@ fn kubernetes_manifests_validate_and_match_the_binary() {
                 .map(|a| a.as_str().expect("an arg").to_string())
                 .collect();
             assert_eq!(args.first().map(String::as_str), Some("run"), "{what}");
-            assert!(args.iter().any(|a| a == "--no-supervisor"), "{what}: Kubernetes supervises");
+            assert!(
+                args.iter().any(|a| a == "--no-supervisor"),
+                "{what}: Kubernetes supervises"
+            );
 
             // The probes name the port the process listens on.
             let listen = args
@@ -712,7 +749,11 @@ fn kubernetes_manifests_validate_and_match_the_binary() {
             assert_eq!(pod["runAsNonRoot"], true, "{what}");
             assert_eq!(sec["readOnlyRootFilesystem"], true, "{what}");
             assert_eq!(sec["allowPrivilegeEscalation"], false, "{what}");
-            assert_eq!(sec["capabilities"]["drop"], serde_json::json!(["ALL"]), "{what}");
+            assert_eq!(
+                sec["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{what}"
+            );
             assert_eq!(pod["seccompProfile"]["type"], "RuntimeDefault", "{what}");
             if let Some(t) = sec["seccompProfile"]["type"].as_str() {
                 assert!(
@@ -771,12 +812,19 @@ fn run_as_manifest(what: &str, args: &[String], config: &str) {
     );
     let port = free_port();
     let mut run_args: Vec<String> = args[1..].to_vec();
-    let at = run_args.iter().position(|a| a == "--listen").expect("--listen") + 1;
+    let at = run_args
+        .iter()
+        .position(|a| a == "--listen")
+        .expect("--listen")
+        + 1;
     run_args[at] = format!("127.0.0.1:{port}");
     let mut child = p.spawn_run(&run_args.iter().map(String::as_str).collect::<Vec<_>>());
     for path in ["/healthz", "/readyz"] {
         assert!(
-            wait_until(Duration::from_secs(30), || http(port, "GET", path, None, "").0 == 200),
+            wait_until(Duration::from_secs(30), || http(
+                port, "GET", path, None, ""
+            )
+            .0 == 200),
             "{what}: {path} never answered 200 with {args:?}\n{}",
             p.logs()
         );
