@@ -15,10 +15,6 @@
 //! here too: the args they give `ideamill` parse, and their probe paths and
 //! ports are the ones it serves.
 
-#[allow(dead_code)]
-#[path = "../../ideamill-store/tests/conformance/cluster.rs"]
-mod cluster;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -28,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::postgres::cluster;
 use crate::util::*;
 
 /// The image's user (deploy/container/build.sh).
