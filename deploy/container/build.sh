@@ -8,8 +8,9 @@
 # BINARY (or $IDEAMILL_BINARY): the ideamill to put in [target/release/ideamill].
 # Environment:
 #   IMAGE     the tag to give it [localhost/ideamill:VERSION]
-#   VARIANT   full (bubblewrap, git, Python 3 for the scaffolded QA gate) or
-#             slim (no Python: command stages in sh only) [full]
+#   VARIANT   full (bubblewrap, tini, Python 3 for the scaffolded QA gate,
+#             git) or slim (bubblewrap and tini: command stages in sh) [full]
+#   EXTRA_PACKAGES  more Debian packages, comma-separated []
 #   MIRROR    the Debian mirror [the one in /etc/apt/sources.list*]
 #   SUITE     the Debian suite [the one in /etc/apt/sources.list*]
 #   CACHE_DIR where the rootfs tarballs are kept, keyed by their package
@@ -55,12 +56,22 @@ mirror="${MIRROR:-${found_mirror:-}}"
 suite="${SUITE:-${found_suite:-}}"
 [ -n "$mirror" ] && [ -n "$suite" ] || die "cannot tell the Debian mirror and suite from /etc/apt; set MIRROR and SUITE"
 
-# What the stages need: bubblewrap (the sandbox of every command stage), git
-# (workspaces), ca-certificates (HTTPS to model providers), tini (PID 1:
-# forwards signals, reaps what escapes the engine's own subreaper), and
-# Python for the QA gate that `ideamill init` scaffolds (stages/qa.py).
-packages="bubblewrap,ca-certificates,git,tini"
-[ "$variant" = full ] && packages="$packages,python3"
+# What the stages need: bubblewrap (the sandbox of every command stage),
+# ca-certificates (HTTPS to model providers) and tini (PID 1: forwards
+# signals, reaps what escapes the engine's own subreaper); in the full
+# variant also Python, for the QA gate that `ideamill init` scaffolds
+# (stages/qa.py), and git, which ideamill never runs but agent CLIs and
+# generated projects' tools expect (it brings Perl: 50 MB of the 70 MB
+# the slim variant saves). EXTRA_PACKAGES adds more (e.g. an agent's
+# runtime), comma-separated Debian package names.
+packages="bubblewrap,ca-certificates,tini"
+[ "$variant" = full ] && packages="$packages,python3,git"
+if [ -n "${EXTRA_PACKAGES:-}" ]; then
+  case "$EXTRA_PACKAGES" in
+    *[!a-z0-9.+,-]*) die "EXTRA_PACKAGES must be comma-separated Debian package names, not '$EXTRA_PACKAGES'" ;;
+  esac
+  packages="$packages,$EXTRA_PACKAGES"
+fi
 
 version="$("$binary" --version | awk '{print $2}')"
 [ -n "$version" ] || die "$binary --version printed no version"
