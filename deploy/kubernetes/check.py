@@ -143,7 +143,8 @@ def validate(validator, objs, label):
 def summary(target, objs):
     """What the test compares with the binary."""
     containers, configs = [], {}
-    for o in objs:
+    # In one order whichever renderer made them (kubectl sorts by kind).
+    for o in sorted(objs, key=key):
         if o["kind"] == "ConfigMap" and "ideamill.toml" in o.get("data", {}):
             configs[o["metadata"]["name"]] = o["data"]["ideamill.toml"]
         pod = o.get("spec", {}).get("template", {}).get("spec")
