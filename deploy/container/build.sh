@@ -109,6 +109,8 @@ if [ ! -s "$rootfs" ]; then
   mmdebstrap "${mm_args[@]}" "$suite" "$tmp" "$mirror" >&2
   mv "$tmp" "$rootfs"
   trap - EXIT
+  # Older recipes' tarballs of this suite and variant are of no more use.
+  find "$cache_dir" -maxdepth 1 -name "rootfs-$suite-$variant-*.tar" ! -name "${rootfs##*/}" -delete
 fi
 
 # The binary, stripped (debug info is most of a debug build's size).
