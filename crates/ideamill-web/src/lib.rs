@@ -70,6 +70,9 @@ pub struct Inner {
     /// The QA lift (`/metrics`, the dashboard, `/api/qa`), reused while no
     /// attempt was added: it reads every finished gate job.
     gates: Mutex<Option<GatesCached>>,
+    /// Whether an engine runs in this process (not with `--role web`):
+    /// `/readyz` then waits for it to register.
+    runs_engine: bool,
 }
 
 #[derive(Clone)]
@@ -109,6 +112,27 @@ impl AppState {
         health: Arc<Health>,
         access: Access,
     ) -> AppState {
+        AppState::build(config, store, health, access, true)
+    }
+
+    /// The state of a process that serves HTTP only (`--role web`): ready
+    /// once the store answers, with no engine to wait for.
+    pub fn without_engine(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        health: Arc<Health>,
+        access: Access,
+    ) -> AppState {
+        AppState::build(config, store, health, access, false)
+    }
+
+    fn build(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        health: Arc<Health>,
+        access: Access,
+        runs_engine: bool,
+    ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 live: live::Live::new(),
@@ -120,6 +144,7 @@ impl AppState {
                 activity: Mutex::new(None),
                 judged: Mutex::new(None),
                 gates: Mutex::new(None),
+                runs_engine,
             }),
         }
     }

@@ -44,9 +44,14 @@ pub async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
-/// 200 when the store answers (it was opened, so its migrations are applied).
+/// 200 when the store answers (it was opened, so its migrations are applied)
+/// and this process's engine, if it runs one, is registered.
 pub async fn readyz(State(s): State<AppState>) -> Response {
     match tokio::time::timeout(STORE_TIMEOUT, s.store.queue_depth(now_millis())).await {
+        Ok(Ok(_)) if !s.runs_engine => text(
+            StatusCode::OK,
+            "ready: store reachable (HTTP only: no engine in this process)\n".into(),
+        ),
         Ok(Ok(_)) if s.health.process().is_some() => text(
             StatusCode::OK,
             "ready: store reachable, engine registered\n".into(),

@@ -667,6 +667,23 @@ async fn status_processes_events_activity_and_the_document() {
     );
 }
 
+/// `--role web` runs no engine: ready once the store answers (issue 15:
+/// its Kubernetes readiness probe never passed while it waited for one).
+#[tokio::test]
+async fn readyz_of_a_process_without_an_engine_waits_for_the_store_only() {
+    let f = fixture().await;
+    let path = f.dir.path().join("ideamill.toml");
+    let config = Arc::new(ideamill_core::config::parse(CONFIG, &path).unwrap());
+    let web = AppState::without_engine(config, f.store.clone(), f.health.clone(), Access::Open);
+    let a = send(
+        app(web),
+        Request::get("/readyz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains("no engine"), "{}", a.body);
+}
+
 #[tokio::test]
 async fn probes_and_metrics() {
     let f = fixture().await;

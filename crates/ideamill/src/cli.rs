@@ -263,6 +263,7 @@ pub struct RunArgs {
     /// The HTTP server (dashboard, API, /healthz, /readyz, /metrics):
     /// IP:PORT, or `off` [default: `[health] listen`, 127.0.0.1:9464]. Any
     /// address but loopback needs the access token (`[web] token_file`).
+    /// `--role worker` listens only when given this flag (for its probes).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// What this process runs: `all` (engine and HTTP listener), `worker`

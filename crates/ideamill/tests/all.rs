@@ -10,6 +10,7 @@ mod agent;
 mod alerts;
 mod binary;
 mod browser;
+mod containers;
 mod disk_full;
 mod eval;
 mod hang;

@@ -6,7 +6,7 @@
 //! fail, they are never skipped.
 
 #[path = "../../ideamill-store/tests/conformance/cluster.rs"]
-mod cluster;
+pub(crate) mod cluster;
 
 use std::collections::HashMap;
 use std::time::Duration;

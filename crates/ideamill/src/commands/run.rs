@@ -66,8 +66,9 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     pulse::spawn_test_hooks(&health);
     let store = open_store_waiting(&config).await?;
     let listen = match args.listen.as_deref() {
-        // A worker-only process leaves HTTP to the `web` (or `all`) ones.
-        _ if args.role == Role::Worker => None,
+        // A worker leaves HTTP to the `web` (or `all`) processes unless told
+        // to listen: Kubernetes probes each worker's /healthz and /readyz.
+        None if args.role == Role::Worker => None,
         Some(text) => ideamill_core::config::parse_listen(text)
             .map_err(|why| anyhow::anyhow!("--listen {why}"))?,
         None => config.health.listen,
@@ -87,8 +88,12 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
     if let Some(addr) = listen {
         let access = ideamill_web::Access::for_listen(&config, &addr)
             .map_err(|e| project::config_problem(&config, e))?;
-        let state =
-            ideamill_web::AppState::new(config.clone(), store.clone(), health.clone(), access);
+        let (config, store, health) = (config.clone(), store.clone(), health.clone());
+        let state = if args.role == Role::Web {
+            ideamill_web::AppState::without_engine(config, store, health, access)
+        } else {
+            ideamill_web::AppState::new(config, store, health, access)
+        };
         ideamill_web::start(addr, state).await;
     }
     // Alerts go out from the processes that serve HTTP (`all`, `web`), so
