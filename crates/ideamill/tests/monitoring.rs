@@ -13,6 +13,12 @@ use std::time::Duration;
 use crate::util::*;
 use serde_json::Value;
 
+// Only some of the fake's replies are used here.
+#[allow(dead_code)]
+#[path = "support/fake_provider.rs"]
+mod fake_provider;
+use fake_provider::{FakeProvider, Reply};
+
 const RULES: &str = "deploy/prometheus/ideamill.rules.yml";
 const RULE_TESTS: &str = "deploy/prometheus/ideamill.rules.test.yml";
 const DASHBOARD: &str = "deploy/grafana/ideamill.json";
@@ -313,20 +319,31 @@ fn listen_address(p: &Project) -> Option<String> {
 }
 
 /// Issue 14: no panel or rule reads a metric that is not exported. A mill
-/// with a model stage (fake provider), a command stage and a gate runs two
-/// items (one passes the gate at once, one in its second round), so that
-/// every labelled series exists; then its `/metrics` is scraped and every
-/// name the dashboard's and the rules' PromQL reads must be in it.
+/// with a model stage (a fake provider that rate-limits the first call), a
+/// command stage and a gate runs two items (one passes the gate at once,
+/// one in its second round), so that every labelled series exists; then
+/// its `/metrics` is scraped and every name the dashboard's and the rules'
+/// PromQL reads must be in it.
 #[test]
 fn every_metric_the_dashboard_and_the_rules_read_is_exported() {
-    let url = serve_openai(|_| "print('hello')".to_string());
+    let server = FakeProvider::start(vec![
+        Reply::Error {
+            status: 429,
+            body: r#"{"error":{"message":"slow down","type":"rate_limit"}}"#.into(),
+            headers: vec![("Retry-After".into(), "1".into())],
+        },
+        Reply::Json {
+            text: "print('hello')".into(),
+        },
+    ]);
+    let url = &server.url;
     let qa = "import json, sys\nctx = json.load(sys.stdin)\n\
               if ctx['item']['text'] == 'later' and ctx['round'] < 2:\n    print('fix it')\n    sys.exit(1)\n\
               print('good')\n";
     let config = format!(
         "{ENGINE}[health]\nstall_after = \"2s\"\nlisten = \"127.0.0.1:0\"\n\
          [providers.main]\nkind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"fake\"\nstream = false\n\n\
-         [[stages]]\nname = \"write\"\nkind = \"llm\"\nprovider = \"main\"\nprompt = \"prompt.md\"\n\n{}{}",
+         [[stages]]\nname = \"write\"\nkind = \"llm\"\nprovider = \"main\"\nprompt = \"prompt.md\"\nmax_attempts = 3\nbackoff = \"100ms\"\n\n{}{}",
         py_stage("check", "print('checked')", ""),
         py_stage(
             "qa",
@@ -361,6 +378,24 @@ fn every_metric_the_dashboard_and_the_rules_read_is_exported() {
     let status = wait_exit(&mut run, Duration::from_secs(30)).expect("run stops on SIGTERM");
     assert!(status.success(), "{status}\n{}", p.logs());
 
+    // The figures the new alerts read, from this run: the 429 is counted
+    // as an error and as rate limited; nothing waits or is paused.
+    for series in [
+        "ideamill_llm_requests_total{provider=\"main\"} 4",
+        "ideamill_llm_errors_total{provider=\"main\"} 1",
+        "ideamill_llm_rate_limited_total{provider=\"main\"} 1",
+        "ideamill_paused_jobs 0",
+        "ideamill_expired_lease_jobs 0",
+        "ideamill_queue_oldest_age_seconds 0",
+        "ideamill_health_reasons{code=\"no_engine\"} 0",
+        "ideamill_health_verdict ",
+        "ideamill_disk_free_bytes ",
+    ] {
+        assert!(
+            exposition.contains(series),
+            "{series} missing:\n{exposition}"
+        );
+    }
     let scraped = scraped_names(&exposition);
     let dashboard: Value = serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is JSON");
     let mut exprs = Vec::new();
