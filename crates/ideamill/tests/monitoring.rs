@@ -1,8 +1,8 @@
 //! The shipped monitoring files (issue 14): the Prometheus alert rules pass
 //! `promtool check rules` and their unit tests (`promtool test rules`), every
 //! alert is tested firing and quiet and links to a runbook section that
-//! exists, and every metric the rules and the Grafana dashboard query is in
-//! a real `/metrics` scrape of a running mill.
+//! exists, the Grafana dashboard's queries parse, and every metric the rules
+//! and the dashboard query is in a real `/metrics` scrape of a running mill.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -194,6 +194,55 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     );
     let said = promtool(&["test", "rules", RULE_TESTS]).unwrap_or_default();
     assert!(said.contains("SUCCESS"), "{said}");
+}
+
+/// Every query of the dashboard is PromQL that Prometheus parses: each
+/// becomes a recording rule (Grafana's variables given values) for
+/// `promtool check rules`.
+#[test]
+fn the_dashboards_queries_parse() {
+    let dashboard: Value = serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    panel_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 25, "too few queries: {exprs:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "1m")
+            .replace("$job", "ideamill")
+            .replace("$instance", ".*");
+        assert!(!e.contains('$'), "an unknown variable in {e}");
+        // A JSON string is a YAML double-quoted scalar.
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            Value::String(e)
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard.rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    if let Some(said) = promtool(&["check", "rules", file.to_str().unwrap()]) {
+        assert!(
+            said.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+            "{said}\n{rules}"
+        );
+    }
+}
+
+/// The panels' queries (`expr`), rows' panels included.
+fn panel_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    _ => panel_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| panel_exprs(v, out)),
+        _ => {}
+    }
 }
 
 /// The metric names an expression reads: the `ideamill_*` identifiers
