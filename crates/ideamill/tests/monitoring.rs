@@ -104,8 +104,16 @@ fn alerts(rules: &str) -> Vec<Alert> {
 /// GitHub's anchor of each `#`-heading: lowercased, punctuation other than
 /// `-` and `_` dropped, spaces made hyphens.
 fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut in_code = false;
     markdown
         .lines()
+        .filter(|l| {
+            // A `#` line in a fenced block is a shell comment, not a heading.
+            if l.starts_with("```") {
+                in_code = !in_code;
+            }
+            !in_code
+        })
         .filter_map(|l| l.strip_prefix('#'))
         .map(|l| {
             l.trim_start_matches('#')
