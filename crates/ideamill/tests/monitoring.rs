@@ -10,14 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::llm::fake_provider::{FakeProvider, Reply};
 use crate::util::*;
 use serde_json::Value;
-
-// Only some of the fake's replies are used here.
-#[allow(dead_code)]
-#[path = "support/fake_provider.rs"]
-mod fake_provider;
-use fake_provider::{FakeProvider, Reply};
 
 const RULES: &str = "deploy/prometheus/ideamill.rules.yml";
 const RULE_TESTS: &str = "deploy/prometheus/ideamill.rules.test.yml";
