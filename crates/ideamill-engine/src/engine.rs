@@ -829,6 +829,7 @@ fn start_job(
         } else if let Some(stage) = shared.config.stage(&job.stage) {
             let now = now_millis();
             let outcome = execution.result.outcome();
+            let rate_limited = matches!(execution.result, machine::StageResult::RateLimited { .. });
             if outcome == AttemptOutcome::Hung {
                 record_hung(
                     &shared,
@@ -876,6 +877,7 @@ fn start_job(
                     provider,
                     ideamill_health::metrics::LlmCall {
                         ok: usage.is_some(),
+                        rate_limited,
                         prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
                         completion_tokens: usage.map_or(0, |u| u.completion_tokens),
                         cost_usd: usage.map_or(0.0, |u| u.cost),

@@ -12,6 +12,36 @@ use ideamill_core::{AttemptOutcome, Config};
 use ideamill_store::{GateLift, ItemCounts, LIFT_ROUNDS, StageCounts, round_label};
 use serde::{Deserialize, Serialize};
 
+use crate::verdict::Verdict;
+
+/// Every reason code the verdict can give (`docs/runbook.md` has a section
+/// per code): `ideamill_health_reasons` has a series for each, zero when
+/// absent, so that an alert on one is never confused by a missing series. A
+/// unit test keeps this list equal to the codes `verdict.rs` and the runbook
+/// name.
+pub const REASON_CODES: &[&str] = &[
+    "no_engine",
+    "supervisor_gave_up",
+    "store_unreachable",
+    "store_corrupt",
+    "engine_stalled",
+    "engine_silent",
+    "engine_restarted",
+    "store_outage",
+    "loop_lag",
+    "expired_leases",
+    "job_overdue",
+    "queue_not_moving",
+    "spawn_failing",
+    "stage_failing",
+    "failure_rate",
+    "job_hung",
+    "stage_removed",
+    "stage_unconfined",
+    "provider_unreachable",
+    "disk_low",
+];
+
 /// Stage durations: from 100 ms to an hour.
 const DURATION_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
@@ -82,6 +112,9 @@ pub struct ProviderMetrics {
     pub requests: u64,
     /// Calls that failed.
     pub errors: u64,
+    /// Of `errors`: answered 429 (rate limited).
+    #[serde(default)]
+    pub rate_limited: u64,
     /// Prompt (input) tokens used.
     pub prompt_tokens: u64,
     /// Completion (output) tokens used.
@@ -95,6 +128,8 @@ pub struct ProviderMetrics {
 pub struct LlmCall {
     /// Whether the call succeeded.
     pub ok: bool,
+    /// Whether it failed because the provider rate-limited it (HTTP 429).
+    pub rate_limited: bool,
     /// Prompt (input) tokens used.
     pub prompt_tokens: u64,
     /// Completion (output) tokens used.
@@ -123,6 +158,8 @@ pub struct Counters {
 /// The metrics registry of one engine process.
 pub struct Metrics {
     stages: Mutex<BTreeMap<String, StageMetrics>>,
+    /// `[health] min_free_disk_mb`, in bytes: the disk alert's threshold.
+    min_free_disk: u64,
     providers: Mutex<BTreeMap<String, ProviderMetrics>>,
     /// Stalls of the event loop detected, across restarts.
     pub stalls_detected: AtomicU64,
@@ -162,6 +199,23 @@ pub struct Live {
     /// The QA lift per gate and model, read from the store; `None` when
     /// the store did not answer (the series are left out).
     pub gates: Option<Vec<GateLift>>,
+    /// The health verdict, as `doctor` and the dashboard judge it.
+    pub verdict: Option<Verdict>,
+    /// What the store's status snapshot adds; `None` when it did not answer.
+    pub store: Option<StoreFigures>,
+    /// Free bytes on the data folder's disk; `None` when unknown.
+    pub free_disk: Option<u64>,
+}
+
+/// Figures of the store's status snapshot beyond the item counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreFigures {
+    /// Jobs paused because a budget cap was reached.
+    pub paused: u64,
+    /// Running jobs whose lease expired without a reaper taking them yet.
+    pub expired_leases: u64,
+    /// How long the oldest runnable job has waited; zero when none waits.
+    pub oldest_runnable_age: Duration,
 }
 
 impl Metrics {
@@ -179,6 +233,7 @@ impl Metrics {
             .collect();
         Metrics {
             stages: Mutex::new(stages),
+            min_free_disk: config.health.min_free_disk_mb.saturating_mul(1024 * 1024),
             providers: Mutex::new(providers),
             stalls_detected: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
@@ -235,6 +290,9 @@ impl Metrics {
             p.requests += 1;
             if !call.ok {
                 p.errors += 1;
+            }
+            if call.rate_limited {
+                p.rate_limited += 1;
             }
             p.prompt_tokens += call.prompt_tokens;
             p.completion_tokens += call.completion_tokens;
@@ -301,6 +359,9 @@ impl Metrics {
             "When this engine process started, in seconds since the Unix epoch.",
         );
         let _ = writeln!(o, "ideamill_start_time_seconds {}", live.started_at_secs);
+        if let Some(v) = &live.verdict {
+            verdict_series(o, v);
+        }
 
         header(o, "ideamill_items", "gauge", "Items by state.");
         if let Some(items) = &live.items {
@@ -337,6 +398,9 @@ impl Metrics {
                     escape(name)
                 );
             }
+        }
+        if let Some(f) = &live.store {
+            store_series(o, f);
         }
         header(
             o,
@@ -456,6 +520,23 @@ impl Metrics {
             let _ = writeln!(o, "{name} {v}");
         }
 
+        if let Some(free) = live.free_disk {
+            header(
+                o,
+                "ideamill_disk_free_bytes",
+                "gauge",
+                "Free bytes on the disk of the data folder.",
+            );
+            let _ = writeln!(o, "ideamill_disk_free_bytes {free}");
+            header(
+                o,
+                "ideamill_disk_min_free_bytes",
+                "gauge",
+                "The free space below which the verdict says disk_low ([health] min_free_disk_mb).",
+            );
+            let _ = writeln!(o, "ideamill_disk_min_free_bytes {}", self.min_free_disk);
+        }
+
         if let Some(gates) = &live.gates {
             gate_series(o, gates);
         }
@@ -473,6 +554,11 @@ impl Metrics {
                 "ideamill_llm_errors_total",
                 "Model requests that failed, per provider.",
                 |p| p.errors as f64,
+            ),
+            (
+                "ideamill_llm_rate_limited_total",
+                "Model requests the provider rate-limited (HTTP 429), per provider; counted in the errors too.",
+                |p| p.rate_limited as f64,
             ),
             (
                 "ideamill_llm_cost_dollars_total",
@@ -505,6 +591,57 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The verdict's series: its level, and how many reasons of each code it
+/// gives (every known code, zero when absent).
+fn verdict_series(o: &mut String, v: &Verdict) {
+    header(
+        o,
+        "ideamill_health_verdict",
+        "gauge",
+        "The health verdict, as doctor judges it: 0 healthy, 1 degraded, 2 stalled, 3 down.",
+    );
+    let _ = writeln!(o, "ideamill_health_verdict {}", v.verdict.exit_code());
+    header(
+        o,
+        "ideamill_health_reasons",
+        "gauge",
+        "Reasons the verdict gives now, per code (docs/runbook.md has a section per code).",
+    );
+    for code in REASON_CODES {
+        let n = v.reasons.iter().filter(|r| r.code == *code).count();
+        let _ = writeln!(o, "ideamill_health_reasons{{code=\"{code}\"}} {n}");
+    }
+}
+
+/// The store snapshot's series: paused work, expired leases, queue age.
+fn store_series(o: &mut String, f: &StoreFigures) {
+    header(
+        o,
+        "ideamill_paused_jobs",
+        "gauge",
+        "Jobs paused because a budget cap ([budget]) was reached.",
+    );
+    let _ = writeln!(o, "ideamill_paused_jobs {}", f.paused);
+    header(
+        o,
+        "ideamill_expired_lease_jobs",
+        "gauge",
+        "Running jobs whose lease expired and that no reaper has taken yet.",
+    );
+    let _ = writeln!(o, "ideamill_expired_lease_jobs {}", f.expired_leases);
+    header(
+        o,
+        "ideamill_queue_oldest_age_seconds",
+        "gauge",
+        "How long the oldest runnable job has waited to be claimed; 0 when none waits.",
+    );
+    let _ = writeln!(
+        o,
+        "ideamill_queue_oldest_age_seconds {}",
+        f.oldest_runnable_age.as_secs_f64()
+    );
 }
 
 /// The QA lift's series. They are gauges, not counters: they are read from
@@ -661,6 +798,150 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
+    }
+
+    /// `REASON_CODES` is exactly the codes `judge` can give, and the
+    /// runbook has a section for each (the alert rules link to them).
+    #[test]
+    fn reason_codes_are_the_verdicts_and_the_runbooks() {
+        let source = include_str!("verdict.rs");
+        let source = source.split("#[cfg(test)]").next().unwrap_or(source);
+        let mut judged: Vec<&str> = source
+            .split("say(")
+            .skip(1)
+            .map(|call| {
+                let (_, rest) = call.split_once(',').expect("say(level, code, ...)");
+                let rest = rest.trim_start().strip_prefix('"').expect("a code literal");
+                rest.split('"').next().unwrap_or_default()
+            })
+            .collect();
+        judged.sort_unstable();
+        judged.dedup();
+        let mut listed = REASON_CODES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(listed, judged);
+        let runbook = include_str!("../../../docs/runbook.md");
+        for code in REASON_CODES {
+            assert!(
+                runbook
+                    .lines()
+                    .any(|l| l.starts_with(&format!("### `{code}`"))),
+                "docs/runbook.md has no section for {code}"
+            );
+        }
+    }
+
+    fn check(live: &Live, expected: &[&str]) {
+        let config = ideamill_core::config::parse(
+            "[health]\nmin_free_disk_mb = 2\n[[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"true\"]\n",
+            std::path::Path::new("/p/ideamill.toml"),
+        )
+        .unwrap();
+        let text = Metrics::new(&config).render(live);
+        for line in expected {
+            assert!(text.lines().any(|l| l == *line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_verdict_has_a_series_per_reason_code() {
+        use crate::verdict::{Level, Reason};
+        let reason = |level, code| Reason {
+            level,
+            code,
+            message: String::new(),
+        };
+        let verdict = Verdict::from_reasons(vec![
+            reason(Level::Degraded, "disk_low"),
+            reason(Level::Degraded, "job_hung"),
+            reason(Level::Degraded, "job_hung"),
+        ]);
+        check(
+            &Live {
+                verdict: Some(verdict),
+                ..Live::default()
+            },
+            &[
+                "ideamill_health_verdict 1",
+                "ideamill_health_reasons{code=\"disk_low\"} 1",
+                "ideamill_health_reasons{code=\"job_hung\"} 2",
+                "ideamill_health_reasons{code=\"no_engine\"} 0",
+            ],
+        );
+        let healthy = Verdict::from_reasons(Vec::new());
+        let live = Live {
+            verdict: Some(healthy),
+            ..Live::default()
+        };
+        check(&live, &["ideamill_health_verdict 0"]);
+    }
+
+    #[test]
+    fn store_figures_disk_and_rate_limits_are_rendered() {
+        let live = Live {
+            store: Some(StoreFigures {
+                paused: 2,
+                expired_leases: 1,
+                oldest_runnable_age: Duration::from_millis(1500),
+            }),
+            free_disk: Some(1_000_000),
+            ..Live::default()
+        };
+        check(
+            &live,
+            &[
+                "ideamill_paused_jobs 2",
+                "ideamill_expired_lease_jobs 1",
+                "ideamill_queue_oldest_age_seconds 1.5",
+                "ideamill_disk_free_bytes 1000000",
+                "ideamill_disk_min_free_bytes 2097152",
+            ],
+        );
+        // Left out, not zero, when unknown: an alert must not read "no disk".
+        let config = ideamill_core::config::parse(
+            "[[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"true\"]\n",
+            std::path::Path::new("/p/ideamill.toml"),
+        )
+        .unwrap();
+        let text = Metrics::new(&config).render(&Live::default());
+        assert!(!text.contains("ideamill_disk_free_bytes "), "{text}");
+        assert!(!text.contains("ideamill_paused_jobs "), "{text}");
+    }
+
+    #[test]
+    fn rate_limited_calls_are_counted_among_the_errors() {
+        let config = ideamill_core::config::parse(
+            "[providers.main]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n\
+             [[stages]]\nname = \"qa\"\nkind = \"command\"\ncommand = [\"true\"]\n",
+            std::path::Path::new("/p/ideamill.toml"),
+        )
+        .unwrap();
+        let m = Metrics::new(&config);
+        let limited = LlmCall {
+            ok: false,
+            rate_limited: true,
+            ..LlmCall::default()
+        };
+        m.record_llm("main", limited);
+        m.record_llm("main", limited);
+        m.record_llm(
+            "main",
+            LlmCall {
+                ok: true,
+                ..LlmCall::default()
+            },
+        );
+        // An unknown provider grows no series.
+        m.record_llm("other", limited);
+        let text = m.render(&Live::default());
+        for line in [
+            "ideamill_llm_requests_total{provider=\"main\"} 3",
+            "ideamill_llm_errors_total{provider=\"main\"} 2",
+            "ideamill_llm_rate_limited_total{provider=\"main\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("other"), "{text}");
     }
 
     #[test]

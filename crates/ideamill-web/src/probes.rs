@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ideamill_health::metrics::Live;
+use ideamill_health::metrics::{Live, StoreFigures};
 use ideamill_sys::clock::now_millis;
 
 use crate::AppState;
@@ -77,19 +77,25 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// The Prometheus text. The verdict and its snapshot are the dashboard's
+/// (judged at most once per change, within the store's deadline), so that
+/// Prometheus alerts on the same reasons `doctor` gives.
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let now = now_millis();
-    let (status, gates) = tokio::join!(
-        tokio::time::timeout(STORE_TIMEOUT, s.store.status(now)),
+    let ((verdict, snapshot), gates) = tokio::join!(
+        s.verdict(now),
         tokio::time::timeout(STORE_TIMEOUT, s.gate_lift()),
     );
-    let items = match status {
-        Ok(Ok(snapshot)) => Some(snapshot.items),
-        _ => None,
-    };
+    let store = snapshot.as_ref().map(|snap| StoreFigures {
+        paused: snap.paused,
+        expired_leases: snap.expired_leases,
+        oldest_runnable_age: snap.oldest_runnable_at.map_or(Duration::ZERO, |at| {
+            Duration::from_millis(u64::try_from(now - at).unwrap_or(0))
+        }),
+    });
     let (lag, lag_max) = s.health.lag();
     let live = Live {
-        items,
+        items: snapshot.map(|snap| snap.items),
         queue: s.health.queue(),
         heartbeat_age: s.health.beat_age(),
         loop_lag: lag,
@@ -97,6 +103,9 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         in_flight: s.health.in_flight(now).map_or(0, |j| j.len() as u64),
         started_at_secs: s.health.started_at as f64 / 1000.0,
         gates: gates.ok().and_then(Result::ok),
+        verdict: Some(verdict),
+        store,
+        free_disk: ideamill_sys::fs::free_bytes(&s.config.engine.data_dir),
     };
     (
         StatusCode::OK,

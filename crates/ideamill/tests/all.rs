@@ -19,6 +19,7 @@ mod intake;
 mod layering;
 mod llm;
 mod local_model;
+mod monitoring;
 mod postgres;
 mod qa_gate;
 mod sandbox;
