@@ -338,6 +338,20 @@ fn owner_host(job: &Value) -> String {
 
 #[test]
 fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
+    // Like the browser test: CI (`.ci/run` installs them) fails without the
+    // tools; elsewhere the test says what is missing and passes.
+    let missing: Vec<&str> = ["podman", "buildah", "mmdebstrap", "runc"]
+        .into_iter()
+        .filter(|tool| Command::new(tool).arg("--version").output().is_err())
+        .collect();
+    if !missing.is_empty() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the container test cannot run in CI: {missing:?} missing"
+        );
+        eprintln!("SKIPPED: {missing:?} not installed (bash .ci/run installs them; in CI this fails)");
+        return;
+    }
     let mut podman = Podman::new();
     let (image, build_secs) = build_image(&mut podman);
 
