@@ -349,7 +349,9 @@ fn workers_and_web_in_containers_share_postgres_and_survive_a_kill() {
             std::env::var_os("CI").is_none(),
             "the container test cannot run in CI: {missing:?} missing"
         );
-        eprintln!("SKIPPED: {missing:?} not installed (bash .ci/run installs them; in CI this fails)");
+        eprintln!(
+            "SKIPPED: {missing:?} not installed (bash .ci/run installs them; in CI this fails)"
+        );
         return;
     }
     let mut podman = Podman::new();

@@ -3,7 +3,7 @@
 //! the metrics exposition, systemd notifications and units. Real processes,
 //! real signals; every wait has a deadline.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -500,26 +500,6 @@ fn a_stage_that_fails_every_call_degrades_health() {
     let (verdict, codes, code) = doctor(&p);
     assert_eq!((verdict.as_str(), code), ("DEGRADED", 1));
     assert_eq!(codes, vec!["stage_failing"]);
-}
-
-/// GET over plain HTTP/1.1; the status code and the body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
 }
 
 #[test]
