@@ -59,6 +59,16 @@ fn reply(prompt: &str) -> String {
             "self.assertEqual(penta(2), 10)",
         );
     }
+    // Its own test uses `sept` without importing it: the gate adds the
+    // import (else every round would end in the same NameError).
+    if prompt.contains("sept(n)") && prompt.contains("acceptance tests will be run") {
+        return format!(
+            "{}\n```python test_main.py\nimport unittest\n\n\
+             class T(unittest.TestCase):\n    def test_own(self):\n        \
+             self.assertEqual(sept(2), 14)\n```\n",
+            main_py("def sept(n):\n    return 7 * n")
+        );
+    }
     if prompt.contains("quad(n)") && prompt.contains("acceptance tests will be run") {
         return implementation(
             "def quad(n):\n    return 4 * n",
@@ -152,6 +162,7 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     let triple = p.add("a function that triples a number");
     let quad = p.add("a function quad(n) that returns four times n");
     let penta = p.add("a function penta(n) that returns five times n");
+    let sept = p.add("a function sept(n) that returns seven times n");
     p.run_until_idle(Duration::from_secs(120));
 
     let item = p.show(c2f);
@@ -193,6 +204,23 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
         assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
         assert_eq!(item["item"]["round"], 1, "{item:#}");
     }
+
+    let item = p.show(sept);
+    assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+    assert_eq!(item["item"]["round"], 1, "{item:#}");
+    let report = qa_outputs(&item).join("\n");
+    assert!(
+        report.contains(
+            "Repaired test_main.py: it used sept from main.py without importing it \
+             (added `from main import sept`)."
+        ) && report.contains("ok: test_main.T.test_own"),
+        "{report}"
+    );
+    let own = std::fs::read_to_string(p.file(&format!("workspace/{sept}/test_main.py"))).unwrap();
+    assert!(
+        own.starts_with("from main import sept\nimport unittest\n"),
+        "{own}"
+    );
 
     let item = p.show(half);
     assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());

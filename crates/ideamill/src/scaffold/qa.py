@@ -21,6 +21,8 @@ before the reference stage; `ideamill eval --compare` measures the two).
 Exit 0 passes. Exit 1 rejects: what this prints goes back to `implement` as
 feedback. Any other failure is an error that ideamill retries.
 """
+import ast
+import builtins
 import glob
 import json
 import os
@@ -32,6 +34,8 @@ import tempfile
 
 ACCEPTANCE = "test_acceptance.py"
 TIMEOUT = 100
+# Larger test files are run as they are, never parsed for repairs.
+REPAIR_MAX_BYTES = 1 << 20
 
 # Runs unittest discovery in the current folder and writes every test's
 # outcome, as {id: [status, one-line error, traceback]}, to argv[2].
@@ -107,6 +111,89 @@ def foreign_names(code, idea):
             # Not the program under test: a module nobody asked for.
             names.append("from %s" % module)
     return [n for n in names if n and n != "*" and not re.search(r"\b%s\b" % re.escape(n), idea)]
+
+
+def top_level_names(tree):
+    """The names a module defines at its top level."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def unbound_names(tree):
+    """The names a module reads but never binds anywhere (no assignment,
+    def, class, import, argument or handler of that name): a conservative
+    set, a name bound in any scope counts as bound."""
+    read, bound = set(), set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound.update(node.names)
+    return read - bound
+
+
+def repair_missing_imports():
+    """Adds `from main import ...` to a test file that uses names main.py
+    defines without importing them (a small model's tests often do, and
+    then every round ends in the same NameError whatever the code does).
+    Regular files only, never through a symlink; what was repaired, one
+    line each."""
+    try:
+        with open("main.py", "rb") as f:
+            provided = top_level_names(ast.parse(f.read(REPAIR_MAX_BYTES + 1)))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    notes = []
+    for test_file in sorted(glob.glob("test_*.py")):
+        if os.path.islink(test_file) or not os.path.isfile(test_file):
+            continue
+        if os.path.getsize(test_file) > REPAIR_MAX_BYTES:
+            continue
+        try:
+            with open(test_file, encoding="utf-8") as f:
+                text = f.read()
+            tree = ast.parse(text)
+        except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+            continue
+        missing = sorted(n for n in unbound_names(tree) & provided if n.isidentifier())
+        if not missing:
+            continue
+        line = "from main import %s\n" % ", ".join(missing)
+        # After a docstring and `from __future__` imports, which must come first.
+        at = 0
+        for node in tree.body:
+            is_doc = isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant)
+            if is_doc or (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+                at = node.end_lineno
+            else:
+                break
+        lines = text.splitlines(keepends=True)
+        if at and lines and not lines[at - 1].endswith("\n"):
+            lines[at - 1] += "\n"
+        lines.insert(at, line)
+        try:
+            fd = os.open(test_file, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(lines))
+        except OSError:
+            continue
+        notes.append("Repaired %s: it used %s from main.py without importing it (added `%s`)."
+                     % (test_file, ", ".join(missing), line.strip()))
+    return notes
 
 
 def run_tests(folder, pattern):
@@ -211,6 +298,9 @@ def main():
         print("code block whose opening line is: ```python test_main.py")
         return 1
 
+    repairs = repair_missing_imports()
+    for note in repairs:
+        print(note)
     outcomes, report = run_tests(".", "test_*.py")
     if outcomes is None:
         print("The tests did not run to the end:")
