@@ -26,8 +26,22 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// How log lines are written to stderr: `human` (one readable line) or
+    /// `json` (one JSON object per line: timestamp, level, target, message,
+    /// fields and the job's span with its item, job, trace and span ids; for
+    /// Loki or Elasticsearch).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human,
+          env = "IDEAMILL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -21,4 +21,5 @@ mod local_model;
 mod postgres;
 mod qa_gate;
 mod sandbox;
+mod telemetry;
 mod util;

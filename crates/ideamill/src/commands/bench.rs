@@ -176,9 +176,11 @@ async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
             created_at: now,
             updated_at: now,
             finished_at: None,
+            trace_id: None,
         },
         outputs: Vec::new(),
         feedback: Vec::new(),
+        traceparent: None,
     };
     let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let cancel = CancellationToken::new();
