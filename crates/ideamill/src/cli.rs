@@ -405,6 +405,19 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         processes: u32,
     },
+    /// What sending traces costs the engine: no-op throughput with
+    /// `[telemetry]` off and with export to a collector that is down,
+    /// alternately, on fresh scratch SQLite stores.
+    Telemetry {
+        #[arg(long, default_value_t = 5_000)]
+        items: u32,
+        /// Jobs of each stage run at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: u32,
+        /// Runs of each kind.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// What the sandbox adds to a command stage's start: a no-op command
     /// run through the real executor, confined and with `sandbox = "off"`,
     /// alternately; then a confined no-op pipeline's throughput.

@@ -203,11 +203,11 @@ mod tests {
                  trace_url = \"https://tempo.example/trace\"\nservice_name = \" \"\nheaders = {{ a = 1 }}\nspans = true\n{STAGE}"
             ),
             &[
-                "2:18: [telemetry]: `otlp_endpoint` must start with http:// or https://",
+                "2:17: [telemetry]: `otlp_endpoint` must start with http:// or https://",
                 "3:16: [telemetry]: `sample_ratio` must be between 0 and 1, found 2",
-                "4:14: [telemetry]: `trace_url` must contain `{trace_id}`",
-                "5:17: [telemetry]: `service_name` must not be empty",
-                "6:15: [telemetry]: `headers.a` must be a string, found an integer",
+                "4:13: [telemetry]: `trace_url` must contain `{trace_id}`",
+                "5:16: [telemetry]: `service_name` must not be empty",
+                "6:17: [telemetry]: `headers.a` must be a string, found integer",
                 "7:1: unknown key `spans` in [telemetry]; expected one of: otlp_endpoint, service_name, resource_attributes, sample_ratio, headers, headers_env, capture_content, trace_url",
             ],
         );
