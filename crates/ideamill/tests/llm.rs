@@ -2,8 +2,9 @@
 //! provider on loopback, one fault per test, asserting each attempt's
 //! recorded outcome and the item's final state.
 
+// Shared with `telemetry.rs` (a file loaded once).
 #[path = "support/fake_provider.rs"]
-mod fake_provider;
+pub(crate) mod fake_provider;
 
 use std::time::Duration;
 

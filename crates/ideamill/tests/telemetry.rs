@@ -5,11 +5,6 @@
 //! into a venv with pinned hashes); a collector that is down costs the items
 //! nothing and its drops are counted.
 
-// Only some of its replies are used here.
-#[allow(dead_code)]
-#[path = "support/fake_provider.rs"]
-mod fake_provider;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -18,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::llm::fake_provider::{FakeProvider, Reply};
 use crate::util::*;
-use fake_provider::{FakeProvider, Reply};
 use serde_json::Value;
 
 const SUPPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/otlp");
