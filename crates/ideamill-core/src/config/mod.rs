@@ -707,15 +707,23 @@ command = []
              headers = {{ Authorization = \"Bearer hdr-secret\" }}\n\
              [[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/hook-secret\"\n\
              headers = {{ X = \"alert-secret\" }}\n\
+             [telemetry]\notlp_endpoint = \"https://u:otlp-pw-secret@otlp.example\"\n\
+             headers = {{ authorization = \"Basic otlp-secret\" }}\n\
              {STAGE}env = {{ TOKEN = \"env-secret\" }}\n"
         ));
         let shown = format!("{:#?}", c.redacted());
+        assert!(
+            !format!("{c:?}").contains("otlp-secret"),
+            "Debug hides it too"
+        );
         for secret in [
             "pw-secret",
             "hdr-secret",
             "hook-secret",
             "alert-secret",
             "env-secret",
+            "otlp-secret",
+            "otlp-pw-secret",
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
