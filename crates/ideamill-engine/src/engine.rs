@@ -15,6 +15,10 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use ideamill_health::Health;
+use ideamill_telemetry::{SpanId, Telemetry};
+use tracing::Instrument;
+
+use crate::traces::{self, AttemptSpans};
 use ideamill_stages::executor::{Execution, Executor};
 use ideamill_sys::clock::now_millis;
 use ideamill_sys::hostname;
@@ -31,6 +35,8 @@ pub struct EngineOptions {
     pub progress: Option<mpsc::UnboundedSender<Progress>>,
     /// Health state to keep up to date (jobs in flight, metrics, queue depth).
     pub health: Option<Arc<Health>>,
+    /// Where the items' trace spans go; `None`: nowhere.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Default for EngineOptions {
@@ -40,6 +46,7 @@ impl Default for EngineOptions {
             idle_horizon: Duration::from_secs(60),
             progress: None,
             health: None,
+            telemetry: None,
         }
     }
 }
@@ -120,6 +127,10 @@ struct Shared {
     /// Work may have appeared since the dispatcher last found a stage
     /// drained (see `Shared::new_work`).
     fresh_work: AtomicBool,
+    /// Where trace spans go (off unless `[telemetry]` says where).
+    telemetry: Arc<Telemetry>,
+    /// Finished attempts' spans, until their results are committed.
+    spans: Mutex<HashMap<JobId, AttemptSpans>>,
 }
 
 impl Shared {
@@ -212,6 +223,12 @@ impl Engine {
             health: self.options.health.clone(),
             wakeups_on: AtomicBool::new(false),
             fresh_work: AtomicBool::new(true),
+            telemetry: self
+                .options
+                .telemetry
+                .clone()
+                .unwrap_or_else(|| Arc::new(Telemetry::off())),
+            spans: Mutex::new(HashMap::new()),
         });
         if !register(&shared, &self.process, &shutdown).await {
             return Ok(RunSummary::default());
@@ -365,7 +382,7 @@ async fn recover_dead_processes(shared: &Shared, me: &ProcessInfo) {
             Err(e) => tracing::warn!("Could not recover process {}: {e}", p.id),
         }
     }
-    reap(shared).await;
+    reap(shared, "ideamill.engine_restarted").await;
 }
 
 /// A process on another machine that stopped beating long ago is gone
@@ -391,7 +408,9 @@ async fn expire_silent_processes(shared: &Shared, now: Millis) {
     }
 }
 
-async fn reap(shared: &Shared) {
+/// `why` names the recovery in the items' traces: a lease that expired, or
+/// the jobs of an engine that died on this host (found at start).
+async fn reap(shared: &Shared, why: &'static str) {
     match shared.store.reap_expired(now_millis()).await {
         Ok(reaped) => {
             for r in &reaped {
@@ -401,12 +420,27 @@ async fn reap(shared: &Shared) {
                 );
                 tracing::warn!("{message}");
                 shared.report(Progress::Recovered { message });
+                if shared.telemetry.enabled() {
+                    trace_recovery(shared, r, why).await;
+                }
             }
             if !reaped.is_empty() {
                 shared.new_work();
             }
         }
         Err(e) => tracing::warn!("Could not reap expired leases: {e}"),
+    }
+}
+
+/// A recovery's span in the item's trace (one store read: recoveries are rare).
+async fn trace_recovery(shared: &Shared, job: &ideamill_store::ReapedJob, why: &'static str) {
+    let Ok(context) = shared.store.context(job.item_id).await else {
+        return;
+    };
+    if let Some(trace) = traces::trace_of(&shared.telemetry, &context.item) {
+        shared
+            .telemetry
+            .record(traces::recovered(trace, now_millis(), why, job));
     }
 }
 
@@ -493,7 +527,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref())
                 .await;
         }
-        reap(&shared).await;
+        reap(&shared, "ideamill.lease_expired").await;
         if let Some(h) = &shared.health {
             let runnable = match shared.store.queue_depth(now).await {
                 Ok(q) => {
@@ -794,11 +828,44 @@ fn start_job(
         .insert(job.id, token.clone());
     shared.in_flight.fetch_add(1, Ordering::SeqCst);
     let shared = shared.clone();
-    tokio::spawn(async move {
+    // Every log line of the job's work carries its ids (the JSON log
+    // format writes them as fields); the trace's are filled in below.
+    let span = tracing::info_span!(
+        "job",
+        item = job.item_id,
+        job = job.id,
+        stage = %job.stage,
+        attempt = job.attempt,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let work = async move {
         let started = now_millis();
         let clock = Instant::now();
+        let mut trace = None;
+        let attempt_span = SpanId::random();
         let (execution, round) = match shared.store.context(job.item_id).await {
-            Ok(context) => {
+            Ok(mut context) => {
+                trace = traces::trace_of(&shared.telemetry, &context.item);
+                if let Some(trace) = trace {
+                    let current = tracing::Span::current();
+                    current.record("trace_id", tracing::field::display(trace));
+                    current.record("span_id", tracing::field::display(attempt_span));
+                    context.traceparent =
+                        Some(ideamill_telemetry::span::traceparent(&trace, &attempt_span));
+                    // The item's first pickup sends its root span.
+                    if job.round == 1
+                        && job.attempt == 1
+                        && job.stage == shared.config.first_stage().name
+                    {
+                        shared.telemetry.record(traces::item_root(
+                            trace,
+                            &context.item,
+                            &job,
+                            shared.telemetry.capture_content(),
+                        ));
+                    }
+                }
                 let files = crate::rounds::files_before_gate(&shared.config, &job).await;
                 let run = executor.run(&job, &context, &token);
                 let execution = match shared.config.stage(&job.stage) {
@@ -871,6 +938,25 @@ fn start_job(
                 transition,
                 round_hash,
             };
+            if let Some(trace) = trace {
+                let spans = AttemptSpans {
+                    trace,
+                    attempt: traces::attempt(trace, attempt_span, &finish, started, &shared.owner),
+                    call: execution.model_call.as_ref().map(|call| {
+                        traces::model_call(
+                            trace,
+                            attempt_span,
+                            call,
+                            shared.telemetry.capture_content(),
+                        )
+                    }),
+                };
+                shared
+                    .spans
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(job.id, spans);
+            }
             if let (Some(h), Some(provider)) = (&shared.health, executor.provider()) {
                 let usage = finish.usage.as_ref();
                 h.metrics.record_llm(
@@ -901,7 +987,8 @@ fn start_job(
             shared.idle.notify_waiters();
         }
         shared.wake.notify_one();
-    });
+    };
+    tokio::spawn(work.instrument(span));
 }
 
 /// Commit finished attempts. Whatever has piled up is committed in one
@@ -1152,6 +1239,7 @@ fn report_batch(shared: &Shared, committed: Vec<(Finish, Result<FinishEffect, St
         if let Some(h) = &shared.health {
             h.job_finished(&finish.job.stage, finish.outcome, elapsed);
         }
+        send_spans(shared, &finish, &effect);
         shared.report(Progress::Finished {
             job: finish.job,
             outcome: finish.outcome,
@@ -1167,6 +1255,24 @@ fn report_batch(shared: &Shared, committed: Vec<(Finish, Result<FinishEffect, St
         shared.new_work();
     } else if shared.in_flight.load(Ordering::SeqCst) == 0 {
         shared.wake.notify_one();
+    }
+}
+
+/// Send the spans of a committed attempt (and the item's end, if it ended).
+fn send_spans(shared: &Shared, finish: &Finish, effect: &Result<FinishEffect, String>) {
+    let spans = shared
+        .spans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&finish.job.id);
+    let Some(mut spans) = spans else { return };
+    let end = traces::committed(&mut spans, effect, finish);
+    if let Some(call) = spans.call {
+        shared.telemetry.record(call);
+    }
+    shared.telemetry.record(spans.attempt);
+    if let Some(end) = end {
+        shared.telemetry.record(end);
     }
 }
 

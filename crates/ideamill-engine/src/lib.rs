@@ -6,6 +6,7 @@ mod deadline;
 mod engine;
 pub mod health;
 mod rounds;
+mod traces;
 
 pub use engine::{Engine, EngineOptions, Progress, RunSummary};
 pub use tokio_util::sync::CancellationToken;

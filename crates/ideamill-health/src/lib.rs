@@ -357,6 +357,15 @@ impl Health {
             rss_bytes: ideamill_sys::process::rss_bytes(),
             written_at: now,
             spawn_trouble: (self.spawn_trouble)(),
+            telemetry: {
+                let t = ideamill_telemetry::stats();
+                (t.exported + t.dropped + t.failures > 0).then_some(status_file::TelemetryCounts {
+                    exported: t.exported,
+                    dropped: t.dropped,
+                    failures: t.failures,
+                    last_error: t.last_error,
+                })
+            },
         }
     }
 }

@@ -343,6 +343,7 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, live: &Live) -> String {
+        let telemetry = ideamill_telemetry::stats();
         let mut out = String::with_capacity(8192);
         let o = &mut out;
         header(
@@ -514,6 +515,22 @@ impl Metrics {
                 "ideamill_loop_wakeups_total",
                 "Times the event loop woke from idle.",
                 self.loop_wakeups.load(Ordering::Relaxed),
+            ),
+            // This process's trace exporter ([telemetry]); zero when off.
+            (
+                "ideamill_telemetry_exported_total",
+                "Trace spans the OTLP collector accepted.",
+                telemetry.exported,
+            ),
+            (
+                "ideamill_telemetry_dropped_total",
+                "Trace spans lost: the export queue was full or their request failed.",
+                telemetry.dropped,
+            ),
+            (
+                "ideamill_telemetry_export_failures_total",
+                "Trace export requests that failed (collector unreachable, slow or refusing).",
+                telemetry.failures,
             ),
         ] {
             header(o, name, "counter", help);

@@ -65,6 +65,24 @@ pub struct StatusFile {
     /// (file descriptors, processes, memory), and the error.
     #[serde(default)]
     pub spawn_trouble: Option<(Millis, String)>,
+    /// What the trace exporter did (`[telemetry]`): spans exported and
+    /// dropped, failed requests and the last failure; `None` while it has
+    /// done nothing (or is off).
+    #[serde(default)]
+    pub telemetry: Option<TelemetryCounts>,
+}
+
+/// The trace exporter's figures, as `doctor` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryCounts {
+    /// Spans the collector accepted.
+    pub exported: u64,
+    /// Spans lost (full queue or failed request).
+    pub dropped: u64,
+    /// Failed export requests.
+    pub failures: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
 }
 
 /// The status file of engine `pid` in `data_dir`.

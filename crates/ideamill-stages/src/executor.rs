@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use ideamill_core::config::{CommandStage, SandboxMode, StageConfig};
 use ideamill_core::duration::format_duration;
 use ideamill_core::machine::StageResult;
-use ideamill_core::{AttemptOutcome, Config, FailureClass, Usage};
+use ideamill_core::{AttemptOutcome, Config, FailureClass, Millis, Usage};
 use ideamill_store::{ClaimedJob, ItemContext, Store};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,45 @@ pub struct Execution {
     pub error: Option<String>,
     /// Tokens and cost, when a model was called.
     pub usage: Option<Usage>,
+    /// The model call this attempt made, for its trace span.
+    pub model_call: Option<ModelCall>,
+}
+
+/// One model call as a trace shows it (OpenTelemetry's GenAI conventions):
+/// what was asked of whom, how long it took, what it used. The texts are
+/// kept only for `[telemetry] capture_content`; the engine drops them
+/// otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCall {
+    /// `gen_ai.system`: `openai` or `anthropic` (the API spoken).
+    pub system: &'static str,
+    /// The provider's name in `[providers]`.
+    pub provider: String,
+    /// `gen_ai.request.model`.
+    pub request_model: String,
+    /// `gen_ai.response.model`, when the call answered.
+    pub response_model: Option<String>,
+    /// When the request was started and when it ended (ms since the epoch).
+    pub started_at: Millis,
+    /// See `started_at`.
+    pub ended_at: Millis,
+    /// Tokens in and out, when the call answered.
+    pub input_tokens: Option<u64>,
+    /// See `input_tokens`.
+    pub output_tokens: Option<u64>,
+    /// From sending the request to the first text (streamed answers).
+    pub first_token_after: Option<std::time::Duration>,
+    /// Waiting for the provider's concurrency and rate limits.
+    pub limiter_wait: Option<std::time::Duration>,
+    /// `stop`, `length`, … as the server said it.
+    pub finish_reason: Option<String>,
+    /// Why the call failed, and of what class (`rate_limited`, `retryable`,
+    /// `permanent`, `cancelled`).
+    pub error: Option<(String, &'static str)>,
+    /// The prompt (system prompt first, if any) and the answer.
+    pub prompt: String,
+    /// See `prompt`.
+    pub completion: Option<String>,
 }
 
 impl Execution {
@@ -50,6 +89,7 @@ impl Execution {
             stderr: None,
             error: Some(note),
             usage: None,
+            model_call: None,
         }
     }
 
@@ -403,6 +443,7 @@ impl CommandExecutor {
         job: &ClaimedJob,
         dir: &Path,
         invocation: Invocation,
+        traceparent: Option<&str>,
         cancel: &CancellationToken,
     ) -> Execution {
         let dir = dir.to_path_buf();
@@ -415,6 +456,11 @@ impl CommandExecutor {
             ("IDEAMILL_ROUND".to_owned(), job.round.to_string()),
             ("IDEAMILL_WORKSPACE".to_owned(), dir.display().to_string()),
         ];
+        if let Some(traceparent) = traceparent {
+            // W3C trace context: a program that speaks OpenTelemetry joins
+            // the item's trace under this attempt's span.
+            context_env.push(("TRACEPARENT".to_owned(), traceparent.to_owned()));
+        }
         if !confined {
             // The project folder is not visible from inside the sandbox.
             context_env.push(("IDEAMILL_ROOT".to_owned(), self.root.display().to_string()));
@@ -647,6 +693,7 @@ impl CommandExecutor {
             stderr,
             error: (!notes.is_empty()).then(|| notes.join("; ")),
             usage: None,
+            model_call: None,
         }
     }
 }
@@ -668,7 +715,14 @@ impl Executor for CommandExecutor {
             args: self.command.args.clone(),
             stdin,
         };
-        self.run_in(job, &dir, invocation, cancel).await
+        self.run_in(
+            job,
+            &dir,
+            invocation,
+            context.traceparent.as_deref(),
+            cancel,
+        )
+        .await
     }
 }
 
@@ -722,6 +776,7 @@ impl Executor for NoopExecutor {
             stderr: None,
             error: None,
             usage: None,
+            model_call: None,
         }
     }
 }
@@ -743,6 +798,7 @@ mod tests {
             created_at,
             updated_at: created_at,
             finished_at: None,
+            trace_id: None,
         }
     }
 

@@ -18,7 +18,7 @@ use ideamill_store::{ClaimedJob, ItemContext, Store};
 use ideamill_sys::clock::now_millis;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Execution, Executor, context_json, workspace_files};
+use crate::executor::{Execution, Executor, ModelCall, context_json, workspace_files};
 
 /// Build one [`Provider`] per `[providers.NAME]`, resolving API keys. Errors
 /// name the provider and what is missing, never a key.
@@ -98,6 +98,10 @@ pub struct LlmExecutor {
     price: Option<Price>,
     budget: BudgetConfig,
     store: Arc<dyn Store>,
+    /// `gen_ai.system` of the API the provider speaks.
+    system_name: &'static str,
+    /// The model the config asks the provider for.
+    model: String,
 }
 
 impl LlmExecutor {
@@ -131,7 +135,12 @@ impl LlmExecutor {
         if let Some(system) = &llm.system {
             crate::prompt::check(&format!("stage `{}` system", stage.name), system)?;
         }
-        let model = &config.providers[&llm.provider].model;
+        let provider_config = &config.providers[&llm.provider];
+        let model = &provider_config.model;
+        let system_name = match provider_config.kind {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        };
         let price = config.prices.get(model).map(|p| Price {
             input_per_million: p.input_per_million,
             output_per_million: p.output_per_million,
@@ -146,6 +155,8 @@ impl LlmExecutor {
             price,
             budget: config.budget,
             store,
+            system_name,
+            model: model.clone(),
         })
     }
 
@@ -239,11 +250,43 @@ impl Executor for LlmExecutor {
         }
         // The engine holds the call to the stage's timeout: at the deadline
         // `cancel` fires and the call ends as cancelled.
+        let started_at = now_millis();
         let answer = self.provider.chat(&request, cancel).await;
+        let mut call = ModelCall {
+            system: self.system_name,
+            provider: self.llm.provider.clone(),
+            request_model: self.model.clone(),
+            response_model: None,
+            started_at,
+            ended_at: now_millis(),
+            input_tokens: None,
+            output_tokens: None,
+            first_token_after: None,
+            limiter_wait: None,
+            finish_reason: None,
+            error: None,
+            prompt: match &request.system {
+                Some(system) => format!("{system}\n\n{}", request.prompt),
+                None => request.prompt.clone(),
+            },
+            completion: None,
+        };
         let response = match answer {
             Ok(r) => r,
-            Err(e) => return failure(e, &self.provider, self.stage.timeout),
+            Err(e) => {
+                call.error = Some((e.to_string(), error_class_name(e.class())));
+                let mut failed = failure(e, &self.provider, self.stage.timeout);
+                failed.model_call = Some(call);
+                return failed;
+            }
         };
+        call.response_model = Some(response.model.clone());
+        call.input_tokens = Some(response.prompt_tokens);
+        call.output_tokens = Some(response.completion_tokens);
+        call.first_token_after = response.first_token_after;
+        call.limiter_wait = Some(response.limiter_wait);
+        call.finish_reason = response.finish_reason.clone();
+        call.completion = Some(response.text.clone());
         let usage = self.usage(
             response.prompt_tokens,
             response.completion_tokens,
@@ -291,10 +334,13 @@ impl Executor for LlmExecutor {
                     let mut failed = Execution::infra(format!("cannot write generated files: {e}"));
                     failed.output = Some(response.text);
                     failed.usage = Some(usage);
+                    failed.model_call = Some(call);
                     return failed;
                 }
                 Err(e) => {
-                    return Execution::infra(format!("file writer crashed: {e}"));
+                    let mut failed = Execution::infra(format!("file writer crashed: {e}"));
+                    failed.model_call = Some(call);
+                    return failed;
                 }
             }
         }
@@ -307,6 +353,7 @@ impl Executor for LlmExecutor {
             stderr: None,
             error: (!notes.is_empty()).then(|| notes.join("; ")),
             usage: Some(usage),
+            model_call: Some(call),
         }
     }
 }
@@ -369,6 +416,16 @@ pub(crate) fn permanent(message: String) -> Execution {
         },
         message,
     )
+}
+
+/// An error class as a trace attribute names it.
+fn error_class_name(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::RateLimited => "rate_limited",
+        ErrorClass::Retryable => "retryable",
+        ErrorClass::Permanent => "permanent",
+        ErrorClass::Cancelled => "cancelled",
+    }
 }
 
 /// Map a failed call to the state machine's terms; a rate limit also slows

@@ -163,7 +163,7 @@ macro_rules! impl_row_ext {
 }
 pub(crate) use impl_row_ext;
 
-pub(crate) const ITEM_COLUMNS: &str = "id, text, metadata, state, stage, round, last_error, failure_class, created_at, updated_at, finished_at";
+pub(crate) const ITEM_COLUMNS: &str = "id, text, metadata, state, stage, round, last_error, failure_class, created_at, updated_at, finished_at, trace_id";
 
 /// The `failure_class` column: `None` when NULL, an error when a word we do
 /// not know (the column's CHECK keeps those out).
@@ -190,6 +190,7 @@ pub(crate) fn item_row(r: &impl RowExt) -> Result<ItemRow> {
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
         finished_at: r.opt_int("finished_at")?,
+        trace_id: r.opt_text("trace_id")?,
     })
 }
 

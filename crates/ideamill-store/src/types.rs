@@ -48,6 +48,11 @@ pub struct ItemContext {
     pub outputs: Vec<OutputRow>,
     /// Every gate rejection so far, oldest first.
     pub feedback: Vec<FeedbackRow>,
+    /// The W3C `traceparent` of the attempt this context is for, when traces
+    /// are on: set by the engine (never by the store) and given to the
+    /// programs a stage runs as `TRACEPARENT`.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// One item as stored.
@@ -77,6 +82,10 @@ pub struct ItemRow {
     pub updated_at: Millis,
     /// When it ended done, failed or cancelled.
     pub finished_at: Option<Millis>,
+    /// Its OpenTelemetry trace id (32 hex digits), random, given by the
+    /// store when the item is added; `None` only in rows made by hand.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 /// What one stage produced for an item.

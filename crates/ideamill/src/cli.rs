@@ -26,8 +26,22 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// How log lines are written to stderr: `human` (one readable line) or
+    /// `json` (one JSON object per line: timestamp, level, target, message,
+    /// fields and the job's span with its item, job, trace and span ids; for
+    /// Loki or Elasticsearch).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human,
+          env = "IDEAMILL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -391,6 +405,19 @@ pub enum BenchWhat {
         /// Engine processes sharing the store (above 1: child processes).
         #[arg(long, default_value_t = 1)]
         processes: u32,
+    },
+    /// What sending traces costs the engine: no-op throughput with
+    /// `[telemetry]` off and with export to a collector that is down,
+    /// alternately, on fresh scratch SQLite stores.
+    Telemetry {
+        #[arg(long, default_value_t = 5_000)]
+        items: u32,
+        /// Jobs of each stage run at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: u32,
+        /// Runs of each kind.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
     },
     /// What the sandbox adds to a command stage's start: a no-op command
     /// run through the real executor, confined and with `sandbox = "off"`,

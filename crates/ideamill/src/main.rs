@@ -80,7 +80,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Set once at start: log lines are JSON objects (`--log-format json`), so
+/// what a command would write to stderr as plain text goes through
+/// `tracing` instead.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether log lines are JSON (see [`JSON_LOGS`]).
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn init_tracing(cli: &cli::Cli) {
+    JSON_LOGS.store(
+        cli.log_format == cli::LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     use tracing_subscriber::EnvFilter;
     let default = match (cli.verbose, cli.command.is_long_running()) {
         (0, true) => "info",
@@ -92,14 +106,37 @@ fn init_tracing(cli: &cli::Cli) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn")));
     let ansi = cli.color.enabled_for_stderr();
     use tracing_subscriber::prelude::*;
+    // One of the two formats is `None`: an `Option` of a layer is a layer
+    // that does nothing, so the registry's type stays one.
+    let (human, json) = match cli.log_format {
+        cli::LogFormat::Human => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .with_target(false),
+            ),
+            None,
+        ),
+        cli::LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    // The event's message and fields at the top level, and
+                    // the innermost span (a job's: item, job, trace and span
+                    // ids) as `span`: what Loki and Elasticsearch index.
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(ansi)
-                .with_target(false),
-        )
+        .with(human)
+        .with(json)
         // The last lines stay in memory for the watchdog's evidence bundle.
         .with(ideamill_health::logring::global().layer())
         .init();

@@ -23,4 +23,5 @@ mod monitoring;
 mod postgres;
 mod qa_gate;
 mod sandbox;
+mod telemetry;
 mod util;

@@ -11,12 +11,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("ideamill-core", &[]),
     ("ideamill-store", &["core", "sys"]),
     ("ideamill-llm", &["core", "sys"]),
-    ("ideamill-health", &["core", "store", "sys"]),
+    ("ideamill-telemetry", &["core"]),
+    ("ideamill-health", &["core", "store", "telemetry", "sys"]),
     ("ideamill-intake", &["core", "store", "sys"]),
     ("ideamill-stages", &["core", "store", "llm", "sys"]),
     (
         "ideamill-engine",
-        &["core", "store", "llm", "stages", "health", "sys"],
+        &[
+            "core",
+            "store",
+            "llm",
+            "stages",
+            "health",
+            "telemetry",
+            "sys",
+        ],
     ),
     (
         "ideamill-web",

@@ -2,7 +2,8 @@
 //! provider on loopback, one fault per test, asserting each attempt's
 //! recorded outcome and the item's final state.
 
-// Shared with the monitoring tests (a file may be a module only once).
+// Shared with the monitoring and telemetry tests (a file may be a module
+// only once).
 #[path = "support/fake_provider.rs"]
 pub(crate) mod fake_provider;
 

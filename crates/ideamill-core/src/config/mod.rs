@@ -23,6 +23,7 @@ mod sandbox;
 mod section;
 mod stages;
 mod store;
+mod telemetry;
 #[cfg(test)]
 mod testing;
 mod web;
@@ -38,6 +39,7 @@ pub use providers::{ApiKeySource, BudgetConfig, Price, ProviderConfig, ProviderK
 pub use sandbox::{Limits, SandboxConfig, SandboxMode};
 pub use stages::{KindConfig, KindFacts, StageConfig, StageKind};
 pub use store::StoreConfig;
+pub use telemetry::{HeaderValue, TelemetryConfig};
 pub use web::WebConfig;
 
 /// Each section's defaults, for whatever needs one outside the parser.
@@ -63,6 +65,7 @@ pub mod defaults {
         DEFAULT_MAX_ROUNDS, DEFAULT_TIMEOUT, MAX_CONCURRENCY,
     };
     pub use super::store::DEFAULT_DATABASE;
+    pub use super::telemetry::DEFAULT_SERVICE_NAME;
     pub use super::web::DEFAULT_TOKEN_FILE;
 }
 
@@ -96,6 +99,8 @@ pub struct Config {
     pub alerts: Vec<AlertTarget>,
     /// How command stages are confined (`[sandbox]`).
     pub sandbox: SandboxConfig,
+    /// OpenTelemetry traces (`[telemetry]`); off by default.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `scheme://user:***@host/…`: a URL's password hidden.
@@ -203,6 +208,14 @@ impl Config {
         for stage in &mut c.stages {
             stage.kind.redact(REDACTED);
         }
+        for value in c.telemetry.headers.values_mut() {
+            if let HeaderValue::Literal(v) = value {
+                *v = REDACTED.to_owned();
+            }
+        }
+        if let Some(url) = &mut c.telemetry.otlp_endpoint {
+            *url = redact_url_secret(url);
+        }
         c
     }
 
@@ -248,6 +261,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let web = top.section("web", "[web]");
     let alerts = top.array("alerts", "an array of tables ([[alerts]])");
     let sandbox = top.section("sandbox", "[sandbox]");
+    let telemetry = top.section("telemetry", "[telemetry]");
     problems.absorb(top);
 
     // [engine] comes first because the default store url and token file
@@ -276,6 +290,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         web::parse(s, &root, &engine.data_dir)
     });
     let alerts = alerts::parse(alerts, &mut problems);
+    let telemetry = read(telemetry, "[telemetry]", &mut problems, telemetry::parse);
 
     if !problems.is_empty() {
         return Err(problems.into_errors(text, path));
@@ -294,6 +309,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         web,
         alerts,
         sandbox,
+        telemetry,
     })
 }
 
@@ -369,6 +385,7 @@ gate = { retry_from = "implement" }
             },
             alerts: Vec::new(),
             sandbox: SandboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
             providers: BTreeMap::new(),
             prices: BTreeMap::new(),
             budget: BudgetConfig::default(),
@@ -496,7 +513,7 @@ command = []
         check_errors(
             &format!("colour = \"red\"\n{STAGE}"),
             &[
-                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages, web, alerts, sandbox",
+                "1:1: unknown key `colour` at the top level; expected one of: store, engine, health, inbox, providers, prices, budget, stages, web, alerts, sandbox, telemetry",
             ],
         );
         check_errors(
@@ -690,15 +707,23 @@ command = []
              headers = {{ Authorization = \"Bearer hdr-secret\" }}\n\
              [[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/hook-secret\"\n\
              headers = {{ X = \"alert-secret\" }}\n\
+             [telemetry]\notlp_endpoint = \"https://u:otlp-pw-secret@otlp.example\"\n\
+             headers = {{ authorization = \"Basic otlp-secret\" }}\n\
              {STAGE}env = {{ TOKEN = \"env-secret\" }}\n"
         ));
         let shown = format!("{:#?}", c.redacted());
+        assert!(
+            !format!("{c:?}").contains("otlp-secret"),
+            "Debug hides it too"
+        );
         for secret in [
             "pw-secret",
             "hdr-secret",
             "hook-secret",
             "alert-secret",
             "env-secret",
+            "otlp-secret",
+            "otlp-pw-secret",
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }

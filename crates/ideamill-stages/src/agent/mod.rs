@@ -222,7 +222,16 @@ impl Executor for AgentExecutor {
                 }
             }
         };
-        let mut execution = self.program.run_in(job, &dir, invocation, cancel).await;
+        let mut execution = self
+            .program
+            .run_in(
+                job,
+                &dir,
+                invocation,
+                context.traceparent.as_deref(),
+                cancel,
+            )
+            .await;
         if self.agent.prompt_via == PromptVia::File {
             let _ = std::fs::remove_file(&prompt_file);
         }

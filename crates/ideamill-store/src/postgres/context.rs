@@ -67,6 +67,7 @@ async fn contexts_of(
                     .map_err(|e| StoreError::Corrupt(format!("outputs of item {id}: {e}")))?,
                 feedback: serde_json::from_str(&feedback)
                     .map_err(|e| StoreError::Corrupt(format!("feedback of item {id}: {e}")))?,
+                traceparent: None,
             },
         );
     }

@@ -34,6 +34,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../migrations/postgres/0006_failure_class.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_trace_id.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

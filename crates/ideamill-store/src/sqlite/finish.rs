@@ -43,6 +43,7 @@ impl Stages for SqliteStore {
                 .map_err(|e| StoreError::Corrupt(format!("outputs of item {item}: {e}")))?,
             feedback: serde_json::from_str(&feedback)
                 .map_err(|e| StoreError::Corrupt(format!("feedback of item {item}: {e}")))?,
+            traceparent: None,
         })
     }
 

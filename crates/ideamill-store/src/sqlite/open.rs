@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_failure_class.sql"),
     ),
+    (8, include_str!("../../migrations/sqlite/0008_trace_id.sql")),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

@@ -96,7 +96,7 @@ impl Rows for SqliteStore {
         let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
         for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at) ",
+                "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at, trace_id) ",
             );
             q.push_values(chunk.iter().zip(chunk_ids), |mut b, (item, id)| {
                 b.push_bind(*id)
@@ -106,7 +106,10 @@ impl Rows for SqliteStore {
                     .push_bind(&first.stage)
                     .push_bind(first.round)
                     .push_bind(now)
-                    .push_bind(now);
+                    .push_bind(now)
+                    // Written here, not by the migration's trigger: one
+                    // write per item.
+                    .push("lower(hex(randomblob(16)))");
             });
             q.build().execute(&mut **tx).await?;
         }

@@ -129,10 +129,13 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
             bytes: f.bytes,
         })
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &ItemView::new(v.detail, v.workspace, files),
-    ))
+    let mut view = ItemView::new(v.detail, v.workspace, files);
+    view.trace_url = view
+        .item
+        .trace_id
+        .as_deref()
+        .and_then(|t| s.config.telemetry.trace_link(t));
+    Ok(json(StatusCode::OK, &view))
 }
 
 /// `GET /api/items/{id}/files/{path}`: one file of an item's workspace, as text.

@@ -97,6 +97,8 @@ pub struct Item {
     pub updated_at: Millis,
     /// When it ended done, failed or cancelled.
     pub finished_at: Option<Millis>,
+    /// Its OpenTelemetry trace id (32 hex digits).
+    pub trace_id: Option<String>,
 }
 
 impl From<store::ItemRow> for Item {
@@ -113,6 +115,7 @@ impl From<store::ItemRow> for Item {
             created_at: i.created_at,
             updated_at: i.updated_at,
             finished_at: i.finished_at,
+            trace_id: i.trace_id,
         }
     }
 }
@@ -389,12 +392,15 @@ pub struct ItemView<F> {
     pub workspace: PathBuf,
     /// The regular files in its workspace folder, sorted by path.
     pub files: Vec<F>,
+    /// Its trace in the tracing backend, when `[telemetry] trace_url` is set.
+    pub trace_url: Option<String>,
 }
 
 impl<F> ItemView<F> {
     /// The story of `d`, with its workspace folder and files.
     pub fn new(d: store::ItemDetail, workspace: PathBuf, files: Vec<F>) -> ItemView<F> {
         ItemView {
+            trace_url: None,
             item: d.item.into(),
             display_state: d.display_state,
             jobs: convert(d.jobs),

@@ -137,6 +137,9 @@ struct ItemPage {
     files: Vec<File>,
     more_files: usize,
     workspace: String,
+    /// The item's trace id, and its link when `[telemetry] trace_url` is set.
+    trace_id: Option<String>,
+    trace_url: Option<String>,
     prompt_tokens: u64,
     completion_tokens: u64,
     cost: f64,
@@ -455,6 +458,12 @@ async fn view(s: &AppState, id: ItemId) -> ApiResult<(ItemPage, String)> {
         more_files: v.files.len().saturating_sub(MAX_FILES_SHOWN),
         files,
         workspace: v.workspace.display().to_string(),
+        trace_id: d.item.trace_id.clone(),
+        trace_url: d
+            .item
+            .trace_id
+            .as_deref()
+            .and_then(|t| s.config.telemetry.trace_link(t)),
         prompt_tokens: d.usage.prompt_tokens,
         completion_tokens: d.usage.completion_tokens,
         cost: d.usage.cost,

@@ -40,6 +40,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         BenchWhat::Worker { config } => worker(&config).await?,
         BenchWhat::Sandbox { runs, items } => sandbox(runs, items).await?,
+        BenchWhat::Telemetry {
+            items,
+            concurrency,
+            runs,
+        } => telemetry(items, concurrency, runs).await?,
         BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
         BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
         BenchWhat::Web { items, requests } => return super::bench_web::run(items, requests).await,
@@ -150,6 +155,81 @@ async fn throughput(
     Ok(())
 }
 
+/// `bench telemetry`: no-op throughput with traces off and with export to
+/// a dead collector (a loopback port nothing listens on: every request
+/// fails at once, the worst case for the drop path), alternately so both
+/// see the same machine. Each item makes 5 spans (root, 3 attempts, end).
+async fn telemetry(items: u32, concurrency: u32, runs: u32) -> anyhow::Result<()> {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", listener.local_addr()?)
+    };
+    println!(
+        "bench telemetry: {items} items x 3 no-op stages, concurrency {concurrency}, SQLite; dead collector at {dead}"
+    );
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (k, endpoint) in [None, Some(dead.as_str())].into_iter().enumerate() {
+            let dir = tempfile::tempdir()?;
+            let mut config = scratch(dir.path(), 3, concurrency, &None)?;
+            config.telemetry.otlp_endpoint = endpoint.map(str::to_owned);
+            let config = Arc::new(config);
+            let store = project::open_store(&config).await?;
+            let first = first_job(&config);
+            for chunk in new_items(items as usize).chunks(1000) {
+                store.add_items(chunk, &first, now_millis()).await?;
+            }
+            let telemetry = Arc::new(
+                ideamill_telemetry::Telemetry::start(&config.telemetry)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            );
+            let before = ideamill_telemetry::stats();
+            let engine = Engine::new(
+                config.clone(),
+                store.clone(),
+                noop_executors(&config),
+                EngineOptions {
+                    until_idle: true,
+                    telemetry: Some(telemetry.clone()),
+                    ..EngineOptions::default()
+                },
+            );
+            let clock = Instant::now();
+            let summary = engine.run(CancellationToken::new()).await?;
+            let took = clock.elapsed();
+            store.close().await;
+            if let Some(t) = Arc::into_inner(telemetry) {
+                t.shutdown(Duration::from_secs(10)).await;
+            }
+            let after = ideamill_telemetry::stats();
+            let rate = summary.attempts as f64 / took.as_secs_f64();
+            rates[k].push(rate);
+            println!(
+                "  {:<28} {} jobs in {:.2}s = {rate:.0} jobs/s; spans dropped {}, failed requests {}",
+                if endpoint.is_some() {
+                    "export to a dead collector"
+                } else {
+                    "traces off"
+                },
+                summary.attempts,
+                took.as_secs_f64(),
+                after.dropped - before.dropped,
+                after.failures - before.failures,
+            );
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, dead) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!(
+        "  median: off {off:.0} jobs/s, dead collector {dead:.0} jobs/s ({:+.1}%)",
+        (dead / off - 1.0) * 100.0
+    );
+    Ok(())
+}
+
 /// `bench sandbox`: a no-op command (`true`) through the real command
 /// executor, confined and not, alternately so that both see the same
 /// machine; then 3 confined no-op stages through the engine.
@@ -176,9 +256,11 @@ async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
             created_at: now,
             updated_at: now,
             finished_at: None,
+            trace_id: None,
         },
         outputs: Vec::new(),
         feedback: Vec::new(),
+        traceparent: None,
     };
     let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let cancel = CancellationToken::new();

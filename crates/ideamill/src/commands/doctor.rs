@@ -63,6 +63,46 @@ async fn check_providers(config: &Config) -> Vec<ProviderCheck> {
     checks
 }
 
+/// With `[telemetry]` on: whether the collector answers an empty export
+/// request, and what each engine's exporter sent and dropped. Traces are
+/// never worth a verdict (the mill works without them): the check fails,
+/// the verdict stays.
+async fn check_telemetry(config: &Config, engines: &[verdict::EngineFile]) -> Option<Check> {
+    let endpoint = config.telemetry.otlp_endpoint.as_ref()?;
+    let shown = ideamill_core::config::redact_url_secret(endpoint);
+    let probe = tokio::time::timeout(
+        Duration::from_secs(5),
+        ideamill_telemetry::exporter::probe(&config.telemetry),
+    )
+    .await
+    .unwrap_or_else(|_| Err("no answer within 5s".into()));
+    let mut detail = match &probe {
+        Ok(()) => format!("{shown}/v1/traces: the collector answers"),
+        Err(e) => format!("{shown}/v1/traces: the collector is unreachable ({e})"),
+    };
+    let mut dropped = 0;
+    for e in engines.iter().filter(|e| e.alive) {
+        if let Some(t) = &e.file.telemetry {
+            dropped += t.dropped;
+            detail.push_str(&format!(
+                "; engine pid {}: {} span(s) sent, {} dropped, {} failed request(s){}",
+                e.file.pid,
+                t.exported,
+                t.dropped,
+                t.failures,
+                t.last_error
+                    .as_ref()
+                    .map_or(String::new(), |m| format!(" (last: {m})"))
+            ));
+        }
+    }
+    Some(Check {
+        name: "telemetry",
+        ok: probe.is_ok() && dropped == 0,
+        detail,
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     #[serde(flatten)]
@@ -170,6 +210,9 @@ pub async fn run(config: Option<&Path>, args: DoctorArgs) -> anyhow::Result<Exit
         facts.providers = check_providers(&config).await;
     }
 
+    if let Some(check) = check_telemetry(&config, &facts.engines).await {
+        checks.push(check);
+    }
     let engines = &facts.engines;
     checks.push(Check {
         name: "engines",

@@ -117,11 +117,22 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         tracing::warn!(error = %e, "DEGRADED: cannot become a child subreaper; a job's orphans go to init");
     }
 
+    let telemetry = Arc::new(
+        ideamill_telemetry::Telemetry::start(&config.telemetry)
+            .map_err(|e| project::config_problem(&config, e))?,
+    );
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        tracing::info!(
+            "Sending traces to {}/v1/traces (OTLP/HTTP)",
+            ideamill_core::config::redact_url_secret(endpoint)
+        );
+    }
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let options = EngineOptions {
         until_idle: args.until_idle,
         progress: Some(progress_tx),
         health: Some(health.clone()),
+        telemetry: Some(telemetry.clone()),
         ..EngineOptions::default()
     };
     let executors =
@@ -153,6 +164,10 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         active,
     ));
     let summary = engine.run(shutdown).await;
+    // The engine holds the other handle; it is gone once `run` returns.
+    if let Some(telemetry) = Arc::into_inner(telemetry) {
+        telemetry.shutdown(Duration::from_secs(5)).await;
+    }
     inbox.stop().await;
     let _ = reporter.await;
     alerts_stop.cancel();
@@ -272,6 +287,23 @@ async fn report(mut rx: mpsc::UnboundedReceiver<Progress>, bar: bool, active: u6
                             Err(e) => format!(" (not recorded: {e})"),
                         };
                         let took = output::elapsed(0, elapsed.as_millis() as i64);
+                        if crate::json_logs() {
+                            tracing::info!(
+                                item = job.item_id,
+                                job = job.id,
+                                stage = %job.stage,
+                                round = job.round,
+                                attempt = job.attempt,
+                                outcome = %outcome,
+                                elapsed_ms = elapsed.as_millis() as u64,
+                                "Item {} · {} · round {} try {} · {outcome} in {took}{state}",
+                                job.item_id,
+                                job.stage,
+                                job.round,
+                                job.attempt
+                            );
+                            continue;
+                        }
                         // Never a panic on a full disk or a closed pipe.
                         let _ = writeln!(
                             std::io::stderr(),
@@ -286,6 +318,8 @@ async fn report(mut rx: mpsc::UnboundedReceiver<Progress>, bar: bool, active: u6
             }
             Progress::Recovered { message } => match &bar {
                 Some(b) => b.println(message),
+                // Logged by the engine already.
+                None if crate::json_logs() => {}
                 None => {
                     let _ = writeln!(std::io::stderr(), "{message}");
                 }

@@ -23,7 +23,13 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
     let files = workspace_files(&workspace, 200);
     if args.json {
         // Files by path only, where the API gives their sizes too.
-        output::json(&ItemView::new(d, workspace, files))?;
+        let mut view = ItemView::new(d, workspace, files);
+        view.trace_url = view
+            .item
+            .trace_id
+            .as_deref()
+            .and_then(|t| config.telemetry.trace_link(t));
+        output::json(&view)?;
         return Ok(ExitCode::SUCCESS);
     }
     let now = now_millis();
@@ -66,6 +72,12 @@ pub async fn run(config: Option<&Path>, args: ShowArgs) -> anyhow::Result<ExitCo
         writeln!(out, "  failure:  {}", output::failure_meaning(class))?;
     }
     writeln!(out, "  workspace: {}", workspace.display())?;
+    if let Some(trace) = &item.trace_id {
+        match config.telemetry.trace_link(trace) {
+            Some(link) => writeln!(out, "  trace:    {trace} ({link})")?,
+            None => writeln!(out, "  trace:    {trace}")?,
+        }
+    }
     if d.usage.tokens() > 0 {
         writeln!(
             out,
