@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::llm::fake_provider::FakeProvider;
 use crate::util::*;
 use serde_json::{Value, json};
 
@@ -60,7 +61,8 @@ const HIDDEN_MUL: &str = "import unittest\nfrom main import mul\n\nclass H(unitt
 
 #[test]
 fn eval_measures_pass_rates_per_round_against_the_single_shot_baseline() {
-    let url = serve_openai(reply);
+    let provider = FakeProvider::answering(reply);
+    let url = provider.url.clone();
     let config = format!(
         "{ENGINE}\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"fake\"\n\
          stream = false\nidle_timeout = \"5s\"\n\n\

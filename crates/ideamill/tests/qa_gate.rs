@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::llm::fake_provider::FakeProvider;
 use crate::util::*;
 use serde_json::Value;
 
@@ -144,7 +145,8 @@ fn qa_outputs(item: &Value) -> Vec<String> {
 
 #[test]
 fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_way() {
-    let url = serve_openai(reply);
+    let provider = FakeProvider::answering(reply);
+    let url = provider.url.clone();
     let dir = tempfile::tempdir().unwrap();
     init_in(dir.path(), &["proj", "--provider", &url, "--model", "fake"]);
     let p = Project::at(dir.path().join("proj"));

@@ -1,13 +1,12 @@
 //! Helpers for running the real `ideamill` binary on a temporary project:
 //! fixtures, waiting on conditions with deadlines, and JSON reads.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The `ideamill` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ideamill");
@@ -275,55 +274,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A non-streaming OpenAI-compatible server on loopback that answers every
-/// chat request with `reply(the request's messages as JSON)` and 11 + 7
-/// tokens of usage; its base URL.
-pub fn serve_openai(reply: fn(&str) -> String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut length = 0;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let prompt = request["messages"].to_string();
-                let body = json!({
-                    "model": "fake",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply(&prompt)}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-                })
-                .to_string();
-                let mut conn = conn;
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    url
 }
 
 /// `ideamill init ARGS` run in `dir` (any `IDEAMILL_CONFIG` ignored), which

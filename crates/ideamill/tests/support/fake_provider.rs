@@ -34,9 +34,28 @@ pub struct FakeProvider {
     pub requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// How the server picks a request's reply.
+#[derive(Clone)]
+enum Script {
+    /// By the connection's number: these in order, the last one repeating.
+    InOrder(Arc<Vec<Reply>>),
+    /// By what the request's messages say (as JSON text): a whole answer.
+    Answer(fn(&str) -> String),
+}
+
 impl FakeProvider {
     /// Serve `replies` in order; past the end, the last one repeats.
     pub fn start(replies: Vec<Reply>) -> FakeProvider {
+        Self::serve_with(Script::InOrder(Arc::new(replies)))
+    }
+
+    /// Answer every request, whole (not streamed), with what `answer` makes
+    /// of its messages (the JSON text of the request's `messages`).
+    pub fn answering(answer: fn(&str) -> String) -> FakeProvider {
+        Self::serve_with(Script::Answer(answer))
+    }
+
+    fn serve_with(script: Script) -> FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -44,12 +63,9 @@ impl FakeProvider {
         std::thread::spawn(move || {
             for (i, conn) in listener.incoming().enumerate() {
                 let Ok(conn) = conn else { continue };
-                let reply = replies.get(i).or(replies.last()).cloned();
-                let seen = seen.clone();
+                let (script, seen) = (script.clone(), seen.clone());
                 std::thread::spawn(move || {
-                    if let Some(reply) = reply {
-                        let _ = serve(conn, &reply, &seen);
-                    }
+                    let _ = serve(conn, i, &script, &seen);
                 });
             }
         });
@@ -61,7 +77,12 @@ impl FakeProvider {
     }
 }
 
-fn serve(conn: TcpStream, reply: &Reply, seen: &Mutex<Vec<String>>) -> std::io::Result<()> {
+fn serve(
+    conn: TcpStream,
+    index: usize,
+    script: &Script,
+    seen: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut length = 0;
     let mut line = String::new();
@@ -85,9 +106,22 @@ fn serve(conn: TcpStream, reply: &Reply, seen: &Mutex<Vec<String>>) -> std::io::
         // A probe (GET /models): answer it without counting it.
         return respond(conn, 200, "application/json", &[], "{\"data\":[]}");
     }
+    let reply = match script {
+        Script::InOrder(replies) => match replies.get(index).or(replies.last()) {
+            Some(reply) => reply.clone(),
+            None => return Ok(()),
+        },
+        Script::Answer(answer) => {
+            let request: serde_json::Value =
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            Reply::Json {
+                text: answer(&request["messages"].to_string()),
+            }
+        }
+    };
     seen.lock().unwrap().push(body);
     let mut conn = conn;
-    match reply {
+    match &reply {
         Reply::Json { text } => {
             let body = serde_json::json!({
                 "model": "fake",
