@@ -70,6 +70,16 @@ fn reply(prompt: &str) -> String {
             main_py("def sept(n):\n    return 7 * n")
         );
     }
+    // Its first own test fills memory: a MemoryError sent back as feedback,
+    // not the sandbox's limit ending the gate as an error on every retry.
+    if prompt.contains("octo(n)") && prompt.contains("acceptance tests will be run") {
+        let own_test = if prompt.contains("failed its tests") {
+            "self.assertEqual(octo(2), 16)"
+        } else {
+            "x = [bytearray(1 << 20) for _ in iter(int, 1)]"
+        };
+        return implementation("def octo(n):\n    return 8 * n", own_test);
+    }
     if prompt.contains("quad(n)") && prompt.contains("acceptance tests will be run") {
         return implementation(
             "def quad(n):\n    return 4 * n",
@@ -165,6 +175,7 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     let quad = p.add("a function quad(n) that returns four times n");
     let penta = p.add("a function penta(n) that returns five times n");
     let sept = p.add("a function sept(n) that returns seven times n");
+    let octo = p.add("a function octo(n) that returns eight times n");
     p.run_until_idle(Duration::from_secs(120));
 
     let item = p.show(c2f);
@@ -223,6 +234,12 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
         own.starts_with("from main import sept\nimport unittest\n"),
         "{own}"
     );
+
+    let item = p.show(octo);
+    assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+    assert_eq!(item["item"]["round"], 2, "{item:#}");
+    let rejected = item["feedback"][0]["feedback"].as_str().unwrap_or_default();
+    assert!(rejected.contains("MemoryError"), "{item:#}");
 
     let item = p.show(half);
     assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());

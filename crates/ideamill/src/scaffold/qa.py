@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,11 @@ import tempfile
 
 ACCEPTANCE = "test_acceptance.py"
 TIMEOUT = 100
+# Address space of one test run: a runaway program (its own or the
+# reference's) gets a MemoryError there, which is feedback, instead of
+# filling the sandbox's memory limit, which ends the whole gate as an error
+# that would repeat the same way on every retry.
+TEST_MEMORY = 1 << 30
 # Larger test files are run as they are, never parsed for repairs.
 REPAIR_MAX_BYTES = 1 << 20
 
@@ -208,6 +214,7 @@ def run_tests(folder, pattern):
         result = subprocess.run(
             [sys.executable, "-B", "-c", RUNNER, pattern, out],
             cwd=folder, capture_output=True, text=True, timeout=TIMEOUT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (TEST_MEMORY, TEST_MEMORY)),
         )
         report = (result.stdout + result.stderr).strip()
         with open(out, encoding="utf-8") as f:
