@@ -34,7 +34,11 @@ import sys
 import tempfile
 
 ACCEPTANCE = "test_acceptance.py"
-TIMEOUT = 100
+# Seconds for the item's tests, then the reference's: both well inside the
+# stage's `timeout` (2m in the scaffold), so a program that never ends is
+# feedback too, never a stage timeout that every retry would repeat.
+TIMEOUT = 60
+REFERENCE_TIMEOUT = 30
 # Address space of one test run: a runaway program (its own or the
 # reference's) gets a MemoryError there, which is feedback, instead of
 # filling the sandbox's memory limit, which ends the whole gate as an error
@@ -202,7 +206,7 @@ def repair_missing_imports():
     return notes
 
 
-def run_tests(folder, pattern):
+def run_tests(folder, pattern, timeout=TIMEOUT):
     """Every test's outcome in `folder`, and the runner's own report; the
     outcomes are None when the run crashed or timed out."""
     scratch = tempfile.mkdtemp(prefix="qa-")
@@ -213,14 +217,14 @@ def run_tests(folder, pattern):
         # and at the same size as last round's never runs as last round's.
         result = subprocess.run(
             [sys.executable, "-B", "-c", RUNNER, pattern, out],
-            cwd=folder, capture_output=True, text=True, timeout=TIMEOUT,
+            cwd=folder, capture_output=True, text=True, timeout=timeout,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (TEST_MEMORY, TEST_MEMORY)),
         )
         report = (result.stdout + result.stderr).strip()
         with open(out, encoding="utf-8") as f:
             return json.load(f), report
     except subprocess.TimeoutExpired:
-        return None, "The tests did not finish within %d seconds: look for an infinite loop or input()." % TIMEOUT
+        return None, "The tests did not finish within %d seconds: look for an infinite loop or input()." % timeout
     except (OSError, ValueError):
         return None, report
     finally:
@@ -257,7 +261,7 @@ def disputed_by_reference(reference, failing):
         for test_file in glob.glob("test_*.py"):
             if os.path.isfile(test_file) and not os.path.islink(test_file):
                 shutil.copyfile(test_file, os.path.join(folder, test_file))
-        outcomes, _ = run_tests(folder, "test_*.py")
+        outcomes, _ = run_tests(folder, "test_*.py", REFERENCE_TIMEOUT)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     disputed = {}
