@@ -80,6 +80,16 @@ fn reply(prompt: &str) -> String {
         };
         return implementation("def octo(n):\n    return 8 * n", own_test);
     }
+    // Its first own test nests deeper than Python's parser can go: the
+    // gate's repair must not crash on it, the test run reports it.
+    if prompt.contains("nona(n)") && prompt.contains("acceptance tests will be run") {
+        let own_test = if prompt.contains("failed its tests") {
+            "self.assertEqual(nona(2), 18)".to_owned()
+        } else {
+            format!("x = {}1", "-".repeat(200_000))
+        };
+        return implementation("def nona(n):\n    return 9 * n", &own_test);
+    }
     if prompt.contains("quad(n)") && prompt.contains("acceptance tests will be run") {
         return implementation(
             "def quad(n):\n    return 4 * n",
@@ -176,6 +186,7 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     let penta = p.add("a function penta(n) that returns five times n");
     let sept = p.add("a function sept(n) that returns seven times n");
     let octo = p.add("a function octo(n) that returns eight times n");
+    let nona = p.add("a function nona(n) that returns nine times n");
     p.run_until_idle(Duration::from_secs(120));
 
     let item = p.show(c2f);
@@ -240,6 +251,16 @@ fn the_gate_sets_aside_only_tests_that_the_independent_reference_fails_the_same_
     assert_eq!(item["item"]["round"], 2, "{item:#}");
     let rejected = item["feedback"][0]["feedback"].as_str().unwrap_or_default();
     assert!(rejected.contains("MemoryError"), "{item:#}");
+
+    let item = p.show(nona);
+    assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());
+    assert_eq!(item["item"]["round"], 2, "{item:#}");
+    let rejected = item["feedback"][0]["feedback"].as_str().unwrap_or_default();
+    assert!(
+        rejected.starts_with("Tests failed.")
+            && rejected.contains("Failed to import test module: test_main"),
+        "{item:#}"
+    );
 
     let item = p.show(half);
     assert_eq!(item["item"]["state"], "done", "{item:#}\n{}", p.logs());

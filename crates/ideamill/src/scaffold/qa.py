@@ -165,7 +165,9 @@ def repair_missing_imports():
     try:
         with open("main.py", "rb") as f:
             provided = top_level_names(ast.parse(f.read(REPAIR_MAX_BYTES + 1)))
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        # Hostile or absurd text (nesting deep enough to exhaust the
+        # parser) is run as it is: the test run reports it.
         return []
     notes = []
     for test_file in sorted(glob.glob("test_*.py")):
@@ -177,7 +179,7 @@ def repair_missing_imports():
             with open(test_file, encoding="utf-8") as f:
                 text = f.read()
             tree = ast.parse(text)
-        except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        except (OSError, SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError):
             continue
         missing = sorted(n for n in unbound_names(tree) & provided if n.isidentifier())
         if not missing:
