@@ -191,16 +191,25 @@ pub(crate) fn model_call(
     call: &ModelCall,
     capture: bool,
 ) -> SpanRecord {
+    // An agent CLI's run is one `invoke_agent` span: its own model calls
+    // happen inside the CLI, out of our sight.
+    let (operation, name) = match call.agent {
+        Some(agent) => ("invoke_agent", format!("invoke_agent {agent}")),
+        None => ("chat", format!("chat {}", call.request_model)),
+    };
     let mut span = SpanRecord::new(
         trace,
         SpanId::random(),
         Some(parent),
-        format!("chat {}", call.request_model),
+        name,
         call.started_at,
         call.ended_at,
     );
     span.kind = SpanKind::Client;
-    span.attr("gen_ai.operation.name", "chat")
+    if let Some(agent) = call.agent {
+        span.attr("gen_ai.agent.name", agent);
+    }
+    span.attr("gen_ai.operation.name", operation)
         .attr("gen_ai.system", call.system)
         .attr("gen_ai.request.model", call.request_model.as_str())
         .attr("ideamill.provider", call.provider.as_str());

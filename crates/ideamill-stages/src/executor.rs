@@ -48,8 +48,13 @@ pub struct Execution {
 /// otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelCall {
-    /// `gen_ai.system`: `openai` or `anthropic` (the API spoken).
+    /// `gen_ai.system`: `openai` or `anthropic` (the API spoken), or for
+    /// an agent CLI the vendor of its model (`_OTHER` when unknown).
     pub system: &'static str,
+    /// The agent preset when a coding-agent CLI made the call(s)
+    /// (`invoke_agent`, as the GenAI conventions name it); `None` for a
+    /// direct chat call.
+    pub agent: Option<&'static str>,
     /// The provider's name in `[providers]`.
     pub provider: String,
     /// `gen_ai.request.model`.

@@ -254,6 +254,7 @@ impl Executor for LlmExecutor {
         let answer = self.provider.chat(&request, cancel).await;
         let mut call = ModelCall {
             system: self.system_name,
+            agent: None,
             provider: self.llm.provider.clone(),
             request_model: self.model.clone(),
             response_model: None,

@@ -17,12 +17,12 @@ const PRESETS: &[&str] = &["claude", "codex", "aider", "gemini", "opencode"];
 
 /// A folder of fake agent CLIs, one per name, readable by the sandbox's
 /// user (the engine drops to `nobody` when it runs as root).
-struct FakeBin {
+pub(crate) struct FakeBin {
     dir: tempfile::TempDir,
 }
 
 impl FakeBin {
-    fn new(names: &[&str]) -> FakeBin {
+    pub(crate) fn new(names: &[&str]) -> FakeBin {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         for name in names {
@@ -38,7 +38,7 @@ impl FakeBin {
     }
 
     /// `PATH` with the fakes first.
-    fn env_path(&self) -> String {
+    pub(crate) fn env_path(&self) -> String {
         let rest = std::env::var("PATH").unwrap_or_default();
         format!("{}:{rest}", self.path().display())
     }
@@ -49,7 +49,7 @@ fn run_with(p: &Project, bin: &FakeBin, args: &[&str]) -> std::process::Output {
     p.cmd(args).env("PATH", bin.env_path()).output().unwrap()
 }
 
-fn run_until_idle(p: &Project, bin: &FakeBin) {
+pub(crate) fn run_until_idle(p: &Project, bin: &FakeBin) {
     let log = std::fs::File::create(p.file("run-agent.log")).unwrap();
     let mut child = p
         .cmd(&["run", "--until-idle"])
@@ -62,14 +62,14 @@ fn run_until_idle(p: &Project, bin: &FakeBin) {
     assert!(status.success(), "run failed: {status}\n{}", p.logs());
 }
 
-fn agent_stage(name: &str, preset: &str, extra: &str) -> String {
+pub(crate) fn agent_stage(name: &str, preset: &str, extra: &str) -> String {
     format!(
         "[[stages]]\nname = \"{name}\"\nkind = \"agent\"\npreset = \"{preset}\"\n\
          prompt = \"prompt.md\"\ntimeout = \"60s\"\nmax_attempts = 1\n{extra}\n"
     )
 }
 
-fn project(stages: &str, extra: &str) -> Project {
+pub(crate) fn project(stages: &str, extra: &str) -> Project {
     let p = Project::new(&format!("{ENGINE}\n{extra}\n{stages}"));
     std::fs::write(
         p.file("prompt.md"),

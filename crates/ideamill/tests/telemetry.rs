@@ -265,6 +265,75 @@ fn an_item_is_one_trace_with_its_attempts_model_calls_and_gate_rejection() {
     print_tree(&spans);
 }
 
+/// An agent stage's run is one `invoke_agent` span under its attempt, with
+/// the model and tokens its CLI reported (the fake `claude`: 150 in, 40 out).
+#[test]
+fn an_agent_stage_is_one_invoke_agent_span_with_what_its_cli_reported() {
+    use crate::agent::{FakeBin, agent_stage, project, run_until_idle};
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let bin = FakeBin::new(&["claude"]);
+    let p = project(
+        &agent_stage("implement", "claude", "model = \"fake-sonnet\""),
+        &format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\ncapture_content = true\n",
+            receiver.url
+        ),
+    );
+    let id = p.add("trace the agent");
+    run_until_idle(&p, &bin);
+    let item = p.show(id);
+    assert_eq!(item["item"]["state"], "done", "{item:#}");
+
+    let spans = receiver.spans();
+    let attempt = spans
+        .iter()
+        .find(|s| s["name"] == "attempt implement")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    let calls: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["name"] == "invoke_agent claude")
+        .collect();
+    assert_eq!(calls.len(), 1, "{spans:#?}");
+    let call = calls[0];
+    assert_eq!(call["parent_span_id"], attempt["span_id"], "{call:#}");
+    assert_eq!(call["kind"], 3, "a client span: {call:#}");
+    assert_eq!(attr(call, "gen_ai.operation.name"), "invoke_agent");
+    assert_eq!(attr(call, "gen_ai.agent.name"), "claude");
+    assert_eq!(attr(call, "gen_ai.system"), "anthropic");
+    assert_eq!(attr(call, "gen_ai.request.model"), "fake-sonnet");
+    assert_eq!(attr(call, "gen_ai.usage.input_tokens"), 150);
+    assert_eq!(attr(call, "gen_ai.usage.output_tokens"), 40);
+    assert!(
+        call["end"].as_u64() >= call["start"].as_u64()
+            && call["start"].as_u64() >= attempt["start"].as_u64(),
+        "{call:#}"
+    );
+    // With capture_content: the rendered prompt and the final message.
+    let events: Vec<&str> = call["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["gen_ai.content.prompt", "gen_ai.content.completion"],
+        "{call:#}"
+    );
+    assert!(
+        call["events"][0]["attributes"]["gen_ai.prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("Build: trace the agent"),
+        "{call:#}"
+    );
+    assert_eq!(
+        call["events"][1]["attributes"]["gen_ai.completion"],
+        "claude finished: wrote main.py"
+    );
+}
+
 /// The span tree as the receiver decoded it, for the record.
 fn print_tree(spans: &[Value]) {
     let mut children: HashMap<&str, Vec<&Value>> = HashMap::new();

@@ -94,6 +94,9 @@ struct Preset {
     output: AgentOutput,
     /// The variables holding its API keys: passed by default, with a network.
     keys: &'static [&'static str],
+    /// Whose models it calls, as OpenTelemetry's `gen_ai.system` names
+    /// them; `_OTHER` for a CLI that calls many.
+    vendor: &'static str,
 }
 
 /// Every preset. The agents run inside the sandbox, which is the boundary:
@@ -115,6 +118,7 @@ const PRESETS: &[Preset] = &[
         prompt_via: PromptVia::Stdin,
         output: AgentOutput::Claude,
         keys: &["ANTHROPIC_API_KEY"],
+        vendor: "anthropic",
     },
     Preset {
         name: "codex",
@@ -132,6 +136,7 @@ const PRESETS: &[Preset] = &[
         prompt_via: PromptVia::Stdin,
         output: AgentOutput::Codex,
         keys: &["OPENAI_API_KEY", "CODEX_API_KEY"],
+        vendor: "openai",
     },
     Preset {
         name: "aider",
@@ -149,6 +154,7 @@ const PRESETS: &[Preset] = &[
         prompt_via: PromptVia::File,
         output: AgentOutput::Aider,
         keys: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
+        vendor: "_OTHER",
     },
     Preset {
         name: "gemini",
@@ -159,6 +165,7 @@ const PRESETS: &[Preset] = &[
         prompt_via: PromptVia::Argument,
         output: AgentOutput::Gemini,
         keys: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+        vendor: "gcp.gemini",
     },
     Preset {
         name: "opencode",
@@ -169,6 +176,7 @@ const PRESETS: &[Preset] = &[
         prompt_via: PromptVia::Argument,
         output: AgentOutput::Opencode,
         keys: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
+        vendor: "_OTHER",
     },
     Preset {
         name: "custom",
@@ -179,6 +187,7 @@ const PRESETS: &[Preset] = &[
         prompt_via: PromptVia::Stdin,
         output: AgentOutput::Text,
         keys: &[],
+        vendor: "_OTHER",
     },
 ];
 
@@ -194,6 +203,14 @@ impl AgentPreset {
             .iter()
             .find(|p| p.preset == self)
             .map_or("custom", |p| p.name)
+    }
+
+    /// Whose models it calls, as `gen_ai.system` (`_OTHER`: many).
+    pub fn vendor(self) -> &'static str {
+        PRESETS
+            .iter()
+            .find(|p| p.preset == self)
+            .map_or("_OTHER", |p| p.vendor)
     }
 
     /// The variables holding its API keys (passed by default).

@@ -28,7 +28,9 @@ use ideamill_store::{ClaimedJob, ItemContext, Store};
 use ideamill_sys::clock::now_millis;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{CommandExecutor, Execution, Executor, Invocation, workspace_files};
+use crate::executor::{
+    CommandExecutor, Execution, Executor, Invocation, ModelCall, workspace_files,
+};
 use crate::kind::{Build, Kind, find_program, read_template, template_name};
 
 /// The prompt file of `prompt_via = "file"`, in the item's folder while
@@ -140,6 +142,45 @@ impl AgentExecutor {
         .await
     }
 
+    /// The run as a trace shows it: one `invoke_agent` call, with what the
+    /// CLI reported of its model and tokens.
+    fn model_call(
+        &self,
+        result: &StageResult,
+        reported: Option<&report::Reported>,
+        (started_at, ended_at): (Millis, Millis),
+        prompt: String,
+        message: &str,
+    ) -> ModelCall {
+        let preset = self.agent.preset;
+        let requested = self.agent.model.clone();
+        ModelCall {
+            system: preset.vendor(),
+            agent: Some(preset.name()),
+            provider: preset.name().to_owned(),
+            request_model: requested
+                .clone()
+                .unwrap_or_else(|| preset.name().to_owned()),
+            response_model: reported.and_then(|r| r.model.clone()).or(requested),
+            started_at,
+            ended_at,
+            input_tokens: reported.map(|r| r.input_tokens),
+            output_tokens: reported.map(|r| r.output_tokens),
+            first_token_after: None,
+            limiter_wait: None,
+            finish_reason: None,
+            error: match result {
+                // `timeout`, `hung`, `error`, …: what ended the run.
+                StageResult::Failed {
+                    message, outcome, ..
+                } => Some((message.clone(), outcome.as_str())),
+                _ => None,
+            },
+            prompt,
+            completion: (!message.is_empty()).then(|| message.to_owned()),
+        }
+    }
+
     /// The usage of a run, from what the CLI reported.
     fn usage(&self, reported: Option<&report::Reported>) -> Usage {
         let provider = self.agent.preset.name().to_owned();
@@ -203,7 +244,7 @@ impl Executor for AgentExecutor {
         let invocation = match self.agent.prompt_via {
             PromptVia::Stdin => Invocation {
                 args: self.agent.args(None),
-                stdin: prompt.into_bytes(),
+                stdin: prompt.clone().into_bytes(),
             },
             PromptVia::Argument => Invocation {
                 args: self.agent.args(Some(&prompt)),
@@ -222,6 +263,7 @@ impl Executor for AgentExecutor {
                 }
             }
         };
+        let started_at = now_millis();
         let mut execution = self
             .program
             .run_in(
@@ -293,6 +335,15 @@ impl Executor for AgentExecutor {
         };
         if !listed.is_empty() {
             notes.push(format!("files: {}", listed.join(", ")));
+        }
+        if ran {
+            execution.model_call = Some(self.model_call(
+                &execution.result,
+                read.usage.as_ref(),
+                (started_at, now_millis()),
+                prompt,
+                &message,
+            ));
         }
         execution.output = Some(message);
         execution.error = (!notes.is_empty()).then(|| notes.join("; "));
