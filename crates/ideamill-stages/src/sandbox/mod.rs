@@ -78,6 +78,27 @@ pub struct SandboxReport {
 }
 
 impl Sandbox {
+    /// For a pipeline none of whose stages starts a program (model calls
+    /// only): not probed, and never used.
+    pub fn unused(config: &SandboxConfig) -> Sandbox {
+        Sandbox {
+            program: None,
+            // SAFETY: geteuid cannot fail.
+            as_root: unsafe { libc::geteuid() } == 0,
+            cgroups: None,
+            filters: None,
+            report: SandboxReport {
+                program: config.program.clone(),
+                version: None,
+                works: false,
+                problem: Some("not probed: no stage starts a program".to_owned()),
+                isolation: String::new(),
+                limits: String::new(),
+                seccomp: String::new(),
+            },
+        }
+    }
+
     /// Probes the host: finds the program, starts a confined `true`, and
     /// looks for a control group to put jobs in. Blocking (tens of ms).
     pub fn probe(config: &SandboxConfig) -> Sandbox {
