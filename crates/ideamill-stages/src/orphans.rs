@@ -45,8 +45,8 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// How long the reaper sleeps while the engine has no child at all. Nothing
 /// can land on a subreaper without a child (an orphan is a descendant's),
-/// and every job leader's spawn wakes the reaper, so this is only the safety
-/// net for a child spawned elsewhere (the sandbox probe) that leaves one.
+/// and every spawn of ours wakes the reaper, so this is only the safety
+/// net for a spawn that forgot to say so ([`children_may_land`]).
 const NO_CHILDREN_NAP: Duration = Duration::from_secs(60);
 
 /// Counts job leaders' spawns, so that a reaper that saw no children wakes
@@ -70,9 +70,15 @@ pub fn spawn_leader<T>(
     if let Some(pid) = pid_of(&spawned) {
         leaders.insert(pid);
     }
+    children_may_land();
+    Ok(spawned)
+}
+
+/// A program of ours was started, so a process may land on us: the reaper,
+/// asleep while the engine had no children, looks again.
+pub(crate) fn children_may_land() {
     *SPAWNS.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     SPAWNED.notify_all();
-    Ok(spawned)
 }
 
 /// Leader `pid` was reaped by its waiter (or given up on): the reaper may

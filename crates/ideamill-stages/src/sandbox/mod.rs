@@ -102,6 +102,14 @@ impl Sandbox {
     /// Probes the host: finds the program, starts a confined `true`, and
     /// looks for a control group to put jobs in. Blocking (tens of ms).
     pub fn probe(config: &SandboxConfig) -> Sandbox {
+        let sandbox = Self::probe_host(config);
+        // The probe's programs may have left a process on the engine (a
+        // subreaper), now that they are done: its reaper must look.
+        crate::orphans::children_may_land();
+        sandbox
+    }
+
+    fn probe_host(config: &SandboxConfig) -> Sandbox {
         // SAFETY: geteuid cannot fail.
         let as_root = unsafe { libc::geteuid() } == 0;
         let mut report = SandboxReport {
