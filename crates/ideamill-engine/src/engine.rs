@@ -127,6 +127,10 @@ struct Shared {
     /// Work may have appeared since the dispatcher last found a stage
     /// drained (see `Shared::new_work`).
     fresh_work: AtomicBool,
+    /// Grows whenever the queue may have changed (new work here, a wake-up
+    /// from another process): an idle heartbeat reads the queue again only
+    /// then (see `heartbeat`).
+    queue_changes: AtomicU64,
     /// Where trace spans go (off unless `[telemetry]` says where).
     telemetry: Arc<Telemetry>,
     /// Finished attempts' spans, until their results are committed.
@@ -140,6 +144,7 @@ impl Shared {
     /// a busy engine does not send a claim per finished job.
     fn new_work(&self) {
         self.fresh_work.store(true, Ordering::SeqCst);
+        self.queue_changes.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
@@ -223,6 +228,7 @@ impl Engine {
             health: self.options.health.clone(),
             wakeups_on: AtomicBool::new(false),
             fresh_work: AtomicBool::new(true),
+            queue_changes: AtomicU64::new(0),
             telemetry: self
                 .options
                 .telemetry
@@ -444,26 +450,34 @@ async fn trace_recovery(shared: &Shared, job: &ideamill_store::ReapedJob, why: &
     }
 }
 
+/// While idle, the queue is read again when something may have changed it
+/// (a wake-up), else this seldom: its figures (status file, `/metrics`) are
+/// for people, and a lost wake-up is still found.
+const IDLE_QUEUE_READ: Duration = Duration::from_secs(60);
+
 /// One beat per `heartbeat`: renew the leases of the jobs this process runs, deliver
-/// cancellations, reap other processes' expired leases, prune old rows.
+/// cancellations, reap other processes' expired leases, prune old rows. An
+/// idle engine (running nothing, nothing runnable when it last looked) does
+/// the store's part every `EngineConfig::idle_beat` only, so that with an
+/// empty queue it wakes no thread but its loop's between those.
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let engine = &shared.config.engine;
     // On the pulse's grid, so that an idle engine wakes once per beat, not twice.
-    let mut tick = match &shared.health {
-        Some(h) => tokio::time::interval_at(
-            crate::health::pulse::grid_start(h, engine.heartbeat),
-            engine.heartbeat,
-        ),
-        None => tokio::time::interval(engine.heartbeat),
-    };
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = crate::health::pulse::Ticker::new(shared.health.as_deref(), engine.heartbeat);
     let mut last_prune: Option<Instant> = None;
     let mut last_silent_check: Option<Instant> = None;
+    let mut last_budget_check = Instant::now();
     let mut outage: Option<Outage> = None;
+    let idle_every = engine.idle_beat();
+    let mut last_store_beat: Option<Instant> = None;
+    // When the queue was last read, what had changed it by then, and
+    // whether it had runnable work.
+    let mut queue_seen: Option<(Instant, (u64, usize))> = None;
+    let mut runnable_seen = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = ticker.tick() => {}
         }
         let now = now_millis();
         // Only the jobs whose work still goes on here: a job whose task ended
@@ -475,16 +489,30 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .keys()
             .copied()
             .collect();
-        match shared
-            .store
-            .heartbeat(
-                &shared.owner,
-                now,
-                now + ideamill_core::duration::millis(engine.lease),
-                &running,
-            )
-            .await
+        let idle = running.is_empty() && !runnable_seen && outage.is_none();
+        // At the first tick at least `idle_every` after the last store beat
+        // (a few ms of slack for the timer): at most a beat later than that.
+        if idle
+            && last_store_beat.is_some_and(|t| t.elapsed() + Duration::from_millis(50) < idle_every)
         {
+            continue;
+        }
+        last_store_beat = Some(Instant::now());
+        let beat = shared.store.heartbeat(
+            &shared.owner,
+            now,
+            now + ideamill_core::duration::millis(engine.lease),
+            &running,
+        );
+        // Reaping reads on another connection: at once, so that an idle
+        // beat wakes the loop about once for both. During an outage only
+        // the beat tries the store.
+        let beat = if outage.is_none() {
+            tokio::join!(beat, reap(&shared, "ideamill.lease_expired")).0
+        } else {
+            beat.await
+        };
+        match beat {
             Ok(cancels) => {
                 if let Some(lost) = outage.take() {
                     store_back(&shared, lost, now).await;
@@ -523,27 +551,34 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         // Items paused by a budget resume once it allows (a raised cap, a
         // new day); checking once a minute is plenty.
-        if now / 60_000 != (now - ideamill_core::duration::millis(engine.heartbeat)) / 60_000 {
+        if last_budget_check.elapsed() >= Duration::from_secs(60) {
+            last_budget_check = Instant::now();
             ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref())
                 .await;
         }
-        reap(&shared, "ideamill.lease_expired").await;
         if let Some(h) = &shared.health {
-            let runnable = match shared.store.queue_depth(now).await {
-                Ok(q) => {
-                    let runnable = q.iter().any(|c| c.queued > 0);
-                    h.set_queue(q);
-                    runnable
+            let changes = (shared.queue_changes.load(Ordering::SeqCst), running.len());
+            let read_queue = !idle
+                || queue_seen
+                    .is_none_or(|(at, seen)| seen != changes || at.elapsed() >= IDLE_QUEUE_READ);
+            if read_queue {
+                queue_seen = Some((Instant::now(), changes));
+                runnable_seen = match shared.store.queue_depth(now).await {
+                    Ok(q) => {
+                        let runnable = q.iter().any(|c| c.queued > 0);
+                        h.set_queue(q);
+                        runnable
+                    }
+                    Err(e) => {
+                        tracing::debug!("Could not read the queue depth: {e}");
+                        true
+                    }
+                };
+                if runnable_seen && shared.wakeups_on.load(Ordering::Relaxed) {
+                    // The dispatcher's safety net for a lost wake-up rides on
+                    // the beat, and only when there is runnable work to find.
+                    shared.new_work();
                 }
-                Err(e) => {
-                    tracing::debug!("Could not read the queue depth: {e}");
-                    true
-                }
-            };
-            if runnable && shared.wakeups_on.load(Ordering::Relaxed) {
-                // The dispatcher's safety net for a lost wake-up rides on the
-                // beat, and only when there is runnable work to find.
-                shared.new_work();
             }
         }
         if let Some(retention) = engine.retention
@@ -801,6 +836,7 @@ async fn dispatch(
                 // Another process changed something: new work, or maybe a
                 // cancellation of a job we hold.
                 maybe.fill(true);
+                shared.queue_changes.fetch_add(1, Ordering::SeqCst);
                 if shared.in_flight.load(Ordering::SeqCst) > 0 {
                     match shared.store.cancel_requests(&shared.owner).await {
                         Ok(ids) => shared.cancel_jobs(&ids),

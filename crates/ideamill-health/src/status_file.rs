@@ -1,7 +1,8 @@
 //! The status file: one per engine process, `<data_dir>/status/engine-<pid>.json`,
-//! rewritten on every beat (temp → fsync → rename → fsync of the folder), so
-//! that a supervisor, `doctor` or a person can see, without the store, that
-//! the loop is alive and what it is doing.
+//! rewritten on every beat (temp → rename, no fsync: it describes a live
+//! process, which a crash makes stale anyway), so that a supervisor,
+//! `doctor` or a person can see, without the store, that the loop is alive
+//! and what it is doing.
 
 use std::path::{Path, PathBuf};
 
@@ -123,7 +124,8 @@ impl StatusFile {
     }
 
     /// Write atomically: a reader sees the old file or the new one, never a
-    /// part, and the new one survives a crash once this returns.
+    /// part. Not synced: after a crash the file may be the old one or gone,
+    /// and the process it describes is gone too.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -134,7 +136,7 @@ impl StatusFile {
             .create(dir)?;
         let mut text = serde_json::to_vec_pretty(self)?;
         text.push(b'\n');
-        ideamill_sys::fs::write_atomic(path, &text, 0o600)
+        ideamill_sys::fs::replace_unsynced(path, &text, 0o600)
     }
 }
 

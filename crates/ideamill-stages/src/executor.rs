@@ -147,7 +147,18 @@ pub type Executors = Vec<(String, Arc<dyn Executor>)>;
 /// refuses with what to do, rather than run anything unconfined.
 pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Executors, String> {
     let providers = crate::llm_stage::providers(config)?;
-    let sandbox = Arc::new(Sandbox::probe(&config.sandbox));
+    // Model calls alone start no program: no probe (a few runs of the
+    // sandbox program, tens of ms before the first job) for a sandbox that
+    // no stage would use.
+    let starts_programs = config
+        .stages
+        .iter()
+        .any(|s| s.kind.facts().process.is_some());
+    let sandbox = Arc::new(if starts_programs {
+        Sandbox::probe(&config.sandbox)
+    } else {
+        Sandbox::unused(&config.sandbox)
+    });
     if let Some(refusal) = sandbox::refusal(config, &sandbox) {
         return Err(refusal);
     }

@@ -33,14 +33,26 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::sync::{Mutex, Once};
+use std::sync::{Condvar, Mutex, Once};
 use std::time::Duration;
 
 use ideamill_sys::process::{self as sys, ProcStat};
 
-/// How often the reaper looks for zombies. A zombie holds only a pid and a
-/// process-table slot, so a second is soon enough.
+/// How often the reaper looks for zombies while the engine has children. A
+/// zombie holds only a pid and a process-table slot, so a second is soon
+/// enough.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the reaper sleeps while the engine has no child at all. Nothing
+/// can land on a subreaper without a child (an orphan is a descendant's),
+/// and every spawn of ours wakes the reaper, so this is only the safety
+/// net for a spawn that forgot to say so ([`children_may_land`]).
+const NO_CHILDREN_NAP: Duration = Duration::from_secs(60);
+
+/// Counts job leaders' spawns, so that a reaper that saw no children wakes
+/// for the next one: an idle engine costs the reaper no wake-ups.
+static SPAWNS: Mutex<u64> = Mutex::new(0);
+static SPAWNED: Condvar = Condvar::new();
 
 /// Job leaders our own code waits for: never reaped here.
 static LEADERS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
@@ -58,7 +70,15 @@ pub fn spawn_leader<T>(
     if let Some(pid) = pid_of(&spawned) {
         leaders.insert(pid);
     }
+    children_may_land();
     Ok(spawned)
+}
+
+/// A program of ours was started, so a process may land on us: the reaper,
+/// asleep while the engine had no children, looks again.
+pub(crate) fn children_may_land() {
+    *SPAWNS.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    SPAWNED.notify_all();
 }
 
 /// Leader `pid` was reaped by its waiter (or given up on): the reaper may
@@ -88,6 +108,13 @@ pub fn start_reaper() -> io::Result<()> {
 /// The reaper thread's life.
 fn reap_forever() {
     loop {
+        let spawns = *SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
+        if sys::own_children().is_empty() {
+            // Until the next job's leader (counted before the look, so that
+            // a spawn meanwhile is not missed), or the safety net.
+            let guard = SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = SPAWNED.wait_timeout_while(guard, NO_CHILDREN_NAP, |n| *n == spawns);
+        }
         std::thread::sleep(REAP_EVERY);
         reap_orphans();
     }

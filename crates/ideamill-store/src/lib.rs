@@ -11,6 +11,7 @@ mod common;
 mod dashboard;
 mod error;
 pub mod postgres;
+pub mod seed;
 mod shared;
 pub mod sqlite;
 pub mod transfer;

@@ -5,6 +5,8 @@
 //! timestamp for folder names. Times are `i64` milliseconds, the same type as
 //! `ideamill_core::Millis`, so that this crate depends on nothing of ours.
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use rustix::time::{ClockId, Timespec, clock_gettime};
 
 /// Milliseconds since the Unix epoch (0 if the clock is set before 1970).
@@ -34,6 +36,44 @@ pub fn mono_micros() -> u64 {
 
 fn monotonic() -> Timespec {
     clock_gettime(ClockId::Monotonic)
+}
+
+/// A kernel timer (timerfd on CLOCK_MONOTONIC, non-blocking) that expires
+/// at `first` (CLOCK_MONOTONIC ms, as [`mono_millis`]) and every `period`
+/// after: readable at each expiry, so whoever waits on it wakes then, once.
+pub fn periodic_timer(first: i64, period: std::time::Duration) -> std::io::Result<OwnedFd> {
+    use rustix::time::{
+        Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, timerfd_create,
+        timerfd_settime,
+    };
+    let timer = timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    )?;
+    let spec = Itimerspec {
+        it_interval: Timespec {
+            tv_sec: period.as_secs() as i64,
+            tv_nsec: i64::from(period.subsec_nanos()),
+        },
+        // Zero would disarm the timer: the first expiry is at least 1 ns.
+        it_value: Timespec {
+            tv_sec: first.max(0) / 1000,
+            tv_nsec: (first.max(0) % 1000) * 1_000_000 + 1,
+        },
+    };
+    timerfd_settime(&timer, TimerfdTimerFlags::ABSTIME, &spec)?;
+    Ok(timer)
+}
+
+/// How many times `timer` (from [`periodic_timer`]) expired since the last
+/// call; 0 if it has not yet.
+pub fn timer_expirations(timer: &impl AsFd) -> std::io::Result<u64> {
+    let mut count = [0u8; 8];
+    match rustix::io::read(timer, &mut count) {
+        Ok(8) => Ok(u64::from_ne_bytes(count)),
+        Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `20240114T093012Z` for a wall-clock time in ms.

@@ -44,9 +44,24 @@ pub fn write_atomic_batched(path: &Path, content: &[u8], mode: u32) -> io::Resul
 
 /// temp file → write → fsync → rename over `name`, in `dir`.
 fn replace_at(dir: &impl AsFd, name: &str, content: &[u8], mode: u32) -> io::Result<()> {
-    let temp = write_temp(dir, content, mode)?;
+    let temp = write_temp(dir, content, mode, true)?;
     if let Err(e) = renameat(dir, temp.as_str(), dir, name) {
         let _ = unlinkat(dir, temp.as_str(), AtFlags::empty());
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Replace `path` with `content` so that a reader finds the old content or
+/// the new, never a part, without waiting for the device (no fsync): after a
+/// crash either may be gone. For a file that describes a live process (a
+/// status file), which a crash makes stale anyway: written every beat, it
+/// costs no disk flush and puts no thread to sleep on the device.
+pub fn replace_unsynced(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, name) = open_parent(path)?;
+    let temp = write_temp(&dir, content, mode, false)?;
+    if let Err(e) = renameat(&dir, temp.as_str(), &dir, name) {
+        let _ = unlinkat(&dir, temp.as_str(), AtFlags::empty());
         return Err(e.into());
     }
     Ok(())
@@ -57,7 +72,7 @@ fn replace_at(dir: &impl AsFd, name: &str, content: &[u8], mode: u32) -> io::Res
 /// same file cannot both succeed, and a reader never sees a part of it.
 pub fn create_atomic(path: &Path, content: &[u8], mode: u32) -> io::Result<bool> {
     let (dir, name) = open_parent(path)?;
-    let temp = write_temp(&dir, content, mode)?;
+    let temp = write_temp(&dir, content, mode, true)?;
     // A hard link fails if the name is taken (rename would replace it), and
     // every Linux file system that matters has hard links.
     let linked = rustix::fs::linkat(&dir, temp.as_str(), &dir, name, AtFlags::empty());
@@ -72,8 +87,8 @@ pub fn create_atomic(path: &Path, content: &[u8], mode: u32) -> io::Result<bool>
     }
 }
 
-/// Write a new temp file in `dir`, synced; returns its name.
-fn write_temp(dir: &impl AsFd, content: &[u8], mode: u32) -> io::Result<String> {
+/// Write a new temp file in `dir`, synced if `sync`; returns its name.
+fn write_temp(dir: &impl AsFd, content: &[u8], mode: u32, sync: bool) -> io::Result<String> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     // A hidden name that is short whatever the target's length, and unique
     // within the process; the inbox watcher and status-file readers ignore
@@ -92,7 +107,7 @@ fn write_temp(dir: &impl AsFd, content: &[u8], mode: u32) -> io::Result<String> 
         )?;
         let mut file = File::from(fd);
         file.write_all(content)?;
-        file.sync_all()
+        if sync { file.sync_all() } else { Ok(()) }
     })();
     match result {
         Ok(()) => Ok(temp),

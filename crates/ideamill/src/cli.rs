@@ -465,6 +465,12 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 20)]
         requests: u32,
     },
+    /// How busy a provider is kept under a backlog when its `max_concurrency`
+    /// is the only limit (a fake provider on loopback, `ideamill run`).
+    Saturation(crate::commands::bench_saturation::SaturationArgs),
+    /// Whether claims, finishes and reads cost the same with a million
+    /// finished jobs as with a thousand (scratch stores filled by bulk SQL).
+    History(crate::commands::bench_history::HistoryArgs),
     /// The other process of `bench pickup`: adds items one at a time and
     /// prints when it added each.
     #[command(hide = true)]

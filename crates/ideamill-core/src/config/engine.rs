@@ -79,9 +79,23 @@ pub(super) fn parse(s: &mut Section<'_>, root: &Path) -> EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// How often an engine that runs nothing, and saw nothing runnable,
+    /// touches the store: a third of `lease` (other processes' expired
+    /// leases are then reaped at most that late), at most 5 s (its row
+    /// stays fresh well within what `status` calls silent: 3 beats, at least
+    /// 10 s), and never more often than `heartbeat`.
+    pub fn idle_beat(&self) -> Duration {
+        (self.lease / 3)
+            .min(Duration::from_secs(5))
+            .max(self.heartbeat)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use crate::config::parse;
     use crate::config::testing::{STAGE, check_errors};
@@ -121,5 +135,23 @@ mod tests {
             &format!("[engine]\ninbox = \"\"\n{STAGE}"),
             &["2:9: [engine]: `inbox` must not be empty"],
         );
+    }
+
+    fn check_idle_beat(engine: &str, expected_ms: u64) {
+        let text = format!("[engine]\n{engine}\n{STAGE}");
+        let config = parse(&text, Path::new("/p/ideamill.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.engine.idle_beat(),
+            Duration::from_millis(expected_ms),
+            "config:\n{text}"
+        );
+    }
+
+    #[test]
+    fn idle_beat() {
+        check_idle_beat("", 5_000);
+        check_idle_beat("lease = \"3s\"\nheartbeat = \"200ms\"", 1_000);
+        check_idle_beat("lease = \"60s\"\nheartbeat = \"10s\"", 10_000);
+        check_idle_beat("lease = \"60s\"\nheartbeat = \"1s\"", 5_000);
     }
 }

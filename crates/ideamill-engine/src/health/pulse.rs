@@ -1,11 +1,15 @@
 //! The pulse: a task inside the engine's event loop that, every
 //! `pulse_every`, measures how late its timer fired (loop lag), marks the
 //! loop alive for the watchdog, tells the supervisor (the beat pipe),
-//! rewrites the status file and tells systemd.
+//! rewrites the status file (unsynced, on the loop) and tells systemd.
 //! Because it runs on the loop, a beat proves the loop is alive.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use tokio_util::sync::CancellationToken;
 
@@ -13,21 +17,83 @@ use super::systemd::Notifier;
 use ideamill_health::Health;
 use ideamill_sys::clock::{mono_micros, mono_millis, now_millis};
 
-/// The next instant on the beat grid shared with the engine's heartbeat, so
-/// that both wake the loop at once instead of twice.
-pub fn grid_start(health: &Health, period: Duration) -> tokio::time::Instant {
-    let period_ms = period.as_millis().max(1) as i64;
-    let now = mono_millis();
-    let since = (now - health.origin_mono).max(0);
-    let next = health.origin_mono + (since / period_ms + 1) * period_ms;
-    tokio::time::Instant::now() + Duration::from_millis((next - now).max(0) as u64)
+/// Ticks every `period` on the beat grid shared by the pulse and the
+/// engine's heartbeat, so that both wake the loop at once instead of twice.
+/// A kernel timer (timerfd) wakes the loop once a tick; a tokio interval
+/// woke it up to three times for a 2 s tick (its timer wheel moves a far
+/// deadline down its levels, waking at each): most of an idle engine's
+/// wake-ups. Without a timerfd, a tokio interval.
+pub struct Ticker {
+    period_ms: i64,
+    clock: TickClock,
+}
+
+enum TickClock {
+    Kernel {
+        timer: AsyncFd<OwnedFd>,
+        /// CLOCK_MONOTONIC ms of the next expiry.
+        next: i64,
+    },
+    Tokio(tokio::time::Interval),
+}
+
+impl Ticker {
+    /// On `health`'s grid (its origin plus whole periods), or from now.
+    pub fn new(health: Option<&Health>, period: Duration) -> Ticker {
+        let period_ms = period.as_millis().max(1) as i64;
+        let now = mono_millis();
+        let origin = health.map_or(now, |h| h.origin_mono);
+        let first = origin + ((now - origin).max(0) / period_ms + 1) * period_ms;
+        let registered = ideamill_sys::clock::periodic_timer(first, period).and_then(|timer| {
+            // SAFETY: an `OwnedFd` is open, and names the same descriptor,
+            // for as long as it is owned, here by the `AsyncFd`.
+            unsafe { AsyncFd::register_with_interest(timer, Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        });
+        let clock = match registered {
+            Ok(timer) => TickClock::Kernel { timer, next: first },
+            Err(e) => {
+                tracing::debug!("No kernel timer for the beat ({e}); using the runtime's");
+                let start = tokio::time::Instant::now()
+                    + Duration::from_millis((first - now).max(0) as u64);
+                let mut interval = tokio::time::interval_at(start, period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                TickClock::Tokio(interval)
+            }
+        };
+        Ticker { period_ms, clock }
+    }
+
+    /// Waits for the next tick (ticks missed meanwhile are skipped); how
+    /// late it came.
+    pub async fn tick(&mut self) -> Duration {
+        match &mut self.clock {
+            TickClock::Kernel { timer, next } => loop {
+                let Ok(mut ready) = timer.readable().await else {
+                    // The runtime is shutting down.
+                    tokio::time::sleep(Duration::from_millis(self.period_ms as u64)).await;
+                    return Duration::ZERO;
+                };
+                let expired = ideamill_sys::clock::timer_expirations(ready.get_inner());
+                ready.clear_ready();
+                if let Ok(n @ 1..) = expired {
+                    let scheduled = *next + (n as i64 - 1) * self.period_ms;
+                    *next = scheduled + self.period_ms;
+                    return Duration::from_millis((mono_millis() - scheduled).max(0) as u64);
+                }
+            },
+            TickClock::Tokio(interval) => {
+                let scheduled = interval.tick().await;
+                tokio::time::Instant::now().saturating_duration_since(scheduled)
+            }
+        }
+    }
 }
 
 /// Run until `stop`; then remove the status file (a clean stop leaves none).
 pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: CancellationToken) {
     let period = health.pulse_every;
-    let mut tick = tokio::time::interval_at(grid_start(&health, period), period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = Ticker::new(Some(&health), period);
     let mut beat_pipe = super::beat_pipe::from_env();
     // The first beat at once, so that the status file exists from the start.
     health.beat(Duration::ZERO);
@@ -39,11 +105,10 @@ pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: Cancella
     let mut last_status = String::new();
     let mut writing_failed = false;
     loop {
-        let scheduled = tokio::select! {
+        let lag = tokio::select! {
             _ = stop.cancelled() => break,
-            t = tick.tick() => t,
+            lag = ticker.tick() => lag,
         };
-        let lag = tokio::time::Instant::now().saturating_duration_since(scheduled);
         health.beat(lag);
         if let Some(pipe) = &mut beat_pipe {
             send_beat(pipe, &health);
@@ -54,17 +119,18 @@ pub async fn run(health: Arc<Health>, notifier: Option<Notifier>, stop: Cancella
                 lag.as_millis()
             );
         }
-        let snapshot = health.snapshot();
-        let p = path.clone();
-        // The write (with its fsyncs) runs off the loop; the beat waits for it,
-        // so a hung disk shows as a stalled beat rather than piling up writes.
-        match tokio::task::spawn_blocking(move || snapshot.write(&p)).await {
-            Ok(Ok(())) => writing_failed = false,
-            Ok(Err(e)) if !writing_failed => {
+        // On the loop itself: the write is not synced, so it waits for no
+        // device and wakes no other thread (a blocking-pool write woke two
+        // threads a beat, a large share of an idle engine's wake-ups). A
+        // disk so hung that even this blocks stalls the beat, and the
+        // watchdog acts, as when the beat waited for a synced write.
+        match health.snapshot().write(&path) {
+            Ok(()) => writing_failed = false,
+            Err(e) if !writing_failed => {
                 writing_failed = true;
                 tracing::warn!("Could not write the status file {}: {e}", path.display());
             }
-            _ => {}
+            Err(_) => {}
         }
         if let Some(n) = &notifier {
             let mut message = String::from("WATCHDOG=1\n");

@@ -78,9 +78,38 @@ pub struct SandboxReport {
 }
 
 impl Sandbox {
+    /// For a pipeline none of whose stages starts a program (model calls
+    /// only): not probed, and never used.
+    pub fn unused(config: &SandboxConfig) -> Sandbox {
+        Sandbox {
+            program: None,
+            // SAFETY: geteuid cannot fail.
+            as_root: unsafe { libc::geteuid() } == 0,
+            cgroups: None,
+            filters: None,
+            report: SandboxReport {
+                program: config.program.clone(),
+                version: None,
+                works: false,
+                problem: Some("not probed: no stage starts a program".to_owned()),
+                isolation: String::new(),
+                limits: String::new(),
+                seccomp: String::new(),
+            },
+        }
+    }
+
     /// Probes the host: finds the program, starts a confined `true`, and
     /// looks for a control group to put jobs in. Blocking (tens of ms).
     pub fn probe(config: &SandboxConfig) -> Sandbox {
+        let sandbox = Self::probe_host(config);
+        // The probe's programs may have left a process on the engine (a
+        // subreaper), now that they are done: its reaper must look.
+        crate::orphans::children_may_land();
+        sandbox
+    }
+
+    fn probe_host(config: &SandboxConfig) -> Sandbox {
         // SAFETY: geteuid cannot fail.
         let as_root = unsafe { libc::geteuid() } == 0;
         let mut report = SandboxReport {

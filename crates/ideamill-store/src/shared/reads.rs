@@ -125,21 +125,27 @@ pub(super) async fn attempt_stats<B: Backend>(
     store: &B,
     since: Millis,
 ) -> Result<Vec<StageAttempts>> {
-    // The newest attempts by id: bounded work however long the history.
+    // At most the window's newest 50,000 attempts, through the index on
+    // `finished_at`: the work grows with the window's activity, never with
+    // the history before it. The last error is looked for only where there
+    // is one, newest first within the window (by id, it would read every
+    // attempt ever made when the window has none).
     let mut conn = store.read().await?;
     let rows = B::Db::rows(
         &mut conn,
         "SELECT s.stage, s.worked, s.failed, s.hung,
-                (SELECT a2.error FROM attempts a2
-                  WHERE a2.stage = s.stage AND a2.finished_at >= $1
-                    AND a2.outcome IN ('error', 'timeout', 'hung', 'permanent', 'lost')
-                  ORDER BY a2.id DESC LIMIT 1) AS last_error
+                CASE WHEN s.failed > 0 THEN
+                    (SELECT a2.error FROM attempts a2
+                      WHERE a2.finished_at >= $1 AND a2.stage = s.stage
+                        AND a2.outcome IN ('error', 'timeout', 'hung', 'permanent', 'lost')
+                      ORDER BY a2.finished_at DESC, a2.id DESC LIMIT 1)
+                END AS last_error
          FROM (SELECT stage,
                       COUNT(*) FILTER (WHERE outcome IN ('succeeded', 'rejected')) AS worked,
                       COUNT(*) FILTER (WHERE outcome IN ('error', 'timeout', 'hung', 'permanent', 'lost')) AS failed,
                       COUNT(*) FILTER (WHERE outcome = 'hung') AS hung
-               FROM attempts
-               WHERE id > (SELECT COALESCE(MAX(id), 0) FROM attempts) - 50000 AND finished_at >= $1
+               FROM (SELECT stage, outcome FROM attempts WHERE finished_at >= $1
+                     ORDER BY finished_at DESC LIMIT 50000) AS recent
                GROUP BY stage) AS s
          WHERE s.worked + s.failed > 0",
         &[since.into()],

@@ -56,6 +56,16 @@ impl Leases for SqliteStore {
         lease_until: Millis,
         running: &[JobId],
     ) -> Result<Vec<JobId>> {
+        if running.is_empty() {
+            // An idle engine's beat: one statement, so one round trip to the
+            // connection's thread rather than four.
+            sqlx::query("UPDATE processes SET last_beat_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(owner)
+                .execute(&self.writer)
+                .await?;
+            return Ok(Vec::new());
+        }
         let mut tx = self.write_tx().await?;
         // Only the jobs the process still runs: one it holds but no longer
         // runs must be left to expire.

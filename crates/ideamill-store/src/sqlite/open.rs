@@ -89,11 +89,15 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory");
+        // A connection in this process cannot go stale between uses: no ping
+        // before each (it is a round trip to the connection's thread, and
+        // two thread wake-ups, for every statement).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(connect.clone())
             .await
             .map_err(|e| open_error(&path, e))?;
@@ -102,6 +106,7 @@ impl SqliteStore {
             .max_connections(4)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(connect.read_only(true))
             .await?;
         Ok(SqliteStore {

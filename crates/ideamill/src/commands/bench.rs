@@ -48,13 +48,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
         BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
         BenchWhat::Web { items, requests } => return super::bench_web::run(items, requests).await,
+        BenchWhat::Saturation(args) => super::bench_saturation::run(args).await?,
+        BenchWhat::History(args) => super::bench_history::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Run `bench` on a scratch database of the PostgreSQL server `server`
 /// (dropped afterwards), or on a scratch SQLite store when there is none.
-async fn on_scratch_store<F, Fut>(server: Option<&str>, bench: F) -> anyhow::Result<()>
+pub(super) async fn on_scratch_store<F, Fut>(server: Option<&str>, bench: F) -> anyhow::Result<()>
 where
     F: FnOnce(Option<String>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,

@@ -349,7 +349,7 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
             "  event-loop unparks: {loop_all:.2}/s (every store reply and file write wakes it too)"
         );
         println!(
-            "  thread wake-ups: {:.1}/s  (every thread of both processes scheduled in; supervisor {:.2}, engine {:.1} incl. SQLite's connection threads and the file-writing pool)",
+            "  thread wake-ups: {:.1}/s  (every thread of both processes scheduled in; supervisor {:.2}, engine {:.1} incl. SQLite's connection threads)",
             rate(before.0.timeslices + before.1.timeslices, after.0.timeslices + after.1.timeslices),
             sup_w,
             rate(before.1.timeslices, after.1.timeslices)

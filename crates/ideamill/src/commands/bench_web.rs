@@ -71,7 +71,8 @@ fn scratch(dir: &std::path::Path) -> anyhow::Result<Config> {
     Ok(ideamill_core::config::parse(&text, &path)?)
 }
 
-fn finish(job: ClaimedJob, at: Millis, transition: Transition) -> Finish {
+/// A finish as an engine would send it, for a job that ran 20 s until `at`.
+pub(super) fn finish(job: ClaimedJob, at: Millis, transition: Transition) -> Finish {
     let (outcome, output, error) = match &transition {
         Transition::Advance { output, .. } => {
             (AttemptOutcome::Succeeded, Some(output.clone()), None)

@@ -4,6 +4,8 @@ mod add;
 mod alert;
 mod bench;
 mod bench_health;
+pub(crate) mod bench_history;
+pub(crate) mod bench_saturation;
 mod bench_web;
 mod cancel;
 mod doctor;
