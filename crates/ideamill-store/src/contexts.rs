@@ -55,7 +55,10 @@ impl ContextReader {
                 return context;
             }
         }
-        alone.await?.remove(&item).ok_or(StoreError::NoSuchItem(item))
+        alone
+            .await?
+            .remove(&item)
+            .ok_or(StoreError::NoSuchItem(item))
     }
 }
 

@@ -1,5 +1,5 @@
-//! PostgreSQL's finish: the whole batch fenced (and its budget reservations
-//! settled) in one statement, then one statement per kind of row it writes.
+//! PostgreSQL's finish: the whole batch fenced in one statement, then one
+//! statement per kind of row it writes.
 
 use async_trait::async_trait;
 use ideamill_core::{ItemId, JobId, Millis};
@@ -37,22 +37,17 @@ impl Stages for PostgresStore {
             .map(|(n, f)| (n, f, common::fence(f)))
             .collect();
         let mut tx = self.write_tx().await?;
-        // The attempts' actual usage is recorded: the budget reservations
-        // of the jobs that passed go in the same statement.
         let fenced = sqlx::query(
-            "WITH fenced AS (
-                 UPDATE jobs j SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE u.state END,
-                        run_at = COALESCE(u.run_at, j.run_at), last_error = COALESCE(u.error, j.last_error),
-                        lease_owner = NULL, lease_expires_at = NULL, updated_at = u.at,
-                        finished_at = CASE WHEN j.cancel_requested OR u.finished THEN u.at ELSE NULL END
-                 FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::bool[],
-                             $8::int8[], $9::text[])
-                      AS u(id, token, state, run_at, error, at, finished, n, owner)
-                 WHERE j.id = ANY($1) AND j.id = u.id AND j.state = 'running' AND j.lease_token = u.token
-                   AND j.lease_owner = u.owner
-                 RETURNING j.id, u.n, j.cancel_requested),
-             settled AS (DELETE FROM budget_reservations WHERE job_id IN (SELECT id FROM fenced))
-             SELECT n, cancel_requested FROM fenced",
+            "UPDATE jobs j SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE u.state END,
+                    run_at = COALESCE(u.run_at, j.run_at), last_error = COALESCE(u.error, j.last_error),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = u.at,
+                    finished_at = CASE WHEN j.cancel_requested OR u.finished THEN u.at ELSE NULL END
+             FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::bool[], $8::int8[],
+                         $9::text[])
+                  AS u(id, token, state, run_at, error, at, finished, n, owner)
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.state = 'running' AND j.lease_token = u.token
+               AND j.lease_owner = u.owner
+             RETURNING u.n, j.cancel_requested",
         )
         .bind(sent.iter().map(|s| s.1.job.id).collect::<Vec<_>>())
         .bind(sent.iter().map(|s| s.1.job.lease_token).collect::<Vec<_>>())
@@ -156,6 +151,18 @@ impl Stages for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        // The attempts' actual usage is recorded: their budget reservations
+        // go in the same transaction.
+        let settled: Vec<JobId> = finishes
+            .iter()
+            .zip(&passed)
+            .filter(|(_, p)| p.is_some())
+            .map(|(f, _)| f.job.id)
+            .collect();
+        sqlx::query("DELETE FROM budget_reservations WHERE job_id = ANY($1)")
+            .bind(&settled)
+            .execute(&mut *tx)
+            .await?;
         if !uncount.is_empty() {
             // A paused try never ran: it does not count.
             sqlx::query("UPDATE jobs SET attempts = attempts - 1 WHERE id = ANY($1)")

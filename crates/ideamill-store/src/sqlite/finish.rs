@@ -10,11 +10,11 @@ use ideamill_core::{ItemId, JobId, Millis};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{SqliteStore, Tx};
 use super::write::{
     CHUNK, fail_item, insert_event, insert_feedback, push_insert_attempts, push_insert_jobs,
     run_statements,
 };
+use super::{SqliteStore, Tx};
 use crate::common::{self, AttemptRecord, ITEM_COLUMNS, RowExt};
 use crate::contexts::{ContextReader, ReadMany};
 use crate::shared::{Backend, Stages};
