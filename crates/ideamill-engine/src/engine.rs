@@ -118,6 +118,8 @@ struct Shared {
     /// Set when shutdown's grace ran out and in-flight work was stopped.
     aborting: AtomicBool,
     in_flight: AtomicU64,
+    /// Finished attempts handed to the completer and not yet committed.
+    committing: AtomicU64,
     idle: Notify,
     attempts: AtomicU64,
     items_done: AtomicU64,
@@ -220,6 +222,7 @@ impl Engine {
             cancelled_by_user: Mutex::new(HashSet::new()),
             aborting: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
+            committing: AtomicU64::new(0),
             idle: Notify::new(),
             attempts: AtomicU64::new(0),
             items_done: AtomicU64::new(0),
@@ -628,8 +631,6 @@ async fn store_back(shared: &Shared, lost: Outage, now: Millis) {
 struct StageSlot {
     name: String,
     slots: Arc<Semaphore>,
-    /// The stage's concurrency: all slots free.
-    capacity: usize,
     executor: Arc<dyn Executor>,
 }
 
@@ -650,7 +651,6 @@ async fn dispatch(
             Some(StageSlot {
                 name: s.name.clone(),
                 slots: Arc::new(Semaphore::new(s.concurrency as usize)),
-                capacity: s.concurrency as usize,
                 executor: executors.get(&s.name)?.clone(),
             })
         })
@@ -758,12 +758,13 @@ async fn dispatch(
         // Idle: sleep until woken, until the next scheduled job, or until
         // the safety-net poll.
         let now = now_millis();
-        // Results still being committed hold their slots, and their commit
-        // wakes us: until then nothing is settled enough to judge.
-        let committing = stages
-            .iter()
-            .any(|s| s.slots.available_permits() < s.capacity);
-        if options.until_idle && shared.in_flight.load(Ordering::SeqCst) == 0 && !committing {
+        // Results still being committed wake us when they are: until then
+        // nothing is settled enough to judge (and the store's pending
+        // count is not read once per wake-up while a big batch commits).
+        if options.until_idle
+            && shared.in_flight.load(Ordering::SeqCst) == 0
+            && shared.committing.load(Ordering::SeqCst) == 0
+        {
             let pending = match shared
                 .store
                 .pending(now + ideamill_core::duration::millis(options.idle_horizon))
@@ -1007,7 +1008,10 @@ fn start_job(
             } else {
                 permit.take()
             };
-            let _ = finish_tx.send(Finished { finish, slot });
+            shared.committing.fetch_add(1, Ordering::SeqCst);
+            if finish_tx.send(Finished { finish, slot }).is_err() {
+                shared.committing.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         tracing::debug!(
             "Job {} ({}) ran for {:?}",
@@ -1063,9 +1067,11 @@ async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>
             batch.into_iter().map(|f| (f.finish, f.slot)).unzip();
         let shared = shared.clone();
         commits.spawn(async move {
+            let n = batch.len() as u64;
             commit_batch(&shared, batch).await;
             drop(slot);
             drop(held);
+            shared.committing.fetch_sub(n, Ordering::SeqCst);
             shared.wake.notify_one();
         });
         // Reap finished commits as we go, so the set stays small.
