@@ -31,8 +31,8 @@ psql "$PG/postgres" -qtAc "CREATE DATABASE river" >/dev/null 2>&1
 
 num() { grep -o "$1=[0-9.]*" | head -1 | cut -d= -f2; }
 fig() { echo "FIG $1 $2"; eval "F_$1=\${2:-0}"; }
-# The rate on the line that has it; the figures after it go to stderr as they come.
-rate() { tee /dev/stderr | grep 'jobs/s' | grep -o '= [0-9]*' | head -1 | tr -d '= '; }
+# The rate on the line that has it; the whole output goes to stderr too.
+rate() { local out; out=$(cat); echo "$out" >&2; echo "$out" | grep 'jobs/s' | grep -o '= [0-9]*' | head -1 | tr -d '= '; }
 p50() { grep "$1" | grep -o 'p50 [0-9.]*' | cut -d' ' -f2; }
 
 for db in sqlite pg; do
