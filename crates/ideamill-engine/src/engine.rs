@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use ideamill_core::machine::{self, Transition};
 use ideamill_core::{AttemptOutcome, Config, FailureClass, ItemState, JobId, Millis};
 use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, StoreError};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use ideamill_health::Health;
 use ideamill_telemetry::{SpanId, Telemetry};
 use tracing::Instrument;
 
+use crate::calls::{CallCounters, StoreCalls};
 use crate::traces::{self, AttemptSpans};
 use ideamill_stages::executor::{Execution, Executor};
 use ideamill_sys::clock::now_millis;
@@ -90,6 +91,8 @@ pub struct RunSummary {
     pub items_failed: u64,
     /// Jobs given back unfinished at shutdown.
     pub released: u64,
+    /// The hot-path store calls made, and their time.
+    pub store_calls: StoreCalls,
 }
 
 /// The engine: claims jobs, runs their stages and commits the results.
@@ -115,6 +118,8 @@ struct Shared {
     /// Set when shutdown's grace ran out and in-flight work was stopped.
     aborting: AtomicBool,
     in_flight: AtomicU64,
+    /// Finished attempts handed to the completer and not yet committed.
+    committing: AtomicU64,
     idle: Notify,
     attempts: AtomicU64,
     items_done: AtomicU64,
@@ -135,6 +140,8 @@ struct Shared {
     telemetry: Arc<Telemetry>,
     /// Finished attempts' spans, until their results are committed.
     spans: Mutex<HashMap<JobId, AttemptSpans>>,
+    /// The hot-path store calls, counted and timed.
+    calls: CallCounters,
 }
 
 impl Shared {
@@ -220,6 +227,7 @@ impl Engine {
             cancelled_by_user: Mutex::new(HashSet::new()),
             aborting: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
+            committing: AtomicU64::new(0),
             idle: Notify::new(),
             attempts: AtomicU64::new(0),
             items_done: AtomicU64::new(0),
@@ -235,6 +243,7 @@ impl Engine {
                 .clone()
                 .unwrap_or_else(|| Arc::new(Telemetry::off())),
             spans: Mutex::new(HashMap::new()),
+            calls: CallCounters::default(),
         });
         if !register(&shared, &self.process, &shutdown).await {
             return Ok(RunSummary::default());
@@ -246,7 +255,7 @@ impl Engine {
         recover_dead_processes(&shared, &self.process).await;
         ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref()).await;
 
-        let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finish>();
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finished>();
         let completer = tokio::spawn(complete(shared.clone(), finish_rx));
         let beat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), beat_stop.clone()));
@@ -311,6 +320,7 @@ impl Engine {
             items_done: shared.items_done.load(Ordering::SeqCst),
             items_failed: shared.items_failed.load(Ordering::SeqCst),
             released,
+            store_calls: shared.calls.snapshot(),
         })
     }
 }
@@ -665,7 +675,7 @@ async fn dispatch(
     shared: &Arc<Shared>,
     executors: &HashMap<String, Arc<dyn Executor>>,
     options: &EngineOptions,
-    finish_tx: mpsc::UnboundedSender<Finish>,
+    finish_tx: mpsc::UnboundedSender<Finished>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &shared.config;
@@ -701,6 +711,9 @@ async fn dispatch(
     // job.
     let mut maybe = vec![true; stages.len()];
     let remote = shared.store.is_remote();
+    // Woken by a change elsewhere: after claiming, look for cancellations
+    // of jobs we hold (claims first, so a wake-up's new work starts sooner).
+    let mut look_for_cancels = false;
     while !stop.is_cancelled() {
         if shared.fresh_work.swap(false, Ordering::SeqCst) {
             maybe.fill(true);
@@ -713,11 +726,13 @@ async fn dispatch(
                 continue;
             }
             let now = now_millis();
-            let claimed = match shared
+            let asked = Instant::now();
+            let claimed = shared
                 .store
                 .claim(&stage.name, free as u32, &shared.owner, now, now + lease)
-                .await
-            {
+                .await;
+            shared.calls.claim(asked);
+            let claimed = match claimed {
                 Ok(c) => {
                     // An embedded store's claims cost next to nothing: ask
                     // every time a slot frees up.
@@ -758,6 +773,12 @@ async fn dispatch(
                 );
             }
         }
+        if std::mem::take(&mut look_for_cancels) && shared.in_flight.load(Ordering::SeqCst) > 0 {
+            match shared.store.cancel_requests(&shared.owner).await {
+                Ok(ids) => shared.cancel_jobs(&ids),
+                Err(e) => tracing::warn!("Could not check for cancellations: {e}"),
+            }
+        }
         if failed {
             // The store is unreachable or locked: back off, do not spin.
             store_errors = (store_errors + 1).min(6);
@@ -772,7 +793,13 @@ async fn dispatch(
         // Idle: sleep until woken, until the next scheduled job, or until
         // the safety-net poll.
         let now = now_millis();
-        if options.until_idle && shared.in_flight.load(Ordering::SeqCst) == 0 {
+        // Results still being committed wake us when they are: until then
+        // nothing is settled enough to judge (and the store's pending
+        // count is not read once per wake-up while a big batch commits).
+        if options.until_idle
+            && shared.in_flight.load(Ordering::SeqCst) == 0
+            && shared.committing.load(Ordering::SeqCst) == 0
+        {
             let pending = match shared
                 .store
                 .pending(now + ideamill_core::duration::millis(options.idle_horizon))
@@ -816,7 +843,11 @@ async fn dispatch(
         } else {
             config.engine.poll_interval
         };
-        if let Ok(Some(next)) = shared.store.next_run_at(&stage_names).await
+        // A scheduled job matters only to a stage with a free slot (a full
+        // stage is woken when one frees).
+        let can_claim = stages.iter().any(|s| s.slots.available_permits() > 0);
+        if can_claim
+            && let Ok(Some(next)) = shared.store.next_run_at(&stage_names).await
             && next > now
         {
             wait = wait.min(Duration::from_millis((next - now) as u64));
@@ -833,16 +864,11 @@ async fn dispatch(
                     None => std::future::pending().await,
                 }
             } => {
-                // Another process changed something: new work, or maybe a
-                // cancellation of a job we hold.
+                // Something changed: new work, or maybe a cancellation of
+                // a job we hold.
                 maybe.fill(true);
                 shared.queue_changes.fetch_add(1, Ordering::SeqCst);
-                if shared.in_flight.load(Ordering::SeqCst) > 0 {
-                    match shared.store.cancel_requests(&shared.owner).await {
-                        Ok(ids) => shared.cancel_jobs(&ids),
-                        Err(e) => tracing::warn!("Could not check for cancellations: {e}"),
-                    }
-                }
+                look_for_cancels = true;
             }
         }
     }
@@ -853,8 +879,8 @@ fn start_job(
     shared: &Arc<Shared>,
     job: ClaimedJob,
     executor: Arc<dyn Executor>,
-    finish_tx: mpsc::UnboundedSender<Finish>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    finish_tx: mpsc::UnboundedSender<Finished>,
+    permit: OwnedSemaphorePermit,
 ) {
     let token = CancellationToken::new();
     shared
@@ -875,12 +901,16 @@ fn start_job(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
+    let mut permit = Some(permit);
     let work = async move {
         let started = now_millis();
         let clock = Instant::now();
         let mut trace = None;
         let attempt_span = SpanId::random();
-        let (execution, round) = match shared.store.context(job.item_id).await {
+        let asked = Instant::now();
+        let context = shared.store.context(job.item_id).await;
+        shared.calls.context(asked);
+        let (execution, round) = match context {
             Ok(mut context) => {
                 trace = traces::trace_of(&shared.telemetry, &context.item);
                 if let Some(trace) = trace {
@@ -1006,7 +1036,18 @@ fn start_job(
                     },
                 );
             }
-            let _ = finish_tx.send(finish);
+            // An embedded store's slot is held until the result is
+            // committed (see `Finished`); a server's is freed now, so that
+            // more work runs while a commit waits for its WAL flush.
+            let slot = if shared.store.is_remote() {
+                None
+            } else {
+                permit.take()
+            };
+            shared.committing.fetch_add(1, Ordering::SeqCst);
+            if finish_tx.send(Finished { finish, slot }).is_err() {
+                shared.committing.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         tracing::debug!(
             "Job {} ({}) ran for {:?}",
@@ -1027,12 +1068,23 @@ fn start_job(
     tokio::spawn(work.instrument(span));
 }
 
+/// A finished attempt on its way to the store. On an embedded store it
+/// holds its stage slot until its result is committed: the store has one
+/// writer, so a claim made meanwhile would only wait for the commit; after
+/// it, one claim takes all the slots the batch freed, rather than one claim
+/// per finished job. A database server commits while other work goes on,
+/// and its commits wait for a WAL flush: there the slot is freed at once.
+struct Finished {
+    finish: Finish,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
 /// Commit finished attempts. Whatever has piled up is committed in one
 /// transaction (group commit); a single job commits at once. On a database
 /// server two batches may commit at the same time (their jobs are distinct,
 /// and each finish is fenced by its own lease token), so that one batch's
 /// round trips and flush overlap the next one's work.
-async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>) {
     let committers = if shared.store.is_remote() { 2 } else { 1 };
     let slots = Arc::new(Semaphore::new(committers));
     let mut commits = tokio::task::JoinSet::new();
@@ -1047,10 +1099,16 @@ async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) 
                 Err(_) => break,
             }
         }
+        let (batch, held): (Vec<Finish>, Vec<Option<OwnedSemaphorePermit>>) =
+            batch.into_iter().map(|f| (f.finish, f.slot)).unzip();
         let shared = shared.clone();
         commits.spawn(async move {
+            let n = batch.len() as u64;
             commit_batch(&shared, batch).await;
             drop(slot);
+            drop(held);
+            shared.committing.fetch_sub(n, Ordering::SeqCst);
+            shared.wake.notify_one();
         });
         // Reap finished commits as we go, so the set stays small.
         while commits.try_join_next().is_some() {}
@@ -1128,7 +1186,10 @@ async fn finish_waiting(
 ) -> Result<Vec<Result<FinishEffect, StoreError>>, StoreError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match shared.store.finish(batch).await {
+        let asked = Instant::now();
+        let finished = shared.store.finish(batch).await;
+        shared.calls.finish(asked);
+        match finished {
             Ok(r) => return Ok(r),
             Err(e) if e.is_refusal() => return Err(e),
             Err(e) => {

@@ -2,11 +2,13 @@
 //! their outcomes, and keeps leases alive. It knows the store only through
 //! the `Store` trait and stages only through the `Executor` trait.
 
+mod calls;
 mod deadline;
 mod engine;
 pub mod health;
 mod rounds;
 mod traces;
 
+pub use calls::StoreCalls;
 pub use engine::{Engine, EngineOptions, Progress, RunSummary};
 pub use tokio_util::sync::CancellationToken;

@@ -8,6 +8,7 @@
 //! depth) and what only it has.
 
 mod common;
+mod contexts;
 mod dashboard;
 mod error;
 pub mod postgres;

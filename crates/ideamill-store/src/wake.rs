@@ -1,13 +1,19 @@
-//! Cross-process wake-ups for stores without LISTEN/NOTIFY (SQLite): every
-//! engine binds a Unix datagram socket in a shared folder, and whoever adds
-//! work sends one byte to each. No polling while idle, sub-millisecond
-//! delivery; a lost datagram only delays work until the engine's slow poll.
+//! Wake-ups. Within a process, a store wakes the engines subscribed through
+//! it directly ([`LocalWake`]: no system call, no server round trip). Across
+//! processes, stores without LISTEN/NOTIFY (SQLite) use Unix datagram
+//! sockets: every engine binds one in a shared folder, and whoever adds work
+//! sends one byte to each but its own. No polling while idle,
+//! sub-millisecond delivery; a lost datagram only delays work until the
+//! engine's slow poll.
 
+use std::collections::HashSet;
 use std::io;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 /// Fires when some process has added work that this one may run.
 #[async_trait]
@@ -26,10 +32,60 @@ impl WorkSignal for NeverSignal {
     }
 }
 
+/// Wake-ups among the subscribers of one store in this process: a count of
+/// the commits that made work visible, which each subscriber waits to see
+/// change (several in a row are seen as one).
+#[derive(Debug)]
+pub(crate) struct LocalWake {
+    commits: watch::Sender<u64>,
+}
+
+impl LocalWake {
+    pub(crate) fn new() -> LocalWake {
+        LocalWake {
+            commits: watch::Sender::new(0),
+        }
+    }
+
+    /// Wake every subscriber (call once the work is committed).
+    pub(crate) fn notify(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// `remote` (other processes' wake-ups) or this store's own commits,
+    /// whichever comes first.
+    pub(crate) fn with<S: WorkSignal + 'static>(&self, remote: S) -> Box<dyn WorkSignal> {
+        Box::new(EitherSignal {
+            remote,
+            local: self.commits.subscribe(),
+        })
+    }
+}
+
+struct EitherSignal<S> {
+    remote: S,
+    local: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl<S: WorkSignal> WorkSignal for EitherSignal<S> {
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.remote.wait() => {}
+            changed = self.local.changed() => if changed.is_err() {
+                // The store is gone: only other processes can wake us now.
+                self.remote.wait().await
+            },
+        }
+    }
+}
+
 /// The folder of wake sockets.
 #[derive(Debug, Clone)]
 pub struct WakeDir {
     dir: PathBuf,
+    /// The sockets this handle bound: its subscribers are woken in process.
+    own: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 // Unix socket paths are limited to 108 bytes (sun_path) on Linux.
@@ -40,11 +96,13 @@ impl WakeDir {
     pub fn new(dir: &Path) -> WakeDir {
         WakeDir {
             dir: dir.to_path_buf(),
+            own: Arc::default(),
         }
     }
 
-    /// Wake every listening engine. Best effort: errors are only logged, since
-    /// the work is already committed and the engines' poll will find it.
+    /// Wake every listening engine of other handles. Best effort: errors are
+    /// only logged, since the work is already committed and the engines'
+    /// poll will find it.
     pub fn notify(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -53,9 +111,10 @@ impl WakeDir {
             return;
         };
         let _ = sender.set_nonblocking(true);
+        let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_none_or(|e| e != "sock") {
+            if path.extension().is_none_or(|e| e != "sock") || own.contains(&path) {
                 continue;
             }
             match sender.send_to(b"w", &path) {
@@ -75,11 +134,7 @@ impl WakeDir {
     /// Bind this process's socket.
     pub fn subscribe(&self) -> io::Result<WakeSocket> {
         std::fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!(
-            "{}-{:08x}.sock",
-            std::process::id(),
-            fastrand_u32()
-        ));
+        let path = self.dir.join(format!("{}.sock", handle_id()));
         if path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -90,8 +145,21 @@ impl WakeDir {
             ));
         }
         let sock = tokio::net::UnixDatagram::bind(&path)?;
-        Ok(WakeSocket { sock, path })
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone());
+        Ok(WakeSocket {
+            sock,
+            path,
+            own: self.own.clone(),
+        })
     }
+}
+
+/// A name for one store handle, unique among the processes sharing a store.
+pub(crate) fn handle_id() -> String {
+    format!("{}-{:08x}", std::process::id(), fastrand_u32())
 }
 
 fn fastrand_u32() -> u32 {
@@ -103,6 +171,7 @@ fn fastrand_u32() -> u32 {
 pub struct WakeSocket {
     sock: tokio::net::UnixDatagram,
     path: PathBuf,
+    own: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 #[async_trait]
@@ -120,6 +189,10 @@ impl WorkSignal for WakeSocket {
 
 impl Drop for WakeSocket {
     fn drop(&mut self) {
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.path);
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -113,6 +113,7 @@ macro_rules! conformance_suite {
                     migrations::foreign_database_is_refused_untouched,
                     migrations::must_exist_refuses_a_missing_store,
                     wake::add_items_wakes_another_handle,
+                    wake::add_items_wakes_a_subscriber_of_the_same_handle,
                     leases::leases_are_judged_by_the_store_clock,
                     budget::concurrent_reservations_never_pass_a_cap,
                 ]

@@ -397,6 +397,10 @@ pub enum BenchWhat {
         /// Jobs of each stage run at once (per process).
         #[arg(long, default_value_t = 64)]
         concurrency: u32,
+        /// No-op stages each item goes through (1: one job per item, the
+        /// shape of a plain job queue's benchmark).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        stages: u32,
         /// A PostgreSQL server to measure on (postgres://…): the bench makes
         /// a scratch database there and drops it after [default: a scratch
         /// SQLite store].

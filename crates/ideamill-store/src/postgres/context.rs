@@ -1,33 +1,30 @@
-//! What a stage reads before it runs: jobs start in bursts (a claim hands
-//! out dozens), so their context reads share one query, a round trip for the
-//! burst instead of one per job.
+//! What a stage reads before it runs, for many jobs in one query
+//! (gathered by `crate::contexts`).
 
 use ideamill_core::ItemId;
 use sqlx::postgres::PgPool;
 
 use super::PostgresStore;
 use crate::common::{self, ITEM_COLUMNS, RowExt};
+use crate::contexts::{ContextReader, ReadMany};
 use crate::*;
-
-pub(super) type ContextRequest = (ItemId, tokio::sync::oneshot::Sender<Result<ItemContext>>);
-
-/// Contexts read in one query at most.
-const CONTEXT_BATCH: usize = 256;
 
 impl PostgresStore {
     pub(super) async fn item_context(&self, item: ItemId) -> Result<ItemContext> {
-        if let Some(batcher) = &self.contexts {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if batcher.send((item, reply)).is_ok()
-                && let Ok(context) = answer.await
-            {
-                return context;
-            }
-        }
-        // No batcher (its runtime is gone): read it alone.
-        let mut found = contexts_of(&self.pool, &[item]).await?;
-        found.remove(&item).ok_or(StoreError::NoSuchItem(item))
+        self.contexts
+            .read(item, contexts_of(&self.pool, &[item]))
+            .await
     }
+}
+
+/// Context reads of `pool`, gathered.
+pub(super) fn reader(pool: &PgPool) -> ContextReader {
+    let pool = pool.clone();
+    let read: ReadMany = Box::new(move |ids| {
+        let pool = pool.clone();
+        Box::pin(async move { contexts_of(&pool, &ids).await })
+    });
+    ContextReader::start(read)
 }
 
 /// The contexts of several items, in one statement.
@@ -72,41 +69,4 @@ async fn contexts_of(
         );
     }
     Ok(found)
-}
-
-/// Answer context reads: whatever has piled up while the last query ran
-/// goes into the next one.
-pub(super) async fn read_contexts(
-    pool: PgPool,
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<ContextRequest>,
-) {
-    let mut batch: Vec<ContextRequest> = Vec::new();
-    while let Some(first) = requests.recv().await {
-        batch.push(first);
-        while batch.len() < CONTEXT_BATCH {
-            match requests.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let mut ids: Vec<ItemId> = batch.iter().map(|(id, _)| *id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        match contexts_of(&pool, &ids).await {
-            Ok(found) => {
-                // Cloned: the same item may be asked for twice in a batch.
-                for (id, reply) in batch.drain(..) {
-                    let _ = reply.send(found.get(&id).cloned().ok_or(StoreError::NoSuchItem(id)));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Unsupported(format!(
-                        "cannot read the item's context: {message}"
-                    ))));
-                }
-            }
-        }
-    }
 }

@@ -209,8 +209,9 @@ impl Stages for PostgresStore {
             .await?;
         }
         if !next_jobs.is_empty() {
-            // Other engines may run the next stage.
-            notify_in(&mut tx).await?;
+            // Other processes' engines may run the next stage; this one's
+            // learns of it from the result (`FinishEffect::enqueued`).
+            notify_in(&mut tx, &self.wake_id).await?;
         }
         tx.commit().await?;
         Ok(results)

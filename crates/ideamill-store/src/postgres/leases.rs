@@ -141,8 +141,9 @@ impl Leases for PostgresStore {
             .collect();
         Self::insert_attempts(&mut tx, &records).await?;
         insert_event(&mut tx, &common::jobs_released(owner, rows.len(), now)).await?;
-        notify_in(&mut tx).await?;
+        notify_in(&mut tx, &self.wake_id).await?;
         tx.commit().await?;
+        self.local.notify();
         Ok(rows.len() as u64)
     }
 

@@ -50,11 +50,11 @@ use sqlx::postgres::{PgPool, PgRow};
 
 use crate::common;
 use crate::shared::Backend;
-use crate::wake::WorkSignal;
+use crate::wake::{LocalWake, WorkSignal};
 use crate::*;
 
 pub(crate) use copy::copy_endpoint;
-pub use open::{ScratchDatabase, with_database};
+pub use open::{ScratchDatabase, ServerCounters, server_counters, with_database};
 
 common::impl_row_ext!(PgRow);
 
@@ -88,7 +88,12 @@ pub struct PostgresStore {
     /// for tests that drive time through the `now` they pass.
     db_clock: bool,
     /// Reads of jobs' contexts, gathered into one query per batch.
-    contexts: Option<tokio::sync::mpsc::UnboundedSender<context::ContextRequest>>,
+    contexts: crate::contexts::ContextReader,
+    /// Wakes this handle's own subscribers, in process.
+    local: LocalWake,
+    /// This handle's `NOTIFY` payload, so that its subscribers skip what
+    /// `local` already told them.
+    wake_id: String,
 }
 
 impl PostgresStore {
@@ -182,9 +187,12 @@ impl Backend for PostgresStore {
     /// delivers it at commit: a woken engine always sees the work.
     async fn commit(&self, mut tx: Tx, wake: bool) -> Result<()> {
         if wake {
-            write::notify_in(&mut tx).await?;
+            write::notify_in(&mut tx, &self.wake_id).await?;
         }
         tx.commit().await?;
+        if wake {
+            self.local.notify();
+        }
         Ok(())
     }
 
@@ -202,11 +210,15 @@ impl Backend for PostgresStore {
     }
 
     fn subscribe(&self) -> Result<Box<dyn WorkSignal>> {
-        Ok(Box::new(signal::PgSignal::new(self.pool.clone())))
+        Ok(self.local.with(signal::PgSignal::new(
+            self.pool.clone(),
+            self.wake_id.clone(),
+        )))
     }
 
     fn notify(&self) {
-        signal::notify(&self.pool);
+        self.local.notify();
+        signal::notify(&self.pool, &self.wake_id);
     }
 
     async fn close(&self) {

@@ -10,8 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
 use super::PostgresStore;
-use super::context::read_contexts;
-use crate::common;
+use crate::common::{self, RowExt};
+use crate::wake::LocalWake;
 use crate::*;
 
 /// Schema migrations, embedded in the binary, applied in order at open.
@@ -91,20 +91,14 @@ impl PostgresStore {
             })
             .connect_lazy_with(connect);
         // Jobs start in bursts (a claim hands out dozens): their context
-        // reads share one query, a round trip for the burst instead of one
-        // per job.
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let contexts = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(read_contexts(pool.clone(), rx));
-                Some(tx)
-            }
-            Err(_) => None,
-        };
+        // reads share one query.
+        let contexts = super::context::reader(&pool);
         Ok(PostgresStore {
             pool,
             db_clock: true,
             contexts,
+            local: LocalWake::new(),
+            wake_id: crate::wake::handle_id(),
         })
     }
 
@@ -318,6 +312,57 @@ impl ScratchDatabase {
         let _ = conn.close().await;
         Ok(())
     }
+}
+
+/// The server's counters of the database `url` names and of its WAL, read
+/// once every other connection to the database is closed (a backend sends
+/// its counts when its session ends), for a benchmark's before and after.
+pub async fn server_counters(url: &str) -> Result<ServerCounters> {
+    let mut conn = PgConnection::connect(url).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        if others == 0 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A snapshot taken now, not the one cached earlier in this session.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut conn)
+        .await?;
+    let row = sqlx::query(
+        "SELECT d.xact_commit, d.tup_inserted + d.tup_updated + d.tup_deleted AS rows_written,
+                w.wal_sync, w.wal_bytes::int8 AS wal_bytes
+         FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(ServerCounters {
+        commits: row.int("xact_commit")?,
+        rows_written: row.int("rows_written")?,
+        wal_syncs: row.int("wal_sync")?,
+        wal_bytes: row.int("wal_bytes")?,
+    })
+}
+
+/// What the server counted for one database and its WAL (see
+/// [`server_counters`]); the WAL's counts are the whole server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerCounters {
+    /// Transactions committed in the database.
+    pub commits: i64,
+    /// Rows inserted, updated and deleted in the database.
+    pub rows_written: i64,
+    /// Times the server flushed WAL to disk (`pg_stat_wal.wal_sync`).
+    pub wal_syncs: i64,
+    /// WAL written, in bytes.
+    pub wal_bytes: i64,
 }
 
 /// `url` naming another database on the same server.

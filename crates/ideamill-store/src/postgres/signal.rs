@@ -19,6 +19,9 @@ pub(super) struct PgSignal {
     pool: PgPool,
     listener: Option<PgListener>,
     failures: u32,
+    /// The payload of the handle it listens for, whose wake-ups arrive in
+    /// process: skipped here.
+    own: String,
 }
 
 impl PgSignal {
@@ -60,10 +63,15 @@ impl WorkSignal for PgSignal {
                 }
             };
             match listener.try_recv().await {
-                Ok(Some(_)) => {
+                Ok(Some(n)) => {
                     // Merge a burst of wake-ups into one.
-                    while listener.next_buffered().is_some() {}
-                    return;
+                    let mut other = n.payload() != self.own;
+                    while let Some(n) = listener.next_buffered() {
+                        other |= n.payload() != self.own;
+                    }
+                    if other {
+                        return;
+                    }
                 }
                 Ok(None) => {
                     // The connection was lost and is being re-established:
@@ -82,22 +90,26 @@ impl WorkSignal for PgSignal {
 }
 
 impl PgSignal {
-    pub(super) fn new(pool: PgPool) -> PgSignal {
+    pub(super) fn new(pool: PgPool, own: String) -> PgSignal {
         PgSignal {
             pool,
             listener: None,
             failures: 0,
+            own,
         }
     }
 }
 
-/// Wake every listening engine, from outside a transaction.
-pub(super) fn notify(pool: &PgPool) {
+/// Wake every listening engine, from outside a transaction; `sender` is
+/// the payload (see `notify_in`).
+pub(super) fn notify(pool: &PgPool, sender: &str) {
     let pool = pool.clone();
+    let sender = sender.to_string();
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
+                .bind(sender)
                 .execute(&pool)
                 .await
             {

@@ -178,10 +178,13 @@ impl Rows for PostgresStore {
     }
 }
 
-/// Wake every listening engine when this transaction commits.
-pub(super) async fn notify_in(tx: &mut Tx) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
+/// Wake every listening engine when this transaction commits. The payload
+/// names the handle that sent it (`sender`), whose own engines are woken in
+/// process instead.
+pub(super) async fn notify_in(tx: &mut Tx, sender: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
+        .bind(sender)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -1,56 +1,38 @@
-//! SQLite's context read and its finish: each result fenced by its lease
-//! token, then the rows common to most finishes inserted a chunk at a time.
+//! SQLite's context reads (gathered: one statement for a burst of jobs) and
+//! its finish: the batch fenced by the lease tokens a chunk at a time, then
+//! the rows common to most finishes inserted a chunk at a time.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
 use ideamill_core::{ItemId, JobId, Millis};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::SqliteStore;
-use super::write::{CHUNK, fail_item, insert_event, insert_feedback};
+use super::write::{
+    CHUNK, fail_item, insert_event, insert_feedback, push_insert_attempts, push_insert_jobs,
+    run_statements,
+};
+use super::{SqliteStore, Tx};
 use crate::common::{self, AttemptRecord, ITEM_COLUMNS, RowExt};
-use crate::shared::{Backend, Rows, Stages};
+use crate::contexts::{ContextReader, ReadMany};
+use crate::shared::{Backend, Stages};
 use crate::*;
 
 #[async_trait]
 impl Stages for SqliteStore {
     async fn context(&self, item: ItemId) -> Result<ItemContext> {
-        // One statement: the engine reads this once per job.
-        let row = sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS},
-                (SELECT json_group_array(json_object('stage', stage, 'round', round, 'job_id', job_id,
-                                                     'output', output, 'created_at', created_at))
-                 FROM outputs o
-                 WHERE o.item_id = items.id
-                   AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
-                ) AS outputs_json,
-                (SELECT json_group_array(json_object('stage', stage, 'round', round, 'feedback', feedback,
-                                                     'created_at', created_at,
-                                                     'round_hash', round_hash))
-                 FROM (SELECT * FROM feedback f WHERE f.item_id = items.id ORDER BY f.id)
-                ) AS feedback_json
-             FROM items WHERE id = ?"
-        ))
-        .bind(item)
-        .fetch_optional(&self.reader)
-        .await?
-        .ok_or(StoreError::NoSuchItem(item))?;
-        let outputs: String = row.text("outputs_json")?;
-        let feedback: String = row.text("feedback_json")?;
-        Ok(ItemContext {
-            item: common::item_row(&row)?,
-            outputs: serde_json::from_str(&outputs)
-                .map_err(|e| StoreError::Corrupt(format!("outputs of item {item}: {e}")))?,
-            feedback: serde_json::from_str(&feedback)
-                .map_err(|e| StoreError::Corrupt(format!("feedback of item {item}: {e}")))?,
-            traceparent: None,
-        })
+        self.contexts
+            .read(item, contexts_of(&self.reader, &[item]))
+            .await
     }
 
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<Result<FinishEffect>>> {
         let finishes = common::storable_finishes(finishes);
         let finishes: &[Finish] = &finishes;
         let mut tx = self.write_tx().await?;
+        let passed = fence_all(&mut tx, finishes).await?;
         let mut results = Vec::with_capacity(finishes.len());
         // Rows common to most finishes are gathered and inserted a chunk at
         // a time after the loop; rare ones are written as they come.
@@ -59,29 +41,9 @@ impl Stages for SqliteStore {
         let mut next_jobs: Vec<(ItemId, &NextJob, Millis)> = Vec::new();
         let mut done: Vec<(ItemId, Millis)> = Vec::new();
         let mut settled: Vec<JobId> = Vec::new();
-        for f in finishes {
+        for (f, fenced) in finishes.iter().zip(passed) {
             let now = f.finished_at;
             let job = &f.job;
-            let fence = common::fence(f);
-            // The fence: only the holder of the current token may finish the
-            // job. A cancellation requested meanwhile wins over the result.
-            let fenced: Option<bool> = sqlx::query_scalar(
-                "UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE ?1 END,
-                        run_at = COALESCE(?2, run_at), last_error = COALESCE(?3, last_error),
-                        lease_owner = NULL, lease_expires_at = NULL, updated_at = ?4,
-                        finished_at = CASE WHEN cancel_requested = 1 OR ?5 THEN ?4 ELSE NULL END
-                 WHERE id = ?6 AND state = 'running' AND lease_token = ?7
-                 RETURNING cancel_requested = 1",
-            )
-            .bind(fence.state)
-            .bind(fence.run_at)
-            .bind(fence.error)
-            .bind(now)
-            .bind(fence.finished)
-            .bind(job.id)
-            .bind(job.lease_token)
-            .fetch_optional(&mut *tx)
-            .await?;
             let Some(cancelled) = fenced else {
                 insert_event(&mut tx, &common::stale_completion(f)).await?;
                 results.push(Err(StoreError::LeaseLost));
@@ -135,51 +97,153 @@ impl Stages for SqliteStore {
             }
             results.push(Ok(plan.effect));
         }
-        Self::insert_attempts(&mut tx, &attempts).await?;
-        for chunk in outputs.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO outputs (item_id, stage, round, job_id, output, created_at) ",
-            );
-            q.push_values(chunk, |mut b, (job, output, now)| {
-                b.push_bind(job.item_id)
-                    .push_bind(&job.stage)
-                    .push_bind(job.round)
-                    .push_bind(job.id)
-                    .push_bind(*output)
-                    .push_bind(*now);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        Self::insert_jobs(&mut tx, &next_jobs).await?;
-        // The attempts' actual usage is recorded: their budget reservations
-        // go in the same transaction.
-        for chunk in settled.chunks(CHUNK) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("DELETE FROM budget_reservations WHERE job_id IN (");
-            let mut ids = q.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
+        // The rows common to most finishes, in one hop to SQLite's thread.
+        run_statements(&mut tx, |q| {
+            push_insert_attempts(q, &attempts);
+            for chunk in outputs.chunks(CHUNK) {
+                q.push("INSERT INTO outputs (item_id, stage, round, job_id, output, created_at) ");
+                q.push_values(chunk, |mut b, (job, output, now)| {
+                    b.push_bind(job.item_id)
+                        .push_bind(&job.stage)
+                        .push_bind(job.round)
+                        .push_bind(job.id)
+                        .push_bind(*output)
+                        .push_bind(*now);
+                });
+                q.push(";\n");
             }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
-        }
-        for chunk in done.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "UPDATE items SET state = 'done', last_error = NULL, finished_at = v.column2,
-                        updated_at = v.column2
-                 FROM (",
-            );
-            q.push_values(chunk, |mut b, (id, at)| {
-                b.push_bind(*id).push_bind(*at);
-            });
-            q.push(") AS v WHERE items.id = v.column1");
-            q.build().execute(&mut *tx).await?;
-        }
+            push_insert_jobs(q, &next_jobs);
+            // The attempts' actual usage is recorded: their budget
+            // reservations go in the same transaction.
+            for chunk in settled.chunks(CHUNK) {
+                q.push("DELETE FROM budget_reservations WHERE job_id IN (");
+                let mut ids = q.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                q.push(");\n");
+            }
+            for chunk in done.chunks(CHUNK) {
+                q.push(
+                    "UPDATE items SET state = 'done', last_error = NULL, finished_at = v.column2,
+                            updated_at = v.column2
+                     FROM (",
+                );
+                q.push_values(chunk, |mut b, (id, at)| {
+                    b.push_bind(*id).push_bind(*at);
+                });
+                q.push(") AS v WHERE items.id = v.column1;\n");
+            }
+        })
+        .await?;
         tx.commit().await?;
         if !next_jobs.is_empty() {
-            // Other engines may run the next stage.
-            Backend::notify(self);
+            // Other processes' engines may run the next stage; this one's
+            // learns of it from the result (`FinishEffect::enqueued`).
+            self.notify_others();
         }
         Ok(results)
     }
+}
+
+/// The fence, for a whole batch in one statement per chunk: only the holder
+/// of a job's current token may finish it, once, and a cancellation
+/// requested meanwhile wins over the result. Per finish, in order: `None`
+/// if it is stale (a finish repeated within the batch is stale, as it would
+/// be one after another), else whether the job was cancelled.
+async fn fence_all(tx: &mut Tx, finishes: &[Finish]) -> Result<Vec<Option<bool>>> {
+    let mut seen = std::collections::HashSet::new();
+    let sent: Vec<(usize, &Finish, common::Fence<'_>)> = finishes
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| seen.insert((f.job.id, f.job.lease_token)))
+        .map(|(n, f)| (n, f, common::fence(f)))
+        .collect();
+    let mut passed: Vec<Option<bool>> = vec![None; finishes.len()];
+    for chunk in sent.chunks(CHUNK) {
+        // RETURNING may name only the updated table: each row is matched
+        // back to its finish by job id and token (unique after the dedup).
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE v.column3 END,
+                    run_at = COALESCE(v.column4, run_at), last_error = COALESCE(v.column5, last_error),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = v.column6,
+                    finished_at = CASE WHEN cancel_requested = 1 OR v.column7 THEN v.column6 ELSE NULL END
+             FROM (",
+        );
+        q.push_values(chunk, |mut b, (_, f, fence)| {
+            b.push_bind(f.job.id)
+                .push_bind(f.job.lease_token)
+                .push_bind(fence.state)
+                .push_bind(fence.run_at)
+                .push_bind(fence.error)
+                .push_bind(f.finished_at)
+                .push_bind(fence.finished);
+        });
+        q.push(
+            ") AS v WHERE jobs.id = v.column1 AND jobs.state = 'running' AND jobs.lease_token = v.column2
+             RETURNING id, lease_token, cancel_requested = 1 AS cancelled",
+        );
+        let rows = q.build().fetch_all(&mut **tx).await?;
+        let at: std::collections::HashMap<(JobId, i64), usize> = chunk
+            .iter()
+            .map(|(n, f, _)| ((f.job.id, f.job.lease_token), *n))
+            .collect();
+        for r in &rows {
+            if let Some(n) = at.get(&(r.int("id")?, r.int("lease_token")?)) {
+                passed[*n] = Some(r.int("cancelled")? != 0);
+            }
+        }
+    }
+    Ok(passed)
+}
+
+/// Context reads of `pool`, gathered (`crate::contexts`).
+pub(super) fn context_reader(pool: &SqlitePool) -> ContextReader {
+    let pool = pool.clone();
+    let read: ReadMany = Box::new(move |ids| {
+        let pool = pool.clone();
+        Box::pin(async move { contexts_of(&pool, &ids).await })
+    });
+    ContextReader::start(read)
+}
+
+/// The contexts of several items, in one statement.
+async fn contexts_of(pool: &SqlitePool, items: &[ItemId]) -> Result<HashMap<ItemId, ItemContext>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ITEM_COLUMNS},
+            (SELECT json_group_array(json_object('stage', stage, 'round', round, 'job_id', job_id,
+                                                 'output', output, 'created_at', created_at))
+             FROM outputs o
+             WHERE o.item_id = items.id
+               AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
+            ) AS outputs_json,
+            (SELECT json_group_array(json_object('stage', stage, 'round', round, 'feedback', feedback,
+                                                 'created_at', created_at,
+                                                 'round_hash', round_hash))
+             FROM (SELECT * FROM feedback f WHERE f.item_id = items.id ORDER BY f.id)
+            ) AS feedback_json
+         FROM items WHERE id IN (SELECT value FROM json_each(?))"
+    ))
+    .bind(serde_json::Value::from(items).to_string())
+    .fetch_all(pool)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let item = common::item_row(row)?;
+        let id = item.id;
+        let outputs: String = row.text("outputs_json")?;
+        let feedback: String = row.text("feedback_json")?;
+        found.insert(
+            id,
+            ItemContext {
+                item,
+                outputs: serde_json::from_str(&outputs)
+                    .map_err(|e| StoreError::Corrupt(format!("outputs of item {id}: {e}")))?,
+                feedback: serde_json::from_str(&feedback)
+                    .map_err(|e| StoreError::Corrupt(format!("feedback of item {id}: {e}")))?,
+                traceparent: None,
+            },
+        );
+    }
+    Ok(found)
 }

@@ -25,7 +25,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use crate::common;
 use crate::shared::Backend;
-use crate::wake::{NeverSignal, WakeDir, WorkSignal};
+use crate::wake::{LocalWake, NeverSignal, WakeDir, WorkSignal};
 use crate::*;
 
 pub use crate::common::day_start;
@@ -41,12 +41,24 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     wake: Option<WakeDir>,
+    /// Wakes this handle's own subscribers.
+    local: LocalWake,
+    /// Reads of jobs' contexts, gathered into one statement per burst.
+    contexts: crate::contexts::ContextReader,
 }
 
 impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Wake the engines of other handles (other processes): what a finish
+    /// does when it enqueued work, since the engine that finished knows.
+    fn notify_others(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify();
+        }
     }
 }
 
@@ -133,15 +145,14 @@ impl Backend for SqliteStore {
 
     fn subscribe(&self) -> Result<Box<dyn WorkSignal>> {
         match &self.wake {
-            Some(wake) => Ok(Box::new(wake.subscribe()?)),
-            None => Ok(Box::new(NeverSignal)),
+            Some(wake) => Ok(self.local.with(wake.subscribe()?)),
+            None => Ok(self.local.with(NeverSignal)),
         }
     }
 
     fn notify(&self) {
-        if let Some(wake) = &self.wake {
-            wake.notify();
-        }
+        self.local.notify();
+        self.notify_others();
     }
 
     async fn close(&self) {

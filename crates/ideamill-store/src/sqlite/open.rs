@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 
 use super::SqliteStore;
 use crate::common::now_millis;
-use crate::wake::WakeDir;
+use crate::wake::{LocalWake, WakeDir};
 use crate::*;
 
 /// Schema migrations, embedded in the binary, applied in order at open.
@@ -109,11 +109,14 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(connect.read_only(true))
             .await?;
+        let contexts = super::finish::context_reader(&reader);
         Ok(SqliteStore {
             path,
             writer,
             reader,
             wake: options.wake_dir.as_deref().map(WakeDir::new),
+            local: LocalWake::new(),
+            contexts,
         })
     }
 }

@@ -25,57 +25,11 @@ impl Rows for SqliteStore {
     /// Enqueue many jobs in one statement per chunk (the `jobs_set_current`
     /// trigger keeps each item's current job).
     async fn insert_jobs(tx: &mut Tx, jobs: &[(ItemId, &NextJob, Millis)]) -> Result<()> {
-        for chunk in jobs.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at) ",
-            );
-            q.push_values(chunk, |mut b, (item, next, now)| {
-                let now = *now;
-                b.push_bind(*item)
-                    .push_bind(&next.stage)
-                    .push_bind(next.round)
-                    .push_bind("queued")
-                    .push_bind(now)
-                    .push_bind(next.max_attempts)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-        Ok(())
+        run_statements(tx, |q| push_insert_jobs(q, jobs)).await
     }
 
     async fn insert_attempts(tx: &mut Tx, rows: &[AttemptRecord<'_>]) -> Result<()> {
-        for chunk in rows.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at,
-                                       finished_at, exit_code, error, output, stderr, provider, model,
-                                       prompt_tokens, completion_tokens, cost, usage_counted) ",
-            );
-            q.push_values(chunk, |mut b, a| {
-                b.push_bind(a.job.id)
-                    .push_bind(a.job.item_id)
-                    .push_bind(&a.job.stage)
-                    .push_bind(a.job.round)
-                    .push_bind(a.job.attempt)
-                    .push_bind(a.process)
-                    .push_bind(a.outcome.as_str())
-                    .push_bind(a.started_at)
-                    .push_bind(a.finished_at)
-                    .push_bind(a.exit_code)
-                    .push_bind(a.error)
-                    .push_bind(a.output)
-                    .push_bind(a.stderr)
-                    .push_bind(a.usage.map(|u| u.provider.as_str()))
-                    .push_bind(a.usage.map(|u| u.model.as_str()))
-                    .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.0 as i64))
-                    .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.1 as i64))
-                    .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.2))
-                    .push_bind(a.usage.map(|u| u.counted));
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-        Ok(())
+        run_statements(tx, |q| push_insert_attempts(q, rows)).await
     }
 
     async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, FailureClass, Millis)]) -> Result<()> {
@@ -94,29 +48,110 @@ impl Rows for SqliteStore {
     ) -> Result<Vec<ItemId>> {
         let first_id = next_item_id(tx).await?;
         let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
-        for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at, trace_id) ",
-            );
-            q.push_values(chunk.iter().zip(chunk_ids), |mut b, (item, id)| {
-                b.push_bind(*id)
-                    .push_bind(&item.text)
-                    .push_bind(item.metadata.to_string())
-                    .push_bind("active")
-                    .push_bind(&first.stage)
-                    .push_bind(first.round)
-                    .push_bind(now)
-                    .push_bind(now)
-                    // Written here, not by the migration's trigger: one
-                    // write per item.
-                    .push("lower(hex(randomblob(16)))");
-            });
-            q.build().execute(&mut **tx).await?;
-        }
         let jobs: Vec<(ItemId, &NextJob, Millis)> =
             ids.iter().map(|id| (*id, first, now)).collect();
-        Self::insert_jobs(tx, &jobs).await?;
+        // The items and their first jobs, in one hop to SQLite's thread.
+        run_statements(tx, |q| {
+            for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+                q.push(
+                    "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at, trace_id) ",
+                );
+                q.push_values(
+                    chunk.iter().zip(chunk_ids),
+                    |mut b, (item, id)| {
+                        b.push_bind(*id)
+                            .push_bind(&item.text)
+                            .push_bind(item.metadata.to_string())
+                            .push_bind("active")
+                            .push_bind(&first.stage)
+                            .push_bind(first.round)
+                            .push_bind(now)
+                            .push_bind(now)
+                            // Written here, not by the migration's trigger: one
+                            // write per item.
+                            .push("lower(hex(randomblob(16)))");
+                    },
+                );
+                q.push(";\n");
+            }
+            push_insert_jobs(q, &jobs);
+        })
+        .await?;
         Ok(ids)
+    }
+}
+
+/// Statements written into one query, sent to SQLite's connection thread
+/// at once: one hop there and back for all of them, however many. Each
+/// `push_*` appends `;`-terminated statements, a chunk of rows each, and
+/// nothing for no rows.
+pub(super) async fn run_statements<'a, F>(tx: &mut Tx, write: F) -> Result<()>
+where
+    F: FnOnce(&mut QueryBuilder<'a, Sqlite>),
+{
+    let mut q = QueryBuilder::<Sqlite>::new("");
+    write(&mut q);
+    if !q.sql().is_empty() {
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+pub(super) fn push_insert_jobs<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    jobs: &'a [(ItemId, &'a NextJob, Millis)],
+) {
+    for chunk in jobs.chunks(CHUNK) {
+        q.push(
+            "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, (item, next, now)| {
+            let now = *now;
+            b.push_bind(*item)
+                .push_bind(&next.stage)
+                .push_bind(next.round)
+                .push_bind("queued")
+                .push_bind(now)
+                .push_bind(next.max_attempts)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.push(";\n");
+    }
+}
+
+pub(super) fn push_insert_attempts<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    rows: &'a [AttemptRecord<'a>],
+) {
+    for chunk in rows.chunks(CHUNK) {
+        q.push(
+            "INSERT INTO attempts (job_id, item_id, stage, round, attempt, process, outcome, started_at,
+                                   finished_at, exit_code, error, output, stderr, provider, model,
+                                   prompt_tokens, completion_tokens, cost, usage_counted) ",
+        );
+        q.push_values(chunk, |mut b, a| {
+            b.push_bind(a.job.id)
+                .push_bind(a.job.item_id)
+                .push_bind(&a.job.stage)
+                .push_bind(a.job.round)
+                .push_bind(a.job.attempt)
+                .push_bind(a.process)
+                .push_bind(a.outcome.as_str())
+                .push_bind(a.started_at)
+                .push_bind(a.finished_at)
+                .push_bind(a.exit_code)
+                .push_bind(a.error)
+                .push_bind(a.output)
+                .push_bind(a.stderr)
+                .push_bind(a.usage.map(|u| u.provider.as_str()))
+                .push_bind(a.usage.map(|u| u.model.as_str()))
+                .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.0 as i64))
+                .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.1 as i64))
+                .push_bind(a.usage.and_then(|u| u.known()).map(|k| k.2))
+                .push_bind(a.usage.map(|u| u.counted));
+        });
+        q.push(";\n");
     }
 }
 

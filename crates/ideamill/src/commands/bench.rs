@@ -27,13 +27,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchWhat::Throughput {
             items,
             concurrency,
+            stages,
             store,
             processes,
         } => {
-            on_scratch_store(store.as_deref(), |url| {
-                throughput(items, concurrency, url, processes.max(1))
-            })
-            .await?
+            let shape = Shape {
+                items,
+                stages,
+                concurrency,
+                processes: processes.max(1),
+            };
+            on_scratch_store(store.as_deref(), |url| throughput(shape, url)).await?
         }
         BenchWhat::Pickup { samples, store } => {
             on_scratch_store(store.as_deref(), |url| pickup(samples, url)).await?
@@ -126,35 +130,73 @@ fn new_items(n: usize) -> Vec<NewItem> {
         .collect()
 }
 
-async fn throughput(
+/// What a throughput run pushes through the engine.
+#[derive(Clone, Copy)]
+struct Shape {
     items: u32,
+    stages: u32,
+    /// Per stage and per process.
     concurrency: u32,
-    url: Option<String>,
     processes: u32,
-) -> anyhow::Result<()> {
+}
+
+async fn throughput(shape: Shape, url: Option<String>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = Arc::new(scratch(dir.path(), 3, concurrency, &url)?);
+    let config = Arc::new(scratch(
+        dir.path(),
+        shape.stages as usize,
+        shape.concurrency,
+        &url,
+    )?);
     let store = project::open_store(&config).await?;
     let first = first_job(&config);
     let clock = Instant::now();
-    for chunk in new_items(items as usize).chunks(1000) {
+    for chunk in new_items(shape.items as usize).chunks(1000) {
         store.add_items(chunk, &first, now_millis()).await?;
     }
     let enqueue = clock.elapsed();
-    if processes > 1 {
-        return throughput_processes(&config, &store, items, enqueue, processes, &url).await;
+    // Closed and opened again, so that the server's counters taken next
+    // hold the enqueue's work and none of it is counted in the run's.
+    store.close().await;
+    let server_before = server_counters(&url).await;
+    let cpu_before = own_cpu();
+    let store = project::open_store(&config).await?;
+    let run = if shape.processes > 1 {
+        throughput_processes(&config, &store, shape.processes).await?
+    } else {
+        let (summary, took) = until_idle(&config, &store, noop_executors(&config)).await?;
+        Run {
+            jobs: summary.attempts,
+            took,
+            done: summary.items_done,
+            calls: Some(summary.store_calls),
+            detail: String::new(),
+        }
+    };
+    let cpu = own_cpu().saturating_sub(cpu_before);
+    let server = match (server_before, server_counters(&url).await) {
+        (Some(before), Some(after)) => Some(ServerDelta { before, after }),
+        _ => None,
+    };
+    report_throughput(&url, shape, enqueue, &run, cpu, server)
+}
+
+/// The CPU time this process (and its waited-for children) used so far.
+fn own_cpu() -> Duration {
+    let ticks = ideamill_sys::process::read_stat(std::process::id()).map_or(0, |s| s.cpu_ticks());
+    Duration::from_secs_f64(ticks as f64 / ideamill_sys::process::clock_ticks_per_second() as f64)
+}
+
+/// The PostgreSQL server's counters of the bench's database, when it runs on one.
+async fn server_counters(url: &Option<String>) -> Option<ideamill_store::postgres::ServerCounters> {
+    let url = url.as_deref()?;
+    match ideamill_store::postgres::server_counters(url).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("Could not read the server's counters: {e}");
+            None
+        }
     }
-    let (summary, took) = until_idle(&config, &store, noop_executors(&config)).await?;
-    report_throughput(
-        &url,
-        concurrency,
-        "1 process",
-        (items, enqueue),
-        (summary.attempts, took),
-        summary.items_done,
-        String::new(),
-    )?;
-    Ok(())
 }
 
 /// `bench telemetry`: no-op throughput with traces off and with export to
@@ -501,16 +543,24 @@ async fn adder(config: &Path, samples: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a throughput run did.
+struct Run {
+    jobs: u64,
+    took: Duration,
+    /// Items done in the store at the end.
+    done: u64,
+    /// The engine's store calls (one process only).
+    calls: Option<ideamill_engine::StoreCalls>,
+    detail: String,
+}
+
 /// The same run with `processes` engine processes sharing the store: child
 /// processes of this binary (`bench worker`), started together.
 async fn throughput_processes(
     config: &Config,
     store: &Arc<dyn ideamill_store::Store>,
-    items: u32,
-    enqueue: Duration,
     processes: u32,
-    url: &Option<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Run> {
     let exe = std::env::current_exe()?;
     let clock = Instant::now();
     let children = (0..processes)
@@ -546,47 +596,95 @@ async fn throughput_processes(
             .with_context(|| format!("a bench worker printed {text:?}"))?;
         per_process.push(attempts);
     }
-    let jobs: u64 = per_process.iter().sum();
     let done = store.status(now_millis()).await?.items.done;
     store.close().await;
-    let concurrency = config.stages.first().map_or(0, |s| s.concurrency);
-    report_throughput(
-        url,
-        concurrency,
-        &format!("{processes} processes"),
-        (items, enqueue),
-        (jobs, took),
+    Ok(Run {
+        jobs: per_process.iter().sum(),
+        took,
         done,
-        format!("; per process {per_process:?}"),
-    )
+        calls: None,
+        detail: format!("; per process {per_process:?}"),
+    })
+}
+
+/// The server's counters before and after a run.
+struct ServerDelta {
+    before: ideamill_store::postgres::ServerCounters,
+    after: ideamill_store::postgres::ServerCounters,
 }
 
 /// Print a throughput run's figures; an error if some items did not finish.
+/// The line with the rate is the one scripts read (`jobs/s`, after `= `):
+/// the lines after it name neither.
 fn report_throughput(
     url: &Option<String>,
-    concurrency: u32,
-    processes: &str,
-    (items, enqueue): (u32, Duration),
-    (jobs, took): (u64, Duration),
-    done: u64,
-    detail: String,
+    shape: Shape,
+    enqueue: Duration,
+    run: &Run,
+    cpu: Duration,
+    server: Option<ServerDelta>,
 ) -> anyhow::Result<()> {
+    let Shape {
+        items,
+        stages,
+        concurrency,
+        processes,
+    } = shape;
+    let processes = match processes {
+        1 => "1 process".to_string(),
+        n => format!("{n} processes"),
+    };
     println!(
-        "bench throughput ({}, 3 no-op stages, concurrency {concurrency} per stage, {processes})",
-        backend(url)
+        "bench throughput ({}, {stages} no-op stage{}, concurrency {concurrency} per stage, {processes})",
+        backend(url),
+        if stages == 1 { "" } else { "s" },
     );
     println!(
         "  enqueue: {items} items in {:.2}s ({:.0} items/s)",
         enqueue.as_secs_f64(),
         items as f64 / enqueue.as_secs_f64()
     );
+    let (jobs, took, done) = (run.jobs, run.took, run.done);
     println!(
-        "  run:     {jobs} jobs in {:.2}s = {:.0} jobs/s ({done} items done{detail})",
+        "  run:     {jobs} jobs in {:.2}s = {:.0} jobs/s ({done} items done{})",
         took.as_secs_f64(),
         jobs as f64 / took.as_secs_f64(),
+        run.detail
     );
+    let per_job = |n: f64| n / jobs.max(1) as f64;
+    let share = |t: Duration| 100.0 * t.as_secs_f64() / took.as_secs_f64();
+    if let Some(c) = run.calls {
+        println!(
+            "  engine:  per job {:.3} claims, {:.3} finish batches ({:.1} attempts each), {:.2} context reads; \
+             dispatcher in claims {:.0}% of the run, completer in finishes {:.0}%, context reads {:.0} µs each",
+            per_job(c.claims as f64),
+            per_job(c.finish_batches as f64),
+            jobs as f64 / c.finish_batches.max(1) as f64,
+            per_job(c.context_reads as f64),
+            share(c.claim_time),
+            share(c.finish_time),
+            c.context_time.as_secs_f64() * 1e6 / c.context_reads.max(1) as f64,
+        );
+    }
+    println!(
+        "  cpu:     {:.1} µs per job in ideamill ({:.0}% of one core)",
+        cpu.as_secs_f64() * 1e6 / jobs.max(1) as f64,
+        share(cpu)
+    );
+    if let Some(ServerDelta { before, after }) = server {
+        let secs = took.as_secs_f64();
+        let commits = (after.commits - before.commits) as f64;
+        println!(
+            "  server:  per job {:.3} transactions, {:.2} rows written, {:.0} WAL bytes; {:.0} commits and {:.0} WAL flushes per second",
+            per_job(commits),
+            per_job((after.rows_written - before.rows_written) as f64),
+            per_job((after.wal_bytes - before.wal_bytes) as f64),
+            commits / secs,
+            (after.wal_syncs - before.wal_syncs) as f64 / secs,
+        );
+    }
     anyhow::ensure!(
-        done == items as u64,
+        done == u64::from(items),
         "only {done} of {items} items finished"
     );
     Ok(())
