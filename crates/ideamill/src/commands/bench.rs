@@ -48,6 +48,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
         BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
         BenchWhat::Web { items, requests } => return super::bench_web::run(items, requests).await,
+        BenchWhat::Soak(args) => return super::bench_soak::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@ mod add;
 mod alert;
 mod bench;
 mod bench_health;
+pub mod bench_soak;
 mod bench_web;
 mod cancel;
 mod doctor;
