@@ -136,13 +136,26 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .context("cannot create a scratch database for the soak")?,
         ),
-        other => anyhow::bail!("--store takes sqlite, postgres or a postgres:// URL, not {other:?}"),
+        other => {
+            anyhow::bail!("--store takes sqlite, postgres or a postgres:// URL, not {other:?}")
+        }
     };
-    let workers = if matches!(backend, Backend::Sqlite) { 1 } else { args.workers.max(1) };
-    let provider = provider::FlakyProvider::start(args.seed.wrapping_add(1), Duration::from_secs(20))?;
+    let workers = if matches!(backend, Backend::Sqlite) {
+        1
+    } else {
+        args.workers.max(1)
+    };
+    let provider =
+        provider::FlakyProvider::start(args.seed.wrapping_add(1), Duration::from_secs(20))?;
     let mill = Mill::create(backend, workers, &provider.url).await?;
     let json = args.json;
-    let say = |line: &str| if json { eprintln!("{line}") } else { println!("{line}") };
+    let say = |line: &str| {
+        if json {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
     say(&format!(
         "bench soak: {} for {}, {} worker process(es), seed {}, {} ideas/min, a fault every ~{} (project {})",
         mill.backend.name(),
@@ -168,7 +181,12 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         .config
         .stages
         .iter()
-        .map(|s| (s.name.clone(), u64::from(s.concurrency) * u64::from(workers)))
+        .map(|s| {
+            (
+                s.name.clone(),
+                u64::from(s.concurrency) * u64::from(workers),
+            )
+        })
         .collect();
     // reqwest is built without a TLS provider of its own; plain HTTP needs
     // none, but the client insists (as in `bench web`).
@@ -204,22 +222,32 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         &out,
     )
     .await;
-    let mut mill = shared.mill.lock().map_err(|_| anyhow::anyhow!("the mill's lock is poisoned"))?;
-    mill.stop_all();
-    for log in mill.logs() {
-        if let Some(name) = log.file_name() {
-            let _ = std::fs::copy(&log, out.join(name));
+    let backend = {
+        let mut mill = shared
+            .mill
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the mill's lock is poisoned"))?;
+        mill.stop_all();
+        for log in mill.logs() {
+            if let Some(name) = log.file_name() {
+                let _ = std::fs::copy(&log, out.join(name));
+            }
         }
-    }
+        std::mem::replace(&mut mill.backend, Backend::Sqlite)
+    };
     store.close().await;
-    if let Backend::Server(db) = std::mem::replace(&mut mill.backend, Backend::Sqlite)
+    if let Backend::Server(db) = backend
         && let Err(e) = db.drop_now().await
     {
         eprintln!("Could not drop the soak's scratch database: {e}");
     }
     let ok = result?;
     say(&format!("  evidence: {}", out.display()));
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(crate::exit::NEGATIVE) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::exit::NEGATIVE)
+    })
 }
 
 fn chaos_kinds(names: &[String]) -> anyhow::Result<Vec<Chaos>> {
@@ -275,7 +303,11 @@ async fn soak(
     provider: &provider::FlakyProvider,
     out: &Path,
 ) -> anyhow::Result<bool> {
-    shared.mill.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.keep_running()?;
+    shared
+        .mill
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .keep_running()?;
     wait_ready(shared).await?;
     let start = Instant::now();
     let until = start + plan.length;
@@ -288,7 +320,12 @@ async fn soak(
         until,
         stop.clone(),
     ));
-    let feeder = tokio::spawn(feed_until(shared.clone(), plan.seed.wrapping_add(2), plan.rate, until));
+    let feeder = tokio::spawn(feed_until(
+        shared.clone(),
+        plan.seed.wrapping_add(2),
+        plan.rate,
+        until,
+    ));
 
     let mut w = Watch::default();
     let mut tick = 0u64;
@@ -324,23 +361,53 @@ async fn soak(
         if drained { "drained" } else { "NOT drained" },
         drain_start.elapsed().as_secs_f64()
     ));
+    count_rows(shared, &mut w).await;
     report(shared, store, &w, provider).await;
 
     let events = audit::events_since(&**store, shared.started_at).await?;
     let actions = shared.actions.lock().map(|a| a.clone()).unwrap_or_default();
-    let inbox = shared.mill.lock().map(|m| m.inbox().to_path_buf()).map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let inbox = shared
+        .mill
+        .lock()
+        .map(|m| m.inbox().to_path_buf())
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
     let margins = audit::Margins {
         stall_after: mill::STALL_AFTER,
         recovery: mill::LEASE + mill::STALL_AFTER + Duration::from_secs(15),
     };
     let findings = {
-        let intake = std::mem::take(&mut *shared.intake.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-        let f = audit::audit(&**store, &intake, &inbox, &actions, &w.waits.long_waits, &events, &margins).await?;
-        *shared.intake.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = intake;
+        let intake = std::mem::take(
+            &mut *shared
+                .intake
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?,
+        );
+        let f = audit::audit(
+            &**store,
+            &intake,
+            &inbox,
+            &actions,
+            &w.waits.long_waits,
+            &events,
+            &margins,
+        )
+        .await?;
+        *shared
+            .intake
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))? = intake;
         f
     };
     let violations = findings.violations(drained);
-    let summary = summary(shared, &w, &findings, &violations, &actions, provider, plan.threshold);
+    let summary = summary(
+        shared,
+        &w,
+        &findings,
+        &violations,
+        &actions,
+        provider,
+        plan.threshold,
+    );
     write_evidence(out, &summary, &events, &actions, &w)?;
     print_final(shared, &findings, &violations, &w);
     if shared.json {
@@ -360,7 +427,15 @@ async fn feed_until(shared: Arc<Shared>, seed: u64, rate: u32, until: Instant) {
     let mut serial = 0;
     while Instant::now() < until {
         serial += 1;
-        feed::send_batch(&shared.http, &shared.api, &inbox, &mut rng, serial, &shared.intake).await;
+        feed::send_batch(
+            &shared.http,
+            &shared.api,
+            &inbox,
+            &mut rng,
+            serial,
+            &shared.intake,
+        )
+        .await;
         tokio::time::sleep(gap.mul_f64(0.5 + rng.f64())).await;
     }
 }
@@ -369,12 +444,20 @@ async fn feed_until(shared: Arc<Shared>, seed: u64, rate: u32, until: Instant) {
 async fn wait_ready(shared: &Shared) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
-        if let Ok(r) = shared.http.get(format!("{}/healthz", shared.api)).send().await
+        if let Ok(r) = shared
+            .http
+            .get(format!("{}/healthz", shared.api))
+            .send()
+            .await
             && r.status().is_success()
         {
             return Ok(());
         }
-        shared.mill.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.keep_running()?;
+        shared
+            .mill
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .keep_running()?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::bail!("the mill's API did not answer within 90 s (see run-main.log in the project)")
@@ -385,7 +468,10 @@ fn inbox_settled(shared: &Shared) -> bool {
     let (Ok(mill), Ok(intake)) = (shared.mill.lock(), shared.intake.lock()) else {
         return false;
     };
-    intake.inbox_files.iter().all(|n| !mill.inbox().join(n).exists())
+    intake
+        .inbox_files
+        .iter()
+        .all(|n| !mill.inbox().join(n).exists())
 }
 
 /// One second of watching: restart what died, follow the queue; every
@@ -397,34 +483,61 @@ async fn sample(shared: &Shared, store: &Arc<dyn Store>, plan: &Plan, w: &mut Wa
             *w.restarts.entry(name).or_default() += 1;
         }
     }
-    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(3), store.status(now_millis())).await {
-        w.waits.observe(&status, &plan.capacity, plan.threshold.as_millis() as i64);
+    if let Ok(Ok(status)) =
+        tokio::time::timeout(Duration::from_secs(3), store.status(now_millis())).await
+    {
+        w.waits
+            .observe(&status, &plan.capacity, plan.threshold.as_millis() as i64);
         w.last_status = Some(status);
     }
     let at = (now_millis() - shared.started_at) as f64 / 1e3;
-    if tick % 10 == 0 {
+    if tick.is_multiple_of(10) {
         let (processes, bytes) = match shared.mill.lock() {
             Ok(m) => (processes(&m), store_bytes(&m)),
             Err(_) => return,
         };
         for (label, pid) in processes {
-            let Some((rss, fds)) = watch::rss_and_fds(pid) else { continue };
-            match w.series.iter_mut().find(|s| s.pid == pid && s.label == label) {
+            let Some((rss, fds)) = watch::rss_and_fds(pid) else {
+                continue;
+            };
+            match w
+                .series
+                .iter_mut()
+                .find(|s| s.pid == pid && s.label == label)
+            {
                 Some(s) => s.points.push((at, rss, fds)),
-                None => w.series.push(Series { label, pid, points: vec![(at, rss, fds)] }),
+                None => w.series.push(Series {
+                    label,
+                    pid,
+                    points: vec![(at, rss, fds)],
+                }),
             }
         }
         if let Some(bytes) = bytes {
             w.store_bytes.push((at, bytes));
         }
     }
-    if tick % 60 == 0 {
-        let url = shared.mill.lock().map(|m| m.config.store.url.clone()).unwrap_or_default();
-        if let Ok(Ok(rows)) =
-            tokio::time::timeout(Duration::from_secs(10), ideamill_store::transfer::target_rows(&url)).await
-        {
-            w.rows.push((at, rows.into_iter().map(|t| (t.table, t.rows)).collect()));
-        }
+    if tick.is_multiple_of(60) {
+        count_rows(shared, w).await;
+    }
+}
+
+/// Rows per table, now.
+async fn count_rows(shared: &Shared, w: &mut Watch) {
+    let at = (now_millis() - shared.started_at) as f64 / 1e3;
+    let url = shared
+        .mill
+        .lock()
+        .map(|m| m.config.store.url.clone())
+        .unwrap_or_default();
+    if let Ok(Ok(rows)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        ideamill_store::transfer::target_rows(&url),
+    )
+    .await
+    {
+        w.rows
+            .push((at, rows.into_iter().map(|t| (t.table, t.rows)).collect()));
     }
 }
 
@@ -479,12 +592,23 @@ async fn count_events(store: &Arc<dyn Store>, kind: &str, since: Millis) -> u64 
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// The figures so far.
-async fn report(shared: &Shared, store: &Arc<dyn Store>, w: &Watch, provider: &provider::FlakyProvider) {
+async fn report(
+    shared: &Shared,
+    store: &Arc<dyn Store>,
+    w: &Watch,
+    provider: &provider::FlakyProvider,
+) {
     let elapsed = (now_millis() - shared.started_at) / 1000;
     let (api, inbox, refused) = shared
         .intake
         .lock()
-        .map(|i| (i.api_ids.len(), i.inbox_ideas, i.api_refused.values().sum::<u64>()))
+        .map(|i| {
+            (
+                i.api_ids.len(),
+                i.inbox_ideas,
+                i.api_refused.values().sum::<u64>(),
+            )
+        })
         .unwrap_or_default();
     let chaos: BTreeMap<&str, u64> = shared.actions.lock().map_or_else(
         |_| BTreeMap::new(),
@@ -524,11 +648,23 @@ async fn report(shared: &Shared, store: &Arc<dyn Store>, w: &Watch, provider: &p
         lines.push(format!("  rows: {rows:?}"));
     }
     for s in w.series.iter().filter(|s| s.points.len() > 1) {
-        let Some(&(_, rss, fds)) = s.points.last() else { continue };
-        let slope = s
-            .slopes_per_hour()
-            .map_or(String::new(), |(r, f)| format!(", {:+.1} MiB/h, {f:+.1} fds/h", r / MIB));
-        lines.push(format!("  {} (pid {}): {:.1} MiB, {fds} fds{slope}", s.label, s.pid, rss as f64 / MIB));
+        let Some(&(_, rss, fds)) = s.points.last() else {
+            continue;
+        };
+        let slope = s.slopes_per_hour().map_or(String::new(), |(r, f)| {
+            format!(", {:+.1} MiB/h, {f:+.1} fds/h", r / MIB)
+        });
+        let ended = if ideamill_sys::process::pid_alive(s.pid) {
+            ""
+        } else {
+            " (ended)"
+        };
+        lines.push(format!(
+            "  {} (pid {}){ended}: {:.1} MiB, {fds} fds{slope}",
+            s.label,
+            s.pid,
+            rss as f64 / MIB
+        ));
     }
     shared.say(&lines.join("\n"));
 }
@@ -626,12 +762,17 @@ fn write_evidence(
     w: &Watch,
 ) -> anyhow::Result<()> {
     let write = |name: &str, text: String| {
-        std::fs::write(out.join(name), text).with_context(|| format!("cannot write {name} in {}", out.display()))
+        std::fs::write(out.join(name), text)
+            .with_context(|| format!("cannot write {name} in {}", out.display()))
     };
     write("summary.json", serde_json::to_string_pretty(summary)?)?;
     write(
         "events.jsonl",
-        events.iter().filter_map(|e| serde_json::to_string(e).ok()).collect::<Vec<_>>().join("\n"),
+        events
+            .iter()
+            .filter_map(|e| serde_json::to_string(e).ok())
+            .collect::<Vec<_>>()
+            .join("\n"),
     )?;
     write("faults.json", serde_json::to_string_pretty(actions)?)?;
     write(
@@ -668,9 +809,15 @@ fn print_final(shared: &Shared, f: &audit::Findings, violations: &[String], w: &
         ),
         format!(
             "  stalls detected {}, jobs hung {}, engine restarts {}, runs restarted by the soak {:?}",
-            f.events.get(event_kind::ENGINE_STALLED).copied().unwrap_or(0),
+            f.events
+                .get(event_kind::ENGINE_STALLED)
+                .copied()
+                .unwrap_or(0),
             f.events.get(event_kind::JOB_HUNG).copied().unwrap_or(0),
-            f.events.get(event_kind::ENGINE_RESTARTED).copied().unwrap_or(0),
+            f.events
+                .get(event_kind::ENGINE_RESTARTED)
+                .copied()
+                .unwrap_or(0),
             w.restarts
         ),
         format!(

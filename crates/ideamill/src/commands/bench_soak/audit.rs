@@ -80,7 +80,8 @@ pub async fn events_since(store: &dyn Store, since: Millis) -> anyhow::Result<Ve
 fn inbox_ids(inbox: &Path, name: &str) -> Result<Vec<i64>, String> {
     let sidecar = inbox.join("processed").join(format!("{name}.items.json"));
     if let Ok(text) = std::fs::read_to_string(&sidecar) {
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{name}: bad sidecar: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{name}: bad sidecar: {e}"))?;
         return Ok(v["items"]
             .as_array()
             .map(|a| a.iter().filter_map(|i| i.as_i64()).collect())
@@ -141,14 +142,20 @@ pub async fn audit(
         }
     }
     for (name, _) in &intake.hostile_files {
-        *f.hostile_files.entry(hostile_fate(inbox, name).into()).or_default() += 1;
+        *f.hostile_files
+            .entry(hostile_fate(inbox, name).into())
+            .or_default() += 1;
     }
 
     let items = all_items(store).await?;
     f.items_in_store = items.len() as u64;
     let by_id: HashMap<i64, &ItemSummary> = items.iter().map(|i| (i.id, i)).collect();
     let accepted: HashSet<i64> = accepted.into_iter().collect();
-    let mut lost: Vec<i64> = accepted.iter().filter(|id| !by_id.contains_key(id)).copied().collect();
+    let mut lost: Vec<i64> = accepted
+        .iter()
+        .filter(|id| !by_id.contains_key(id))
+        .copied()
+        .collect();
     lost.sort();
     f.lost = lost;
 
@@ -162,8 +169,13 @@ pub async fn audit(
                 let last = detail.attempts.last();
                 let reason = format!(
                     "{} ({})",
-                    item.failure_class.map_or("unclassified".into(), |c| format!("{c:?}").to_lowercase()),
-                    last.map_or("no attempt".into(), |a| format!("{} {:?}", a.stage, a.outcome).to_lowercase())
+                    item.failure_class
+                        .map_or("unclassified".into(), |c| format!("{c:?}").to_lowercase()),
+                    last.map_or("no attempt".into(), |a| format!(
+                        "{} {:?}",
+                        a.stage, a.outcome
+                    )
+                    .to_lowercase())
                 );
                 *f.failed.entry(reason).or_default() += 1;
             }
@@ -184,7 +196,10 @@ pub async fn audit(
         }
         for ((stage, round), n) in outputs {
             if n > 1 {
-                f.duplicates.push(format!("item {}: {n} outputs of {stage} round {round}", item.id));
+                f.duplicates.push(format!(
+                    "item {}: {n} outputs of {stage} round {round}",
+                    item.id
+                ));
             }
         }
         let mut succeeded: HashMap<i64, u32> = HashMap::new();
@@ -195,7 +210,8 @@ pub async fn audit(
         }
         for (job, n) in succeeded {
             if n > 1 {
-                f.duplicates.push(format!("item {}: job {job} succeeded {n} times", item.id));
+                f.duplicates
+                    .push(format!("item {}: job {job} succeeded {n} times", item.id));
             }
         }
         for job in detail.jobs.iter().filter(|j| j.attempts == 1) {
@@ -205,7 +221,12 @@ pub async fn audit(
         }
     }
     pickups.sort();
-    let at = |q: f64| pickups.get(((pickups.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(0);
+    let at = |q: f64| {
+        pickups
+            .get(((pickups.len().saturating_sub(1)) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     f.pickup_p50_ms = at(0.5);
     f.pickup_p99_ms = at(0.99);
     f.pickup_samples = pickups.len();
@@ -233,11 +254,14 @@ pub fn explain(w: &LongWait, actions: &[Action], events: &[Event], m: &Margins) 
             return format!("{} at {}", a.kind.name(), a.at);
         }
     }
-    let detected = [event_kind::ENGINE_STALLED, event_kind::ENGINE_RESTARTED, event_kind::STORE_OUTAGE];
-    if let Some(e) = events
-        .iter()
-        .find(|e| detected.contains(&e.kind.as_str()) && overlaps(e.at - stall - recovery, e.at + recovery))
-    {
+    let detected = [
+        event_kind::ENGINE_STALLED,
+        event_kind::ENGINE_RESTARTED,
+        event_kind::STORE_OUTAGE,
+    ];
+    if let Some(e) = events.iter().find(|e| {
+        detected.contains(&e.kind.as_str()) && overlaps(e.at - stall - recovery, e.at + recovery)
+    }) {
         return format!("{} at {}", e.kind, e.at);
     }
     "UNEXPLAINED".into()
@@ -248,20 +272,35 @@ impl Findings {
     pub fn violations(&self, drained: bool) -> Vec<String> {
         let mut v = Vec::new();
         if !self.lost.is_empty() {
-            v.push(format!("{} acknowledged ideas are not in the store: {:?}", self.lost.len(), self.lost));
+            v.push(format!(
+                "{} acknowledged ideas are not in the store: {:?}",
+                self.lost.len(),
+                self.lost
+            ));
         }
         if !drained || !self.in_flight.is_empty() {
             v.push(format!(
                 "the mill did not drain: {} acknowledged ideas unfinished ({})",
                 self.in_flight.len(),
-                self.in_flight.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+                self.in_flight
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ));
         }
         if !self.inbox_files_missing.is_empty() {
-            v.push(format!("good inbox files not taken: {}", self.inbox_files_missing.join("; ")));
+            v.push(format!(
+                "good inbox files not taken: {}",
+                self.inbox_files_missing.join("; ")
+            ));
         }
         if !self.duplicates.is_empty() {
-            v.push(format!("stage outputs committed twice: {}", self.duplicates.join("; ")));
+            v.push(format!(
+                "stage outputs committed twice: {}",
+                self.duplicates.join("; ")
+            ));
         }
         for (w, why) in &self.long_waits {
             if why == "UNEXPLAINED" {
@@ -274,7 +313,9 @@ impl Findings {
             }
         }
         if self.hostile_files.contains_key("gone") {
-            v.push("a hostile inbox file was deleted (nothing in the inbox is ever deleted)".into());
+            v.push(
+                "a hostile inbox file was deleted (nothing in the inbox is ever deleted)".into(),
+            );
         }
         v
     }

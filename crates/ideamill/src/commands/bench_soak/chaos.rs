@@ -91,7 +91,12 @@ pub struct Action {
 }
 
 /// Why some chaos cannot run here; `None` when it can.
-pub fn unavailable(kind: Chaos, backend: &Backend, workers: u32, tmpfs: bool) -> Option<&'static str> {
+pub fn unavailable(
+    kind: Chaos,
+    backend: &Backend,
+    workers: u32,
+    tmpfs: bool,
+) -> Option<&'static str> {
     match kind {
         Chaos::WorkerKill if matches!(backend, Backend::Sqlite) => {
             Some("SQLite runs one worker process")
@@ -100,7 +105,9 @@ pub fn unavailable(kind: Chaos, backend: &Backend, workers: u32, tmpfs: bool) ->
         Chaos::PgRestart if !matches!(backend, Backend::OwnCluster(_)) => {
             Some("needs the soak's own PostgreSQL cluster (--store postgres)")
         }
-        Chaos::DiskFull if !tmpfs => Some("cannot mount a small tmpfs for the data folder (needs root)"),
+        Chaos::DiskFull if !tmpfs => {
+            Some("cannot mount a small tmpfs for the data folder (needs root)")
+        }
         _ => None,
     }
 }
@@ -170,7 +177,9 @@ async fn act(shared: &Arc<Shared>, kind: Chaos, rng: &mut fastrand::Rng, serial:
             let Some(born) = ideamill_sys::process::read_stat(pid).map(|s| s.start_time) else {
                 return "the engine had just gone: skipped".into();
             };
-            let hold = Duration::from_millis(rng.u64(1000..=(STALL_AFTER * 2 + Duration::from_secs(3)).as_millis() as u64));
+            let hold = Duration::from_millis(
+                rng.u64(1000..=(STALL_AFTER * 2 + Duration::from_secs(3)).as_millis() as u64),
+            );
             signal(pid, libc::SIGSTOP);
             tokio::time::sleep(hold).await;
             let same = ideamill_sys::process::read_stat(pid).is_some_and(|s| s.start_time == born);
@@ -180,9 +189,15 @@ async fn act(shared: &Arc<Shared>, kind: Chaos, rng: &mut fastrand::Rng, serial:
             let fate = if same {
                 "SIGCONT".to_string()
             } else {
-                format!("replaced by its supervisor before SIGCONT; {}", wait_engine(shared, index, Some(pid)).await)
+                format!(
+                    "replaced by its supervisor before SIGCONT; {}",
+                    wait_engine(shared, index, Some(pid)).await
+                )
             };
-            format!("SIGSTOP engine {pid} of run {index} for {:.1}s, {fate}", hold.as_secs_f64())
+            format!(
+                "SIGSTOP engine {pid} of run {index} for {:.1}s, {fate}",
+                hold.as_secs_f64()
+            )
         }
         Chaos::SupervisorKill | Chaos::WorkerKill => {
             let index = match kind {
@@ -193,12 +208,19 @@ async fn act(shared: &Arc<Shared>, kind: Chaos, rng: &mut fastrand::Rng, serial:
                 }
             };
             let pause = Duration::from_millis(rng.u64(500..5000));
-            let killed = shared.mill.lock().ok().and_then(|mut m| m.kill_run(index, pause));
+            let killed = shared
+                .mill
+                .lock()
+                .ok()
+                .and_then(|mut m| m.kill_run(index, pause));
             let Some(pid) = killed else {
                 return format!("run {index} was not running: skipped");
             };
             let back = wait_engine(shared, index, None).await;
-            format!("SIGKILL supervisor {pid} of run {index}, started again after {:.1}s; {back}", pause.as_secs_f64())
+            format!(
+                "SIGKILL supervisor {pid} of run {index}, started again after {:.1}s; {back}",
+                pause.as_secs_f64()
+            )
         }
         Chaos::PgRestart => {
             let down = Duration::from_millis(rng.u64(1000..5000));
@@ -227,7 +249,10 @@ async fn act(shared: &Arc<Shared>, kind: Chaos, rng: &mut fastrand::Rng, serial:
             if let Ok(m) = shared.mill.lock() {
                 m.disk.free();
             }
-            format!("data disk filled ({filled}) for {:.1}s, freed", hold.as_secs_f64())
+            format!(
+                "data disk filled ({filled}) for {:.1}s, freed",
+                hold.as_secs_f64()
+            )
         }
         Chaos::InboxHostile => {
             let (inbox, max) = match shared.mill.lock() {

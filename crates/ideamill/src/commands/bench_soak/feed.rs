@@ -39,7 +39,12 @@ pub async fn send_batch(
 ) {
     let n = rng.usize(1..=3);
     let ideas: Vec<String> = (0..n)
-        .map(|i| format!("soak idea {serial}.{i}: a tool that {}", WHAT[rng.usize(..WHAT.len())]))
+        .map(|i| {
+            format!(
+                "soak idea {serial}.{i}: a tool that {}",
+                WHAT[rng.usize(..WHAT.len())]
+            )
+        })
         .collect();
     if rng.u32(0..3) < 2 {
         let answer = post_json(http, &format!("{api}/api/items"), &serde_json::json!(ideas))
@@ -47,25 +52,24 @@ pub async fn send_batch(
             .send()
             .await;
         let outcome = match answer {
-            Ok(r) if r.status().as_u16() == 201 => match r
-                .bytes()
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(v) => {
-                    let ids: Vec<i64> = v["ids"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|i| i.as_i64()).collect())
-                        .unwrap_or_default();
-                    let now = now_millis();
-                    if let Ok(mut intake) = intake.lock() {
-                        intake.api_ids.extend(ids.into_iter().map(|id| (id, now)));
+            Ok(r) if r.status().as_u16() == 201 => {
+                match r.bytes().await.map_err(|e| e.to_string()).and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                }) {
+                    Ok(v) => {
+                        let ids: Vec<i64> = v["ids"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|i| i.as_i64()).collect())
+                            .unwrap_or_default();
+                        let now = now_millis();
+                        if let Ok(mut intake) = intake.lock() {
+                            intake.api_ids.extend(ids.into_iter().map(|id| (id, now)));
+                        }
+                        return;
                     }
-                    return;
+                    Err(_) => "201 unreadable".to_string(),
                 }
-                Err(_) => "201 unreadable".to_string(),
-            },
+            }
             Ok(r) => r.status().as_u16().to_string(),
             Err(e) if e.is_timeout() => "timeout".into(),
             Err(_) => "unreachable".into(),
@@ -183,24 +187,74 @@ pub fn drop_hostile(inbox: &Path, serial: u64, max_file_bytes: u64) -> (String, 
 }
 
 /// Send each malformed request once; tally the answers.
-pub async fn malformed_requests(http: &reqwest::Client, api: &str, tally: &mut BTreeMap<String, u64>) {
+pub async fn malformed_requests(
+    http: &reqwest::Client,
+    api: &str,
+    tally: &mut BTreeMap<String, u64>,
+) {
     let items = format!("{api}/api/items");
     let deep = "[".repeat(100_000) + &"]".repeat(100_000);
     let huge = format!("[\"{}\"]", "x".repeat(3 << 20));
     let requests: Vec<(&str, reqwest::RequestBuilder)> = vec![
-        ("bad-json", http.post(&items).header("content-type", "application/json").body("{not json")),
-        ("wrong-shape", post_json(http, &items, &serde_json::json!({"ideas": 5}))),
-        ("binary-text", http.post(&items).header("content-type", "text/plain").header("x-requested-with", "ideamill").body(vec![0xffu8, 0xfe, 0, 1, 2, b'\n', 0xc3])),
-        ("deep-json", http.post(&items).header("content-type", "application/json").body(deep)),
-        ("huge-body", http.post(&items).header("content-type", "application/json").body(huge)),
-        ("unknown-type", http.post(&items).header("content-type", "application/xml").header("x-requested-with", "ideamill").body("<idea/>")),
+        (
+            "bad-json",
+            http.post(&items)
+                .header("content-type", "application/json")
+                .body("{not json"),
+        ),
+        (
+            "wrong-shape",
+            post_json(http, &items, &serde_json::json!({"ideas": 5})),
+        ),
+        (
+            "binary-text",
+            http.post(&items)
+                .header("content-type", "text/plain")
+                .header("x-requested-with", "ideamill")
+                .body(vec![0xffu8, 0xfe, 0, 1, 2, b'\n', 0xc3]),
+        ),
+        (
+            "deep-json",
+            http.post(&items)
+                .header("content-type", "application/json")
+                .body(deep),
+        ),
+        (
+            "huge-body",
+            http.post(&items)
+                .header("content-type", "application/json")
+                .body(huge),
+        ),
+        (
+            "unknown-type",
+            http.post(&items)
+                .header("content-type", "application/xml")
+                .header("x-requested-with", "ideamill")
+                .body("<idea/>"),
+        ),
         ("bad-id", http.get(format!("{items}/not-a-number"))),
-        ("huge-id", http.get(format!("{items}/99999999999999999999999"))),
-        ("bad-query", http.get(format!("{items}?limit=-1&state=bogus&before=x"))),
-        ("retry-nothing", post_json(http, &format!("{items}/0/retry"), &serde_json::Value::Null)),
+        (
+            "huge-id",
+            http.get(format!("{items}/99999999999999999999999")),
+        ),
+        (
+            "bad-query",
+            http.get(format!("{items}?limit=-1&state=bogus&before=x")),
+        ),
+        (
+            "retry-nothing",
+            post_json(http, &format!("{items}/0/retry"), &serde_json::Value::Null),
+        ),
         ("wrong-method", http.delete(&items)),
-        ("foreign-host", http.get(&items).header("host", "evil.example")),
-        ("cross-site", post_json(http, &items, &serde_json::json!(["x"])).header("origin", "http://evil.example")),
+        (
+            "foreign-host",
+            http.get(&items).header("host", "evil.example"),
+        ),
+        (
+            "cross-site",
+            post_json(http, &items, &serde_json::json!(["x"]))
+                .header("origin", "http://evil.example"),
+        ),
     ];
     for (kind, request) in requests {
         let outcome = match request.timeout(Duration::from_secs(10)).send().await {
@@ -212,7 +266,11 @@ pub async fn malformed_requests(http: &reqwest::Client, api: &str, tally: &mut B
     }
 }
 
-fn post_json(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> reqwest::RequestBuilder {
     http.post(url)
         .header("content-type", "application/json")
         .body(body.to_string())

@@ -142,8 +142,9 @@ impl Run {
 }
 
 pub struct Mill {
-    pub root: tempfile::TempDir,
+    // Dropped in this order: the tmpfs is unmounted before its folder goes.
     pub disk: DataDisk,
+    pub root: tempfile::TempDir,
     pub config: Config,
     pub backend: Backend,
     /// `http://127.0.0.1:PORT`, served by the first run.
@@ -167,9 +168,13 @@ impl Mill {
         workers: u32,
         provider_url: &str,
     ) -> anyhow::Result<Mill> {
-        let root = tempfile::Builder::new().prefix("ideamill-soak-").tempdir()?;
+        let root = tempfile::Builder::new()
+            .prefix("ideamill-soak-")
+            .tempdir()?;
         let (disk, no_tmpfs) = DataDisk::mount(root.path().join("disk"), 256)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let store = backend
             .url()
             .map(|u| format!("[store]\nurl = \"{u}\"\n"))
@@ -209,7 +214,11 @@ impl Mill {
         std::fs::create_dir_all(&config.engine.inbox)?;
         let runs = (0..workers.max(1))
             .map(|i| Run {
-                name: if i == 0 { "main".into() } else { format!("worker{i}") },
+                name: if i == 0 {
+                    "main".into()
+                } else {
+                    format!("worker{i}")
+                },
                 args: if i == 0 {
                     vec!["run"]
                 } else {

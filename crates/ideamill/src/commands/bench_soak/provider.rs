@@ -134,7 +134,12 @@ fn serve(
     };
     tally[fault.index()].fetch_add(1, Ordering::Relaxed);
     let streamed = String::from_utf8_lossy(&body).contains("\"stream\":true");
-    let words = ["A plan:", " read the input,", " do the work,", " print the result."];
+    let words = [
+        "A plan:",
+        " read the input,",
+        " do the work,",
+        " print the result.",
+    ];
     match fault {
         Fault::RateLimited => respond(
             &mut conn,
@@ -144,7 +149,11 @@ fn serve(
         ),
         Fault::ServerError => respond(
             &mut conn,
-            if rng.lock().map(|mut r| r.bool()).unwrap_or(true) { 500 } else { 503 },
+            if rng.lock().map(|mut r| r.bool()).unwrap_or(true) {
+                500
+            } else {
+                503
+            },
             &[],
             "{\"error\":{\"message\":\"overloaded\"}}",
         ),

@@ -33,13 +33,20 @@ pub struct WaitTracker {
 impl WaitTracker {
     /// One sample of the queue. A stage has a free slot while it runs fewer
     /// jobs than `capacity` (its concurrency times the worker processes).
-    pub fn observe(&mut self, s: &StatusSnapshot, capacity: &BTreeMap<String, u64>, threshold_ms: i64) {
+    pub fn observe(
+        &mut self,
+        s: &StatusSnapshot,
+        capacity: &BTreeMap<String, u64>,
+        threshold_ms: i64,
+    ) {
         let free = s
             .stages
             .iter()
             .filter(|st| st.queued > 0)
             .all(|st| st.running < capacity.get(&st.stage).copied().unwrap_or(0));
-        let waiting = s.oldest_runnable_at.filter(|_| free && s.stages.iter().any(|st| st.queued > 0));
+        let waiting = s
+            .oldest_runnable_at
+            .filter(|_| free && s.stages.iter().any(|st| st.queued > 0));
         let Some(oldest) = waiting else {
             self.current = None;
             return;
@@ -57,7 +64,10 @@ impl WaitTracker {
         if wait > threshold_ms {
             match self.long_waits.last_mut() {
                 Some(w) if w.since == since => w.until = s.now,
-                _ => self.long_waits.push(LongWait { since, until: s.now }),
+                _ => self.long_waits.push(LongWait {
+                    since,
+                    until: s.now,
+                }),
             }
         }
     }
@@ -158,7 +168,10 @@ mod tests {
         t.observe(&snapshot(15_000, Some(0), 5, 1), &capacity, 3000);
         assert_eq!(t.longest_ms, 5000);
         assert_eq!(t.long_waits.len(), 1);
-        assert_eq!((t.long_waits[0].since, t.long_waits[0].until), (10_000, 15_000));
+        assert_eq!(
+            (t.long_waits[0].since, t.long_waits[0].until),
+            (10_000, 15_000)
+        );
         // Picked up: a newer oldest job starts its own wait.
         t.observe(&snapshot(16_000, Some(15_900), 1, 1), &capacity, 3000);
         assert_eq!(t.long_waits.len(), 1);
