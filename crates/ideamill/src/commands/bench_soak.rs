@@ -463,15 +463,13 @@ async fn wait_ready(shared: &Shared) -> anyhow::Result<()> {
     anyhow::bail!("the mill's API did not answer within 90 s (see run-main.log in the project)")
 }
 
-/// No good file left waiting in the inbox.
+/// No file the soak dropped is left waiting in the inbox.
 fn inbox_settled(shared: &Shared) -> bool {
     let (Ok(mill), Ok(intake)) = (shared.mill.lock(), shared.intake.lock()) else {
         return false;
     };
-    intake
-        .inbox_files
-        .iter()
-        .all(|n| !mill.inbox().join(n).exists())
+    let waiting = |n: &String| std::fs::symlink_metadata(mill.inbox().join(n)).is_ok();
+    !intake.inbox_files.iter().any(waiting) && !intake.hostile_files.iter().any(|(n, _)| waiting(n))
 }
 
 /// One second of watching: restart what died, follow the queue; every
@@ -647,23 +645,31 @@ async fn report(
     if let Some((_, rows)) = w.rows.last() {
         lines.push(format!("  rows: {rows:?}"));
     }
-    for s in w.series.iter().filter(|s| s.points.len() > 1) {
+    // Processes the faults ended have their series in the evidence; the
+    // report shows the living.
+    let (living, ended): (Vec<&Series>, Vec<&Series>) = w
+        .series
+        .iter()
+        .partition(|s| ideamill_sys::process::pid_alive(s.pid));
+    for s in living {
         let Some(&(_, rss, fds)) = s.points.last() else {
             continue;
         };
         let slope = s.slopes_per_hour().map_or(String::new(), |(r, f)| {
             format!(", {:+.1} MiB/h, {f:+.1} fds/h", r / MIB)
         });
-        let ended = if ideamill_sys::process::pid_alive(s.pid) {
-            ""
-        } else {
-            " (ended)"
-        };
         lines.push(format!(
-            "  {} (pid {}){ended}: {:.1} MiB, {fds} fds{slope}",
+            "  {} (pid {}, {:.0} min): {:.1} MiB, {fds} fds{slope}",
             s.label,
             s.pid,
+            (s.points.last().map_or(0.0, |p| p.0) - s.points[0].0) / 60.0,
             rss as f64 / MIB
+        ));
+    }
+    if !ended.is_empty() {
+        lines.push(format!(
+            "  {} processes ended by faults (series in series.json)",
+            ended.len()
         ));
     }
     shared.say(&lines.join("\n"));

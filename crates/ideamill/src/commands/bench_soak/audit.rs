@@ -43,6 +43,8 @@ pub struct Findings {
     pub long_waits: Vec<(LongWait, String)>,
     /// Where each hostile file ended: `processed`, `rejected`, `inbox` or `gone`.
     pub hostile_files: BTreeMap<String, u64>,
+    /// Malformed requests answered with a 500 (bad input is a 4xx).
+    pub malformed_500: Vec<String>,
 }
 
 /// Read every item the store has, newest first.
@@ -141,6 +143,12 @@ pub async fn audit(
             Err(why) => f.inbox_files_missing.push(why),
         }
     }
+    f.malformed_500 = intake
+        .malformed
+        .keys()
+        .filter(|k| k.ends_with(" 500"))
+        .cloned()
+        .collect();
     for (name, _) in &intake.hostile_files {
         *f.hostile_files
             .entry(hostile_fate(inbox, name).into())
@@ -312,10 +320,25 @@ impl Findings {
                 ));
             }
         }
-        if self.hostile_files.contains_key("gone") {
-            v.push(
-                "a hostile inbox file was deleted (nothing in the inbox is ever deleted)".into(),
-            );
+        if !self.malformed_500.is_empty() {
+            v.push(format!(
+                "malformed requests answered 500: {}",
+                self.malformed_500.join(", ")
+            ));
+        }
+        // Each is refused (too big, binary, not UTF-8, a link or FIFO,
+        // nesting or ideas past the limits, no text): filed in `rejected/`.
+        let elsewhere: Vec<String> = self
+            .hostile_files
+            .iter()
+            .filter(|(fate, _)| fate.as_str() != "rejected")
+            .map(|(fate, n)| format!("{n} {fate}"))
+            .collect();
+        if !elsewhere.is_empty() {
+            v.push(format!(
+                "hostile inbox files not rejected: {}",
+                elsewhere.join(", ")
+            ));
         }
         v
     }
