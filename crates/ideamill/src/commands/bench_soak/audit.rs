@@ -343,3 +343,82 @@ impl Findings {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(kind: Chaos, at: Millis, end: Millis) -> Action {
+        Action {
+            kind,
+            at,
+            end,
+            detail: String::new(),
+        }
+    }
+
+    fn event(kind: &str, at: Millis) -> Event {
+        Event {
+            id: 1,
+            at,
+            kind: kind.into(),
+            item_id: None,
+            job_id: None,
+            process: None,
+            message: String::new(),
+        }
+    }
+
+    /// `explain` of a wait from `since` to `until` (seconds) against the
+    /// faults and events given, with stall_after 5 s and 30 s of recovery.
+    fn check(since: i64, until: i64, actions: &[Action], events: &[Event], explained: bool) {
+        let margins = Margins {
+            stall_after: Duration::from_secs(5),
+            recovery: Duration::from_secs(30),
+        };
+        let wait = LongWait {
+            since: since * 1000,
+            until: until * 1000,
+        };
+        let why = explain(&wait, actions, events, &margins);
+        assert_eq!(why != "UNEXPLAINED", explained, "{since}..{until}: {why}");
+    }
+
+    #[test]
+    fn a_long_wait_needs_a_fault_or_a_detected_stall() {
+        let kill = action(Chaos::EngineKill, 100_000, 101_000);
+        // Nothing happened: unexplained.
+        check(200, 220, &[], &[], false);
+        // During a kill or within its recovery: explained.
+        check(100, 120, std::slice::from_ref(&kill), &[], true);
+        check(125, 140, std::slice::from_ref(&kill), &[], true);
+        // Long after it: not.
+        check(200, 220, std::slice::from_ref(&kill), &[], false);
+        // A short SIGSTOP is a pause nobody must detect.
+        check(
+            100,
+            118,
+            &[action(Chaos::EngineStop, 100_000, 103_000)],
+            &[],
+            true,
+        );
+        // A long one must be detected by the mill.
+        let long_stop = [action(Chaos::EngineStop, 100_000, 112_000)];
+        check(100, 118, &long_stop, &[], false);
+        check(
+            100,
+            118,
+            &long_stop,
+            &[event(event_kind::ENGINE_STALLED, 105_500)],
+            true,
+        );
+        // Hostile files and requests explain nothing.
+        check(
+            100,
+            118,
+            &[action(Chaos::InboxHostile, 100_000, 100_000)],
+            &[],
+            false,
+        );
+    }
+}
