@@ -27,7 +27,7 @@ use anyhow::Context;
 use ideamill_core::Millis;
 use ideamill_core::duration::parse_duration;
 use ideamill_engine::CancellationToken;
-use ideamill_store::{EventFilter, Store, event_kind};
+use ideamill_store::{Store, event_kind};
 use ideamill_sys::clock::now_millis;
 
 use chaos::{Action, Chaos};
@@ -575,16 +575,21 @@ fn store_bytes(m: &Mill) -> Option<u64> {
     }
 }
 
-async fn count_events(store: &Arc<dyn Store>, kind: &str, since: Millis) -> u64 {
-    store
-        .events(&EventFilter {
-            kind: Some(kind.into()),
-            since: Some(since),
-            limit: 1_000_000,
-            ..EventFilter::default()
-        })
-        .await
-        .map_or(0, |e| e.len() as u64)
+/// Engine restarts and, among them and beside them, the stalls the mill
+/// detected, since `since`.
+async fn restarts_and_stalls(store: &Arc<dyn Store>, since: Millis) -> (u64, u64) {
+    let Ok(events) = audit::events_since(&**store, since).await else {
+        return (0, 0);
+    };
+    let restarts = events
+        .iter()
+        .filter(|e| e.kind == event_kind::ENGINE_RESTARTED)
+        .count() as u64;
+    let stalls = events
+        .iter()
+        .filter(|e| audit::is_detected_stall(e))
+        .count() as u64;
+    (restarts, stalls)
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -618,8 +623,7 @@ async fn report(
         },
     );
     let since = shared.started_at;
-    let stalled = count_events(store, event_kind::ENGINE_STALLED, since).await;
-    let restarted = count_events(store, event_kind::ENGINE_RESTARTED, since).await;
+    let (restarted, stalled) = restarts_and_stalls(store, since).await;
     let items = w.last_status.as_ref().map(|s| s.items).unwrap_or_default();
     let mut lines = vec![
         format!("[{}m{:02}s]", elapsed / 60, elapsed % 60),
@@ -735,7 +739,7 @@ fn summary(
         "lost": f.lost.len(),
         "in_flight": f.in_flight.len(),
         "duplicated_outputs": f.duplicates.len(),
-        "stalls_detected": f.events.get(event_kind::ENGINE_STALLED).copied().unwrap_or(0),
+        "stalls_detected": f.stalls_detected,
         "jobs_hung": f.events.get(event_kind::JOB_HUNG).copied().unwrap_or(0),
         "engine_restarts": f.events.get(event_kind::ENGINE_RESTARTED).copied().unwrap_or(0),
         "runs_restarted_by_soak": w.restarts,
@@ -815,10 +819,7 @@ fn print_final(shared: &Shared, f: &audit::Findings, violations: &[String], w: &
         ),
         format!(
             "  stalls detected {}, jobs hung {}, engine restarts {}, runs restarted by the soak {:?}",
-            f.events
-                .get(event_kind::ENGINE_STALLED)
-                .copied()
-                .unwrap_or(0),
+            f.stalls_detected,
             f.events.get(event_kind::JOB_HUNG).copied().unwrap_or(0),
             f.events
                 .get(event_kind::ENGINE_RESTARTED)

@@ -39,6 +39,8 @@ pub struct Findings {
     pub pickup_samples: usize,
     /// Events by kind over the soak.
     pub events: BTreeMap<String, u64>,
+    /// Stalls the mill found (see [`is_detected_stall`]).
+    pub stalls_detected: u64,
     /// Long waits of runnable work and what explains each.
     pub long_waits: Vec<(LongWait, String)>,
     /// Where each hostile file ended: `processed`, `rejected`, `inbox` or `gone`.
@@ -242,11 +244,20 @@ pub async fn audit(
     for e in events {
         *f.events.entry(e.kind.clone()).or_default() += 1;
     }
+    f.stalls_detected = events.iter().filter(|e| is_detected_stall(e)).count() as u64;
     f.long_waits = long_waits
         .iter()
         .map(|w| (w.clone(), explain(w, actions, events, margins)))
         .collect();
     Ok(f)
+}
+
+/// A stall the mill found: an `engine_stalled` event, or a restart by the
+/// supervisor for a stale heartbeat (which it records as
+/// `engine_restarted` "…; stalled for N ms", the text the alerts read too).
+pub fn is_detected_stall(e: &Event) -> bool {
+    e.kind == event_kind::ENGINE_STALLED
+        || (e.kind == event_kind::ENGINE_RESTARTED && e.message.contains("stalled for"))
 }
 
 /// What explains a long wait, or `UNEXPLAINED`.
