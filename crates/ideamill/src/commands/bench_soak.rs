@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ideamill_core::Millis;
 use ideamill_core::duration::parse_duration;
-use ideamill_engine::CancellationToken;
 use ideamill_store::{Store, event_kind};
 use ideamill_sys::clock::now_millis;
 
@@ -147,7 +146,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     };
     let provider =
         provider::FlakyProvider::start(args.seed.wrapping_add(1), Duration::from_secs(20))?;
-    let mill = Mill::create(backend, workers, &provider.url).await?;
+    let mill = Mill::create(backend, workers, &provider.url)?;
     let json = args.json;
     let say = |line: &str| {
         if json {
@@ -311,14 +310,12 @@ async fn soak(
     wait_ready(shared).await?;
     let start = Instant::now();
     let until = start + plan.length;
-    let stop = CancellationToken::new();
     let chaos = tokio::spawn(chaos::drive(
         shared.clone(),
         plan.kinds.clone(),
         plan.seed,
         plan.chaos_every,
         until,
-        stop.clone(),
     ));
     let feeder = tokio::spawn(feed_until(
         shared.clone(),
@@ -342,7 +339,6 @@ async fn soak(
     let _ = feeder.await;
     // The fault in progress ends and puts back what it took.
     let _ = chaos.await;
-    stop.cancel();
     shared.say("  feeding and faults stopped; draining");
     let drain_start = Instant::now();
     let mut drained = false;

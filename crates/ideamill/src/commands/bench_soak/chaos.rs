@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ideamill_core::Millis;
-use ideamill_engine::CancellationToken;
 use ideamill_sys::clock::now_millis;
 use serde::Serialize;
 
@@ -108,7 +107,12 @@ pub fn unavailable(
         Chaos::DiskFull if !tmpfs => {
             Some("cannot mount a small tmpfs for the data folder (needs root)")
         }
-        _ => None,
+        Chaos::WorkerKill | Chaos::PgRestart | Chaos::DiskFull => None,
+        Chaos::EngineKill
+        | Chaos::EngineStop
+        | Chaos::SupervisorKill
+        | Chaos::InboxHostile
+        | Chaos::ApiMalformed => None,
     }
 }
 
@@ -118,28 +122,22 @@ pub async fn drive(
     seed: u64,
     mean_gap: Duration,
     until: Instant,
-    stop: CancellationToken,
 ) {
     if kinds.is_empty() {
         return;
     }
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut serial = 0u64;
     loop {
         // Exponential gaps: faults arrive at random, sometimes close together.
         let gap = mean_gap.mul_f64(-(1.0 - rng.f64()).ln()).min(mean_gap * 4);
         let left = until.saturating_duration_since(Instant::now());
-        tokio::select! {
-            _ = tokio::time::sleep(gap.min(left)) => {}
-            _ = stop.cancelled() => return,
-        }
+        tokio::time::sleep(gap.min(left)).await;
         if Instant::now() >= until {
             return;
         }
-        serial += 1;
         let kind = kinds[rng.usize(..kinds.len())];
         let at = now_millis();
-        let detail = act(&shared, kind, &mut rng, serial).await;
+        let detail = act(&shared, kind, &mut rng).await;
         let action = Action {
             kind,
             at,
@@ -158,7 +156,7 @@ pub async fn drive(
     }
 }
 
-async fn act(shared: &Arc<Shared>, kind: Chaos, rng: &mut fastrand::Rng, serial: u64) -> String {
+async fn act(shared: &Arc<Shared>, kind: Chaos, rng: &mut fastrand::Rng) -> String {
     match kind {
         Chaos::EngineKill => {
             let (index, pid) = match pick_engine(shared, rng) {
@@ -259,7 +257,12 @@ async fn act(shared: &Arc<Shared>, kind: Chaos, rng: &mut fastrand::Rng, serial:
                 Ok(m) => (m.inbox().to_path_buf(), m.config.inbox.max_file_bytes),
                 Err(_) => return "the mill's lock is poisoned".into(),
             };
-            let (name, what) = super::feed::drop_hostile(&inbox, serial, max);
+            // Each kind in turn, so a short soak drops every one.
+            let dropped = shared
+                .intake
+                .lock()
+                .map_or(0, |i| i.hostile_files.len() as u64);
+            let (name, what) = super::feed::drop_hostile(&inbox, dropped, max);
             if let Ok(mut intake) = shared.intake.lock() {
                 intake.hostile_files.push((name.clone(), what));
             }

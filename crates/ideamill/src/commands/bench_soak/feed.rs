@@ -101,89 +101,100 @@ const WHAT: [&str; 6] = [
 ];
 
 /// The hostile files, dropped in turn.
-pub const HOSTILE: [&str; 8] = [
-    "huge",
-    "binary",
-    "symlink",
-    "fifo",
-    "invalid-utf8",
-    "json-bomb-deep",
-    "json-bomb-wide",
-    "empty",
-];
+#[derive(Debug, Clone, Copy)]
+enum Hostile {
+    /// One byte past `[inbox] max_file_bytes`.
+    Huge,
+    /// Random bytes.
+    Binary,
+    /// A link to a file outside the inbox.
+    Symlink,
+    /// A FIFO nobody writes to: a reader would block forever.
+    Fifo,
+    InvalidUtf8,
+    /// JSON nested 100,000 deep.
+    DeepJson,
+    /// One more idea than a file may hold: refused, never 10,001 items.
+    WideJson,
+    /// Only blank lines: no idea.
+    Blank,
+}
+
+impl Hostile {
+    const ALL: [Hostile; 8] = [
+        Hostile::Huge,
+        Hostile::Binary,
+        Hostile::Symlink,
+        Hostile::Fifo,
+        Hostile::InvalidUtf8,
+        Hostile::DeepJson,
+        Hostile::WideJson,
+        Hostile::Blank,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hostile::Huge => "huge",
+            Hostile::Binary => "binary",
+            Hostile::Symlink => "symlink",
+            Hostile::Fifo => "fifo",
+            Hostile::InvalidUtf8 => "invalid-utf8",
+            Hostile::DeepJson => "json-bomb-deep",
+            Hostile::WideJson => "json-bomb-wide",
+            Hostile::Blank => "blank",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Hostile::DeepJson | Hostile::WideJson => "json",
+            Hostile::Blank => "md",
+            Hostile::Huge
+            | Hostile::Binary
+            | Hostile::Symlink
+            | Hostile::Fifo
+            | Hostile::InvalidUtf8 => "txt",
+        }
+    }
+
+    fn make(self, path: &Path, serial: u64, max_file_bytes: u64) -> std::io::Result<()> {
+        match self {
+            Hostile::Huge => {
+                std::fs::write(path, "an idea\n".repeat(max_file_bytes as usize / 8 + 1))
+            }
+            Hostile::Binary => {
+                let mut rng = fastrand::Rng::with_seed(serial);
+                std::fs::write(path, (0..8192).map(|_| rng.u8(..)).collect::<Vec<u8>>())
+            }
+            Hostile::Symlink => std::os::unix::fs::symlink("/etc/passwd", path),
+            Hostile::Fifo => {
+                let made = std::process::Command::new("mkfifo").arg(path).status()?;
+                if made.success() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other(format!("mkfifo: {made}")))
+                }
+            }
+            Hostile::InvalidUtf8 => std::fs::write(path, b"caf\xe9 ideas \xff\xfe\n"),
+            Hostile::DeepJson => std::fs::write(path, "[".repeat(100_000) + &"]".repeat(100_000)),
+            Hostile::WideJson => {
+                let ideas: Vec<String> = (0..10_001).map(|i| format!("w{serial}-{i}")).collect();
+                std::fs::write(path, serde_json::json!(ideas).to_string())
+            }
+            Hostile::Blank => std::fs::write(path, "   \n\n"),
+        }
+    }
+}
 
 /// Drop the `serial`-th hostile file into the inbox, written in place (the
 /// worst way). Its name and kind.
 pub fn drop_hostile(inbox: &Path, serial: u64, max_file_bytes: u64) -> (String, &'static str) {
-    let kind = HOSTILE[serial as usize % HOSTILE.len()];
-    let (name, made) = match kind {
-        "huge" => (
-            format!("huge-{serial}.txt"),
-            std::fs::write(
-                inbox.join(format!("huge-{serial}.txt")),
-                "an idea\n".repeat(max_file_bytes as usize / 8 + 2),
-            ),
-        ),
-        "binary" => {
-            let mut rng = fastrand::Rng::with_seed(serial);
-            let bytes: Vec<u8> = (0..8192).map(|_| rng.u8(..)).collect();
-            (
-                format!("binary-{serial}.txt"),
-                std::fs::write(inbox.join(format!("binary-{serial}.txt")), bytes),
-            )
-        }
-        "symlink" => (
-            format!("symlink-{serial}.txt"),
-            std::os::unix::fs::symlink("/etc/passwd", inbox.join(format!("symlink-{serial}.txt"))),
-        ),
-        "fifo" => {
-            let name = format!("fifo-{serial}.txt");
-            let made = std::process::Command::new("mkfifo")
-                .arg(inbox.join(&name))
-                .status()
-                .and_then(|s| {
-                    if s.success() {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::other("mkfifo failed"))
-                    }
-                });
-            (name, made)
-        }
-        "invalid-utf8" => (
-            format!("latin1-{serial}.txt"),
-            std::fs::write(
-                inbox.join(format!("latin1-{serial}.txt")),
-                b"caf\xe9 ideas \xff\xfe\n",
-            ),
-        ),
-        "json-bomb-deep" => (
-            format!("deep-{serial}.json"),
-            std::fs::write(
-                inbox.join(format!("deep-{serial}.json")),
-                "[".repeat(100_000) + &"]".repeat(100_000),
-            ),
-        ),
-        "json-bomb-wide" => {
-            // One more idea than a file may hold: refused, never 10 001 items.
-            let ideas: Vec<String> = (0..10_001).map(|i| format!("w{serial}-{i}")).collect();
-            (
-                format!("wide-{serial}.json"),
-                std::fs::write(
-                    inbox.join(format!("wide-{serial}.json")),
-                    serde_json::to_string(&ideas).unwrap_or_default(),
-                ),
-            )
-        }
-        _ => (
-            format!("empty-{serial}.md"),
-            std::fs::write(inbox.join(format!("empty-{serial}.md")), "   \n\n"),
-        ),
-    };
-    if let Err(e) = made {
+    let kind = Hostile::ALL[serial as usize % Hostile::ALL.len()];
+    let name = format!("{}-{serial}.{}", kind.name(), kind.extension());
+    if let Err(e) = kind.make(&inbox.join(&name), serial, max_file_bytes) {
         eprintln!("Could not drop the hostile file {name}: {e}");
     }
-    (name, kind)
+    (name, kind.name())
 }
 
 /// Send each malformed request once; tally the answers.

@@ -163,11 +163,7 @@ const REJECT_TENTHS: u32 = 3;
 
 impl Mill {
     /// Make the project and its store; nothing runs yet.
-    pub async fn create(
-        backend: Backend,
-        workers: u32,
-        provider_url: &str,
-    ) -> anyhow::Result<Mill> {
+    pub fn create(backend: Backend, workers: u32, provider_url: &str) -> anyhow::Result<Mill> {
         let root = tempfile::Builder::new()
             .prefix("ideamill-soak-")
             .tempdir()?;
