@@ -370,6 +370,7 @@ async fn soak(
     let margins = audit::Margins {
         stall_after: mill::STALL_AFTER,
         recovery: mill::LEASE + mill::STALL_AFTER + Duration::from_secs(15),
+        restart_backoff: crate::supervisor::BACKOFF_MAX,
     };
     let findings = {
         let intake = std::mem::take(

@@ -120,6 +120,9 @@ pub struct Margins {
     pub stall_after: Duration,
     /// After an outage ends: the lease to expire, an engine to start.
     pub recovery: Duration,
+    /// The supervisor's longest wait before it starts a new engine (its
+    /// backoff grows while engines keep ending within its restart window).
+    pub restart_backoff: Duration,
 }
 
 pub async fn audit(
@@ -273,13 +276,15 @@ pub fn explain(w: &LongWait, actions: &[Action], events: &[Event], m: &Margins) 
             return format!("{} at {}", a.kind.name(), a.at);
         }
     }
+    let backoff = m.restart_backoff.as_millis() as i64;
     let detected = [
         event_kind::ENGINE_STALLED,
         event_kind::ENGINE_RESTARTED,
         event_kind::STORE_OUTAGE,
     ];
     if let Some(e) = events.iter().find(|e| {
-        detected.contains(&e.kind.as_str()) && overlaps(e.at - stall - recovery, e.at + recovery)
+        detected.contains(&e.kind.as_str())
+            && overlaps(e.at - stall - recovery, e.at + backoff + recovery)
     }) {
         return format!("{} at {}", e.kind, e.at);
     }
@@ -386,6 +391,7 @@ mod tests {
         let margins = Margins {
             stall_after: Duration::from_secs(5),
             recovery: Duration::from_secs(30),
+            restart_backoff: Duration::from_secs(30),
         };
         let wait = LongWait {
             since: since * 1000,
@@ -423,6 +429,10 @@ mod tests {
             &[event(event_kind::ENGINE_STALLED, 105_500)],
             true,
         );
+        // After a restart the supervisor may back off before the next engine.
+        let restarted = [event(event_kind::ENGINE_RESTARTED, 105_000)];
+        check(106, 160, &[], &restarted, true);
+        check(170, 190, &[], &restarted, false);
         // Hostile files and requests explain nothing.
         check(
             100,
