@@ -157,8 +157,9 @@ pub struct Mill {
 /// The mill's timings, which the checks derive their margins from.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
 pub const LEASE: Duration = Duration::from_secs(10);
-/// Gate: item ids and rounds whose hash falls under this share of 10 are
-/// rejected, e.g. 3 rejects about 30% of rounds.
+/// Gate: a round is rejected when (item id × 7 + round) mod 10 falls under
+/// this: 3 rejects about 30% of rounds, and the items whose first round
+/// lands on 0 (about 10%) are rejected in all three rounds and fail.
 const REJECT_TENTHS: u32 = 3;
 
 impl Mill {
@@ -177,7 +178,7 @@ impl Mill {
             .unwrap_or_default();
         let build = "cat >/dev/null; echo \"built $IDEAMILL_ITEM_ID round $IDEAMILL_ROUND\" > build.txt; cat build.txt";
         let qa = format!(
-            "cat >/dev/null; h=$(( (IDEAMILL_ITEM_ID * 7 + IDEAMILL_ROUND * 3) % 10 )); \
+            "cat >/dev/null; h=$(( (IDEAMILL_ITEM_ID * 7 + IDEAMILL_ROUND) % 10 )); \
              if [ $h -lt {REJECT_TENTHS} ]; then echo \"round $IDEAMILL_ROUND: the plan misses a step\"; exit 1; fi; echo passed"
         );
         let text = format!(
