@@ -94,13 +94,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Running figures: stdout, or stderr when stdout is the JSON summary.
     pub fn say(&self, line: &str) {
-        if self.json {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
+        say(self.json, line);
+    }
+}
+
+/// Running figures: stdout, or stderr when stdout is the JSON summary.
+fn say(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
     }
 }
 
@@ -148,13 +152,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         provider::FlakyProvider::start(args.seed.wrapping_add(1), Duration::from_secs(20))?;
     let mill = Mill::create(backend, workers, &provider.url)?;
     let json = args.json;
-    let say = |line: &str| {
-        if json {
-            eprintln!("{line}")
-        } else {
-            println!("{line}")
-        }
-    };
+    let say = |line: &str| say(json, line);
     say(&format!(
         "bench soak: {} for {}, {} worker process(es), seed {}, {} ideas/min, a fault every ~{} (project {})",
         mill.backend.name(),
