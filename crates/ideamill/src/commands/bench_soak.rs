@@ -201,7 +201,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         started_at: now_millis(),
         json,
     });
-    let result = soak(
+    let soaking = soak(
         &shared,
         &store,
         Plan {
@@ -217,8 +217,19 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         },
         &provider,
         &out,
-    )
-    .await;
+    );
+    // Interrupted, it still stops the mill and unmounts its disk (when the
+    // tasks holding the mill end with the runtime), rather than leave them.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut interrupt, mut terminate) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
+    let result = tokio::select! {
+        r = soaking => r,
+        _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted")),
+        _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
+    };
     let backend = {
         let mut mill = shared
             .mill
