@@ -459,6 +459,9 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         hangs: u32,
     },
+    /// Hours of load and injected faults on the real binary, then drained
+    /// and audited: nothing lost, nothing committed twice, no undetected stall.
+    Soak(crate::commands::bench_soak::SoakArgs),
     /// Page and API load times of the dashboard with a large store (a
     /// scratch SQLite store filled with a week of history).
     Web {

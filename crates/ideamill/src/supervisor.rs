@@ -47,7 +47,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 /// How long a stalled engine gets to dump a core after SIGABRT.
 const ABORT_GRACE: Duration = Duration::from_secs(3);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The write end of the signal pipe, for the handler.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);

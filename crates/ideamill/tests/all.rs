@@ -23,5 +23,6 @@ mod monitoring;
 mod postgres;
 mod qa_gate;
 mod sandbox;
+mod soak;
 mod telemetry;
 mod util;

@@ -54,6 +54,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchWhat::Web { items, requests } => return super::bench_web::run(items, requests).await,
         BenchWhat::Saturation(args) => super::bench_saturation::run(args).await?,
         BenchWhat::History(args) => super::bench_history::run(args).await?,
+        BenchWhat::Soak(args) => return super::bench_soak::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ mod bench;
 mod bench_health;
 pub(crate) mod bench_history;
 pub(crate) mod bench_saturation;
+pub mod bench_soak;
 mod bench_web;
 mod cancel;
 mod doctor;

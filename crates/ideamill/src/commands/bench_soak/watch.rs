@@ -1,0 +1,187 @@
+//! What the soak watches while it runs: every second, the store's queue
+//! (the longest time a runnable job waits while its stage has a free
+//! slot); every ten seconds, the RSS and open descriptors of each process
+//! and the store's size; every minute, the rows of each table.
+
+use std::collections::BTreeMap;
+
+use ideamill_core::Millis;
+use ideamill_store::StatusSnapshot;
+use serde::Serialize;
+
+/// A runnable job that waited with a free slot for longer than the
+/// threshold: checked against the chaos and the detected stalls at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongWait {
+    /// When it became runnable with a free slot.
+    pub since: Millis,
+    /// The last time it was still seen waiting.
+    pub until: Millis,
+}
+
+/// The oldest runnable job, followed from sample to sample.
+#[derive(Debug, Default)]
+pub struct WaitTracker {
+    /// `oldest_runnable_at` as last seen, and when it began to wait with a
+    /// free slot.
+    current: Option<(Millis, Millis)>,
+    /// The longest wait seen, in ms.
+    pub longest_ms: i64,
+    pub long_waits: Vec<LongWait>,
+}
+
+impl WaitTracker {
+    /// One sample of the queue. A stage has a free slot while it runs fewer
+    /// jobs than `capacity` (its concurrency times the worker processes).
+    pub fn observe(
+        &mut self,
+        s: &StatusSnapshot,
+        capacity: &BTreeMap<String, u64>,
+        threshold_ms: i64,
+    ) {
+        let free = s
+            .stages
+            .iter()
+            .filter(|st| st.queued > 0)
+            .all(|st| st.running < capacity.get(&st.stage).copied().unwrap_or(0));
+        let waiting = s
+            .oldest_runnable_at
+            .filter(|_| free && s.stages.iter().any(|st| st.queued > 0));
+        let Some(oldest) = waiting else {
+            self.current = None;
+            return;
+        };
+        let since = match self.current {
+            Some((seen, since)) if seen == oldest => since,
+            // A new oldest job, or a free slot again: its wait counts from
+            // when it became runnable, but not from before this sample saw
+            // a free slot.
+            _ => oldest.max(s.now - 1000),
+        };
+        self.current = Some((oldest, since));
+        let wait = s.now - since;
+        self.longest_ms = self.longest_ms.max(wait);
+        if wait > threshold_ms {
+            match self.long_waits.last_mut() {
+                Some(w) if w.since == since => w.until = s.now,
+                _ => self.long_waits.push(LongWait {
+                    since,
+                    until: s.now,
+                }),
+            }
+        }
+    }
+}
+
+/// One process's RSS and descriptors over time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    pub label: String,
+    pub pid: u32,
+    /// `(seconds since the start, RSS bytes, open descriptors)`.
+    pub points: Vec<(f64, u64, u64)>,
+}
+
+impl Series {
+    /// Least-squares slopes per hour of RSS (bytes) and descriptors; `None`
+    /// with fewer than 3 points or under a minute of them.
+    pub fn slopes_per_hour(&self) -> Option<(f64, f64)> {
+        let span = self.points.last()?.0 - self.points.first()?.0;
+        if self.points.len() < 3 || span < 60.0 {
+            return None;
+        }
+        let xs: Vec<f64> = self.points.iter().map(|p| p.0).collect();
+        let rss: Vec<f64> = self.points.iter().map(|p| p.1 as f64).collect();
+        let fds: Vec<f64> = self.points.iter().map(|p| p.2 as f64).collect();
+        Some((slope(&xs, &rss) * 3600.0, slope(&xs, &fds) * 3600.0))
+    }
+}
+
+/// The least-squares slope of `ys` over `xs`.
+pub fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let num: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    if den == 0.0 { 0.0 } else { num / den }
+}
+
+/// RSS bytes and open descriptors of `pid`; `None` when it is gone.
+pub fn rss_and_fds(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some((rss_kib * 1024, fds))
+}
+
+/// Bytes under `path` (files only, not following links).
+pub fn tree_bytes(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ideamill_store::StageCounts;
+
+    fn snapshot(now: Millis, oldest: Option<Millis>, queued: u64, running: u64) -> StatusSnapshot {
+        StatusSnapshot {
+            now,
+            items: Default::default(),
+            stages: vec![StageCounts {
+                stage: "s".into(),
+                queued,
+                scheduled: 0,
+                running,
+            }],
+            running: Vec::new(),
+            processes: Vec::new(),
+            expired_leases: 0,
+            oldest_runnable_at: oldest,
+            paused: 0,
+            today: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_wait_counts_only_while_a_slot_is_free() {
+        let capacity = BTreeMap::from([("s".to_string(), 2)]);
+        let mut t = WaitTracker::default();
+        // Saturated: waiting, but not with a free slot.
+        t.observe(&snapshot(10_000, Some(0), 5, 2), &capacity, 3000);
+        assert_eq!(t.longest_ms, 0);
+        // A slot frees up: the wait counts from the sample before, not
+        // from when the job became runnable.
+        t.observe(&snapshot(11_000, Some(0), 5, 1), &capacity, 3000);
+        assert_eq!(t.longest_ms, 1000);
+        t.observe(&snapshot(15_000, Some(0), 5, 1), &capacity, 3000);
+        assert_eq!(t.longest_ms, 5000);
+        assert_eq!(t.long_waits.len(), 1);
+        assert_eq!(
+            (t.long_waits[0].since, t.long_waits[0].until),
+            (10_000, 15_000)
+        );
+        // Picked up: a newer oldest job starts its own wait.
+        t.observe(&snapshot(16_000, Some(15_900), 1, 1), &capacity, 3000);
+        assert_eq!(t.long_waits.len(), 1);
+        assert_eq!(t.longest_ms, 5000);
+    }
+
+    #[test]
+    fn slope_of_a_line() {
+        let xs = [0.0, 1.0, 2.0, 3.0];
+        assert!((slope(&xs, &[1.0, 3.0, 5.0, 7.0]) - 2.0).abs() < 1e-9);
+        assert_eq!(slope(&[1.0, 1.0], &[2.0, 3.0]), 0.0);
+    }
+}
