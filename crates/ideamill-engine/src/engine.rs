@@ -253,6 +253,9 @@ impl Engine {
             h.set_process(&self.process);
         }
         recover_dead_processes(&shared, &self.process).await;
+        if shared.health.is_some() {
+            report_earlier_stalls(&shared).await;
+        }
         ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref()).await;
 
         let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finished>();
@@ -873,6 +876,37 @@ async fn dispatch(
         }
     }
     Ok(())
+}
+
+/// Stalls that an earlier engine's watchdog ended with nobody to report
+/// them (`--no-supervisor`: systemd or Kubernetes started this engine
+/// again): one `engine_stalled` event each, so no stall goes unrecorded.
+/// A supervisor marks the bundles it reported in its restart event.
+async fn report_earlier_stalls(shared: &Shared) {
+    use crate::health::watchdog::{mark_reported, unreported_stalls};
+    for (bundle, stall) in unreported_stalls(&shared.config.engine.data_dir) {
+        let event = ideamill_store::NewEvent {
+            at: now_millis(),
+            kind: ideamill_store::event_kind::ENGINE_STALLED,
+            item_id: None,
+            job_id: None,
+            process: stall.process_id.clone(),
+            message: format!(
+                "Engine pid {} stalled at {}: {} (found by its {}, which ended it); evidence in {}",
+                stall.pid,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(stall.detected_at.max(0) as u64)
+                ),
+                stall.reason,
+                stall.detected_by,
+                bundle.display()
+            ),
+        };
+        match shared.store.record_event(&event).await {
+            Ok(()) => mark_reported(&bundle),
+            Err(e) => tracing::warn!("Could not record an earlier engine's stall: {e}"),
+        }
+    }
 }
 
 fn start_job(

@@ -158,7 +158,11 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             );
             tracing::error!("{message}");
             eprintln!("\nideamill: SUPERVISOR GAVE UP. {message}\n");
-            record_event(&config, event_kind::SUPERVISOR_GAVE_UP, message);
+            if record_event(&config, event_kind::SUPERVISOR_GAVE_UP, message)
+                && let Some(bundle) = &evidence
+            {
+                watchdog::mark_reported(bundle);
+            }
             return Ok(ExitCode::from(exit::GAVE_UP));
         }
         recent.push(Instant::now());
@@ -171,7 +175,13 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             ideamill_core::duration::format_duration(window)
         );
         tracing::warn!("{message}");
-        record_event(&config, event_kind::ENGINE_RESTARTED, message);
+        // The restart's event reports the stall: the next engine must not
+        // (unless the store missed it: then the next engine reports it).
+        if record_event(&config, event_kind::ENGINE_RESTARTED, message)
+            && let Some(bundle) = &evidence
+        {
+            watchdog::mark_reported(bundle);
+        }
         // Sleep the backoff, but a stop request ends it.
         if signals.wait(backoff).is_some() {
             return Ok(ExitCode::SUCCESS);
@@ -475,7 +485,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 /// Record an event in the store from this runtime-less process: on a helper
 /// thread with its own small runtime, waited for at most a few seconds.
-fn record_event(config: &Config, kind: &'static str, message: String) {
+fn record_event(config: &Config, kind: &'static str, message: String) -> bool {
     let config = config.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
@@ -504,15 +514,16 @@ fn record_event(config: &Config, kind: &'static str, message: String) {
         });
     if spawned.is_err() {
         tracing::warn!("Could not record the {kind} event: no thread for it");
-        return;
+        return false;
     }
     match rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => return true,
         Ok(Err(e)) => tracing::warn!("Could not record the {kind} event in the store: {e:#}"),
         Err(_) => {
             tracing::warn!("Could not record the {kind} event: the store did not answer within 5s")
         }
     }
+    false
 }
 
 struct Woke {

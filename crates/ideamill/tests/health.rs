@@ -264,12 +264,52 @@ fn a_blocked_event_loop_is_detected_with_evidence_and_the_work_resumes() {
             && message.contains(&dir.display().to_string()),
         "{message}"
     );
+    // The restart's event reports the stall: the new engine adds none.
+    assert!(dir.join("reported").is_file(), "{dir:?}");
+    assert_eq!(events(&p, "engine_stalled"), Vec::<Value>::new());
     assert_done_once(&p, &ids);
     stop(&p, run);
     // Doctor reports the restart until the window passes.
     let (verdict, codes, code) = doctor(&p);
     assert_eq!((verdict.as_str(), code), ("DEGRADED", 1), "{codes:?}");
     assert!(codes.contains(&"engine_restarted".to_string()), "{codes:?}");
+}
+
+/// Without a supervisor (systemd or Kubernetes restarts the engine), a
+/// stall its watchdog ended is recorded by the next engine: one
+/// `engine_stalled` event naming the evidence, never repeated.
+#[test]
+fn a_stall_with_no_supervisor_is_recorded_by_the_next_engine_once() {
+    let p = Project::new(&format!("{FAST}{}", slow_stage(0.1)));
+    let id = p.add("survives the stall");
+    let mut run = spawn_with_env(
+        &p,
+        &["--no-supervisor"],
+        &[("IDEAMILL_TEST_BLOCK_LOOP_AFTER", "500ms")],
+    );
+    let status = wait_exit(&mut run, Duration::from_secs(30)).expect("the watchdog acts");
+    assert_eq!(status.code(), Some(70), "{}", p.logs());
+    let dirs = evidence_dirs(&p);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(events(&p, "engine_stalled"), Vec::<Value>::new());
+
+    // The next engine, started by hand as a service manager would.
+    p.run_until_idle(Duration::from_secs(60));
+    assert_eq!(p.show(id)["item"]["state"], "done", "{}", p.logs());
+    let stalls = events(&p, "engine_stalled");
+    assert_eq!(stalls.len(), 1, "{stalls:#?}");
+    let message = stalls[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("Engine pid {}", run.id()))
+            && message.contains("found by its watchdog")
+            && message.contains(&dirs[0].display().to_string()),
+        "{message}"
+    );
+    assert!(dirs[0].join("reported").is_file(), "{:?}", dirs[0]);
+
+    // Once only.
+    p.run_until_idle(Duration::from_secs(60));
+    assert_eq!(events(&p, "engine_stalled").len(), 1);
 }
 
 #[test]

@@ -211,6 +211,44 @@ pub fn evidence_folder(data_dir: &Path, pid: u32) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The file that says a bundle's stall is in the store's events: written
+/// by the supervisor when it records the restart, or by the next engine
+/// when nobody did (`--no-supervisor`, restarted by systemd or Kubernetes).
+const REPORTED: &str = "reported";
+
+/// Note that `bundle`'s stall has its event now.
+pub fn mark_reported(bundle: &Path) {
+    if let Err(e) = std::fs::write(bundle.join(REPORTED), b"") {
+        tracing::warn!("Could not mark {} as reported: {e}", bundle.display());
+    }
+}
+
+/// The complete bundles of engine stalls that no event reports yet, oldest
+/// first, each with its summary (bundles of hung jobs are not engine
+/// stalls: they have no `summary.json` of this shape).
+pub fn unreported_stalls(data_dir: &Path) -> Vec<(PathBuf, StallSummary)> {
+    let Ok(entries) = std::fs::read_dir(evidence_dir(data_dir)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, StallSummary)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_none_or(|x| x != "partial")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains("-pid"))
+                && !p.join(REPORTED).exists()
+        })
+        .filter_map(|p| {
+            let summary = std::fs::read(p.join("summary.json")).ok()?;
+            let summary = serde_json::from_slice::<StallSummary>(&summary).ok()?;
+            Some((p, summary))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
 /// Give a complete bundle its final name and sync it; returns that name.
 pub fn finish_folder(partial: &Path) -> std::io::Result<PathBuf> {
     sync_dirs(partial);
