@@ -128,29 +128,6 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn scratch(dir: &std::path::Path, url: &Option<String>) -> anyhow::Result<Config> {
-    let mut text = String::new();
-    if let Some(url) = url {
-        text.push_str(&format!("[store]\nurl = \"{url}\"\n"));
-    }
-    text.push_str("[engine]\nlease = \"30s\"\nheartbeat = \"2s\"\n[health]\nlisten = \"off\"\n");
-    for (name, gate) in [
-        ("outline", ""),
-        ("implement", ""),
-        (
-            "qa",
-            "gate = { retry_from = \"implement\", max_rounds = 3 }\n",
-        ),
-    ] {
-        text.push_str(&format!(
-            "[[stages]]\nname = \"{name}\"\nkind = \"command\"\ncommand = [\"true\"]\n{gate}"
-        ));
-    }
-    let path = dir.join("ideamill.toml");
-    std::fs::write(&path, &text)?;
-    Ok(ideamill_core::config::parse(&text, &path)?)
-}
-
 async fn measure(
     args: &HistoryArgs,
     url: Option<String>,
@@ -158,7 +135,7 @@ async fn measure(
     queued: u64,
 ) -> anyhow::Result<Timings> {
     let dir = tempfile::tempdir()?;
-    let config = Arc::new(scratch(dir.path(), &url)?);
+    let config = Arc::new(super::bench_web::scratch(dir.path(), &url)?);
     let store = project::open_store(&config).await?;
     let stages: Vec<String> = config.stages.iter().map(|s| s.name.clone()).collect();
     let today = ideamill_store::day_start(now_millis());

@@ -51,9 +51,14 @@ fn idea(i: usize) -> String {
     }
 }
 
-fn scratch(dir: &std::path::Path) -> anyhow::Result<Config> {
-    let mut text =
-        String::from("[engine]\nlease = \"30s\"\nheartbeat = \"2s\"\n[health]\nlisten = \"off\"\n");
+/// A scratch project with the scaffold's three stages (no-op commands, a
+/// gate on the last), on `store` (a URL) or on SQLite in `dir`.
+pub(super) fn scratch(dir: &std::path::Path, store: &Option<String>) -> anyhow::Result<Config> {
+    let mut text = String::new();
+    if let Some(url) = store {
+        text.push_str(&format!("[store]\nurl = \"{url}\"\n"));
+    }
+    text.push_str("[engine]\nlease = \"30s\"\nheartbeat = \"2s\"\n[health]\nlisten = \"off\"\n");
     for (name, gate) in [
         ("outline", ""),
         ("implement", ""),
@@ -221,7 +226,7 @@ async fn time_get(
 pub async fn run(items: u32, requests: u32) -> anyhow::Result<ExitCode> {
     let items = items.max(10) as usize;
     let dir = tempfile::tempdir()?;
-    let config = Arc::new(scratch(dir.path())?);
+    let config = Arc::new(scratch(dir.path(), &None)?);
     let store = project::open_store(&config).await?;
     eprintln!("bench web: filling a scratch SQLite store with {items} items (a week of history)…");
     let clock = Instant::now();
