@@ -131,14 +131,25 @@ impl Run {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// Its engine: the `ideamill` child of its supervisor.
+    /// Its engine: the child of its supervisor that runs this same binary
+    /// (whatever it is named: the supervisor starts the engine from its
+    /// own executable, as this soak starts the supervisor).
     pub fn engine_pid(&self) -> Option<u32> {
         let supervisor = self.supervisor_pid()?;
+        let ours = own_comm();
         ideamill_sys::process::all_processes()
             .into_iter()
-            .find(|p| p.ppid == supervisor && p.comm.starts_with("ideamill"))
+            .find(|p| p.ppid == supervisor && p.comm == ours)
             .map(|p| p.pid)
     }
+}
+
+/// This process's name as the kernel keeps it (`/proc/self/comm`: the
+/// executable's file name, cut to 15 bytes), which its children share.
+fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "ideamill".to_owned())
 }
 
 pub struct Mill {
@@ -346,4 +357,20 @@ pub fn signal(pid: u32, sig: i32) -> bool {
     // SAFETY: kill(2) has no memory preconditions; the pid is one of our
     // children or theirs, checked alive just before.
     unsafe { libc::kill(pid, sig) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The name the engine is looked for by is this binary's own, as the
+    /// process table shows it, so a renamed binary's engine is found too.
+    #[test]
+    fn own_comm_is_this_process_name_in_the_process_table() {
+        let me = std::process::id();
+        let listed = ideamill_sys::process::all_processes()
+            .into_iter()
+            .find(|p| p.pid == me)
+            .expect("this process is listed");
+        assert_eq!(super::own_comm(), listed.comm);
+        assert!(!listed.comm.is_empty());
+    }
 }
