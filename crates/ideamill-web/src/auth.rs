@@ -354,6 +354,17 @@ pub async fn guard(State(state): State<AppState>, request: Request<Body>, next: 
         )
         .into_response();
     }
+    // No route takes another method: such a request is answered as that
+    // (405), before the checks that guard state-changing requests, which
+    // would call it cross-site trouble.
+    if !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::POST
+    ) {
+        let mut response = method_not_allowed().await;
+        security_headers(response.headers_mut());
+        return response;
+    }
     let safe = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS

@@ -106,6 +106,13 @@ pub enum Command {
     Alert(AlertArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
+    /// The supervisor's helper: records one of its events in the store,
+    /// the message on stdin.
+    #[command(hide = true)]
+    RecordEvent {
+        #[arg(long)]
+        kind: String,
+    },
 }
 
 impl Command {

@@ -66,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Bench(args) => block_on(bench::run(args)),
         Command::Eval(args) => block_on(eval::run(config, args)),
+        Command::RecordEvent { kind } => crate::supervisor::record_event_helper(config, &kind),
         Command::Alert(args) => match args.what {
             crate::cli::AlertWhat::Test(args) => block_on(alert::test(config, args)),
         },
