@@ -133,13 +133,15 @@ impl Run {
 
     /// Its engine: the child of its supervisor that runs this same binary
     /// (whatever it is named: the supervisor starts the engine from its
-    /// own executable, as this soak starts the supervisor).
+    /// own executable, as this soak starts the supervisor) in a process
+    /// group of its own (the supervisor's short-lived event helper, the
+    /// same binary too, stays in the supervisor's group).
     pub fn engine_pid(&self) -> Option<u32> {
         let supervisor = self.supervisor_pid()?;
         let ours = own_comm();
         ideamill_sys::process::all_processes()
             .into_iter()
-            .find(|p| p.ppid == supervisor && p.comm == ours)
+            .find(|p| p.ppid == supervisor && p.comm == ours && p.pgrp == p.pid)
             .map(|p| p.pid)
     }
 }
