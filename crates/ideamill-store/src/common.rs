@@ -194,6 +194,35 @@ pub(crate) fn item_row(r: &impl RowExt) -> Result<ItemRow> {
     })
 }
 
+/// The contexts of the rows of a context read: an item's columns, and its
+/// latest output per stage and its feedback as JSON arrays
+/// (`outputs_json`, `feedback_json`), which each store builds in SQL.
+pub(crate) fn item_contexts<R: RowExt>(
+    rows: &[R],
+) -> Result<std::collections::HashMap<ItemId, ItemContext>> {
+    fn parsed<T: serde::de::DeserializeOwned>(
+        r: &impl RowExt,
+        column: &str,
+        id: ItemId,
+    ) -> Result<T> {
+        serde_json::from_str(&r.text(column)?)
+            .map_err(|e| StoreError::Corrupt(format!("{column} of item {id}: {e}")))
+    }
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let item = item_row(row)?;
+        let id = item.id;
+        let context = ItemContext {
+            item,
+            outputs: parsed(row, "outputs_json", id)?,
+            feedback: parsed(row, "feedback_json", id)?,
+            traceparent: None,
+        };
+        found.insert(id, context);
+    }
+    Ok(found)
+}
+
 pub(crate) fn output_row(r: &impl RowExt) -> Result<OutputRow> {
     Ok(OutputRow {
         stage: r.text("stage")?,
@@ -410,6 +439,19 @@ pub(crate) struct Fence<'a> {
     pub error: Option<&'a str>,
     /// The job ends here (`finished_at` is set).
     pub finished: bool,
+}
+
+/// The fence of each finish of a batch, with its place in the batch; a
+/// finish repeated within the batch is left out (stale, as it would be
+/// one after another).
+pub(crate) fn fences(finishes: &[Finish]) -> Vec<(usize, &Finish, Fence<'_>)> {
+    let mut seen = std::collections::HashSet::new();
+    finishes
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| seen.insert((f.job.id, f.job.lease_token)))
+        .map(|(n, f)| (n, f, fence(f)))
+        .collect()
 }
 
 pub(crate) fn fence(f: &Finish) -> Fence<'_> {

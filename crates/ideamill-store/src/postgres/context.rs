@@ -5,7 +5,7 @@ use ideamill_core::ItemId;
 use sqlx::postgres::PgPool;
 
 use super::PostgresStore;
-use crate::common::{self, ITEM_COLUMNS, RowExt};
+use crate::common::{self, ITEM_COLUMNS};
 use crate::contexts::{ContextReader, ReadMany};
 use crate::*;
 
@@ -50,23 +50,5 @@ async fn contexts_of(
     .bind(items)
     .fetch_all(pool)
     .await?;
-    let mut found = std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let item = common::item_row(row)?;
-        let id = item.id;
-        let outputs = row.text("outputs_json")?;
-        let feedback = row.text("feedback_json")?;
-        found.insert(
-            id,
-            ItemContext {
-                item,
-                outputs: serde_json::from_str(&outputs)
-                    .map_err(|e| StoreError::Corrupt(format!("outputs of item {id}: {e}")))?,
-                feedback: serde_json::from_str(&feedback)
-                    .map_err(|e| StoreError::Corrupt(format!("feedback of item {id}: {e}")))?,
-                traceparent: None,
-            },
-        );
-    }
-    Ok(found)
+    common::item_contexts(&rows)
 }

@@ -29,13 +29,7 @@ impl Stages for PostgresStore {
         // The fence, for the whole batch in one statement: only the holder
         // of a job's current token may finish it, once. A finish repeated
         // within the batch is stale, as it would be one after another.
-        let mut seen = std::collections::HashSet::new();
-        let sent: Vec<(usize, &Finish, common::Fence<'_>)> = finishes
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| seen.insert((f.job.id, f.job.lease_token)))
-            .map(|(n, f)| (n, f, common::fence(f)))
-            .collect();
+        let sent = common::fences(finishes);
         let mut tx = self.write_tx().await?;
         let fenced = sqlx::query(
             "UPDATE jobs j SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE u.state END,

@@ -152,13 +152,7 @@ impl Stages for SqliteStore {
 /// if it is stale (a finish repeated within the batch is stale, as it would
 /// be one after another), else whether the job was cancelled.
 async fn fence_all(tx: &mut Tx, finishes: &[Finish]) -> Result<Vec<Option<bool>>> {
-    let mut seen = std::collections::HashSet::new();
-    let sent: Vec<(usize, &Finish, common::Fence<'_>)> = finishes
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| seen.insert((f.job.id, f.job.lease_token)))
-        .map(|(n, f)| (n, f, common::fence(f)))
-        .collect();
+    let sent = common::fences(finishes);
     let mut passed: Vec<Option<bool>> = vec![None; finishes.len()];
     for chunk in sent.chunks(CHUNK) {
         // RETURNING may name only the updated table: each row is matched
@@ -227,23 +221,5 @@ async fn contexts_of(pool: &SqlitePool, items: &[ItemId]) -> Result<HashMap<Item
     .bind(serde_json::Value::from(items).to_string())
     .fetch_all(pool)
     .await?;
-    let mut found = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let item = common::item_row(row)?;
-        let id = item.id;
-        let outputs: String = row.text("outputs_json")?;
-        let feedback: String = row.text("feedback_json")?;
-        found.insert(
-            id,
-            ItemContext {
-                item,
-                outputs: serde_json::from_str(&outputs)
-                    .map_err(|e| StoreError::Corrupt(format!("outputs of item {id}: {e}")))?,
-                feedback: serde_json::from_str(&feedback)
-                    .map_err(|e| StoreError::Corrupt(format!("feedback of item {id}: {e}")))?,
-                traceparent: None,
-            },
-        );
-    }
-    Ok(found)
+    common::item_contexts(&rows)
 }

@@ -122,7 +122,8 @@ fn noop_executors(config: &Config) -> Vec<(String, Arc<dyn Executor>)> {
         .collect()
 }
 
-fn new_items(n: usize) -> Vec<NewItem> {
+/// `n` ideas, "idea 0" and on.
+pub(super) fn new_items(n: usize) -> Vec<NewItem> {
     (0..n)
         .map(|i| NewItem {
             text: format!("idea {i}"),

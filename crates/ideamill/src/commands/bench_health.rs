@@ -23,7 +23,6 @@ use ideamill_core::machine::first_job;
 use ideamill_engine::health::pulse;
 use ideamill_engine::health::watchdog::{self, StallSummary};
 use ideamill_health::{self as health, Health, LogRing, StatusFile};
-use ideamill_store::NewItem;
 use ideamill_sys::clock::now_millis;
 
 use crate::project;
@@ -138,14 +137,12 @@ async fn frozen_engine(hangs: u32) -> anyhow::Result<()> {
         "max_restarts = 100",
     )?);
     let store = project::open_store(&config).await?;
-    let items: Vec<NewItem> = (0..5000)
-        .map(|i| NewItem {
-            text: format!("idea {i}"),
-            metadata: serde_json::json!({}),
-        })
-        .collect();
     store
-        .add_items(&items, &first_job(&config), now_millis())
+        .add_items(
+            &super::bench::new_items(5000),
+            &first_job(&config),
+            now_millis(),
+        )
         .await?;
     let mut supervisor = spawn_run(dir.path())?;
     let data_dir = config.engine.data_dir.clone();

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ideamill_core::machine::{NextJob, Transition};
 use ideamill_core::{Config, Millis};
-use ideamill_health::{Health, LogRing};
 use ideamill_store::Store;
 use ideamill_sys::clock::now_millis;
 
@@ -218,22 +217,7 @@ async fn timed(
             t.push("  finish (output, next job)", finishing.elapsed());
         }
     }
-    let health = Arc::new(Health::new(config, LogRing::new(10)));
-    let state = ideamill_web::AppState::new(
-        config.clone(),
-        store.clone(),
-        health,
-        ideamill_web::Access::Open,
-    );
-    let addr = ideamill_web::start("127.0.0.1:0".parse()?, state.clone())
-        .await
-        .context("cannot listen on 127.0.0.1")?;
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .build()?;
+    let (addr, state, client) = super::bench_web::serve(config, store).await?;
     let metrics = format!("http://{addr}/metrics");
     for i in 0..args.reads + 1 {
         let keep = i > 0;

@@ -222,12 +222,7 @@ pub async fn run(args: SaturationArgs) -> anyhow::Result<()> {
         scratch(dir.path(), addr, &args)?;
         let config = project::load_config(Some(&dir.path().join("ideamill.toml")))?;
         let store = project::open_store(&config).await?;
-        let items: Vec<ideamill_store::NewItem> = (0..args.ideas)
-            .map(|i| ideamill_store::NewItem {
-                text: format!("idea {i}"),
-                metadata: serde_json::json!({}),
-            })
-            .collect();
+        let items = super::bench::new_items(args.ideas as usize);
         store
             .add_items(&items, &first_job(&config), now_millis())
             .await?;

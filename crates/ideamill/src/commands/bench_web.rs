@@ -189,6 +189,37 @@ struct Figure {
     times: Vec<Duration>,
 }
 
+/// The dashboard and API over `store` on a loopback port, with open
+/// access; its state (to forget what it caches) and a client for it.
+pub(super) async fn serve(
+    config: &Arc<Config>,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    ideamill_web::AppState,
+    reqwest::Client,
+)> {
+    let health = Arc::new(Health::new(config, LogRing::new(10)));
+    let state = ideamill_web::AppState::new(
+        config.clone(),
+        store.clone(),
+        health,
+        ideamill_web::Access::Open,
+    );
+    let addr = ideamill_web::start("127.0.0.1:0".parse()?, state.clone())
+        .await
+        .context("cannot listen on 127.0.0.1")?;
+    // reqwest is built without a TLS provider of its own (ring, as the
+    // model providers use); plain HTTP needs none, but the client insists.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
+    Ok((addr, state, client))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -249,25 +280,8 @@ pub async fn run(items: u32, requests: u32) -> anyhow::Result<ExitCode> {
         ms(stats),
         ms(gather)
     );
-    let health = Arc::new(Health::new(&config, LogRing::new(10)));
-    let state = ideamill_web::AppState::new(
-        config.clone(),
-        store.clone(),
-        health,
-        ideamill_web::Access::Open,
-    );
-    let addr = ideamill_web::start("127.0.0.1:0".parse()?, state.clone())
-        .await
-        .context("cannot listen on 127.0.0.1")?;
+    let (addr, state, client) = serve(&config, &store).await?;
     let base = format!("http://{addr}");
-    // reqwest is built without a TLS provider of its own (ring, as the
-    // model providers use); plain HTTP needs none, but the client insists.
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .build()?;
     let mid = (items / 2) as i64;
     let pages: Vec<(&'static str, String)> = vec![
         ("overview (/)", "/".into()),
