@@ -682,6 +682,30 @@ async fn report(
             ended.len()
         ));
     }
+    for r in watch::roles(&w.series) {
+        let slope = r.slopes_after_warm_up.map_or(
+            format!(
+                "no slope, as it needs {:.0} min",
+                watch::WARM_UP_SECS / 60.0 + 1.0
+            ),
+            |(rss, fds)| {
+                format!(
+                    "after its first {:.0} min {:+.1} MiB/h, {fds:+.1} fds/h",
+                    watch::WARM_UP_SECS / 60.0,
+                    rss / MIB
+                )
+            },
+        );
+        lines.push(format!(
+            "  every {} ({} processes): at most {:.1} MiB and {} fds; the longest-lived (pid {}, {:.0} min): {slope}",
+            r.role,
+            r.processes,
+            r.peak_rss as f64 / MIB,
+            r.peak_fds,
+            r.longest_pid,
+            r.longest_seconds / 60.0,
+        ));
+    }
     shared.say(&lines.join("\n"));
 }
 
@@ -762,6 +786,7 @@ fn summary(
         "intake": intake,
         "hostile_file_fates": f.hostile_files,
         "processes": processes,
+        "roles": watch::roles(&w.series),
         "store_bytes_first": w.store_bytes.first().map(|p| p.1),
         "store_bytes_last": w.store_bytes.last().map(|p| p.1),
         "store_bytes_per_hour": store_slope,

@@ -95,6 +95,84 @@ impl Series {
         let fds: Vec<f64> = self.points.iter().map(|p| p.2 as f64).collect();
         Some((slope(&xs, &rss) * 3600.0, slope(&xs, &fds) * 3600.0))
     }
+
+    /// The slopes of the points after the first `warm_up` seconds: a
+    /// process's first minutes fill its caches, pools and touched pages,
+    /// which is no leak.
+    pub fn slopes_after(&self, warm_up: f64) -> Option<(f64, f64)> {
+        let start = self.points.first()?.0 + warm_up;
+        Series {
+            label: String::new(),
+            pid: self.pid,
+            points: self
+                .points
+                .iter()
+                .copied()
+                .filter(|p| p.0 >= start)
+                .collect(),
+        }
+        .slopes_per_hour()
+    }
+
+    fn seconds(&self) -> f64 {
+        match (self.points.first(), self.points.last()) {
+            (Some(a), Some(b)) => b.0 - a.0,
+            _ => 0.0,
+        }
+    }
+}
+
+/// How long a process's start is not counted in its slope ([`Role`]).
+pub const WARM_UP_SECS: f64 = 600.0;
+
+/// Every process of one role (`engine`, `supervisor`, `postgres`) over the
+/// run, those the faults ended too: the most any of them used, and how the
+/// longest-lived grew after its warm-up. Faults end most processes within
+/// minutes, so a leak shows in the peaks (across restarts) and in the
+/// longest-lived's slope (within one process).
+#[derive(Debug, Clone, Serialize)]
+pub struct Role {
+    pub role: String,
+    pub processes: usize,
+    pub peak_rss: u64,
+    pub peak_fds: u64,
+    pub longest_pid: u32,
+    pub longest_seconds: f64,
+    /// RSS bytes and descriptors per hour, after [`WARM_UP_SECS`]; `None`
+    /// when no process lived long enough.
+    pub slopes_after_warm_up: Option<(f64, f64)>,
+}
+
+/// [`Role`]s of `series`, by the first word of their labels.
+pub fn roles(series: &[Series]) -> Vec<Role> {
+    let mut names: Vec<&str> = series
+        .iter()
+        .filter_map(|s| s.label.split_whitespace().next())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let of: Vec<&Series> = series
+                .iter()
+                .filter(|s| s.label.split_whitespace().next() == Some(name))
+                .collect();
+            let longest = of
+                .iter()
+                .max_by(|a, b| a.seconds().total_cmp(&b.seconds()))?;
+            let points = || of.iter().flat_map(|s| s.points.iter());
+            Some(Role {
+                role: name.to_owned(),
+                processes: of.len(),
+                peak_rss: points().map(|p| p.1).max().unwrap_or(0),
+                peak_fds: points().map(|p| p.2).max().unwrap_or(0),
+                longest_pid: longest.pid,
+                longest_seconds: longest.seconds(),
+                slopes_after_warm_up: longest.slopes_after(WARM_UP_SECS),
+            })
+        })
+        .collect()
 }
 
 /// The least-squares slope of `ys` over `xs`.
@@ -176,6 +254,38 @@ mod tests {
         t.observe(&snapshot(16_000, Some(15_900), 1, 1), &capacity, 3000);
         assert_eq!(t.long_waits.len(), 1);
         assert_eq!(t.longest_ms, 5000);
+    }
+
+    #[test]
+    fn roles_take_the_peaks_of_all_and_the_slope_of_the_longest_lived_after_warm_up() {
+        let series = |label: &str, pid, points: Vec<(f64, u64, u64)>| Series {
+            label: label.into(),
+            pid,
+            points,
+        };
+        // Grows for its first 10 minutes, then flat for 20.
+        let long: Vec<(f64, u64, u64)> = (0..=30)
+            .map(|m| (m as f64 * 60.0, 10 + m.min(10) as u64, 9))
+            .collect();
+        let roles = roles(&[
+            series("engine main", 1, long),
+            series("engine main", 2, vec![(0.0, 50, 30), (30.0, 60, 31)]),
+            series("supervisor main", 3, vec![(0.0, 5, 9)]),
+        ]);
+        assert_eq!(roles.len(), 2);
+        let engine = &roles[0];
+        assert_eq!(
+            (
+                engine.role.as_str(),
+                engine.processes,
+                engine.peak_rss,
+                engine.peak_fds
+            ),
+            ("engine", 2, 60, 31)
+        );
+        assert_eq!(engine.longest_pid, 1);
+        assert_eq!(engine.slopes_after_warm_up, Some((0.0, 0.0)));
+        assert_eq!(roles[1].slopes_after_warm_up, None);
     }
 
     #[test]
