@@ -656,11 +656,13 @@ async fn report(
         lines.push(format!("  rows: {rows:?}"));
     }
     // Processes the faults ended have their series in the evidence; the
-    // report shows the living.
-    let (living, ended): (Vec<&Series>, Vec<&Series>) = w
-        .series
-        .iter()
-        .partition(|s| ideamill_sys::process::pid_alive(s.pid));
+    // report shows the mill's processes now (not whatever reused the pid
+    // of one that ended).
+    let now: Vec<(String, u32)> = shared.mill.lock().map_or(Vec::new(), |m| processes(&m));
+    let (living, ended): (Vec<&Series>, Vec<&Series>) = w.series.iter().partition(|s| {
+        now.iter()
+            .any(|(label, pid)| *pid == s.pid && *label == s.label)
+    });
     for s in living {
         let Some(&(_, rss, fds)) = s.points.last() else {
             continue;
