@@ -106,7 +106,7 @@ pub struct Health {
     pub config_text: String,
     /// The supervisor's pid, when a supervisor started this engine.
     pub supervisor_pid: Option<u32>,
-    /// When a stage's program last could not start for lack of resources,
+    /// When a stage last could not start for lack of resources,
     /// and why: the stage runner's record, read without waiting.
     spawn_trouble: SpawnTrouble,
 }

@@ -62,8 +62,8 @@ pub struct StatusFile {
     pub rss_bytes: u64,
     /// Wall clock when the file was written, ms since the epoch.
     pub written_at: Millis,
-    /// When a stage's program last could not start for lack of resources
-    /// (file descriptors, processes, memory), and the error.
+    /// When a stage last could not start for lack of resources
+    /// (file descriptors, processes, memory, disk space), and the error.
     #[serde(default)]
     pub spawn_trouble: Option<(Millis, String)>,
     /// What the trace exporter did (`[telemetry]`): spans exported and

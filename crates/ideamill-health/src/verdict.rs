@@ -186,7 +186,7 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
                 Level::Degraded,
                 "spawn_failing",
                 format!(
-                    "engine pid {}: a stage's program could not start for lack of resources {} ago ({message}); its job waits and tries again",
+                    "engine pid {}: a stage could not start for lack of resources {} ago ({message}); its job waits and tries again",
                     e.file.pid,
                     short(f.now - at)
                 ),

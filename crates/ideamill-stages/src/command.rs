@@ -406,12 +406,13 @@ fn is_lack_of_resources(err: &io::Error) -> bool {
     )
 }
 
-/// The last time a program could not start for lack of resources, and why
+/// The last time a stage could not start for lack of resources (a program
+/// that cannot be spawned, a workspace on a full disk), and why
 /// (wall ms; 0 when never): shown in the status file, judged by the verdict.
 static SPAWN_TROUBLE_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 static SPAWN_TROUBLE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
-fn note_spawn_trouble(message: String) {
+pub(crate) fn note_spawn_trouble(message: String) {
     if let Ok(mut last) = SPAWN_TROUBLE.try_lock() {
         *last = message;
     }
@@ -421,7 +422,7 @@ fn note_spawn_trouble(message: String) {
     );
 }
 
-/// When a program last could not start for lack of resources, and why;
+/// When a stage last could not start for lack of resources, and why;
 /// `None` if never. Never waits for a lock.
 pub fn spawn_trouble() -> Option<(ideamill_core::Millis, String)> {
     let at = SPAWN_TROUBLE_AT.load(std::sync::atomic::Ordering::Relaxed);

@@ -209,22 +209,49 @@ pub fn context_json(
 }
 
 /// [`prepare_workspace`] on the blocking pool; a failure is the attempt's.
+/// A full disk is the machine's trouble, not the item's, and passes: the
+/// attempt waits for space (saying so where health is judged) until it is
+/// cancelled, instead of spending the item's attempts in a few seconds (found
+/// by bench soak: an item failed after a full disk took 6 of its 8).
 pub async fn prepare(
     workspace: &Path,
     item: &ideamill_store::ItemRow,
+    cancel: &CancellationToken,
 ) -> Result<PathBuf, Execution> {
-    let (root, row) = (workspace.to_path_buf(), item.clone());
-    let prepared = tokio::task::spawn_blocking(move || prepare_workspace(&root, &row)).await;
-    match prepared
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r)
-    {
-        Ok(dir) => Ok(dir),
-        Err(e) => Err(Execution::infra(format!(
-            "cannot prepare the item's workspace {}: {e}",
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let (root, row) = (workspace.to_path_buf(), item.clone());
+        let prepared = tokio::task::spawn_blocking(move || prepare_workspace(&root, &row)).await;
+        let error = match prepared
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+        {
+            Ok(dir) => return Ok(dir),
+            Err(e) => e,
+        };
+        let message = format!(
+            "cannot prepare the item's workspace {}: {error}",
             item_workspace(workspace, item.id).display()
-        ))),
+        );
+        if !is_disk_full(&error) || cancel.is_cancelled() {
+            return Err(Execution::infra(message));
+        }
+        crate::command::note_spawn_trouble(message.clone());
+        tracing::warn!(
+            item = item.id,
+            "DEGRADED: {message}; waiting {pause:?} for space and trying again"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = cancel.cancelled() => return Err(Execution::infra(message)),
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
+}
+
+/// ENOSPC or EDQUOT: no room on the disk (or in the quota) for now.
+fn is_disk_full(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// The regular files under `dir`, relative, sorted; at most `max`. FIFOs,
@@ -288,23 +315,21 @@ pub fn prepare_workspace(
             let ours = if !meta.is_dir() {
                 false
             } else {
-                match ideamill_sys::fs::open_regular(&owner) {
-                    Ok(mut f) => {
-                        use std::io::Read;
-                        let mut text = String::new();
-                        let _ = (&mut f).take(256).read_to_string(&mut text);
-                        text.trim() == mark
-                    }
-                    Err(_) => meta
-                        .modified()
+                let changed_since_made = || {
+                    meta.modified()
                         .ok()
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .is_some_and(|t| t.as_millis() as i64 + 1000 >= item.created_at),
+                        .is_some_and(|t| t.as_millis() as i64 + 1000 >= item.created_at)
+                };
+                match read_mark(&owner) {
+                    Some(text) if is_mark(&text) => text == mark,
+                    // No mark, or not one (a link, a stage's scribble).
+                    _ => changed_since_made(),
                 }
             };
             if ours {
-                if !owner.exists() {
-                    std::fs::write(&owner, &mark)?;
+                if read_mark(&owner).as_deref() != Some(mark.as_str()) {
+                    write_mark(&owner, &mark)?;
                 }
                 return Ok(dir);
             }
@@ -323,8 +348,33 @@ pub fn prepare_workspace(
         }
     }
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(&owner, &mark)?;
+    write_mark(&owner, &mark)?;
     Ok(dir)
+}
+
+/// The owner file's text, if it is a regular file (never through a link).
+fn read_mark(owner: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    ideamill_sys::fs::open_regular(owner)
+        .ok()?
+        .take(256)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text.trim().to_owned())
+}
+
+/// Whether `text` is a mark at all: `<id> <created_at>`.
+fn is_mark(text: &str) -> bool {
+    text.split_once(' ')
+        .is_some_and(|(id, at)| id.parse::<i64>().is_ok() && at.parse::<i64>().is_ok())
+}
+
+/// Write the mark whole or not at all (a full disk leaves no empty mark that
+/// would make the folder another item's), replacing whatever a stage left
+/// at its name (a link is replaced, never followed).
+fn write_mark(owner: &Path, mark: &str) -> std::io::Result<()> {
+    ideamill_sys::fs::replace_unsynced(owner, mark.as_bytes(), 0o644)
 }
 
 /// Workspace folders removed with their pruned items.
@@ -722,7 +772,7 @@ impl Executor for CommandExecutor {
         context: &ItemContext,
         cancel: &CancellationToken,
     ) -> Execution {
-        let dir = match prepare(&self.workspace, &context.item).await {
+        let dir = match prepare(&self.workspace, &context.item, cancel).await {
             Ok(dir) => dir,
             Err(failed) => return failed,
         };
@@ -816,6 +866,43 @@ mod tests {
             finished_at: None,
             trace_id: None,
         }
+    }
+
+    #[test]
+    fn a_mark_is_written_whole_and_never_through_a_link() {
+        let root = tempfile::tempdir().unwrap();
+        let now = ideamill_sys::clock::now_millis();
+        // An empty mark (what a full disk left before) in a folder changed
+        // since the item was made: the folder is the item's, and marked.
+        let dir = root.path().join("5");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("work.py"), "x").unwrap();
+        std::fs::write(dir.join(OWNER_FILE), "").unwrap();
+        assert_eq!(
+            prepare_workspace(root.path(), &item(5, now - 60_000)).unwrap(),
+            dir
+        );
+        assert!(dir.join("work.py").exists(), "kept");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap(),
+            format!("5 {}", now - 60_000)
+        );
+        // A stage left a link at the mark's name: it is replaced, and what
+        // it points at is never written.
+        let target = root.path().join("outside");
+        std::fs::remove_file(dir.join(OWNER_FILE)).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(OWNER_FILE)).unwrap();
+        assert_eq!(
+            prepare_workspace(root.path(), &item(5, now - 60_000)).unwrap(),
+            dir
+        );
+        assert!(!target.exists(), "written through the link");
+        assert!(
+            !std::fs::symlink_metadata(dir.join(OWNER_FILE))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

@@ -192,3 +192,63 @@ fn a_full_disk_pauses_the_mill_loudly_and_it_resumes_when_space_returns() {
     let status = wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
     assert!(status.success(), "{status}\n{}", p.logs());
 }
+
+/// Found by bench soak: a full workspace disk spent an item's attempts in
+/// seconds (each failed to make the item's folder, and left an empty mark
+/// that made the next attempt take the folder for another item's and move
+/// it aside). Now the attempt waits for space, DEGRADED, and the item is
+/// done with its first attempt, in its own folder.
+#[test]
+fn a_full_workspace_disk_makes_a_job_wait_without_spending_its_attempts() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let workspace = disk.path().join("workspace");
+    std::fs::create_dir(&workspace).unwrap();
+    // The store stays on the normal disk: only the workspace is full.
+    let config = format!(
+        "{ENGINE}workspace = \"{}\"\n\n[health]\nstall_after = \"2s\"\n\n{}",
+        workspace.display(),
+        py_stage("write", WRITE, "max_attempts = 2"),
+    );
+    let p = Project::new(&config);
+    let ballast = disk.fill();
+    let id = p.add("alpha");
+    let mut run = p.spawn_run(&[]);
+    let waits = |logs: &str| {
+        logs.matches("DEGRADED: cannot prepare the item's workspace")
+            .count()
+    };
+    // Four waits (0.1 + 0.2 + 0.4 s and on): the attempt would have been
+    // spent twice over.
+    assert!(
+        wait_until(Duration::from_secs(30), || waits(&p.logs()) >= 4),
+        "{}",
+        p.logs()
+    );
+    assert!(p.logs().contains("No space left on device"), "{}", p.logs());
+    assert_eq!(p.show(id)["item"]["state"], "active");
+    std::fs::remove_file(&ballast).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
+            == "done"),
+        "{}",
+        p.logs()
+    );
+    let item = p.show(id);
+    assert_eq!(
+        item["attempts"].as_array().unwrap().len(),
+        1,
+        "one attempt: {item:#}"
+    );
+    let aside: Vec<String> = std::fs::read_dir(&workspace)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".stale-"))
+        .collect();
+    assert!(aside.is_empty(), "its folder was moved aside: {aside:?}");
+    signal(&run, libc::SIGTERM);
+    let status = wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
+    assert!(status.success(), "{status}\n{}", p.logs());
+}

@@ -224,7 +224,7 @@ impl Executor for AgentExecutor {
         context: &ItemContext,
         cancel: &CancellationToken,
     ) -> Execution {
-        let dir = match crate::executor::prepare(&self.workspace, &context.item).await {
+        let dir = match crate::executor::prepare(&self.workspace, &context.item, cancel).await {
             Ok(dir) => dir,
             Err(failed) => return failed,
         };
