@@ -108,16 +108,16 @@ pub struct Health {
     pub supervisor_pid: Option<u32>,
     /// When a stage last could not start for lack of resources,
     /// and why: the stage runner's record, read without waiting.
-    spawn_trouble: SpawnTrouble,
+    resource_trouble: ResourceTrouble,
 }
 
 /// Where [`Health`] learns of the last failure to start a stage's program
 /// (the stages crate keeps it); it must not wait for a lock.
-pub type SpawnTrouble = fn() -> Option<(Millis, String)>;
+pub type ResourceTrouble = fn() -> Option<(Millis, String)>;
 
 impl Health {
     /// The state of a process that runs `config`; it reports no spawn
-    /// trouble until [`with_spawn_trouble`](Self::with_spawn_trouble) says
+    /// trouble until [`with_resource_trouble`](Self::with_resource_trouble) says
     /// where to find it.
     pub fn new(config: &Config, log: std::sync::Arc<LogRing>) -> Health {
         let stall_after = config.health.stall_after;
@@ -165,13 +165,13 @@ impl Health {
             supervisor_pid: std::env::var(ENV_SUPERVISOR)
                 .ok()
                 .and_then(|v| v.parse().ok()),
-            spawn_trouble: || None,
+            resource_trouble: || None,
         }
     }
 
     /// Report `source`'s spawn trouble in status files and evidence.
-    pub fn with_spawn_trouble(mut self, source: SpawnTrouble) -> Health {
-        self.spawn_trouble = source;
+    pub fn with_resource_trouble(mut self, source: ResourceTrouble) -> Health {
+        self.resource_trouble = source;
         self
     }
 
@@ -356,7 +356,7 @@ impl Health {
             supervisor_pid: self.supervisor_pid,
             rss_bytes: ideamill_sys::process::rss_bytes(),
             written_at: now,
-            spawn_trouble: (self.spawn_trouble)(),
+            resource_trouble: (self.resource_trouble)(),
             telemetry: {
                 let t = ideamill_telemetry::stats();
                 (t.exported + t.dropped + t.failures > 0).then_some(status_file::TelemetryCounts {

@@ -64,8 +64,9 @@ pub struct StatusFile {
     pub written_at: Millis,
     /// When a stage last could not start for lack of resources
     /// (file descriptors, processes, memory, disk space), and the error.
-    #[serde(default)]
-    pub spawn_trouble: Option<(Millis, String)>,
+    /// (Written as `spawn_trouble` before 2026-12; read either way.)
+    #[serde(default, alias = "spawn_trouble")]
+    pub resource_trouble: Option<(Millis, String)>,
     /// What the trace exporter did (`[telemetry]`): spans exported and
     /// dropped, failed requests and the last failure; `None` while it has
     /// done nothing (or is off).

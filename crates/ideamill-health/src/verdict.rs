@@ -178,7 +178,7 @@ pub fn judge(config: &Config, f: &Facts) -> Verdict {
     // Programs that cannot start for lack of resources: the engine waits and
     // tries again, so items lose nothing, but the machine needs a look.
     for e in &f.engines {
-        if let Some((at, message)) = &e.file.spawn_trouble
+        if let Some((at, message)) = &e.file.resource_trouble
             && e.alive
             && f.now - at <= ideamill_core::duration::millis(health.failure_window)
         {

@@ -203,8 +203,8 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
 
     // A start that fails for lack of resources (file descriptors, processes,
     // memory) is the engine's trouble, not the item's: wait and try again
-    // within this attempt, and say so where health is judged.
-    let mut pause = Duration::from_millis(100);
+    // within this attempt.
+    let mut wait = crate::resources::ResourceWait::new();
     let mut child = loop {
         let spawned = injected_spawn_failure().map_or_else(
             || crate::orphans::spawn_leader(|| build_command(spec).spawn(), Child::id),
@@ -212,20 +212,21 @@ pub async fn run_command(spec: &CommandSpec, cancel: &CancellationToken) -> Comm
         );
         match spawned {
             Ok(child) => break child,
-            Err(err) if is_lack_of_resources(&err) && started.elapsed() + pause < spec.timeout => {
-                note_spawn_trouble(format!("cannot start `{}`: {err}", spec.program));
-                tracing::warn!(
-                    program = %spec.program,
-                    error = %err,
-                    "DEGRADED: a stage's program cannot start for lack of resources; waiting {pause:?} and trying again"
+            Err(err)
+                if crate::resources::cannot_spawn_for_now(&err)
+                    && started.elapsed() + wait.pause() < spec.timeout =>
+            {
+                let trouble = format!(
+                    "a stage's program cannot start for lack of resources (`{}`: {err})",
+                    spec.program
                 );
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = cancel.cancelled() => {
-                        return finish(CommandEnd::Cancelled, Capture::default(), Capture::default());
-                    }
+                if !wait.wait(trouble, cancel).await {
+                    return finish(
+                        CommandEnd::Cancelled,
+                        Capture::default(),
+                        Capture::default(),
+                    );
                 }
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(err) => {
                 let message = spawn_error_message(spec, &err);
@@ -395,44 +396,6 @@ fn injected_spawn_failure() -> Option<io::Error> {
 #[cfg(not(debug_assertions))]
 fn injected_spawn_failure() -> Option<io::Error> {
     None
-}
-
-/// EMFILE, ENFILE, EAGAIN, ENOMEM: the machine (or this process) is short
-/// of something, and waiting may fix it.
-fn is_lack_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
-    )
-}
-
-/// The last time a stage could not start for lack of resources (a program
-/// that cannot be spawned, a workspace on a full disk), and why
-/// (wall ms; 0 when never): shown in the status file, judged by the verdict.
-static SPAWN_TROUBLE_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-static SPAWN_TROUBLE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-
-pub(crate) fn note_spawn_trouble(message: String) {
-    if let Ok(mut last) = SPAWN_TROUBLE.try_lock() {
-        *last = message;
-    }
-    SPAWN_TROUBLE_AT.store(
-        ideamill_sys::clock::now_millis(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
-
-/// When a stage last could not start for lack of resources, and why;
-/// `None` if never. Never waits for a lock.
-pub fn spawn_trouble() -> Option<(ideamill_core::Millis, String)> {
-    let at = SPAWN_TROUBLE_AT.load(std::sync::atomic::Ordering::Relaxed);
-    (at > 0).then(|| {
-        let message = SPAWN_TROUBLE
-            .try_lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        (at, message)
-    })
 }
 
 fn build_command(spec: &CommandSpec) -> Command {

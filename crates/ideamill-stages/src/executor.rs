@@ -218,7 +218,7 @@ pub async fn prepare(
     item: &ideamill_store::ItemRow,
     cancel: &CancellationToken,
 ) -> Result<PathBuf, Execution> {
-    let mut pause = std::time::Duration::from_millis(100);
+    let mut wait = crate::resources::ResourceWait::new();
     loop {
         let (root, row) = (workspace.to_path_buf(), item.clone());
         let prepared = tokio::task::spawn_blocking(move || prepare_workspace(&root, &row)).await;
@@ -233,25 +233,13 @@ pub async fn prepare(
             "cannot prepare the item's workspace {}: {error}",
             item_workspace(workspace, item.id).display()
         );
-        if !is_disk_full(&error) || cancel.is_cancelled() {
+        if !crate::resources::disk_full(&error)
+            || cancel.is_cancelled()
+            || !wait.wait(message.clone(), cancel).await
+        {
             return Err(Execution::infra(message));
         }
-        crate::command::note_spawn_trouble(message.clone());
-        tracing::warn!(
-            item = item.id,
-            "DEGRADED: {message}; waiting {pause:?} for space and trying again"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = cancel.cancelled() => return Err(Execution::infra(message)),
-        }
-        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
-}
-
-/// ENOSPC or EDQUOT: no room on the disk (or in the quota) for now.
-fn is_disk_full(err: &std::io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// The regular files under `dir`, relative, sorted; at most `max`. FIFOs,

@@ -17,5 +17,6 @@ pub mod llm_stage;
 pub mod orphans;
 pub mod progress;
 pub mod prompt;
+pub mod resources;
 pub mod sandbox;
 pub mod stall;

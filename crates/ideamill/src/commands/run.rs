@@ -38,7 +38,7 @@ pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Arc::new(project::load_config(config)?);
     let health = Arc::new(
         Health::new(&config, health::logring::global())
-            .with_spawn_trouble(ideamill_stages::command::spawn_trouble),
+            .with_resource_trouble(ideamill_stages::resources::resource_trouble),
     );
     let (counted, parked) = (health.clone(), health.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
