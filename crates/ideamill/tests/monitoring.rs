@@ -340,16 +340,6 @@ fn missing(wanted: &BTreeSet<String>, scraped: &BTreeSet<String>) -> Vec<String>
         .collect()
 }
 
-/// The listen address of the running engine, from its status file.
-fn listen_address(p: &Project) -> Option<String> {
-    std::fs::read_dir(p.file(".ideamill/status"))
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        .filter_map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok())
-        .find_map(|v| Some(v["listen"].as_str()?.to_string()))
-}
-
 /// Issue 14: no panel or rule reads a metric that is not exported. A mill
 /// with a model stage (a fake provider that rate-limits the first call), a
 /// command stage and a gate runs two items (one passes the gate at once,

@@ -293,6 +293,38 @@ pub fn init_in(dir: &Path, args: &[&str]) {
     );
 }
 
+/// The listen address of the running engine, from its status file.
+pub fn listen_address(p: &Project) -> Option<String> {
+    std::fs::read_dir(p.file(".ideamill/status"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok())
+        .find_map(|v| Some(v["listen"].as_str()?.to_string()))
+}
+
+/// POST `body` as JSON over plain HTTP/1.1; the status code.
+pub fn http_post_json(addr: &str, path: &str, body: &[u8]) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // The server may answer before it has read everything (a refusal).
+    let _ = s.write_all(body);
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// GET over plain HTTP/1.1; the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");

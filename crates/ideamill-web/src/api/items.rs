@@ -82,8 +82,9 @@ pub fn ideas_from(
     Ok(items)
 }
 
-/// Read a body of at most `MAX_BODY` bytes.
-pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, Vec<u8>)> {
+/// Read a body of at most `MAX_BODY` bytes (not copied again: a body near
+/// the limit is already megabytes the process held at once).
+pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, axum::body::Bytes)> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -101,7 +102,7 @@ pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, Vec<u8>)
                 ),
             )
         })?;
-    Ok((content_type, bytes.to_vec()))
+    Ok((content_type, bytes))
 }
 
 /// `POST /api/items`: add ideas sent as JSON, JSON lines, plain text or Markdown.
