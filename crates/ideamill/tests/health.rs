@@ -421,16 +421,7 @@ fn bursts_of_large_request_bodies_leave_the_engine_no_bigger() {
     let p = Project::new(&format!("{FAST}{}", slow_stage(0.1)));
     let run = p.spawn_run(&["--no-supervisor"]);
     let engine = run.id() as i32;
-    let mut addr = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            addr = listen_address(&p);
-            addr.is_some()
-        }),
-        "no listen address\n{}",
-        p.logs()
-    );
-    let addr = addr.unwrap();
+    let addr = wait_listen_address(&p);
     // 3.5 MB of JSON the API reads whole (under its 4 MiB limit) and
     // refuses for its shape: nothing is added, nothing is kept.
     let body =

@@ -385,16 +385,8 @@ fn every_metric_the_dashboard_and_the_rules_read_is_exported() {
         p.show(ids[1]),
         p.logs()
     );
-    let mut addr = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            addr = listen_address(&p);
-            addr.is_some()
-        }),
-        "no listen address\n{}",
-        p.logs()
-    );
-    let (code, exposition) = http_get(&addr.unwrap(), "/metrics");
+    let addr = wait_listen_address(&p);
+    let (code, exposition) = http_get(&addr, "/metrics");
     assert_eq!(code, 200, "{exposition}");
     signal(&run, libc::SIGTERM);
     let status = wait_exit(&mut run, Duration::from_secs(30)).expect("run stops on SIGTERM");

@@ -303,6 +303,21 @@ pub fn listen_address(p: &Project) -> Option<String> {
         .find_map(|v| Some(v["listen"].as_str()?.to_string()))
 }
 
+/// The running engine's listen address, once its status file has it
+/// (within 20 s, or the test fails with the project's logs).
+pub fn wait_listen_address(p: &Project) -> String {
+    let mut addr = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            addr = listen_address(p);
+            addr.is_some()
+        }),
+        "no listen address\n{}",
+        p.logs()
+    );
+    addr.unwrap()
+}
+
 /// POST `body` as JSON over plain HTTP/1.1; the status code.
 pub fn http_post_json(addr: &str, path: &str, body: &[u8]) -> u16 {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
