@@ -99,8 +99,8 @@ impl Leases for PostgresStore {
         .await?;
         // Housekeeping that rides on the beat; a failure here is not the
         // store failing the engine.
-        if let Err(e) = self.fold_item_counts().await {
-            tracing::debug!("Could not fold the item count deltas: {e}");
+        if let Err(e) = self.fold_counts().await {
+            tracing::debug!("Could not fold the count deltas: {e}");
         }
         Ok(cancels)
     }
