@@ -83,9 +83,10 @@ impl Endpoint for PgConnection {
             .await?;
         }
         // The gate tallies are counted again from the copied jobs.
-        let has_tallies: bool = sqlx::query_scalar("SELECT to_regclass('gate_tallies') IS NOT NULL")
-            .fetch_one(&mut *self)
-            .await?;
+        let has_tallies: bool =
+            sqlx::query_scalar("SELECT to_regclass('gate_tallies') IS NOT NULL")
+                .fetch_one(&mut *self)
+                .await?;
         if has_tallies {
             sqlx::raw_sql(&format!(
                 "DELETE FROM gate_tally_deltas; {}",

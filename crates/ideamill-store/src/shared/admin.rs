@@ -91,7 +91,12 @@ pub(super) async fn prune<B: Backend + Rows>(store: &B, before: Millis) -> Resul
                 .map(ItemId::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            B::Db::execute(&mut tx, &format!("DELETE FROM items WHERE id IN ({list})"), &[]).await?;
+            B::Db::execute(
+                &mut tx,
+                &format!("DELETE FROM items WHERE id IN ({list})"),
+                &[],
+            )
+            .await?;
         }
         store.commit(tx, false).await?;
         let n = ids.len() as u64;

@@ -89,9 +89,23 @@ async fn mixed_history(s: &dyn Store, at: Millis) {
     // Rejected by qa in round 1, passes it in round 2 after another model,
     // then review ends the loop as no_progress.
     add_one(s, "b", &implement, at + 10).await;
-    step(s, "implement", at + 10, Some("m1"), advance("code", to("qa", 1))).await;
+    step(
+        s,
+        "implement",
+        at + 10,
+        Some("m1"),
+        advance("code", to("qa", 1)),
+    )
+    .await;
     step(s, "qa", at + 12, None, back(2)).await;
-    step(s, "implement", at + 14, Some("m2"), advance("code", to("qa", 2))).await;
+    step(
+        s,
+        "implement",
+        at + 14,
+        Some("m2"),
+        advance("code", to("qa", 2)),
+    )
+    .await;
     step(s, "qa", at + 16, None, advance("ok", to("review", 2))).await;
     let stuck = fail("no_progress: round 2 changed nothing", Some("same"));
     step(s, "review", at + 18, None, stuck).await;
@@ -104,21 +118,49 @@ async fn mixed_history(s: &dyn Store, at: Millis) {
         error: "exit status 1".into(),
     };
     step(s, "qa", at + 22, Some("judge"), retry).await;
-    step(s, "qa", at + 24, Some("judge"), advance("ok", to("review", 1))).await;
+    step(
+        s,
+        "qa",
+        at + 24,
+        Some("judge"),
+        advance("ok", to("review", 1)),
+    )
+    .await;
     let last = fail("rejected by gate `review` in round 1 of 1", Some("bad"));
     step(s, "review", at + 26, None, last).await;
     // The gate itself breaks (no feedback: no judgement); run again by
     // hand, the item passes.
     let d = add_one(s, "d", &implement, at + 30).await;
-    step(s, "implement", at + 30, Some("m1"), advance("code", to("qa", 1))).await;
+    step(
+        s,
+        "implement",
+        at + 30,
+        Some("m1"),
+        advance("code", to("qa", 1)),
+    )
+    .await;
     step(s, "qa", at + 32, None, fail("no such program", None)).await;
     s.retry_item(d, &implement, at + 33).await.unwrap();
-    step(s, "implement", at + 34, Some("m2"), advance("code", to("qa", 1))).await;
+    step(
+        s,
+        "implement",
+        at + 34,
+        Some("m2"),
+        advance("code", to("qa", 1)),
+    )
+    .await;
     step(s, "qa", at + 36, None, advance("ok", to("review", 1))).await;
     step(s, "review", at + 38, None, advance("ok", None)).await;
     // Cancelled while qa judges: its pass is not recorded, nor counted.
     let e = add_one(s, "e", &implement, at + 40).await;
-    step(s, "implement", at + 40, Some("m3"), advance("code", to("qa", 1))).await;
+    step(
+        s,
+        "implement",
+        at + 40,
+        Some("m3"),
+        advance("code", to("qa", 1)),
+    )
+    .await;
     let judging = claim_one(s, "qa", "w1", at + 42).await;
     assert!(s.cancel_item(e, at + 43).await.unwrap().was_running);
     end(s, &judging, at + 44, None, advance("ok", to("review", 1))).await;
@@ -131,13 +173,28 @@ async fn mixed_history(s: &dyn Store, at: Millis) {
     assert_eq!(ids.len(), 2);
     for (n, model) in ["m1", "m2"].into_iter().enumerate() {
         let at = at + 50 + 2 * n as Millis;
-        step(s, "implement", at, Some(model), advance("code", to("qa", 1))).await;
+        step(
+            s,
+            "implement",
+            at,
+            Some(model),
+            advance("code", to("qa", 1)),
+        )
+        .await;
     }
-    let jobs = s.claim("qa", 2, "w1", at + 60, at + 60 + LEASE).await.unwrap();
+    let jobs = s
+        .claim("qa", 2, "w1", at + 60, at + 60 + LEASE)
+        .await
+        .unwrap();
     assert_eq!(jobs.len(), 2);
     let mut batch = vec![
         finish(&jobs[0], "w1", at + 61, advance("ok", None)),
-        finish(&jobs[1], "w1", at + 61, fail("rejected in round 1 of 1", Some("no"))),
+        finish(
+            &jobs[1],
+            "w1",
+            at + 61,
+            fail("rejected in round 1 of 1", Some("no")),
+        ),
     ];
     batch[1].outcome = AttemptOutcome::Rejected;
     for r in s.finish(&batch).await.unwrap() {
