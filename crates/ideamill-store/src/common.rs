@@ -481,6 +481,9 @@ pub(crate) struct Plan<'a> {
     pub done: bool,
     /// A gate's rejection to keep.
     pub feedback: Option<&'a str>,
+    /// The job ends judged: it counts in the gate tallies
+    /// (`shared/tallies.rs`).
+    pub judged: bool,
     /// A new `last_error` for the item (retry scheduled, paused).
     pub item_error: Option<&'a str>,
     /// The item fails with this reason, of this class.
@@ -532,6 +535,7 @@ pub(crate) fn plan(f: &Finish, cancelled: bool) -> Plan<'_> {
         next: None,
         done: false,
         feedback: None,
+        judged: false,
         item_error: None,
         fail_reason: None,
         uncount: false,
@@ -552,6 +556,7 @@ pub(crate) fn plan(f: &Finish, cancelled: bool) -> Plan<'_> {
     match &f.transition {
         Transition::Advance { output, next } => {
             plan.output = Some(output);
+            plan.judged = true;
             match next {
                 Some(next) => {
                     plan.next = Some(next);
@@ -600,6 +605,7 @@ pub(crate) fn plan(f: &Finish, cancelled: bool) -> Plan<'_> {
             class,
         } => {
             plan.feedback = feedback.as_deref();
+            plan.judged = feedback.is_some();
             plan.fail_reason = Some((reason, *class));
             plan.event = Some(event(
                 ek::ITEM_FAILED,

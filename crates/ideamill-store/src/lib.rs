@@ -239,9 +239,15 @@ pub trait Store: Send + Sync {
     /// (passed; rejected in the last round; ended early as `no_progress`),
     /// over every item the store holds, for the QA lift. `gates` names the
     /// gate stages: the store does not know which stages are gates. A job
-    /// counts once, so an item run again by hand is judged again. Reads every
-    /// finished job of those stages, so callers reuse the answer for a while.
+    /// counts once, so an item run again by hand is judged again. Read from
+    /// counters the finishes keep (a few rows, however long the history).
     async fn gate_tallies(&self, gates: &[String]) -> Result<Vec<GateTally>>;
+
+    /// What [`Store::gate_tallies`] answers, judged again from every
+    /// finished job of the gates rather than read from the counters: slow
+    /// (it reads the whole history), for checking the counters.
+    #[doc(hidden)]
+    async fn gate_tallies_scanned(&self, gates: &[String]) -> Result<Vec<GateTally>>;
 
     /// Marks that change whenever something people see changes (an item,
     /// job, attempt or event added, a job claimed or given back), read in

@@ -159,6 +159,11 @@ pub async fn history(url: &str, h: &History) -> Result<()> {
         tx.commit().await?;
         // A server's autovacuum would have analyzed a history this size.
         sqlx::raw_sql("ANALYZE").execute(&mut conn).await?;
+        // The finishes would have kept the gate tallies: count them (with
+        // the statistics, so that each job's model is found by index).
+        sqlx::raw_sql(&crate::shared::tallies::recount_sql())
+            .execute(&mut conn)
+            .await?;
         conn.close().await?;
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
@@ -180,6 +185,10 @@ pub async fn history(url: &str, h: &History) -> Result<()> {
         }) {
             sqlx::raw_sql(&sql).execute(&mut *tx).await?;
         }
+        // The finishes would have kept the gate tallies: count them.
+        sqlx::raw_sql(&crate::shared::tallies::recount_sql())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         conn.close().await?;
     }

@@ -36,6 +36,8 @@ mod leases;
 mod migrations;
 #[path = "conformance/queries.rs"]
 mod queries;
+#[path = "conformance/tallies.rs"]
+mod tallies;
 #[path = "conformance/wake.rs"]
 mod wake;
 
@@ -103,6 +105,7 @@ macro_rules! conformance_suite {
                     budget::a_finish_releases_its_reservation_and_records_the_usage,
                     budget::a_gates_round_hash_is_kept_with_its_feedback,
                     dashboard::gate_tallies_count_each_judgement_by_round_and_model,
+                    tallies::gate_tally_counters_equal_the_full_scan,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,
@@ -116,6 +119,7 @@ macro_rules! conformance_suite {
                     wake::add_items_wakes_a_subscriber_of_the_same_handle,
                     leases::leases_are_judged_by_the_store_clock,
                     budget::concurrent_reservations_never_pass_a_cap,
+                    tallies::gate_tallies_follow_prune_copy_and_the_migration,
                 ]
             }
         }

@@ -2,7 +2,7 @@
 -- row per state would make every writer in every process wait on it, so
 -- writers only append deltas (triggers), readers add the pending deltas to
 -- the base counts, and each engine's heartbeat folds the deltas into the
--- base (PostgresStore::fold_item_counts).
+-- base (PostgresStore::fold_counts).
 CREATE TABLE item_counts (
     state TEXT PRIMARY KEY,
     n BIGINT NOT NULL

@@ -82,6 +82,19 @@ impl Endpoint for PgConnection {
             .execute(&mut *self)
             .await?;
         }
+        // The gate tallies are counted again from the copied jobs.
+        let has_tallies: bool =
+            sqlx::query_scalar("SELECT to_regclass('gate_tallies') IS NOT NULL")
+                .fetch_one(&mut *self)
+                .await?;
+        if has_tallies {
+            sqlx::raw_sql(&format!(
+                "DELETE FROM gate_tally_deltas; {}",
+                crate::shared::tallies::recount_sql()
+            ))
+            .execute(&mut *self)
+            .await?;
+        }
         // Identity columns: the next id follows the copied ones, and
         // for items every item id ever given.
         let identities: Vec<(String, String)> = sqlx::query_as(
@@ -133,10 +146,11 @@ impl Endpoint for PgConnection {
 
     async fn tables(&mut self) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            // The counts per state are derived from `items`: rebuilt,
-            // not copied.
+            // The counts per state and the gate tallies are derived
+            // from `items` and `jobs`: rebuilt, not copied.
             "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
-               AND tablename NOT IN ('item_counts', 'item_count_deltas') ORDER BY 1",
+               AND tablename NOT IN ('item_counts', 'item_count_deltas', 'gate_tallies', 'gate_tally_deltas')
+             ORDER BY 1",
         )
         .fetch_all(&mut *self)
         .await?)

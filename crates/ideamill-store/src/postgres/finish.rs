@@ -7,7 +7,7 @@ use ideamill_core::{ItemId, JobId, Millis};
 use super::PostgresStore;
 use super::write::{RoundText, insert_round_texts, notify_in};
 use crate::common::{self, RowExt};
-use crate::shared::{Backend, Rows, Stages};
+use crate::shared::{Backend, Rows, Stages, tallies};
 use crate::*;
 
 #[async_trait]
@@ -85,6 +85,7 @@ impl Stages for PostgresStore {
         let mut next_jobs = Vec::new();
         let mut done: Vec<(ItemId, Millis)> = Vec::new();
         let mut uncount: Vec<JobId> = Vec::new();
+        let mut judged: Vec<JobId> = Vec::new();
         let mut item_errors: Vec<(ItemId, &str, Millis)> = Vec::new();
         let mut failed: Vec<(ItemId, &str, ideamill_core::FailureClass, Millis)> = Vec::new();
         let mut cancelled_items: Vec<(ItemId, Millis)> = Vec::new();
@@ -112,6 +113,9 @@ impl Stages for PostgresStore {
             }
             if plan.uncount {
                 uncount.push(job.id);
+            }
+            if plan.judged {
+                judged.push(job.id);
             }
             if let Some(error) = plan.item_error {
                 item_errors.push((job.item_id, error, now));
@@ -192,6 +196,15 @@ impl Stages for PostgresStore {
         Self::insert_attempts(&mut tx, &attempts).await?;
         insert_round_texts(&mut tx, RoundText::Output, &outputs).await?;
         Self::insert_jobs(&mut tx, &next_jobs).await?;
+        if !judged.is_empty() {
+            // The judgements, counted after their feedback went in, as a
+            // delta: no row every engine's finishes would wait on.
+            let (head, tail) = tallies::count(Self::TALLIES_INTO, 1, Self::TALLIES_MERGE);
+            sqlx::query(&format!("{head}j.id = ANY($1){tail}"))
+                .bind(&judged)
+                .execute(&mut *tx)
+                .await?;
+        }
         if !done.is_empty() {
             sqlx::query(
                 "UPDATE items SET state = 'done', last_error = NULL, finished_at = u.at, updated_at = u.at

@@ -106,14 +106,22 @@ impl PostgresStore {
         self
     }
 
-    /// Fold the item count deltas writers appended into the base counts.
-    /// Two processes folding at once serialize on the delta rows; neither
-    /// counts a delta twice.
-    async fn fold_item_counts(&self) -> Result<()> {
-        sqlx::query(
+    /// Fold the item count and gate tally deltas writers appended into the
+    /// base counts, in one round trip. Two processes folding at once
+    /// serialize on the delta rows (and on the counters' keys, taken in one
+    /// order); neither counts a delta twice.
+    async fn fold_counts(&self) -> Result<()> {
+        sqlx::raw_sql(
             "WITH moved AS (DELETE FROM item_count_deltas RETURNING state, n),
                   sums AS (SELECT state, SUM(n) AS n FROM moved GROUP BY state)
-             UPDATE item_counts c SET n = c.n + sums.n FROM sums WHERE c.state = sums.state",
+             UPDATE item_counts c SET n = c.n + sums.n FROM sums WHERE c.state = sums.state;
+             WITH moved AS (DELETE FROM gate_tally_deltas RETURNING stage, round, model, outcome, n)
+             INSERT INTO gate_tallies (stage, round, model, outcome, n)
+             SELECT stage, round, model, outcome, SUM(n) FROM moved
+             GROUP BY stage, round, model, outcome
+             ORDER BY stage, round, outcome, model
+             ON CONFLICT (stage, round, outcome, (COALESCE(model, '')), ((model IS NULL)))
+             DO UPDATE SET n = gate_tallies.n + excluded.n;",
         )
         .execute(&self.pool)
         .await?;
@@ -129,6 +137,12 @@ impl Backend for PostgresStore {
     const ITEM_COUNTS: &'static str = "SELECT state, CAST(SUM(n) AS BIGINT) AS n
          FROM (SELECT state, n FROM item_counts UNION ALL SELECT state, n FROM item_count_deltas) c
          GROUP BY state";
+    // Writers append deltas, each heartbeat folds them in
+    // (0008_gate_tallies.sql).
+    const TALLIES: &'static str = "(SELECT stage, round, model, outcome, n FROM gate_tallies
+         UNION ALL SELECT stage, round, model, outcome, n FROM gate_tally_deltas)";
+    const TALLIES_INTO: &'static str = "gate_tally_deltas";
+    const TALLIES_MERGE: &'static str = "";
     // Jobs before items is the lock order; the item's row is locked first
     // here, before its job, as in every write that starts from an item.
     const LOCK_ITEM: &'static str = " FOR UPDATE OF i";

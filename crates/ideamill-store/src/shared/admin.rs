@@ -2,7 +2,7 @@
 
 use ideamill_core::{ItemId, Millis};
 
-use super::{Backend, Rows, Sql, items::decode};
+use super::{Backend, Rows, Sql, items::decode, tallies};
 use crate::common::{self, RowExt};
 use crate::*;
 
@@ -67,17 +67,37 @@ pub(super) async fn prune<B: Backend + Rows>(store: &B, before: Millis) -> Resul
     // Small batches, so that engines are never locked out for long.
     loop {
         let mut tx = store.write_tx().await?;
+        // The batch is locked (PostgreSQL) while its judgements are taken
+        // out of the gate tallies and its rows deleted: no retry can make
+        // one of its items active in between.
         let ids = B::Db::rows(
             &mut tx,
-            "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state IN ('done', 'failed', 'cancelled')
-                                            AND finished_at < $1 ORDER BY id LIMIT $2)
-             RETURNING id",
+            &format!(
+                "SELECT i.id FROM items i WHERE i.state IN ('done', 'failed', 'cancelled') AND i.finished_at < $1
+                 ORDER BY i.id LIMIT $2{}",
+                B::LOCK_ITEM
+            ),
             &[before.into(), (common::PRUNE_BATCH as i64).into()],
         )
         .await?
         .iter()
         .map(|r| r.int("id"))
         .collect::<Result<Vec<ItemId>>>()?;
+        if !ids.is_empty() {
+            tallies::forget_items::<B>(&mut tx, &ids).await?;
+            // Numbers the store read, as in `forget_items`.
+            let list = ids
+                .iter()
+                .map(ItemId::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            B::Db::execute(
+                &mut tx,
+                &format!("DELETE FROM items WHERE id IN ({list})"),
+                &[],
+            )
+            .await?;
+        }
         store.commit(tx, false).await?;
         let n = ids.len() as u64;
         counts.items += n;

@@ -18,6 +18,7 @@ mod budget;
 mod items;
 mod jobs;
 mod reads;
+pub(crate) mod tallies;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -202,6 +203,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// `state, n` per item state, however the database keeps them.
     const ITEM_COUNTS: &'static str;
+    /// The gate tallies' rows (`stage, round, model, outcome, n`, several
+    /// rows per key allowed), however the database keeps them.
+    const TALLIES: &'static str;
+    /// Where a write adds to the gate tallies, and what follows its insert
+    /// (`tallies::count`).
+    const TALLIES_INTO: &'static str;
+    const TALLIES_MERGE: &'static str;
     /// Appended to `retry_item`'s read of the item: its row lock, where
     /// rows are locked one by one.
     const LOCK_ITEM: &'static str;
@@ -489,7 +497,11 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
     }
 
     async fn gate_tallies(&self, gates: &[String]) -> Result<Vec<GateTally>> {
-        reads::gate_tallies(self, gates).await
+        tallies::gate_tallies(self, gates).await
+    }
+
+    async fn gate_tallies_scanned(&self, gates: &[String]) -> Result<Vec<GateTally>> {
+        reads::gate_tallies_scanned(self, gates).await
     }
 
     async fn change_marker(&self) -> Result<ChangeMarker> {

@@ -195,7 +195,9 @@ pub(super) async fn activity<B: Backend>(
     Ok(crate::dashboard::fill_buckets(since, bucket, now, &rows))
 }
 
-pub(super) async fn gate_tallies<B: Backend>(
+/// The tallies judged from every finished job of the gates: what the
+/// counters (`tallies.rs`) replace, kept to check them against.
+pub(super) async fn gate_tallies_scanned<B: Backend>(
     store: &B,
     gates: &[String],
 ) -> Result<Vec<GateTally>> {
@@ -232,19 +234,7 @@ pub(super) async fn gate_tallies<B: Backend>(
     let args: Vec<Arg<'_>> = gates.iter().map(Arg::from).collect();
     let mut conn = store.read().await?;
     let rows = B::Db::rows(&mut conn, &sql, &args).await?;
-    let mut tallies = decode(&rows, |r| {
-        Ok(GateTally {
-            stage: r.text("stage")?,
-            model: r.opt_text("model")?,
-            round: r.u32("round")?,
-            outcome: match r.text("outcome")?.as_str() {
-                "passed" => GateOutcome::Passed,
-                "no_progress" => GateOutcome::NoProgress,
-                _ => GateOutcome::Failed,
-            },
-            items: r.count("n")?,
-        })
-    })?;
+    let mut tallies = decode(&rows, super::tallies::tally_row)?;
     // In Rust's order, whatever the database's collation.
     tallies.sort();
     Ok(tallies)

@@ -1,7 +1,8 @@
 //! `ideamill store copy` on SQLite: one end of a copy (`transfer.rs`), on a
 //! plain connection. Triggers are dropped while rows go in and created again
 //! from their own definitions; what they keep (the text index, the counts
-//! per state) is rebuilt from the copied items.
+//! per state) is rebuilt from the copied items, and so are the gate
+//! tallies, from the copied jobs.
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -94,6 +95,12 @@ impl Endpoint for SqliteConnection {
             .execute(&mut *self)
             .await?;
         }
+        // The gate tallies are counted again from the copied jobs.
+        if sqlite_has_table(self, "gate_tallies").await? {
+            sqlx::raw_sql(&crate::shared::tallies::recount_sql())
+                .execute(&mut *self)
+                .await?;
+        }
         // New items get ids above every item id ever given.
         if sqlite_has_table(self, "id_high_water").await? {
             sqlx::query(
@@ -134,12 +141,12 @@ impl Endpoint for SqliteConnection {
     async fn tables(&mut self) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             // The text-search index (`items_fts` and its shadow
-            // tables) and the counts per state are derived from
-            // `items`: rebuilt, not copied.
+            // tables), the counts per state and the gate tallies are
+            // derived from `items` and `jobs`: rebuilt, not copied.
             // `id_high_water` is SQLite's own and copied as a whole
             // (`item_id_floor`).
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
-               AND name NOT LIKE 'items_fts%' AND name NOT IN ('item_counts', 'id_high_water')
+               AND name NOT LIKE 'items_fts%' AND name NOT IN ('item_counts', 'gate_tallies', 'id_high_water')
              ORDER BY name",
         )
         .fetch_all(&mut *self)

@@ -17,7 +17,7 @@ use super::write::{
 use super::{SqliteStore, Tx};
 use crate::common::{self, AttemptRecord, ITEM_COLUMNS, RowExt};
 use crate::contexts::{ContextReader, ReadMany};
-use crate::shared::{Backend, Stages};
+use crate::shared::{Backend, Stages, tallies};
 use crate::*;
 
 #[async_trait]
@@ -41,6 +41,7 @@ impl Stages for SqliteStore {
         let mut next_jobs: Vec<(ItemId, &NextJob, Millis)> = Vec::new();
         let mut done: Vec<(ItemId, Millis)> = Vec::new();
         let mut settled: Vec<JobId> = Vec::new();
+        let mut judged: Vec<JobId> = Vec::new();
         for (f, fenced) in finishes.iter().zip(passed) {
             let now = f.finished_at;
             let job = &f.job;
@@ -51,6 +52,9 @@ impl Stages for SqliteStore {
             };
             let plan = common::plan(f, cancelled);
             settled.push(job.id);
+            if plan.judged {
+                judged.push(job.id);
+            }
             attempts.push(plan.attempt);
             if let Some(output) = plan.output {
                 outputs.push((job, output, now));
@@ -133,6 +137,19 @@ impl Stages for SqliteStore {
                     b.push_bind(*id).push_bind(*at);
                 });
                 q.push(") AS v WHERE items.id = v.column1;\n");
+            }
+            // The judgements, counted after their feedback went in.
+            let (head, tail) = tallies::count(Self::TALLIES_INTO, 1, Self::TALLIES_MERGE);
+            for chunk in judged.chunks(CHUNK) {
+                q.push(&head);
+                q.push("j.id IN (");
+                let mut ids = q.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                q.push(")");
+                q.push(&tail);
+                q.push(";\n");
             }
         })
         .await?;

@@ -68,6 +68,11 @@ impl Backend for SqliteStore {
 
     // Kept by triggers (0004_status_reads.sql): four rows, not a count.
     const ITEM_COUNTS: &'static str = "SELECT state, n FROM item_counts";
+    // One writer: the finish adds to the counters' rows themselves
+    // (0009_gate_tallies.sql).
+    const TALLIES: &'static str = "gate_tallies";
+    const TALLIES_INTO: &'static str = "gate_tallies";
+    const TALLIES_MERGE: &'static str = crate::shared::tallies::MERGE;
     // The write lock is held already.
     const LOCK_ITEM: &'static str = "";
     // Above every id in use and every id ever deleted (`id_high_water`), so

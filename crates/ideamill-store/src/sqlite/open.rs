@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0007_failure_class.sql"),
     ),
     (8, include_str!("../../migrations/sqlite/0008_trace_id.sql")),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_gate_tallies.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

@@ -65,6 +65,11 @@ pub trait Backend {
     /// The URL that names this test's database (`ideamill store copy`).
     fn url(&self) -> String;
 
+    /// Take the gate tallies' migration back (its tables and its version),
+    /// as a store from the build before it had them. Every handle must be
+    /// closed first.
+    async fn undo_gate_tallies(&self);
+
     /// A fresh, empty database of the other backend, for copies between
     /// the two.
     async fn other_kind(&self) -> Box<dyn Backend>;
@@ -160,6 +165,18 @@ impl Backend for SqliteBackend {
 
     fn url(&self) -> String {
         format!("sqlite://{}", self.db().display())
+    }
+
+    async fn undo_gate_tallies(&self) {
+        let mut conn = self.raw(false).await;
+        sqlx::raw_sql(
+            "DROP TABLE gate_tallies;
+             DELETE FROM ideamill_schema WHERE version = 9;",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("undo the gate tallies' migration");
+        conn.close().await.expect("close the plain connection");
     }
 
     async fn other_kind(&self) -> Box<dyn Backend> {
@@ -525,6 +542,18 @@ impl Backend for PostgresBackend {
 
     fn url(&self) -> String {
         self.url.clone()
+    }
+
+    async fn undo_gate_tallies(&self) {
+        let mut conn = self.raw().await;
+        sqlx::raw_sql(
+            "DROP TABLE gate_tallies, gate_tally_deltas;
+             DELETE FROM ideamill_schema WHERE version = 8;",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("undo the gate tallies' migration");
+        let _ = conn.close().await;
     }
 
     async fn other_kind(&self) -> Box<dyn Backend> {
