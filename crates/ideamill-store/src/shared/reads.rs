@@ -3,7 +3,7 @@
 
 use ideamill_core::{ItemId, Millis};
 
-use super::{Arg, Backend, Leases, Sql, Tx, admin, items::decode, one};
+use super::{Backend, Leases, Sql, Tx, admin, items::decode, one};
 use crate::common::{self, RowExt};
 use crate::*;
 
@@ -201,43 +201,17 @@ pub(super) async fn gate_tallies_scanned<B: Backend>(
     store: &B,
     gates: &[String],
 ) -> Result<Vec<GateTally>> {
-    if gates.is_empty() {
-        return Ok(Vec::new());
-    }
-    // A gate job that succeeded passed the item in its round; one that
-    // failed with a rejection kept (feedback) ended the loop there: in its
-    // last round, or early as `no_progress`. A failure without feedback
-    // (the gate itself broke) is no judgement and is not counted. The model
-    // is the item's newest model call before the job, through the
-    // `attempts_item` index. Grouped outside, so that neither database
-    // mistakes an output name for a column of `jobs`.
-    let stages = (1..=gates.len())
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT stage, round, model, outcome, COUNT(*) AS n
-         FROM (SELECT j.stage AS stage, j.round AS round,
-                      (SELECT m.model FROM attempts m
-                        WHERE m.item_id = j.item_id AND m.job_id < j.id AND m.model IS NOT NULL
-                        ORDER BY m.id DESC LIMIT 1) AS model,
-                      CASE WHEN j.state = 'succeeded' THEN 'passed'
-                           WHEN SUBSTR(j.last_error, 1, 11) = 'no_progress' THEN 'no_progress'
-                           ELSE 'failed' END AS outcome
-               FROM jobs j
-               WHERE j.stage IN ({stages})
-                 AND (j.state = 'succeeded'
-                      OR (j.state = 'failed' AND EXISTS (SELECT 1 FROM feedback f WHERE f.job_id = j.id)))
-              ) AS judged
-         GROUP BY stage, round, model, outcome"
-    );
-    let args: Vec<Arg<'_>> = gates.iter().map(Arg::from).collect();
-    let mut conn = store.read().await?;
-    let rows = B::Db::rows(&mut conn, &sql, &args).await?;
-    let mut tallies = decode(&rows, super::tallies::tally_row)?;
-    // In Rust's order, whatever the database's collation.
-    tallies.sort();
-    Ok(tallies)
+    // Grouped outside, so that neither database mistakes an output name
+    // for a column of `jobs`.
+    super::tallies::read_tallies(store, gates, |stages| {
+        format!(
+            "SELECT stage, round, model, outcome, COUNT(*) AS n
+             FROM ({} AND j.stage IN ({stages})) AS judged
+             GROUP BY stage, round, model, outcome",
+            super::tallies::JUDGED
+        )
+    })
+    .await
 }
 
 pub(super) async fn change_marker<B: Backend>(store: &B) -> Result<ChangeMarker> {

@@ -34,16 +34,7 @@ pub(crate) fn count(into: &str, sign: i64, merge: &str) -> (String, String) {
         format!(
             "INSERT INTO {into} (stage, round, model, outcome, n)
              SELECT stage, round, model, outcome, {sign} * COUNT(*)
-             FROM (SELECT j.stage AS stage, j.round AS round,
-                          (SELECT m.model FROM attempts m
-                            WHERE m.item_id = j.item_id AND m.job_id < j.id AND m.model IS NOT NULL
-                            ORDER BY m.id DESC LIMIT 1) AS model,
-                          CASE WHEN j.state = 'succeeded' THEN 'passed'
-                               WHEN SUBSTR(j.last_error, 1, 11) = 'no_progress' THEN 'no_progress'
-                               ELSE 'failed' END AS outcome
-                   FROM jobs j
-                   WHERE (j.state = 'succeeded'
-                          OR (j.state = 'failed' AND EXISTS (SELECT 1 FROM feedback f WHERE f.job_id = j.id)))
+             FROM ({JUDGED}
                      AND ("
         ),
         format!(
@@ -53,6 +44,25 @@ pub(crate) fn count(into: &str, sign: i64, merge: &str) -> (String, String) {
         ),
     )
 }
+
+/// Every judged job `j`, with its stage, round, model and outcome; a
+/// condition on `j` may follow (`AND …`). A gate job that succeeded passed
+/// the item in its round; one that failed with a rejection kept (feedback)
+/// ended the loop there: in its last round, or early as `no_progress`. A
+/// failure without feedback (the gate itself broke) is no judgement. The
+/// model is the item's newest model call before the job, through the
+/// `attempts_item` index. The migrations that count existing history hold
+/// their own copy: a migration never changes.
+pub(crate) const JUDGED: &str = "SELECT j.stage AS stage, j.round AS round,
+                          (SELECT m.model FROM attempts m
+                            WHERE m.item_id = j.item_id AND m.job_id < j.id AND m.model IS NOT NULL
+                            ORDER BY m.id DESC LIMIT 1) AS model,
+                          CASE WHEN j.state = 'succeeded' THEN 'passed'
+                               WHEN SUBSTR(j.last_error, 1, 11) = 'no_progress' THEN 'no_progress'
+                               ELSE 'failed' END AS outcome
+                   FROM jobs j
+                   WHERE (j.state = 'succeeded'
+                          OR (j.state = 'failed' AND EXISTS (SELECT 1 FROM feedback f WHERE f.job_id = j.id)))";
 
 /// Adds a tally to an existing row of the counters (`gate_tallies_key`,
 /// one row per key, a NULL model included); the same text on both
@@ -90,6 +100,28 @@ pub(super) async fn gate_tallies<B: Backend>(
     store: &B,
     gates: &[String],
 ) -> Result<Vec<GateTally>> {
+    // A key whose jobs were all pruned stays, at 0: the full scan would
+    // not list it.
+    read_tallies(store, gates, |stages| {
+        format!(
+            "SELECT stage, round, model, outcome, CAST(SUM(n) AS BIGINT) AS n
+             FROM {} AS t
+             WHERE stage IN ({stages})
+             GROUP BY stage, round, model, outcome
+             HAVING SUM(n) > 0",
+            B::TALLIES
+        )
+    })
+    .await
+}
+
+/// The tallies of `gates`, by the query `sql` makes of their placeholders
+/// (`$1, $2, …`), in Rust's order whatever the database's collation.
+pub(super) async fn read_tallies<B: Backend>(
+    store: &B,
+    gates: &[String],
+    sql: impl FnOnce(&str) -> String,
+) -> Result<Vec<GateTally>> {
     if gates.is_empty() {
         return Ok(Vec::new());
     }
@@ -97,27 +129,16 @@ pub(super) async fn gate_tallies<B: Backend>(
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ");
-    // A key whose jobs were all pruned stays, at 0: the full scan would
-    // not list it.
-    let sql = format!(
-        "SELECT stage, round, model, outcome, CAST(SUM(n) AS BIGINT) AS n
-         FROM {} AS t
-         WHERE stage IN ({stages})
-         GROUP BY stage, round, model, outcome
-         HAVING SUM(n) > 0",
-        B::TALLIES
-    );
     let args: Vec<Arg<'_>> = gates.iter().map(Arg::from).collect();
     let mut conn = store.read().await?;
-    let rows = B::Db::rows(&mut conn, &sql, &args).await?;
+    let rows = B::Db::rows(&mut conn, &sql(&stages), &args).await?;
     let mut tallies = super::items::decode(&rows, tally_row)?;
-    // In Rust's order, whatever the database's collation.
     tallies.sort();
     Ok(tallies)
 }
 
 /// A row of `stage, round, model, outcome, n`.
-pub(super) fn tally_row<R: RowExt>(r: &R) -> Result<GateTally> {
+fn tally_row<R: RowExt>(r: &R) -> Result<GateTally> {
     Ok(GateTally {
         stage: r.text("stage")?,
         model: r.opt_text("model")?,

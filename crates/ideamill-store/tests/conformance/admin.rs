@@ -393,12 +393,7 @@ pub async fn store_copy_gives_no_item_id_twice(b: &dyn Backend) {
     s.close().await;
 
     // Into the other kind of store: the pruned ids stay given.
-    let other = b.other_kind().await;
-    other.open().await.close().await;
-    ideamill_store::transfer::copy(&b.url(), &other.url(), false)
-        .await
-        .unwrap();
-    let t = other.open().await;
+    let (other, t) = copy_into_other_kind(b).await;
     assert_eq!(t.item(ids[0]).await.unwrap().item.text, "a");
     let added = add_one(&*t, "d", &draft, T0 + 2_000).await;
     assert!(

@@ -75,6 +75,18 @@ pub trait Backend {
     async fn other_kind(&self) -> Box<dyn Backend>;
 }
 
+/// A new database of the other backend holding a copy of `b`'s (every
+/// handle on `b` closed first), and a handle open on the copy.
+pub async fn copy_into_other_kind(b: &dyn Backend) -> (Box<dyn Backend>, Box<dyn Store>) {
+    let other = b.other_kind().await;
+    other.open().await.close().await;
+    ideamill_store::transfer::copy(&b.url(), &other.url(), false)
+        .await
+        .unwrap();
+    let t = other.open().await;
+    (other, t)
+}
+
 /// SQLite: one database file in a temp dir, wake sockets next to it.
 pub struct SqliteBackend {
     dir: tempfile::TempDir,

@@ -246,12 +246,7 @@ pub async fn gate_tallies_follow_prune_copy_and_the_migration(b: &dyn Backend) {
     s.close().await;
 
     // Into the other kind of store, and back over what this one holds.
-    let other = b.other_kind().await;
-    other.open().await.close().await;
-    ideamill_store::transfer::copy(&b.url(), &other.url(), false)
-        .await
-        .unwrap();
-    let t = other.open().await;
+    let (other, t) = copy_into_other_kind(b).await;
     assert_eq!(assert_counted(&*t, "in the copy").await, kept);
     mixed_history(&*t, T0 + 200_000).await;
     let grown = assert_counted(&*t, "after finishes in the copy").await;
