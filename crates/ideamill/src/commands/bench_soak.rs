@@ -501,7 +501,7 @@ async fn sample(shared: &Shared, store: &Arc<dyn Store>, plan: &Plan, w: &mut Wa
             Err(_) => return,
         };
         for (label, pid) in processes {
-            let Some((rss, fds)) = watch::rss_and_fds(pid) else {
+            let Some(sample) = watch::sample_process(pid, at) else {
                 continue;
             };
             match w
@@ -509,11 +509,11 @@ async fn sample(shared: &Shared, store: &Arc<dyn Store>, plan: &Plan, w: &mut Wa
                 .iter_mut()
                 .find(|s| s.pid == pid && s.label == label)
             {
-                Some(s) => s.points.push((at, rss, fds)),
+                Some(s) => s.points.push(sample),
                 None => w.series.push(Series {
                     label,
                     pid,
-                    points: vec![(at, rss, fds)],
+                    points: vec![sample],
                 }),
             }
         }
@@ -664,18 +664,20 @@ async fn report(
             .any(|(label, pid)| *pid == s.pid && *label == s.label)
     });
     for s in living {
-        let Some(&(_, rss, fds)) = s.points.last() else {
+        let Some(last) = s.points.last() else {
             continue;
         };
-        let slope = s.slopes_per_hour().map_or(String::new(), |(r, f)| {
-            format!(", {:+.1} MiB/h, {f:+.1} fds/h", r / MIB)
-        });
+        let slope = s
+            .slopes_per_hour()
+            .map_or(String::new(), |g| format!(", {}", growth(&g)));
         lines.push(format!(
-            "  {} (pid {}, {:.0} min): {:.1} MiB, {fds} fds{slope}",
+            "  {} (pid {}, {:.0} min): {:.1} MiB ({:.1} anonymous), {} fds{slope}",
             s.label,
             s.pid,
-            (s.points.last().map_or(0.0, |p| p.0) - s.points[0].0) / 60.0,
-            rss as f64 / MIB
+            (last.at - s.points[0].at) / 60.0,
+            last.rss as f64 / MIB,
+            last.anon as f64 / MIB,
+            last.fds,
         ));
     }
     if !ended.is_empty() {
@@ -690,11 +692,11 @@ async fn report(
                 "no slope, as it needs {:.0} min",
                 watch::WARM_UP_SECS / 60.0 + 1.0
             ),
-            |(rss, fds)| {
+            |g| {
                 format!(
-                    "after its first {:.0} min {:+.1} MiB/h, {fds:+.1} fds/h",
+                    "after its first {:.0} min {}",
                     watch::WARM_UP_SECS / 60.0,
-                    rss / MIB
+                    growth(&g)
                 )
             },
         );
@@ -709,6 +711,17 @@ async fn report(
         ));
     }
     shared.say(&lines.join("\n"));
+}
+
+/// A process's growth per hour, as the report prints it.
+fn growth(g: &watch::Slopes) -> String {
+    format!(
+        "{:+.1} MiB/h ({:+.1} anonymous), {:+.1} fds/h (the floor of each {:.0} min)",
+        g.rss_bytes / MIB,
+        g.anon_bytes / MIB,
+        g.fds_floor,
+        watch::FDS_WINDOW_SECS / 60.0
+    )
 }
 
 fn summary(
@@ -744,12 +757,11 @@ fn summary(
         .map(|s| {
             let first = s.points.first().copied().unwrap_or_default();
             let last = s.points.last().copied().unwrap_or_default();
-            let slopes = s.slopes_per_hour();
             serde_json::json!({
                 "label": s.label, "pid": s.pid, "samples": s.points.len(),
-                "seconds": last.0 - first.0,
-                "rss_first": first.1, "rss_last": last.1, "fds_first": first.2, "fds_last": last.2,
-                "rss_bytes_per_hour": slopes.map(|s| s.0), "fds_per_hour": slopes.map(|s| s.1),
+                "seconds": last.at - first.at,
+                "first": first, "last": last,
+                "per_hour": s.slopes_per_hour(),
             })
         })
         .collect();

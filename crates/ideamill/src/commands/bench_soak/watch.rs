@@ -73,34 +73,78 @@ impl WaitTracker {
     }
 }
 
-/// One process's RSS and descriptors over time.
+/// One sample of a process's memory and descriptors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Sample {
+    /// Seconds since the soak started.
+    pub at: f64,
+    /// Resident bytes (`VmRSS`): counts the binary's code pages as they
+    /// are first touched, too.
+    pub rss: u64,
+    /// Resident anonymous bytes (`RssAnon`): the heap and stacks, where a
+    /// leak shows.
+    pub anon: u64,
+    /// Open descriptors.
+    pub fds: u64,
+}
+
+/// How a process grew, per hour.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Slopes {
+    pub rss_bytes: f64,
+    pub anon_bytes: f64,
+    /// The slope of the fewest descriptors seen in each window of
+    /// [`FDS_WINDOW_SECS`]: descriptors move with the jobs running at each
+    /// sample (their pipes), while a leak raises the floor.
+    pub fds_floor: f64,
+}
+
+/// The window whose fewest descriptors make one point of the floor.
+pub const FDS_WINDOW_SECS: f64 = 300.0;
+
+/// One process's memory and descriptors over time.
 #[derive(Debug, Clone, Serialize)]
 pub struct Series {
     pub label: String,
     pub pid: u32,
-    /// `(seconds since the start, RSS bytes, open descriptors)`.
-    pub points: Vec<(f64, u64, u64)>,
+    pub points: Vec<Sample>,
 }
 
 impl Series {
-    /// Least-squares slopes per hour of RSS (bytes) and descriptors; `None`
-    /// with fewer than 3 points or under a minute of them.
-    pub fn slopes_per_hour(&self) -> Option<(f64, f64)> {
-        let span = self.points.last()?.0 - self.points.first()?.0;
+    /// Least-squares slopes per hour; `None` with fewer than 3 points or
+    /// under a minute of them.
+    pub fn slopes_per_hour(&self) -> Option<Slopes> {
+        let first = self.points.first()?.at;
+        let span = self.points.last()?.at - first;
         if self.points.len() < 3 || span < 60.0 {
             return None;
         }
-        let xs: Vec<f64> = self.points.iter().map(|p| p.0).collect();
-        let rss: Vec<f64> = self.points.iter().map(|p| p.1 as f64).collect();
-        let fds: Vec<f64> = self.points.iter().map(|p| p.2 as f64).collect();
-        Some((slope(&xs, &rss) * 3600.0, slope(&xs, &fds) * 3600.0))
+        let xs: Vec<f64> = self.points.iter().map(|p| p.at).collect();
+        let per_hour = |ys: Vec<f64>| slope(&xs, &ys) * 3600.0;
+        let mut floor: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+        for p in &self.points {
+            let w = floor
+                .entry(((p.at - first) / FDS_WINDOW_SECS) as u64)
+                .or_insert((p.at, p.fds));
+            w.1 = w.1.min(p.fds);
+        }
+        let (fx, fy): (Vec<f64>, Vec<f64>) = floor.values().map(|&(x, y)| (x, y as f64)).unzip();
+        Some(Slopes {
+            rss_bytes: per_hour(self.points.iter().map(|p| p.rss as f64).collect()),
+            anon_bytes: per_hour(self.points.iter().map(|p| p.anon as f64).collect()),
+            fds_floor: if fx.len() >= 2 {
+                slope(&fx, &fy) * 3600.0
+            } else {
+                0.0
+            },
+        })
     }
 
     /// The slopes of the points after the first `warm_up` seconds: a
     /// process's first minutes fill its caches, pools and touched pages,
     /// which is no leak.
-    pub fn slopes_after(&self, warm_up: f64) -> Option<(f64, f64)> {
-        let start = self.points.first()?.0 + warm_up;
+    pub fn slopes_after(&self, warm_up: f64) -> Option<Slopes> {
+        let start = self.points.first()?.at + warm_up;
         Series {
             label: String::new(),
             pid: self.pid,
@@ -108,7 +152,7 @@ impl Series {
                 .points
                 .iter()
                 .copied()
-                .filter(|p| p.0 >= start)
+                .filter(|p| p.at >= start)
                 .collect(),
         }
         .slopes_per_hour()
@@ -116,7 +160,7 @@ impl Series {
 
     fn seconds(&self) -> f64 {
         match (self.points.first(), self.points.last()) {
-            (Some(a), Some(b)) => b.0 - a.0,
+            (Some(a), Some(b)) => b.at - a.at,
             _ => 0.0,
         }
     }
@@ -138,9 +182,9 @@ pub struct Role {
     pub peak_fds: u64,
     pub longest_pid: u32,
     pub longest_seconds: f64,
-    /// RSS bytes and descriptors per hour, after [`WARM_UP_SECS`]; `None`
-    /// when no process lived long enough.
-    pub slopes_after_warm_up: Option<(f64, f64)>,
+    /// Growth per hour after [`WARM_UP_SECS`]; `None` when no process
+    /// lived long enough.
+    pub slopes_after_warm_up: Option<Slopes>,
 }
 
 /// [`Role`]s of `series`, by the first word of their labels.
@@ -165,8 +209,8 @@ pub fn roles(series: &[Series]) -> Vec<Role> {
             Some(Role {
                 role: name.to_owned(),
                 processes: of.len(),
-                peak_rss: points().map(|p| p.1).max().unwrap_or(0),
-                peak_fds: points().map(|p| p.2).max().unwrap_or(0),
+                peak_rss: points().map(|p| p.rss).max().unwrap_or(0),
+                peak_fds: points().map(|p| p.fds).max().unwrap_or(0),
                 longest_pid: longest.pid,
                 longest_seconds: longest.seconds(),
                 slopes_after_warm_up: longest.slopes_after(WARM_UP_SECS),
@@ -184,15 +228,20 @@ pub fn slope(xs: &[f64], ys: &[f64]) -> f64 {
     if den == 0.0 { 0.0 } else { num / den }
 }
 
-/// RSS bytes and open descriptors of `pid`; `None` when it is gone.
-pub fn rss_and_fds(pid: u32) -> Option<(u64, u64)> {
+/// A sample of `pid` now (`at` seconds into the soak); `None` when it is
+/// gone.
+pub fn sample_process(pid: u32, at: f64) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some((rss_kib * 1024, fds))
+    let kib = |field: &str| -> Option<u64> {
+        let v = status.lines().find_map(|l| l.strip_prefix(field))?;
+        Some(v.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
+    };
+    Some(Sample {
+        at,
+        rss: kib("VmRSS:")?,
+        anon: kib("RssAnon:")?,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64,
+    })
 }
 
 /// Bytes under `path` (files only, not following links).
@@ -256,21 +305,28 @@ mod tests {
         assert_eq!(t.longest_ms, 5000);
     }
 
+    fn at(minute: u64, rss: u64, fds: u64) -> Sample {
+        Sample {
+            at: minute as f64 * 60.0,
+            rss,
+            anon: rss / 2,
+            fds,
+        }
+    }
+
     #[test]
     fn roles_take_the_peaks_of_all_and_the_slope_of_the_longest_lived_after_warm_up() {
-        let series = |label: &str, pid, points: Vec<(f64, u64, u64)>| Series {
+        let series = |label: &str, pid, points: Vec<Sample>| Series {
             label: label.into(),
             pid,
             points,
         };
         // Grows for its first 10 minutes, then flat for 20.
-        let long: Vec<(f64, u64, u64)> = (0..=30)
-            .map(|m| (m as f64 * 60.0, 10 + m.min(10) as u64, 9))
-            .collect();
+        let long: Vec<Sample> = (0..=30).map(|m| at(m, 10 + m.min(10), 9)).collect();
         let roles = roles(&[
             series("engine main", 1, long),
-            series("engine main", 2, vec![(0.0, 50, 30), (30.0, 60, 31)]),
-            series("supervisor main", 3, vec![(0.0, 5, 9)]),
+            series("engine main", 2, vec![at(0, 50, 30), at(1, 60, 31)]),
+            series("supervisor main", 3, vec![at(0, 5, 9)]),
         ]);
         assert_eq!(roles.len(), 2);
         let engine = &roles[0];
@@ -284,8 +340,46 @@ mod tests {
             ("engine", 2, 60, 31)
         );
         assert_eq!(engine.longest_pid, 1);
-        assert_eq!(engine.slopes_after_warm_up, Some((0.0, 0.0)));
+        let flat = Slopes {
+            rss_bytes: 0.0,
+            anon_bytes: 0.0,
+            fds_floor: 0.0,
+        };
+        assert_eq!(engine.slopes_after_warm_up, Some(flat));
         assert_eq!(roles[1].slopes_after_warm_up, None);
+    }
+
+    #[test]
+    fn the_descriptors_slope_follows_their_floor_not_each_sample() {
+        // Every window has a busy sample (pipes to running jobs) at a
+        // different moment; the floor stays 30.
+        let busy: Vec<Sample> = (0..60)
+            .map(|m| at(m, 100, if m % 7 == 3 { 30 + m } else { 30 }))
+            .collect();
+        let g = Series {
+            label: "engine".into(),
+            pid: 1,
+            points: busy.clone(),
+        }
+        .slopes_per_hour()
+        .unwrap();
+        assert_eq!(g.fds_floor, 0.0);
+        // One more descriptor kept every window is a leak.
+        let leaking: Vec<Sample> = busy
+            .iter()
+            .map(|s| Sample {
+                fds: s.fds + (s.at / FDS_WINDOW_SECS) as u64,
+                ..*s
+            })
+            .collect();
+        let g = Series {
+            label: "engine".into(),
+            pid: 1,
+            points: leaking,
+        }
+        .slopes_per_hour()
+        .unwrap();
+        assert!((g.fds_floor - 12.0).abs() < 0.5, "{}", g.fds_floor);
     }
 
     #[test]
