@@ -511,19 +511,35 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             continue;
         }
         last_store_beat = Some(Instant::now());
-        let beat = shared.store.heartbeat(
-            &shared.owner,
-            now,
-            now + ideamill_core::duration::millis(engine.lease),
-            &running,
-        );
-        // Reaping reads on another connection: at once, so that an idle
-        // beat wakes the loop about once for both. During an outage only
-        // the beat tries the store.
-        let beat = if outage.is_none() {
-            tokio::join!(beat, reap(&shared, "ideamill.lease_expired")).0
+        // Then the reaper, once the store answered (during an outage only
+        // the beat tries it). Not at once: on SQLite the writer's and a
+        // reader's threads, run together, took turns on SQLite's
+        // process-wide file-lock mutex and woke each other a few times a
+        // beat.
+        let beat = if idle {
+            match shared.store.idle_beat(&shared.owner, now).await {
+                Ok(expired) => {
+                    if expired {
+                        reap(&shared, "ideamill.lease_expired").await;
+                    }
+                    Ok(Vec::new())
+                }
+                Err(e) => Err(e),
+            }
         } else {
-            beat.await
+            let beat = shared
+                .store
+                .heartbeat(
+                    &shared.owner,
+                    now,
+                    now + ideamill_core::duration::millis(engine.lease),
+                    &running,
+                )
+                .await;
+            if beat.is_ok() {
+                reap(&shared, "ideamill.lease_expired").await;
+            }
+            beat
         };
         match beat {
             Ok(cancels) => {
@@ -557,8 +573,11 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 continue;
             }
         }
-        // Other machines' long-silent processes: once per lease is plenty.
-        if last_silent_check.is_none_or(|t| t.elapsed() >= engine.lease) {
+        // Other machines' long-silent processes: once per lease is plenty,
+        // and while idle once per four (it only marks them gone: their
+        // leases expire, and are reaped, on their own).
+        let silent_check_every = if idle { engine.lease * 4 } else { engine.lease };
+        if last_silent_check.is_none_or(|t| t.elapsed() >= silent_check_every) {
             last_silent_check = Some(Instant::now());
             expire_silent_processes(&shared, now).await;
         }

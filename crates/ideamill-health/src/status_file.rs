@@ -1,6 +1,7 @@
 //! The status file: one per engine process, `<data_dir>/status/engine-<pid>.json`,
-//! rewritten on every beat (temp → rename, no fsync: it describes a live
-//! process, which a crash makes stale anyway), so that a supervisor,
+//! rewritten on every beat (in place under a `flock`, no fsync: it
+//! describes a live process, which a crash makes stale anyway; see
+//! `ideamill_sys::fs::overwrite_locked`), so that a supervisor,
 //! `doctor` or a person can see, without the store, that the loop is alive
 //! and what it is doing.
 
@@ -100,13 +101,14 @@ impl StatusFile {
 
     /// Read and parse one status file.
     pub fn read(path: &Path) -> std::io::Result<StatusFile> {
-        let bytes = std::fs::read(path)?;
+        // A status file is a few KiB; anything far larger is not ours.
+        let bytes = ideamill_sys::fs::read_locked(path, 1 << 20)?;
         serde_json::from_slice(&bytes)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// Every status file in a data folder (unreadable ones skipped: a file
-    /// is replaced atomically, so a bad one is not ours).
+    /// is read whole under its writer's lock, so a bad one is not ours).
     pub fn read_all(data_dir: &Path) -> Vec<StatusFile> {
         let Ok(entries) = std::fs::read_dir(crate::status_dir(data_dir)) else {
             return Vec::new();
@@ -124,9 +126,10 @@ impl StatusFile {
         files
     }
 
-    /// Write atomically: a reader sees the old file or the new one, never a
-    /// part. Not synced: after a crash the file may be the old one or gone,
-    /// and the process it describes is gone too.
+    /// Write so that a reader ([`StatusFile::read`]) sees the old content
+    /// or the new, never a part, without putting the beat to sleep. Not
+    /// synced: after a crash the file may be the old one or gone, and the
+    /// process it describes is gone too.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -137,7 +140,7 @@ impl StatusFile {
             .create(dir)?;
         let mut text = serde_json::to_vec_pretty(self)?;
         text.push(b'\n');
-        ideamill_sys::fs::replace_unsynced(path, &text, 0o600)
+        ideamill_sys::fs::overwrite_locked(path, &text, 0o600)
     }
 }
 

@@ -109,6 +109,15 @@ pub trait Store: Send + Sync {
         running: &[JobId],
     ) -> Result<Vec<JobId>>;
 
+    /// The beat of a process that runs no job: beat its process row and say
+    /// whether some lease may have expired, so that the reaper
+    /// ([`Store::reap_expired`]) runs only then. `false` means no lease had
+    /// expired at `now`. An idle engine's only store work every few
+    /// seconds: one statement on SQLite (one wake-up of one connection's
+    /// thread); PostgreSQL beats as [`Store::heartbeat`] does and leaves
+    /// the question to the reaper (always `true`).
+    async fn idle_beat(&self, owner: &str, now: Millis) -> Result<bool>;
+
     /// Make jobs whose leases expired runnable again (or fail or cancel
     /// them), recording an event for each. Safe to run in every process.
     async fn reap_expired(&self, now: Millis) -> Result<Vec<ReapedJob>>;

@@ -89,6 +89,7 @@ macro_rules! conformance_suite {
                     leases::heartbeat_renews_only_the_jobs_named_running,
                     leases::release_gives_jobs_back_uncounted,
                     leases::dead_process_jobs_run_again_at_once,
+                    leases::idle_beat_answers,
                     admin::retry_and_cancel_by_hand,
                     admin::item_ids_are_never_given_twice,
                     admin::retry_waits_until_a_cancelled_job_has_ended,
@@ -132,3 +133,15 @@ conformance_suite!(sqlite, crate::support::SqliteBackend::create());
 // binary starts; each test gets a database of its own. Without a server the
 // PostgreSQL half fails: it is never skipped.
 conformance_suite!(postgres, crate::support::PostgresBackend::create());
+
+/// SQLite answers an idle beat's question exactly, in the beat's one
+/// statement; PostgreSQL leaves it to the reaper (always "maybe").
+#[tokio::test]
+async fn sqlite_idle_beat_says_when_a_lease_expired_exactly() {
+    use crate::support::Backend as _;
+    let backend = crate::support::SqliteBackend::create().await;
+    let store = backend.open().await;
+    let answers = leases::an_idle_beat_beats_and_says_when_a_lease_expired(&*store).await;
+    assert_eq!(answers, [false, true, false]);
+    store.close().await;
+}

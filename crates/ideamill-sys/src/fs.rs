@@ -13,7 +13,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, fsync, openat, renameat, unlinkat};
+use rustix::fs::{
+    AtFlags, CWD, FileType, FlockOperation, Mode, OFlags, flock, fsync, openat, renameat, unlinkat,
+};
 
 /// Write `content` to `path` crash-safely (see the module's doc), replacing
 /// what is there. A new file gets `mode` (less the umask); the folder must
@@ -65,6 +67,100 @@ pub fn replace_unsynced(path: &Path, content: &[u8], mode: u32) -> io::Result<()
         return Err(e.into());
     }
     Ok(())
+}
+
+/// Rewrite `path` in place with `content`, holding an exclusive `flock`
+/// while writing, for a file rewritten every few seconds that its readers
+/// read with [`read_locked`]. Replacing it by rename (as
+/// [`replace_unsynced`]) put the writer to sleep in `renameat` on ext4 (it
+/// starts the new file's write-back and frees the old file's blocks), once
+/// every rewrite: an idle engine's largest source of wake-ups. A shorter
+/// content is padded with spaces to the old length instead of truncating
+/// (JSON and most text readers ignore trailing whitespace), so that no
+/// rewrite frees a block. When a reader holds the lock, or the name is not
+/// a plain file (a FIFO, a link), it falls back to [`replace_unsynced`]:
+/// the writer never waits and never writes through a link.
+pub fn overwrite_locked(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, name) = open_parent(path)?;
+    let file = match openat(
+        &dir,
+        name,
+        // NONBLOCK: opening a FIFO for writing would wait for a reader.
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(f) => f,
+        // Not there yet (or a link): created whole, so that no reader
+        // finds it empty.
+        Err(_) => return replace_unsynced(path, content, mode),
+    };
+    let old_len = match rustix::fs::fstat(&file) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+            st.st_size as usize
+        }
+        _ => return replace_unsynced(path, content, mode),
+    };
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return replace_unsynced(path, content, mode);
+    }
+    let padded;
+    let bytes = if content.len() < old_len {
+        let mut p = Vec::with_capacity(old_len);
+        p.extend_from_slice(content);
+        p.resize(old_len - 1, b' ');
+        p.push(b'\n');
+        padded = p;
+        &padded[..]
+    } else {
+        content
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = rustix::io::pwrite(&file, &bytes[at..], at as u64)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += n;
+    }
+    // The lock goes with the descriptor.
+    Ok(())
+}
+
+/// Read a file that [`overwrite_locked`] rewrites: under a shared `flock`
+/// when one can be had within a few milliseconds (a writer holds it for
+/// microseconds, but a stopped writer could hold it for good, so a reader
+/// never waits longer), at most `limit` bytes, and never from anything but
+/// a plain file (no FIFO to block on, no link followed).
+pub fn read_locked(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&file)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a plain file", path.display()),
+        ));
+    }
+    if st.st_size as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {limit} bytes", path.display()),
+        ));
+    }
+    for _ in 0..20 {
+        if flock(&file, FlockOperation::NonBlockingLockShared).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut bytes = Vec::with_capacity(st.st_size as usize);
+    File::from(file).take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Like [`write_atomic`], but only if `path` does not exist yet: returns
@@ -194,6 +290,72 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn overwrite_locked_readers_see_one_whole_content_or_the_other() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("status.json");
+        // Two pages long and one short, so that a torn read would mix them.
+        let long = format!("{{\"x\": \"{}\"}}\n", "a".repeat(7000)).into_bytes();
+        let short = format!("{{\"x\": \"{}\"}}\n", "b".repeat(100)).into_bytes();
+        overwrite_locked(&path, &long, 0o600).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..3000 {
+                    let c = if i % 2 == 0 { &short } else { &long };
+                    overwrite_locked(&path, c, 0o600).unwrap();
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            let mut reads = 0;
+            while !done.load(Ordering::SeqCst) || reads < 100 {
+                let got = read_locked(&path, 1 << 20).unwrap();
+                let got = got.trim_ascii_end();
+                assert!(
+                    got == long.trim_ascii_end() || got == short.trim_ascii_end(),
+                    "a torn read of {} bytes after {reads} reads",
+                    got.len()
+                );
+                reads += 1;
+            }
+        });
+        // Rewritten in place: padded to the longest content, never shrunk.
+        assert!(leftovers(d.path()).is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), long.len() as u64);
+    }
+
+    #[test]
+    fn overwrite_locked_replaces_a_link_or_a_fifo_instead_of_writing_into_it() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        overwrite_locked(&link, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(read_locked(&link, 100).unwrap(), b"new");
+
+        let fifo = d.path().join("fifo.json");
+        rustix::fs::mknodat(
+            CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Neither waits for the FIFO's other end.
+        assert!(read_locked(&fifo, 100).is_err());
+        overwrite_locked(&fifo, b"new", 0o600).unwrap();
+        assert_eq!(read_locked(&fifo, 100).unwrap(), b"new");
+        // A reader reads no more than it allows.
+        let big = d.path().join("big.json");
+        std::fs::write(&big, vec![b' '; 1000]).unwrap();
+        assert!(read_locked(&big, 999).is_err());
+        assert!(read_locked(&d.path().join("missing"), 100).is_err());
+    }
 
     fn leftovers(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir)

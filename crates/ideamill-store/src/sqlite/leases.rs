@@ -95,6 +95,24 @@ impl Leases for SqliteStore {
         Ok(cancels)
     }
 
+    async fn idle_beat(&self, owner: &str, now: Millis) -> Result<bool> {
+        // One statement on the writer, the reaper's question included: each
+        // statement through the pool wakes its connection's thread twice
+        // (the statement, then the pool's ping when the connection is
+        // given back), and the loop once for each reply.
+        let expired: Option<bool> = sqlx::query_scalar(
+            "UPDATE processes SET last_beat_at = ?1 WHERE id = ?2
+             RETURNING EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_expires_at < ?1)",
+        )
+        .bind(now)
+        .bind(owner)
+        .fetch_optional(&self.writer)
+        .await?;
+        // No row of its own (not registered yet, or expired by another
+        // process): the reaper asks for itself.
+        Ok(expired.unwrap_or(true))
+    }
+
     async fn release(&self, owner: &str, now: Millis) -> Result<u64> {
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(

@@ -278,6 +278,59 @@ pub async fn release_gives_jobs_back_uncounted(s: &dyn Store) {
     );
 }
 
+fn idle_process() -> ProcessInfo {
+    ProcessInfo {
+        id: "host-1-303".to_string(),
+        host: "host-1".to_string(),
+        pid: 303,
+        version: "ideamill 0.1.0".to_string(),
+        started_at: T0,
+        last_beat_at: T0,
+        stopped_at: None,
+        held_jobs: 0,
+    }
+}
+
+async fn last_beat_of(s: &dyn Store, id: &str) -> Millis {
+    let all = s.processes().await.unwrap();
+    all.iter().find(|p| p.id == id).unwrap().last_beat_at
+}
+
+pub async fn idle_beat_answers(s: &dyn Store) {
+    an_idle_beat_beats_and_says_when_a_lease_expired(s).await;
+}
+
+/// Returns the idle beat's answers before the lease ended, just after it
+/// ended, and once the job was reaped.
+pub async fn an_idle_beat_beats_and_says_when_a_lease_expired(s: &dyn Store) -> [bool; 3] {
+    let idle = idle_process();
+    s.register_process(&idle).await.unwrap();
+    add_one(s, "held", &next("draft", 1, 3), T0).await;
+    assert_eq!(
+        s.claim("draft", 1, "w2", T0, T0 + 100).await.unwrap().len(),
+        1
+    );
+
+    // Before the lease ends: `false` must mean nothing to reap.
+    let early = s.idle_beat(&idle.id, T0 + 100).await.unwrap();
+    assert_eq!(
+        last_beat_of(s, &idle.id).await,
+        T0 + 100,
+        "the beat is recorded"
+    );
+    assert!(s.reap_expired(T0 + 100).await.unwrap().is_empty());
+
+    // Once it ended, every store says so, and the reaper finds the job.
+    assert!(s.idle_beat(&idle.id, T0 + 101).await.unwrap());
+    assert_eq!(last_beat_of(s, &idle.id).await, T0 + 101);
+    assert_eq!(s.reap_expired(T0 + 101).await.unwrap().len(), 1);
+    let after = s.idle_beat(&idle.id, T0 + 102).await.unwrap();
+
+    // A process without a row (expired by another) lets the reaper ask.
+    assert!(s.idle_beat("host-9-999", T0 + 103).await.unwrap());
+    [early, true, after]
+}
+
 pub async fn dead_process_jobs_run_again_at_once(s: &dyn Store) {
     let process = |id: &str, pid: u32, started_at| ProcessInfo {
         id: id.to_string(),

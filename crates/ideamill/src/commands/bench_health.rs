@@ -13,6 +13,7 @@
 //!   (the event loop's, the watchdog's, the supervisor's, and every thread's
 //!   context switches), CPU and RSS.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -297,6 +298,25 @@ fn sample(pid: u32) -> ProcSample {
     s
 }
 
+/// Times each thread of `pid` was scheduled in, by thread name (threads of
+/// one name summed).
+fn thread_timeslices(pid: u32) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let slices = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|ss| ss.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *by_name.entry(name.trim().to_owned()).or_default() += slices;
+    }
+    by_name
+}
+
 /// Supervisor + engine with nothing to do.
 async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -309,6 +329,7 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
         let engine = wait_engine(&data_dir, None, Duration::from_secs(60))?;
         // Settle: start-up work (migrations, recovery) is not idle cost.
         tokio::time::sleep(Duration::from_secs(3)).await;
+        let threads_before = thread_timeslices(engine.pid);
         let before = (
             sample(supervisor.id()),
             sample(engine.pid),
@@ -316,6 +337,7 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
             Instant::now(),
         );
         tokio::time::sleep(idle).await;
+        let threads_after = thread_timeslices(engine.pid);
         let after = (
             sample(supervisor.id()),
             sample(engine.pid),
@@ -351,6 +373,14 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
             sup_w,
             rate(before.1.timeslices, after.1.timeslices)
         );
+        let per_thread: Vec<String> = threads_after
+            .iter()
+            .map(|(name, n)| {
+                let was = threads_before.get(name).copied().unwrap_or(0);
+                format!("{name} {:.2}", rate(was, *n))
+            })
+            .collect();
+        println!("  engine threads, by name: {}", per_thread.join(", "));
         println!(
             "  context switches: {:.1}/s;  CPU: {cpu:.3}%",
             rate(before.0.ctxt_switches + before.1.ctxt_switches, after.0.ctxt_switches + after.1.ctxt_switches)
