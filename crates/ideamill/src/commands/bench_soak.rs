@@ -700,6 +700,14 @@ async fn report(
                 )
             },
         );
+        let slope = match r.slopes_last_half {
+            Some(g) if r.longest_seconds >= 2.0 * watch::WARM_UP_SECS => format!(
+                "{slope}; over its last {:.0} min {}",
+                r.longest_seconds / 120.0,
+                growth(&g)
+            ),
+            _ => slope,
+        };
         lines.push(format!(
             "  every {} ({} processes): at most {:.1} MiB and {} fds; the longest-lived (pid {}, {:.0} min): {slope}",
             r.role,

@@ -185,6 +185,9 @@ pub struct Role {
     /// Growth per hour after [`WARM_UP_SECS`]; `None` when no process
     /// lived long enough.
     pub slopes_after_warm_up: Option<Slopes>,
+    /// Growth per hour over the second half of the longest-lived's life:
+    /// a cache that fills levels off by then, a leak keeps its slope.
+    pub slopes_last_half: Option<Slopes>,
 }
 
 /// [`Role`]s of `series`, by the first word of their labels.
@@ -214,6 +217,7 @@ pub fn roles(series: &[Series]) -> Vec<Role> {
                 longest_pid: longest.pid,
                 longest_seconds: longest.seconds(),
                 slopes_after_warm_up: longest.slopes_after(WARM_UP_SECS),
+                slopes_last_half: longest.slopes_after(longest.seconds() / 2.0),
             })
         })
         .collect()
@@ -346,6 +350,7 @@ mod tests {
             fds_floor: 0.0,
         };
         assert_eq!(engine.slopes_after_warm_up, Some(flat));
+        assert_eq!(engine.slopes_last_half, Some(flat));
         assert_eq!(roles[1].slopes_after_warm_up, None);
     }
 
