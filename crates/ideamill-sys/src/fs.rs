@@ -133,20 +133,9 @@ pub fn overwrite_locked(path: &Path, content: &[u8], mode: u32) -> io::Result<()
 /// a plain file (no FIFO to block on, no link followed).
 pub fn read_locked(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = openat(
-        CWD,
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&file)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is not a plain file", path.display()),
-        ));
-    }
-    if st.st_size as u64 > limit {
+    let file = open_regular(path)?;
+    let size = file.metadata()?.len();
+    if size > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{} is larger than {limit} bytes", path.display()),
@@ -158,8 +147,8 @@ pub fn read_locked(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let mut bytes = Vec::with_capacity(st.st_size as usize);
-    File::from(file).take(limit).read_to_end(&mut bytes)?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -338,14 +327,7 @@ mod tests {
         assert_eq!(read_locked(&link, 100).unwrap(), b"new");
 
         let fifo = d.path().join("fifo.json");
-        rustix::fs::mknodat(
-            CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        make_fifo(&fifo);
         // Neither waits for the FIFO's other end.
         assert!(read_locked(&fifo, 100).is_err());
         overwrite_locked(&fifo, b"new", 0o600).unwrap();
@@ -355,6 +337,10 @@ mod tests {
         std::fs::write(&big, vec![b' '; 1000]).unwrap();
         assert!(read_locked(&big, 999).is_err());
         assert!(read_locked(&d.path().join("missing"), 100).is_err());
+    }
+
+    fn make_fifo(path: &Path) {
+        rustix::fs::mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
     }
 
     fn leftovers(dir: &Path) -> Vec<String> {
@@ -426,14 +412,7 @@ mod tests {
         std::fs::write(&file, b"ok").unwrap();
         assert!(open_regular(&file).is_ok());
         let fifo = d.path().join("fifo");
-        rustix::fs::mknodat(
-            CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        make_fifo(&fifo);
         // Would block for ever without O_NONBLOCK; refused as not a file.
         assert!(open_regular(&fifo).is_err());
         std::os::unix::fs::symlink(&file, d.path().join("link")).unwrap();
