@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ideamill_core::machine::{self, Transition};
 use ideamill_core::{AttemptOutcome, Config, FailureClass, ItemState, JobId, Millis};
-use ideamill_store::{ClaimedJob, Finish, FinishEffect, ProcessInfo, Store, StoreError};
+use ideamill_store::{ClaimedJob, Finish, FinishEffect, IdleBeat, ProcessInfo, Store, StoreError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -404,11 +404,17 @@ async fn recover_dead_processes(shared: &Shared, me: &ProcessInfo) {
     reap(shared, "ideamill.engine_restarted").await;
 }
 
+/// How long a process may go without beating before it counts as gone:
+/// four leases.
+fn silent_for(engine: &ideamill_core::config::EngineConfig) -> Millis {
+    4 * ideamill_core::duration::millis(engine.lease)
+}
+
 /// A process on another machine that stopped beating long ago is gone
 /// (killed, powered off, cut off): mark it so, so that status stops counting
 /// it as running. Its jobs are already handled by the lease rules.
 async fn expire_silent_processes(shared: &Shared, now: Millis) {
-    let silent_for = 4 * ideamill_core::duration::millis(shared.config.engine.lease);
+    let silent_for = silent_for(&shared.config.engine);
     let Ok(processes) = shared.store.processes().await else {
         return;
     };
@@ -516,10 +522,16 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         // reader's threads, run together, took turns on SQLite's
         // process-wide file-lock mutex and woke each other a few times a
         // beat.
+        let mut found = IdleBeat::MAYBE;
         let beat = if idle {
-            match shared.store.idle_beat(&shared.owner, now).await {
-                Ok(expired) => {
-                    if expired {
+            match shared
+                .store
+                .idle_beat(&shared.owner, now, now - silent_for(engine))
+                .await
+            {
+                Ok(f) => {
+                    found = f;
+                    if f.expired_leases {
                         reap(&shared, "ideamill.lease_expired").await;
                     }
                     Ok(Vec::new())
@@ -573,17 +585,16 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 continue;
             }
         }
-        // Other machines' long-silent processes: once per lease is plenty,
-        // and while idle once per four (it only marks them gone: their
-        // leases expire, and are reaped, on their own).
-        let silent_check_every = if idle { engine.lease * 4 } else { engine.lease };
-        if last_silent_check.is_none_or(|t| t.elapsed() >= silent_check_every) {
+        // Other machines' long-silent processes: once per lease is plenty
+        // (while idle, only when the beat saw one).
+        if found.silent_processes && last_silent_check.is_none_or(|t| t.elapsed() >= engine.lease) {
             last_silent_check = Some(Instant::now());
             expire_silent_processes(&shared, now).await;
         }
         // Items paused by a budget resume once it allows (a raised cap, a
-        // new day); checking once a minute is plenty.
-        if last_budget_check.elapsed() >= Duration::from_secs(60) {
+        // new day); checking once a minute is plenty (while idle, only when
+        // the beat saw a paused job).
+        if found.paused_jobs && last_budget_check.elapsed() >= Duration::from_secs(60) {
             last_budget_check = Instant::now();
             ideamill_stages::budget::resume_within_caps(&shared.config, shared.store.as_ref())
                 .await;

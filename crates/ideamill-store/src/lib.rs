@@ -62,6 +62,27 @@ pub struct OpenOptions {
     pub must_exist: bool,
 }
 
+/// What an idle process's beat learns ([`Store::idle_beat`]); `true` means
+/// "maybe": the housekeeping asks for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleBeat {
+    /// A lease has expired: the reaper has work.
+    pub expired_leases: bool,
+    /// A job is paused (by a budget): the budget check may resume it.
+    pub paused_jobs: bool,
+    /// Another process, not marked gone, beat last before `silent_since`.
+    pub silent_processes: bool,
+}
+
+impl IdleBeat {
+    /// Every question left to its own read.
+    pub const MAYBE: IdleBeat = IdleBeat {
+        expired_leases: true,
+        paused_jobs: true,
+        silent_processes: true,
+    };
+}
+
 /// The durable state of the mill. Implementations must make each method one
 /// transaction, and must never let a completion commit unless its lease
 /// token still holds.
@@ -110,13 +131,13 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<JobId>>;
 
     /// The beat of a process that runs no job: beat its process row and say
-    /// whether some lease may have expired, so that the reaper
-    /// ([`Store::reap_expired`]) runs only then. `false` means no lease had
-    /// expired at `now`. An idle engine's only store work every few
-    /// seconds: one statement on SQLite (one wake-up of one connection's
-    /// thread); PostgreSQL beats as [`Store::heartbeat`] does and leaves
-    /// the question to the reaper (always `true`).
-    async fn idle_beat(&self, owner: &str, now: Millis) -> Result<bool>;
+    /// whether its housekeeping has anything to do ([`IdleBeat`]), so that
+    /// it asks the store nothing more while the answer is no. A process
+    /// that beat before `silent_since` counts as silent. An idle engine's
+    /// only store work every few seconds: one statement on SQLite;
+    /// PostgreSQL beats as [`Store::heartbeat`] does and answers
+    /// [`IdleBeat::MAYBE`], leaving each question to its own read.
+    async fn idle_beat(&self, owner: &str, now: Millis, silent_since: Millis) -> Result<IdleBeat>;
 
     /// Make jobs whose leases expired runnable again (or fail or cancel
     /// them), recording an event for each. Safe to run in every process.

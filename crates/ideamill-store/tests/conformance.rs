@@ -134,14 +134,27 @@ conformance_suite!(sqlite, crate::support::SqliteBackend::create());
 // PostgreSQL half fails: it is never skipped.
 conformance_suite!(postgres, crate::support::PostgresBackend::create());
 
-/// SQLite answers an idle beat's question exactly, in the beat's one
-/// statement; PostgreSQL leaves it to the reaper (always "maybe").
+/// SQLite answers an idle beat's questions exactly, in the beat's one
+/// statement; PostgreSQL leaves each to its own read (always "maybe").
 #[tokio::test]
-async fn sqlite_idle_beat_says_when_a_lease_expired_exactly() {
+async fn sqlite_idle_beat_says_what_housekeeping_is_due_exactly() {
     use crate::support::Backend as _;
+    use ideamill_store::IdleBeat;
     let backend = crate::support::SqliteBackend::create().await;
     let store = backend.open().await;
-    let answers = leases::an_idle_beat_beats_and_says_when_a_lease_expired(&*store).await;
-    assert_eq!(answers, [false, true, false]);
+    let answers = leases::an_idle_beat_beats_and_says_what_housekeeping_is_due(&*store).await;
+    let beat = |expired_leases, paused_jobs, silent_processes| IdleBeat {
+        expired_leases,
+        paused_jobs,
+        silent_processes,
+    };
+    assert_eq!(
+        answers,
+        [
+            beat(false, false, false),
+            beat(true, false, true),
+            beat(false, true, false)
+        ]
+    );
     store.close().await;
 }

@@ -105,11 +105,11 @@ impl Leases for PostgresStore {
         Ok(cancels)
     }
 
-    async fn idle_beat(&self, owner: &str, now: Millis) -> Result<bool> {
-        // Leases expire by the server's clock, which the reaper reads: it
-        // asks for itself, in its own cheap read.
+    async fn idle_beat(&self, owner: &str, now: Millis, _silent_since: Millis) -> Result<IdleBeat> {
+        // Leases expire by the server's clock, which the reaper reads: each
+        // question is asked in its own cheap read.
         Leases::heartbeat(self, owner, now, now, &[]).await?;
-        Ok(true)
+        Ok(IdleBeat::MAYBE)
     }
 
     async fn release(&self, owner: &str, now: Millis) -> Result<u64> {

@@ -298,7 +298,7 @@ pub(crate) trait Leases: Backend {
         lease_until: Millis,
         running: &[JobId],
     ) -> Result<Vec<JobId>>;
-    async fn idle_beat(&self, owner: &str, now: Millis) -> Result<bool>;
+    async fn idle_beat(&self, owner: &str, now: Millis, silent_since: Millis) -> Result<IdleBeat>;
     async fn release(&self, owner: &str, now: Millis) -> Result<u64>;
     async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>>;
     /// Queued, scheduled and running jobs per stage, by stage name (queue
@@ -357,8 +357,8 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
         Leases::heartbeat(self, owner, now, lease_until, running).await
     }
 
-    async fn idle_beat(&self, owner: &str, now: Millis) -> Result<bool> {
-        Leases::idle_beat(self, owner, now).await
+    async fn idle_beat(&self, owner: &str, now: Millis, silent_since: Millis) -> Result<IdleBeat> {
+        Leases::idle_beat(self, owner, now, silent_since).await
     }
 
     async fn reap_expired(&self, now: Millis) -> Result<Vec<ReapedJob>> {

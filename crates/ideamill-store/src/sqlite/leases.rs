@@ -95,22 +95,35 @@ impl Leases for SqliteStore {
         Ok(cancels)
     }
 
-    async fn idle_beat(&self, owner: &str, now: Millis) -> Result<bool> {
-        // One statement on the writer, the reaper's question included: each
+    async fn idle_beat(&self, owner: &str, now: Millis, silent_since: Millis) -> Result<IdleBeat> {
+        // One statement on the writer, the housekeeping's questions
+        // included (each an index lookup or a read of a few rows): each
         // statement through the pool wakes its connection's thread twice
         // (the statement, then the pool's ping when the connection is
         // given back), and the loop once for each reply.
-        let expired: Option<bool> = sqlx::query_scalar(
+        let row = sqlx::query(
             "UPDATE processes SET last_beat_at = ?1 WHERE id = ?2
-             RETURNING EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_expires_at < ?1)",
+             RETURNING
+               EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_expires_at < ?1) AS expired,
+               EXISTS (SELECT 1 FROM jobs WHERE state = 'paused') AS paused,
+               EXISTS (SELECT 1 FROM processes p
+                       WHERE p.stopped_at IS NULL AND p.id <> ?2 AND p.last_beat_at < ?3) AS silent",
         )
         .bind(now)
         .bind(owner)
+        .bind(silent_since)
         .fetch_optional(&self.writer)
         .await?;
-        // No row of its own (not registered yet, or expired by another
-        // process): the reaper asks for itself.
-        Ok(expired.unwrap_or(true))
+        // No row of its own (not registered yet, or marked gone by another
+        // process): every question is left to its own read.
+        let Some(r) = row else {
+            return Ok(IdleBeat::MAYBE);
+        };
+        Ok(IdleBeat {
+            expired_leases: r.flag("expired")?,
+            paused_jobs: r.flag("paused")?,
+            silent_processes: r.flag("silent")?,
+        })
     }
 
     async fn release(&self, owner: &str, now: Millis) -> Result<u64> {

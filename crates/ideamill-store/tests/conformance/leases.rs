@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use ideamill_core::machine::LostJob;
+use ideamill_core::machine::Transition;
 use ideamill_core::{AttemptOutcome, ItemState, JobState, Millis};
-use ideamill_store::{FinishEffect, ProcessInfo, Store, event_kind};
+use ideamill_store::{FinishEffect, IdleBeat, ProcessInfo, Store, event_kind};
 
 use crate::support::*;
 
@@ -278,11 +279,11 @@ pub async fn release_gives_jobs_back_uncounted(s: &dyn Store) {
     );
 }
 
-fn idle_process() -> ProcessInfo {
+fn process_info(id: &str, pid: u32) -> ProcessInfo {
     ProcessInfo {
-        id: "host-1-303".to_string(),
+        id: id.to_string(),
         host: "host-1".to_string(),
-        pid: 303,
+        pid,
         version: "ideamill 0.1.0".to_string(),
         started_at: T0,
         last_beat_at: T0,
@@ -297,38 +298,83 @@ async fn last_beat_of(s: &dyn Store, id: &str) -> Millis {
 }
 
 pub async fn idle_beat_answers(s: &dyn Store) {
-    an_idle_beat_beats_and_says_when_a_lease_expired(s).await;
+    an_idle_beat_beats_and_says_what_housekeeping_is_due(s).await;
 }
 
-/// Returns the idle beat's answers before the lease ended, just after it
-/// ended, and once the job was reaped.
-pub async fn an_idle_beat_beats_and_says_when_a_lease_expired(s: &dyn Store) -> [bool; 3] {
-    let idle = idle_process();
-    s.register_process(&idle).await.unwrap();
-    add_one(s, "held", &next("draft", 1, 3), T0).await;
-    assert_eq!(
-        s.claim("draft", 1, "w2", T0, T0 + 100).await.unwrap().len(),
-        1
-    );
+/// Each "no" of an idle beat is true.
+async fn idle_beat_is_sound(
+    s: &dyn Store,
+    f: IdleBeat,
+    own: &str,
+    now: Millis,
+    silent_since: Millis,
+) {
+    if !f.expired_leases {
+        assert!(s.reap_expired(now).await.unwrap().is_empty(), "{f:?}");
+    }
+    if !f.paused_jobs {
+        assert!(s.paused_jobs().await.unwrap().is_empty(), "{f:?}");
+    }
+    if !f.silent_processes {
+        let all = s.processes().await.unwrap();
+        assert!(
+            all.iter()
+                .all(|p| p.id == own || p.last_beat_at >= silent_since),
+            "{f:?}"
+        );
+    }
+}
 
-    // Before the lease ends: `false` must mean nothing to reap.
-    let early = s.idle_beat(&idle.id, T0 + 100).await.unwrap();
+/// An idle beat's "no" must be true; its "yes" is checked where the store
+/// must know (a lease that expired). Returns its answers: before anything
+/// is due, once a lease expired and the other process went silent, and once
+/// a job was paused.
+pub async fn an_idle_beat_beats_and_says_what_housekeeping_is_due(s: &dyn Store) -> [IdleBeat; 3] {
+    let idle = process_info("host-1-303", 303);
+    let other = process_info("host-1-404", 404);
+    s.register_process(&idle).await.unwrap();
+    s.register_process(&other).await.unwrap();
+    add_one(s, "held", &next("draft", 1, 3), T0).await;
+    add_one(s, "to pause", &next("draft", 1, 3), T0).await;
+    let held = s.claim("draft", 1, "w2", T0, T0 + 100).await.unwrap();
+    assert_eq!(held.len(), 1);
+
+    // Nothing due: the lease runs until T0 + 100, the other beat at T0.
+    let early = s.idle_beat(&idle.id, T0 + 100, T0).await.unwrap();
     assert_eq!(
         last_beat_of(s, &idle.id).await,
         T0 + 100,
         "the beat is recorded"
     );
-    assert!(s.reap_expired(T0 + 100).await.unwrap().is_empty());
+    idle_beat_is_sound(s, early, &idle.id, T0 + 100, T0).await;
 
-    // Once it ended, every store says so, and the reaper finds the job.
-    assert!(s.idle_beat(&idle.id, T0 + 101).await.unwrap());
+    // The lease expired and the other process is silent: every store says
+    // so (the reaper then finds the job).
+    let due = s.idle_beat(&idle.id, T0 + 101, T0 + 1).await.unwrap();
     assert_eq!(last_beat_of(s, &idle.id).await, T0 + 101);
+    assert!(due.expired_leases && due.silent_processes, "{due:?}");
+    idle_beat_is_sound(s, due, &idle.id, T0 + 101, T0 + 1).await;
     assert_eq!(s.reap_expired(T0 + 101).await.unwrap().len(), 1);
-    let after = s.idle_beat(&idle.id, T0 + 102).await.unwrap();
 
-    // A process without a row (expired by another) lets the reaper ask.
-    assert!(s.idle_beat("host-9-999", T0 + 103).await.unwrap());
-    [early, true, after]
+    // A job paused by a budget.
+    let job = claim_one(s, "draft", "w2", T0 + 102).await;
+    let reason = "budget: the day's cap is reached".to_string();
+    finish_one(
+        s,
+        finish(&job, "w2", T0 + 103, Transition::Pause { reason }),
+    )
+    .await
+    .unwrap();
+    let paused = s.idle_beat(&idle.id, T0 + 104, T0).await.unwrap();
+    assert!(paused.paused_jobs, "{paused:?}");
+    idle_beat_is_sound(s, paused, &idle.id, T0 + 104, T0).await;
+
+    // A process without a row (marked gone by another) asks for itself.
+    assert_eq!(
+        s.idle_beat("host-9-999", T0 + 105, T0).await.unwrap(),
+        IdleBeat::MAYBE
+    );
+    [early, due, paused]
 }
 
 pub async fn dead_process_jobs_run_again_at_once(s: &dyn Store) {
