@@ -723,12 +723,15 @@ async fn report(
 
 /// A process's growth per hour, as the report prints it.
 fn growth(g: &watch::Slopes) -> String {
+    let window = watch::FDS_WINDOW_SECS / 60.0;
+    let fds = match g.fds_floor {
+        Some(f) => format!("{f:+.1} fds/h (the floor of each {window:.0} min)"),
+        None => format!("fds: no slope yet (3 windows of {window:.0} min)"),
+    };
     format!(
-        "{:+.1} MiB/h ({:+.1} anonymous), {:+.1} fds/h (the floor of each {:.0} min)",
+        "{:+.1} MiB/h ({:+.1} anonymous), {fds}",
         g.rss_bytes / MIB,
         g.anon_bytes / MIB,
-        g.fds_floor,
-        watch::FDS_WINDOW_SECS / 60.0
     )
 }
 

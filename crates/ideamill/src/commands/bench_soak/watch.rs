@@ -95,8 +95,9 @@ pub struct Slopes {
     pub anon_bytes: f64,
     /// The slope of the fewest descriptors seen in each window of
     /// [`FDS_WINDOW_SECS`]: descriptors move with the jobs running at each
-    /// sample (their pipes), while a leak raises the floor.
-    pub fds_floor: f64,
+    /// sample (their pipes), while a leak raises the floor. `None` with
+    /// fewer than 3 windows, too few for a slope.
+    pub fds_floor: Option<f64>,
 }
 
 /// The window whose fewest descriptors make one point of the floor.
@@ -132,11 +133,7 @@ impl Series {
         Some(Slopes {
             rss_bytes: per_hour(self.points.iter().map(|p| p.rss as f64).collect()),
             anon_bytes: per_hour(self.points.iter().map(|p| p.anon as f64).collect()),
-            fds_floor: if fx.len() >= 2 {
-                slope(&fx, &fy) * 3600.0
-            } else {
-                0.0
-            },
+            fds_floor: (fx.len() >= 3).then(|| slope(&fx, &fy) * 3600.0),
         })
     }
 
@@ -347,7 +344,7 @@ mod tests {
         let flat = Slopes {
             rss_bytes: 0.0,
             anon_bytes: 0.0,
-            fds_floor: 0.0,
+            fds_floor: Some(0.0),
         };
         assert_eq!(engine.slopes_after_warm_up, Some(flat));
         assert_eq!(engine.slopes_last_half, Some(flat));
@@ -368,7 +365,7 @@ mod tests {
         }
         .slopes_per_hour()
         .unwrap();
-        assert_eq!(g.fds_floor, 0.0);
+        assert_eq!(g.fds_floor, Some(0.0));
         // One more descriptor kept every window is a leak.
         let leaking: Vec<Sample> = busy
             .iter()
@@ -384,7 +381,15 @@ mod tests {
         }
         .slopes_per_hour()
         .unwrap();
-        assert!((g.fds_floor - 12.0).abs() < 0.5, "{}", g.fds_floor);
+        let floor = g.fds_floor.unwrap();
+        assert!((floor - 12.0).abs() < 0.5, "{floor}");
+        // Two windows are too few for a slope.
+        let short = Series {
+            label: "engine".into(),
+            pid: 1,
+            points: busy[..10].to_vec(),
+        };
+        assert_eq!(short.slopes_per_hour().unwrap().fds_floor, None);
     }
 
     #[test]
