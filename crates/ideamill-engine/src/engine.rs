@@ -522,21 +522,14 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         // reader's threads, run together, took turns on SQLite's
         // process-wide file-lock mutex and woke each other a few times a
         // beat.
-        let mut found = IdleBeat::MAYBE;
-        let beat = if idle {
+        let (beat, found) = if idle {
             match shared
                 .store
                 .idle_beat(&shared.owner, now, now - silent_for(engine))
                 .await
             {
-                Ok(f) => {
-                    found = f;
-                    if f.expired_leases {
-                        reap(&shared, "ideamill.lease_expired").await;
-                    }
-                    Ok(Vec::new())
-                }
-                Err(e) => Err(e),
+                Ok(found) => (Ok(Vec::new()), found),
+                Err(e) => (Err(e), IdleBeat::MAYBE),
             }
         } else {
             let beat = shared
@@ -548,11 +541,11 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                     &running,
                 )
                 .await;
-            if beat.is_ok() {
-                reap(&shared, "ideamill.lease_expired").await;
-            }
-            beat
+            (beat, IdleBeat::MAYBE)
         };
+        if beat.is_ok() && found.expired_leases {
+            reap(&shared, "ideamill.lease_expired").await;
+        }
         match beat {
             Ok(cancels) => {
                 if let Some(lost) = outage.take() {
