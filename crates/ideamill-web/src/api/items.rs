@@ -8,6 +8,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ideamill_core::machine::first_job;
+use ideamill_health::memory;
 use ideamill_intake::{Format, Limits, parse_ideas};
 use ideamill_sys::clock::now_millis;
 use serde::Deserialize;
@@ -108,7 +109,13 @@ pub async fn body(request: Request<Body>) -> ApiResult<(Option<String>, axum::bo
 /// `POST /api/items`: add ideas sent as JSON, JSON lines, plain text or Markdown.
 pub async fn add(State(s): State<AppState>, request: Request<Body>) -> ApiResult<Response> {
     let (content_type, body) = body(request).await?;
-    let items = ideas_from(content_type.as_deref(), &body)?;
+    let large = body.len() >= memory::LARGE_BUFFER;
+    let items = ideas_from(content_type.as_deref(), &body);
+    drop(body);
+    if large {
+        memory::give_back_freed();
+    }
+    let items = items?;
     let ids = s
         .call(
             s.store
