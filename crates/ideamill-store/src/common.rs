@@ -956,15 +956,26 @@ pub(crate) fn item_summary(r: &impl RowExt) -> Result<ItemSummary> {
     })
 }
 
-/// Add one stage's queue counts to a per-stage map.
-pub(crate) fn stage_counts(
-    counts: &mut std::collections::BTreeMap<String, StageCounts>,
-    stage: String,
-) -> &mut StageCounts {
-    counts.entry(stage.clone()).or_insert_with(|| StageCounts {
-        stage,
-        ..StageCounts::default()
-    })
+/// The queue's counts per stage from rows of `job_counts` (`stage`,
+/// `state`, `n`) with, on each queued row, how many of them are scheduled
+/// for later (`scheduled`).
+pub(crate) fn counted_stages(rows: &[impl RowExt]) -> Result<Vec<StageCounts>> {
+    let mut counts: std::collections::BTreeMap<String, StageCounts> = Default::default();
+    for r in rows {
+        let stage = r.text("stage")?;
+        let c = counts.entry(stage.clone()).or_insert_with(|| StageCounts {
+            stage,
+            ..StageCounts::default()
+        });
+        let n = r.count("n")?;
+        if r.text("state")? == "queued" {
+            c.scheduled = r.count("scheduled")?.min(n);
+            c.queued = n - c.scheduled;
+        } else {
+            c.running = n;
+        }
+    }
+    Ok(counts.into_values().collect())
 }
 
 // NUL bytes. PostgreSQL refuses U+0000 in text (SQLSTATE 22021), on every
@@ -1201,3 +1212,10 @@ pub(crate) fn storable_event(event: &NewEvent) -> std::borrow::Cow<'_, NewEvent>
     clean_opt(&mut event.process);
     std::borrow::Cow::Owned(event)
 }
+
+/// `job_counts` counted again from the jobs, after `store copy` wrote rows
+/// without the triggers that keep it: the statement of its migrations
+/// (SQLite 0010, PostgreSQL 0009).
+pub(crate) const RECOUNT_JOBS: &str = "DELETE FROM job_counts;
+    INSERT INTO job_counts (stage, state, n)
+    SELECT stage, state, count(*) FROM jobs WHERE state IN ('queued', 'running') GROUP BY stage, state;";

@@ -36,6 +36,8 @@ mod leases;
 mod migrations;
 #[path = "conformance/queries.rs"]
 mod queries;
+#[path = "conformance/queue_counts.rs"]
+mod queue_counts;
 #[path = "conformance/tallies.rs"]
 mod tallies;
 #[path = "conformance/wake.rs"]
@@ -107,6 +109,7 @@ macro_rules! conformance_suite {
                     budget::a_gates_round_hash_is_kept_with_its_feedback,
                     dashboard::gate_tallies_count_each_judgement_by_round_and_model,
                     tallies::gate_tally_counters_equal_the_full_scan,
+                    queue_counts::queue_counts_follow_every_move_of_a_job,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,
@@ -121,6 +124,8 @@ macro_rules! conformance_suite {
                     leases::leases_are_judged_by_the_store_clock,
                     budget::concurrent_reservations_never_pass_a_cap,
                     tallies::gate_tallies_follow_prune_copy_and_the_migration,
+                    queue_counts::queue_counts_survive_a_copy_either_way,
+                    queue_counts::queue_counts_migration_counts_the_jobs_there,
                 ]
             }
         }

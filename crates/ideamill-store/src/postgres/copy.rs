@@ -70,7 +70,7 @@ impl Endpoint for PgConnection {
                 .await?;
         }
         // The copy ran without the triggers that keep the counts per
-        // state: count the copied items.
+        // state: count the copied items and jobs.
         let has_counts: bool = sqlx::query_scalar("SELECT to_regclass('item_counts') IS NOT NULL")
             .fetch_one(&mut *self)
             .await?;
@@ -79,6 +79,18 @@ impl Endpoint for PgConnection {
                 "DELETE FROM item_count_deltas;
                  UPDATE item_counts SET n = (SELECT count(*) FROM items WHERE items.state = item_counts.state);",
             )
+            .execute(&mut *self)
+            .await?;
+        }
+        let has_job_counts: bool =
+            sqlx::query_scalar("SELECT to_regclass('job_counts') IS NOT NULL")
+                .fetch_one(&mut *self)
+                .await?;
+        if has_job_counts {
+            sqlx::raw_sql(&format!(
+                "DELETE FROM job_count_deltas; {}",
+                crate::common::RECOUNT_JOBS
+            ))
             .execute(&mut *self)
             .await?;
         }
@@ -149,7 +161,7 @@ impl Endpoint for PgConnection {
             // The counts per state and the gate tallies are derived
             // from `items` and `jobs`: rebuilt, not copied.
             "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
-               AND tablename NOT IN ('item_counts', 'item_count_deltas', 'gate_tallies', 'gate_tally_deltas')
+               AND tablename NOT IN ('item_counts', 'item_count_deltas', 'job_counts', 'job_count_deltas', 'gate_tallies', 'gate_tally_deltas')
              ORDER BY 1",
         )
         .fetch_all(&mut *self)

@@ -106,8 +106,8 @@ impl PostgresStore {
         self
     }
 
-    /// Fold the item count and gate tally deltas writers appended into the
-    /// base counts, in one round trip. Two processes folding at once
+    /// Fold the item and job count and gate tally deltas writers appended
+    /// into the base counts, in one round trip. Two processes folding at once
     /// serialize on the delta rows (and on the counters' keys, taken in one
     /// order); neither counts a delta twice.
     async fn fold_counts(&self) -> Result<()> {
@@ -115,6 +115,10 @@ impl PostgresStore {
             "WITH moved AS (DELETE FROM item_count_deltas RETURNING state, n),
                   sums AS (SELECT state, SUM(n) AS n FROM moved GROUP BY state)
              UPDATE item_counts c SET n = c.n + sums.n FROM sums WHERE c.state = sums.state;
+             WITH moved AS (DELETE FROM job_count_deltas RETURNING stage, state, n)
+             INSERT INTO job_counts (stage, state, n)
+             SELECT stage, state, SUM(n) FROM moved GROUP BY stage, state ORDER BY stage, state
+             ON CONFLICT (stage, state) DO UPDATE SET n = job_counts.n + excluded.n;
              WITH moved AS (DELETE FROM gate_tally_deltas RETURNING stage, round, model, outcome, n)
              INSERT INTO gate_tallies (stage, round, model, outcome, n)
              SELECT stage, round, model, outcome, SUM(n) FROM moved

@@ -95,6 +95,11 @@ impl Endpoint for SqliteConnection {
             .execute(&mut *self)
             .await?;
         }
+        if sqlite_has_table(self, "job_counts").await? {
+            sqlx::raw_sql(crate::common::RECOUNT_JOBS)
+                .execute(&mut *self)
+                .await?;
+        }
         // The gate tallies are counted again from the copied jobs.
         if sqlite_has_table(self, "gate_tallies").await? {
             sqlx::raw_sql(&crate::shared::tallies::recount_sql())
@@ -141,12 +146,12 @@ impl Endpoint for SqliteConnection {
     async fn tables(&mut self) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             // The text-search index (`items_fts` and its shadow
-            // tables), the counts per state and the gate tallies are
+            // tables), the counts per state (items', jobs') and the gate tallies are
             // derived from `items` and `jobs`: rebuilt, not copied.
             // `id_high_water` is SQLite's own and copied as a whole
             // (`item_id_floor`).
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
-               AND name NOT LIKE 'items_fts%' AND name NOT IN ('item_counts', 'gate_tallies', 'id_high_water')
+               AND name NOT LIKE 'items_fts%' AND name NOT IN ('item_counts', 'job_counts', 'gate_tallies', 'id_high_water')
              ORDER BY name",
         )
         .fetch_all(&mut *self)

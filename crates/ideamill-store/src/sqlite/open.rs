@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_gate_tallies.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_job_counts.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

@@ -65,10 +65,15 @@ pub trait Backend {
     /// The URL that names this test's database (`ideamill store copy`).
     fn url(&self) -> String;
 
-    /// Take the gate tallies' migration back (its tables and its version),
-    /// as a store from the build before it had them. Every handle must be
-    /// closed first.
+    /// Take the gate tallies' migration back (its tables and its version,
+    /// and the job counts' after it), as a store from the build before it
+    /// had them. Every handle must be closed first.
     async fn undo_gate_tallies(&self);
+
+    /// Take the job counts' migration back (its tables, triggers and
+    /// version), as a store from the build before it had them. Every
+    /// handle must be closed first.
+    async fn undo_job_counts(&self);
 
     /// A fresh, empty database of the other backend, for copies between
     /// the two.
@@ -179,7 +184,23 @@ impl Backend for SqliteBackend {
         format!("sqlite://{}", self.db().display())
     }
 
+    async fn undo_job_counts(&self) {
+        let mut conn = self.raw(false).await;
+        sqlx::raw_sql(
+            "DROP TRIGGER jobs_count_insert;
+             DROP TRIGGER jobs_count_delete;
+             DROP TRIGGER jobs_count_update;
+             DROP TABLE job_counts;
+             DELETE FROM ideamill_schema WHERE version = 10;",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("undo the job counts' migration");
+        conn.close().await.expect("close the plain connection");
+    }
+
     async fn undo_gate_tallies(&self) {
+        self.undo_job_counts().await;
         let mut conn = self.raw(false).await;
         sqlx::raw_sql(
             "DROP TABLE gate_tallies;
@@ -556,7 +577,25 @@ impl Backend for PostgresBackend {
         self.url.clone()
     }
 
+    async fn undo_job_counts(&self) {
+        let mut conn = self.raw().await;
+        sqlx::raw_sql(
+            "DROP TRIGGER jobs_count_insert ON jobs;
+             DROP TRIGGER jobs_count_delete ON jobs;
+             DROP TRIGGER jobs_count_update ON jobs;
+             DROP FUNCTION ideamill_count_inserted_jobs, ideamill_count_deleted_jobs,
+                 ideamill_count_changed_jobs;
+             DROP TABLE job_counts, job_count_deltas;
+             DELETE FROM ideamill_schema WHERE version = 9;",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("undo the job counts' migration");
+        let _ = conn.close().await;
+    }
+
     async fn undo_gate_tallies(&self) {
+        self.undo_job_counts().await;
         let mut conn = self.raw().await;
         sqlx::raw_sql(
             "DROP TABLE gate_tallies, gate_tally_deltas;
