@@ -4,7 +4,6 @@
 
 use async_trait::async_trait;
 use ideamill_core::{AttemptOutcome, JobId, Millis};
-use sqlx::PgConnection;
 
 use super::write::{insert_event, notify_in};
 use super::{PostgresStore, db_now};
@@ -161,29 +160,5 @@ impl Leases for PostgresStore {
         .bind(stages)
         .fetch_one(&self.pool)
         .await?)
-    }
-
-    /// Queued, scheduled and running jobs per stage, by stage name: the
-    /// counters (`job_counts` plus the deltas not folded in yet), and of the
-    /// queued jobs those scheduled for later, counted per stage over
-    /// `jobs_next_run`. So a beat costs the same with 100,000 queued jobs
-    /// and a million finished ones as with none.
-    async fn stage_counts(conn: &mut PgConnection, now: Millis) -> Result<Vec<StageCounts>> {
-        let rows = sqlx::query(
-            "SELECT c.stage, c.state, c.n,
-                    CASE WHEN c.state = 'queued'
-                         THEN (SELECT count(*) FROM jobs j
-                               WHERE j.state = 'queued' AND j.stage = c.stage AND j.run_at > $1)
-                         ELSE 0 END AS scheduled
-             FROM (SELECT stage, state, CAST(SUM(n) AS BIGINT) AS n
-                   FROM (SELECT stage, state, n FROM job_counts
-                         UNION ALL SELECT stage, state, n FROM job_count_deltas) u
-                   GROUP BY stage, state) c
-             WHERE c.n > 0",
-        )
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
-        common::counted_stages(&rows)
     }
 }

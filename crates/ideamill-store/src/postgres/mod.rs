@@ -141,6 +141,11 @@ impl Backend for PostgresStore {
     const ITEM_COUNTS: &'static str = "SELECT state, CAST(SUM(n) AS BIGINT) AS n
          FROM (SELECT state, n FROM item_counts UNION ALL SELECT state, n FROM item_count_deltas) c
          GROUP BY state";
+    // Base counts plus the deltas not folded in yet (0009_job_counts.sql).
+    const JOB_COUNTS: &'static str = "SELECT stage, state, CAST(SUM(n) AS BIGINT) AS n
+         FROM (SELECT stage, state, n FROM job_counts
+               UNION ALL SELECT stage, state, n FROM job_count_deltas) u
+         GROUP BY stage, state";
     // Writers append deltas, each heartbeat folds them in
     // (0008_gate_tallies.sql).
     const TALLIES: &'static str = "(SELECT stage, round, model, outcome, n FROM gate_tallies

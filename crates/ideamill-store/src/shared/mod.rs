@@ -203,6 +203,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// `state, n` per item state, however the database keeps them.
     const ITEM_COUNTS: &'static str;
+    /// `stage, state, n`: the queued and running jobs per stage, however
+    /// the database keeps them (one row per key).
+    const JOB_COUNTS: &'static str;
     /// The gate tallies' rows (`stage, round, model, outcome, n`, several
     /// rows per key allowed), however the database keeps them.
     const TALLIES: &'static str;
@@ -301,12 +304,6 @@ pub(crate) trait Leases: Backend {
     async fn idle_beat(&self, owner: &str, now: Millis, silent_since: Millis) -> Result<IdleBeat>;
     async fn release(&self, owner: &str, now: Millis) -> Result<u64>;
     async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>>;
-    /// Queued, scheduled and running jobs per stage, by stage name (queue
-    /// depth, and `status` inside its snapshot).
-    async fn stage_counts(
-        conn: &mut <Self::Db as Database>::Connection,
-        now: Millis,
-    ) -> Result<Vec<StageCounts>>;
 }
 
 /// The hot paths of a running stage, per database (`finish.rs`): what
@@ -467,7 +464,7 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
 
     async fn queue_depth(&self, now: Millis) -> Result<Vec<StageCounts>> {
         let mut conn = self.read().await?;
-        B::stage_counts(&mut conn, now).await
+        reads::stage_counts::<B>(&mut conn, now).await
     }
 
     async fn add_items_once(

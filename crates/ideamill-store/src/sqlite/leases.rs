@@ -5,7 +5,6 @@
 
 use async_trait::async_trait;
 use ideamill_core::{AttemptOutcome, JobId, Millis};
-use sqlx::SqliteConnection;
 
 use super::SqliteStore;
 use super::write::insert_event;
@@ -175,25 +174,5 @@ impl Leases for SqliteStore {
         .bind(serde_json::Value::from(stages).to_string())
         .fetch_one(&self.reader)
         .await?)
-    }
-
-    /// Queued, scheduled and running jobs per stage, by stage name: the
-    /// counters the triggers keep (`job_counts`), and of the queued jobs
-    /// those scheduled for later, counted per stage over `jobs_next_run`.
-    /// So a beat costs the same with 100,000 queued jobs and a million
-    /// finished ones as with none.
-    async fn stage_counts(conn: &mut SqliteConnection, now: Millis) -> Result<Vec<StageCounts>> {
-        let rows = sqlx::query(
-            "SELECT c.stage, c.state, c.n,
-                    CASE WHEN c.state = 'queued'
-                         THEN (SELECT count(*) FROM jobs j INDEXED BY jobs_next_run
-                               WHERE j.state = 'queued' AND j.stage = c.stage AND j.run_at > ?1)
-                         ELSE 0 END AS scheduled
-             FROM job_counts c WHERE c.n > 0",
-        )
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
-        common::counted_stages(&rows)
     }
 }

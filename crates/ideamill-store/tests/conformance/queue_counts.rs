@@ -148,6 +148,32 @@ pub async fn queue_counts_follow_every_move_of_a_job(s: &dyn Store) {
     assert_depth(s, end, &[], "every item finished").await;
     s.prune(end + 1).await.unwrap();
     assert_depth(s, end + 2, &[], "pruned").await;
+
+    // The oldest runnable job: none while the only one waits for later.
+    let oldest = |now| async move { s.status(now).await.unwrap().oldest_runnable_at };
+    assert_eq!(oldest(end + 3).await, None, "an empty queue");
+    s.add_items(&new_items(&["g"]), &draft, end + 3)
+        .await
+        .unwrap();
+    s.add_items(&new_items(&["h"]), &next("qa", 1, 3), end + 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        oldest(end + 5).await,
+        Some(end + 3),
+        "the older of two stages"
+    );
+    let g = claim_one(s, "draft", "w1", end + 5).await;
+    let later = Transition::RetryAt {
+        run_at: end + 100,
+        error: "flaky".into(),
+    };
+    finish_ok(s, finish(&g, "w1", end + 6, later)).await;
+    assert_eq!(oldest(end + 7).await, Some(end + 4), "the other stage's");
+    let h = claim_one(s, "qa", "w1", end + 7).await;
+    assert_eq!(oldest(end + 8).await, None, "only a job for later");
+    assert_eq!(oldest(end + 100).await, Some(end + 100), "its time came");
+    finish_ok(s, finish(&h, "w1", end + 101, advance("done", None))).await;
 }
 
 /// Counts survive `store copy` into the other kind of store, and back.
