@@ -956,9 +956,9 @@ pub(crate) fn item_summary(r: &impl RowExt) -> Result<ItemSummary> {
     })
 }
 
-/// The queue's counts per stage from rows of `job_counts` (`stage`,
-/// `state`, `n`) with, on each queued row, how many of them are scheduled
-/// for later (`scheduled`).
+/// The queue's counts per stage from rows of `stage`, `state` (`queued` or
+/// `running`) and `n`, with on each queued row how many of them are
+/// scheduled for later (`scheduled`).
 pub(crate) fn counted_stages(rows: &[impl RowExt]) -> Result<Vec<StageCounts>> {
     let mut counts: std::collections::BTreeMap<String, StageCounts> = Default::default();
     for r in rows {
@@ -1213,9 +1213,9 @@ pub(crate) fn storable_event(event: &NewEvent) -> std::borrow::Cow<'_, NewEvent>
     std::borrow::Cow::Owned(event)
 }
 
-/// `job_counts` counted again from the jobs, after `store copy` wrote rows
-/// without the triggers that keep it: the statement of its migrations
+/// `queued_counts` counted again from the jobs, after `store copy` wrote
+/// rows without the triggers that keep it: the statement of its migrations
 /// (SQLite 0010, PostgreSQL 0009).
-pub(crate) const RECOUNT_JOBS: &str = "DELETE FROM job_counts;
-    INSERT INTO job_counts (stage, state, n)
-    SELECT stage, state, count(*) FROM jobs WHERE state IN ('queued', 'running') GROUP BY stage, state;";
+pub(crate) const RECOUNT_QUEUED: &str = "DELETE FROM queued_counts;
+    INSERT INTO queued_counts (stage, n)
+    SELECT stage, count(*) FROM jobs WHERE state = 'queued' GROUP BY stage;";

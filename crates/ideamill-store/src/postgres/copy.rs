@@ -82,14 +82,14 @@ impl Endpoint for PgConnection {
             .execute(&mut *self)
             .await?;
         }
-        let has_job_counts: bool =
-            sqlx::query_scalar("SELECT to_regclass('job_counts') IS NOT NULL")
+        let has_queued_counts: bool =
+            sqlx::query_scalar("SELECT to_regclass('queued_counts') IS NOT NULL")
                 .fetch_one(&mut *self)
                 .await?;
-        if has_job_counts {
+        if has_queued_counts {
             sqlx::raw_sql(&format!(
-                "DELETE FROM job_count_deltas; {}",
-                crate::common::RECOUNT_JOBS
+                "DELETE FROM queued_count_deltas; {}",
+                crate::common::RECOUNT_QUEUED
             ))
             .execute(&mut *self)
             .await?;
@@ -161,7 +161,7 @@ impl Endpoint for PgConnection {
             // The counts per state and the gate tallies are derived
             // from `items` and `jobs`: rebuilt, not copied.
             "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
-               AND tablename NOT IN ('item_counts', 'item_count_deltas', 'job_counts', 'job_count_deltas', 'gate_tallies', 'gate_tally_deltas')
+               AND tablename NOT IN ('item_counts', 'item_count_deltas', 'queued_counts', 'queued_count_deltas', 'gate_tallies', 'gate_tally_deltas')
              ORDER BY 1",
         )
         .fetch_all(&mut *self)

@@ -106,7 +106,7 @@ impl PostgresStore {
         self
     }
 
-    /// Fold the item and job count and gate tally deltas writers appended
+    /// Fold the item and queued job count and gate tally deltas writers appended
     /// into the base counts, in one round trip. Two processes folding at once
     /// serialize on the delta rows (and on the counters' keys, taken in one
     /// order); neither counts a delta twice.
@@ -115,10 +115,10 @@ impl PostgresStore {
             "WITH moved AS (DELETE FROM item_count_deltas RETURNING state, n),
                   sums AS (SELECT state, SUM(n) AS n FROM moved GROUP BY state)
              UPDATE item_counts c SET n = c.n + sums.n FROM sums WHERE c.state = sums.state;
-             WITH moved AS (DELETE FROM job_count_deltas RETURNING stage, state, n)
-             INSERT INTO job_counts (stage, state, n)
-             SELECT stage, state, SUM(n) FROM moved GROUP BY stage, state ORDER BY stage, state
-             ON CONFLICT (stage, state) DO UPDATE SET n = job_counts.n + excluded.n;
+             WITH moved AS (DELETE FROM queued_count_deltas RETURNING stage, n)
+             INSERT INTO queued_counts (stage, n)
+             SELECT stage, SUM(n) FROM moved GROUP BY stage ORDER BY stage
+             ON CONFLICT (stage) DO UPDATE SET n = queued_counts.n + excluded.n;
              WITH moved AS (DELETE FROM gate_tally_deltas RETURNING stage, round, model, outcome, n)
              INSERT INTO gate_tallies (stage, round, model, outcome, n)
              SELECT stage, round, model, outcome, SUM(n) FROM moved
@@ -141,11 +141,10 @@ impl Backend for PostgresStore {
     const ITEM_COUNTS: &'static str = "SELECT state, CAST(SUM(n) AS BIGINT) AS n
          FROM (SELECT state, n FROM item_counts UNION ALL SELECT state, n FROM item_count_deltas) c
          GROUP BY state";
-    // Base counts plus the deltas not folded in yet (0009_job_counts.sql).
-    const JOB_COUNTS: &'static str = "SELECT stage, state, CAST(SUM(n) AS BIGINT) AS n
-         FROM (SELECT stage, state, n FROM job_counts
-               UNION ALL SELECT stage, state, n FROM job_count_deltas) u
-         GROUP BY stage, state";
+    // Base counts plus the deltas not folded in yet (0009_queued_counts.sql).
+    const QUEUED_COUNTS: &'static str = "SELECT stage, CAST(SUM(n) AS BIGINT) AS n
+         FROM (SELECT stage, n FROM queued_counts UNION ALL SELECT stage, n FROM queued_count_deltas) u
+         GROUP BY stage";
     // Writers append deltas, each heartbeat folds them in
     // (0008_gate_tallies.sql).
     const TALLIES: &'static str = "(SELECT stage, round, model, outcome, n FROM gate_tallies

@@ -44,7 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         9,
-        include_str!("../../migrations/postgres/0009_job_counts.sql"),
+        include_str!("../../migrations/postgres/0009_queued_counts.sql"),
     ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -203,9 +203,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// `state, n` per item state, however the database keeps them.
     const ITEM_COUNTS: &'static str;
-    /// `stage, state, n`: the queued and running jobs per stage, however
-    /// the database keeps them (one row per key).
-    const JOB_COUNTS: &'static str;
+    /// `stage, n`: the queued jobs per stage, however the database keeps
+    /// them (one row per stage).
+    const QUEUED_COUNTS: &'static str;
     /// The gate tallies' rows (`stage, round, model, outcome, n`, several
     /// rows per key allowed), however the database keeps them.
     const TALLIES: &'static str;

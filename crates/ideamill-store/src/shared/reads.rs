@@ -39,8 +39,8 @@ pub(super) async fn status<B: Backend + Leases>(store: &B, now: Millis) -> Resul
         &mut tx,
         &format!(
             "SELECT MIN((SELECT MIN(run_at) FROM jobs j WHERE j.state = 'queued' AND j.stage = c.stage)) AS at
-             FROM ({}) c WHERE c.state = 'queued' AND c.n > 0",
-            B::JOB_COUNTS
+             FROM ({}) c WHERE c.n > 0",
+            B::QUEUED_COUNTS
         ),
         &[],
     )
@@ -70,10 +70,11 @@ pub(super) async fn status<B: Backend + Leases>(store: &B, now: Millis) -> Resul
 }
 
 /// Queued, scheduled and running jobs per stage, by stage name (queue
-/// depth, and `status` inside its snapshot): the counters, and of the queued
-/// jobs those scheduled for later, counted per stage over `jobs_next_run`
-/// (a range, and they are few). So a beat costs the same with 100,000
-/// queued jobs and a million finished ones as with none.
+/// depth, and `status` inside its snapshot): the queued jobs' counters; of
+/// those, the ones scheduled for later, counted per stage over
+/// `jobs_next_run` (a range, and they are few); the running jobs, counted
+/// (as many as the engines have slots). So a beat costs the same with
+/// 100,000 queued jobs and a million finished ones as with none.
 pub(super) async fn stage_counts<B: Backend>(
     conn: &mut <B::Db as sqlx::Database>::Connection,
     now: Millis,
@@ -81,13 +82,13 @@ pub(super) async fn stage_counts<B: Backend>(
     let rows = B::Db::rows(
         conn,
         &format!(
-            "SELECT c.stage, c.state, c.n,
-                    CASE WHEN c.state = 'queued'
-                         THEN (SELECT count(*) FROM jobs j
-                               WHERE j.state = 'queued' AND j.stage = c.stage AND j.run_at > $1)
-                         ELSE 0 END AS scheduled
-             FROM ({}) c WHERE c.n > 0",
-            B::JOB_COUNTS
+            "SELECT c.stage, 'queued' AS state, c.n,
+                    (SELECT count(*) FROM jobs j
+                     WHERE j.state = 'queued' AND j.stage = c.stage AND j.run_at > $1) AS scheduled
+             FROM ({}) c WHERE c.n > 0
+             UNION ALL
+             SELECT stage, 'running', count(*), 0 FROM jobs WHERE state = 'running' GROUP BY stage",
+            B::QUEUED_COUNTS
         ),
         &[now.into()],
     )

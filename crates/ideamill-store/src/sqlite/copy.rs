@@ -95,8 +95,8 @@ impl Endpoint for SqliteConnection {
             .execute(&mut *self)
             .await?;
         }
-        if sqlite_has_table(self, "job_counts").await? {
-            sqlx::raw_sql(crate::common::RECOUNT_JOBS)
+        if sqlite_has_table(self, "queued_counts").await? {
+            sqlx::raw_sql(crate::common::RECOUNT_QUEUED)
                 .execute(&mut *self)
                 .await?;
         }
@@ -146,12 +146,12 @@ impl Endpoint for SqliteConnection {
     async fn tables(&mut self) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             // The text-search index (`items_fts` and its shadow
-            // tables), the counts per state (items', jobs') and the gate tallies are
+            // tables), the counts (items' per state, queued jobs' per stage) and the gate tallies are
             // derived from `items` and `jobs`: rebuilt, not copied.
             // `id_high_water` is SQLite's own and copied as a whole
             // (`item_id_floor`).
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
-               AND name NOT LIKE 'items_fts%' AND name NOT IN ('item_counts', 'job_counts', 'gate_tallies', 'id_high_water')
+               AND name NOT LIKE 'items_fts%' AND name NOT IN ('item_counts', 'queued_counts', 'gate_tallies', 'id_high_water')
              ORDER BY name",
         )
         .fetch_all(&mut *self)

@@ -68,8 +68,8 @@ impl Backend for SqliteStore {
 
     // Kept by triggers (0004_status_reads.sql): four rows, not a count.
     const ITEM_COUNTS: &'static str = "SELECT state, n FROM item_counts";
-    // Kept by triggers (0010_job_counts.sql): a few rows, not a count.
-    const JOB_COUNTS: &'static str = "SELECT stage, state, n FROM job_counts";
+    // Kept by triggers (0010_queued_counts.sql): a row per stage, not a count.
+    const QUEUED_COUNTS: &'static str = "SELECT stage, n FROM queued_counts";
     // One writer: the finish adds to the counters' rows themselves
     // (0009_gate_tallies.sql).
     const TALLIES: &'static str = "gate_tallies";

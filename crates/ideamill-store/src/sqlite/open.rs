@@ -46,7 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         10,
-        include_str!("../../migrations/sqlite/0010_job_counts.sql"),
+        include_str!("../../migrations/sqlite/0010_queued_counts.sql"),
     ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -240,7 +240,7 @@ pub async fn queue_counts_migration_counts_the_jobs_there(b: &dyn Backend) {
     let expected = [row("draft", 1, 0, 1), row("qa", 1, 0, 0)];
     assert_depth(&*s, T0 + 3, &expected, "before").await;
     s.close().await;
-    b.undo_job_counts().await;
+    b.undo_queued_counts().await;
     let s = b.open().await;
     assert_depth(&*s, T0 + 3, &expected, "counted by the migration").await;
     let q = claim_one(&*s, "qa", "w1", T0 + 4).await;

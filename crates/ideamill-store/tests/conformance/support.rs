@@ -66,14 +66,14 @@ pub trait Backend {
     fn url(&self) -> String;
 
     /// Take the gate tallies' migration back (its tables and its version,
-    /// and the job counts' after it), as a store from the build before it
+    /// and the queued counts' after it), as a store from the build before it
     /// had them. Every handle must be closed first.
     async fn undo_gate_tallies(&self);
 
-    /// Take the job counts' migration back (its tables, triggers and
+    /// Take the queued counts' migration back (its tables, triggers and
     /// version), as a store from the build before it had them. Every
     /// handle must be closed first.
-    async fn undo_job_counts(&self);
+    async fn undo_queued_counts(&self);
 
     /// A fresh, empty database of the other backend, for copies between
     /// the two.
@@ -184,23 +184,23 @@ impl Backend for SqliteBackend {
         format!("sqlite://{}", self.db().display())
     }
 
-    async fn undo_job_counts(&self) {
+    async fn undo_queued_counts(&self) {
         let mut conn = self.raw(false).await;
         sqlx::raw_sql(
             "DROP TRIGGER jobs_count_insert;
              DROP TRIGGER jobs_count_delete;
              DROP TRIGGER jobs_count_update;
-             DROP TABLE job_counts;
+             DROP TABLE queued_counts;
              DELETE FROM ideamill_schema WHERE version = 10;",
         )
         .execute(&mut conn)
         .await
-        .expect("undo the job counts' migration");
+        .expect("undo the queued counts' migration");
         conn.close().await.expect("close the plain connection");
     }
 
     async fn undo_gate_tallies(&self) {
-        self.undo_job_counts().await;
+        self.undo_queued_counts().await;
         let mut conn = self.raw(false).await;
         sqlx::raw_sql(
             "DROP TABLE gate_tallies;
@@ -577,7 +577,7 @@ impl Backend for PostgresBackend {
         self.url.clone()
     }
 
-    async fn undo_job_counts(&self) {
+    async fn undo_queued_counts(&self) {
         let mut conn = self.raw().await;
         sqlx::raw_sql(
             "DROP TRIGGER jobs_count_insert ON jobs;
@@ -585,17 +585,17 @@ impl Backend for PostgresBackend {
              DROP TRIGGER jobs_count_update ON jobs;
              DROP FUNCTION ideamill_count_inserted_jobs, ideamill_count_deleted_jobs,
                  ideamill_count_changed_jobs;
-             DROP TABLE job_counts, job_count_deltas;
+             DROP TABLE queued_counts, queued_count_deltas;
              DELETE FROM ideamill_schema WHERE version = 9;",
         )
         .execute(&mut conn)
         .await
-        .expect("undo the job counts' migration");
+        .expect("undo the queued counts' migration");
         let _ = conn.close().await;
     }
 
     async fn undo_gate_tallies(&self) {
-        self.undo_job_counts().await;
+        self.undo_queued_counts().await;
         let mut conn = self.raw().await;
         sqlx::raw_sql(
             "DROP TABLE gate_tallies, gate_tally_deltas;
