@@ -2,8 +2,8 @@
 -- instead of counting the backlog (100,000 queued jobs: 11 times the time
 -- of 1,000, `bench history`). Kept as `item_counts` are: a counter row per
 -- stage would make every claim in every process wait on it, so writers
--- append deltas (statement triggers: a claim or a finish batch appends one
--- row per stage whose queue it changed), readers add the pending deltas to
+-- append deltas (a claim one row for the jobs it took, an insert of jobs
+-- one per stage, any other move one per job), readers add the pending deltas to
 -- the base counts, and each engine's heartbeat folds them in
 -- (PostgresStore::fold_counts). Running jobs are still counted (there are
 -- as many as the engines have slots), and so are the queued jobs scheduled
@@ -39,19 +39,17 @@ BEGIN
 END
 $$;
 
--- A statement's moves, netted per stage: a row updated without entering or
--- leaving the queue counts -1 and +1 for the same stage, so a finish, a
--- lease renewal or a cancellation request appends nothing.
-CREATE FUNCTION ideamill_count_changed_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A job that enters or leaves the queue, one by one: retried later, reaped,
+-- released, resumed, cancelled, retried from a stage. Not a claim (queued to
+-- running, the hot path): the claim's own statement appends one delta for
+-- all the jobs it took (`PostgresStore::claim`), so no trigger runs for it,
+-- nor for a finish or a lease renewal (the WHEN clause).
+CREATE FUNCTION ideamill_count_moved_job() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO queued_count_deltas (stage, n)
-    SELECT stage, SUM(n) FROM (
-        SELECT stage, -1 AS n FROM old_jobs WHERE state = 'queued'
-        UNION ALL
-        SELECT stage, 1 FROM new_jobs WHERE state = 'queued'
-    ) moves
-    GROUP BY stage
-    HAVING SUM(n) <> 0;
+    SELECT OLD.stage, -1 WHERE OLD.state = 'queued'
+    UNION ALL
+    SELECT NEW.stage, 1 WHERE NEW.state = 'queued';
     RETURN NULL;
 END
 $$;
@@ -64,6 +62,9 @@ CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs
     REFERENCING OLD TABLE AS old_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION ideamill_count_deleted_jobs();
 
-CREATE TRIGGER jobs_count_update AFTER UPDATE ON jobs
-    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION ideamill_count_changed_jobs();
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, stage ON jobs
+    FOR EACH ROW
+    WHEN ((OLD.state = 'queued' OR NEW.state = 'queued')
+          AND (OLD.state IS DISTINCT FROM NEW.state OR OLD.stage IS DISTINCT FROM NEW.stage)
+          AND NOT (OLD.state = 'queued' AND NEW.state = 'running'))
+    EXECUTE FUNCTION ideamill_count_moved_job();

@@ -33,12 +33,16 @@ impl Leases for PostgresStore {
         // out again, which is why the fence also checks the owner.
         //
         // The lease runs from the database's clock (see the module's doc).
+        //
+        // The claim counts what it takes out of the queue itself, one delta
+        // row for them all (0009_queued_counts.sql: no trigger does).
         let rows = sqlx::query(concat!(
             "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
              picked AS MATERIALIZED (
                  SELECT id FROM jobs
                  WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
                  ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED)
+             claimed AS (
              UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
                     lease_owner = $1,
                     lease_expires_at = CASE WHEN $6 THEN ",
@@ -47,7 +51,10 @@ impl Leases for PostgresStore {
                     started_at = $3, updated_at = $3
              FROM picked WHERE j.id = picked.id
              RETURNING j.id, j.item_id, j.stage, j.round, j.attempts, j.max_attempts, j.lease_token, j.run_at,
-                       j.priority"
+                       j.priority),
+             counted AS (INSERT INTO queued_count_deltas (stage, n)
+                 SELECT $4, -count(*) FROM claimed HAVING count(*) > 0)
+             SELECT * FROM claimed"
         ))
         .bind(owner)
         .bind(lease_until)

@@ -584,7 +584,7 @@ impl Backend for PostgresBackend {
              DROP TRIGGER jobs_count_delete ON jobs;
              DROP TRIGGER jobs_count_update ON jobs;
              DROP FUNCTION ideamill_count_inserted_jobs, ideamill_count_deleted_jobs,
-                 ideamill_count_changed_jobs;
+                 ideamill_count_moved_job;
              DROP TABLE queued_counts, queued_count_deltas;
              DELETE FROM ideamill_schema WHERE version = 9;",
         )
