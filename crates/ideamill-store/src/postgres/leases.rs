@@ -41,7 +41,7 @@ impl Leases for PostgresStore {
              picked AS MATERIALIZED (
                  SELECT id FROM jobs
                  WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
-                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED)
+                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED),
              claimed AS (
              UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
                     lease_owner = $1,
