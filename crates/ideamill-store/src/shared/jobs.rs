@@ -110,11 +110,13 @@ pub(super) async fn pending<B: Backend>(store: &B, horizon: Millis) -> Result<Pe
     let mut conn = store.read().await?;
     let r = one::<B::Db>(
         &mut conn,
-        "SELECT COUNT(*) FILTER (WHERE state = 'queued' AND run_at <= $1) AS soon,
-                COUNT(*) FILTER (WHERE state = 'running') AS running,
-                COUNT(*) FILTER (WHERE state = 'queued' AND run_at > $1) AS later,
-                MIN(run_at) FILTER (WHERE state = 'queued') AS next_run_at
-         FROM jobs WHERE state IN ('queued', 'running')",
+        // One subquery per state, each over its partial index of unfinished
+        // jobs: `state IN ('queued', 'running')` would use neither and read
+        // every job ever run.
+        "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND run_at <= $1) AS soon,
+                (SELECT COUNT(*) FROM jobs WHERE state = 'running') AS running,
+                (SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND run_at > $1) AS later,
+                (SELECT MIN(run_at) FROM jobs WHERE state = 'queued') AS next_run_at",
         &[horizon.into()],
     )
     .await?;
