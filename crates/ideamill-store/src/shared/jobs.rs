@@ -4,7 +4,7 @@
 use ideamill_core::machine::LostJob;
 use ideamill_core::{AttemptOutcome, FailureClass, ItemId, JobId, Millis};
 
-use super::{Backend, Rows, Sql, one};
+use super::{Backend, Rows, Sql};
 use crate::common::{self, AttemptRecord, RowExt};
 use crate::*;
 
@@ -106,25 +106,18 @@ pub(super) async fn cancel_requests<B: Backend>(store: &B, owner: &str) -> Resul
     .collect()
 }
 
+/// Work due by `horizon`, running, or due later: the queue's counts as of
+/// `horizon` (counters and bounded counts, `reads::stage_counts`), so an
+/// `--until-idle` run's check costs the same however long the queue and
+/// the history.
 pub(super) async fn pending<B: Backend>(store: &B, horizon: Millis) -> Result<Pending> {
     let mut conn = store.read().await?;
-    let r = one::<B::Db>(
-        &mut conn,
-        // One subquery per state, each over its partial index of unfinished
-        // jobs: `state IN ('queued', 'running')` would use neither and read
-        // every job ever run.
-        "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND run_at <= $1) AS soon,
-                (SELECT COUNT(*) FROM jobs WHERE state = 'running') AS running,
-                (SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND run_at > $1) AS later,
-                (SELECT MIN(run_at) FROM jobs WHERE state = 'queued') AS next_run_at",
-        &[horizon.into()],
-    )
-    .await?;
+    let stages = super::reads::stage_counts::<B>(&mut conn, horizon).await?;
     Ok(Pending {
-        soon: r.count("soon")?,
-        running: r.count("running")?,
-        later: r.count("later")?,
-        next_run_at: r.opt_int("next_run_at")?,
+        soon: stages.iter().map(|c| c.queued).sum(),
+        running: stages.iter().map(|c| c.running).sum(),
+        later: stages.iter().map(|c| c.scheduled).sum(),
+        next_run_at: super::reads::oldest_queued::<B>(&mut conn).await?,
     })
 }
 

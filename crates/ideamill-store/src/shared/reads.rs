@@ -33,20 +33,8 @@ pub(super) async fn status<B: Backend + Leases>(store: &B, now: Millis) -> Resul
     let expired_leases = one::<B::Db>(&mut tx, B::EXPIRED_COUNT, &clock)
         .await?
         .count("n")?;
-    // The oldest queued job of each stage that has any, one index seek
-    // each (`jobs_next_run`): runnable if it is due.
-    let oldest_runnable_at = one::<B::Db>(
-        &mut tx,
-        &format!(
-            "SELECT MIN((SELECT MIN(run_at) FROM jobs j WHERE j.state = 'queued' AND j.stage = c.stage)) AS at
-             FROM ({}) c WHERE c.n > 0",
-            B::QUEUED_COUNTS
-        ),
-        &[],
-    )
-    .await?
-    .opt_int("at")?
-    .filter(|at| *at <= now);
+    // Runnable if it is due.
+    let oldest_runnable_at = oldest_queued::<B>(&mut tx).await?.filter(|at| *at <= now);
     let paused = one::<B::Db>(
         &mut tx,
         "SELECT count(*) AS n FROM jobs WHERE state = 'paused'",
@@ -94,6 +82,24 @@ pub(super) async fn stage_counts<B: Backend>(
     )
     .await?;
     common::counted_stages(&rows)
+}
+
+/// When the oldest queued job is due: the oldest of each stage that has
+/// any, one index seek each (`jobs_next_run`).
+pub(super) async fn oldest_queued<B: Backend>(
+    conn: &mut <B::Db as sqlx::Database>::Connection,
+) -> Result<Option<Millis>> {
+    one::<B::Db>(
+        conn,
+        &format!(
+            "SELECT MIN((SELECT MIN(run_at) FROM jobs j WHERE j.state = 'queued' AND j.stage = c.stage)) AS at
+             FROM ({}) c WHERE c.n > 0",
+            B::QUEUED_COUNTS
+        ),
+        &[],
+    )
+    .await?
+    .opt_int("at")
 }
 
 pub(super) async fn events<B: Backend>(store: &B, filter: &EventFilter) -> Result<Vec<Event>> {

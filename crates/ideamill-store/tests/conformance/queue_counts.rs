@@ -79,6 +79,14 @@ pub async fn queue_counts_follow_every_move_of_a_job(s: &dyn Store) {
         "the later one's time came",
     )
     .await;
+    // The `--until-idle` check reads the same counts, as of its horizon.
+    let p = s.pending(T0 + 2).await.unwrap();
+    assert_eq!(
+        (p.soon, p.running, p.later, p.next_run_at),
+        (5, 0, 1, Some(T0))
+    );
+    let p = s.pending(retry_at).await.unwrap();
+    assert_eq!((p.soon, p.running, p.later), (6, 0, 0));
 
     // The gate sends its item back: a new draft job, round 2.
     let q = claim_one(s, "qa", "w1", T0 + 3).await;

@@ -238,10 +238,14 @@ async fn timed(
         anyhow::ensure!(r.status().is_success(), "/metrics answered {}", r.status());
         r.bytes().await?;
         let scrape = started.elapsed();
+        let started = Instant::now();
+        store.pending(now + 1_000).await?;
+        let pending = started.elapsed();
         if keep {
             t.push("engine beat (heartbeat, reaper, queue depth)", beat);
             t.push("status / doctor reads (snapshot, facts)", status);
             t.push("/metrics (nothing reused)", scrape);
+            t.push("--until-idle check (pending work)", pending);
         }
     }
     for _ in 0..3 {
