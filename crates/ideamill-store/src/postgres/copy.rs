@@ -69,43 +69,38 @@ impl Endpoint for PgConnection {
                 .execute(&mut *self)
                 .await?;
         }
-        // The copy ran without the triggers that keep the counts per
-        // state: count the copied items and jobs.
-        let has_counts: bool = sqlx::query_scalar("SELECT to_regclass('item_counts') IS NOT NULL")
-            .fetch_one(&mut *self)
-            .await?;
-        if has_counts {
-            sqlx::raw_sql(
+        // The copy ran without the triggers that keep the counters: count
+        // them again from the copied rows, with no delta left pending.
+        let recounts = [
+            (
+                "item_counts",
                 "DELETE FROM item_count_deltas;
-                 UPDATE item_counts SET n = (SELECT count(*) FROM items WHERE items.state = item_counts.state);",
-            )
-            .execute(&mut *self)
-            .await?;
-        }
-        let has_queued_counts: bool =
-            sqlx::query_scalar("SELECT to_regclass('queued_counts') IS NOT NULL")
+                 UPDATE item_counts SET n = (SELECT count(*) FROM items WHERE items.state = item_counts.state);"
+                    .to_string(),
+            ),
+            (
+                "queued_counts",
+                format!(
+                    "DELETE FROM queued_count_deltas; {}",
+                    crate::common::RECOUNT_QUEUED
+                ),
+            ),
+            (
+                "gate_tallies",
+                format!(
+                    "DELETE FROM gate_tally_deltas; {}",
+                    crate::shared::tallies::recount_sql()
+                ),
+            ),
+        ];
+        for (table, recount) in recounts {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(table)
                 .fetch_one(&mut *self)
                 .await?;
-        if has_queued_counts {
-            sqlx::raw_sql(&format!(
-                "DELETE FROM queued_count_deltas; {}",
-                crate::common::RECOUNT_QUEUED
-            ))
-            .execute(&mut *self)
-            .await?;
-        }
-        // The gate tallies are counted again from the copied jobs.
-        let has_tallies: bool =
-            sqlx::query_scalar("SELECT to_regclass('gate_tallies') IS NOT NULL")
-                .fetch_one(&mut *self)
-                .await?;
-        if has_tallies {
-            sqlx::raw_sql(&format!(
-                "DELETE FROM gate_tally_deltas; {}",
-                crate::shared::tallies::recount_sql()
-            ))
-            .execute(&mut *self)
-            .await?;
+            if exists {
+                sqlx::raw_sql(&recount).execute(&mut *self).await?;
+            }
         }
         // Identity columns: the next id follows the copied ones, and
         // for items every item id ever given.
