@@ -445,6 +445,10 @@ pub enum BenchWhat {
     Pickup {
         #[arg(long, default_value_t = 200)]
         samples: u32,
+        /// The pause before each sample, so that each measures a pickup by
+        /// an idle engine (River's harness pauses 250 ms).
+        #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+        gap: std::time::Duration,
         /// A PostgreSQL server to measure on, as for `throughput`.
         #[arg(long, value_name = "URL")]
         store: Option<String>,
@@ -493,6 +497,8 @@ pub enum BenchWhat {
         config: std::path::PathBuf,
         #[arg(long)]
         samples: u32,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        gap: std::time::Duration,
     },
 }
 

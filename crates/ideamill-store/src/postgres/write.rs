@@ -120,7 +120,8 @@ impl Rows for PostgresStore {
         Ok(())
     }
 
-    /// Fail active items, each with its reason.
+    /// Fail active items, each with its reason; planned for its rows, as
+    /// the finish's joins are (`finish.rs`).
     async fn fail_items(tx: &mut Tx, rows: &[(ItemId, &str, FailureClass, Millis)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -131,6 +132,7 @@ impl Rows for PostgresStore {
              FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(id, reason, class, at)
              WHERE items.id = ANY($1) AND items.id = u.id AND items.state = 'active'",
         )
+        .persistent(false)
         .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
@@ -174,6 +176,53 @@ impl Rows for PostgresStore {
         let jobs: Vec<(ItemId, &NextJob, Millis)> =
             ids.iter().map(|id| (*id, first, now)).collect();
         Self::insert_jobs(tx, &jobs).await?;
+        Ok(ids)
+    }
+
+    /// One statement, committed on its own: the items, their first jobs
+    /// and the wake-up (delivered at commit). The jobs' triggers are AFTER
+    /// triggers, which run at the end of the statement and so see the
+    /// items it inserted.
+    async fn add_new_items(
+        &self,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<Vec<ItemId>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<ItemId> = sqlx::query_scalar(
+            "WITH added AS (
+                 INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
+                 SELECT text, metadata, 'active', $3, $4, $5, $5
+                 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
+                 ORDER BY n
+                 RETURNING id),
+             queued AS (
+                 INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at)
+                 SELECT id, $3, $4, 'queued', $5, $6, $5, $5 FROM added ORDER BY id),
+             woken AS MATERIALIZED (SELECT pg_notify($7, $8))
+             SELECT id FROM added, woken",
+        )
+        .bind(items.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
+        .bind(
+            items
+                .iter()
+                .map(|i| i.metadata.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(&first.stage)
+        .bind(i64::from(first.round))
+        .bind(now)
+        .bind(i64::from(first.max_attempts))
+        .bind(CHANNEL)
+        .bind(&self.wake_id)
+        .fetch_all(&self.pool)
+        .await?;
+        self.local.notify();
+        // RETURNING's order is unspecified; new ids grow in input order.
+        ids.sort_unstable();
         Ok(ids)
     }
 }

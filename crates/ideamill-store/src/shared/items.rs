@@ -16,10 +16,7 @@ pub(super) async fn add_items<B: Backend + Rows>(
     now: Millis,
 ) -> Result<Vec<ItemId>> {
     let items = common::storable_items(items);
-    let mut tx = store.write_tx().await?;
-    let ids = B::insert_new_items(&mut tx, &items, first, now).await?;
-    store.commit(tx, true).await?;
-    Ok(ids)
+    store.add_new_items(&items, first, now).await
 }
 
 pub(super) async fn add_items_once<B: Backend + Rows>(

@@ -280,6 +280,20 @@ pub(crate) trait Rows: Backend {
         first: &NextJob,
         now: Millis,
     ) -> Result<Vec<ItemId>>;
+    /// [`Rows::insert_new_items`] committed, every engine woken: all of
+    /// [`Store::add_items`]. A database server does it in one statement,
+    /// since an idea's pickup waits on every round trip here.
+    async fn add_new_items(
+        &self,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+    ) -> Result<Vec<ItemId>> {
+        let mut tx = self.write_tx().await?;
+        let ids = Self::insert_new_items(&mut tx, items, first, now).await?;
+        self.commit(tx, true).await?;
+        Ok(ids)
+    }
 }
 
 /// The hot paths of leases, per database (`leases.rs`): what [`Store`]

@@ -39,9 +39,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             };
             on_scratch_store(store.as_deref(), |url| throughput(shape, url)).await?
         }
-        BenchWhat::Pickup { samples, store } => {
-            on_scratch_store(store.as_deref(), |url| pickup(samples, url)).await?
-        }
+        BenchWhat::Pickup {
+            samples,
+            gap,
+            store,
+        } => on_scratch_store(store.as_deref(), |url| pickup(samples, gap, url)).await?,
         BenchWhat::Worker { config } => worker(&config).await?,
         BenchWhat::Sandbox { runs, items } => sandbox(runs, items).await?,
         BenchWhat::Telemetry {
@@ -50,7 +52,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             runs,
         } => telemetry(items, concurrency, runs).await?,
         BenchWhat::Health { idle, hangs } => super::bench_health::run(&idle, hangs).await?,
-        BenchWhat::Adder { config, samples } => adder(&config, samples).await?,
+        BenchWhat::Adder {
+            config,
+            samples,
+            gap,
+        } => adder(&config, samples, gap).await?,
         BenchWhat::Web { items, requests } => return super::bench_web::run(items, requests).await,
         BenchWhat::Saturation(args) => super::bench_saturation::run(args).await?,
         BenchWhat::History(args) => super::bench_history::run(args).await?,
@@ -401,7 +407,7 @@ async fn until_idle(
     Ok((summary, took))
 }
 
-async fn pickup(samples: u32, url: Option<String>) -> anyhow::Result<()> {
+async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = Arc::new(scratch(dir.path(), 1, 4, &url)?);
     let store = project::open_store(&config).await?;
@@ -419,9 +425,11 @@ async fn pickup(samples: u32, url: Option<String>) -> anyhow::Result<()> {
     let running = tokio::spawn(engine.run(shutdown.clone()));
     let first = first_job(&config);
 
-    // In-process: from the call that adds the item to its claim.
+    // In-process: from the call that adds the item to its claim, each after
+    // the gap (so that the last job's finish is not still being committed).
     let mut local = Vec::new();
     for _ in 0..samples {
+        tokio::time::sleep(gap).await;
         let t0 = Instant::now();
         let id = store.add_items(&new_items(1), &first, now_millis()).await?[0];
         let claimed = wait_claim(&mut rx, id).await?;
@@ -438,6 +446,8 @@ async fn pickup(samples: u32, url: Option<String>) -> anyhow::Result<()> {
             "adder",
             "--samples",
             &samples.to_string(),
+            "--gap",
+            &humantime::format_duration(gap).to_string(),
             "--config",
         ])
         .arg(&config.path)
@@ -457,7 +467,8 @@ async fn pickup(samples: u32, url: Option<String>) -> anyhow::Result<()> {
     });
     let mut claimed_at: HashMap<i64, u128> = HashMap::new();
     let mut added_at: HashMap<i64, u128> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60 + u64::from(samples) / 10);
+    let deadline =
+        Instant::now() + Duration::from_secs(60 + u64::from(samples) / 10) + gap * samples;
     while (claimed_at.len() < samples as usize || added_at.len() < samples as usize)
         && Instant::now() < deadline
     {
@@ -528,18 +539,18 @@ fn wall_micros() -> u128 {
         .unwrap_or(0)
 }
 
-async fn adder(config: &Path, samples: u32) -> anyhow::Result<()> {
+async fn adder(config: &Path, samples: u32, gap: Duration) -> anyhow::Result<()> {
     let config = project::load_config(Some(config))?;
     let store = project::open_store(&config).await?;
     let first = first_job(&config);
     let mut out = std::io::stdout().lock();
     for _ in 0..samples {
+        // Spaced out, so each sample measures a pickup from idle.
+        tokio::time::sleep(gap).await;
         let at = wall_micros();
         let id = store.add_items(&new_items(1), &first, now_millis()).await?[0];
         writeln!(out, "{id} {at}")?;
         out.flush()?;
-        // Spaced out, so each sample measures a pickup from idle.
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     store.close().await;
     Ok(())
