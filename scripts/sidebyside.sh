@@ -19,6 +19,8 @@ PG=${2:-postgres://postgres@127.0.0.1:5432}
 QSRC=${QBENCH_SRC:-$root/../shared/bench/qbench}
 QT=${QBENCH_TARGET:-$HOME/.cache/qbench-target}
 C=${CONCURRENCY:-64}
+# Pickups as River's harness takes them: 50 samples, each after 250 ms idle.
+PICKUP="--samples 50 --gap 250ms"
 if [ ! -x "$QT/release/qbench" ]; then
   echo "building the River harness (once)..." >&2
   src=$(mktemp -d); cp -r "$QSRC/." "$src/"
@@ -49,10 +51,10 @@ for db in sqlite pg; do
   r=$(RIVER_FETCH_COOLDOWN_MS=1 timeout 300 "$QB" river latency $db 50 2>&1 | grep RESULT)
   fig "river_${db}_pickup_p50_ms" "$(echo "$r" | num p50_ms)"
 done
-r=$(timeout 300 "$IM" bench pickup 2>&1); echo "$r" >&2
+r=$(timeout 300 "$IM" bench pickup $PICKUP 2>&1); echo "$r" >&2
 fig ideamill_sqlite_pickup_p50_ms "$(echo "$r" | p50 in-process)"
 fig ideamill_sqlite_xproc_p50_ms "$(echo "$r" | p50 'other process')"
-r=$(timeout 300 "$IM" bench pickup --store "$PG/postgres" 2>&1); echo "$r" >&2
+r=$(timeout 300 "$IM" bench pickup $PICKUP --store "$PG/postgres" 2>&1); echo "$r" >&2
 fig ideamill_pg_pickup_p50_ms "$(echo "$r" | p50 in-process)"
 fig ideamill_pg_xproc_p50_ms "$(echo "$r" | p50 'other process')"
 

@@ -251,6 +251,12 @@ struct ProcSample {
     ctxt_switches: u64,
     cpu_ticks: u64,
     rss_kib: u64,
+    /// The anonymous part of RSS: memory only this process holds.
+    anon_kib: u64,
+    /// Proportional set size: each page shared with other processes counted
+    /// as its share, so that supervisor and engine, one binary, add up to
+    /// the memory they cost together.
+    pss_kib: u64,
 }
 
 fn sample(pid: u32) -> ProcSample {
@@ -288,12 +294,18 @@ fn sample(pid: u32) -> ProcSample {
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         s.cpu_ticks = ticks(11) + ticks(12);
     }
-    if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        s.rss_kib = st
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
+    let kib = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
+            .unwrap_or(0)
+    };
+    if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        s.rss_kib = kib(&st, "VmRSS:");
+        s.anon_kib = kib(&st, "RssAnon:");
+    }
+    if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+        s.pss_kib = kib(&rollup, "Pss:");
     }
     s
 }
@@ -390,6 +402,16 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
             after.0.rss_kib as f64 / 1024.0,
             after.1.rss_kib as f64 / 1024.0,
             (after.0.rss_kib + after.1.rss_kib) as f64 / 1024.0
+        );
+        // RSS counts the binary's pages in both processes (the supervisor's
+        // are mostly the engine's own page-cache pages, mapped again).
+        println!(
+            "  of that, anonymous (private): {:.1} + {:.1} MiB; PSS, shared pages counted once: {:.1} + {:.1} = {:.1} MiB",
+            after.0.anon_kib as f64 / 1024.0,
+            after.1.anon_kib as f64 / 1024.0,
+            after.0.pss_kib as f64 / 1024.0,
+            after.1.pss_kib as f64 / 1024.0,
+            (after.0.pss_kib + after.1.pss_kib) as f64 / 1024.0
         );
         Ok(())
     }
