@@ -152,37 +152,19 @@ impl Rows for PostgresStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids: Vec<ItemId> = sqlx::query_scalar(
-            "INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
-             SELECT text, metadata, 'active', $3, $4, $5, $5
-             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
-             ORDER BY n
-             RETURNING id",
+        let ids = new_items(
+            concat!(new_items_sql!(), " SELECT id FROM added"),
+            items,
+            first,
+            now,
         )
-        .bind(items.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
-        .bind(
-            items
-                .iter()
-                .map(|i| i.metadata.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(&first.stage)
-        .bind(i64::from(first.round))
-        .bind(now)
         .fetch_all(&mut **tx)
         .await?;
-        // RETURNING's order is unspecified; new ids grow in input order.
-        ids.sort_unstable();
-        let jobs: Vec<(ItemId, &NextJob, Millis)> =
-            ids.iter().map(|id| (*id, first, now)).collect();
-        Self::insert_jobs(tx, &jobs).await?;
-        Ok(ids)
+        Ok(in_order(ids))
     }
 
     /// One statement, committed on its own: the items, their first jobs
-    /// and the wake-up (delivered at commit). The jobs' triggers are AFTER
-    /// triggers, which run at the end of the statement and so see the
-    /// items it inserted.
+    /// and the wake-up (delivered at commit).
     async fn add_new_items(
         &self,
         items: &[NewItem],
@@ -192,19 +174,50 @@ impl Rows for PostgresStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids: Vec<ItemId> = sqlx::query_scalar(
-            "WITH added AS (
-                 INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
-                 SELECT text, metadata, 'active', $3, $4, $5, $5
-                 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
-                 ORDER BY n
-                 RETURNING id),
-             queued AS (
-                 INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at)
-                 SELECT id, $3, $4, 'queued', $5, $6, $5, $5 FROM added ORDER BY id),
-             woken AS MATERIALIZED (SELECT pg_notify($7, $8))
-             SELECT id FROM added, woken",
+        let ids = new_items(
+            concat!(
+                new_items_sql!(),
+                ", woken AS MATERIALIZED (SELECT pg_notify($7, $8)) SELECT id FROM added, woken"
+            ),
+            items,
+            first,
+            now,
         )
+        .bind(CHANNEL)
+        .bind(&self.wake_id)
+        .fetch_all(&self.pool)
+        .await?;
+        self.local.notify();
+        Ok(in_order(ids))
+    }
+}
+
+/// New items and their first jobs, in one statement: `added` holds their
+/// ids. The jobs' triggers are AFTER triggers, which run at the end of the
+/// statement and so see the items it inserted.
+macro_rules! new_items_sql {
+    () => {
+        "WITH added AS (
+             INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
+             SELECT text, metadata, 'active', $3, $4, $5, $5
+             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
+             ORDER BY n
+             RETURNING id),
+         queued AS (
+             INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at)
+             SELECT id, $3, $4, 'queued', $5, $6, $5, $5 FROM added ORDER BY id)"
+    };
+}
+use new_items_sql;
+
+/// `sql` (over [`new_items_sql`]) with the items' parameters bound.
+fn new_items<'q>(
+    sql: &'q str,
+    items: &'q [NewItem],
+    first: &'q NextJob,
+    now: Millis,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, ItemId, sqlx::postgres::PgArguments> {
+    sqlx::query_scalar(sql)
         .bind(items.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
         .bind(
             items
@@ -216,15 +229,12 @@ impl Rows for PostgresStore {
         .bind(i64::from(first.round))
         .bind(now)
         .bind(i64::from(first.max_attempts))
-        .bind(CHANNEL)
-        .bind(&self.wake_id)
-        .fetch_all(&self.pool)
-        .await?;
-        self.local.notify();
-        // RETURNING's order is unspecified; new ids grow in input order.
-        ids.sort_unstable();
-        Ok(ids)
-    }
+}
+
+/// RETURNING's order is unspecified; new ids grow in input order.
+fn in_order(mut ids: Vec<ItemId>) -> Vec<ItemId> {
+    ids.sort_unstable();
+    ids
 }
 
 /// Wake every listening engine when this transaction commits. The payload
