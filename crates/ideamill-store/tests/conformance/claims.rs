@@ -147,6 +147,14 @@ pub async fn claim_waits_for_run_at(s: &dyn Store) {
         Some(T0 + 10_000)
     );
     assert_eq!(s.next_run_at(&["review".to_string()]).await.unwrap(), None);
+    // Over several stages, the soonest of those that have any.
+    assert_eq!(
+        s.next_run_at(&["review".to_string(), "draft".to_string()])
+            .await
+            .unwrap(),
+        Some(T0 + 10_000)
+    );
+    assert_eq!(s.next_run_at(&[]).await.unwrap(), None);
 
     let got = s
         .claim("draft", 10, "w1", T0 + 10_000, T0 + 40_000)
