@@ -159,16 +159,4 @@ impl Leases for PostgresStore {
         self.local.notify();
         Ok(rows.len() as u64)
     }
-
-    async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>> {
-        // One index seek per stage (`jobs_next_run`), as on SQLite:
-        // `stage = ANY($1)` read every queued job of those stages.
-        Ok(sqlx::query_scalar(
-            "SELECT MIN((SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND stage = s))
-             FROM UNNEST($1::text[]) s",
-        )
-        .bind(stages)
-        .fetch_one(&self.pool)
-        .await?)
-    }
 }

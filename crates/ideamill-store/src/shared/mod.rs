@@ -317,7 +317,6 @@ pub(crate) trait Leases: Backend {
     ) -> Result<Vec<JobId>>;
     async fn idle_beat(&self, owner: &str, now: Millis, silent_since: Millis) -> Result<IdleBeat>;
     async fn release(&self, owner: &str, now: Millis) -> Result<u64>;
-    async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>>;
 }
 
 /// The hot paths of a running stage, per database (`finish.rs`): what
@@ -389,7 +388,7 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
     }
 
     async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>> {
-        Leases::next_run_at(self, stages).await
+        reads::next_run_at(self, stages).await
     }
 
     async fn pending(&self, horizon: Millis) -> Result<Pending> {

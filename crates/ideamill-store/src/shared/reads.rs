@@ -3,7 +3,7 @@
 
 use ideamill_core::{ItemId, Millis};
 
-use super::{Backend, Leases, Sql, Tx, admin, items::decode, one};
+use super::{Arg, Backend, Leases, Sql, Tx, admin, items::decode, one};
 use crate::common::{self, RowExt};
 use crate::*;
 
@@ -85,18 +85,45 @@ pub(super) async fn stage_counts<B: Backend>(
 }
 
 /// When the oldest queued job is due: the oldest of each stage that has
-/// any, one index seek each (`jobs_next_run`).
+/// any.
 pub(super) async fn oldest_queued<B: Backend>(
     conn: &mut <B::Db as sqlx::Database>::Connection,
 ) -> Result<Option<Millis>> {
-    one::<B::Db>(
+    let stages = format!("SELECT stage FROM ({}) c WHERE c.n > 0", B::QUEUED_COUNTS);
+    soonest_queued::<B::Db>(conn, &stages, &[]).await
+}
+
+/// When the soonest queued job of `stages` is due (an idle engine's next
+/// wake-up for its own stages).
+pub(super) async fn next_run_at<B: Backend>(
+    store: &B,
+    stages: &[String],
+) -> Result<Option<Millis>> {
+    if stages.is_empty() {
+        return Ok(None);
+    }
+    let values: Vec<String> = (1..=stages.len()).map(|i| format!("(${i})")).collect();
+    let args: Vec<Arg<'_>> = stages.iter().map(|s| s.as_str().into()).collect();
+    let mut conn = store.read().await?;
+    soonest_queued::<B::Db>(&mut conn, &format!("VALUES {}", values.join(", ")), &args).await
+}
+
+/// The soonest `run_at` of the queued jobs of the stages `stages` (SQL with
+/// one column) names: one index seek per stage (`jobs_next_run`), however
+/// long the queue.
+async fn soonest_queued<D: Sql>(
+    conn: &mut D::Connection,
+    stages: &str,
+    args: &[Arg<'_>],
+) -> Result<Option<Millis>> {
+    one::<D>(
         conn,
         &format!(
-            "SELECT MIN((SELECT MIN(run_at) FROM jobs j WHERE j.state = 'queued' AND j.stage = c.stage)) AS at
-             FROM ({}) c WHERE c.n > 0",
-            B::QUEUED_COUNTS
+            "WITH s(stage) AS ({stages})
+             SELECT MIN((SELECT MIN(run_at) FROM jobs j WHERE j.state = 'queued' AND j.stage = s.stage)) AS at
+             FROM s"
         ),
-        &[],
+        args,
     )
     .await?
     .opt_int("at")

@@ -164,15 +164,4 @@ impl Leases for SqliteStore {
         }
         Ok(rows.len() as u64)
     }
-
-    async fn next_run_at(&self, stages: &[String]) -> Result<Option<Millis>> {
-        // One statement, one index seek per stage (`jobs_next_run`).
-        Ok(sqlx::query_scalar(
-            "SELECT MIN((SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND stage = s.value))
-             FROM json_each(?) s",
-        )
-        .bind(serde_json::Value::from(stages).to_string())
-        .fetch_one(&self.reader)
-        .await?)
-    }
 }
