@@ -1,4 +1,4 @@
-//! The short profile of `ideamill bench soak`: four minutes of load and
+//! The short profile of `ideamill bench soak`: five minutes of load and
 //! every fault on SQLite and on a PostgreSQL cluster of the soak's own,
 //! then the drained mill's invariants, read from the summary the soak
 //! prints with `--json` (nothing lost, nothing committed twice, no wait of
@@ -19,7 +19,7 @@ fn soak(store: &str, seed: &str) {
             "bench",
             "soak",
             "--duration",
-            "4m",
+            "5m",
             "--drain",
             "90s",
             "--chaos-every",
