@@ -163,3 +163,78 @@ async fn sqlite_idle_beat_says_what_housekeeping_is_due_exactly() {
     );
     store.close().await;
 }
+
+/// A cancelled item's job may still be finishing when the item is pruned
+/// (its job ran past the retention). A finish locks the job's row (its
+/// fence), then the item's (its update, and the foreign keys of what it
+/// inserts); the prune takes them in that order too, so it waits for the
+/// finish rather than deadlocking with it (PostgreSQL would abort one of
+/// the two). SQLite's single writer cannot interleave them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_prune_waits_for_a_late_finish_rather_than_deadlocking() {
+    use crate::support::*;
+    use std::time::{Duration, Instant};
+
+    let backend = PostgresBackend::create().await;
+    let store = backend.open().await;
+    let item = add_one(&*store, "cancelled while running", &next("a", 1, 3), T0).await;
+    let job = claim_one(&*store, "a", "w1", T0).await;
+    store.cancel_item(item, T0 + 1).await.unwrap();
+
+    // The finish's first half: the job's row, as its fence locks it.
+    let mut finish = backend.raw().await;
+    sqlx::raw_sql("BEGIN").execute(&mut finish).await.unwrap();
+    sqlx::query("UPDATE jobs SET updated_at = updated_at + 1 WHERE id = $1")
+        .bind(job.id)
+        .execute(&mut finish)
+        .await
+        .unwrap();
+
+    let pruner = backend.open().await;
+    let prune = tokio::spawn(async move {
+        let counts = pruner.prune(T0 + 10).await;
+        pruner.close().await;
+        counts
+    });
+    // Until the prune waits on a row lock.
+    let mut watch = backend.raw().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !prune.is_finished(),
+            "the prune did not wait for the finish's lock"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the prune never waited on a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The finish's second half: the item's row. Taken before the job's,
+    // the prune would have it now, and one of the two would be aborted.
+    sqlx::query("UPDATE items SET updated_at = updated_at + 1 WHERE id = $1")
+        .bind(item)
+        .execute(&mut finish)
+        .await
+        .expect("the finish updates its item while the prune waits");
+    sqlx::raw_sql("COMMIT").execute(&mut finish).await.unwrap();
+
+    let counts = prune
+        .await
+        .unwrap()
+        .expect("the prune, once the finish committed");
+    assert_eq!(counts.item_ids, [item], "the cancelled item is pruned");
+    assert_eq!(backend.count_rows("jobs").await, 0, "its job went with it");
+    store.close().await;
+}

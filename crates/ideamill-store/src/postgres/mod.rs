@@ -151,8 +151,9 @@ impl Backend for PostgresStore {
          UNION ALL SELECT stage, round, model, outcome, n FROM gate_tally_deltas)";
     const TALLIES_INTO: &'static str = "gate_tally_deltas";
     const TALLIES_MERGE: &'static str = "";
-    // Jobs before items is the lock order; the item's row is locked first
-    // here, before its job, as in every write that starts from an item.
+    // Jobs before items is the lock order of a finish, a cancel and a prune.
+    // A retry starts from its item and locks it first: it writes only a job
+    // no finish holds (queued or paused) or a new one.
     const LOCK_ITEM: &'static str = " FOR UPDATE OF i";
     // The identity sequence, which never goes back.
     const NEW_ITEM_ID: &'static str = "DEFAULT";

@@ -2,7 +2,7 @@
 
 use ideamill_core::{ItemId, Millis};
 
-use super::{Backend, Rows, Sql, items::decode, tallies};
+use super::{Arg, Backend, Rows, Sql, Tx, id_list, items::decode, tallies};
 use crate::common::{self, RowExt};
 use crate::*;
 
@@ -64,45 +64,61 @@ pub(super) async fn record_event<B: Backend + Rows>(store: &B, event: &NewEvent)
 
 pub(super) async fn prune<B: Backend + Rows>(store: &B, before: Millis) -> Result<PruneCounts> {
     let mut counts = PruneCounts::default();
+    let finished = "i.state IN ('done', 'failed', 'cancelled') AND i.finished_at < $1";
     // Small batches, so that engines are never locked out for long.
     loop {
         let mut tx = store.write_tx().await?;
-        // The batch is locked (PostgreSQL) while its judgements are taken
-        // out of the gate tallies and its rows deleted: no retry can make
-        // one of its items active in between.
-        let ids = B::Db::rows(
+        let read_ids = async |tx: &mut Tx<B::Db>, sql: &str, args: &[Arg<'_>]| {
+            B::Db::rows(tx, sql, args)
+                .await?
+                .iter()
+                .map(|r| r.int("id"))
+                .collect::<Result<Vec<ItemId>>>()
+        };
+        let batch = read_ids(
             &mut tx,
-            &format!(
-                "SELECT i.id FROM items i WHERE i.state IN ('done', 'failed', 'cancelled') AND i.finished_at < $1
-                 ORDER BY i.id LIMIT $2{}",
-                B::LOCK_ITEM
-            ),
+            &format!("SELECT i.id FROM items i WHERE {finished} ORDER BY i.id LIMIT $2"),
             &[before.into(), (common::PRUNE_BATCH as i64).into()],
         )
-        .await?
-        .iter()
-        .map(|r| r.int("id"))
-        .collect::<Result<Vec<ItemId>>>()?;
+        .await?;
+        let mut ids = batch.clone();
+        if !ids.is_empty() && !B::LOCK_ITEM.is_empty() {
+            // PostgreSQL: the batch's jobs are locked before its items, the
+            // order a finish takes (its fence, then the item's row and the
+            // foreign keys of what it inserts), else a cancelled item's late
+            // finish and its prune would deadlock. The items are then read
+            // again under their locks: a retry may have made one active
+            // meanwhile, and no retry can between that read and the delete.
+            let list = id_list(&ids);
+            B::Db::rows(
+                &mut tx,
+                &format!("SELECT id FROM jobs WHERE item_id IN ({list}) ORDER BY id FOR UPDATE"),
+                &[],
+            )
+            .await?;
+            ids = read_ids(
+                &mut tx,
+                &format!(
+                    "SELECT i.id FROM items i WHERE i.id IN ({list}) AND {finished} ORDER BY i.id{}",
+                    B::LOCK_ITEM
+                ),
+                &[before.into()],
+            )
+            .await?;
+        }
         if !ids.is_empty() {
             tallies::forget_items::<B>(&mut tx, &ids).await?;
-            // Numbers the store read, as in `forget_items`.
-            let list = ids
-                .iter()
-                .map(ItemId::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
             B::Db::execute(
                 &mut tx,
-                &format!("DELETE FROM items WHERE id IN ({list})"),
+                &format!("DELETE FROM items WHERE id IN ({})", id_list(&ids)),
                 &[],
             )
             .await?;
         }
         store.commit(tx, false).await?;
-        let n = ids.len() as u64;
-        counts.items += n;
+        counts.items += ids.len() as u64;
         counts.item_ids.extend(ids);
-        if n < common::PRUNE_BATCH {
+        if (batch.len() as u64) < common::PRUNE_BATCH {
             break;
         }
     }

@@ -34,6 +34,16 @@ use crate::*;
 /// A write or read transaction of a backend's database.
 pub(crate) type Tx<D> = sqlx::Transaction<'static, D>;
 
+/// Ids the store read, written into a statement as `IN (…)`'s list: they
+/// are numbers, so one text serves both databases whatever their array
+/// types.
+pub(crate) fn id_list(ids: &[ItemId]) -> String {
+    ids.iter()
+        .map(ItemId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A value bound to a statement: the few kinds the store's columns hold.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Arg<'a> {

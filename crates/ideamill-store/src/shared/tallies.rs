@@ -84,13 +84,7 @@ pub(super) async fn forget_items<B: Backend>(tx: &mut Tx<B::Db>, items: &[ItemId
     if items.is_empty() {
         return Ok(());
     }
-    // The ids are numbers the store read: written into the statement, so
-    // that one text serves both databases whatever their array types.
-    let ids = items
-        .iter()
-        .map(ItemId::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let ids = super::id_list(items);
     let (head, tail) = count(B::TALLIES_INTO, -1, B::TALLIES_MERGE);
     B::Db::execute(tx, &format!("{head}j.item_id IN ({ids}){tail}"), &[]).await?;
     Ok(())

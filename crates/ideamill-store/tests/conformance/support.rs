@@ -426,7 +426,7 @@ impl PostgresBackend {
         PostgresBackend { admin, name, url }
     }
 
-    async fn raw(&self) -> sqlx::PgConnection {
+    pub async fn raw(&self) -> sqlx::PgConnection {
         sqlx::PgConnection::connect(&self.url)
             .await
             .expect("open a plain PostgreSQL connection")
