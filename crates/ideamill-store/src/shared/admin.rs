@@ -75,13 +75,14 @@ pub(super) async fn prune<B: Backend + Rows>(store: &B, before: Millis) -> Resul
                 .map(|r| r.int("id"))
                 .collect::<Result<Vec<ItemId>>>()
         };
-        let batch = read_ids(
+        let mut ids = read_ids(
             &mut tx,
             &format!("SELECT i.id FROM items i WHERE {finished} ORDER BY i.id LIMIT $2"),
             &[before.into(), (common::PRUNE_BATCH as i64).into()],
         )
         .await?;
-        let mut ids = batch.clone();
+        // A full batch means there may be more, whichever of it is kept.
+        let full = ids.len() as u64 == common::PRUNE_BATCH;
         if !ids.is_empty() && !B::LOCK_ITEM.is_empty() {
             // PostgreSQL: the batch's jobs are locked before its items, the
             // order a finish takes (its fence, then the item's row and the
@@ -118,7 +119,7 @@ pub(super) async fn prune<B: Backend + Rows>(store: &B, before: Millis) -> Resul
         store.commit(tx, false).await?;
         counts.items += ids.len() as u64;
         counts.item_ids.extend(ids);
-        if (batch.len() as u64) < common::PRUNE_BATCH {
+        if !full {
             break;
         }
     }
