@@ -144,8 +144,12 @@ pub type Executors = Vec<(String, Arc<dyn Executor>)>;
 /// cannot run here: an unreadable or invalid prompt template, a missing key.
 ///
 /// A confined stage needs a working sandbox: when the probe finds none, this
-/// refuses with what to do, rather than run anything unconfined.
-pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Executors, String> {
+/// refuses with what to do, rather than run anything unconfined. With one,
+/// it first removes what killed engines' jobs left (an event says what).
+pub async fn executors_for(
+    config: &Arc<Config>,
+    store: &Arc<dyn Store>,
+) -> Result<Executors, String> {
     let providers = crate::llm_stage::providers(config)?;
     // Model calls alone start no program: no probe (a few runs of the
     // sandbox program, tens of ms before the first job) for a sandbox that
@@ -155,7 +159,18 @@ pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Exe
         .iter()
         .any(|s| s.kind.facts().process.is_some());
     let sandbox = Arc::new(if starts_programs {
-        Sandbox::probe(&config.sandbox)
+        let sandbox_config = config.sandbox.clone();
+        let (sandbox, abandoned) = tokio::task::spawn_blocking(move || {
+            let sandbox = Sandbox::probe(&sandbox_config);
+            let abandoned = sandbox.sweep_abandoned();
+            (sandbox, abandoned)
+        })
+        .await
+        .map_err(|e| format!("the sandbox probe failed: {e}"))?;
+        if let Some(abandoned) = abandoned.filter(|a| !a.groups.is_empty()) {
+            record_leftovers(store, &abandoned).await;
+        }
+        sandbox
     } else {
         Sandbox::unused(&config.sandbox)
     });
@@ -176,6 +191,40 @@ pub fn executors_for(config: &Arc<Config>, store: &Arc<dyn Store>) -> Result<Exe
             Ok((stage.name.clone(), executor))
         })
         .collect()
+}
+
+/// Says what a sweep removed, in the log and as an event.
+async fn record_leftovers(store: &Arc<dyn Store>, abandoned: &sandbox::cgroup::Abandoned) {
+    let shown: Vec<&str> = abandoned
+        .groups
+        .iter()
+        .take(5)
+        .map(String::as_str)
+        .collect();
+    let message = format!(
+        "Removed {} job control group(s) left by engines killed before they could remove them \
+         ({}{}) and killed {} process(es) still in them",
+        abandoned.groups.len(),
+        shown.join(", "),
+        if abandoned.groups.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        },
+        abandoned.processes
+    );
+    tracing::warn!("{message}");
+    let event = ideamill_store::NewEvent {
+        at: ideamill_sys::clock::now_millis(),
+        kind: ideamill_store::event_kind::SANDBOX_LEFTOVERS_REMOVED,
+        item_id: None,
+        job_id: None,
+        process: None,
+        message,
+    };
+    if let Err(e) = store.record_event(&event).await {
+        tracing::warn!("Could not record the removal of sandbox leftovers: {e}");
+    }
 }
 
 /// The JSON a stage receives: the idea, earlier outputs, feedback, attempt

@@ -646,6 +646,9 @@ pub mod event_kind {
     pub const BUDGET_REACHED: &str = "budget_reached";
     /// Paused work became runnable again.
     pub const BUDGET_RESUMED: &str = "budget_resumed";
+    /// An engine started and removed the job control groups an engine
+    /// killed earlier left behind, and killed what was still in them.
+    pub const SANDBOX_LEFTOVERS_REMOVED: &str = "sandbox_leftovers_removed";
     /// An engine could not reach the store for a while, then reconnected.
     pub const STORE_OUTAGE: &str = "store_outage";
     /// The store refused to record an attempt's result (data it cannot

@@ -118,6 +118,66 @@ fn processes_with(marker: &str) -> Vec<i32> {
     found
 }
 
+/// The pid of an engine of `p` other than `not`, from its status file, once
+/// one runs.
+fn running_engine(p: &Project, not: i32) -> i32 {
+    let mut engine_pid = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            engine_pid = std::fs::read_dir(p.file(".ideamill/status"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("engine-")?
+                        .strip_suffix(".json")?
+                        .parse()
+                        .ok()
+                })
+                .find(|&pid| pid != not && alive(pid))
+                .unwrap_or(0);
+            engine_pid > 0
+        }),
+        "no engine started\n{}",
+        p.logs()
+    );
+    engine_pid
+}
+
+/// The folders of `pid`'s control groups named `ideamill-…`, one per
+/// hierarchy (cgroup v1 memory and pids, or the v2 group).
+fn job_groups_of(pid: i32) -> Vec<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    own.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            path.rsplit('/')
+                .next()?
+                .starts_with("ideamill-")
+                .then_some(())?;
+            let point = mountinfo.lines().find_map(|m| {
+                let (left, right) = m.split_once(" - ")?;
+                let mut right = right.split(' ');
+                let (fstype, _, options) = (right.next()?, right.next()?, right.next()?);
+                let matches = if controllers.is_empty() {
+                    fstype == "cgroup2"
+                } else {
+                    fstype == "cgroup"
+                        && controllers
+                            .split(',')
+                            .all(|c| options.split(',').any(|o| o == c))
+                };
+                matches.then(|| left.split(' ').nth(4).map(str::to_owned))?
+            })?;
+            Some(Path::new(&point).join(path.trim_start_matches('/')))
+        })
+        .collect()
+}
+
 fn item_state(p: &Project, id: i64) -> String {
     p.show(id)["item"]["state"].as_str().unwrap().to_owned()
 }
@@ -173,29 +233,7 @@ fn a_hostile_test_suite_reaches_nothing_and_limits_say_what_ended_it() {
             .spawn()
             .unwrap(),
     );
-    // The engine's pid, from its status file, once it runs.
-    let mut engine_pid = 0;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            engine_pid = std::fs::read_dir(p.file(".ideamill/status"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .strip_prefix("engine-")?
-                        .strip_suffix(".json")?
-                        .parse()
-                        .ok()
-                })
-                .next()
-                .unwrap_or(0);
-            engine_pid > 0
-        }),
-        "no engine started\n{}",
-        p.logs()
-    );
+    let engine_pid = running_engine(&p, 0);
     let supervisor_pid = run.id() as i32;
     let root = p.path().display().to_string();
     let other = p.file("workspace/1").display().to_string();
@@ -401,4 +439,114 @@ fn a_missing_sandbox_is_a_clear_refusal_never_an_unconfined_run() {
     let doctor = p.run(&["doctor", "--no-providers"]);
     let said = String::from_utf8_lossy(&doctor.stdout);
     assert!(said.contains("[warning stage_unconfined]"), "{said}");
+}
+
+/// Found by `bench soak`: an engine SIGKILLed while a job ran left that
+/// job's control groups behind (their `Drop` never ran), and once a
+/// confined program that missed its parent's death, asleep in one of them
+/// for good. The next engine removes them and kills what is in them.
+#[test]
+fn a_killed_engines_job_groups_and_what_is_left_in_them_go_with_the_next_engine() {
+    let marker = format!("ideamill-left-{}", std::process::id());
+    let config = format!(
+        "{ENGINE}[[stages]]\nname = \"work\"\nkind = \"command\"\n\
+         command = [\"python3\", \"-c\", \"import time; time.sleep(600)\", \"{marker}\"]\n\
+         timeout = \"10m\"\n"
+    );
+    let p = Project::new(&config);
+    let mut run = p.spawn_run(&[]);
+    let first = running_engine(&p, 0);
+    p.add("a job that sleeps");
+    let mut job = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            job = processes_with(&marker).into_iter().next().unwrap_or(0);
+            job > 0
+        }),
+        "the job never started\n{}",
+        p.logs()
+    );
+    let groups = job_groups_of(job);
+    if groups.is_empty() {
+        let why = "the job runs in no control group of its own here (not root, or no cgroups)";
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let name = groups[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with(&format!("ideamill-{first}-")), "{name}");
+
+    // What the race leaves: a process in the job's groups that is no
+    // child of the engine and does not die with it.
+    let mut stray = Reaped(
+        std::process::Command::new("python3")
+            .args(["-c", "import time; time.sleep(600)", &marker])
+            .spawn()
+            .unwrap(),
+    );
+    for group in &groups {
+        std::fs::write(group.join("cgroup.procs"), stray.id().to_string()).unwrap();
+    }
+    // SAFETY: kill(2) on the engine's pid, read from its status file.
+    unsafe {
+        libc::kill(first, libc::SIGKILL);
+    }
+
+    // The supervisor starts another engine, which removes both.
+    let second = running_engine(&p, first);
+    assert!(
+        wait_until(Duration::from_secs(30), || groups
+            .iter()
+            .all(|g| !g.exists())),
+        "the killed engine's groups are still there: {groups:?}\n{}",
+        p.logs()
+    );
+    let ended = wait_exit(&mut stray, Duration::from_secs(10)).expect("the stray process ends");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&ended),
+        Some(libc::SIGKILL)
+    );
+    let events = p.json(&["events", "--kind", "sandbox_leftovers_removed"]);
+    let said = events.to_string();
+    assert!(
+        said.contains(&name) && said.contains("killed"),
+        "{events:#}"
+    );
+
+    // The job runs again under the new engine; stopping the mill removes
+    // its groups too.
+    let mut again = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            again = processes_with(&marker)
+                .into_iter()
+                .find(|&pid| {
+                    job_groups_of(pid)
+                        .iter()
+                        .any(|g| g.to_string_lossy().contains(&format!("ideamill-{second}-")))
+                })
+                .unwrap_or(0);
+            again > 0
+        }),
+        "the job did not run again\n{}",
+        p.logs()
+    );
+    let groups = job_groups_of(again);
+    signal_and_wait(&mut run);
+    assert!(
+        wait_until(Duration::from_secs(10), || groups
+            .iter()
+            .all(|g| !g.exists())),
+        "a stopped engine's groups are still there: {groups:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_with(&marker)
+            .is_empty()),
+        "{:?}",
+        processes_with(&marker)
+    );
 }

@@ -7,8 +7,18 @@
 //! host's limits on the engine still bound its jobs. Where neither works
 //! (not root, nothing delegated), [`CgroupHost::detect`] says why and the
 //! sandbox falls back to per-process rlimits.
+//!
+//! A group outlives an engine that is SIGKILLed (its `Drop` never runs), and
+//! so may a process in it: an engine holds an `flock` on each of its groups,
+//! which the kernel drops with the engine, so the next engine finds the
+//! groups no one holds and removes them with what is left in them
+//! ([`CgroupHost::sweep_abandoned`]). Creating a group (under a shared lock
+//! on its parent) and the sweep's look for free ones (under an exclusive
+//! one) exclude each other, so a group being made is never taken for one
+//! left behind.
 
-use std::fs;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -57,15 +67,26 @@ impl CgroupHost {
     /// Makes the group of one job with these limits.
     pub fn create(&self, tag: &str, memory: u64, processes: u32) -> io::Result<JobCgroup> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let name = format!(
-            "ideamill-{}-{}-{tag}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let _making = ParentLocks::take(self, libc::LOCK_SH)?;
         let mut group = JobCgroup {
             dirs: Vec::new(),
             procs: Vec::new(),
+            holds: Vec::new(),
             version: self.version(),
+        };
+        // Engines in other PID namespaces may share a pid, and so a name:
+        // the next number then.
+        let name = loop {
+            let name = format!(
+                "ideamill-{}-{}-{tag}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            match make_dir(self.parents()[0].join(&name), &mut group) {
+                Ok(_) => break name,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
         };
         // On an error half-way, dropping `group` removes what was made.
         match self {
@@ -73,7 +94,7 @@ impl CgroupHost {
                 memory: mem_root,
                 pids: pids_root,
             } => {
-                let mem = make_dir(mem_root.join(&name), &mut group)?;
+                let mem = mem_root.join(&name);
                 write_value(&mem.join("memory.limit_in_bytes"), memory)?;
                 // With swap accounting, swap counts too; without it, the
                 // file is missing and memory alone is limited.
@@ -82,7 +103,7 @@ impl CgroupHost {
                 write_value(&pids.join("pids.max"), u64::from(processes))?;
             }
             CgroupHost::V2 { parent } => {
-                let dir = make_dir(parent.join(&name), &mut group)?;
+                let dir = parent.join(&name);
                 write_value(&dir.join("memory.max"), memory)?;
                 let _ = write_value(&dir.join("memory.swap.max"), 0);
                 write_value(&dir.join("pids.max"), u64::from(processes))?;
@@ -95,6 +116,53 @@ impl CgroupHost {
             group.procs.push(OwnedFd::from(file));
         }
         Ok(group)
+    }
+
+    /// Removes the job groups that no live engine holds (their engine was
+    /// killed), and kills what is still in them. Blocking (up to about a
+    /// second per group that holds processes).
+    pub fn sweep_abandoned(&self) -> io::Result<Abandoned> {
+        // By name: on v1 a group has a folder in each hierarchy.
+        let mut found: BTreeMap<String, JobCgroup> = BTreeMap::new();
+        {
+            let _looking = ParentLocks::take(self, libc::LOCK_EX)?;
+            for parent in self.parents() {
+                for entry in fs::read_dir(parent)?.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !is_job_group(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    let Ok(hold) = File::open(entry.path()) else {
+                        continue;
+                    };
+                    if try_lock(&hold, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+                        let group = found.entry(name).or_insert_with(|| JobCgroup {
+                            dirs: Vec::new(),
+                            procs: Vec::new(),
+                            holds: Vec::new(),
+                            version: self.version(),
+                        });
+                        group.dirs.push(entry.path());
+                        group.holds.push(hold);
+                    }
+                }
+            }
+        }
+        let mut abandoned = Abandoned::default();
+        for (name, group) in found {
+            abandoned.processes += group.processes().len();
+            group.remove();
+            abandoned.groups.push(name);
+        }
+        Ok(abandoned)
+    }
+
+    /// The folders job groups are made in: one per hierarchy.
+    fn parents(&self) -> Vec<&Path> {
+        match self {
+            CgroupHost::V1 { memory, pids } => vec![memory, pids],
+            CgroupHost::V2 { parent } => vec![parent],
+        }
     }
 
     fn version(&self) -> u8 {
@@ -119,6 +187,15 @@ impl std::fmt::Display for CgroupHost {
     }
 }
 
+/// What [`CgroupHost::sweep_abandoned`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Abandoned {
+    /// The groups' names (`ideamill-<engine pid>-<n>-<job>`).
+    pub groups: Vec<String>,
+    /// Processes that were still in them, now killed.
+    pub processes: usize,
+}
+
 /// The group of one job; removed (its processes killed) when dropped.
 #[derive(Debug)]
 pub struct JobCgroup {
@@ -126,7 +203,46 @@ pub struct JobCgroup {
     /// `cgroup.procs` of each hierarchy, open for writing, so that the child
     /// joins by writing "0" between fork and exec (no allocation there).
     procs: Vec<OwnedFd>,
+    /// Each folder, open and `flock`ed: held while the group is its engine's.
+    holds: Vec<File>,
     version: u8,
+}
+
+/// Shared or exclusive `flock`s on the folders groups are made in, so that a
+/// sweep never sees a group between its `mkdir` and its owner's lock.
+struct ParentLocks(#[allow(dead_code)] Vec<File>);
+
+impl ParentLocks {
+    fn take(host: &CgroupHost, how: i32) -> io::Result<ParentLocks> {
+        let mut held = Vec::new();
+        for parent in host.parents() {
+            let dir = File::open(parent)?;
+            try_lock(&dir, how)?;
+            held.push(dir);
+        }
+        Ok(ParentLocks(held))
+    }
+}
+
+fn try_lock(file: &File, how: i32) -> io::Result<()> {
+    // SAFETY: flock(2) on an fd this function borrows.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `ideamill-<pid>-<n>-<tag>`: a job's (or a probe's) group, never the
+/// engines' own leaf (`ideamill-engine`).
+fn is_job_group(name: &str) -> bool {
+    let mut parts = name.splitn(4, '-');
+    let digits =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    parts.next() == Some("ideamill")
+        && digits(parts.next())
+        && digits(parts.next())
+        && parts.next().is_some_and(|t| !t.is_empty())
 }
 
 /// What a job's group saw.
@@ -212,6 +328,9 @@ impl JobCgroup {
         if self.dirs.is_empty() {
             return;
         }
+        // Held to the end: a folder that cannot be removed is then left for
+        // a later sweep.
+        let _holds = std::mem::take(&mut self.holds);
         self.kill_all();
         let deadline = Instant::now() + Duration::from_secs(1);
         for dir in std::mem::take(&mut self.dirs) {
@@ -235,9 +354,13 @@ impl Drop for JobCgroup {
     }
 }
 
+/// Makes a group's folder in one hierarchy and holds it.
 fn make_dir(dir: PathBuf, group: &mut JobCgroup) -> io::Result<PathBuf> {
     fs::create_dir(&dir)?;
     group.dirs.push(dir.clone());
+    let hold = File::open(&dir)?;
+    try_lock(&hold, libc::LOCK_EX | libc::LOCK_NB)?;
+    group.holds.push(hold);
     Ok(dir)
 }
 
@@ -277,10 +400,44 @@ fn v1_group(mountinfo: &str, own: &str, controller: &str) -> Option<PathBuf> {
     Some(join_cgroup(&mount.0, &mount.1, &path))
 }
 
-/// A v2 group whose children get memory and pids limits: the engine's own
-/// group when its subtree has them, else after moving the engine into a
-/// leaf of its own (a group with processes cannot hand controllers down).
-fn v2_parent(mountinfo: &str, own: &str) -> Result<CgroupHost, String> {
+/// The job groups (`ideamill-<pid>-<n>-<tag>`) made under this process's
+/// own groups, where an engine started from here makes them: `(name,
+/// folder)`, one per hierarchy. Reads only; for audits.
+pub fn job_groups_here() -> Vec<(String, PathBuf)> {
+    let (Ok(mountinfo), Ok(own)) = (
+        fs::read_to_string("/proc/self/mountinfo"),
+        fs::read_to_string("/proc/self/cgroup"),
+    ) else {
+        return Vec::new();
+    };
+    let parents: Vec<PathBuf> = match (
+        v1_group(&mountinfo, &own, "memory"),
+        v1_group(&mountinfo, &own, "pids"),
+    ) {
+        (Some(memory), Some(pids)) => vec![memory, pids],
+        _ => v2_own_group(&mountinfo, &own).into_iter().collect(),
+    };
+    let mut found = Vec::new();
+    for parent in parents {
+        for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_job_group(&name) {
+                found.push((name, entry.path()));
+            }
+        }
+    }
+    found
+}
+
+/// The pid of the engine that made a job group, from its name.
+pub fn engine_of(name: &str) -> Option<u32> {
+    is_job_group(name)
+        .then(|| name.split('-').nth(1)?.parse().ok())
+        .flatten()
+}
+
+/// This process's group in the cgroup v2 tree.
+fn v2_own_group(mountinfo: &str, own: &str) -> Result<PathBuf, String> {
     let (point, root) = mountinfo
         .lines()
         .find_map(|line| {
@@ -296,7 +453,14 @@ fn v2_parent(mountinfo: &str, own: &str) -> Result<CgroupHost, String> {
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
         .ok_or("this process is in no cgroup v2 group")?;
-    let group = join_cgroup(&point, &root, path);
+    Ok(join_cgroup(&point, &root, path))
+}
+
+/// A v2 group whose children get memory and pids limits: the engine's own
+/// group when its subtree has them, else after moving the engine into a
+/// leaf of its own (a group with processes cannot hand controllers down).
+fn v2_parent(mountinfo: &str, own: &str) -> Result<CgroupHost, String> {
+    let group = v2_own_group(mountinfo, own)?;
     let controllers = fs::read_to_string(group.join("cgroup.controllers"))
         .map_err(|e| format!("cannot read {}/cgroup.controllers: {e}", group.display()))?;
     for needed in ["memory", "pids"] {
@@ -355,6 +519,26 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/pids/"))
         );
         assert_eq!(v1_group(mountinfo, own, "cpu"), None);
+    }
+
+    #[test]
+    fn tells_job_groups_from_other_groups() {
+        for job in ["ideamill-123-4-job56", "ideamill-1-1-probe"] {
+            assert!(is_job_group(job), "{job}");
+        }
+        for other in [
+            "ideamill-engine",
+            "ideamill-123-job5",
+            "ideamill-12a-4-job5",
+            "ideamill-123-4-",
+            "ideamill--4-job5",
+            "other-123-4-job5",
+            "system.slice",
+        ] {
+            assert!(!is_job_group(other), "{other}");
+        }
+        assert_eq!(engine_of("ideamill-123-4-job56"), Some(123));
+        assert_eq!(engine_of("ideamill-engine"), None);
     }
 
     #[test]

@@ -211,6 +211,20 @@ impl Sandbox {
         sandbox
     }
 
+    /// Removes the job control groups that engines killed before they could
+    /// remove them left behind, with what is still in them (a confined
+    /// program that missed its parent's death). `None` without groups.
+    /// Blocking.
+    pub fn sweep_abandoned(&self) -> Option<cgroup::Abandoned> {
+        match self.cgroups.as_ref()?.sweep_abandoned() {
+            Ok(abandoned) => Some(abandoned),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot look for the job control groups that killed engines left behind.");
+                None
+            }
+        }
+    }
+
     /// What was found out about the sandbox on this host.
     pub fn report(&self) -> &SandboxReport {
         &self.report

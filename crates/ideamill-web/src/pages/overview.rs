@@ -168,9 +168,16 @@ pub fn event_view(e: ideamill_store::Event) -> EventView {
     let class = match e.kind.as_str() {
         "item_failed" | "alert_failed" | "supervisor_gave_up" | "engine_stalled"
         | "inbox_rejected" => "bad",
-        "lease_expired" | "process_dead" | "jobs_released" | "stale_completion"
-        | "engine_restarted" | "store_outage" | "budget_reached" | "gate_rejected"
-        | "retry_scheduled" => "warn",
+        "lease_expired"
+        | "process_dead"
+        | "jobs_released"
+        | "stale_completion"
+        | "engine_restarted"
+        | "store_outage"
+        | "budget_reached"
+        | "gate_rejected"
+        | "retry_scheduled"
+        | "sandbox_leftovers_removed" => "warn",
         "item_retried" | "budget_resumed" | "alert_sent" | "inbox_taken" | "imported" => "good",
         _ => "info",
     };

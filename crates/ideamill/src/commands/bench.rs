@@ -293,7 +293,9 @@ async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
     std::fs::write(&path, text)?;
     let config = Arc::new(ideamill_core::config::parse(text, &path)?);
     let store = project::open_store(&config).await?;
-    let executors = executors_for(&config, &store).map_err(|e| anyhow::anyhow!(e))?;
+    let executors = executors_for(&config, &store)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     let now = now_millis();
     let context = ItemContext {
         item: ItemRow {
@@ -372,7 +374,9 @@ async fn sandbox(runs: u32, items: u32) -> anyhow::Result<()> {
             now_millis(),
         )
         .await?;
-    let executors = executors_for(&config, &store).map_err(|e| anyhow::anyhow!(e))?;
+    let executors = executors_for(&config, &store)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     let (summary, took) = until_idle(&config, &store, executors).await?;
     println!(
         "  engine, 3 confined no-op stages, concurrency 4 each: {} jobs in {:.2}s = {:.0} jobs/s ({} items done)",

@@ -17,7 +17,7 @@ mod mill;
 mod provider;
 mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -300,6 +300,9 @@ struct Watch {
     rows: Vec<(f64, BTreeMap<String, u64>)>,
     /// Runs this process started again, by name.
     restarts: BTreeMap<String, u64>,
+    /// Every engine pid seen, sampled each second: whose job groups must
+    /// not outlive them.
+    engines: BTreeSet<u32>,
     last_status: Option<ideamill_store::StatusSnapshot>,
 }
 
@@ -381,7 +384,7 @@ async fn soak(
         recovery: mill::LEASE + mill::STALL_AFTER + Duration::from_secs(15),
         restart_backoff: crate::supervisor::BACKOFF_MAX,
     };
-    let findings = {
+    let mut findings = {
         let intake = std::mem::take(
             &mut *shared
                 .intake
@@ -404,6 +407,7 @@ async fn soak(
             .map_err(|_| anyhow::anyhow!("poisoned"))? = intake;
         f
     };
+    findings.sandbox_leftovers = audit::sandbox_leftovers(&w.engines);
     let violations = findings.violations(drained);
     let summary = summary(
         shared,
@@ -493,6 +497,10 @@ async fn sample(shared: &Shared, store: &Arc<dyn Store>, plan: &Plan, w: &mut Wa
         w.waits
             .observe(&status, &plan.capacity, plan.threshold.as_millis() as i64);
         w.last_status = Some(status);
+    }
+    if let Ok(m) = shared.mill.lock() {
+        w.engines
+            .extend(m.runs.iter().filter_map(|r| r.engine_pid()));
     }
     let at = (now_millis() - shared.started_at) as f64 / 1e3;
     if tick.is_multiple_of(10) {
@@ -810,6 +818,8 @@ fn summary(
         "provider": provider.tally().into_iter().collect::<BTreeMap<_, _>>(),
         "intake": intake,
         "hostile_file_fates": f.hostile_files,
+        "engines_seen": w.engines.len(),
+        "sandbox_leftovers": f.sandbox_leftovers,
         "processes": processes,
         "roles": watch::roles(&w.series),
         "store_bytes_first": w.store_bytes.first().map(|p| p.1),
@@ -897,6 +907,11 @@ fn print_final(shared: &Shared, f: &audit::Findings, violations: &[String], w: &
             f.pickup_p50_ms, f.pickup_p99_ms, f.pickup_samples
         ),
         format!("  hostile inbox files ended: {:?}", f.hostile_files),
+        format!(
+            "  job control groups of dead engines left: {} (of {} engines)",
+            f.sandbox_leftovers.len(),
+            w.engines.len()
+        ),
     ];
     if violations.is_empty() {
         lines.push("  every invariant held".into());

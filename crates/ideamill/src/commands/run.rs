@@ -135,8 +135,9 @@ async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow:
         telemetry: Some(telemetry.clone()),
         ..EngineOptions::default()
     };
-    let executors =
-        executors_for(&config, &store).map_err(|e| project::config_problem(&config, e))?;
+    let executors = executors_for(&config, &store)
+        .await
+        .map_err(|e| project::config_problem(&config, e))?;
     let engine = Engine::new(config.clone(), store.clone(), executors, options);
     tracing::info!(
         "Engine {} started: {} stage(s), store {}",

@@ -3,7 +3,7 @@
 //! output was committed twice, and every long wait of runnable work is
 //! explained by a fault the soak caused or a stall the mill detected.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -47,6 +47,28 @@ pub struct Findings {
     pub hostile_files: BTreeMap<String, u64>,
     /// Malformed requests answered with a 500 (bad input is a 4xx).
     pub malformed_500: Vec<String>,
+    /// Job control groups of the mill's dead engines still there, with
+    /// the processes in them: the next engine removes them.
+    pub sandbox_leftovers: Vec<String>,
+}
+
+/// The job groups whose engine, one of `engines`, is dead, and what is in
+/// them. Any engine that starts removes those, so after the drain none may
+/// be left (a killed engine's supervisor always starts another).
+pub fn sandbox_leftovers(engines: &BTreeSet<u32>) -> Vec<String> {
+    use ideamill_stages::sandbox::cgroup;
+    cgroup::job_groups_here()
+        .into_iter()
+        .filter(|(name, _)| {
+            cgroup::engine_of(name).is_some_and(|pid| {
+                engines.contains(&pid) && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+        })
+        .map(|(_, dir)| {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            format!("{} ({} processes)", dir.display(), procs.lines().count())
+        })
+        .collect()
 }
 
 /// Read every item the store has, newest first.
@@ -335,6 +357,12 @@ impl Findings {
                     ideamill_sys::clock::utc_stamp(w.until)
                 ));
             }
+        }
+        if !self.sandbox_leftovers.is_empty() {
+            v.push(format!(
+                "job control groups of killed engines left behind: {}",
+                self.sandbox_leftovers.join("; ")
+            ));
         }
         if !self.malformed_500.is_empty() {
             v.push(format!(
