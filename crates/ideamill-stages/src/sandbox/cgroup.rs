@@ -129,7 +129,10 @@ impl CgroupHost {
             for parent in self.parents() {
                 for entry in fs::read_dir(parent)?.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    if !is_job_group(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if !is_job_group(&name)
+                        || !entry.file_type().is_ok_and(|t| t.is_dir())
+                        || made_by_a_live_engine(&name)
+                    {
                         continue;
                     }
                     let Ok(hold) = File::open(entry.path()) else {
@@ -429,6 +432,17 @@ pub fn job_groups_here() -> Vec<(String, PathBuf)> {
     found
 }
 
+/// Whether the pid a group's name carries is an engine's (a process named
+/// as this one is) that still runs. Its lock says more, but a version of
+/// the engine from before the locks holds none: its groups are left alone.
+fn made_by_a_live_engine(name: &str) -> bool {
+    let comm = |pid: &str| fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    engine_of(name).is_some_and(|pid| {
+        pid != std::process::id()
+            && comm(&pid.to_string()).is_some_and(|theirs| Some(theirs) == comm("self"))
+    })
+}
+
 /// The pid of the engine that made a job group, from its name.
 pub fn engine_of(name: &str) -> Option<u32> {
     is_job_group(name)
@@ -539,6 +553,48 @@ mod tests {
         }
         assert_eq!(engine_of("ideamill-123-4-job56"), Some(123));
         assert_eq!(engine_of("ideamill-engine"), None);
+    }
+
+    /// Engines start (and sweep) while others make groups for their jobs:
+    /// a sweep must never take a group being made, or one still held.
+    #[test]
+    fn a_sweep_never_takes_a_group_being_made_or_held() {
+        let host = match CgroupHost::detect() {
+            Ok(host) => host,
+            Err(why) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "no control groups in CI: {why}"
+                );
+                eprintln!("skipped: {why}");
+                return;
+            }
+        };
+        let ours = format!("ideamill-{}-", std::process::id());
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sweeper = s.spawn(|| {
+                let mut sweeps = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let swept = host.sweep_abandoned().expect("a sweep");
+                    let taken: Vec<_> = swept
+                        .groups
+                        .iter()
+                        .filter(|g| g.starts_with(&ours))
+                        .collect();
+                    assert!(taken.is_empty(), "a sweep took live groups: {taken:?}");
+                    sweeps += 1;
+                }
+                sweeps
+            });
+            for _ in 0..300 {
+                let group = host.create("job0", 64 << 20, 16).expect("a group");
+                assert!(group.dirs.iter().all(|d| d.exists()), "{:?}", group.dirs);
+                group.remove();
+            }
+            done.store(true, Ordering::Relaxed);
+            assert!(sweeper.join().expect("the sweeper") > 0);
+        });
     }
 
     #[test]
