@@ -138,7 +138,11 @@ impl CgroupHost {
                     let Ok(hold) = File::open(entry.path()) else {
                         continue;
                     };
-                    if try_lock(&hold, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+                    // Free, and still there: its owner, which removes a
+                    // group before it lets go, is dead.
+                    if try_lock(&hold, libc::LOCK_EX | libc::LOCK_NB).is_ok()
+                        && entry.path().exists()
+                    {
                         let group = found.entry(name).or_insert_with(|| JobCgroup {
                             dirs: Vec::new(),
                             procs: Vec::new(),
