@@ -67,6 +67,13 @@ fn soak(store: &str, seed: &str) {
         finished >= ideas,
         "{finished} finished of {ideas}: {context}"
     );
+    // Nothing of a killed engine's jobs is left on the host.
+    assert_eq!(
+        summary["sandbox_leftovers"],
+        serde_json::json!([]),
+        "{context}"
+    );
+    assert!(summary["engines_seen"].as_u64().unwrap() >= 1, "{context}");
     let long_waits = summary["long_waits"].as_array().unwrap();
     assert!(
         long_waits.iter().all(|w| w[1] != "UNEXPLAINED"),
