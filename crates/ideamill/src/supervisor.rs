@@ -20,6 +20,11 @@
 //! ever start to write it. The store's code, runtime and connections live
 //! only in the helper, so the supervisor stays as small after a hundred
 //! restarts as at its start.
+//!
+//! Leftovers: the supervisor is a child subreaper, so what an engine that
+//! died leaves running (a job's process that left its session, a sandbox
+//! process that missed its parent's death) lands on it rather than on init,
+//! and is killed and reaped before another engine starts.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -78,6 +83,9 @@ enum End {
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = project::load_config(config_path)?;
     let signals = SignalPipe::install()?;
+    if let Err(e) = ideamill_sys::process::become_subreaper() {
+        tracing::warn!(error = %e, "Cannot become a child subreaper: what a killed engine leaves running goes to init");
+    }
     let mut recent: Vec<Instant> = Vec::new();
     let mut restarts: u64 = 0;
     let mut stalls: u64 = 0;
@@ -91,6 +99,10 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             tracing::debug!("Supervisor {} started engine pid {pid}", std::process::id());
         }
         let (end, registered) = watch(&config, child, &beats, &signals, &mut stopping);
+        let left = end_leftovers();
+        if left > 0 {
+            tracing::warn!("Engine pid {pid} left {left} process(es) running; killed them");
+        }
         let (status, cause, stall, evidence) = match end {
             End::Exited(status) => {
                 if stopping || status.success() {
@@ -145,11 +157,16 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         recent.retain(|t| t.elapsed() < window);
         let details = format!(
-            "{}{}",
+            "{}{}{}",
             stall.map_or(String::new(), |s| format!(
                 "; stalled for {} ms",
                 s.as_millis()
             )),
+            if left > 0 {
+                format!("; killed {left} process(es) it left running")
+            } else {
+                String::new()
+            },
             evidence
                 .as_ref()
                 .map_or(String::new(), |e| format!("; evidence in {}", e.display()))
@@ -288,6 +305,32 @@ fn drain_beats(pipe: &std::fs::File) -> Option<beat_pipe::Beat> {
             Ok(0) | Err(_) => return newest,
             Ok(n) => newest = beat_pipe::newest(&buf[..n]).or(newest),
         }
+    }
+}
+
+/// Kills and reaps every process that landed on the supervisor. With the
+/// engine reaped, each child the supervisor has is one the engine left
+/// (the event helper runs only while the supervisor waits for it); their
+/// own children land here in turn, so it repeats until none is left, for
+/// at most 2 s. Returns how many were still running.
+fn end_leftovers() -> usize {
+    use ideamill_sys::process as sys;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut running = std::collections::BTreeSet::new();
+    loop {
+        let children = sys::own_children();
+        if children.is_empty() || Instant::now() > deadline {
+            return running.len();
+        }
+        for pid in children {
+            // A child of ours: its pid is not reused before we reap it.
+            if sys::read_stat(pid).is_some_and(|s| s.state != 'Z') {
+                running.insert(pid);
+                sys::kill(pid);
+            }
+            sys::reap_exited(pid);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -550,3 +550,61 @@ fn a_killed_engines_job_groups_and_what_is_left_in_them_go_with_the_next_engine(
         processes_with(&marker)
     );
 }
+
+/// An engine killed outright cannot end its jobs: what an unconfined job
+/// started outside its session (or a sandbox process that missed its
+/// parent's death) would run on under init. The supervisor adopts it (a
+/// child subreaper) and kills it before the next engine starts.
+#[test]
+fn what_a_killed_engine_left_running_dies_before_the_next_engine_starts() {
+    let pid = std::process::id();
+    // The marker is joined at run time, so that only the escaped process's
+    // command line holds it, not the job's own.
+    let marker = format!("ideamill-escaped-{pid}");
+    let program = format!(
+        "import subprocess, time\n\
+         marker = 'ideamill-esc' + 'aped-{pid}'\n\
+         subprocess.Popen(['python3', '-c', 'import time; time.sleep(600)', marker],\n\
+         \x20   start_new_session=True, stdin=subprocess.DEVNULL,\n\
+         \x20   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
+         time.sleep(600)\n"
+    );
+    let p = Project::new(&format!(
+        "{ENGINE}{}",
+        py_stage("work", &program, "sandbox = \"off\"\ntimeout = \"10m\"")
+    ));
+    let mut run = p.spawn_run(&[]);
+    let first = running_engine(&p, 0);
+    p.add("a job that leaves a process behind");
+    let mut escaped = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            escaped = processes_with(&marker).into_iter().next().unwrap_or(0);
+            escaped > 0
+        }),
+        "the job never started its process\n{}",
+        p.logs()
+    );
+    // SAFETY: kill(2) on the engine's pid, read from its status file.
+    unsafe {
+        libc::kill(first, libc::SIGKILL);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(escaped)),
+        "the killed engine's job left {escaped} running\n{}",
+        p.logs()
+    );
+    running_engine(&p, first);
+    let events = p.json(&["events", "--kind", "engine_restarted"]);
+    assert!(
+        events.to_string().contains("process(es) it left running"),
+        "{events:#}"
+    );
+    signal_and_wait(&mut run);
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_with(&marker)
+            .is_empty()),
+        "{:?}",
+        processes_with(&marker)
+    );
+}
