@@ -178,6 +178,20 @@ fn job_groups_of(pid: i32) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// A process of `p`'s job whose command line holds `marker`, once one runs.
+fn first_process_with(p: &Project, marker: &str) -> i32 {
+    let mut found = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            found = processes_with(marker).into_iter().next().unwrap_or(0);
+            found > 0
+        }),
+        "no process holds {marker}: the job never started\n{}",
+        p.logs()
+    );
+    found
+}
+
 fn item_state(p: &Project, id: i64) -> String {
     p.show(id)["item"]["state"].as_str().unwrap().to_owned()
 }
@@ -457,15 +471,7 @@ fn a_killed_engines_job_groups_and_what_is_left_in_them_go_with_the_next_engine(
     let mut run = p.spawn_run(&[]);
     let first = running_engine(&p, 0);
     p.add("a job that sleeps");
-    let mut job = 0;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            job = processes_with(&marker).into_iter().next().unwrap_or(0);
-            job > 0
-        }),
-        "the job never started\n{}",
-        p.logs()
-    );
+    let job = first_process_with(&p, &marker);
     let groups = job_groups_of(job);
     if groups.is_empty() {
         let why = "the job runs in no control group of its own here (not root, or no cgroups)";
@@ -576,15 +582,7 @@ fn what_a_killed_engine_left_running_dies_before_the_next_engine_starts() {
     let mut run = p.spawn_run(&[]);
     let first = running_engine(&p, 0);
     p.add("a job that leaves a process behind");
-    let mut escaped = 0;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            escaped = processes_with(&marker).into_iter().next().unwrap_or(0);
-            escaped > 0
-        }),
-        "the job never started its process\n{}",
-        p.logs()
-    );
+    let escaped = first_process_with(&p, &marker);
     // SAFETY: kill(2) on the engine's pid, read from its status file.
     unsafe {
         libc::kill(first, libc::SIGKILL);
