@@ -68,12 +68,7 @@ impl CgroupHost {
     pub fn create(&self, tag: &str, memory: u64, processes: u32) -> io::Result<JobCgroup> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let _making = ParentLocks::take(self, libc::LOCK_SH)?;
-        let mut group = JobCgroup {
-            dirs: Vec::new(),
-            procs: Vec::new(),
-            holds: Vec::new(),
-            version: self.version(),
-        };
+        let mut group = JobCgroup::empty(self.version());
         // Engines in other PID namespaces may share a pid, and so a name:
         // the next number then.
         let name = loop {
@@ -143,12 +138,9 @@ impl CgroupHost {
                     if try_lock(&hold, libc::LOCK_EX | libc::LOCK_NB).is_ok()
                         && entry.path().exists()
                     {
-                        let group = found.entry(name).or_insert_with(|| JobCgroup {
-                            dirs: Vec::new(),
-                            procs: Vec::new(),
-                            holds: Vec::new(),
-                            version: self.version(),
-                        });
+                        let group = found
+                            .entry(name)
+                            .or_insert_with(|| JobCgroup::empty(self.version()));
                         group.dirs.push(entry.path());
                         group.holds.push(hold);
                     }
@@ -262,6 +254,16 @@ pub struct LimitHits {
 }
 
 impl JobCgroup {
+    /// No folder yet: each is added as it is made (or found by a sweep).
+    fn empty(version: u8) -> JobCgroup {
+        JobCgroup {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+            holds: Vec::new(),
+            version,
+        }
+    }
+
     /// The fds the child writes "0" to, to join every hierarchy.
     pub fn procs_fds(&self) -> Vec<RawFd> {
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
