@@ -46,22 +46,46 @@ impl CgroupHost {
     /// Finds a place for job groups and proves it by making and removing
     /// one; the error says what is missing.
     pub fn detect() -> Result<CgroupHost, String> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let own = fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        let host = match (
-            v1_group(&mountinfo, &own, "memory"),
-            v1_group(&mountinfo, &own, "pids"),
-        ) {
-            (Some(memory), Some(pids)) => CgroupHost::V1 { memory, pids },
-            _ => v2_parent(&mountinfo, &own)?,
-        };
+        let host = Self::locate(true)?;
         let probe = host
             .create("probe", 64 << 20, 16)
             .map_err(|e| format!("cannot create a control group ({host}): {e}"))?;
         probe.remove();
         Ok(host)
+    }
+
+    /// Where this process's job groups go. With `prepare`, on v2, moves the
+    /// engine into a leaf if that is what lets its group hand controllers
+    /// down; without, only reads.
+    fn locate(prepare: bool) -> Result<CgroupHost, String> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        match (
+            v1_group(&mountinfo, &own, "memory"),
+            v1_group(&mountinfo, &own, "pids"),
+        ) {
+            (Some(memory), Some(pids)) => Ok(CgroupHost::V1 { memory, pids }),
+            _ if prepare => v2_parent(&mountinfo, &own),
+            _ => Ok(CgroupHost::V2 {
+                parent: v2_own_group(&mountinfo, &own)?,
+            }),
+        }
+    }
+
+    /// Every job group's folder, by name (on v1, one in each hierarchy).
+    fn job_dirs(&self) -> io::Result<Vec<(String, PathBuf)>> {
+        let mut found = Vec::new();
+        for parent in self.parents() {
+            for entry in fs::read_dir(parent)?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_job_group(&name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    found.push((name, entry.path()));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Makes the group of one job with these limits.
@@ -121,29 +145,21 @@ impl CgroupHost {
         let mut found: BTreeMap<String, JobCgroup> = BTreeMap::new();
         {
             let _looking = ParentLocks::take(self, libc::LOCK_EX)?;
-            for parent in self.parents() {
-                for entry in fs::read_dir(parent)?.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if !is_job_group(&name)
-                        || !entry.file_type().is_ok_and(|t| t.is_dir())
-                        || made_by_a_live_engine(&name)
-                    {
-                        continue;
-                    }
-                    let Ok(hold) = File::open(entry.path()) else {
-                        continue;
-                    };
-                    // Free, and still there: its owner, which removes a
-                    // group before it lets go, is dead.
-                    if try_lock(&hold, libc::LOCK_EX | libc::LOCK_NB).is_ok()
-                        && entry.path().exists()
-                    {
-                        let group = found
-                            .entry(name)
-                            .or_insert_with(|| JobCgroup::empty(self.version()));
-                        group.dirs.push(entry.path());
-                        group.holds.push(hold);
-                    }
+            for (name, dir) in self.job_dirs()? {
+                if made_by_a_live_engine(&name) {
+                    continue;
+                }
+                let Ok(hold) = File::open(&dir) else {
+                    continue;
+                };
+                // Free, and still there: its owner, which removes a group
+                // before it lets go, is dead.
+                if try_lock(&hold, libc::LOCK_EX | libc::LOCK_NB).is_ok() && dir.exists() {
+                    let group = found
+                        .entry(name)
+                        .or_insert_with(|| JobCgroup::empty(self.version()));
+                    group.dirs.push(dir);
+                    group.holds.push(hold);
                 }
             }
         }
@@ -413,29 +429,10 @@ fn v1_group(mountinfo: &str, own: &str, controller: &str) -> Option<PathBuf> {
 /// own groups, where an engine started from here makes them: `(name,
 /// folder)`, one per hierarchy. Reads only; for audits.
 pub fn job_groups_here() -> Vec<(String, PathBuf)> {
-    let (Ok(mountinfo), Ok(own)) = (
-        fs::read_to_string("/proc/self/mountinfo"),
-        fs::read_to_string("/proc/self/cgroup"),
-    ) else {
-        return Vec::new();
-    };
-    let parents: Vec<PathBuf> = match (
-        v1_group(&mountinfo, &own, "memory"),
-        v1_group(&mountinfo, &own, "pids"),
-    ) {
-        (Some(memory), Some(pids)) => vec![memory, pids],
-        _ => v2_own_group(&mountinfo, &own).into_iter().collect(),
-    };
-    let mut found = Vec::new();
-    for parent in parents {
-        for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_job_group(&name) {
-                found.push((name, entry.path()));
-            }
-        }
-    }
-    found
+    CgroupHost::locate(false)
+        .ok()
+        .and_then(|host| host.job_dirs().ok())
+        .unwrap_or_default()
 }
 
 /// Whether the pid a group's name carries is an engine's (a process named
