@@ -339,3 +339,44 @@ pub async fn events_filter_by_item_kind_and_since(s: &dyn Store) {
         .unwrap();
     assert_eq!(capped.len(), 2);
 }
+
+/// Items moved to done by one batch of finishes are counted once each
+/// (PostgreSQL counts them in the finish's own statement, not by a trigger:
+/// 0010_done_counted.sql), and moved back out by a retry, the other way.
+pub async fn item_counts_follow_a_batch_of_finishes_and_a_retry(s: &dyn Store) {
+    let ids = s
+        .add_items(&new_items(&["a", "b", "c", "d"]), &next("solo", 1, 1), T0)
+        .await
+        .unwrap();
+    let jobs = s.claim("solo", 4, "w1", T0, T0 + LEASE).await.unwrap();
+    assert_eq!(jobs.len(), 4);
+    let fail = Transition::FailItem {
+        reason: "no".into(),
+        feedback: None,
+        class: FailureClass::Quality,
+    };
+    let batch = vec![
+        finish(&jobs[0], "w1", T0 + 1, advance("out", None)),
+        finish(&jobs[1], "w1", T0 + 1, advance("out", None)),
+        finish(&jobs[2], "w1", T0 + 1, fail),
+        finish(&jobs[3], "w1", T0 + 1, advance("out", None)),
+        // The same finish again in the batch: stale, counts nothing.
+        finish(&jobs[0], "w1", T0 + 1, advance("out", None)),
+    ];
+    let results = s.finish(&batch).await.unwrap();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
+    let counted = |active, done, failed| ItemCounts {
+        active,
+        done,
+        failed,
+        cancelled: 0,
+    };
+    assert_eq!(s.status(T0 + 2).await.unwrap().items, counted(0, 3, 1));
+    s.retry_item(ids[1], &next("solo", 1, 1), T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(s.status(T0 + 4).await.unwrap().items, counted(1, 2, 1));
+    let again = s.claim("solo", 1, "w1", T0 + 5, T0 + LEASE).await.unwrap();
+    finish_ok(s, finish(&again[0], "w1", T0 + 6, advance("out", None))).await;
+    assert_eq!(s.status(T0 + 7).await.unwrap().items, counted(0, 3, 1));
+}
