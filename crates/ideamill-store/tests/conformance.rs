@@ -99,6 +99,7 @@ macro_rules! conformance_suite {
                     queries::list_items_filters_and_pages,
                     queries::status_counts_stages_leases_and_items,
                     queries::item_counts_follow_a_batch_of_finishes_and_a_retry,
+                    queries::many_items_added_at_once_keep_their_order_and_jobs,
                     queries::events_filter_by_item_kind_and_since,
                     intake::add_items_once_takes_a_source_once,
                     intake::import_items_in_their_states_once,

@@ -234,7 +234,7 @@ impl Stages for PostgresStore {
             // (as the fence does, so that no guess of the planner's scans the
             // table), then marked done; the move is counted here, one delta
             // per state left, not by a trigger per item
-            // (0010_done_counted.sql).
+            // (0010_lighter_finish.sql).
             done.sort_unstable_by_key(|r| r.0);
             sqlx::query(
                 "WITH prior AS MATERIALIZED (

@@ -48,7 +48,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         10,
-        include_str!("../../migrations/postgres/0010_done_counted.sql"),
+        include_str!("../../migrations/postgres/0010_lighter_finish.sql"),
     ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

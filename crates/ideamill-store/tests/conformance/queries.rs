@@ -342,7 +342,7 @@ pub async fn events_filter_by_item_kind_and_since(s: &dyn Store) {
 
 /// Items moved to done by one batch of finishes are counted once each
 /// (PostgreSQL counts them in the finish's own statement, not by a trigger:
-/// 0010_done_counted.sql), and moved back out by a retry, the other way.
+/// 0010_lighter_finish.sql), and moved back out by a retry, the other way.
 pub async fn item_counts_follow_a_batch_of_finishes_and_a_retry(s: &dyn Store) {
     let ids = s
         .add_items(&new_items(&["a", "b", "c", "d"]), &next("solo", 1, 1), T0)
@@ -379,4 +379,35 @@ pub async fn item_counts_follow_a_batch_of_finishes_and_a_retry(s: &dyn Store) {
     let again = s.claim("solo", 1, "w1", T0 + 5, T0 + LEASE).await.unwrap();
     finish_ok(s, finish(&again[0], "w1", T0 + 6, advance("out", None))).await;
     assert_eq!(s.status(T0 + 7).await.unwrap().items, counted(0, 3, 1));
+}
+
+/// Many items added at once (more than one statement's chunk on SQLite,
+/// whose add gives ids in SQL): ids new, ascending in input order, each
+/// item with its text and one queued first job.
+pub async fn many_items_added_at_once_keep_their_order_and_jobs(s: &dyn Store) {
+    let before = s
+        .add_items(&new_items(&["first"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    let texts: Vec<String> = (0..150).map(|n| format!("idea {n}")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = s
+        .add_items(&new_items(&refs), &next("draft", 1, 3), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 150);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
+    assert!(ids[0] > before[0]);
+    for (id, text) in ids.iter().zip(&texts).step_by(37) {
+        assert_eq!(&s.item(*id).await.unwrap().item.text, text);
+    }
+    let jobs = s
+        .claim("draft", 200, "w1", T0 + 2, T0 + LEASE)
+        .await
+        .unwrap();
+    let mut claimed: Vec<_> = jobs.iter().map(|j| j.item_id).collect();
+    claimed.sort_unstable();
+    let mut expected = before.clone();
+    expected.extend(&ids);
+    assert_eq!(claimed, expected, "one first job per item");
 }

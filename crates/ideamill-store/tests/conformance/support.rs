@@ -580,10 +580,12 @@ impl Backend for PostgresBackend {
     async fn undo_queued_counts(&self) {
         let mut conn = self.raw().await;
         sqlx::raw_sql(
-            "DROP TRIGGER items_count_update ON items;
+            "-- First migration 10 (0010_lighter_finish.sql), which came after it.
+             DROP TRIGGER items_count_update ON items;
              CREATE TRIGGER items_count_update AFTER UPDATE OF state ON items
                  FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
                  EXECUTE FUNCTION ideamill_count_changed_item();
+             CREATE INDEX items_finished ON items (finished_at) WHERE finished_at IS NOT NULL;
              DELETE FROM ideamill_schema WHERE version = 10;
              DROP TRIGGER jobs_count_insert ON jobs;
              DROP TRIGGER jobs_count_delete ON jobs;

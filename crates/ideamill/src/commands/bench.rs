@@ -432,10 +432,12 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
     // In-process: from the call that adds the item to its claim, each after
     // the gap (so that the last job's finish is not still being committed).
     let mut local = Vec::new();
+    let mut adds = Vec::new();
     for _ in 0..samples {
         tokio::time::sleep(gap).await;
         let t0 = Instant::now();
         let id = store.add_items(&new_items(1), &first, now_millis()).await?[0];
+        adds.push(t0.elapsed());
         let claimed = wait_claim(&mut rx, id).await?;
         local.push(claimed.saturating_duration_since(t0));
     }
@@ -499,6 +501,7 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
 
     println!("bench pickup ({}, {samples} samples each)", backend(&url));
     report("  in-process:    ", &mut local);
+    report("    of which the add, until it returned: ", &mut adds);
     report("  other process: ", &mut remote);
     Ok(())
 }
