@@ -84,15 +84,23 @@ impl Leases for PostgresStore {
         // claim, a beat need not wait for its WAL flush: a beat lost in a
         // server crash only makes leases expire sooner.
         // Leases are renewed from the database's clock.
+        //
+        // The rows are locked in id order, as a finish locks them
+        // (`PostgresStore::finish`): a beat and a finish of the same jobs
+        // taking them in two orders could each wait for the other.
         let cancels = sqlx::query_scalar(concat!(
             "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             held AS MATERIALIZED (
+                 SELECT id FROM jobs
+                 WHERE id = ANY($5) AND lease_owner = $2 AND state = 'running'
+                   AND EXISTS (SELECT 1 FROM relaxed)
+                 ORDER BY id FOR UPDATE),
              renewed AS (
                  UPDATE jobs SET lease_expires_at = CASE WHEN $4 THEN ",
             db_now!(),
             " + ($1 - $3) ELSE $1 END
-                 WHERE id = ANY($5) AND lease_owner = $2 AND state = 'running'
-                   AND EXISTS (SELECT 1 FROM relaxed)
-                 RETURNING id, cancel_requested),
+                 FROM held WHERE jobs.id = ANY($5) AND jobs.id = held.id
+                 RETURNING jobs.id, jobs.cancel_requested),
              beat AS (UPDATE processes SET last_beat_at = $3 WHERE id = $2)
              SELECT id FROM renewed WHERE cancel_requested ORDER BY id"
         ))
