@@ -381,9 +381,9 @@ pub async fn item_counts_follow_a_batch_of_finishes_and_a_retry(s: &dyn Store) {
     assert_eq!(s.status(T0 + 7).await.unwrap().items, counted(0, 3, 1));
 }
 
-/// Many items added at once (more than one statement's chunk on SQLite,
-/// whose add gives ids in SQL): ids new, ascending in input order, each
-/// item with its text and one queued first job.
+/// Many items added at once (more than one statement's chunk on SQLite):
+/// ids new, ascending in input order, each item with its text and one
+/// queued first job.
 pub async fn many_items_added_at_once_keep_their_order_and_jobs(s: &dyn Store) {
     let before = s
         .add_items(&new_items(&["first"]), &next("draft", 1, 3), T0)
