@@ -474,6 +474,10 @@ async fn trace_recovery(shared: &Shared, job: &ideamill_store::ReapedJob, why: &
 /// for people, and a lost wake-up is still found.
 const IDLE_QUEUE_READ: Duration = Duration::from_secs(60);
 
+/// The least time between two unmappings of idle code: each costs the next
+/// busy spell a minor fault per code page it runs again.
+const UNMAP_CODE_EVERY: Duration = Duration::from_secs(60);
+
 /// One beat per `heartbeat`: renew the leases of the jobs this process runs, deliver
 /// cancellations, reap other processes' expired leases, prune old rows. An
 /// idle engine (running nothing, nothing runnable when it last looked) does
@@ -493,6 +497,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     // whether it had runnable work.
     let mut queue_seen: Option<(Instant, (u64, usize))> = None;
     let mut runnable_seen = true;
+    // Whether this idle spell unmapped the code it no longer runs, and when
+    // that was last done.
+    let mut code_unmapped = false;
+    let mut last_unmap: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -577,6 +585,17 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 }
                 continue;
             }
+        }
+        // Idle, with the store answering: the code that starting up and the
+        // last jobs ran need not stay mapped (at most once a minute, so a
+        // queue that fills and drains often does not pay for it each time).
+        if !idle {
+            code_unmapped = false;
+        } else if !code_unmapped && last_unmap.is_none_or(|t| t.elapsed() >= UNMAP_CODE_EVERY) {
+            code_unmapped = true;
+            last_unmap = Some(Instant::now());
+            let bytes = ideamill_health::memory::unmap_idle_code();
+            tracing::debug!("Idle: unmapped {} KiB of code pages", bytes / 1024);
         }
         // Other machines' long-silent processes: once per lease is plenty
         // (while idle, only when the beat saw one).

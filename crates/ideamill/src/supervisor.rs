@@ -352,6 +352,7 @@ fn watch(
     // Whether the engine got as far as registering with the store: one
     // that exits before that failed to start, and is not started again.
     let mut started = false;
+    let mut code_unmapped = false;
     let mut piped_beat: Option<i64> = None;
     loop {
         // The newest beat, by the monotonic clock that parent and child
@@ -389,6 +390,12 @@ fn watch(
                 return (End::Exited(status), started);
             }
             return (stall(config, child, age), started);
+        }
+        // Once the engine is up, all the supervisor does is this loop: the
+        // code it ran to start (parsing, configuration) need not stay mapped.
+        if started && !code_unmapped {
+            code_unmapped = true;
+            ideamill_health::memory::unmap_idle_code();
         }
         // Until the first beat, look for the status file often; then sleep
         // until the beat would go stale.
