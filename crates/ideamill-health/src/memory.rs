@@ -25,19 +25,22 @@ pub fn give_back_freed() {
 /// bytes of mappings were advised. Starting up runs code an idle process
 /// never runs again (argument and configuration parsing, migrations, the
 /// first connections), and the kernel maps the pages around each page it
-/// faults in, so an idle engine kept some 7 MiB of code resident that it
-/// did not use. The pages stay in the page cache: the ones still run are
+/// faults in, so an idle supervisor and engine kept some 10 MiB of code
+/// resident between them that they no longer ran (`ideamill bench health`). The pages stay in the page cache: the ones still run are
 /// mapped again at their next use by a minor fault, without a disk read.
 ///
-/// Only private, read-only mappings of files that hold no private
-/// (copy-on-write) page are advised, so no byte the process sees changes:
-/// relocated data (RELRO), written data and the heap are left alone.
+/// Only private, read-only mappings of the program's files (this binary
+/// and shared objects, which stay mapped for the life of the process) that
+/// hold no private (copy-on-write) page are advised, so no byte the process
+/// sees changes: relocated data (RELRO), written data, the heap and any
+/// other file's mapping are left alone.
 pub fn unmap_idle_code() -> usize {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
+    let exe = std::env::current_exe().unwrap_or_default();
     let mut advised = 0;
-    for (start, end) in read_only_file_mappings(&smaps) {
+    for (start, end) in read_only_program_mappings(&smaps, &exe) {
         #[cfg(target_os = "linux")]
         // SAFETY: [start, end) is a private read-only mapping of a file with
         // no private page, so dropping its page-table entries changes no
@@ -55,9 +58,17 @@ pub fn unmap_idle_code() -> usize {
     advised
 }
 
-/// The address ranges of `smaps`' private read-only file mappings (`r--p`,
-/// `r-xp`) whose `Anonymous` size is zero.
-fn read_only_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
+/// The address ranges of `smaps`' private read-only mappings (`r--p`,
+/// `r-xp`) of `exe` or of a shared object whose `Anonymous` size is zero.
+fn read_only_program_mappings(smaps: &str, exe: &std::path::Path) -> Vec<(usize, usize)> {
+    let program = |path: &str| {
+        let path = std::path::Path::new(path);
+        path.is_absolute()
+            && (path == exe
+                || path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().contains(".so")))
+    };
     let mut found = Vec::new();
     let mut current: Option<(usize, usize)> = None;
     for line in smaps.lines() {
@@ -72,7 +83,7 @@ fn read_only_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
             // A mapping's header: range, perms, offset, device, inode, path.
             let perms = fields.next().unwrap_or("");
             let path = fields.nth(3).unwrap_or("");
-            current = (matches!(perms, "r--p" | "r-xp") && path.starts_with('/') && end > start)
+            current = (matches!(perms, "r--p" | "r-xp") && program(path) && end > start)
                 .then_some((start, end));
         } else if first == "Anonymous:"
             && let Some(range) = current.take()
@@ -89,7 +100,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_private_read_only_file_mappings_without_private_pages_are_chosen() {
+    fn only_the_programs_read_only_mappings_without_private_pages_are_chosen() {
         let smaps = "\
 55d0c0000000-55d0c0100000 r--p 00000000 fe:01 1234 /usr/bin/ideamill
 Rss:                 400 kB
@@ -102,7 +113,9 @@ Anonymous:           120 kB
 Anonymous:            64 kB
 55d0c1000000-55d0c1100000 rw-p 00000000 00:00 0 [heap]
 Anonymous:           900 kB
-7f0000000000-7f0000010000 r--s 00000000 fe:01 99 /dev/shm/x
+7f0000000000-7f0000010000 r--s 00000000 fe:01 99 /dev/shm/x.so
+Anonymous:             0 kB
+7f0000080000-7f0000090000 r--p 00000000 fe:01 98 /work/data/notes.txt
 Anonymous:             0 kB
 7f0000100000-7f0000200000 r-xp 00000000 fe:01 77 /usr/lib/libc.so.6
 Anonymous:             0 kB
@@ -110,7 +123,7 @@ Anonymous:             0 kB
 Anonymous:             0 kB
 ";
         assert_eq!(
-            read_only_file_mappings(smaps),
+            read_only_program_mappings(smaps, std::path::Path::new("/usr/bin/ideamill")),
             vec![
                 (0x55d0c0000000, 0x55d0c0100000),
                 (0x55d0c0100000, 0x55d0c0900000),

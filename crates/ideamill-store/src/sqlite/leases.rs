@@ -95,12 +95,21 @@ impl Leases for SqliteStore {
     }
 
     async fn idle_beat(&self, owner: &str, now: Millis, silent_since: Millis) -> Result<IdleBeat> {
-        // One statement on the writer, the housekeeping's questions
-        // included (each an index lookup or a read of a few rows): each
-        // statement through the pool wakes its connection's thread twice
-        // (the statement, then the pool's ping when the connection is
-        // given back), and the loop once for each reply.
-        let row = sqlx::query(
+        // One statement, the housekeeping's questions included (each an
+        // index lookup or a read of a few rows), on the beat's own
+        // connection: one wake-up of its thread and one of the loop. It
+        // writes beside the writer as another process would, under the
+        // database's write lock; while idle the writer has little to do.
+        // Without that connection (it cannot be opened: out of descriptors,
+        // say) the beat goes through the writer, as any write does.
+        let mut beat = self.beat.lock().await;
+        if beat.is_none() {
+            *beat = sqlx::Connection::connect_with(&self.beat_options)
+                .await
+                .inspect_err(|e| tracing::debug!("The idle beat goes through the writer: {e}"))
+                .ok();
+        }
+        let query = sqlx::query(
             "UPDATE processes SET last_beat_at = ?1 WHERE id = ?2
              RETURNING
                EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_expires_at < ?1) AS expired,
@@ -110,9 +119,20 @@ impl Leases for SqliteStore {
         )
         .bind(now)
         .bind(owner)
-        .bind(silent_since)
-        .fetch_optional(&self.writer)
-        .await?;
+        .bind(silent_since);
+        let row = match beat.as_mut() {
+            Some(conn) => {
+                let row = query.fetch_optional(&mut *conn).await;
+                if row.is_err() {
+                    // Opened afresh at the next beat: a connection that
+                    // failed once (a full disk, a broken file) is not
+                    // trusted again.
+                    *beat = None;
+                }
+                row?
+            }
+            None => query.fetch_optional(&self.writer).await?,
+        };
         // No row of its own (not registered yet, or marked gone by another
         // process): every question is left to its own read.
         let Some(r) = row else {

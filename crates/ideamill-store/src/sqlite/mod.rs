@@ -1,7 +1,8 @@
 //! The SQLite store: WAL mode, one writer connection (so writes in this
-//! process never contend with each other), a small pool of readers, and
-//! Unix-socket wake-ups for other processes. Every write transaction takes
-//! the write lock first (`BEGIN IMMEDIATE`), so a read inside it can never be
+//! process never contend with each other; an idle engine's beat has its own
+//! connection, and writes one row when the writer has nothing to do), a
+//! small pool of readers, and Unix-socket wake-ups for other processes.
+//! Every write transaction takes the write lock first (`BEGIN IMMEDIATE`), so a read inside it can never be
 //! invalidated by another process's commit.
 //!
 //! What is written once for both databases lives in `shared/`; here are the
@@ -45,6 +46,12 @@ pub struct SqliteStore {
     local: LocalWake,
     /// Reads of jobs' contexts, gathered into one statement per burst.
     contexts: crate::contexts::ContextReader,
+    /// The idle beat's own connection, outside the pools, opened at the
+    /// first idle beat: a pooled connection costs its thread and the
+    /// caller's loop a second wake-up per statement (sqlx pings each one it
+    /// is given back), and an idle engine's beat is most of what it does.
+    beat: tokio::sync::Mutex<Option<sqlx::SqliteConnection>>,
+    beat_options: sqlx::sqlite::SqliteConnectOptions,
 }
 
 impl SqliteStore {
@@ -163,6 +170,9 @@ impl Backend for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(beat) = self.beat.lock().await.take() {
+            let _ = sqlx::Connection::close(beat).await;
+        }
         self.reader.close().await;
         self.writer.close().await;
     }

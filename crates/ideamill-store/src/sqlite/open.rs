@@ -61,6 +61,8 @@ const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// at most about 4 MiB of pages in an engine, reached in its first minutes.
 const WRITER_CACHE_KIB: u32 = 2048;
 const READER_CACHE_KIB: u32 = 512;
+/// The idle beat's connection reads a few index pages.
+const BEAT_CACHE_KIB: u32 = 64;
 /// Readers in the pool.
 const READERS: u32 = 4;
 
@@ -131,12 +133,15 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(
                 connect
+                    .clone()
                     .read_only(true)
                     .pragma("cache_size", format!("-{READER_CACHE_KIB}")),
             )
             .await?;
         let contexts = super::finish::context_reader(&reader);
         Ok(SqliteStore {
+            beat: tokio::sync::Mutex::new(None),
+            beat_options: connect.pragma("cache_size", format!("-{BEAT_CACHE_KIB}")),
             path,
             writer,
             reader,
