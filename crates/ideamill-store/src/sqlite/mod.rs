@@ -2,8 +2,8 @@
 //! process never contend with each other; an idle engine's beat has its own
 //! connection, and writes one row when the writer has nothing to do), a
 //! small pool of readers, and Unix-socket wake-ups for other processes.
-//! Every write transaction takes the write lock first (`BEGIN IMMEDIATE`), so a read inside it can never be
-//! invalidated by another process's commit.
+//! Every write transaction takes the write lock first (`BEGIN IMMEDIATE`),
+//! so a read inside it can never be invalidated by another process's commit.
 //!
 //! What is written once for both databases lives in `shared/`; here are the
 //! hooks it needs and the hot paths: `leases.rs` (claim, heartbeat, release,
