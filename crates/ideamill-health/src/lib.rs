@@ -2,11 +2,11 @@
 //! engine's tasks write and its watchdog reads (`Health`), the metrics
 //! registry and its Prometheus text, the ring of recent log lines, the
 //! status file's format, the facts gathered from the store and this
-//! machine, giving freed memory back and unmapping idle code (`memory`), and the pure verdict
-//! (HEALTHY / DEGRADED / STALLED / DOWN) shared by `status`, `doctor`, the
-//! probes, the dashboard and the alerts. The engine produces the beat
-//! (`pulse`) and watches it (`watchdog`); the web server and the alert
-//! monitor only read, through this crate.
+//! machine, giving freed memory back and unmapping idle code (`memory`),
+//! and the pure verdict (HEALTHY / DEGRADED / STALLED / DOWN) shared by
+//! `status`, `doctor`, the probes, the dashboard and the alerts. The
+//! engine produces the beat (`pulse`) and watches it (`watchdog`); the web
+//! server and the alert monitor only read, through this crate.
 
 pub mod facts;
 pub mod logring;

@@ -26,8 +26,9 @@ pub fn give_back_freed() {
 /// never runs again (argument and configuration parsing, migrations, the
 /// first connections), and the kernel maps the pages around each page it
 /// faults in, so an idle supervisor and engine kept some 10 MiB of code
-/// resident between them that they no longer ran (`ideamill bench health`). The pages stay in the page cache: the ones still run are
-/// mapped again at their next use by a minor fault, without a disk read.
+/// resident between them that they no longer ran (`ideamill bench health`).
+/// The pages stay in the page cache: the ones still run are mapped again
+/// at their next use by a minor fault, without a disk read.
 ///
 /// Only private, read-only mappings of the program's files (this binary
 /// and shared objects, which stay mapped for the life of the process) that
@@ -80,9 +81,11 @@ fn read_only_program_mappings(smaps: &str, exe: &std::path::Path) -> Vec<(usize,
                 usize::from_str_radix(end, 16),
             )
         {
-            // A mapping's header: range, perms, offset, device, inode, path.
+            // A mapping's header: range, perms, offset, device and inode,
+            // one space apart, then the path (which may hold spaces) after
+            // padding.
             let perms = fields.next().unwrap_or("");
-            let path = fields.nth(3).unwrap_or("");
+            let path = line.splitn(6, ' ').nth(5).unwrap_or("").trim_start();
             current = (matches!(perms, "r--p" | "r-xp") && program(path) && end > start)
                 .then_some((start, end));
         } else if first == "Anonymous:"
@@ -117,6 +120,10 @@ Anonymous:           900 kB
 Anonymous:             0 kB
 7f0000080000-7f0000090000 r--p 00000000 fe:01 98 /work/data/notes.txt
 Anonymous:             0 kB
+7f00000a0000-7f00000b0000 r--p 00000000 fe:01 97                         /opt/x.so dir/notes.txt
+Anonymous:             0 kB
+7f00000c0000-7f00000d0000 r-xp 00000000 fe:01 96                         /opt/my tools/libz.so.1
+Anonymous:             0 kB
 7f0000100000-7f0000200000 r-xp 00000000 fe:01 77 /usr/lib/libc.so.6
 Anonymous:             0 kB
 7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]
@@ -127,6 +134,7 @@ Anonymous:             0 kB
             vec![
                 (0x55d0c0000000, 0x55d0c0100000),
                 (0x55d0c0100000, 0x55d0c0900000),
+                (0x7f00000c0000, 0x7f00000d0000),
                 (0x7f0000100000, 0x7f0000200000),
             ]
         );
