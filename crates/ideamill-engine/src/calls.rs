@@ -23,6 +23,9 @@ pub struct StoreCalls {
     pub finish_batches: u64,
     /// Time spent in them.
     pub finish_time: Duration,
+    /// Jobs claimed by an add in this process and handed to the dispatcher
+    /// (no claim call of their own).
+    pub handed_off: u64,
 }
 
 /// The running counts behind [`StoreCalls`].
@@ -31,6 +34,7 @@ pub(crate) struct CallCounters {
     claims: Counter,
     contexts: Counter,
     finishes: Counter,
+    handed_off: AtomicU64,
 }
 
 #[derive(Default)]
@@ -67,6 +71,10 @@ impl CallCounters {
         self.finishes.add(since);
     }
 
+    pub(crate) fn handed_off(&self, jobs: u64) {
+        self.handed_off.fetch_add(jobs, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> StoreCalls {
         let (claims, claim_time) = self.claims.read();
         let (context_reads, context_time) = self.contexts.read();
@@ -78,6 +86,7 @@ impl CallCounters {
             context_time,
             finish_batches,
             finish_time,
+            handed_off: self.handed_off.load(Ordering::Relaxed),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use ideamill_core::machine::{self, Transition};
 use ideamill_core::{AttemptOutcome, Config, FailureClass, ItemState, JobId, Millis};
-use ideamill_store::{ClaimedJob, Finish, FinishEffect, IdleBeat, ProcessInfo, Store, StoreError};
+use ideamill_store::{
+    ClaimedJob, Claimer, Finish, FinishEffect, IdleBeat, ProcessInfo, Store, StoreError,
+};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,7 @@ use ideamill_telemetry::{SpanId, Telemetry};
 use tracing::Instrument;
 
 use crate::calls::{CallCounters, StoreCalls};
+use crate::handoff::{HandedOff, LocalClaims};
 use crate::traces::{self, AttemptSpans};
 use ideamill_stages::executor::{Execution, Executor};
 use ideamill_sys::clock::now_millis;
@@ -142,6 +145,9 @@ struct Shared {
     spans: Mutex<HashMap<JobId, AttemptSpans>>,
     /// The hot-path store calls, counted and timed.
     calls: CallCounters,
+    /// Each stage's free slots (its `concurrency`), shared by the dispatcher
+    /// and the hand-off (`handoff.rs`).
+    slots: HashMap<String, Arc<Semaphore>>,
 }
 
 impl Shared {
@@ -244,6 +250,17 @@ impl Engine {
                 .unwrap_or_else(|| Arc::new(Telemetry::off())),
             spans: Mutex::new(HashMap::new()),
             calls: CallCounters::default(),
+            slots: config
+                .stages
+                .iter()
+                .filter(|s| self.executors.contains_key(&s.name))
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        Arc::new(Semaphore::new(s.concurrency as usize)),
+                    )
+                })
+                .collect(),
         });
         if !register(&shared, &self.process, &shutdown).await {
             return Ok(RunSummary::default());
@@ -263,18 +280,32 @@ impl Engine {
         let beat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), beat_stop.clone()));
 
+        // Items added in this process start here when a slot is free.
+        let (handoff_tx, mut handoffs) = mpsc::unbounded_channel();
+        let claims = Arc::new(LocalClaims::new(
+            shared.owner.clone(),
+            ideamill_core::duration::millis(config.engine.lease),
+            shared.slots.clone(),
+            handoff_tx,
+        ));
+        let claimer: Arc<dyn Claimer> = claims.clone();
+        store.set_claimer(claimer.clone());
+
         let stop_claiming = shutdown.child_token();
         let dispatched = dispatch(
             &shared,
             &self.executors,
             &self.options,
             finish_tx,
+            &mut handoffs,
             stop_claiming.clone(),
         )
         .await;
         if let Err(e) = &dispatched {
             tracing::error!("The dispatcher stopped: {e:#}");
         }
+        claims.close();
+        store.unset_claimer(&claimer);
 
         // Drain: let in-flight work finish within the grace period.
         let grace = config.engine.shutdown_grace;
@@ -314,6 +345,9 @@ impl Engine {
                 );
                 0
             });
+        // Jobs handed off after the dispatcher stopped were given back with
+        // the rest; an add that hands off from now on gives its own back.
+        drop(handoffs);
         if let Err(e) = store.stop_process(&self.process.id, now_millis()).await {
             tracing::warn!("Could not record this process as stopped: {e}");
         }
@@ -721,6 +755,7 @@ async fn dispatch(
     executors: &HashMap<String, Arc<dyn Executor>>,
     options: &EngineOptions,
     finish_tx: mpsc::UnboundedSender<Finished>,
+    handoffs: &mut mpsc::UnboundedReceiver<HandedOff>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &shared.config;
@@ -730,7 +765,7 @@ async fn dispatch(
         .filter_map(|s| {
             Some(StageSlot {
                 name: s.name.clone(),
-                slots: Arc::new(Semaphore::new(s.concurrency as usize)),
+                slots: shared.slots.get(&s.name)?.clone(),
                 executor: executors.get(&s.name)?.clone(),
             })
         })
@@ -760,6 +795,9 @@ async fn dispatch(
     // of jobs we hold (claims first, so a wake-up's new work starts sooner).
     let mut look_for_cancels = false;
     while !stop.is_cancelled() {
+        while let Ok(handed) = handoffs.try_recv() {
+            start_handed_off(shared, &stages, handed, &finish_tx);
+        }
         if shared.fresh_work.swap(false, Ordering::SeqCst) {
             maybe.fill(true);
         }
@@ -796,26 +834,10 @@ async fn dispatch(
                 claimed_any = true;
                 let Ok(permit) = stage.slots.clone().try_acquire_owned() else {
                     // Cannot happen: we claimed no more than the free slots.
-                    tracing::error!(
-                        "No free slot for claimed job {}; it runs again when its lease expires",
-                        job.id
-                    );
+                    no_slot(&job);
                     continue;
                 };
-                if let Some(h) = &shared.health {
-                    h.job_started(&job);
-                }
-                shared.report(Progress::Claimed {
-                    job: job.clone(),
-                    at: Instant::now(),
-                });
-                start_job(
-                    shared,
-                    job,
-                    stage.executor.clone(),
-                    finish_tx.clone(),
-                    permit,
-                );
+                start_claimed(shared, stage, job, permit, &finish_tx);
             }
         }
         if std::mem::take(&mut look_for_cancels) && shared.in_flight.load(Ordering::SeqCst) > 0 {
@@ -903,6 +925,7 @@ async fn dispatch(
             _ = local => {}
             // The poll, or the next scheduled job's time.
             _ = tokio::time::sleep(wait) => maybe.fill(true),
+            Some(handed) = handoffs.recv() => start_handed_off(shared, &stages, handed, &finish_tx),
             _ = async {
                 match signal.as_mut() {
                     Some(s) => s.wait().await,
@@ -918,6 +941,64 @@ async fn dispatch(
         }
     }
     Ok(())
+}
+
+fn start_claimed(
+    shared: &Arc<Shared>,
+    stage: &StageSlot,
+    job: ClaimedJob,
+    permit: OwnedSemaphorePermit,
+    finish_tx: &mpsc::UnboundedSender<Finished>,
+) {
+    if let Some(h) = &shared.health {
+        h.job_started(&job);
+    }
+    shared.report(Progress::Claimed {
+        job: job.clone(),
+        at: Instant::now(),
+    });
+    start_job(
+        shared,
+        job,
+        stage.executor.clone(),
+        finish_tx.clone(),
+        permit,
+    );
+}
+
+/// Start the jobs an add in this process claimed for us, each in one of
+/// the slots it reserved.
+fn start_handed_off(
+    shared: &Arc<Shared>,
+    stages: &[StageSlot],
+    handed: HandedOff,
+    finish_tx: &mpsc::UnboundedSender<Finished>,
+) {
+    let HandedOff { jobs, slots } = handed;
+    shared.queue_changes.fetch_add(1, Ordering::SeqCst);
+    shared.calls.handed_off(jobs.len() as u64);
+    let mut slots = Some(slots);
+    for job in jobs {
+        let permit = match slots.as_mut() {
+            Some(left) if left.num_permits() > 1 => left.split(1),
+            _ => slots.take(),
+        };
+        let (Some(permit), Some(stage)) = (permit, stages.iter().find(|s| s.name == job.stage))
+        else {
+            // Cannot happen: a reservation is for one of our stages, one
+            // slot per job.
+            no_slot(&job);
+            continue;
+        };
+        start_claimed(shared, stage, job, permit, finish_tx);
+    }
+}
+
+fn no_slot(job: &ClaimedJob) {
+    tracing::error!(
+        "No free slot for claimed job {}; it runs again when its lease expires",
+        job.id
+    );
 }
 
 /// Stalls that an earlier engine's watchdog ended with nobody to report

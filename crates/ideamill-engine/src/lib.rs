@@ -5,6 +5,7 @@
 mod calls;
 mod deadline;
 mod engine;
+mod handoff;
 pub mod health;
 mod rounds;
 mod traces;

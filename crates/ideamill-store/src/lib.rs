@@ -11,6 +11,7 @@ mod common;
 mod contexts;
 mod dashboard;
 mod error;
+mod handoff;
 pub mod postgres;
 pub mod seed;
 mod shared;
@@ -26,6 +27,7 @@ use ideamill_core::{ItemId, Millis};
 pub use common::{NUL_NOTE, day_start};
 pub use dashboard::{GateLift, LIFT_ROUNDS, gate_lift, round_label, search_terms};
 pub use error::StoreError;
+pub use handoff::{Claimer, Reserved};
 pub use types::*;
 pub use wake::WorkSignal;
 
@@ -89,7 +91,9 @@ impl IdleBeat {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Add items, each with its first job, in one transaction, and wake
-    /// every engine. Returns the new ids in input order.
+    /// every engine (or hand the jobs to this process's claimer, which
+    /// then runs them: see [`Store::set_claimer`]). Returns the new ids in
+    /// input order.
     async fn add_items(
         &self,
         items: &[NewItem],
@@ -211,6 +215,14 @@ pub trait Store: Send + Sync {
 
     /// Wake every engine (after a change made outside `add_items`).
     fn notify(&self);
+
+    /// Let `claimer` (an engine of this process) take the first jobs of the
+    /// items added through this store (`add_items`, `add_items_once`) in
+    /// the add's own transaction while it has free slots (`handoff.rs`).
+    fn set_claimer(&self, claimer: std::sync::Arc<dyn Claimer>);
+
+    /// Stop handing new jobs to `claimer`, if it is the one set.
+    fn unset_claimer(&self, claimer: &std::sync::Arc<dyn Claimer>);
 
     /// Close the connections; later calls fail.
     async fn close(&self);

@@ -28,6 +28,8 @@ mod claims;
 mod dashboard;
 #[path = "conformance/finishes.rs"]
 mod finishes;
+#[path = "conformance/handoff.rs"]
+mod handoff;
 #[path = "conformance/intake.rs"]
 mod intake;
 #[path = "conformance/leases.rs"]
@@ -112,6 +114,10 @@ macro_rules! conformance_suite {
                     dashboard::gate_tallies_count_each_judgement_by_round_and_model,
                     tallies::gate_tally_counters_equal_the_full_scan,
                     queue_counts::queue_counts_follow_every_move_of_a_job,
+                    handoff::an_add_claims_its_first_jobs_for_free_slots_here,
+                    handoff::an_add_never_jumps_the_queue,
+                    handoff::an_intake_add_hands_off_too,
+                    handoff::a_hand_off_to_a_stopped_engine_gives_the_jobs_back,
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,

@@ -91,6 +91,8 @@ pub struct PostgresStore {
     contexts: crate::contexts::ContextReader,
     /// Wakes this handle's own subscribers, in process.
     local: LocalWake,
+    /// The engine of this process that new jobs are handed to (`handoff.rs`).
+    claimer: crate::handoff::ClaimerSlot,
     /// This handle's `NOTIFY` payload, so that its subscribers skip what
     /// `local` already told them.
     wake_id: String,
@@ -237,6 +239,10 @@ impl Backend for PostgresStore {
             self.pool.clone(),
             self.wake_id.clone(),
         )))
+    }
+
+    fn claimer(&self) -> &crate::handoff::ClaimerSlot {
+        &self.claimer
     }
 
     fn notify(&self) {

@@ -110,6 +110,7 @@ impl PostgresStore {
             db_clock: true,
             contexts,
             local: LocalWake::new(),
+            claimer: Default::default(),
             wake_id: crate::wake::handle_id(),
         })
     }

@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
 use ideamill_core::{FailureClass, ItemId, Millis, Usage};
 
-use super::{CHANNEL, PostgresStore, Tx};
-use crate::common::AttemptRecord;
+use super::{CHANNEL, PostgresStore, Tx, db_now};
+use crate::common::{self, AttemptRecord, RowExt};
+use crate::handoff::{Claim, NewItems};
 use crate::shared::Rows;
 use crate::*;
 
@@ -142,70 +143,105 @@ impl Rows for PostgresStore {
         Ok(())
     }
 
-    /// New active items, each with its first job `first`; ids in input order.
+    /// New active items, each with its first job `first`; ids in input
+    /// order, and the jobs claimed with them.
     async fn insert_new_items(
         tx: &mut Tx,
         items: &[NewItem],
         first: &NextJob,
         now: Millis,
-    ) -> Result<Vec<ItemId>> {
+        claim: Option<Claim<'_>>,
+        clock: bool,
+    ) -> Result<NewItems> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(NewItems::default());
         }
-        let ids = new_items(
-            concat!(new_items_sql!(), " SELECT id FROM added"),
+        let rows = new_items(
+            concat!(new_items_sql!(), " SELECT * FROM queued"),
             items,
             first,
             now,
+            claim,
+            clock,
         )
         .fetch_all(&mut **tx)
         .await?;
-        Ok(in_order(ids))
+        added(&rows, now)
     }
 
     /// One statement, committed on its own: the items, their first jobs
-    /// and the wake-up (delivered at commit).
+    /// (those claimed with them inserted running) and, if a job was left
+    /// queued, the wake-up (delivered at commit).
     async fn add_new_items(
         &self,
         items: &[NewItem],
         first: &NextJob,
         now: Millis,
-    ) -> Result<Vec<ItemId>> {
+        claim: Option<Claim<'_>>,
+    ) -> Result<NewItems> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(NewItems::default());
         }
-        let ids = new_items(
+        let rows = new_items(
             concat!(
                 new_items_sql!(),
-                ", woken AS MATERIALIZED (SELECT pg_notify($7, $8)) SELECT id FROM added, woken"
+                ", woken AS MATERIALIZED (
+                     SELECT pg_notify($11, $12) WHERE EXISTS (SELECT 1 FROM queued WHERE state = 'queued'))
+                 SELECT *, (SELECT count(*) FROM woken) AS woken FROM queued"
             ),
             items,
             first,
             now,
+            claim,
+            self.db_clock,
         )
         .bind(CHANNEL)
         .bind(&self.wake_id)
         .fetch_all(&self.pool)
         .await?;
-        self.local.notify();
-        Ok(in_order(ids))
+        let added = added(&rows, now)?;
+        if added.any_queued() {
+            self.local.notify();
+        }
+        Ok(added)
     }
 }
 
-/// New items and their first jobs, in one statement: `added` holds their
-/// ids. The jobs' triggers are AFTER triggers, which run at the end of the
-/// statement and so see the items it inserted.
+/// New items and their first jobs, in one statement: `queued` returns the
+/// jobs. The first `$7` of them are inserted running, leased to `$8` (as a
+/// claim leaves a job, `leases.rs`), unless a job of their stage is already
+/// runnable: that one goes first, and the dispatcher claims it. The jobs'
+/// triggers are AFTER triggers, which run at the end of the statement and
+/// so see the items it inserted; the queued-count trigger counts only the
+/// jobs inserted queued.
 macro_rules! new_items_sql {
     () => {
-        "WITH added AS (
-             INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
-             SELECT text, metadata, 'active', $3, $4, $5, $5
-             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
-             ORDER BY n
-             RETURNING id),
-         queued AS (
-             INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at)
-             SELECT id, $3, $4, 'queued', $5, $6, $5, $5 FROM added ORDER BY id)"
+        concat!(
+            "WITH added AS (
+                 INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
+                 SELECT text, metadata, 'active', $3, $4, $5, $5
+                 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
+                 ORDER BY n
+                 RETURNING id),
+             free AS MATERIALIZED (
+                 SELECT $7::int8 > 0 AND NOT EXISTS (
+                     SELECT 1 FROM jobs WHERE state = 'queued' AND stage = $3 AND run_at <= $5) AS ok),
+             ranked AS (
+                 SELECT id, (SELECT ok FROM free) AND row_number() OVER (ORDER BY id) <= $7 AS taken
+                 FROM added),
+             queued AS (
+                 INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at,
+                                   attempts, lease_token, lease_owner, lease_expires_at, started_at)
+                 SELECT id, $3, $4, CASE WHEN taken THEN 'running' ELSE 'queued' END, $5, $6, $5, $5,
+                        CASE WHEN taken THEN 1 ELSE 0 END, CASE WHEN taken THEN 1 ELSE 0 END,
+                        CASE WHEN taken THEN $8 END,
+                        CASE WHEN taken THEN (CASE WHEN $9 THEN ",
+            db_now!(),
+            " ELSE $5 END) + $10 END,
+                        CASE WHEN taken THEN $5 END
+                 FROM ranked ORDER BY id
+                 RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at, state)"
+        )
     };
 }
 use new_items_sql;
@@ -216,8 +252,10 @@ fn new_items<'q>(
     items: &'q [NewItem],
     first: &'q NextJob,
     now: Millis,
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, ItemId, sqlx::postgres::PgArguments> {
-    sqlx::query_scalar(sql)
+    claim: Option<Claim<'q>>,
+    clock: bool,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
         .bind(items.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
         .bind(
             items
@@ -229,12 +267,25 @@ fn new_items<'q>(
         .bind(i64::from(first.round))
         .bind(now)
         .bind(i64::from(first.max_attempts))
+        .bind(claim.map_or(0, |c| i64::from(c.slots)))
+        .bind(claim.map(|c| c.owner))
+        .bind(clock)
+        .bind(claim.map_or(0, |c| c.lease))
 }
 
-/// RETURNING's order is unspecified; new ids grow in input order.
-fn in_order(mut ids: Vec<ItemId>) -> Vec<ItemId> {
-    ids.sort_unstable();
-    ids
+/// The new items' ids in input order (they grow with it; RETURNING's order
+/// is unspecified), and the jobs claimed with them.
+fn added(rows: &[sqlx::postgres::PgRow], now: Millis) -> Result<NewItems> {
+    let mut added = NewItems::default();
+    for r in rows {
+        added.ids.push(r.int("item_id")?);
+        if r.text("state")? == "running" {
+            added.claimed.push(common::claimed_job(r, 0, Some(now))?);
+        }
+    }
+    added.ids.sort_unstable();
+    added.claimed.sort_by_key(|j| j.id);
+    Ok(added)
 }
 
 /// Wake every listening engine when this transaction commits. The payload

@@ -5,21 +5,29 @@
 use ideamill_core::machine::NextJob;
 use ideamill_core::{ItemId, JobId, Millis};
 
-use super::{Backend, Rows, Sql, Tx, one};
+use super::{Backend, Leases, Rows, Sql, Tx, one};
 use crate::common::{self, ATTEMPT_COLUMNS, ITEM_COLUMNS, JOB_COLUMNS, RowExt};
+use crate::handoff::Claim;
 use crate::*;
 
-pub(super) async fn add_items<B: Backend + Rows>(
+pub(super) async fn add_items<B: Backend + Rows + Leases>(
     store: &B,
     items: &[NewItem],
     first: &NextJob,
     now: Millis,
 ) -> Result<Vec<ItemId>> {
     let items = common::storable_items(items);
-    store.add_new_items(&items, first, now).await
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reserved = store.claimer().reserve(&first.stage, items.len());
+    let claim = reserved.as_deref().map(Claim::of);
+    let added = store.add_new_items(&items, first, now, claim).await?;
+    hand_off(store, reserved, added.claimed, now).await;
+    Ok(added.ids)
 }
 
-pub(super) async fn add_items_once<B: Backend + Rows>(
+pub(super) async fn add_items_once<B: Backend + Rows + Leases>(
     store: &B,
     source: &IntakeSource,
     items: &[NewItem],
@@ -30,15 +38,45 @@ pub(super) async fn add_items_once<B: Backend + Rows>(
         common::storable_source(source),
         common::storable_items(items),
     );
+    let reserved = store.claimer().reserve(&first.stage, items.len());
+    let claim = reserved.as_deref().map(Claim::of);
     let mut tx = store.write_tx().await?;
     if let Some(record) = take_source::<B>(&mut tx, &source, now).await? {
         tx.rollback().await?;
         return Ok(AddOutcome::Duplicate(record));
     }
-    let ids = B::insert_new_items(&mut tx, &items, first, now).await?;
-    record_source_items::<B>(&mut tx, &source.key, &ids).await?;
-    store.commit(tx, true).await?;
-    Ok(AddOutcome::Added(ids))
+    let added =
+        B::insert_new_items(&mut tx, &items, first, now, claim, store.store_clock()).await?;
+    record_source_items::<B>(&mut tx, &source.key, &added.ids).await?;
+    store.commit(tx, added.any_queued()).await?;
+    hand_off(store, reserved, added.claimed, now).await;
+    Ok(AddOutcome::Added(added.ids))
+}
+
+/// Hand jobs an add claimed to the engine that reserved their slots. If it
+/// stopped meanwhile (and so gave back what it held), give them back too,
+/// so that they wait for no lease to expire.
+async fn hand_off<B: Leases>(
+    store: &B,
+    reserved: Option<Box<dyn Reserved>>,
+    claimed: Vec<ClaimedJob>,
+    now: Millis,
+) {
+    let Some(reserved) = reserved else { return };
+    let owner = reserved.owner().to_string();
+    let any = !claimed.is_empty();
+    if !reserved.hand_off(claimed) && any {
+        match Leases::release(store, &owner, now).await {
+            Ok(n) => {
+                tracing::info!("Gave back {n} new job(s) claimed for engine {owner}, which stopped")
+            }
+            Err(e) => tracing::warn!(
+                "Could not give back the new jobs claimed for engine {owner}, which stopped ({e}); \
+                 they run again when their leases expire"
+            ),
+        }
+        store.notify();
+    }
 }
 
 pub(super) async fn import_items<B: Backend + Rows>(

@@ -28,6 +28,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Database, Encode, Executor, IntoArguments, Type};
 
 use crate::common::{AttemptRecord, RowExt};
+use crate::handoff::{Claim, ClaimerSlot, NewItems};
 use crate::wake::WorkSignal;
 use crate::*;
 
@@ -265,6 +266,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn quick_check(&self) -> Result<Vec<String>>;
     fn subscribe(&self) -> Result<Box<dyn WorkSignal>>;
     fn notify(&self);
+    /// The engine of this process that new jobs are handed to, if any.
+    fn claimer(&self) -> &ClaimerSlot;
     async fn close(&self);
     fn is_remote(&self) -> bool;
     async fn clock_millis(&self) -> Result<Option<Millis>>;
@@ -284,25 +287,33 @@ pub(crate) trait Rows: Backend {
         rows: &[(ItemId, &str, FailureClass, Millis)],
     ) -> Result<()>;
     /// New active items, each with its first job; ids in input order.
+    /// With `claim`, up to its slots of those jobs are inserted running
+    /// under its owner's lease (as [`Leases::claim`] leaves them), unless an
+    /// older job of their stage is runnable (`handoff.rs`).
     async fn insert_new_items(
         tx: &mut Tx<Self::Db>,
         items: &[NewItem],
         first: &NextJob,
         now: Millis,
-    ) -> Result<Vec<ItemId>>;
-    /// [`Rows::insert_new_items`] committed, every engine woken: all of
-    /// [`Store::add_items`]. A database server does it in one statement,
-    /// since an idea's pickup waits on every round trip here.
+        claim: Option<Claim<'_>>,
+        clock: bool,
+    ) -> Result<NewItems>;
+    /// [`Rows::insert_new_items`] committed, the other engines woken if a
+    /// job was left queued: all of [`Store::add_items`] but the hand-off. A
+    /// database server does it in one statement, since an idea's pickup
+    /// waits on every round trip here.
     async fn add_new_items(
         &self,
         items: &[NewItem],
         first: &NextJob,
         now: Millis,
-    ) -> Result<Vec<ItemId>> {
+        claim: Option<Claim<'_>>,
+    ) -> Result<NewItems> {
         let mut tx = self.write_tx().await?;
-        let ids = Self::insert_new_items(&mut tx, items, first, now).await?;
-        self.commit(tx, true).await?;
-        Ok(ids)
+        let added =
+            Self::insert_new_items(&mut tx, items, first, now, claim, self.store_clock()).await?;
+        self.commit(tx, added.any_queued()).await?;
+        Ok(added)
     }
 }
 
@@ -346,6 +357,14 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
         now: Millis,
     ) -> Result<Vec<ItemId>> {
         items::add_items(self, items, first, now).await
+    }
+
+    fn set_claimer(&self, claimer: std::sync::Arc<dyn Claimer>) {
+        Backend::claimer(self).set(claimer);
+    }
+
+    fn unset_claimer(&self, claimer: &std::sync::Arc<dyn Claimer>) {
+        Backend::claimer(self).unset(claimer);
     }
 
     async fn claim(

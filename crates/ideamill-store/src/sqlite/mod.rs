@@ -44,6 +44,8 @@ pub struct SqliteStore {
     wake: Option<WakeDir>,
     /// Wakes this handle's own subscribers.
     local: LocalWake,
+    /// The engine of this process that new jobs are handed to (`handoff.rs`).
+    claimer: crate::handoff::ClaimerSlot,
     /// Reads of jobs' contexts, gathered into one statement per burst.
     contexts: crate::contexts::ContextReader,
     /// The idle beat's own connection, outside the pools, opened at the
@@ -162,6 +164,10 @@ impl Backend for SqliteStore {
             Some(wake) => Ok(self.local.with(wake.subscribe()?)),
             None => Ok(self.local.with(NeverSignal)),
         }
+    }
+
+    fn claimer(&self) -> &crate::handoff::ClaimerSlot {
+        &self.claimer
     }
 
     fn notify(&self) {

@@ -147,6 +147,7 @@ impl SqliteStore {
             reader,
             wake: options.wake_dir.as_deref().map(WakeDir::new),
             local: LocalWake::new(),
+            claimer: Default::default(),
             contexts,
         })
     }

@@ -6,7 +6,8 @@ use ideamill_core::{FailureClass, ItemId, Millis};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{SqliteStore, Tx};
-use crate::common::AttemptRecord;
+use crate::common::{self, AttemptRecord};
+use crate::handoff::{Claim, NewItems};
 use crate::shared::Rows;
 use crate::*;
 
@@ -39,13 +40,19 @@ impl Rows for SqliteStore {
         Ok(())
     }
 
-    /// New active items, each with its first job `first`; ids in input order.
+    /// New active items, each with its first job `first`; ids in input
+    /// order, and the jobs claimed with them.
     async fn insert_new_items(
         tx: &mut Tx,
         items: &[NewItem],
         first: &NextJob,
         now: Millis,
-    ) -> Result<Vec<ItemId>> {
+        claim: Option<Claim<'_>>,
+        _clock: bool,
+    ) -> Result<NewItems> {
+        if items.is_empty() {
+            return Ok(NewItems::default());
+        }
         let first_id = next_item_id(tx).await?;
         let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
         let jobs: Vec<(ItemId, &NextJob, Millis)> =
@@ -77,8 +84,48 @@ impl Rows for SqliteStore {
             push_insert_jobs(q, &jobs);
         })
         .await?;
-        Ok(ids)
+        let claimed = match claim {
+            Some(claim) => claim_new_jobs(tx, first_id, &first.stage, claim, now).await?,
+            None => Vec::new(),
+        };
+        Ok(NewItems { ids, claimed })
     }
+}
+
+/// The first `claim.slots` jobs of the items from `first_id` on, just
+/// inserted, claimed as [`crate::shared::Leases::claim`] claims, unless an
+/// older job of their stage is runnable (it goes first, and the dispatcher
+/// claims it). One more hop in the add's transaction, not a transaction of
+/// its own.
+async fn claim_new_jobs(
+    tx: &mut Tx,
+    first_id: ItemId,
+    stage: &str,
+    claim: Claim<'_>,
+    now: Millis,
+) -> Result<Vec<ClaimedJob>> {
+    let rows = sqlx::query(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
+                lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
+         WHERE item_id >= ?4 AND item_id < ?5 AND state = 'queued'
+           AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND stage = ?6 AND run_at <= ?3
+                           AND item_id < ?4)
+         RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at",
+    )
+    .bind(claim.owner)
+    .bind(now + claim.lease)
+    .bind(now)
+    .bind(first_id)
+    .bind(first_id + i64::from(claim.slots))
+    .bind(stage)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut claimed = rows
+        .iter()
+        .map(|r| common::claimed_job(r, 0, Some(now)))
+        .collect::<Result<Vec<_>>>()?;
+    claimed.sort_by_key(|j| j.id);
+    Ok(claimed)
 }
 
 /// Statements written into one query, sent to SQLite's connection thread

@@ -431,6 +431,9 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
 
     // In-process: from the call that adds the item to its claim, each after
     // the gap (so that the last job's finish is not still being committed).
+    // The add goes through the engine's own store handle, as the API's, the
+    // dashboard's and the inbox's do, so a free slot takes the job in the
+    // add itself (the hand-off).
     let mut local = Vec::new();
     let mut adds = Vec::new();
     for _ in 0..samples {
@@ -496,11 +499,15 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
         })
         .collect();
     shutdown.cancel();
-    running.await??;
+    let summary = running.await??;
     store.close().await;
 
     println!("bench pickup ({}, {samples} samples each)", backend(&url));
     report("  in-process:    ", &mut local);
+    println!(
+        "    handed off in the add: {} of {samples} jobs",
+        summary.store_calls.handed_off
+    );
     report("    of which the add, until it returned: ", &mut adds);
     report("  other process: ", &mut remote);
     Ok(())
