@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/postgres/0010_lighter_finish.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_add_sets_current.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

@@ -210,29 +210,32 @@ impl Rows for PostgresStore {
 /// New items and their first jobs, in one statement: `queued` returns the
 /// jobs. The first `$7` of them are inserted running, leased to `$8` (as a
 /// claim leaves a job, `leases.rs`), unless a job of their stage is already
-/// runnable: that one goes first, and the dispatcher claims it. The jobs'
-/// triggers are AFTER triggers, which run at the end of the statement and
-/// so see the items it inserted; the queued-count trigger counts only the
-/// jobs inserted queued.
+/// runnable: that one goes first, and the dispatcher claims it. Each item
+/// is inserted with its job already current (the job's id drawn first), so
+/// the trigger that keeps the current job writes nothing
+/// (0011_add_sets_current.sql). The jobs' triggers are AFTER triggers,
+/// which run at the end of the statement and so see the items it inserted;
+/// the queued-count trigger counts only the jobs inserted queued.
 macro_rules! new_items_sql {
     () => {
         concat!(
             "WITH added AS (
-                 INSERT INTO items (text, metadata, state, stage, round, created_at, updated_at)
-                 SELECT text, metadata, 'active', $3, $4, $5, $5
+                 INSERT INTO items (text, metadata, state, stage, round, current_job_id, created_at, updated_at)
+                 SELECT text, metadata, 'active', $3, $4, nextval(pg_get_serial_sequence('jobs', 'id')), $5, $5
                  FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS u(text, metadata, n)
                  ORDER BY n
-                 RETURNING id),
+                 RETURNING id, current_job_id),
              free AS MATERIALIZED (
                  SELECT $7::int8 > 0 AND NOT EXISTS (
                      SELECT 1 FROM jobs WHERE state = 'queued' AND stage = $3 AND run_at <= $5) AS ok),
              ranked AS (
-                 SELECT id, (SELECT ok FROM free) AND row_number() OVER (ORDER BY id) <= $7 AS taken
+                 SELECT id, current_job_id,
+                        (SELECT ok FROM free) AND row_number() OVER (ORDER BY id) <= $7 AS taken
                  FROM added),
              queued AS (
-                 INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at,
+                 INSERT INTO jobs (id, item_id, stage, round, state, run_at, max_attempts, created_at, updated_at,
                                    attempts, lease_token, lease_owner, lease_expires_at, started_at)
-                 SELECT id, $3, $4, CASE WHEN taken THEN 'running' ELSE 'queued' END, $5, $6, $5, $5,
+                 SELECT current_job_id, id, $3, $4, CASE WHEN taken THEN 'running' ELSE 'queued' END, $5, $6, $5, $5,
                         CASE WHEN taken THEN 1 ELSE 0 END, CASE WHEN taken THEN 1 ELSE 0 END,
                         CASE WHEN taken THEN $8 END,
                         CASE WHEN taken THEN (CASE WHEN $9 THEN ",

@@ -580,7 +580,17 @@ impl Backend for PostgresBackend {
     async fn undo_queued_counts(&self) {
         let mut conn = self.raw().await;
         sqlx::raw_sql(
-            "-- First migration 10 (0010_lighter_finish.sql), which came after it.
+            "-- First migrations 11 (0011_add_sets_current.sql) and 10
+             -- (0010_lighter_finish.sql), which came after it.
+             CREATE OR REPLACE FUNCTION ideamill_jobs_set_current() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 UPDATE items SET current_job_id = NEW.id, stage = NEW.stage, round = NEW.round,
+                                  updated_at = NEW.created_at
+                 WHERE id = NEW.item_id;
+                 RETURN NULL;
+             END;
+             $$;
+             DELETE FROM ideamill_schema WHERE version = 11;
              DROP TRIGGER items_count_update ON items;
              CREATE TRIGGER items_count_update AFTER UPDATE OF state ON items
                  FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
