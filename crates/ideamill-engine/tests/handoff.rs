@@ -12,30 +12,24 @@ use async_trait::async_trait;
 use ideamill_core::ItemId;
 use ideamill_core::JobState;
 use ideamill_core::machine::NextJob;
-use ideamill_core::machine::StageResult;
 use ideamill_engine::{CancellationToken, Engine, EngineOptions};
-use ideamill_stages::executor::{Execution, Executor};
+use ideamill_stages::executor::{Execution, Executor, NoopExecutor};
 use ideamill_store::{ClaimedJob, ItemContext, NewItem, Store};
 use tokio::sync::Semaphore;
 
-/// Passes each job once the test lets one through.
+/// Passes each job (as the no-op stage does) once the test lets one through.
 struct Gated(Arc<Semaphore>);
 
 #[async_trait]
 impl Executor for Gated {
-    async fn run(&self, _: &ClaimedJob, _: &ItemContext, _: &CancellationToken) -> Execution {
+    async fn run(
+        &self,
+        job: &ClaimedJob,
+        ctx: &ItemContext,
+        cancel: &CancellationToken,
+    ) -> Execution {
         self.0.acquire().await.unwrap().forget();
-        Execution {
-            result: StageResult::Passed {
-                output: "ok".into(),
-            },
-            exit_code: None,
-            output: None,
-            stderr: None,
-            error: None,
-            usage: None,
-            model_call: None,
-        }
+        NoopExecutor.run(job, ctx, cancel).await
     }
 }
 

@@ -62,13 +62,7 @@ pub async fn add_items_then_claim_in_order(s: &dyn Store) {
         assert_eq!(j.max_attempts, 3);
         assert_eq!(j.run_at, T0);
         assert_eq!(j.claimed_at, T0 + 5);
-        let d = s.item(j.item_id).await.unwrap();
-        assert_eq!(d.display_state, "running");
-        assert_eq!(d.jobs[0].id, j.id);
-        assert_eq!(d.jobs[0].state, JobState::Running);
-        assert_eq!(d.jobs[0].attempts, 1);
-        assert_eq!(d.jobs[0].lease_owner.as_deref(), Some("w1"));
-        assert_eq!(d.jobs[0].lease_expires_at, Some(T0 + LEASE));
+        assert_held_once(s, j, "w1", T0 + LEASE).await;
     }
     assert_ne!(first[0].id, first[1].id);
 
@@ -117,19 +111,7 @@ pub async fn claim_waits_for_run_at(s: &dyn Store) {
     let draft = next("draft", 1, 3);
     let retried = add_one(s, "retried", &draft, T0).await;
     let job = claim_one(s, "draft", "w1", T0).await;
-    finish_ok(
-        s,
-        finish(
-            &job,
-            "w1",
-            T0 + 10,
-            ideamill_core::machine::Transition::RetryAt {
-                run_at: T0 + 10_000,
-                error: "exit status 1".into(),
-            },
-        ),
-    )
-    .await;
+    retry_later(s, &job, T0 + 10, T0 + 10_000).await;
     // An item added "in the future" is not runnable before then either.
     let future = add_one(s, "future", &draft, T0 + 20_000).await;
 

@@ -95,13 +95,7 @@ pub async fn an_add_claims_its_first_jobs_for_free_slots_here(s: &dyn Store) {
             ("draft", 1, 1, 3)
         );
         assert_eq!((j.run_at, j.claimed_at), (T0, T0));
-        let d = s.item(j.item_id).await.unwrap();
-        assert_eq!(d.display_state, "running");
-        assert_eq!(d.jobs[0].id, j.id);
-        assert_eq!(d.jobs[0].state, JobState::Running);
-        assert_eq!(d.jobs[0].attempts, 1);
-        assert_eq!(d.jobs[0].lease_owner.as_deref(), Some("w1"));
-        assert_eq!(d.jobs[0].lease_expires_at, Some(T0 + LEASE));
+        assert_held_once(s, j, "w1", T0 + LEASE).await;
     }
     assert_eq!(draft_counts(s).await, (1, 2), "(queued, running)");
     let status = s.status(T0).await.unwrap();
@@ -148,19 +142,7 @@ pub async fn an_add_never_jumps_the_queue(s: &dyn Store) {
     add_one(s, "elsewhere", &next("review", 1, 3), T0 + 3).await;
     let job = claim_one(s, "draft", "w1", T0 + 3).await;
     assert_eq!(job.item_id, newer);
-    finish_ok(
-        s,
-        finish(
-            &job,
-            "w1",
-            T0 + 4,
-            ideamill_core::machine::Transition::RetryAt {
-                run_at: T0 + 60_000,
-                error: "later".into(),
-            },
-        ),
-    )
-    .await;
+    retry_later(s, &job, T0 + 4, T0 + 60_000).await;
     let third = add_one(s, "third", &next("draft", 1, 3), T0 + 5).await;
     let got: Vec<_> = handed.lock().unwrap().iter().map(|j| j.item_id).collect();
     assert_eq!(got, [third]);

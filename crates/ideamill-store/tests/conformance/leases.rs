@@ -220,19 +220,7 @@ pub async fn release_gives_jobs_back_uncounted(s: &dyn Store) {
     let (a, b) = (ids[0], ids[1]);
     let first = claim_one(s, "draft", "w1", T0).await;
     assert_eq!(first.item_id, a);
-    finish_ok(
-        s,
-        finish(
-            &first,
-            "w1",
-            T0 + 5,
-            ideamill_core::machine::Transition::RetryAt {
-                run_at: T0 + 10,
-                error: "exit status 1".into(),
-            },
-        ),
-    )
-    .await;
+    retry_later(s, &first, T0 + 5, T0 + 10).await;
     let held = s
         .claim("draft", 10, "w1", T0 + 20, T0 + LEASE)
         .await

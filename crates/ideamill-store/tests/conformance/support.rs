@@ -317,6 +317,28 @@ pub async fn finish_ok(s: &dyn Store, f: Finish) -> FinishEffect {
     }
 }
 
+/// `job`, its item's first, is running in its first attempt, held by
+/// `owner` until `until`.
+pub async fn assert_held_once(s: &dyn Store, job: &ClaimedJob, owner: &str, until: Millis) {
+    let d = s.item(job.item_id).await.unwrap();
+    assert_eq!(d.display_state, "running");
+    let held = &d.jobs[0];
+    assert_eq!(
+        (held.id, held.state, held.attempts),
+        (job.id, ideamill_core::JobState::Running, 1)
+    );
+    assert_eq!(held.lease_owner.as_deref(), Some(owner));
+    assert_eq!(held.lease_expires_at, Some(until));
+}
+
+/// Finish `job` (held by `w1`) at `at` with an error that retries it at
+/// `run_at`.
+pub async fn retry_later(s: &dyn Store, job: &ClaimedJob, at: Millis, run_at: Millis) {
+    let error = "exit status 1".into();
+    let t = Transition::RetryAt { run_at, error };
+    finish_ok(s, finish(job, "w1", at, t)).await;
+}
+
 /// The events of `kind` about `item`, oldest first.
 pub async fn events_of(s: &dyn Store, item: Option<ItemId>, kind: &str) -> Vec<Event> {
     s.events(&EventFilter {
