@@ -110,9 +110,46 @@
 
   // ---- Keeping the page as it was across swaps ----------------------------
 
+  // The items list is fetched by the filters (as they change) and by live
+  // refreshes (with the filters it was drawn with). Only the newest request
+  // may draw it, and a refresh is not sent while the filters say something
+  // else than the list: otherwise a refresh sent with the old search could
+  // land after the new search's answer and put the old list back.
+  var resultsAsked = 0;
+  function filtersMatch(results) {
+    var form = document.getElementById("filters");
+    var shown = results.getAttribute("data-url");
+    if (!form || !shown) return true;
+    var now = new URLSearchParams(new FormData(form));
+    var was = new URLSearchParams(shown.split("?")[1] || "");
+    // The select's `failed:CLASS` is drawn as `state=failed&failed=CLASS`.
+    var state = now.get("state") || "";
+    if (state.indexOf("failed:") === 0) {
+      now.set("state", "failed");
+      now.set("failed", state.slice(7));
+    }
+    return ["q", "state", "stage", "failed"].every(function (k) {
+      return (now.get(k) || "") === (was.get(k) || "");
+    });
+  }
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var target = e.detail.target;
+    if (!target || target.id !== "results") return;
+    if (e.detail.elt === target && !filtersMatch(target)) {
+      e.preventDefault();
+      return;
+    }
+    e.detail.xhr.millAsked = ++resultsAsked;
+  });
+
   var open = [];
   document.addEventListener("htmx:beforeSwap", function (e) {
     var target = e.detail.target;
+    var asked = e.detail.xhr && e.detail.xhr.millAsked;
+    if (target && target.id === "results" && asked && asked !== resultsAsked) {
+      e.detail.shouldSwap = false;
+      return;
+    }
     open = [];
     if (target && target.querySelectorAll) {
       target.querySelectorAll("details[id]").forEach(function (d) {
