@@ -808,6 +808,11 @@ async fn dispatch(
             if free == 0 || !*maybe {
                 continue;
             }
+            // The slots are taken before the claim: an add's hand-off may
+            // reserve some of them while the claim is out.
+            let Ok(slots) = stage.slots.clone().try_acquire_many_owned(free as u32) else {
+                continue;
+            };
             let now = now_millis();
             let asked = Instant::now();
             let claimed = shared
@@ -830,15 +835,8 @@ async fn dispatch(
                     continue;
                 }
             };
-            for job in claimed {
-                claimed_any = true;
-                let Ok(permit) = stage.slots.clone().try_acquire_owned() else {
-                    // Cannot happen: we claimed no more than the free slots.
-                    no_slot(&job);
-                    continue;
-                };
-                start_claimed(shared, stage, job, permit, &finish_tx);
-            }
+            claimed_any |= !claimed.is_empty();
+            start_in_slots(shared, &stages, claimed, slots, &finish_tx);
         }
         if std::mem::take(&mut look_for_cancels) && shared.in_flight.load(Ordering::SeqCst) > 0 {
             match shared.store.cancel_requests(&shared.owner).await {
@@ -977,6 +975,18 @@ fn start_handed_off(
     let HandedOff { jobs, slots } = handed;
     shared.queue_changes.fetch_add(1, Ordering::SeqCst);
     shared.calls.handed_off(jobs.len() as u64);
+    start_in_slots(shared, stages, jobs, slots, finish_tx);
+}
+
+/// Start claimed jobs, each in one of `slots` (held for them); the slots
+/// left over are freed.
+fn start_in_slots(
+    shared: &Arc<Shared>,
+    stages: &[StageSlot],
+    jobs: Vec<ClaimedJob>,
+    slots: OwnedSemaphorePermit,
+    finish_tx: &mpsc::UnboundedSender<Finished>,
+) {
     let mut slots = Some(slots);
     for job in jobs {
         let permit = match slots.as_mut() {
@@ -985,8 +995,8 @@ fn start_handed_off(
         };
         let (Some(permit), Some(stage)) = (permit, stages.iter().find(|s| s.name == job.stage))
         else {
-            // Cannot happen: a reservation is for one of our stages, one
-            // slot per job.
+            // Cannot happen: slots are held for one of our stages, at
+            // least one per job.
             no_slot(&job);
             continue;
         };
