@@ -811,6 +811,8 @@ async fn dispatch(
             // The slots are taken before the claim: an add's hand-off may
             // reserve some of them while the claim is out.
             let Ok(slots) = stage.slots.clone().try_acquire_many_owned(free as u32) else {
+                // An add took some meanwhile: look again at once.
+                claimed_any = true;
                 continue;
             };
             let now = now_millis();
