@@ -246,3 +246,52 @@ async fn postgres_prune_waits_for_a_late_finish_rather_than_deadlocking() {
     assert_eq!(backend.count_rows("jobs").await, 0, "its job went with it");
     store.close().await;
 }
+
+/// An add and a claim run on the connection the last of them used, kept
+/// out of the pool (`postgres/warm.rs`). A server restart cuts it like
+/// every other: once it has sat idle past the pool's unchecked second, the
+/// next add and claim find it cut and run on another connection, as calls
+/// through the pool do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_adds_and_claims_outlive_their_kept_connection_being_cut() {
+    use crate::support::*;
+    use std::time::{Duration, Instant};
+
+    let backend = PostgresBackend::create().await;
+    let store = backend.open().await;
+    add_one(&*store, "before the cut", &next("a", 1, 3), T0).await;
+    let first = claim_one(&*store, "a", "w1", T0).await;
+
+    // Every connection of the store cut, as a restart cuts them.
+    let mut admin = backend.raw().await;
+    let others =
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    sqlx::raw_sql(&format!("SELECT pg_terminate_backend(pid) {others}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) {others}"))
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} connections outlived the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Past the second a connection may sit idle unchecked (the rule under
+    // test, not a guess at how long something takes).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let second = add_one(&*store, "after the cut", &next("a", 1, 3), T0 + 1).await;
+    let job = claim_one(&*store, "a", "w1", T0 + 1).await;
+    assert_eq!(job.item_id, second, "the add and the claim after the cut");
+    assert_ne!(job.id, first.id);
+    store.close().await;
+}

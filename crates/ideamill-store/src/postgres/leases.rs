@@ -36,7 +36,7 @@ impl Leases for PostgresStore {
         //
         // The claim counts what it takes out of the queue itself, one delta
         // row for them all (0009_queued_counts.sql: no trigger does).
-        let rows = sqlx::query(concat!(
+        let query = sqlx::query(concat!(
             "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
              picked AS MATERIALIZED (
                  SELECT id FROM jobs
@@ -61,9 +61,10 @@ impl Leases for PostgresStore {
         .bind(now)
         .bind(stage)
         .bind(i64::from(limit))
-        .bind(self.db_clock)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(self.db_clock);
+        let mut conn = self.warm.take(&self.pool).await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        self.warm.keep(conn);
         let mut jobs = rows
             .iter()
             .map(|r| Ok((r.int("priority")?, common::claimed_job(r, 0, Some(now))?)))

@@ -32,7 +32,7 @@
 //! hooks it needs and the hot paths: `leases.rs` (claim, heartbeat, release,
 //! queue reads), `finish.rs`, `context.rs` (batched context reads),
 //! `write.rs` (the rows written many at a time), `signal.rs` (`LISTEN`),
-//! `open.rs`.
+//! `warm.rs` (the connection adds and claims run on), `open.rs`.
 
 mod context;
 mod copy;
@@ -40,6 +40,7 @@ mod finish;
 mod leases;
 mod open;
 mod signal;
+mod warm;
 mod write;
 
 use async_trait::async_trait;
@@ -89,6 +90,8 @@ pub struct PostgresStore {
     db_clock: bool,
     /// Reads of jobs' contexts, gathered into one query per batch.
     contexts: crate::contexts::ContextReader,
+    /// The connection adds and claims run on (`warm.rs`).
+    warm: warm::WarmConnection,
     /// Wakes this handle's own subscribers, in process.
     local: LocalWake,
     /// The engine of this process that new jobs are handed to (`handoff.rs`).
@@ -251,6 +254,7 @@ impl Backend for PostgresStore {
     }
 
     async fn close(&self) {
+        self.warm.release();
         self.pool.close().await;
     }
 

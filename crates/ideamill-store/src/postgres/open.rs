@@ -64,6 +64,10 @@ const MIGRATION_LOCK: i64 = 0x6964_6561_6d69_6c6c;
 /// the listener and job tasks reading their context share them.
 const POOL_SIZE: u32 = 8;
 
+/// How long a connection may sit idle and still be used without a check: a
+/// server restart, which cuts every connection, takes longer.
+pub(super) const UNCHECKED_IDLE: Duration = Duration::from_secs(1);
+
 impl PostgresStore {
     /// Connect to the database at `url` and migrate it as `options` allow.
     pub async fn open(url: &str, options: &OpenOptions) -> Result<PostgresStore> {
@@ -99,7 +103,7 @@ impl PostgresStore {
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
-                    if meta.idle_for > Duration::from_secs(1) {
+                    if meta.idle_for > UNCHECKED_IDLE {
                         conn.ping().await?;
                     }
                     Ok(true)
@@ -113,6 +117,7 @@ impl PostgresStore {
             pool,
             db_clock: true,
             contexts,
+            warm: Default::default(),
             local: LocalWake::new(),
             claimer: Default::default(),
             wake_id: crate::wake::handle_id(),

@@ -182,7 +182,7 @@ impl Rows for PostgresStore {
         if items.is_empty() {
             return Ok(NewItems::default());
         }
-        let rows = new_items(
+        let query = new_items(
             concat!(
                 new_items_sql!(),
                 ", woken AS MATERIALIZED (
@@ -196,9 +196,10 @@ impl Rows for PostgresStore {
             self.db_clock,
         )
         .bind(CHANNEL)
-        .bind(&self.wake_id)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(&self.wake_id);
+        let mut conn = self.warm.take(&self.pool).await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        self.warm.keep(conn);
         let added = added(&rows, now)?;
         if added.any_queued() {
             self.local.notify();
