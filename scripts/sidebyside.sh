@@ -15,6 +15,8 @@
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 IM=${1:-$root/target/release/ideamill}
+# Absolute: the runs below start in a scratch directory.
+IM=$(realpath -e "$IM" 2>/dev/null) || { echo "no ideamill binary at ${1:-$root/target/release/ideamill}" >&2; exit 1; }
 PG=${2:-postgres://postgres@127.0.0.1:5432}
 QSRC=${QBENCH_SRC:-$root/../shared/bench/qbench}
 QT=${QBENCH_TARGET:-$HOME/.cache/qbench-target}
@@ -59,7 +61,7 @@ fig ideamill_pg_pickup_p50_ms "$(echo "$r" | p50 in-process)"
 fig ideamill_pg_xproc_p50_ms "$(echo "$r" | p50 'other process')"
 
 ratio() { awk -v a="$2" -v b="$3" -v t="$4" -v name="$1" -v up="$5" 'BEGIN {
-  if (b + 0 == 0) { printf "RATIO %-34s n/a\n", name; exit }
+  if (a == "" || b + 0 == 0) { printf "RATIO %-34s n/a (a figure is missing: see its run above)\n", name; exit }
   r = a / b; ok = (up == "min") ? (r >= t) : (r <= t)
   printf "RATIO %-34s %.2fx (target %s %.2fx) %s\n", name, r, (up == "min") ? ">=" : "<=", t, ok ? "met" : "MISSED" }'; }
 ratio "sqlite 1 stage vs River" "$F_ideamill_sqlite_1stage_jobs_per_s" "$F_river_sqlite_jobs_per_s" 2 min
