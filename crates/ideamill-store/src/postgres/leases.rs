@@ -62,9 +62,7 @@ impl Leases for PostgresStore {
         .bind(stage)
         .bind(i64::from(limit))
         .bind(self.db_clock);
-        let mut conn = self.warm.take(&self.pool).await?;
-        let rows = query.fetch_all(&mut *conn).await?;
-        self.warm.keep(conn);
+        let rows = self.warm.fetch_all(query).await?;
         let mut jobs = rows
             .iter()
             .map(|r| Ok((r.int("priority")?, common::claimed_job(r, 0, Some(now))?)))

@@ -113,11 +113,12 @@ impl PostgresStore {
         // Jobs start in bursts (a claim hands out dozens): their context
         // reads share one query.
         let contexts = super::context::reader(&pool);
+        let warm = super::warm::WarmConnection::new(pool.clone());
         Ok(PostgresStore {
             pool,
             db_clock: true,
             contexts,
-            warm: Default::default(),
+            warm,
             local: LocalWake::new(),
             claimer: Default::default(),
             wake_id: crate::wake::handle_id(),

@@ -3,36 +3,66 @@
 //! sqlx's pool hands out the connection that has been idle the longest, so
 //! with work arriving a few times a second each add and each claim ran on
 //! the server process that had slept the longest of the pool's, its caches
-//! cold. The add and the claim take the connection that ran the last of
-//! them instead, kept here out of the pool's queue, and give it back here.
-//! `pgbench` with the add's statement at four a second: p50 0.2–0.6 ms
-//! slower over eight connections than over one.
+//! cold. The add and the claim run on the connection that ran the last of
+//! them instead, kept here out of the pool's queue. `pgbench` with the
+//! add's statement at four a second: p50 0.2–0.6 ms slower over eight
+//! connections than over one.
 
 use std::sync::Mutex;
 use std::time::Instant;
 
-use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::{Connection, Postgres};
 
 use super::open::UNCHECKED_IDLE;
 use crate::Result;
 
-/// At most one connection, with when it was last given back.
+/// At most one connection of `pool`, with when it was last given back.
+pub(super) struct WarmConnection {
+    pool: PgPool,
+    slot: Mutex<Slot>,
+}
+
 #[derive(Default)]
-pub(super) struct WarmConnection(Mutex<Option<(PoolConnection<Postgres>, Instant)>>);
+struct Slot {
+    kept: Option<(PoolConnection<Postgres>, Instant)>,
+    /// Set by `release`: nothing is kept after it, or the pool's `close`
+    /// would wait for the kept connection forever.
+    released: bool,
+}
 
 impl WarmConnection {
+    pub(super) fn new(pool: PgPool) -> WarmConnection {
+        WarmConnection {
+            pool,
+            slot: Mutex::default(),
+        }
+    }
+
+    /// Run `query` on the kept connection (else one from the pool), and
+    /// keep that connection if the query succeeded; one that failed goes
+    /// back to the pool, which checks it.
+    pub(super) async fn fetch_all(
+        &self,
+        query: sqlx::query::Query<'_, Postgres, PgArguments>,
+    ) -> Result<Vec<PgRow>> {
+        let mut conn = self.take().await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        self.keep(conn);
+        Ok(rows)
+    }
+
     /// The kept connection if there is one, checked as the pool checks its
     /// own (`open.rs`: one idle for over a second may have been cut by a
     /// server restart); else one from the pool.
-    pub(super) async fn take(&self, pool: &PgPool) -> Result<PoolConnection<Postgres>> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    async fn take(&self) -> Result<PoolConnection<Postgres>> {
+        let kept = self.slot().kept.take();
         if let Some((mut conn, since)) = kept {
             if since.elapsed() <= UNCHECKED_IDLE {
                 return Ok(conn);
             }
-            match sqlx::Connection::ping(&mut *conn).await {
+            match conn.ping().await {
                 Ok(()) => return Ok(conn),
                 Err(e) => {
                     tracing::debug!("the kept connection failed its check, taking another: {e}");
@@ -40,25 +70,35 @@ impl WarmConnection {
                 }
             }
         }
-        Ok(pool.acquire().await?)
+        Ok(self.pool.acquire().await?)
     }
 
-    /// Keep `conn` for the next add or claim; one kept before goes back to
-    /// the pool. Only a connection whose statement succeeded comes back here
-    /// (one that failed goes back to the pool, which checks it).
-    pub(super) fn keep(&self, conn: PoolConnection<Postgres>) {
-        let before = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace((conn, Instant::now()));
-        drop(before);
+    /// Keep `conn` for the next add or claim; one kept before, or `conn`
+    /// itself once released, goes back to the pool.
+    fn keep(&self, conn: PoolConnection<Postgres>) {
+        let back = {
+            let mut slot = self.slot();
+            if slot.released {
+                Some(conn)
+            } else {
+                slot.kept.replace((conn, Instant::now())).map(|(c, _)| c)
+            }
+        };
+        drop(back);
     }
 
-    /// Give the kept connection back to the pool, whose `close` waits for
-    /// every connection out of it.
+    /// Give the kept connection back to the pool for good, before its
+    /// `close`, which waits for every connection out of it.
     pub(super) fn release(&self) {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let kept = {
+            let mut slot = self.slot();
+            slot.released = true;
+            slot.kept.take()
+        };
         drop(kept);
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -197,9 +197,7 @@ impl Rows for PostgresStore {
         )
         .bind(CHANNEL)
         .bind(&self.wake_id);
-        let mut conn = self.warm.take(&self.pool).await?;
-        let rows = query.fetch_all(&mut *conn).await?;
-        self.warm.keep(conn);
+        let rows = self.warm.fetch_all(query).await?;
         let added = added(&rows, now)?;
         if added.any_queued() {
             self.local.notify();
