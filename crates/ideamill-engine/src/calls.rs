@@ -15,7 +15,8 @@ pub struct StoreCalls {
     pub claims: u64,
     /// Time spent in them.
     pub claim_time: Duration,
-    /// Context reads (one per job started).
+    /// Context reads (one per job started without its context: handed off
+    /// by an add, or claimed from a store that did not read it along).
     pub context_reads: u64,
     /// Time spent in them, summed over jobs.
     pub context_time: Duration,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use ideamill_core::machine::{self, Transition};
 use ideamill_core::{AttemptOutcome, Config, FailureClass, ItemState, JobId, Millis};
 use ideamill_store::{
-    ClaimedJob, Claimer, Finish, FinishEffect, IdleBeat, ProcessInfo, Store, StoreError,
+    ClaimedJob, Claimer, Finish, FinishEffect, IdleBeat, ItemContext, ProcessInfo, Store,
+    StoreError,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -819,7 +820,7 @@ async fn dispatch(
             let asked = Instant::now();
             let claimed = shared
                 .store
-                .claim(&stage.name, free as u32, &shared.owner, now, now + lease)
+                .claim_with_contexts(&stage.name, free as u32, &shared.owner, now, now + lease)
                 .await;
             shared.calls.claim(asked);
             let claimed = match claimed {
@@ -947,6 +948,7 @@ fn start_claimed(
     shared: &Arc<Shared>,
     stage: &StageSlot,
     job: ClaimedJob,
+    context: Option<ItemContext>,
     permit: OwnedSemaphorePermit,
     finish_tx: &mpsc::UnboundedSender<Finished>,
 ) {
@@ -960,6 +962,7 @@ fn start_claimed(
     start_job(
         shared,
         job,
+        context,
         stage.executor.clone(),
         finish_tx.clone(),
         permit,
@@ -977,20 +980,21 @@ fn start_handed_off(
     let HandedOff { jobs, slots } = handed;
     shared.queue_changes.fetch_add(1, Ordering::SeqCst);
     shared.calls.handed_off(jobs.len() as u64);
+    let jobs = jobs.into_iter().map(|job| (job, None)).collect();
     start_in_slots(shared, stages, jobs, slots, finish_tx);
 }
 
-/// Start claimed jobs, each in one of `slots` (held for them); the slots
-/// left over are freed.
+/// Start claimed jobs, each in one of `slots` (held for them), with its
+/// context where the claim read it; the slots left over are freed.
 fn start_in_slots(
     shared: &Arc<Shared>,
     stages: &[StageSlot],
-    jobs: Vec<ClaimedJob>,
+    jobs: Vec<(ClaimedJob, Option<ItemContext>)>,
     slots: OwnedSemaphorePermit,
     finish_tx: &mpsc::UnboundedSender<Finished>,
 ) {
     let mut slots = Some(slots);
-    for job in jobs {
+    for (job, context) in jobs {
         let permit = match slots.as_mut() {
             Some(left) if left.num_permits() > 1 => left.split(1),
             _ => slots.take(),
@@ -1002,7 +1006,7 @@ fn start_in_slots(
             no_slot(&job);
             continue;
         };
-        start_claimed(shared, stage, job, permit, finish_tx);
+        start_claimed(shared, stage, job, context, permit, finish_tx);
     }
 }
 
@@ -1047,6 +1051,7 @@ async fn report_earlier_stalls(shared: &Shared) {
 fn start_job(
     shared: &Arc<Shared>,
     job: ClaimedJob,
+    context: Option<ItemContext>,
     executor: Arc<dyn Executor>,
     finish_tx: mpsc::UnboundedSender<Finished>,
     permit: OwnedSemaphorePermit,
@@ -1076,9 +1081,15 @@ fn start_job(
         let clock = Instant::now();
         let mut trace = None;
         let attempt_span = SpanId::random();
-        let asked = Instant::now();
-        let context = shared.store.context(job.item_id).await;
-        shared.calls.context(asked);
+        let context = match context {
+            Some(context) => Ok(context),
+            None => {
+                let asked = Instant::now();
+                let context = shared.store.context(job.item_id).await;
+                shared.calls.context(asked);
+                context
+            }
+        };
         let (execution, round) = match context {
             Ok(mut context) => {
                 trace = traces::trace_of(&shared.telemetry, &context.item);

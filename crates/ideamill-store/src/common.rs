@@ -194,33 +194,73 @@ pub(crate) fn item_row(r: &impl RowExt) -> Result<ItemRow> {
     })
 }
 
-/// The contexts of the rows of a context read: an item's columns, and its
-/// latest output per stage and its feedback as JSON arrays
-/// (`outputs_json`, `feedback_json`), which each store builds in SQL.
-pub(crate) fn item_contexts<R: RowExt>(
-    rows: &[R],
-) -> Result<std::collections::HashMap<ItemId, ItemContext>> {
-    fn parsed<T: serde::de::DeserializeOwned>(
-        r: &impl RowExt,
-        column: &str,
-        id: ItemId,
-    ) -> Result<T> {
-        serde_json::from_str(&r.text(column)?)
-            .map_err(|e| StoreError::Corrupt(format!("{column} of item {id}: {e}")))
+/// An item's context as one JSON object, as each store builds it in SQL (an
+/// expression, so that a claim can read it along): the item's columns by
+/// name, and its `outputs` and `feedback` as arrays of rows.
+pub(crate) fn item_context_json(json: &str) -> Result<ItemContext> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("an item's context: {e}"));
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| corrupt(e.to_string()))?;
+    let mut rows = |key: &str| object.remove(key).unwrap_or_default();
+    let (outputs, feedback) = (rows("outputs"), rows("feedback"));
+    Ok(ItemContext {
+        item: item_row(&JsonRow(object))?,
+        outputs: serde_json::from_value(outputs).map_err(|e| corrupt(format!("outputs: {e}")))?,
+        feedback: serde_json::from_value(feedback)
+            .map_err(|e| corrupt(format!("feedback: {e}")))?,
+        traceparent: None,
+    })
+}
+
+/// A JSON object read as a row: its keys are the columns, `null` is NULL.
+struct JsonRow(serde_json::Map<String, serde_json::Value>);
+
+impl JsonRow {
+    fn get<T>(
+        &self,
+        col: &str,
+        read: impl FnOnce(&serde_json::Value) -> Option<T>,
+    ) -> Result<Option<T>> {
+        match self.0.get(col) {
+            None => Err(StoreError::Corrupt(format!("no column {col}"))),
+            Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => read(v)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("{col} has the wrong type: {v}"))),
+        }
     }
-    let mut found = std::collections::HashMap::with_capacity(rows.len());
-    for row in rows {
-        let item = item_row(row)?;
-        let id = item.id;
-        let context = ItemContext {
-            item,
-            outputs: parsed(row, "outputs_json", id)?,
-            feedback: parsed(row, "feedback_json", id)?,
-            traceparent: None,
-        };
-        found.insert(id, context);
+
+    fn required<T>(&self, col: &str, value: Option<T>) -> Result<T> {
+        value.ok_or_else(|| StoreError::Corrupt(format!("{col} is NULL")))
     }
-    Ok(found)
+}
+
+impl RowExt for JsonRow {
+    fn int(&self, col: &str) -> Result<i64> {
+        self.required(col, self.opt_int(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        self.get(col, serde_json::Value::as_i64)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        self.required(col, self.opt_text(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        self.get(col, |v| v.as_str().map(str::to_owned))
+    }
+    fn real(&self, col: &str) -> Result<f64> {
+        self.required(col, self.opt_real(col)?)
+    }
+    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
+        self.get(col, serde_json::Value::as_f64)
+    }
+    fn flag(&self, col: &str) -> Result<bool> {
+        self.required(col, self.opt_flag(col)?)
+    }
+    fn opt_flag(&self, col: &str) -> Result<Option<bool>> {
+        // SQLite has no booleans: 0 or 1.
+        self.get(col, |v| v.as_bool().or_else(|| v.as_i64().map(|n| n != 0)))
+    }
 }
 
 pub(crate) fn output_row(r: &impl RowExt) -> Result<OutputRow> {

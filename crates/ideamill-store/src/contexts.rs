@@ -1,5 +1,6 @@
-//! What a stage reads before it runs, gathered: jobs start in bursts (a
-//! claim hands out dozens), so their context reads share one query, one
+//! What a stage reads before it runs, when it did not come with its claim
+//! (`Store::claim_with_contexts`): gathered, since jobs start in bursts (an
+//! add hands off dozens), so their context reads share one query, one
 //! round trip (or one hop to SQLite's connection thread) for the burst
 //! instead of one per job. Each backend says how to read many contexts at
 //! once; the gathering is written here once.

@@ -112,6 +112,19 @@ pub trait Store: Send + Sync {
         lease_until: Millis,
     ) -> Result<Vec<ClaimedJob>>;
 
+    /// [`Store::claim`], each job with its item's context where the store
+    /// reads it along with the claim (`None` where it does not: ask
+    /// [`Store::context`]), so that a claimed job starts without another
+    /// trip to the store.
+    async fn claim_with_contexts(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<(ClaimedJob, Option<ItemContext>)>>;
+
     /// What a stage needs to run: the item, earlier outputs, feedback.
     async fn context(&self, item: ItemId) -> Result<ItemContext>;
 

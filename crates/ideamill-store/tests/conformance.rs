@@ -83,6 +83,7 @@ macro_rules! conformance_suite {
                     claims::add_items_then_claim_in_order,
                     claims::claim_orders_by_run_at_then_id,
                     claims::claim_waits_for_run_at,
+                    claims::a_claim_reads_its_jobs_contexts_as_a_context_read_does,
                     finishes::advance_enqueues_next_stage_then_done,
                     finishes::stale_completion_is_fenced,
                     finishes::retry_at_requeues_keeping_attempts,

@@ -5,6 +5,11 @@
 use async_trait::async_trait;
 use ideamill_core::{AttemptOutcome, JobId, Millis};
 
+use std::sync::LazyLock;
+
+use sqlx::postgres::PgArguments;
+
+use super::context::context_json;
 use super::write::{insert_event, notify_in};
 use super::{PostgresStore, db_now};
 use crate::common::{self, AttemptRecord, RowExt};
@@ -21,47 +26,8 @@ impl Leases for PostgresStore {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Vec<ClaimedJob>> {
-        // The subquery is materialized so that it runs once: the rows it
-        // locked are exactly the rows updated.
-        //
-        // A claim commits without waiting for its WAL flush
-        // (`synchronous_commit` off for this transaction only): it is acked
-        // to no one but the claimer, and the finish that follows it commits
-        // synchronously, flushing the claim with it. If the server crashes
-        // before the flush, the claim is undone and the job runs again, like
-        // one whose lease expired; the token it handed out may then be handed
-        // out again, which is why the fence also checks the owner.
-        //
-        // The lease runs from the database's clock (see the module's doc).
-        //
-        // The claim counts what it takes out of the queue itself, one delta
-        // row for them all (0009_queued_counts.sql: no trigger does).
-        let query = sqlx::query(concat!(
-            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
-             picked AS MATERIALIZED (
-                 SELECT id FROM jobs
-                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
-                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED),
-             claimed AS (
-             UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
-                    lease_owner = $1,
-                    lease_expires_at = CASE WHEN $6 THEN ",
-            db_now!(),
-            " + ($2 - $3) ELSE $2 END,
-                    started_at = $3, updated_at = $3
-             FROM picked WHERE j.id = picked.id
-             RETURNING j.id, j.item_id, j.stage, j.round, j.attempts, j.max_attempts, j.lease_token, j.run_at,
-                       j.priority),
-             counted AS (INSERT INTO queued_count_deltas (stage, n)
-                 SELECT $4, -count(*) FROM claimed HAVING count(*) > 0)
-             SELECT * FROM claimed"
-        ))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(stage)
-        .bind(i64::from(limit))
-        .bind(self.db_clock);
+        let query = sqlx::query(CLAIM);
+        let query = bind_claim(query, stage, limit, owner, now, lease_until, self.db_clock);
         let rows = self.warm.fetch_all(query).await?;
         let mut jobs = rows
             .iter()
@@ -70,6 +36,38 @@ impl Leases for PostgresStore {
         // RETURNING does not keep the subquery's order: restore it.
         jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
         Ok(jobs.into_iter().map(|(_, job)| job).collect())
+    }
+
+    async fn claim_with_contexts(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<(ClaimedJob, Option<ItemContext>)>> {
+        let query = sqlx::query(&CLAIM_WITH_CONTEXTS);
+        let query = bind_claim(query, stage, limit, owner, now, lease_until, self.db_clock);
+        let rows = self.warm.fetch_all(query).await?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| {
+                let job = common::claimed_job(r, 0, Some(now))?;
+                // One that cannot be read here is read again on its own,
+                // by the job that needs it, which reports the error.
+                let context = r
+                    .text("context")
+                    .and_then(|json| common::item_context_json(&json))
+                    .inspect_err(|e| tracing::debug!("Job {}'s context: {e}", job.id))
+                    .ok();
+                Ok((r.int("priority")?, job, context))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        jobs.sort_by_key(|(priority, job, _)| (*priority, job.run_at, job.id));
+        Ok(jobs
+            .into_iter()
+            .map(|(_, job, context)| (job, context))
+            .collect())
     }
 
     async fn heartbeat(
@@ -166,4 +164,78 @@ impl Leases for PostgresStore {
         self.local.notify();
         Ok(rows.len() as u64)
     }
+}
+
+/// The claim's statement up to its last SELECT, which says what it returns
+/// from `claimed`.
+///
+/// The subquery is materialized so that it runs once: the rows it locked
+/// are exactly the rows updated.
+///
+/// A claim commits without waiting for its WAL flush (`synchronous_commit`
+/// off for this transaction only): it is acked to no one but the claimer,
+/// and the finish that follows it commits synchronously, flushing the claim
+/// with it. If the server crashes before the flush, the claim is undone and
+/// the job runs again, like one whose lease expired; the token it handed out
+/// may then be handed out again, which is why the fence also checks the
+/// owner.
+///
+/// The lease runs from the database's clock (see the module's doc).
+///
+/// The claim counts what it takes out of the queue itself, one delta row
+/// for them all (0009_queued_counts.sql: no trigger does).
+macro_rules! claim_ctes {
+    () => {
+        concat!(
+            "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             picked AS MATERIALIZED (
+                 SELECT id FROM jobs
+                 WHERE state = 'queued' AND stage = $4 AND run_at <= $3 AND EXISTS (SELECT 1 FROM relaxed)
+                 ORDER BY priority, run_at, id LIMIT $5 FOR UPDATE OF jobs SKIP LOCKED),
+             claimed AS (
+             UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
+                    lease_owner = $1,
+                    lease_expires_at = CASE WHEN $6 THEN ",
+            db_now!(),
+            " + ($2 - $3) ELSE $2 END,
+                    started_at = $3, updated_at = $3
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.item_id, j.stage, j.round, j.attempts, j.max_attempts, j.lease_token, j.run_at,
+                       j.priority),
+             counted AS (INSERT INTO queued_count_deltas (stage, n)
+                 SELECT $4, -count(*) FROM claimed HAVING count(*) > 0)
+             "
+        )
+    };
+}
+
+/// The claim. Bound by [`bind_claim`].
+const CLAIM: &str = concat!(claim_ctes!(), "SELECT * FROM claimed");
+
+/// The claim, each job with its item's context, read in the same statement
+/// (one round trip, one snapshot): a claimed job starts without another.
+static CLAIM_WITH_CONTEXTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{}SELECT claimed.*, (SELECT {} FROM items i WHERE i.id = claimed.item_id) AS context FROM claimed",
+        claim_ctes!(),
+        context_json("i")
+    )
+});
+
+fn bind_claim<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, PgArguments>,
+    stage: &'q str,
+    limit: u32,
+    owner: &'q str,
+    now: Millis,
+    lease_until: Millis,
+    db_clock: bool,
+) -> sqlx::query::Query<'q, sqlx::Postgres, PgArguments> {
+    query
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(stage)
+        .bind(i64::from(limit))
+        .bind(db_clock)
 }

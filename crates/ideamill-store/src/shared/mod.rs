@@ -329,6 +329,14 @@ pub(crate) trait Leases: Backend {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Vec<ClaimedJob>>;
+    async fn claim_with_contexts(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<(ClaimedJob, Option<ItemContext>)>>;
     async fn heartbeat(
         &self,
         owner: &str,
@@ -376,6 +384,17 @@ impl<B: Backend + Rows + Leases + Stages> Store for B {
         lease_until: Millis,
     ) -> Result<Vec<ClaimedJob>> {
         Leases::claim(self, stage, limit, owner, now, lease_until).await
+    }
+
+    async fn claim_with_contexts(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<(ClaimedJob, Option<ItemContext>)>> {
+        Leases::claim_with_contexts(self, stage, limit, owner, now, lease_until).await
     }
 
     async fn context(&self, item: ItemId) -> Result<ItemContext> {

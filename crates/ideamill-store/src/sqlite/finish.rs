@@ -1,8 +1,10 @@
-//! SQLite's context reads (gathered: one statement for a burst of jobs) and
-//! its finish: the batch fenced by the lease tokens a chunk at a time, then
+//! SQLite's context reads (the JSON expression a claim reads too, and reads
+//! gathered: one statement for a burst of jobs) and its finish: the batch
+//! fenced by the lease tokens a chunk at a time, then
 //! the rows common to most finishes inserted a chunk at a time.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
@@ -15,7 +17,7 @@ use super::write::{
     run_statements,
 };
 use super::{SqliteStore, Tx};
-use crate::common::{self, AttemptRecord, ITEM_COLUMNS, RowExt};
+use crate::common::{self, AttemptRecord, RowExt};
 use crate::contexts::{ContextReader, ReadMany};
 use crate::shared::{Backend, Stages, tallies};
 use crate::*;
@@ -220,23 +222,44 @@ pub(super) fn context_reader(pool: &SqlitePool) -> ContextReader {
 
 /// The contexts of several items, in one statement.
 async fn contexts_of(pool: &SqlitePool, items: &[ItemId]) -> Result<HashMap<ItemId, ItemContext>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {ITEM_COLUMNS},
-            (SELECT json_group_array(json_object('stage', stage, 'round', round, 'job_id', job_id,
-                                                 'output', output, 'created_at', created_at))
-             FROM outputs o
-             WHERE o.item_id = items.id
-               AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage)
-            ) AS outputs_json,
-            (SELECT json_group_array(json_object('stage', stage, 'round', round, 'feedback', feedback,
-                                                 'created_at', created_at,
-                                                 'round_hash', round_hash))
-             FROM (SELECT * FROM feedback f WHERE f.item_id = items.id ORDER BY f.id)
-            ) AS feedback_json
-         FROM items WHERE id IN (SELECT value FROM json_each(?))"
-    ))
-    .bind(serde_json::Value::from(items).to_string())
-    .fetch_all(pool)
-    .await?;
-    common::item_contexts(&rows)
+    static READ: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} AS context FROM items WHERE id IN (SELECT value FROM json_each(?))",
+            context_json("items")
+        )
+    });
+    let rows = sqlx::query(&READ)
+        .bind(serde_json::Value::from(items).to_string())
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let context = common::item_context_json(&r.text("context")?)?;
+            Ok((context.item.id, context))
+        })
+        .collect()
+}
+
+/// An expression for the context of the item row `item` names, as one JSON
+/// object ([`common::item_context_json`]): its columns, its latest output
+/// per stage and its feedback, oldest first. One expression, so that a
+/// claim's RETURNING can read it too.
+pub(super) fn context_json(item: &str) -> String {
+    format!(
+        "json_object('id', {item}.id, 'text', {item}.text, 'metadata', {item}.metadata,
+            'state', {item}.state, 'stage', {item}.stage, 'round', {item}.round,
+            'last_error', {item}.last_error, 'failure_class', {item}.failure_class,
+            'created_at', {item}.created_at, 'updated_at', {item}.updated_at,
+            'finished_at', {item}.finished_at, 'trace_id', {item}.trace_id,
+            'outputs', json((
+                SELECT json_group_array(json_object('stage', stage, 'round', round, 'job_id', job_id,
+                                                    'output', output, 'created_at', created_at))
+                FROM outputs o
+                WHERE o.item_id = {item}.id
+                  AND o.id = (SELECT MAX(id) FROM outputs o2 WHERE o2.item_id = o.item_id AND o2.stage = o.stage))),
+            'feedback', json((
+                SELECT json_group_array(json_object('stage', stage, 'round', round, 'feedback', feedback,
+                                                    'created_at', created_at, 'round_hash', round_hash))
+                FROM (SELECT * FROM feedback f WHERE f.item_id = {item}.id ORDER BY f.id))))"
+    )
 }

@@ -6,7 +6,13 @@
 use async_trait::async_trait;
 use ideamill_core::{AttemptOutcome, JobId, Millis};
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+
 use super::SqliteStore;
+use super::finish::context_json;
 use super::write::insert_event;
 use crate::common::{self, AttemptRecord, RowExt};
 use crate::shared::{Backend, Leases, Rows};
@@ -22,30 +28,45 @@ impl Leases for SqliteStore {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Vec<ClaimedJob>> {
-        let rows = sqlx::query(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
-                    lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND stage = ?4 AND run_at <= ?3
-                          ORDER BY priority, run_at, id LIMIT ?5)
-             RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at, priority",
-        )
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(stage)
-        .bind(limit)
-        .fetch_all(&self.writer)
-        .await?;
-        let mut jobs = rows
+        let rows = bind_claim(sqlx::query(CLAIM), stage, limit, owner, now, lease_until)
+            .fetch_all(&self.writer)
+            .await?;
+        claimed_jobs(&rows, now)
+    }
+
+    async fn claim_with_contexts(
+        &self,
+        stage: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<(ClaimedJob, Option<ItemContext>)>> {
+        let query = sqlx::query(&CLAIM_WITH_CONTEXTS);
+        let rows = bind_claim(query, stage, limit, owner, now, lease_until)
+            .fetch_all(&self.writer)
+            .await?;
+        let contexts = rows.iter().map(|r| {
+            // One that cannot be read here is read again on its own, by
+            // the job that needs it, which reports the error.
+            r.text("context")
+                .and_then(|json| common::item_context_json(&json))
+                .inspect_err(|e| tracing::debug!("A claimed job's context: {e}"))
+                .ok()
+        });
+        let jobs = claimed_jobs(&rows, now)?;
+        let mut contexts: HashMap<JobId, ItemContext> = rows
             .iter()
-            .map(|r| {
-                let job = common::claimed_job(r, 0, Some(now))?;
-                Ok((r.int("priority")?, job))
+            .zip(contexts)
+            .filter_map(|(r, context)| Some((r.int("id").ok()?, context?)))
+            .collect();
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                let context = contexts.remove(&job.id);
+                (job, context)
             })
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING does not keep the subquery's order: restore it.
-        jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
-        Ok(jobs.into_iter().map(|(_, job)| job).collect())
+            .collect())
     }
 
     async fn heartbeat(
@@ -184,4 +205,54 @@ impl Leases for SqliteStore {
         }
         Ok(rows.len() as u64)
     }
+}
+
+/// The claim: the runnable jobs of a stage, oldest first, leased in one
+/// statement. Bound by [`bind_claim`].
+const CLAIM: &str =
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
+        lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
+ WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND stage = ?4 AND run_at <= ?3
+              ORDER BY priority, run_at, id LIMIT ?5)
+ RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at, priority";
+
+/// The claim, each job with its item's context, read in the same
+/// statement (so in the same transaction and the same hop to the writer's
+/// thread): a claimed job starts without a trip through the readers.
+static CLAIM_WITH_CONTEXTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{CLAIM},
+           (SELECT {} FROM items i WHERE i.id = jobs.item_id) AS context",
+        context_json("i")
+    )
+});
+
+fn bind_claim<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>,
+    stage: &'q str,
+    limit: u32,
+    owner: &'q str,
+    now: Millis,
+    lease_until: Millis,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>> {
+    query
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(stage)
+        .bind(limit)
+}
+
+/// The claim's rows as jobs, in the order the claim picked them.
+fn claimed_jobs(rows: &[SqliteRow], now: Millis) -> Result<Vec<ClaimedJob>> {
+    let mut jobs = rows
+        .iter()
+        .map(|r| {
+            let job = common::claimed_job(r, 0, Some(now))?;
+            Ok((r.int("priority")?, job))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // RETURNING does not keep the subquery's order: restore it.
+    jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
+    Ok(jobs.into_iter().map(|(_, job)| job).collect())
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use ideamill_core::machine::Transition;
 use ideamill_core::{ItemState, JobState};
 use ideamill_store::{NewItem, Store};
 
@@ -207,4 +208,64 @@ pub async fn concurrent_claims_never_share_a_job(b: &dyn Backend) {
     let p = setup.pending(T0).await.unwrap();
     assert_eq!((p.soon, p.running), (0, JOBS as u64));
     setup.close().await;
+}
+
+pub async fn a_claim_reads_its_jobs_contexts_as_a_context_read_does(s: &dyn Store) {
+    let draft = next("draft", 1, 3);
+    // An item with metadata, text JSON must escape, a stage's output and a
+    // gate's feedback; and a plain one.
+    let mut items = new_items(&["quote \" and \\ and\nnewline, ünïcödé", "plain"]);
+    items[0].metadata = serde_json::json!({"source": "import", "n": 2, "tags": ["a", "b"]});
+    let ids = s.add_items(&items, &draft, T0).await.unwrap();
+    let d = claim_one(s, "draft", "w1", T0 + 1).await;
+    assert_eq!(d.item_id, ids[0]);
+    finish_ok(
+        s,
+        finish(&d, "w1", T0 + 2, advance("v1", Some(next("review", 1, 1)))),
+    )
+    .await;
+    let r = claim_one(s, "review", "w1", T0 + 3).await;
+    let back = Transition::SendBack {
+        feedback: "needs \"sources\"".into(),
+        to: next("draft", 2, 3),
+    };
+    finish_ok(s, finish(&r, "w1", T0 + 4, back)).await;
+
+    let claimed = s
+        .claim_with_contexts("draft", 10, "w2", T0 + 5, T0 + LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|(j, _)| j.item_id).collect::<Vec<_>>(),
+        [ids[1], ids[0]],
+        "the same jobs, in the same order, as a claim (the sent-back job runs from T0 + 4)"
+    );
+    for (job, context) in &claimed {
+        let jobs = s.item(job.item_id).await.unwrap().jobs;
+        let held = jobs.iter().find(|j| j.id == job.id).unwrap();
+        assert_eq!(
+            (held.state, held.lease_owner.as_deref()),
+            (JobState::Running, Some("w2"))
+        );
+        let context = context
+            .as_ref()
+            .unwrap_or_else(|| panic!("job {} came without its context", job.id));
+        let read = s.context(job.item_id).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(context).unwrap(),
+            serde_json::to_value(&read).unwrap(),
+            "the claim's context of item {} is what a context read gives",
+            job.item_id
+        );
+    }
+    let first = claimed[1].1.as_ref().unwrap();
+    assert_eq!(first.item.text, items[0].text);
+    assert_eq!(first.item.metadata, items[0].metadata);
+    assert_eq!((first.outputs.len(), first.feedback.len()), (1, 1));
+    assert_eq!(first.feedback[0].feedback, "needs \"sources\"");
+    let none = s
+        .claim_with_contexts("draft", 10, "w3", T0 + 6, T0 + LEASE)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "every job is held: {none:?}");
 }

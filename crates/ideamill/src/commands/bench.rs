@@ -682,15 +682,15 @@ fn report_throughput(
     let share = |t: Duration| 100.0 * t.as_secs_f64() / took.as_secs_f64();
     if let Some(c) = run.calls {
         println!(
-            "  engine:  per job {:.3} claims, {:.3} finish batches ({:.1} attempts each), {:.2} context reads; \
-             dispatcher in claims {:.0}% of the run, completer in finishes {:.0}%, context reads {:.0} µs each",
+            "  engine:  per job {:.3} claims, {:.3} finish batches ({:.1} attempts each), {:.2} context reads apart from the claim \
+             ({:.0} µs each); dispatcher in claims {:.0}% of the run, completer in finishes {:.0}%",
             per_job(c.claims as f64),
             per_job(c.finish_batches as f64),
             jobs as f64 / c.finish_batches.max(1) as f64,
             per_job(c.context_reads as f64),
+            c.context_time.as_secs_f64() * 1e6 / c.context_reads.max(1) as f64,
             share(c.claim_time),
             share(c.finish_time),
-            c.context_time.as_secs_f64() * 1e6 / c.context_reads.max(1) as f64,
         );
     }
     println!(
