@@ -130,6 +130,20 @@ impl Stages for SqliteStore {
                 q.push(");\n");
             }
             for chunk in done.chunks(CHUNK) {
+                // The move is counted here, one row per state the items
+                // left, not by a trigger per item (0011_lighter_finish.sql).
+                q.push("WITH ended (id) AS (");
+                q.push_values(chunk, |mut b, (id, _)| {
+                    b.push_bind(*id);
+                });
+                q.push(
+                    "), was AS (SELECT i.state, count(*) AS n FROM items i JOIN ended e ON i.id = e.id
+                                WHERE i.state <> 'done' GROUP BY i.state)
+                     UPDATE item_counts SET n = item_counts.n + d.delta
+                     FROM (SELECT state, -n AS delta FROM was
+                           UNION ALL SELECT 'done', sum(n) FROM was HAVING count(*) > 0) AS d
+                     WHERE item_counts.state = d.state;\n",
+                );
                 q.push(
                     "UPDATE items SET state = 'done', last_error = NULL, finished_at = v.column2,
                             updated_at = v.column2

@@ -75,7 +75,8 @@ impl SqliteStore {
 impl Backend for SqliteStore {
     type Db = Sqlite;
 
-    // Kept by triggers (0004_status_reads.sql): four rows, not a count.
+    // Kept by triggers (0004_status_reads.sql) and, for an item that ends
+    // done, by the finish (0011_lighter_finish.sql): four rows, not a count.
     const ITEM_COUNTS: &'static str = "SELECT state, n FROM item_counts";
     // Kept by triggers (0010_queued_counts.sql): a row per stage, not a count.
     const QUEUED_COUNTS: &'static str = "SELECT stage, n FROM queued_counts";

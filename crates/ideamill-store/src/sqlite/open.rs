@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/sqlite/0010_queued_counts.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_lighter_finish.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -65,6 +69,15 @@ const READER_CACHE_KIB: u32 = 512;
 const BEAT_CACHE_KIB: u32 = 64;
 /// Readers in the pool.
 const READERS: u32 = 4;
+/// The WAL's length, in pages, past which the writer's commit copies it
+/// back into the database (SQLite's default is 1,000). A queue rewrites the
+/// same pages (its indexes' ends, the counters) again and again, and a
+/// checkpoint copies each page once however often the WAL holds it: ten
+/// times fewer checkpoints copy far fewer pages and sync the file ten times
+/// less, for a WAL of up to about 40 MiB on disk. An idle engine's beat
+/// (its own connection, the default length) checkpoints a long WAL left
+/// over from a burst.
+const WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// The database private to the mill's user (0600): created so when new
 /// (SQLite gives its -wal and -shm files the same mode), narrowed when not.
@@ -122,7 +135,11 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
-            .connect_with(connect.clone())
+            .connect_with(
+                connect
+                    .clone()
+                    .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string()),
+            )
             .await
             .map_err(|e| open_error(&path, e))?;
         migrate(&writer).await?;

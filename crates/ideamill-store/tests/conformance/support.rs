@@ -187,7 +187,17 @@ impl Backend for SqliteBackend {
     async fn undo_queued_counts(&self) {
         let mut conn = self.raw(false).await;
         sqlx::raw_sql(
-            "DROP TRIGGER jobs_count_insert;
+            "-- First migration 11 (0011_lighter_finish.sql), which came after it.
+             DROP TRIGGER items_count_update;
+             CREATE TRIGGER items_count_update AFTER UPDATE OF state ON items
+             WHEN old.state IS NOT new.state
+             BEGIN
+                 UPDATE item_counts SET n = n - 1 WHERE state = old.state;
+                 UPDATE item_counts SET n = n + 1 WHERE state = new.state;
+             END;
+             CREATE INDEX items_finished ON items (finished_at) WHERE finished_at IS NOT NULL;
+             DELETE FROM ideamill_schema WHERE version = 11;
+             DROP TRIGGER jobs_count_insert;
              DROP TRIGGER jobs_count_delete;
              DROP TRIGGER jobs_count_update;
              DROP TABLE queued_counts;
