@@ -173,6 +173,57 @@ async fn sqlite_idle_beat_says_what_housekeeping_is_due_exactly() {
     store.close().await;
 }
 
+/// A finish that SQLite refuses mid-way (here a trigger aborts the insert of
+/// one output) is rolled back whole: its job is still running and holds its
+/// lease, and the writer is left outside any transaction, so the next
+/// finishes commit. (The finish begins and commits its transaction with its
+/// own statements, `sqlite/inline_tx.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_refused_finish_is_rolled_back_and_the_writer_goes_on() {
+    use crate::support::*;
+    use ideamill_core::{ItemState, JobState};
+    let backend = SqliteBackend::create().await;
+    let store = backend.open().await;
+    let s = &*store;
+    let draft = next("draft", 1, 3);
+    let first = add_one(s, "first", &draft, T0).await;
+    let second = add_one(s, "second", &draft, T0).await;
+    let a = claim_one(s, "draft", "w1", T0 + 1).await;
+    let b = claim_one(s, "draft", "w1", T0 + 1).await;
+    assert_eq!((a.item_id, b.item_id), (first, second));
+    let mut raw = backend.raw(false).await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER poison BEFORE INSERT ON outputs WHEN new.output = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned output'); END;",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    sqlx::Connection::close(raw).await.unwrap();
+
+    let refused = s
+        .finish(&[finish(&a, "w1", T0 + 2, advance("poison", None))])
+        .await;
+    let e = refused.expect_err("the poisoned output is refused");
+    assert!(e.to_string().contains("poisoned output"), "{e}");
+    let d = s.item(first).await.unwrap();
+    assert_eq!(
+        (d.item.state, d.jobs[0].state, d.jobs[0].lease_owner.as_deref()),
+        (ItemState::Active, JobState::Running, Some("w1")),
+        "the refused finish left nothing behind, its fence included"
+    );
+    assert_eq!(events_of(s, Some(first), "stale_completion").await.len(), 0);
+
+    finish_ok(s, finish(&b, "w1", T0 + 3, advance("fine", None))).await;
+    finish_ok(s, finish(&a, "w1", T0 + 4, advance("fine too", None))).await;
+    for id in [first, second] {
+        assert_eq!(s.item(id).await.unwrap().item.state, ItemState::Done);
+    }
+    let status = s.status(T0 + 5).await.unwrap();
+    assert_eq!((status.items.active, status.items.done), (0, 2));
+    store.close().await;
+}
+
 /// A cancelled item's job may still be finishing when the item is pruned
 /// (its job ran past the retention). A finish locks the job's row (its
 /// fence), then the item's (its update, and the foreign keys of what it

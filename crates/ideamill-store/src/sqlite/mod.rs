@@ -12,6 +12,7 @@
 
 mod copy;
 mod finish;
+mod inline_tx;
 mod leases;
 mod open;
 mod write;

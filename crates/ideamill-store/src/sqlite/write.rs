@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
 use ideamill_core::{FailureClass, ItemId, Millis};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{SqliteStore, Tx};
@@ -132,14 +133,14 @@ async fn claim_new_jobs(
 /// at once: one hop there and back for all of them, however many. Each
 /// `push_*` appends `;`-terminated statements, a chunk of rows each, and
 /// nothing for no rows.
-pub(super) async fn run_statements<'a, F>(tx: &mut Tx, write: F) -> Result<()>
+pub(super) async fn run_statements<'a, F>(conn: &mut SqliteConnection, write: F) -> Result<()>
 where
     F: FnOnce(&mut QueryBuilder<'a, Sqlite>),
 {
     let mut q = QueryBuilder::<Sqlite>::new("");
     write(&mut q);
     if !q.sql().is_empty() {
-        q.build().execute(&mut **tx).await?;
+        q.build().execute(conn).await?;
     }
     Ok(())
 }
@@ -202,7 +203,7 @@ pub(super) fn push_insert_attempts<'a>(
     }
 }
 
-pub(super) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
+pub(super) async fn insert_event(conn: &mut SqliteConnection, e: &NewEvent) -> Result<()> {
     sqlx::query("INSERT INTO events (at, kind, item_id, job_id, process, message) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(e.at)
         .bind(e.kind)
@@ -210,13 +211,13 @@ pub(super) async fn insert_event(tx: &mut Tx, e: &NewEvent) -> Result<()> {
         .bind(e.job_id)
         .bind(&e.process)
         .bind(&e.message)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
 pub(super) async fn fail_item(
-    tx: &mut Tx,
+    conn: &mut SqliteConnection,
     item: ItemId,
     reason: &str,
     class: FailureClass,
@@ -232,13 +233,13 @@ pub(super) async fn fail_item(
     .bind(now)
     .bind(now)
     .bind(item)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 pub(super) async fn insert_feedback(
-    tx: &mut Tx,
+    conn: &mut SqliteConnection,
     job: &ClaimedJob,
     feedback: &str,
     round_hash: Option<&str>,
@@ -252,7 +253,7 @@ pub(super) async fn insert_feedback(
         .bind(feedback)
         .bind(now)
         .bind(round_hash)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }

@@ -110,7 +110,7 @@ impl SqliteBackend {
 
     /// A plain connection that sets no journal mode, so that it leaves the
     /// file as it finds it.
-    async fn raw(&self, create: bool) -> SqliteConnection {
+    pub(crate) async fn raw(&self, create: bool) -> SqliteConnection {
         SqliteConnectOptions::new()
             .filename(self.db())
             .create_if_missing(create)
