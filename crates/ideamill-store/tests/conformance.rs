@@ -208,7 +208,11 @@ async fn sqlite_a_refused_finish_is_rolled_back_and_the_writer_goes_on() {
     assert!(e.to_string().contains("poisoned output"), "{e}");
     let d = s.item(first).await.unwrap();
     assert_eq!(
-        (d.item.state, d.jobs[0].state, d.jobs[0].lease_owner.as_deref()),
+        (
+            d.item.state,
+            d.jobs[0].state,
+            d.jobs[0].lease_owner.as_deref()
+        ),
         (ItemState::Active, JobState::Running, Some("w1")),
         "the refused finish left nothing behind, its fence included"
     );

@@ -3,13 +3,14 @@
 use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
 use ideamill_core::{FailureClass, ItemId, Millis};
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Sqlite};
 
+use super::inline_tx::{COMMIT, InlineTx};
 use super::{SqliteStore, Tx};
 use crate::common::{self, AttemptRecord};
 use crate::handoff::{Claim, NewItems};
-use crate::shared::Rows;
+use crate::shared::{Backend, Rows};
 use crate::*;
 
 /// Rows per multi-row statement; well under SQLite's bound-parameter limit.
@@ -56,71 +57,153 @@ impl Rows for SqliteStore {
         }
         let first_id = next_item_id(tx).await?;
         let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
-        let jobs: Vec<(ItemId, &NextJob, Millis)> =
-            ids.iter().map(|id| (*id, first, now)).collect();
+        let jobs = first_jobs(&ids, first, now);
         // The items and their first jobs, in one hop to SQLite's thread.
-        run_statements(tx, |q| {
-            for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
-                q.push(
-                    "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at, trace_id) ",
-                );
-                q.push_values(
-                    chunk.iter().zip(chunk_ids),
-                    |mut b, (item, id)| {
-                        b.push_bind(*id)
-                            .push_bind(&item.text)
-                            .push_bind(item.metadata.to_string())
-                            .push_bind("active")
-                            .push_bind(&first.stage)
-                            .push_bind(first.round)
-                            .push_bind(now)
-                            .push_bind(now)
-                            // Written here, not by the migration's trigger: one
-                            // write per item.
-                            .push("lower(hex(randomblob(16)))");
-                    },
-                );
-                q.push(";\n");
-            }
-            push_insert_jobs(q, &jobs);
-        })
-        .await?;
+        run_statements(tx, |q| push_new_items(q, items, &ids, first, now, &jobs)).await?;
         let claimed = match claim {
-            Some(claim) => claim_new_jobs(tx, first_id, &first.stage, claim, now).await?,
+            Some(claim) => {
+                let mut q = QueryBuilder::new("");
+                push_claim_new_jobs(&mut q, first_id, &first.stage, &claim, now);
+                claimed_new_jobs(&q.build().fetch_all(&mut **tx).await?, now)?
+            }
             None => Vec::new(),
         };
         Ok(NewItems { ids, claimed })
     }
+
+    /// Two hops to the writer's thread: the BEGIN with the read of the next
+    /// item id, then the items, their first jobs, the hand-off's claim and
+    /// the COMMIT (`inline_tx.rs`). An item's pickup waits on each hop.
+    async fn add_new_items(
+        &self,
+        items: &[NewItem],
+        first: &NextJob,
+        now: Millis,
+        claim: Option<Claim<'_>>,
+    ) -> Result<NewItems> {
+        if items.is_empty() {
+            return Ok(NewItems::default());
+        }
+        let mut tx = InlineTx::new(self.writer.acquire().await?);
+        match add_in(&mut tx, items, first, now, claim).await {
+            Ok(added) => {
+                if added.any_queued() {
+                    Backend::notify(self);
+                }
+                Ok(added)
+            }
+            Err(e) => {
+                tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// [`SqliteStore::add_new_items`]'s writes, in one transaction on `tx`,
+/// committed.
+async fn add_in(
+    tx: &mut InlineTx,
+    items: &[NewItem],
+    first: &NextJob,
+    now: Millis,
+    claim: Option<Claim<'_>>,
+) -> Result<NewItems> {
+    let mut q = QueryBuilder::new(tx.begin());
+    q.push("SELECT ").push(NEXT_ITEM_ID);
+    let first_id: ItemId = q.build_query_scalar().fetch_one(tx.conn()).await?;
+    let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
+    let jobs = first_jobs(&ids, first, now);
+    let mut q = QueryBuilder::new("");
+    push_new_items(&mut q, items, &ids, first, now, &jobs);
+    if let Some(claim) = &claim {
+        push_claim_new_jobs(&mut q, first_id, &first.stage, claim, now);
+    }
+    q.push(COMMIT);
+    // The only rows are the claim's.
+    let rows = q.build().fetch_all(tx.conn()).await?;
+    tx.committed();
+    Ok(NewItems {
+        claimed: claimed_new_jobs(&rows, now)?,
+        ids,
+    })
+}
+
+fn first_jobs<'a>(
+    ids: &[ItemId],
+    first: &'a NextJob,
+    now: Millis,
+) -> Vec<(ItemId, &'a NextJob, Millis)> {
+    ids.iter().map(|id| (*id, first, now)).collect()
+}
+
+/// The items, with the ids `ids`, and their first jobs `jobs`.
+fn push_new_items<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    items: &'a [NewItem],
+    ids: &'a [ItemId],
+    first: &'a NextJob,
+    now: Millis,
+    jobs: &'a [(ItemId, &'a NextJob, Millis)],
+) {
+    for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+        q.push(
+            "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at, trace_id) ",
+        );
+        q.push_values(chunk.iter().zip(chunk_ids), |mut b, (item, id)| {
+            b.push_bind(*id)
+                .push_bind(&item.text)
+                .push_bind(item.metadata.to_string())
+                .push_bind("active")
+                .push_bind(&first.stage)
+                .push_bind(first.round)
+                .push_bind(now)
+                .push_bind(now)
+                // Written here, not by the migration's trigger: one
+                // write per item.
+                .push("lower(hex(randomblob(16)))");
+        });
+        q.push(";\n");
+    }
+    push_insert_jobs(q, jobs);
 }
 
 /// The first `claim.slots` jobs of the items from `first_id` on, just
 /// inserted, claimed as [`crate::shared::Leases::claim`] claims, unless an
 /// older job of their stage is runnable (it goes first, and the dispatcher
-/// claims it). One more hop in the add's transaction, not a transaction of
-/// its own.
-async fn claim_new_jobs(
-    tx: &mut Tx,
+/// claims it): a statement in the add's transaction, not a transaction of
+/// its own. Its rows are read by [`claimed_new_jobs`].
+fn push_claim_new_jobs<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
     first_id: ItemId,
-    stage: &str,
-    claim: Claim<'_>,
+    stage: &'a str,
+    claim: &Claim<'a>,
     now: Millis,
-) -> Result<Vec<ClaimedJob>> {
-    let rows = sqlx::query(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
-                lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
-         WHERE item_id >= ?4 AND item_id < ?5 AND state = 'queued'
-           AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND stage = ?6 AND run_at <= ?3
-                           AND item_id < ?4)
-         RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at",
-    )
-    .bind(claim.owner)
-    .bind(now + claim.lease)
-    .bind(now)
-    .bind(first_id)
-    .bind(first_id + i64::from(claim.slots))
-    .bind(stage)
-    .fetch_all(&mut **tx)
-    .await?;
+) {
+    q.push("UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1, lease_owner = ")
+        .push_bind(claim.owner)
+        .push(", lease_expires_at = ")
+        .push_bind(now + claim.lease)
+        .push(", started_at = ")
+        .push_bind(now)
+        .push(", updated_at = ")
+        .push_bind(now)
+        .push(" WHERE item_id >= ")
+        .push_bind(first_id)
+        .push(" AND item_id < ")
+        .push_bind(first_id + i64::from(claim.slots))
+        .push(" AND state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND stage = ")
+        .push_bind(stage)
+        .push(" AND run_at <= ")
+        .push_bind(now)
+        .push(" AND item_id < ")
+        .push_bind(first_id)
+        .push(
+            ") RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at;\n",
+        );
+}
+
+fn claimed_new_jobs(rows: &[SqliteRow], now: Millis) -> Result<Vec<ClaimedJob>> {
     let mut claimed = rows
         .iter()
         .map(|r| common::claimed_job(r, 0, Some(now)))
