@@ -464,28 +464,35 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
         .spawn()
         .context("cannot start the adder process")?;
     let stdout = child.stdout.take().context("no stdout")?;
-    let (line_tx, mut line_rx) = mpsc::unbounded_channel::<(i64, u128)>();
+    let (line_tx, mut line_rx) = mpsc::unbounded_channel::<(i64, u128, u128)>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((id, at)) = line.split_once(' ')
-                && let (Ok(id), Ok(at)) = (id.parse(), at.parse())
+            let mut fields = line.split(' ').map(str::parse::<u128>);
+            if let (Some(Ok(id)), Some(Ok(at)), Some(Ok(took))) =
+                (fields.next(), fields.next(), fields.next())
             {
-                let _ = line_tx.send((id, at));
+                let _ = line_tx.send((id as i64, at, took));
             }
         }
     });
     let mut claimed_at: HashMap<i64, u128> = HashMap::new();
     let mut added_at: HashMap<i64, u128> = HashMap::new();
+    let mut remote_adds = Vec::new();
     let deadline =
         Instant::now() + Duration::from_secs(60 + u64::from(samples) / 10) + gap * samples;
     while (claimed_at.len() < samples as usize || added_at.len() < samples as usize)
         && Instant::now() < deadline
     {
         tokio::select! {
-            Some(p) = rx.recv() => if let Progress::Claimed { job, .. } = p {
-                claimed_at.insert(job.item_id, wall_micros());
+            // When the dispatcher claimed it, as in process: not when
+            // this task got round to reading the report.
+            Some(p) = rx.recv() => if let Progress::Claimed { job, at } = p {
+                claimed_at.insert(job.item_id, wall_micros().saturating_sub(at.elapsed().as_micros()));
             },
-            Some((id, at)) = line_rx.recv() => { added_at.insert(id, at); },
+            Some((id, at, took)) = line_rx.recv() => {
+                added_at.insert(id, at);
+                remote_adds.push(Duration::from_micros(took as u64));
+            },
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
@@ -510,6 +517,10 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
     );
     report("    of which the add, until it returned: ", &mut adds);
     report("  other process: ", &mut remote);
+    report(
+        "    of which the add, until it returned: ",
+        &mut remote_adds,
+    );
     Ok(())
 }
 
@@ -562,8 +573,9 @@ async fn adder(config: &Path, samples: u32, gap: Duration) -> anyhow::Result<()>
         // Spaced out, so each sample measures a pickup from idle.
         tokio::time::sleep(gap).await;
         let at = wall_micros();
+        let clock = Instant::now();
         let id = store.add_items(&new_items(1), &first, now_millis()).await?[0];
-        writeln!(out, "{id} {at}")?;
+        writeln!(out, "{id} {at} {}", clock.elapsed().as_micros())?;
         out.flush()?;
     }
     store.close().await;
