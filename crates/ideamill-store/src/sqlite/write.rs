@@ -4,11 +4,11 @@ use async_trait::async_trait;
 use ideamill_core::machine::NextJob;
 use ideamill_core::{FailureClass, ItemId, Millis};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::inline_tx::{COMMIT, InlineTx};
 use super::{SqliteStore, Tx};
-use crate::common::{self, AttemptRecord};
+use crate::common::{self, AttemptRecord, RowExt};
 use crate::handoff::{Claim, NewItems};
 use crate::shared::{Backend, Rows};
 use crate::*;
@@ -43,7 +43,7 @@ impl Rows for SqliteStore {
     }
 
     /// New active items, each with its first job `first`; ids in input
-    /// order, and the jobs claimed with them.
+    /// order, and the jobs claimed with them: one hop to SQLite's thread.
     async fn insert_new_items(
         tx: &mut Tx,
         items: &[NewItem],
@@ -55,25 +55,14 @@ impl Rows for SqliteStore {
         if items.is_empty() {
             return Ok(NewItems::default());
         }
-        let first_id = next_item_id(tx).await?;
-        let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
-        let jobs = first_jobs(&ids, first, now);
-        // The items and their first jobs, in one hop to SQLite's thread.
-        run_statements(tx, |q| push_new_items(q, items, &ids, first, now, &jobs)).await?;
-        let claimed = match claim {
-            Some(claim) => {
-                let mut q = QueryBuilder::new("");
-                push_claim_new_jobs(&mut q, first_id, &first.stage, &claim, now);
-                claimed_new_jobs(&q.build().fetch_all(&mut **tx).await?, now)?
-            }
-            None => Vec::new(),
-        };
-        Ok(NewItems { ids, claimed })
+        let mut q = QueryBuilder::new("");
+        push_add(&mut q, items, first, now, claim.as_ref());
+        added(items, &q.build().fetch_all(&mut **tx).await?, now)
     }
 
-    /// Two hops to the writer's thread: the BEGIN with the read of the next
-    /// item id, then the items, their first jobs, the hand-off's claim and
-    /// the COMMIT (`inline_tx.rs`). An item's pickup waits on each hop.
+    /// One hop to the writer's thread: the BEGIN, the items, their first
+    /// jobs, the hand-off's claim and the COMMIT in one command
+    /// (`inline_tx.rs`). An item's pickup waits on every hop.
     async fn add_new_items(
         &self,
         items: &[NewItem],
@@ -110,72 +99,106 @@ async fn add_in(
     claim: Option<Claim<'_>>,
 ) -> Result<NewItems> {
     let mut q = QueryBuilder::new(tx.begin());
-    q.push("SELECT ").push(NEXT_ITEM_ID);
-    let first_id: ItemId = q.build_query_scalar().fetch_one(tx.conn()).await?;
-    let ids: Vec<ItemId> = (first_id..).take(items.len()).collect();
-    let jobs = first_jobs(&ids, first, now);
-    let mut q = QueryBuilder::new("");
-    push_new_items(&mut q, items, &ids, first, now, &jobs);
-    if let Some(claim) = &claim {
-        push_claim_new_jobs(&mut q, first_id, &first.stage, claim, now);
-    }
+    push_add(&mut q, items, first, now, claim.as_ref());
     q.push(COMMIT);
-    // The only rows are the claim's.
     let rows = q.build().fetch_all(tx.conn()).await?;
     tx.committed();
-    Ok(NewItems {
-        claimed: claimed_new_jobs(&rows, now)?,
-        ids,
-    })
+    added(items, &rows, now)
 }
 
-fn first_jobs<'a>(
-    ids: &[ItemId],
-    first: &'a NextJob,
-    now: Millis,
-) -> Vec<(ItemId, &'a NextJob, Millis)> {
-    ids.iter().map(|id| (*id, first, now)).collect()
-}
-
-/// The items, with the ids `ids`, and their first jobs `jobs`.
-fn push_new_items<'a>(
+/// The statements of an add: the items, their first jobs and the hand-off's
+/// claim. Each item's id is its place in `items` past the next id
+/// ([`NEXT_ITEM_ID`], read once per statement: an uncorrelated subquery),
+/// so the new items are the newest `items.len()`, which the statements
+/// after find by that. Rows: the new items' ids, then the claimed jobs.
+fn push_add<'a>(
     q: &mut QueryBuilder<'a, Sqlite>,
     items: &'a [NewItem],
-    ids: &'a [ItemId],
     first: &'a NextJob,
     now: Millis,
-    jobs: &'a [(ItemId, &'a NextJob, Millis)],
+    claim: Option<&Claim<'a>>,
 ) {
-    for (chunk, chunk_ids) in items.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+    for chunk in items.chunks(CHUNK) {
         q.push(
-            "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at, trace_id) ",
-        );
-        q.push_values(chunk.iter().zip(chunk_ids), |mut b, (item, id)| {
-            b.push_bind(*id)
+            "INSERT INTO items (id, text, metadata, state, stage, round, created_at, updated_at, trace_id)
+             SELECT next.id + v.column1, v.column2, v.column3, 'active', ",
+        )
+        .push_bind(&first.stage)
+        .push(", ")
+        .push_bind(first.round)
+        .push(", ")
+        .push_bind(now)
+        .push(", ")
+        .push_bind(now)
+        // Written here, not by the migration's trigger: one write per item.
+        .push(", lower(hex(randomblob(16))) FROM (SELECT ")
+        .push(NEXT_ITEM_ID)
+        .push(" AS id) AS next, (");
+        q.push_values(chunk.iter().enumerate(), |mut b, (k, item)| {
+            b.push_bind(k as i64)
                 .push_bind(&item.text)
-                .push_bind(item.metadata.to_string())
-                .push_bind("active")
-                .push_bind(&first.stage)
-                .push_bind(first.round)
-                .push_bind(now)
-                .push_bind(now)
-                // Written here, not by the migration's trigger: one
-                // write per item.
-                .push("lower(hex(randomblob(16)))");
+                .push_bind(item.metadata.to_string());
         });
-        q.push(";\n");
+        q.push(") AS v ORDER BY v.column1 RETURNING id;\n");
     }
-    push_insert_jobs(q, jobs);
+    let count = items.len() as i64;
+    q.push(
+        "INSERT INTO jobs (item_id, stage, round, state, run_at, max_attempts, created_at, updated_at)
+         SELECT id, ",
+    )
+    .push_bind(&first.stage)
+    .push(", ")
+    .push_bind(first.round)
+    .push(", 'queued', ")
+    .push_bind(now)
+    .push(", ")
+    .push_bind(first.max_attempts)
+    .push(", ")
+    .push_bind(now)
+    .push(", ")
+    .push_bind(now)
+    .push(" FROM items WHERE id > (SELECT MAX(id) FROM items) - ")
+    .push_bind(count)
+    .push(" ORDER BY id;\n");
+    if let Some(claim) = claim {
+        push_claim_new_jobs(q, count, &first.stage, claim, now);
+    }
 }
 
-/// The first `claim.slots` jobs of the items from `first_id` on, just
+/// The new items' ids, in input order, and the jobs claimed with them, from
+/// the rows of [`push_add`]'s statements.
+fn added(items: &[NewItem], rows: &[SqliteRow], now: Millis) -> Result<NewItems> {
+    let (claimed, new): (Vec<&SqliteRow>, Vec<&SqliteRow>) = rows
+        .iter()
+        .partition(|r| r.try_column("lease_token").is_ok());
+    let mut ids = new
+        .iter()
+        .map(|r| r.int("id"))
+        .collect::<Result<Vec<ItemId>>>()?;
+    ids.sort_unstable();
+    if ids.len() != items.len() {
+        return Err(StoreError::Corrupt(format!(
+            "an add of {} items inserted {}",
+            items.len(),
+            ids.len()
+        )));
+    }
+    let mut claimed = claimed
+        .into_iter()
+        .map(|r| common::claimed_job(r, 0, Some(now)))
+        .collect::<Result<Vec<_>>>()?;
+    claimed.sort_by_key(|j| j.id);
+    Ok(NewItems { ids, claimed })
+}
+
+/// The first `claim.slots` jobs of the `count` newest items, just
 /// inserted, claimed as [`crate::shared::Leases::claim`] claims, unless an
 /// older job of their stage is runnable (it goes first, and the dispatcher
 /// claims it): a statement in the add's transaction, not a transaction of
-/// its own. Its rows are read by [`claimed_new_jobs`].
+/// its own.
 fn push_claim_new_jobs<'a>(
     q: &mut QueryBuilder<'a, Sqlite>,
-    first_id: ItemId,
+    count: i64,
     stage: &'a str,
     claim: &Claim<'a>,
     now: Millis,
@@ -188,28 +211,25 @@ fn push_claim_new_jobs<'a>(
         .push_bind(now)
         .push(", updated_at = ")
         .push_bind(now)
-        .push(" WHERE item_id >= ")
-        .push_bind(first_id)
-        .push(" AND item_id < ")
-        .push_bind(first_id + i64::from(claim.slots))
-        .push(" AND state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND stage = ")
-        .push_bind(stage)
-        .push(" AND run_at <= ")
-        .push_bind(now)
-        .push(" AND item_id < ")
-        .push_bind(first_id)
+        .push(" FROM (SELECT (SELECT MAX(id) FROM items) - ")
+        .push_bind(count)
         .push(
-            ") RETURNING id, item_id, stage, round, attempts, max_attempts, lease_token, run_at;\n",
+            " + 1 AS id) AS first
+             WHERE jobs.item_id >= first.id AND jobs.item_id < first.id + ",
+        )
+        .push_bind(i64::from(claim.slots))
+        .push(
+            " AND jobs.state = 'queued'
+              AND NOT EXISTS (SELECT 1 FROM jobs older WHERE older.state = 'queued' AND older.stage = ",
+        )
+        .push_bind(stage)
+        .push(" AND older.run_at <= ")
+        .push_bind(now)
+        .push(
+            " AND older.item_id < first.id)
+             RETURNING jobs.id, jobs.item_id, jobs.stage, jobs.round, jobs.attempts, jobs.max_attempts,
+                       jobs.lease_token, jobs.run_at;\n",
         );
-}
-
-fn claimed_new_jobs(rows: &[SqliteRow], now: Millis) -> Result<Vec<ClaimedJob>> {
-    let mut claimed = rows
-        .iter()
-        .map(|r| common::claimed_job(r, 0, Some(now)))
-        .collect::<Result<Vec<_>>>()?;
-    claimed.sort_by_key(|j| j.id);
-    Ok(claimed)
 }
 
 /// Statements written into one query, sent to SQLite's connection thread
@@ -351,10 +371,3 @@ macro_rules! next_item_id {
     };
 }
 pub(super) const NEXT_ITEM_ID: &str = next_item_id!();
-
-async fn next_item_id(tx: &mut Tx) -> Result<ItemId> {
-    let id: ItemId = sqlx::query_scalar(concat!("SELECT ", next_item_id!()))
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(id)
-}
