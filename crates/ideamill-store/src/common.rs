@@ -410,6 +410,38 @@ pub(crate) fn claimed_job(
     })
 }
 
+/// A claim's rows as jobs, in the order the claim picked them (RETURNING
+/// does not keep it), each with its item's context where the row has a
+/// `context` column (`with_contexts`). A context that cannot be read here
+/// is `None`: the job reads it again on its own, and that read reports the
+/// error.
+pub(crate) fn claimed_jobs<R: RowExt>(
+    rows: &[R],
+    now: Millis,
+    with_contexts: bool,
+) -> Result<Vec<(ClaimedJob, Option<ItemContext>)>> {
+    let mut jobs = rows
+        .iter()
+        .map(|r| {
+            let job = claimed_job(r, 0, Some(now))?;
+            let context = with_contexts
+                .then(|| {
+                    r.text("context")
+                        .and_then(|json| item_context_json(&json))
+                        .inspect_err(|e| tracing::debug!("Job {}'s context: {e}", job.id))
+                        .ok()
+                })
+                .flatten();
+            Ok((r.int("priority")?, job, context))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    jobs.sort_by_key(|(priority, job, _)| (*priority, job.run_at, job.id));
+    Ok(jobs
+        .into_iter()
+        .map(|(_, job, context)| (job, context))
+        .collect())
+}
+
 pub(crate) fn usage_totals(r: &impl RowExt) -> Result<UsageTotals> {
     Ok(UsageTotals {
         prompt_tokens: r.count("pt")?,

@@ -12,7 +12,7 @@ use sqlx::postgres::PgArguments;
 use super::context::context_json;
 use super::write::{insert_event, notify_in};
 use super::{PostgresStore, db_now};
-use crate::common::{self, AttemptRecord, RowExt};
+use crate::common::{self, AttemptRecord};
 use crate::shared::{Backend, Leases, Rows};
 use crate::*;
 
@@ -29,13 +29,8 @@ impl Leases for PostgresStore {
         let query = sqlx::query(CLAIM);
         let query = bind_claim(query, stage, limit, owner, now, lease_until, self.db_clock);
         let rows = self.warm.fetch_all(query).await?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| Ok((r.int("priority")?, common::claimed_job(r, 0, Some(now))?)))
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING does not keep the subquery's order: restore it.
-        jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
-        Ok(jobs.into_iter().map(|(_, job)| job).collect())
+        let jobs = common::claimed_jobs(&rows, now, false)?;
+        Ok(jobs.into_iter().map(|(job, _)| job).collect())
     }
 
     async fn claim_with_contexts(
@@ -49,25 +44,7 @@ impl Leases for PostgresStore {
         let query = sqlx::query(&CLAIM_WITH_CONTEXTS);
         let query = bind_claim(query, stage, limit, owner, now, lease_until, self.db_clock);
         let rows = self.warm.fetch_all(query).await?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| {
-                let job = common::claimed_job(r, 0, Some(now))?;
-                // One that cannot be read here is read again on its own,
-                // by the job that needs it, which reports the error.
-                let context = r
-                    .text("context")
-                    .and_then(|json| common::item_context_json(&json))
-                    .inspect_err(|e| tracing::debug!("Job {}'s context: {e}", job.id))
-                    .ok();
-                Ok((r.int("priority")?, job, context))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        jobs.sort_by_key(|(priority, job, _)| (*priority, job.run_at, job.id));
-        Ok(jobs
-            .into_iter()
-            .map(|(_, job, context)| (job, context))
-            .collect())
+        common::claimed_jobs(&rows, now, true)
     }
 
     async fn heartbeat(

@@ -6,10 +6,9 @@
 use async_trait::async_trait;
 use ideamill_core::{AttemptOutcome, JobId, Millis};
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::sqlite::SqliteArguments;
 
 use super::SqliteStore;
 use super::finish::context_json;
@@ -31,7 +30,8 @@ impl Leases for SqliteStore {
         let rows = bind_claim(sqlx::query(CLAIM), stage, limit, owner, now, lease_until)
             .fetch_all(&self.writer)
             .await?;
-        claimed_jobs(&rows, now)
+        let jobs = common::claimed_jobs(&rows, now, false)?;
+        Ok(jobs.into_iter().map(|(job, _)| job).collect())
     }
 
     async fn claim_with_contexts(
@@ -46,27 +46,7 @@ impl Leases for SqliteStore {
         let rows = bind_claim(query, stage, limit, owner, now, lease_until)
             .fetch_all(&self.writer)
             .await?;
-        let contexts = rows.iter().map(|r| {
-            // One that cannot be read here is read again on its own, by
-            // the job that needs it, which reports the error.
-            r.text("context")
-                .and_then(|json| common::item_context_json(&json))
-                .inspect_err(|e| tracing::debug!("A claimed job's context: {e}"))
-                .ok()
-        });
-        let jobs = claimed_jobs(&rows, now)?;
-        let mut contexts: HashMap<JobId, ItemContext> = rows
-            .iter()
-            .zip(contexts)
-            .filter_map(|(r, context)| Some((r.int("id").ok()?, context?)))
-            .collect();
-        Ok(jobs
-            .into_iter()
-            .map(|job| {
-                let context = contexts.remove(&job.id);
-                (job, context)
-            })
-            .collect())
+        common::claimed_jobs(&rows, now, true)
     }
 
     async fn heartbeat(
@@ -241,18 +221,4 @@ fn bind_claim<'q>(
         .bind(now)
         .bind(stage)
         .bind(limit)
-}
-
-/// The claim's rows as jobs, in the order the claim picked them.
-fn claimed_jobs(rows: &[SqliteRow], now: Millis) -> Result<Vec<ClaimedJob>> {
-    let mut jobs = rows
-        .iter()
-        .map(|r| {
-            let job = common::claimed_job(r, 0, Some(now))?;
-            Ok((r.int("priority")?, job))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // RETURNING does not keep the subquery's order: restore it.
-    jobs.sort_by_key(|(priority, job)| (*priority, job.run_at, job.id));
-    Ok(jobs.into_iter().map(|(_, job)| job).collect())
 }
