@@ -380,22 +380,9 @@ fn tls_follows_the_urls_sslmode() {
         "{}",
         p.logs()
     );
-    let out = std::process::Command::new("psql")
-        .arg(cluster.url("postgres"))
-        .args([
-            "-Atc",
-            "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-             WHERE a.application_name = 'ideamill'",
-        ])
-        .output()
-        .expect("psql");
-    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let (all_tls, connections) = seen.split_once('|').unwrap_or(("", "0"));
-    assert_eq!(
-        all_tls, "t",
-        "every connection of the engine is TLS: {seen}"
-    );
-    assert!(connections.parse::<u32>().unwrap() > 0, "{seen}");
+    let (all_tls, connections) = engine_tls(&cluster);
+    assert_eq!(all_tls, "t", "every connection of the engine is TLS");
+    assert!(connections > 0);
     signal(&run, libc::SIGTERM);
     wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
 
@@ -420,6 +407,49 @@ fn tls_follows_the_urls_sslmode() {
     let id = p.add("encrypted");
     p.run_until_idle(Duration::from_secs(60));
     assert_eq!(p.show(id)["item"]["state"], "done");
+
+    // A server on this machine and no sslmode chosen: plain (TLS over
+    // loopback guards nothing and costs each round trip); `prefer` written
+    // out is a choice, and kept.
+    for (query, tls) in [("", "f"), ("?sslmode=prefer", "t")] {
+        let p = Project::new(&config(&format!("{base}{query}"), &quick));
+        let id = p.add("plain on loopback");
+        let mut run = worker(&p);
+        assert!(
+            wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
+                == "done"),
+            "{}",
+            p.logs()
+        );
+        // (The last project's server processes may take a moment to go.)
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let (all_tls, connections) = engine_tls(&cluster);
+                all_tls == tls && connections > 0
+            }),
+            "{query:?}: {:?}",
+            engine_tls(&cluster)
+        );
+        signal(&run, libc::SIGTERM);
+        wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
+    }
+}
+
+/// Whether every connection ideamill has open to `cluster` is TLS ("t" or
+/// "f"), and how many there are.
+fn engine_tls(cluster: &Cluster) -> (String, u32) {
+    let out = std::process::Command::new("psql")
+        .arg(cluster.url("postgres"))
+        .args([
+            "-Atc",
+            "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'ideamill'",
+        ])
+        .output()
+        .expect("psql");
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (all_tls, connections) = seen.split_once('|').unwrap_or(("", "0"));
+    (all_tls.to_string(), connections.parse().unwrap_or(0))
 }
 
 /// PostgreSQL refuses NUL bytes in text. A stage that prints one (on
