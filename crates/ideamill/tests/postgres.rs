@@ -371,20 +371,7 @@ fn tls_follows_the_urls_sslmode() {
 
     // verify-full against our CA: the store works, and over TLS.
     let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
-    let p = Project::new(&config(&url, &quick));
-    let id = p.add("over tls");
-    let mut run = worker(&p);
-    assert!(
-        wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
-            == "done"),
-        "{}",
-        p.logs()
-    );
-    let (all_tls, connections) = engine_tls(&cluster);
-    assert_eq!(all_tls, "t", "every connection of the engine is TLS");
-    assert!(connections > 0);
-    signal(&run, libc::SIGTERM);
-    wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
+    engine_works_with_tls(&cluster, &url, &quick, "t");
 
     // A CA that did not sign the server's certificate: refused, clearly,
     // at once (no waiting: it will not fix itself).
@@ -411,28 +398,33 @@ fn tls_follows_the_urls_sslmode() {
     // A server on this machine and no sslmode chosen: plain (TLS over
     // loopback guards nothing and costs each round trip); `prefer` written
     // out is a choice, and kept.
-    for (query, tls) in [("", "f"), ("?sslmode=prefer", "t")] {
-        let p = Project::new(&config(&format!("{base}{query}"), &quick));
-        let id = p.add("plain on loopback");
-        let mut run = worker(&p);
-        assert!(
-            wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
-                == "done"),
-            "{}",
-            p.logs()
-        );
-        // (The last project's server processes may take a moment to go.)
-        assert!(
-            wait_until(Duration::from_secs(10), || {
-                let (all_tls, connections) = engine_tls(&cluster);
-                all_tls == tls && connections > 0
-            }),
-            "{query:?}: {:?}",
-            engine_tls(&cluster)
-        );
-        signal(&run, libc::SIGTERM);
-        wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
-    }
+    engine_works_with_tls(&cluster, &base, &quick, "f");
+    engine_works_with_tls(&cluster, &format!("{base}?sslmode=prefer"), &quick, "t");
+}
+
+/// A worker on `url` takes an item through `stages` while every
+/// connection it has open is TLS (`tls` "t") or none is ("f").
+fn engine_works_with_tls(cluster: &Cluster, url: &str, stages: &str, tls: &str) {
+    let p = Project::new(&config(url, stages));
+    let id = p.add("an idea");
+    let mut run = worker(&p);
+    assert!(
+        wait_until(Duration::from_secs(60), || p.show(id)["item"]["state"]
+            == "done"),
+        "{}",
+        p.logs()
+    );
+    // (An earlier project's server processes may take a moment to go.)
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (all_tls, connections) = engine_tls(cluster);
+            all_tls == tls && connections > 0
+        }),
+        "{url}: {:?}",
+        engine_tls(cluster)
+    );
+    signal(&run, libc::SIGTERM);
+    wait_exit(&mut run, Duration::from_secs(30)).expect("run stops");
 }
 
 /// Whether every connection ideamill has open to `cluster` is TLS ("t" or
