@@ -122,6 +122,8 @@ macro_rules! conformance_suite {
                 ]
                 backend: [
                     claims::concurrent_claims_never_share_a_job,
+                    claims::the_queue_has_one_index,
+                    claims::reads_of_run_at_see_every_priority_level,
                     admin::prune_deletes_only_old_finished_items,
                     admin::store_copy_gives_no_item_id_twice,
                     migrations::reopening_is_idempotent,

@@ -54,6 +54,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../../migrations/postgres/0011_add_sets_current.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/postgres/0012_one_queue_index.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

@@ -59,10 +59,10 @@ pub(super) async fn status<B: Backend + Leases>(store: &B, now: Millis) -> Resul
 
 /// Queued, scheduled and running jobs per stage, by stage name (queue
 /// depth, and `status` inside its snapshot): the queued jobs' counters; of
-/// those, the ones scheduled for later, counted per stage over
-/// `jobs_next_run` (a range, and they are few); the running jobs, counted
-/// (as many as the engines have slots). So a beat costs the same with
-/// 100,000 queued jobs and a million finished ones as with none.
+/// those, the ones scheduled for later, counted per priority level over
+/// `jobs_runnable` (a range each, and they are few); the running jobs,
+/// counted (as many as the engines have slots). So a beat costs the same
+/// with 100,000 queued jobs and a million finished ones as with none.
 pub(super) async fn stage_counts<B: Backend>(
     conn: &mut <B::Db as sqlx::Database>::Connection,
     now: Millis,
@@ -70,10 +70,15 @@ pub(super) async fn stage_counts<B: Backend>(
     let rows = B::Db::rows(
         conn,
         &format!(
-            "SELECT c.stage, 'queued' AS state, c.n,
-                    (SELECT count(*) FROM jobs j
-                     WHERE j.state = 'queued' AND j.stage = c.stage AND j.run_at > $1) AS scheduled
-             FROM ({}) c WHERE c.n > 0
+            "WITH RECURSIVE c(stage, n) AS (SELECT stage, n FROM ({}) q WHERE q.n > 0),
+             s(stage) AS (SELECT stage FROM c),
+             {LEVELS}
+             SELECT c.stage, 'queued' AS state, c.n,
+                    COALESCE((SELECT CAST(SUM((SELECT count(*) FROM jobs j
+                                          WHERE j.state = 'queued' AND j.stage = l.stage
+                                            AND j.priority = l.priority AND j.run_at > $1)) AS BIGINT)
+                              FROM levels l WHERE l.stage = c.stage AND l.priority IS NOT NULL), 0) AS scheduled
+             FROM c
              UNION ALL
              SELECT stage, 'running', count(*), 0 FROM jobs WHERE state = 'running' GROUP BY stage",
             B::QUEUED_COUNTS
@@ -83,6 +88,20 @@ pub(super) async fn stage_counts<B: Backend>(
     .await?;
     common::counted_stages(&rows)
 }
+
+/// The priority levels of the queued jobs of each stage `s(stage)` names,
+/// as `levels(stage, priority)` (with a last row of NULL priority per
+/// stage): one seek of `jobs_runnable` per level. That index is the
+/// queue's only one (0012_one_queue_index.sql), ordered for the claim by
+/// priority before `run_at`, so a question about `run_at` is asked of each
+/// level, and there is one level unless priorities were set.
+const LEVELS: &str = "levels(stage, priority) AS (
+         SELECT s.stage, (SELECT MIN(j.priority) FROM jobs j WHERE j.state = 'queued' AND j.stage = s.stage)
+         FROM s
+         UNION ALL
+         SELECT l.stage, (SELECT MIN(j.priority) FROM jobs j
+                          WHERE j.state = 'queued' AND j.stage = l.stage AND j.priority > l.priority)
+         FROM levels l WHERE l.priority IS NOT NULL)";
 
 /// When the oldest queued job is due: the oldest of each stage that has
 /// any.
@@ -109,8 +128,8 @@ pub(super) async fn next_run_at<B: Backend>(
 }
 
 /// The soonest `run_at` of the queued jobs of the stages `stages` (SQL with
-/// one column) names: one index seek per stage (`jobs_next_run`), however
-/// long the queue.
+/// one column) names: one index seek per stage and priority level
+/// (`LEVELS`), however long the queue.
 async fn soonest_queued<D: Sql>(
     conn: &mut D::Connection,
     stages: &str,
@@ -119,9 +138,11 @@ async fn soonest_queued<D: Sql>(
     one::<D>(
         conn,
         &format!(
-            "WITH s(stage) AS ({stages})
-             SELECT MIN((SELECT MIN(run_at) FROM jobs j WHERE j.state = 'queued' AND j.stage = s.stage)) AS at
-             FROM s"
+            "WITH RECURSIVE s(stage) AS ({stages}),
+             {LEVELS}
+             SELECT MIN((SELECT MIN(j.run_at) FROM jobs j
+                         WHERE j.state = 'queued' AND j.stage = l.stage AND j.priority = l.priority)) AS at
+             FROM levels l WHERE l.priority IS NOT NULL"
         ),
         args,
     )

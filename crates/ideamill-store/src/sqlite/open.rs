@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../../migrations/sqlite/0011_lighter_finish.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/sqlite/0012_one_queue_index.sql"),
+    ),
 ];
 const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 

@@ -269,3 +269,65 @@ pub async fn a_claim_reads_its_jobs_contexts_as_a_context_read_does(s: &dyn Stor
         .unwrap();
     assert!(none.is_empty(), "every job is held: {none:?}");
 }
+
+/// The queue has one index, the claim's, so that a claim's plan is never
+/// the planner's guess: with a second one over `(stage, run_at)` a store
+/// without fresh statistics read and sorted the whole queue for every
+/// claim (0012_one_queue_index.sql). The reads that need `run_at` walk the
+/// same index per priority level (`claim_waits_for_run_at`,
+/// `queue_counts`), which covers the schema this lint reads.
+pub async fn the_queue_has_one_index(b: &dyn Backend) {
+    b.open().await.close().await;
+    assert_eq!(b.queue_indexes().await, ["jobs_runnable"]);
+}
+
+/// When the soonest queued job is due and how many are scheduled for later
+/// are read one priority level at a time (`jobs_runnable` orders by
+/// priority before `run_at`): with three levels, the soonest job is the one
+/// of the level claimed last, and every level's later jobs are counted.
+pub async fn reads_of_run_at_see_every_priority_level(b: &dyn Backend) {
+    let draft = next("draft", 1, 3);
+    let s = b.open().await;
+    let soonest = add_one(&*s, "soonest", &draft, T0 + 100).await;
+    let middle = add_one(&*s, "middle", &draft, T0 + 200).await;
+    let last = add_one(&*s, "last", &draft, T0 + 300).await;
+    s.close().await;
+    b.execute(&format!(
+        "UPDATE jobs SET priority = 5 WHERE item_id = {soonest};
+         UPDATE jobs SET priority = -1 WHERE item_id = {last};"
+    ))
+    .await;
+
+    let s = b.open().await;
+    assert_eq!(
+        s.next_run_at(&["draft".to_string()]).await.unwrap(),
+        Some(T0 + 100),
+        "the soonest of every level"
+    );
+    let p = s.pending(T0 + 150).await.unwrap();
+    assert_eq!(
+        (p.soon, p.later, p.next_run_at),
+        (1, 2, Some(T0 + 100)),
+        "one due, two later, over three levels"
+    );
+    let depth: Vec<_> = s
+        .queue_depth(T0 + 250)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.stage == "draft")
+        .map(|c| (c.queued, c.scheduled))
+        .collect();
+    assert_eq!(depth, [(2, 1)], "runnable now, and scheduled later");
+    let claimed = s
+        .claim("draft", 10, "w1", T0 + 1_000, T0 + 1_000 + LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.item_id).collect::<Vec<_>>(),
+        [last, middle, soonest],
+        "claimed by priority first"
+    );
+    assert_eq!(s.next_run_at(&["draft".to_string()]).await.unwrap(), None);
+    s.close().await;
+}

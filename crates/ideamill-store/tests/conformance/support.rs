@@ -62,6 +62,14 @@ pub trait Backend {
     /// (rows of pruned items).
     async fn count_rows(&self, table: &str) -> i64;
 
+    /// Run `sql` under the trait, for what nothing the store offers writes
+    /// (a job's priority). Every handle must be closed first.
+    async fn execute(&self, sql: &str);
+
+    /// The indexes of `jobs` that hold only queued jobs, by name: what a
+    /// claim's plan may choose from.
+    async fn queue_indexes(&self) -> Vec<String>;
+
     /// The URL that names this test's database (`ideamill store copy`).
     fn url(&self) -> String;
 
@@ -180,6 +188,29 @@ impl Backend for SqliteBackend {
         n
     }
 
+    async fn execute(&self, sql: &str) {
+        let mut conn = self.raw(false).await;
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .expect("run the SQL");
+        conn.close().await.expect("close the plain connection");
+    }
+
+    async fn queue_indexes(&self) -> Vec<String> {
+        let mut conn = self.raw(false).await;
+        let names = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = 'jobs' AND sql LIKE '%WHERE state = ''queued''%'
+             ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("list the queue's indexes");
+        conn.close().await.expect("close the plain connection");
+        names
+    }
+
     fn url(&self) -> String {
         format!("sqlite://{}", self.db().display())
     }
@@ -187,7 +218,10 @@ impl Backend for SqliteBackend {
     async fn undo_queued_counts(&self) {
         let mut conn = self.raw(false).await;
         sqlx::raw_sql(
-            "-- First migration 11 (0011_lighter_finish.sql), which came after it.
+            "-- First migrations 12 (0012_one_queue_index.sql) and 11
+             -- (0011_lighter_finish.sql), which came after it.
+             CREATE INDEX jobs_next_run ON jobs (stage, run_at) WHERE state = 'queued';
+             DELETE FROM ideamill_schema WHERE version = 12;
              DROP TRIGGER items_count_update;
              CREATE TRIGGER items_count_update AFTER UPDATE OF state ON items
              WHEN old.state IS NOT new.state
@@ -605,6 +639,30 @@ impl Backend for PostgresBackend {
         n
     }
 
+    async fn execute(&self, sql: &str) {
+        let mut conn = self.raw().await;
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .expect("run the SQL");
+        let _ = conn.close().await;
+    }
+
+    async fn queue_indexes(&self) -> Vec<String> {
+        let mut conn = self.raw().await;
+        let names = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes
+             WHERE schemaname = current_schema() AND tablename = 'jobs'
+               AND indexdef LIKE '%WHERE (state = ''queued''::text)'
+             ORDER BY indexname",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("list the queue's indexes");
+        let _ = conn.close().await;
+        names
+    }
+
     fn url(&self) -> String {
         self.url.clone()
     }
@@ -612,8 +670,11 @@ impl Backend for PostgresBackend {
     async fn undo_queued_counts(&self) {
         let mut conn = self.raw().await;
         sqlx::raw_sql(
-            "-- First migrations 11 (0011_add_sets_current.sql) and 10
-             -- (0010_lighter_finish.sql), which came after it.
+            "-- First migrations 12 (0012_one_queue_index.sql), 11
+             -- (0011_add_sets_current.sql) and 10 (0010_lighter_finish.sql),
+             -- which came after it.
+             CREATE INDEX jobs_next_run ON jobs (stage, run_at) WHERE state = 'queued';
+             DELETE FROM ideamill_schema WHERE version = 12;
              CREATE OR REPLACE FUNCTION ideamill_jobs_set_current() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
                  UPDATE items SET current_job_id = NEW.id, stage = NEW.stage, round = NEW.round,
