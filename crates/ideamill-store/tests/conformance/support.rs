@@ -577,15 +577,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn create_foreign(&self) {
-        let mut conn = self.raw().await;
-        sqlx::raw_sql(
+        self.execute(
             "CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL);
              INSERT INTO notes (id, body) VALUES (1, 'not an ideamill store');",
         )
-        .execute(&mut conn)
-        .await
-        .expect("fill the foreign database");
-        let _ = conn.close().await;
+        .await;
     }
 
     async fn fingerprint(&self) -> Vec<u8> {
