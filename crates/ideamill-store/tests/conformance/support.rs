@@ -216,8 +216,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn undo_queued_counts(&self) {
-        let mut conn = self.raw(false).await;
-        sqlx::raw_sql(
+        self.execute(
             "-- First migrations 12 (0012_one_queue_index.sql) and 11
              -- (0011_lighter_finish.sql), which came after it.
              CREATE INDEX jobs_next_run ON jobs (stage, run_at) WHERE state = 'queued';
@@ -237,23 +236,16 @@ impl Backend for SqliteBackend {
              DROP TABLE queued_counts;
              DELETE FROM ideamill_schema WHERE version = 10;",
         )
-        .execute(&mut conn)
-        .await
-        .expect("undo the queued counts' migration");
-        conn.close().await.expect("close the plain connection");
+        .await;
     }
 
     async fn undo_gate_tallies(&self) {
         self.undo_queued_counts().await;
-        let mut conn = self.raw(false).await;
-        sqlx::raw_sql(
+        self.execute(
             "DROP TABLE gate_tallies;
              DELETE FROM ideamill_schema WHERE version = 9;",
         )
-        .execute(&mut conn)
-        .await
-        .expect("undo the gate tallies' migration");
-        conn.close().await.expect("close the plain connection");
+        .await;
     }
 
     async fn other_kind(&self) -> Box<dyn Backend> {
@@ -664,8 +656,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn undo_queued_counts(&self) {
-        let mut conn = self.raw().await;
-        sqlx::raw_sql(
+        self.execute(
             "-- First migrations 12 (0012_one_queue_index.sql), 11
              -- (0011_add_sets_current.sql) and 10 (0010_lighter_finish.sql),
              -- which came after it.
@@ -694,23 +685,16 @@ impl Backend for PostgresBackend {
              DROP TABLE queued_counts, queued_count_deltas;
              DELETE FROM ideamill_schema WHERE version = 9;",
         )
-        .execute(&mut conn)
-        .await
-        .expect("undo the queued counts' migration");
-        let _ = conn.close().await;
+        .await;
     }
 
     async fn undo_gate_tallies(&self) {
         self.undo_queued_counts().await;
-        let mut conn = self.raw().await;
-        sqlx::raw_sql(
+        self.execute(
             "DROP TABLE gate_tallies, gate_tally_deltas;
              DELETE FROM ideamill_schema WHERE version = 8;",
         )
-        .execute(&mut conn)
-        .await
-        .expect("undo the gate tallies' migration");
-        let _ = conn.close().await;
+        .await;
     }
 
     async fn other_kind(&self) -> Box<dyn Backend> {
