@@ -113,7 +113,14 @@ fn reap_forever() {
             // Until the next job's leader (counted before the look, so that
             // a spawn meanwhile is not missed), or the safety net.
             let guard = SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = SPAWNED.wait_timeout_while(guard, NO_CHILDREN_NAP, |n| *n == spawns);
+            let napped = SPAWNED
+                .wait_timeout_while(guard, NO_CHILDREN_NAP, |n| *n == spawns)
+                .is_ok_and(|(_, wait)| wait.timed_out());
+            // A whole nap without a spawn or a child: nothing to reap, so
+            // no pass (and no second wake-up a second later).
+            if napped && sys::own_children().is_empty() {
+                continue;
+            }
         }
         std::thread::sleep(REAP_EVERY);
         reap_orphans();

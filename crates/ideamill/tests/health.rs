@@ -553,6 +553,41 @@ fn killing_the_supervisor_leaves_no_orphan_engine() {
     );
 }
 
+/// The scheduling policy of each thread of `pid` (`/proc/PID/task/TID/stat`,
+/// field 41).
+fn thread_policies(pid: i32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Fields from the third on follow the name's closing parenthesis.
+            stat.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(38)?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_engine_runs_as_batch_work() {
+    let p = Project::new(&format!("{FAST}{}", slow_stage(0.1)));
+    let mut run = p.spawn_run(&[]);
+    let engine = wait_engine(&p, None);
+    let policies = thread_policies(engine);
+    // The loop, the watchdog, the store's connection threads and the rest.
+    assert!(policies.len() >= 3, "{policies:?}");
+    assert!(
+        policies.iter().all(|&p| p == libc::SCHED_BATCH as u32),
+        "{policies:?}"
+    );
+    signal(&run, libc::SIGTERM);
+    wait_exit(&mut run, Duration::from_secs(20)).expect("stopped");
+}
+
 #[test]
 fn doctor_verdicts_and_exit_codes() {
     let p = Project::new(&format!("{FAST}{}", slow_stage(0.2)));
