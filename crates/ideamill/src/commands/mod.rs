@@ -64,7 +64,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(args) => match args.what {
             crate::cli::StoreWhat::Copy(args) => block_on(store_copy::run(args)),
         },
-        Command::Bench(args) => block_on(bench::run(args)),
+        Command::Bench(args) => {
+            // An engine that runs in this process (or in its `bench
+            // worker`s) is scheduled as `ideamill run` schedules one; the
+            // adder is a client, as `ideamill add` is.
+            use crate::cli::BenchWhat;
+            match args.what {
+                BenchWhat::Throughput { .. }
+                | BenchWhat::Pickup { .. }
+                | BenchWhat::Worker { .. }
+                | BenchWhat::Telemetry { .. }
+                | BenchWhat::Saturation(_)
+                | BenchWhat::History(_) => run::batch_scheduling(),
+                BenchWhat::Adder { .. } => run::ordinary_scheduling(),
+                _ => {}
+            }
+            block_on(bench::run(args))
+        }
         Command::Eval(args) => block_on(eval::run(config, args)),
         Command::RecordEvent { kind } => crate::supervisor::record_event_helper(config, &kind),
         Command::Alert(args) => match args.what {

@@ -66,14 +66,24 @@ pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
 /// wake-ups a second, 1.5 as batch). Nothing here is interactive: a batch
 /// thread still gets its fair share, only its wake-ups wait for the next
 /// scheduler tick when the CPU is busy. Not allowed (a seccomp filter, say):
-/// the engine runs as before.
-fn batch_scheduling() {
+/// the engine runs as before. Call it before any other thread starts.
+pub(crate) fn batch_scheduling() {
+    set_scheduling(libc::SCHED_BATCH);
+}
+
+/// Back to ordinary scheduling, for a client that a batch process started
+/// (`bench adder`, which plays `ideamill add`).
+pub(crate) fn ordinary_scheduling() {
+    set_scheduling(libc::SCHED_OTHER);
+}
+
+fn set_scheduling(policy: libc::c_int) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads `param`, which outlives the call; pid
     // 0 is this thread, whose policy the threads it starts inherit.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
         tracing::debug!(
-            "Cannot schedule the engine as batch work ({}); it runs as ordinary threads",
+            "Cannot set the scheduling policy to {policy} ({}); it stays as it was",
             std::io::Error::last_os_error()
         );
     }
