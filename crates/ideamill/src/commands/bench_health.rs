@@ -246,9 +246,6 @@ fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitSt
 /// Per-process counters from /proc, summed over its threads.
 #[derive(Debug, Clone, Copy, Default)]
 struct ProcSample {
-    /// Times a thread was scheduled onto a CPU (schedstat's 3rd field).
-    timeslices: u64,
-    ctxt_switches: u64,
     cpu_ticks: u64,
     rss_kib: u64,
     /// The anonymous part of RSS: memory only this process holds.
@@ -261,31 +258,6 @@ struct ProcSample {
 
 fn sample(pid: u32) -> ProcSample {
     let mut s = ProcSample::default();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let p = t.path();
-            if let Ok(ss) = std::fs::read_to_string(p.join("schedstat")) {
-                s.timeslices += ss
-                    .split_whitespace()
-                    .nth(2)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-            if let Ok(st) = std::fs::read_to_string(p.join("status")) {
-                for line in st.lines() {
-                    if line.starts_with("voluntary_ctxt_switches")
-                        || line.starts_with("nonvoluntary_ctxt_switches")
-                    {
-                        s.ctxt_switches += line
-                            .split_whitespace()
-                            .nth(1)
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .unwrap_or(0);
-                    }
-                }
-            }
-        }
-    }
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         && let Some(rest) = stat.rsplit(')').next()
     {
@@ -310,23 +282,61 @@ fn sample(pid: u32) -> ProcSample {
     s
 }
 
-/// Times each thread of `pid` was scheduled in, by thread name (threads of
-/// one name summed).
-fn thread_timeslices(pid: u32) -> BTreeMap<String, u64> {
-    let mut by_name = BTreeMap::new();
+/// Each thread of `pid`, by thread id: its name, the times it was
+/// scheduled onto a CPU (schedstat's 3rd field) and its context switches.
+fn thread_counters(pid: u32) -> BTreeMap<u32, (String, u64, u64)> {
+    let mut threads = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by_name;
+        return threads;
     };
     for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
         let p = t.path();
         let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
         let slices = std::fs::read_to_string(p.join("schedstat"))
             .ok()
             .and_then(|ss| ss.split_whitespace().nth(2)?.parse::<u64>().ok())
             .unwrap_or(0);
-        *by_name.entry(name.trim().to_owned()).or_default() += slices;
+        let switches: u64 = std::fs::read_to_string(p.join("status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches")
+                    || l.starts_with("nonvoluntary_ctxt_switches")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        threads.insert(tid, (name.trim().to_owned(), slices, switches));
+    }
+    threads
+}
+
+/// What each thread alive at `after` did since `before` (one started
+/// meanwhile, from zero), summed by thread name: timeslices and context
+/// switches. A thread that exited in between counts for nothing: a sum over
+/// the live threads at each end took a thread's whole life off the total
+/// when it exited in the window (a blocking thread of start-up, say).
+fn grown(
+    before: &BTreeMap<u32, (String, u64, u64)>,
+    after: &BTreeMap<u32, (String, u64, u64)>,
+) -> BTreeMap<String, (u64, u64)> {
+    let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (tid, (name, slices, switches)) in after {
+        let (_, was_slices, was_switches) = before.get(tid).cloned().unwrap_or_default();
+        let e = by_name.entry(name.clone()).or_default();
+        e.0 += slices.saturating_sub(was_slices);
+        e.1 += switches.saturating_sub(was_switches);
     }
     by_name
+}
+
+/// Timeslices and context switches over every name.
+fn total(by_name: &BTreeMap<String, (u64, u64)>) -> (u64, u64) {
+    by_name
+        .values()
+        .fold((0, 0), |(a, b), (s, c)| (a + s, b + c))
 }
 
 /// Supervisor + engine with nothing to do.
@@ -341,7 +351,7 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
         let engine = wait_engine(&data_dir, None, Duration::from_secs(60))?;
         // Settle: start-up work (migrations, recovery) is not idle cost.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let threads_before = thread_timeslices(engine.pid);
+        let threads_before = (thread_counters(supervisor.id()), thread_counters(engine.pid));
         let before = (
             sample(supervisor.id()),
             sample(engine.pid),
@@ -349,7 +359,7 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
             Instant::now(),
         );
         tokio::time::sleep(idle).await;
-        let threads_after = thread_timeslices(engine.pid);
+        let threads_after = (thread_counters(supervisor.id()), thread_counters(engine.pid));
         let after = (
             sample(supervisor.id()),
             sample(engine.pid),
@@ -359,11 +369,15 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
         let secs = (after.3 - before.3).as_secs_f64();
         // The status file is as of its last beat: rate over the beats' span.
         let file_secs = ((after.2.beat_mono - before.2.beat_mono) as f64 / 1000.0).max(0.001);
-        let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs;
+        let per_secs = |n: u64| n as f64 / secs;
+        let sup_threads = grown(&threads_before.0, &threads_after.0);
+        let engine_threads = grown(&threads_before.1, &threads_after.1);
+        let (sup_slices, sup_switches) = total(&sup_threads);
+        let (engine_slices, engine_switches) = total(&engine_threads);
         let loop_all = (after.2.loop_wakeups - before.2.loop_wakeups) as f64 / file_secs;
         let loop_w = (after.2.loop_idle_wakeups - before.2.loop_idle_wakeups) as f64 / file_secs;
         let dog_w = (after.2.watchdog_wakeups - before.2.watchdog_wakeups) as f64 / file_secs;
-        let sup_w = rate(before.0.timeslices, after.0.timeslices);
+        let sup_w = per_secs(sup_slices);
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let cpu = (after.0.cpu_ticks + after.1.cpu_ticks)
@@ -381,21 +395,18 @@ async fn idle_cost(idle: Duration) -> anyhow::Result<()> {
         );
         println!(
             "  thread wake-ups: {:.1}/s  (every thread of both processes scheduled in; supervisor {:.2}, engine {:.1} incl. SQLite's connection threads)",
-            rate(before.0.timeslices + before.1.timeslices, after.0.timeslices + after.1.timeslices),
+            per_secs(sup_slices + engine_slices),
             sup_w,
-            rate(before.1.timeslices, after.1.timeslices)
+            per_secs(engine_slices)
         );
-        let per_thread: Vec<String> = threads_after
+        let per_thread: Vec<String> = engine_threads
             .iter()
-            .map(|(name, n)| {
-                let was = threads_before.get(name).copied().unwrap_or(0);
-                format!("{name} {:.2}", rate(was, *n))
-            })
+            .map(|(name, (n, _))| format!("{name} {:.2}", per_secs(*n)))
             .collect();
         println!("  engine threads, by name: {}", per_thread.join(", "));
         println!(
             "  context switches: {:.1}/s;  CPU: {cpu:.3}%",
-            rate(before.0.ctxt_switches + before.1.ctxt_switches, after.0.ctxt_switches + after.1.ctxt_switches)
+            per_secs(sup_switches + engine_switches)
         );
         println!(
             "  RSS: supervisor {:.1} MiB + engine {:.1} MiB = {:.1} MiB (target: under 20 MiB)",
