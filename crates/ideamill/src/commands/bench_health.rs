@@ -243,7 +243,7 @@ fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitSt
     }
 }
 
-/// Per-process counters from /proc, summed over its threads.
+/// Per-process counters from /proc (the threads' own: [`thread_counters`]).
 #[derive(Debug, Clone, Copy, Default)]
 struct ProcSample {
     cpu_ticks: u64,

@@ -62,8 +62,7 @@ pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
 /// run, and the loop reads them in one. As ordinary threads each message
 /// woke the loop, which took the CPU back and left the connection's thread
 /// to be scheduled again: an idle engine's every beat and read went back
-/// and forth so, most of its wake-ups (`bench health`: 1.7-1.9 thread
-/// wake-ups a second, 1.5 as batch). Nothing here is interactive: a batch
+/// and forth so, most of its wake-ups (`bench health`, README). Nothing here is interactive: a batch
 /// thread still gets its fair share, only its wake-ups wait for the next
 /// scheduler tick when the CPU is busy. Not allowed (a seccomp filter, say):
 /// the engine runs as before. Call it before any other thread starts.
