@@ -478,11 +478,12 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
     let mut claimed_at: HashMap<i64, u128> = HashMap::new();
     let mut added_at: HashMap<i64, u128> = HashMap::new();
     let mut remote_adds = Vec::new();
+    // One timer for the whole wait: a timer renewed every turn of the loop
+    // woke this process in the middle of the samples it measures.
     let deadline =
-        Instant::now() + Duration::from_secs(60 + u64::from(samples) / 10) + gap * samples;
-    while (claimed_at.len() < samples as usize || added_at.len() < samples as usize)
-        && Instant::now() < deadline
-    {
+        tokio::time::sleep(Duration::from_secs(60 + u64::from(samples) / 10) + gap * samples);
+    tokio::pin!(deadline);
+    while claimed_at.len() < samples as usize || added_at.len() < samples as usize {
         tokio::select! {
             // When the dispatcher claimed it, as in process: not when
             // this task got round to reading the report.
@@ -493,7 +494,7 @@ async fn pickup(samples: u32, gap: Duration, url: Option<String>) -> anyhow::Res
                 added_at.insert(id, at);
                 remote_adds.push(Duration::from_micros(took as u64));
             },
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut deadline => break,
         }
     }
     let _ = child.wait();

@@ -20,6 +20,7 @@ mod list;
 mod prune;
 mod retry;
 mod run;
+mod scheduling;
 mod service;
 mod show;
 mod status;
@@ -46,15 +47,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Add(args) => block_on(add::run(config, args)),
+        // Clients that hand the engine work: its pickup waits on them.
+        Command::Add(args) => {
+            scheduling::one_cpu();
+            block_on(add::run(config, args))
+        }
         Command::Import(args) => match args.what {
             crate::cli::ImportWhat::Legacy(args) => block_on(import::legacy(config, args)),
         },
         Command::Export(args) => block_on(export::run(config, args)),
         Command::List(args) => block_on(list::run(config, args)),
         Command::Show(args) => block_on(show::run(config, args)),
-        Command::Retry(args) => block_on(retry::run(config, args)),
-        Command::Cancel(args) => block_on(cancel::run(config, args)),
+        Command::Retry(args) => {
+            scheduling::one_cpu();
+            block_on(retry::run(config, args))
+        }
+        Command::Cancel(args) => {
+            scheduling::one_cpu();
+            block_on(cancel::run(config, args))
+        }
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Events(args) => block_on(events::run(config, args)),
         Command::Run(args) => run::main(config, args),
@@ -75,8 +86,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 | BenchWhat::Worker { .. }
                 | BenchWhat::Telemetry { .. }
                 | BenchWhat::Saturation(_)
-                | BenchWhat::History(_) => run::batch_scheduling(),
-                BenchWhat::Adder { .. } => run::ordinary_scheduling(),
+                | BenchWhat::History(_) => scheduling::batch(),
+                BenchWhat::Adder { .. } => {
+                    scheduling::ordinary();
+                    scheduling::one_cpu();
+                }
                 _ => {}
             }
             block_on(bench::run(args))

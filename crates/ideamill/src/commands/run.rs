@@ -25,6 +25,7 @@ use ideamill_sys::clock::now_millis;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
+use super::scheduling;
 use crate::cli::{Role, RunArgs};
 use crate::output;
 use crate::project;
@@ -36,7 +37,7 @@ pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
         return crate::supervisor::run(config);
     }
     let config = Arc::new(project::load_config(config)?);
-    batch_scheduling();
+    scheduling::batch();
     let health = Arc::new(
         Health::new(&config, health::logring::global())
             .with_resource_trouble(ideamill_stages::resources::resource_trouble),
@@ -53,39 +54,6 @@ pub fn main(config: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
         watchdog::exit_on_stall(),
     )?;
     runtime.block_on(run(config, args, health))
-}
-
-/// The engine's threads, and the stages' processes they start, are
-/// scheduled as batch work (SCHED_BATCH, the same nice level). A thread that
-/// wakes another on its CPU then no longer hands it the CPU at once: a
-/// store connection's thread sends its reply, the rows and its end in one
-/// run, and the loop reads them in one. As ordinary threads each message
-/// woke the loop, which took the CPU back and left the connection's thread
-/// to be scheduled again: an idle engine's every beat and read went back
-/// and forth so, most of its wake-ups (`bench health`, README). Nothing here is interactive: a batch
-/// thread still gets its fair share, only its wake-ups wait for the next
-/// scheduler tick when the CPU is busy. Not allowed (a seccomp filter, say):
-/// the engine runs as before. Call it before any other thread starts.
-pub(crate) fn batch_scheduling() {
-    set_scheduling(libc::SCHED_BATCH);
-}
-
-/// Back to ordinary scheduling, for a client that a batch process started
-/// (`bench adder`, which plays `ideamill add`).
-pub(crate) fn ordinary_scheduling() {
-    set_scheduling(libc::SCHED_OTHER);
-}
-
-fn set_scheduling(policy: libc::c_int) {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads `param`, which outlives the call; pid
-    // 0 is this thread, whose policy the threads it starts inherit.
-    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
-        tracing::debug!(
-            "Cannot set the scheduling policy to {policy} ({}); it stays as it was",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 async fn run(config: Arc<Config>, args: RunArgs, health: Arc<Health>) -> anyhow::Result<ExitCode> {
