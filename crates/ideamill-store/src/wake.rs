@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -86,10 +87,28 @@ pub struct WakeDir {
     dir: PathBuf,
     /// The sockets this handle bound: its subscribers are woken in process.
     own: Arc<Mutex<HashSet<PathBuf>>>,
+    /// The folder as last listed, and the socket that sends: a wake-up is
+    /// then a `stat` of the folder and a send to each engine, where listing
+    /// it and opening a socket were five more system calls before the first
+    /// engine was woken.
+    peers: Arc<Mutex<Peers>>,
+}
+
+#[derive(Debug, Default)]
+struct Peers {
+    sender: Option<StdDatagram>,
+    /// The sockets in the folder, and its modification time when listed.
+    listed: Option<(SystemTime, Vec<PathBuf>)>,
 }
 
 // Unix socket paths are limited to 108 bytes (sun_path) on Linux.
 const MAX_SOCKET_PATH: usize = 100;
+
+/// A listing is trusted only once the folder's modification time is this
+/// much older than the listing: the time is coarse (a scheduler tick), so a
+/// socket bound just after a listing within the same tick leaves it as it
+/// was.
+const SETTLED: Duration = Duration::from_secs(1);
 
 impl WakeDir {
     /// The wake sockets of `dir`.
@@ -97,6 +116,7 @@ impl WakeDir {
         WakeDir {
             dir: dir.to_path_buf(),
             own: Arc::default(),
+            peers: Arc::default(),
         }
     }
 
@@ -104,30 +124,56 @@ impl WakeDir {
     /// only logged, since the work is already committed and the engines'
     /// poll will find it.
     pub fn notify(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(modified) = std::fs::metadata(&self.dir).and_then(|m| m.modified()) else {
             return;
         };
-        let Ok(sender) = StdDatagram::unbound() else {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let Peers { sender, listed } = &mut *peers;
+        if sender.is_none() {
+            *sender = StdDatagram::unbound()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .ok();
+        }
+        let Some(sender) = sender else { return };
+        if listed.as_ref().is_none_or(|(at, _)| *at != modified) {
+            let Ok(entries) = std::fs::read_dir(&self.dir) else {
+                return;
+            };
+            let sockets = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+                .collect();
+            let settled = SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age >= SETTLED);
+            // Unsettled: listed again next time, as if the folder changed.
+            *listed = Some((if settled { modified } else { UNIX_EPOCH }, sockets));
+        }
+        let Some((_, sockets)) = listed.as_ref() else {
             return;
         };
-        let _ = sender.set_nonblocking(true);
         let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "sock") || own.contains(&path) {
-                continue;
-            }
-            match sender.send_to(b"w", &path) {
+        let mut stale = false;
+        for path in sockets.iter().filter(|p| !own.contains(*p)) {
+            match sender.send_to(b"w", path) {
                 Ok(_) => {}
                 // Nobody is bound there any more: a process died without
                 // cleaning up. Remove the file so senders stop trying.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(path);
+                    stale = true;
                 }
                 // A full buffer means a wake-up is already pending.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => tracing::debug!("Could not wake {}: {e}", path.display()),
+                Err(e) => {
+                    tracing::debug!("Could not wake {}: {e}", path.display());
+                    stale = true;
+                }
             }
+        }
+        if stale {
+            *listed = None;
         }
     }
 

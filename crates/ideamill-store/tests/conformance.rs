@@ -132,6 +132,7 @@ macro_rules! conformance_suite {
                     migrations::must_exist_refuses_a_missing_store,
                     wake::add_items_wakes_another_handle,
                     wake::add_items_wakes_a_subscriber_of_the_same_handle,
+                    wake::an_engine_that_subscribes_later_is_woken_too,
                     leases::leases_are_judged_by_the_store_clock,
                     budget::concurrent_reservations_never_pass_a_cap,
                     tallies::gate_tallies_follow_prune_copy_and_the_migration,

@@ -40,3 +40,45 @@ pub async fn add_items_wakes_a_subscriber_of_the_same_handle(b: &dyn Backend) {
     drop(signal);
     store.close().await;
 }
+
+/// An adder that has woken engines before (and so may remember whom it
+/// woke) wakes an engine that subscribed since, and one that replaced an
+/// engine that stopped, each right after the change.
+pub async fn an_engine_that_subscribes_later_is_woken_too(b: &dyn Backend) {
+    let adder = b.open().await;
+    let first = b.open().await;
+    let mut first_signal = first.subscribe().expect("subscribe to wake-ups");
+    adder
+        .add_items(&new_items(&["one"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), first_signal.wait())
+        .await
+        .expect("the first engine is woken");
+
+    let later = b.open().await;
+    let mut later_signal = later.subscribe().expect("subscribe to wake-ups");
+    adder
+        .add_items(&new_items(&["two"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), later_signal.wait())
+        .await
+        .expect("an engine that subscribed after the last wake-up is woken by the next");
+
+    drop(first_signal);
+    let third = b.open().await;
+    let mut third_signal = third.subscribe().expect("subscribe to wake-ups");
+    adder
+        .add_items(&new_items(&["three"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), third_signal.wait())
+        .await
+        .expect("an engine that took a stopped one's place is woken");
+
+    drop((later_signal, third_signal));
+    for store in [adder, first, later, third] {
+        store.close().await;
+    }
+}
