@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use ideamill_store::{Store, WorkSignal};
+
 use crate::support::*;
 
 pub async fn add_items_wakes_another_handle(b: &dyn Backend) {
@@ -11,13 +13,7 @@ pub async fn add_items_wakes_another_handle(b: &dyn Backend) {
     let adder = b.open().await;
     let mut signal = engine.subscribe().expect("subscribe to wake-ups");
 
-    adder
-        .add_items(&new_items(&["wake up"]), &next("draft", 1, 3), T0)
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), signal.wait())
-        .await
-        .expect("the engine is woken within 5 s of work being added elsewhere");
+    add_and_expect_woken(&*adder, &mut *signal, "the engine, by work added elsewhere").await;
     assert_eq!(claim_one(&*engine, "draft", "w1", T0).await.attempt, 1);
 
     drop(signal);
@@ -29,13 +25,7 @@ pub async fn add_items_wakes_a_subscriber_of_the_same_handle(b: &dyn Backend) {
     let store = b.open().await;
     let mut signal = store.subscribe().expect("subscribe to wake-ups");
 
-    store
-        .add_items(&new_items(&["wake up"]), &next("draft", 1, 3), T0)
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), signal.wait())
-        .await
-        .expect("the subscriber is woken within 5 s of work being added through its own handle");
+    add_and_expect_woken(&*store, &mut *signal, "a subscriber of the adding handle").await;
 
     drop(signal);
     store.close().await;
@@ -46,39 +36,34 @@ pub async fn add_items_wakes_a_subscriber_of_the_same_handle(b: &dyn Backend) {
 /// engine that stopped, each right after the change.
 pub async fn an_engine_that_subscribes_later_is_woken_too(b: &dyn Backend) {
     let adder = b.open().await;
-    let first = b.open().await;
-    let mut first_signal = first.subscribe().expect("subscribe to wake-ups");
-    adder
-        .add_items(&new_items(&["one"]), &next("draft", 1, 3), T0)
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), first_signal.wait())
-        .await
-        .expect("the first engine is woken");
-
-    let later = b.open().await;
-    let mut later_signal = later.subscribe().expect("subscribe to wake-ups");
-    adder
-        .add_items(&new_items(&["two"]), &next("draft", 1, 3), T0)
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), later_signal.wait())
-        .await
-        .expect("an engine that subscribed after the last wake-up is woken by the next");
-
+    let (first, mut first_signal) = engine(b).await;
+    add_and_expect_woken(&*adder, &mut *first_signal, "the first engine").await;
+    let (later, mut later_signal) = engine(b).await;
+    add_and_expect_woken(&*adder, &mut *later_signal, "a later engine").await;
     drop(first_signal);
-    let third = b.open().await;
-    let mut third_signal = third.subscribe().expect("subscribe to wake-ups");
-    adder
-        .add_items(&new_items(&["three"]), &next("draft", 1, 3), T0)
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), third_signal.wait())
-        .await
-        .expect("an engine that took a stopped one's place is woken");
+    let (third, mut third_signal) = engine(b).await;
+    add_and_expect_woken(&*adder, &mut *third_signal, "a successor").await;
 
     drop((later_signal, third_signal));
     for store in [adder, first, later, third] {
         store.close().await;
     }
+}
+
+/// A handle of its own, subscribed to wake-ups, as an engine's.
+async fn engine(b: &dyn Backend) -> (Box<dyn Store>, Box<dyn WorkSignal>) {
+    let store = b.open().await;
+    let signal = store.subscribe().expect("subscribe to wake-ups");
+    (store, signal)
+}
+
+/// Add an item through `adder` and wait up to 5 s for `signal` to fire.
+async fn add_and_expect_woken(adder: &dyn Store, signal: &mut dyn WorkSignal, who: &str) {
+    adder
+        .add_items(&new_items(&["wake up"]), &next("draft", 1, 3), T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), signal.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{who} is woken within 5 s of work being added"));
 }
