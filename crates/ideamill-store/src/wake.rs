@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -97,8 +97,10 @@ pub struct WakeDir {
 #[derive(Debug, Default)]
 struct Peers {
     sender: Option<StdDatagram>,
-    /// The sockets in the folder, and its modification time when listed.
-    listed: Option<(SystemTime, Vec<PathBuf>)>,
+    /// The sockets in the folder, and the folder's modification time for
+    /// which the listing holds: none when it was too recent to tell, so
+    /// that the next wake-up lists the folder again.
+    listed: Option<(Option<SystemTime>, Vec<PathBuf>)>,
 }
 
 // Unix socket paths are limited to 108 bytes (sun_path) on Linux.
@@ -135,7 +137,7 @@ impl WakeDir {
                 .ok();
         }
         let Some(sender) = sender else { return };
-        if listed.as_ref().is_none_or(|(at, _)| *at != modified) {
+        if listed.as_ref().is_none_or(|(at, _)| *at != Some(modified)) {
             let Ok(entries) = std::fs::read_dir(&self.dir) else {
                 return;
             };
@@ -147,8 +149,7 @@ impl WakeDir {
             let settled = SystemTime::now()
                 .duration_since(modified)
                 .is_ok_and(|age| age >= SETTLED);
-            // Unsettled: listed again next time, as if the folder changed.
-            *listed = Some((if settled { modified } else { UNIX_EPOCH }, sockets));
+            *listed = Some((settled.then_some(modified), sockets));
         }
         let Some((_, sockets)) = listed.as_ref() else {
             return;

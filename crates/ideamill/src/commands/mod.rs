@@ -47,25 +47,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        // Clients that hand the engine work: its pickup waits on them.
-        Command::Add(args) => {
-            scheduling::one_cpu();
-            block_on(add::run(config, args))
-        }
+        Command::Add(args) => client_block_on(add::run(config, args)),
         Command::Import(args) => match args.what {
             crate::cli::ImportWhat::Legacy(args) => block_on(import::legacy(config, args)),
         },
         Command::Export(args) => block_on(export::run(config, args)),
         Command::List(args) => block_on(list::run(config, args)),
         Command::Show(args) => block_on(show::run(config, args)),
-        Command::Retry(args) => {
-            scheduling::one_cpu();
-            block_on(retry::run(config, args))
-        }
-        Command::Cancel(args) => {
-            scheduling::one_cpu();
-            block_on(cancel::run(config, args))
-        }
+        Command::Retry(args) => client_block_on(retry::run(config, args)),
+        Command::Cancel(args) => client_block_on(cancel::run(config, args)),
         Command::Status(args) => block_on(status::run(config, args)),
         Command::Events(args) => block_on(events::run(config, args)),
         Command::Run(args) => run::main(config, args),
@@ -101,6 +91,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::cli::AlertWhat::Test(args) => block_on(alert::test(config, args)),
         },
     }
+}
+
+/// A client that hands the engine work (the engine's pickup waits on it),
+/// run on one CPU ([`scheduling::one_cpu`]).
+fn client_block_on<F: Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+    scheduling::one_cpu();
+    block_on(f)
 }
 
 fn block_on<F: Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
